@@ -1,0 +1,190 @@
+"""The agent runtime: registration and the control channel to the kernel daemon.
+
+A :class:`Connection` registers the calling process over the daemon's ``AF_UNIX``
+socket (the daemon learns the PID from ``SO_PEERCRED``), keeps the per-process secret,
+and exchanges authenticated frames over a ZeroMQ DEALER socket.  Calls are reentrant:
+a signal handler may make a call while the main program waits for another, because
+every message is one frame and replies are matched by request id.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from protocol import wire
+from protocol.errors import ProtocolError, VersionMismatch, os_error
+
+#: objects of a ZeroMQ context inherited across fork; never touched, never collected
+_ABANDONED: list[Any] = []
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class DaemonGone(ConnectionError):
+    """The kernel daemon died while this process waited for it."""
+
+
+def register(run_dir: str, hello: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Register over ``<run_dir>/register.sock``; returns the daemon's welcome.
+
+    Raises :class:`ProtocolError` (or :class:`~protocol.errors.VersionMismatch`) when the
+    daemon refuses.
+    """
+    body = {"v": list(wire.PROTOCOL_VERSION), **hello}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(os.path.join(run_dir, "register.sock"))
+        s.sendall(wire.encode_record(body))
+        reader = wire.RecordReader()
+        while True:
+            data = s.recv(65536)
+            if not data:
+                raise ProtocolError(wire.E_MALFORMED, "daemon closed the registration socket")
+            answer = reader.feed(data)
+            if answer is not None:
+                break
+    wire.check_version(answer.get("v"))
+    if not answer.get("ok"):
+        reason, detail = str(answer.get("reason")), str(answer.get("detail", ""))
+        if reason == wire.E_VERSION:
+            raise VersionMismatch(reason, detail)
+        raise ProtocolError(reason, detail)
+    return answer
+
+
+class Connection:
+    """This process's registration and control channel."""
+
+    def __init__(self, run_dir: str, kind: str = wire.SPAWN, token: bytes | None = None,
+                 name: str = "") -> None:
+        umask = os.umask(0)
+        os.umask(umask)
+        welcome = register(run_dir, {"kind": kind, "token": token, "name": name, "umask": umask})
+        self.run_dir = run_dir
+        self.name = name
+        self.pid: int = welcome["pid"]
+        self.secret: bytes = welcome["secret"]
+        self.endpoint: str = welcome["endpoint"]
+        self.pmem: dict[str, Any] = welcome["pmem"]
+        self.config: dict[str, Any] = welcome["config"]
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.ROUTING_ID, f"{self.pid}-{os.urandom(4).hex()}".encode())
+        self.sock.connect(self.endpoint)
+        self._seq = 0
+        self._rid = 0
+        self._replies: dict[int, dict[str, Any]] = {}
+        self.events: deque[dict[str, Any]] = deque()
+        self.event_handlers: dict[str, EventHandler] = {}
+        self._daemon_pid: int | None = None
+        self.notify("hello")
+
+    # --- sending ----------------------------------------------------------------------
+
+    def _send(self, body: dict[str, Any]) -> None:
+        self._seq += 1
+        body["v"] = list(wire.PROTOCOL_VERSION)
+        body["pid"] = self.pid
+        body["seq"] = self._seq
+        self.sock.send(wire.seal(body, self.secret))
+
+    def submit(self, call: str, *args: Any) -> int:
+        """Send a call without waiting; returns its request id for :meth:`wait`."""
+        self._rid += 1
+        rid = self._rid
+        self._send({"k": wire.CALL, "id": rid, "call": call, "args": list(args)})
+        return rid
+
+    def notify(self, what: str, **fields: Any) -> None:
+        """Send a message the daemon does not answer."""
+        self._send({"k": wire.NOTIFY, "what": what, **fields})
+
+    def call(self, call: str, *args: Any) -> Any:
+        """Make a system call and wait for its result; errno failures raise ``OSError``."""
+        return self.wait(self.submit(call, *args))
+
+    # --- receiving --------------------------------------------------------------------
+
+    def done(self, rid: int) -> bool:
+        """True once the reply to ``rid`` has arrived (reads what is pending)."""
+        while rid not in self._replies and self.sock.poll(0):
+            self._receive()
+        return rid in self._replies
+
+    def wait(self, rid: int, timeout: float | None = None) -> Any:
+        """Wait for the reply to ``rid`` and return its value or raise its error.
+
+        A signal handler that runs meanwhile may make calls of its own; replies it
+        reads for others are kept for them.  ``TimeoutError`` after ``timeout`` seconds.
+        """
+        waited = 0.0
+        while rid not in self._replies:
+            if self.sock.poll(1000):
+                self._receive()
+                continue
+            waited += 1.0
+            if timeout is not None and waited >= timeout:
+                raise TimeoutError(f"no reply to request {rid}")
+            self._check_daemon()
+        return _result(self._replies.pop(rid))
+
+    def pump(self, timeout: float = 0.0) -> None:
+        """Read whatever the daemon sent (events are queued and handlers run)."""
+        ms = int(timeout * 1000)
+        while self.sock.poll(ms):
+            self._receive()
+            ms = 0
+
+    def _receive(self) -> None:
+        frame = self.sock.recv()
+        try:
+            body, payload, mac = wire.open_frame(frame)
+        except ProtocolError:
+            return  # garbage from the wire: dropped
+        authentic = wire.verify(payload, mac, self.secret)
+        if body["k"] == wire.REPLY:
+            rid = body.get("id")
+            if not isinstance(rid, int):
+                return
+            if authentic or "error" in body:
+                self._replies[rid] = body
+        elif body["k"] == wire.EVENT and authentic:
+            self.events.append(body)
+            handler = self.event_handlers.get(str(body.get("event")))
+            if handler is not None:
+                handler(body)
+
+    def _check_daemon(self) -> None:
+        path = os.path.join(self.run_dir, "register.sock")
+        if not os.path.exists(path):
+            raise DaemonGone("the kernel daemon is gone")
+
+    # --- process lifecycle ------------------------------------------------------------
+
+    def reconnect_after_fork(self, token: bytes, name: str) -> None:
+        """In a fork child: abandon the parent's context and register with ``token``."""
+        _ABANDONED.extend([self.sock, self.ctx])
+        fresh = Connection(self.run_dir, wire.FORK, token, name)
+        self.__dict__.update(fresh.__dict__)
+
+    def close(self) -> None:
+        """Close the channel (the process is about to exit or exec)."""
+        self.sock.close(linger=500)
+        self.ctx.term()
+
+
+def _result(body: dict[str, Any]) -> Any:
+    if "error" in body:
+        raise ProtocolError(str(body["error"]), str(body.get("detail", "")))
+    if "errno" in body:
+        code = body["errno"]
+        raise os_error(code if isinstance(code, int) else errno.EIO)
+    return body.get("ok")

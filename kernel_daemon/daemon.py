@@ -1,0 +1,448 @@
+"""The daemon's event loop: one thread, never blocking, one message at a time.
+
+One ZeroMQ ROUTER socket carries every agent's calls; an epoll set holds the
+registration listener, registration connections in progress and one pidfd per
+registered process, so a death (SIGKILL included) is seen at once and costs nothing per
+unrelated process.  Timers live in the kernel's heap; the poll sleeps until the next
+one.  Calls that must wait are parked and answered later.  Because the loop handles one
+message at a time, every run has a total order of kernel events: the event log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import zmq
+
+from kernel_daemon.errors import PARKED, KernelError, MustWait
+from kernel_daemon.eventlog import EventLog
+from kernel_daemon.kernel import Config, Kernel, Timer
+from kernel_daemon.syscalls import SYSCALLS, BadArguments, Syscall
+from kernel_daemon.syscalls.proc import RegistrationRefused, register
+from kernel_daemon.task import Task
+from protocol import linux, wire
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("kernel_daemon")
+
+_UCRED = struct.Struct("3i")
+#: messages handled per wake-up before the poll is consulted again (fairness)
+BATCH = 64
+#: seconds a registration connection may take to send its hello
+REGISTRATION_TIMEOUT = 5.0
+
+
+class Stop(Exception):  # noqa: N818 (control flow)
+    """Raised from the SIGTERM/SIGINT handler to leave the loop."""
+
+
+@dataclass
+class _Registration:
+    sock: socket.socket
+    reader: wire.RecordReader
+    timer: Timer
+
+
+class Daemon:
+    """The kernel daemon of one run directory."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        os.makedirs(config.run_dir, exist_ok=True)
+        self.endpoint = f"ipc://{os.path.join(config.run_dir, 'kernel.ipc')}"
+        self.register_path = os.path.join(config.run_dir, "register.sock")
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 16 * wire.MAX_FRAME)
+        self.router.bind(self.endpoint)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.register_path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.register_path)
+        self.listener.listen(256)
+        self.listener.setblocking(False)
+        self.ep = select.epoll()
+        self.fd_handlers: dict[int, Callable[[], None]] = {}
+        self._watch(self.listener.fileno(), self._accept)
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.ep.fileno(), zmq.POLLIN)
+        self.registrations: dict[int, _Registration] = {}
+        #: pidfd -> pid of a registered process
+        self.pidfds: dict[int, int] = {}
+        self.restarts: list[Callable[[], None]] = []
+        self.evlog = EventLog(config.event_log)
+        self.kernel = Kernel(config, self, self.evlog)
+        self.evlog.emit("boot", pid=os.getpid(), policy=config.policy, flavour=config.flavour,
+                        nblocks=config.nblocks, block_size=config.block_size,
+                        lease_break_time=config.lease_break_time, pmem=self.kernel.pmem.name)
+        self.stats = {"messages": 0, "protocol_errors": 0}
+
+    # --- epoll registry ---------------------------------------------------------------
+
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.ep.register(fd, select.EPOLLIN)
+        self.fd_handlers[fd] = handler
+
+    def _unwatch(self, fd: int) -> None:
+        self.fd_handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.ep.unregister(fd)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def serve(self, ready_fd: int | None = None) -> None:
+        """Run until SIGTERM or SIGINT; ``ready_fd`` gets a line once serving."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            raise Stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if ready_fd is not None:
+            os.write(ready_fd, f"ready {os.getpid()} {self.kernel.pmem.name}\n".encode())
+            os.close(ready_fd)
+        try:
+            while True:
+                self.step()
+        except Stop:
+            pass
+        finally:
+            self.close()
+
+    def step(self, timeout: float | None = None) -> None:
+        """One iteration: wait for input or the next timer, then handle what came."""
+        while self.restarts:
+            self.restarts.pop(0)()
+        deadline = self.kernel.next_deadline()
+        if timeout is not None:
+            deadline = timeout if deadline is None else min(deadline, timeout)
+        self.evlog.flush()
+        ready = dict(self.poller.poll(None if deadline is None else int(deadline * 1000) + 1))
+        if self.router in ready:
+            self._drain_router()
+        if self.ep.fileno() in ready:
+            for fd, _ in self.ep.poll(0):
+                handler = self.fd_handlers.get(fd)
+                if handler is not None:
+                    handler()
+        self.kernel.run_timers()
+
+    def close(self) -> None:
+        """Release sockets, the device and the run directory's socket files."""
+        self.evlog.emit("shutdown")
+        self.evlog.close()
+        for reg in list(self.registrations.values()):
+            reg.sock.close()
+        for pidfd in list(self.pidfds):
+            os.close(pidfd)
+        self.router.close(0)
+        self.ctx.term()
+        self.listener.close()
+        self.ep.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.register_path)
+        self.kernel.shutdown()
+
+    # --- registration (AF_UNIX, SO_PEERCRED) ------------------------------------------
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            conn.setblocking(False)
+            fd = conn.fileno()
+            timer = self.kernel.add_timer(REGISTRATION_TIMEOUT, lambda fd=fd: self._drop_reg(fd))
+            self.registrations[fd] = _Registration(conn, wire.RecordReader(), timer)
+            self._watch(fd, lambda fd=fd: self._registration_input(fd))
+
+    def _drop_reg(self, fd: int) -> None:
+        reg = self.registrations.pop(fd, None)
+        if reg is None:
+            return
+        reg.timer.cancel()
+        self._unwatch(fd)
+        reg.sock.close()
+
+    def _registration_input(self, fd: int) -> None:
+        reg = self.registrations[fd]
+        try:
+            data = reg.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop_reg(fd)
+            return
+        if not data:
+            self._drop_reg(fd)
+            return
+        try:
+            hello = reg.reader.feed(data)
+            if hello is None:
+                return
+            wire.check_version(hello.get("v"))
+            answer = self._register(reg.sock, hello)
+        except ProtocolError as exc:
+            self.stats["protocol_errors"] += 1
+            answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
+                      "reason": exc.reason, "detail": exc.detail}
+        except RegistrationRefused as exc:
+            answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
+                      "reason": exc.reason, "detail": exc.detail}
+        with contextlib.suppress(OSError):
+            reg.sock.send(wire.encode_record(answer))
+        self._drop_reg(fd)
+
+    def _register(self, sock: socket.socket, hello: dict[str, Any]) -> dict[str, Any]:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, uid, gid = _UCRED.unpack(creds)
+        self._reap_if_dead(pid)
+        try:
+            pidfd = os.pidfd_open(pid) if hello.get("kind") != wire.EXEC else -1
+        except ProcessLookupError:
+            raise RegistrationRefused(wire.E_UNKNOWN_PROCESS, f"pid {pid} is gone") from None
+        try:
+            task = register(self.kernel, pid, uid, gid, _real_ppid(pid), hello)
+        except RegistrationRefused:
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise
+        if pidfd >= 0:
+            task.pidfd = pidfd
+            self.pidfds[pidfd] = pid
+            self._watch(pidfd, lambda: self._died(pidfd))
+        assert task.secret is not None
+        return {
+            "v": list(wire.PROTOCOL_VERSION), "ok": True, "pid": pid, "secret": task.secret,
+            "endpoint": self.endpoint,
+            "pmem": {"name": self.kernel.pmem.name, "nblocks": self.config.nblocks,
+                     "block_size": self.config.block_size},
+            "config": {"policy": self.config.policy, "flavour": self.config.flavour,
+                       "lease_break_time": self.config.lease_break_time},
+        }
+
+    def _reap_if_dead(self, pid: int) -> None:
+        """Finish the exit of a task whose PID a new process now registers with."""
+        task = self.kernel.tasks.get(pid)
+        if task is not None and task.pidfd >= 0:
+            r, _, _ = select.select([task.pidfd], [], [], 0)
+            if r:
+                self._died(task.pidfd)
+
+    def _died(self, pidfd: int) -> None:
+        pid = self.pidfds.pop(pidfd, None)
+        self._unwatch(pidfd)
+        os.close(pidfd)
+        task = self.kernel.tasks.get(pid) if pid is not None else None
+        if task is not None:
+            self.kernel.exit_task(task, "died")
+
+    def watch_pid(self, pid: int, on_death: Callable[[], None]) -> bool:
+        """KernelIO: call ``on_death`` when ``pid`` dies (used for unregistered children)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+
+        def fire() -> None:
+            self._unwatch(pidfd)
+            os.close(pidfd)
+            on_death()
+
+        self._watch(pidfd, fire)
+        return True
+
+    # --- control messages -------------------------------------------------------------
+
+    def _drain_router(self) -> None:
+        for _ in range(BATCH):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self.stats["messages"] += 1
+            if len(frames) != 2:
+                self.stats["protocol_errors"] += 1
+                continue  # not a DEALER single-frame message: dropped
+            self._message(frames[0], frames[1])
+
+    def _error(self, route: bytes, rid: Any, reason: str, detail: str,
+               task: Task | None = None) -> None:
+        self.stats["protocol_errors"] += 1
+        self.evlog.emit("protocol-error", reason=reason, detail=detail,
+                        pid=task.pid if task else None)
+        body = {"v": list(wire.PROTOCOL_VERSION), "k": wire.REPLY, "pid": 0, "seq": 0,
+                "id": rid if isinstance(rid, int) else None, "error": reason, "detail": detail}
+        if task is not None and task.secret is not None:
+            self._send(task, body)
+        else:
+            self.router.send_multipart([route, wire.pack(body) + bytes(wire.MAC_LEN)])
+
+    def _message(self, route: bytes, frame: bytes) -> None:
+        try:
+            body, payload, mac = wire.open_frame(frame)
+        except ProtocolError as exc:
+            self._error(route, None, exc.reason, exc.detail)
+            return
+        rid = body.get("id")
+        task = self.kernel.tasks.get(body["pid"])
+        if task is None or task.secret is None:
+            self._error(route, rid, wire.E_UNKNOWN_PROCESS, f"pid {body['pid']} not registered")
+            return
+        if not wire.verify(payload, mac, task.secret):
+            self._error(route, rid, wire.E_AUTH, "bad message authentication code")
+            return
+        if body["seq"] <= task.last_seq:
+            self._error(route, rid, wire.E_REPLAY, f"seq {body['seq']} <= {task.last_seq}")
+            return
+        task.last_seq = body["seq"]
+        task.route = route
+        if body["k"] == wire.CALL:
+            self._call(task, body)
+        elif body["k"] == wire.NOTIFY:
+            self._notify(task, body)
+        else:
+            self._error(route, rid, wire.E_MALFORMED, f"agents do not send {body['k']}", task)
+
+    def _notify(self, task: Task, body: dict[str, Any]) -> None:
+        what = body.get("what")
+        handler = self.kernel.notify_handlers.get(what) if isinstance(what, str) else None
+        if handler is None:
+            if what != "hello":
+                self._error(task.route or b"", None, wire.E_MALFORMED, f"notify {what!r}", task)
+            return
+        handler(task, body)
+
+    def _call(self, task: Task, body: dict[str, Any]) -> None:
+        rid, name, args = body.get("id"), body.get("call"), body.get("args", [])
+        if not isinstance(rid, int) or isinstance(rid, bool) or not isinstance(name, str):
+            self._error(task.route or b"", rid, wire.E_MALFORMED, "call needs int id and str call",
+                        task)
+            return
+        if rid in task.parked:
+            self._error(task.route or b"", rid, wire.E_MALFORMED, f"request id {rid} in use", task)
+            return
+        spec = SYSCALLS.get(name)
+        if spec is None:
+            self.evlog.emit("call", pid=task.pid, id=rid, call=name, args=args)
+            self.reply(task, rid, None, 38)  # ENOSYS, as for an unknown syscall number
+            return
+        try:
+            spec.bind(args)
+        except BadArguments as exc:
+            self._error(task.route or b"", rid, wire.E_BAD_ARGUMENTS, str(exc), task)
+            return
+        if self.evlog.enabled:
+            self.evlog.emit("call", pid=task.pid, id=rid, call=name, args=args)
+        self._run(task, rid, spec, args)
+        if task.ext.pop("drop_secret", False):
+            task.secret = None
+
+    def _run(self, task: Task, rid: int, spec: Syscall, args: list[Any]) -> None:
+        k = self.kernel
+        k.current = (task, rid, spec.name)
+        try:
+            result = spec.handler(k, task, *args)
+        except KernelError as exc:
+            self.reply(task, rid, None, exc.errno)
+            return
+        except MustWait as wait:
+            self._sleep(task, rid, spec, args, wait)
+            return
+        except Exception:  # a daemon bug: report it as one, keep serving
+            detail = traceback.format_exc(limit=8)
+            log.error("bug in %s: %s", spec.name, detail)
+            self._error(task.route or b"", rid, "internal", detail, task)
+            return
+        finally:
+            k.current = None
+        if result is not PARKED:
+            self.reply(task, rid, result)
+
+    def _sleep(self, task: Task, rid: int, spec: Syscall, args: list[Any], wait: MustWait) -> None:
+        """Park a call that must wait; when woken it runs again from the start."""
+        woken = False
+
+        def wake() -> None:
+            nonlocal woken
+            if woken:
+                return
+            woken = True
+            unregister()
+            task.parked.pop(rid, None)
+            self.restarts.append(lambda: self._restart(task, rid, spec, args))
+
+        unregister = wait.register(wake)
+
+        def on_death() -> None:
+            nonlocal woken
+            woken = True
+            unregister()
+
+        task.parked[rid] = on_death
+        self.evlog.emit("park", pid=task.pid, id=rid, call=spec.name)
+
+    def _restart(self, task: Task, rid: int, spec: Syscall, args: list[Any]) -> None:
+        if self.kernel.tasks.get(task.pid) is not task:
+            return  # died meanwhile
+        self.evlog.emit("restart", pid=task.pid, id=rid, call=spec.name)
+        self._run(task, rid, spec, args)
+
+    def _send(self, task: Task, body: dict[str, Any]) -> None:
+        if task.route is None or task.secret is None:
+            return
+        body["seq"] = task.ext["out_seq"] = task.ext.get("out_seq", 0) + 1
+        self.router.send_multipart([task.route, wire.seal(body, task.secret)])
+
+    # --- KernelIO ---------------------------------------------------------------------
+
+    def reply(self, task: Task, rid: int, value: Any = None, err: int | None = None) -> None:
+        """Answer request ``rid`` of ``task`` (now, or later for a parked call)."""
+        body: dict[str, Any] = {"v": list(wire.PROTOCOL_VERSION), "k": wire.REPLY,
+                                "pid": task.pid, "id": rid}
+        if err is None:
+            body["ok"] = value
+        else:
+            body["errno"] = err
+        if self.evlog.enabled:
+            if err is None:
+                self.evlog.emit("ret", pid=task.pid, id=rid, result=value)
+            else:
+                self.evlog.emit("ret", pid=task.pid, id=rid, errno=linux.errno_name(err))
+        self._send(task, body)
+
+    def event(self, task: Task, body: dict[str, Any]) -> None:
+        """Push an event to ``task``'s agent."""
+        msg = {"v": list(wire.PROTOCOL_VERSION), "k": wire.EVENT, "pid": task.pid}
+        msg.update(body)
+        self._send(task, msg)
+
+
+def _real_ppid(pid: int) -> int:
+    """The host's parent PID of ``pid`` (field 4 of /proc/<pid>/stat), 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def monotonic() -> float:
+    """The daemon's clock (exposed for tests)."""
+    return time.monotonic()

@@ -1,0 +1,54 @@
+"""Errors and sentinels internal to the daemon.
+
+``KernelError`` is the daemon's one way to fail a system call with a Linux errno; the
+dispatcher turns it into an errno reply, and the agent raises the matching ``OSError``.
+A call that must wait returns ``PARKED`` (a sentinel that never crosses the wire); bugs
+are never disguised as an errno: any other exception is a daemon bug, logged and
+answered with a protocol error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Final
+
+
+class KernelError(Exception):
+    """Fail the current system call with Linux errno ``code``."""
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        super().__init__(f"{errno.errorcode.get(code, code)}: {detail or os.strerror(code)}")
+        self.errno = code
+        self.detail = detail
+
+
+class MustWait(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised inside a handler when the call must sleep and then start over.
+
+    ``register(wake)`` puts ``wake`` on the wait queue and returns a function that takes
+    it off again.  The dispatcher parks the request and runs the handler again from the
+    start when woken, as Linux restarts an ``open`` after ``break_lease`` slept.
+    """
+
+    def __init__(self, register: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+        super().__init__("must wait")
+        self.register = register
+
+
+class _Parked:
+    """Sentinel a handler returns when its caller must wait; the reply comes later."""
+
+    _instance: _Parked | None = None
+
+    def __new__(cls) -> _Parked:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "PARKED"
+
+
+PARKED: Final = _Parked()

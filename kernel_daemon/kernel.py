@@ -1,0 +1,368 @@
+"""The kernel's state and the operations every system-call family shares.
+
+``Kernel`` holds the pmem device, the filesystem, the tasks, descriptors in flight,
+pending forks, timers and waiters.  It knows nothing of sockets: replies to parked calls
+and events go out through a :class:`KernelIO` the daemon loop provides (and unit tests
+replace), so the kernel's objects can be tested in-process.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kernel_daemon.errors import KernelError
+from kernel_daemon.eventlog import EventLog
+from kernel_daemon.pmem import Owner, Pmem
+from kernel_daemon.task import KEPT_FLAGS, File, Task
+from kernel_daemon.vfs import Filesystem, Inode
+from protocol import linux
+
+
+@dataclass
+class Config:
+    """Daemon settings (``python -m kernel_daemon --help`` lists them)."""
+
+    run_dir: str
+    nblocks: int = 1024
+    block_size: int = 4096
+    lease_break_time: float = 45.0
+    policy: str = "upstream"
+    flavour: str = "xfs"
+    pmem_name: str | None = None
+    event_log: str | None = None
+    #: seconds an unclaimed fork snapshot survives its parent's death
+    fork_claim_timeout: float = 10.0
+
+
+class KernelIO(Protocol):
+    """What the kernel needs from the loop: answer a parked call, push an event."""
+
+    def reply(self, task: Task, rid: int, value: Any = None, err: int | None = None) -> None:
+        """Answer request ``rid`` of ``task`` with ``value`` or errno ``err``."""
+
+    def event(self, task: Task, body: dict[str, Any]) -> None:
+        """Push an unsolicited event to ``task``'s agent."""
+
+    def watch_pid(self, pid: int, on_death: Callable[[], None]) -> bool:
+        """Call ``on_death`` once ``pid`` (not a task) dies; False if it is gone already."""
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A parked call: answered later by :meth:`complete` or :meth:`fail`.
+
+    ``cancel`` removes the waiter from whatever queue holds it; it runs when the
+    waiting task dies (no answer is sent then).
+    """
+
+    kernel: Kernel
+    task: Task
+    rid: int
+    call: str
+    cancel: Callable[[], None] = lambda: None
+    done: bool = False
+
+    def complete(self, value: Any = None) -> None:
+        """Answer the parked call with ``value``."""
+        self._finish(value, None)
+
+    def fail(self, code: int) -> None:
+        """Answer the parked call with errno ``code``."""
+        self._finish(None, code)
+
+    def _finish(self, value: Any, err: int | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.task.parked.pop(self.rid, None)
+        self.kernel.log.emit(
+            "wake", pid=self.task.pid, id=self.rid, call=self.call,
+            result=value if err is None else None,
+            errno=linux.errno_name(err) if err is not None else None,
+        )
+        self.kernel.io.reply(self.task, self.rid, value, err)
+
+
+@dataclass
+class Inflight:
+    """Descriptors passed with SCM_RIGHTS semantics and not yet received."""
+
+    token: bytes
+    sender: int
+    dest: int
+    files: list[File]
+    cloexec: bool = False
+
+
+@dataclass
+class PendingFork:
+    """A fork announced by ``parent``: the descriptor table as it was at the fork."""
+
+    token: bytes
+    parent: int
+    snapshot: list[tuple[int, File, bool]]
+    child: int | None = None
+    timer: Timer | None = None
+
+
+@dataclass(order=True)
+class Timer:
+    """A deadline in the timer heap; cancelled timers stay in the heap, inert."""
+
+    when: float
+    seq: int
+    callback: Callable[[], None] = field(compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        """Make the timer inert."""
+        self.cancelled = True
+
+
+class Kernel:
+    """All kernel state of one daemon."""
+
+    def __init__(self, config: Config, io: KernelIO, log: EventLog | None = None) -> None:
+        self.config = config
+        self.io = io
+        self.log = log or EventLog(None)
+        self.pmem = Pmem(config.pmem_name, config.nblocks, config.block_size, self._on_block)
+        self.fs = Filesystem(self.pmem)
+        self.tasks: dict[int, Task] = {}
+        self.inflight: dict[bytes, Inflight] = {}
+        self.pending_forks: dict[bytes, PendingFork] = {}
+        self.exit_waiters: dict[int, list[Waiter]] = {}
+        self.timers: list[Timer] = []
+        self._timer_seq = itertools.count()
+        #: the call being dispatched: (task, request id), for handlers that park
+        self.current: tuple[Task, int, str] | None = None
+        #: callbacks run when a File's last reference goes (leases hook in here)
+        self.file_release_hooks: list[Callable[[File], None]] = []
+        #: callbacks run when a task exits, before its descriptors are closed
+        self.exit_hooks: list[Callable[[Task], None]] = []
+        self.clock: Callable[[], float] = time.monotonic
+        #: lease breaking (fs/locks.c __break_lease); leases install theirs
+        self.break_hooks: list[Callable[[Task, Inode, int], None]] = []
+        #: run before a size change (truncate, O_TRUNC); policies install theirs
+        self.ext_truncate_hooks: list[Callable[[Task, Inode, int], None]] = []
+        #: handlers of NOTIFY messages by their "what" (signal delivered, shoot-down ack)
+        self.notify_handlers: dict[str, Callable[[Task, dict[str, Any]], None]] = {}
+        #: task.ext keys a fork child copies from its parent (signal settings, umask)
+        self.fork_inherit_keys: list[str] = []
+        #: run when a fork child registers: hook(parent or None, child)
+        self.fork_hooks: list[Callable[[Task | None, Task], None]] = []
+        #: run at exec's point of no return, before close-on-exec descriptors close
+        self.exec_hooks: list[Callable[[Task], None]] = []
+        #: run by F_SETFL before the flags change (O_ASYNC wiring)
+        self.setfl_hooks: list[Callable[[Task, File, int, int], None]] = []
+        #: run before write(2) and pwrite(2) change data (layout breaks on xfs)
+        self.ext_write_hooks: list[Callable[[Task, File, int, int], None]] = []
+
+    # --- events -----------------------------------------------------------------------
+
+    def _on_block(self, what: str, block: int, owner: Owner | None) -> None:
+        if self.log.enabled:
+            self.log.emit(
+                f"block-{what}", block=block,
+                ino=owner.ino if owner else None, pgoff=owner.pgoff if owner else None,
+            )
+
+    # --- timers -----------------------------------------------------------------------
+
+    def add_timer(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` ``delay`` seconds from now (from the loop, never nested)."""
+        timer = Timer(self.clock() + max(0.0, delay), next(self._timer_seq), callback)
+        heapq.heappush(self.timers, timer)
+        return timer
+
+    def next_deadline(self) -> float | None:
+        """Seconds until the next live timer, or None."""
+        while self.timers and self.timers[0].cancelled:
+            heapq.heappop(self.timers)
+        if not self.timers:
+            return None
+        return max(0.0, self.timers[0].when - self.clock())
+
+    def run_timers(self) -> None:
+        """Fire every timer whose deadline has passed."""
+        now = self.clock()
+        while self.timers and (self.timers[0].cancelled or self.timers[0].when <= now):
+            timer = heapq.heappop(self.timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
+
+    # --- parking ----------------------------------------------------------------------
+
+    def park(self, cancel: Callable[[], None] = lambda: None) -> Waiter:
+        """Park the call being dispatched; the handler then returns ``PARKED``."""
+        assert self.current is not None, "park() outside a system call"
+        task, rid, call = self.current
+        waiter = Waiter(self, task, rid, call, cancel)
+
+        def on_death() -> None:
+            waiter.done = True
+            cancel()
+
+        task.parked[rid] = on_death
+        self.log.emit("park", pid=task.pid, id=rid, call=call)
+        return waiter
+
+    def break_lease(self, task: Task, inode: Inode, flags: int) -> None:
+        """``break_lease()``: may raise ``MustWait`` or a ``KernelError``."""
+        for hook in self.break_hooks:
+            hook(task, inode, flags)
+
+    # --- files ------------------------------------------------------------------------
+
+    def open_file(self, inode: Inode, flags: int, path: str) -> File:
+        """A new open file description on ``inode`` (``alloc_file``), one reference."""
+        file = File(inode=inode, flags=(flags & KEPT_FLAGS) | linux.O_LARGEFILE, path=path)
+        self.fs.get(inode)
+        file.refs = 1
+        return file
+
+    @staticmethod
+    def fget(file: File) -> File:
+        """Take a reference on ``file`` (``get_file``)."""
+        file.refs += 1
+        return file
+
+    def fput(self, file: File) -> None:
+        """Drop a reference; the last one releases the file (``__fput``)."""
+        file.refs -= 1
+        assert file.refs >= 0, "file reference count underflow"
+        if file.refs == 0:
+            for hook in self.file_release_hooks:
+                hook(file)
+            self.fs.put(file.inode)
+
+    def fd_install(self, task: Task, file: File, cloexec: bool, start: int = 0) -> int:
+        """Give ``file`` (already referenced for this slot) the lowest free fd >= start."""
+        fd = task.fds.lowest_free(start)
+        task.fds.install(fd, file, cloexec)
+        return fd
+
+    def close_fd(self, task: Task, fd: int) -> None:
+        """close(2) of one descriptor: the slot goes, then its file reference."""
+        entry = task.fds.remove(fd)
+        self.fput(entry.file)
+
+    def file_of(self, task: Task, fd: int) -> File:
+        """The file behind ``fd`` in ``task`` (``fdget``), or ``EBADF``."""
+        return task.fds.get(fd).file
+
+    # --- processes --------------------------------------------------------------------
+
+    def new_task(
+        self, pid: int, ppid: int, uid: int, gid: int, name: str,
+        inherit: list[tuple[int, File, bool]] | None,
+    ) -> Task:
+        """Create the task of a freshly registered process.
+
+        A spawned process gets descriptors 0, 1 and 2 on the console, as a process
+        started from a shell has; a fork child gets the references of its snapshot.
+        """
+        task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name, secret=secrets.token_bytes(32))
+        if inherit is None:
+            for fd in (0, 1, 2):
+                acc = linux.O_RDONLY if fd == 0 else linux.O_WRONLY
+                task.fds.install(fd, self.open_file(self.fs.console, acc, "/dev/console"), False)
+        else:
+            for fd, file, cloexec in inherit:
+                task.fds.install(fd, file, cloexec)  # the snapshot's reference moves here
+        self.tasks[pid] = task
+        return task
+
+    def exit_task(self, task: Task, why: str) -> None:
+        """Everything the kernel does when a process dies (``do_exit``).
+
+        Parked calls are cancelled, descriptors closed, passes addressed to it released,
+        and whoever waited for it woken.  Nothing of the task is left afterwards.
+        """
+        if self.tasks.get(task.pid) is not task:
+            return
+        self.log.emit("exit", pid=task.pid, name=task.name, why=why)
+        for cancel in list(task.parked.values()):
+            cancel()
+        task.parked.clear()
+        for hook in self.exit_hooks:
+            hook(task)
+        for fd, _ in list(task.fds):
+            self.close_fd(task, fd)
+        for token, flight in list(self.inflight.items()):
+            if flight.dest == task.pid:
+                del self.inflight[token]
+                for f in flight.files:
+                    self.fput(f)
+        for pending in list(self.pending_forks.values()):
+            if pending.parent == task.pid and pending.child is None:
+                # The child may still register; give it a while, then drop the snapshot.
+                token = pending.token
+                pending.timer = self.add_timer(
+                    self.config.fork_claim_timeout, lambda t=token: self.drop_fork(t)
+                )
+        del self.tasks[task.pid]
+        for waiter in self.exit_waiters.pop(task.pid, []):
+            waiter.complete(0)
+
+    def drop_fork(self, token: bytes) -> None:
+        """Release a fork snapshot nobody will claim."""
+        pending = self.pending_forks.pop(token, None)
+        if pending is None:
+            return
+        if pending.timer:
+            pending.timer.cancel()
+        for _, file, _ in pending.snapshot:
+            self.fput(file)
+        self.log.emit("fork-dropped", parent=pending.parent, child=pending.child)
+
+    def watch_unregistered_child(self, token: bytes, child: int) -> None:
+        """Drop a fork snapshot if the child dies before it registers."""
+
+        def on_death() -> None:
+            pending = self.pending_forks.get(token)
+            if pending is not None and pending.child == child:
+                self.drop_fork(token)
+
+        if not self.io.watch_pid(child, on_death):
+            on_death()
+
+    @staticmethod
+    def invalidate_secret_after_reply(task: Task) -> None:
+        """After this call's reply goes out, accept no message until re-registration."""
+        task.ext["drop_secret"] = True
+
+    def task_of(self, pid: int) -> Task:
+        """The live task with ``pid``, or ``ESRCH``."""
+        task = self.tasks.get(pid)
+        if task is None:
+            raise KernelError(errno.ESRCH)
+        return task
+
+    def fdinfo(self, task: Task) -> list[dict[str, Any]]:
+        """``/proc/<pid>/fd`` and ``fdinfo`` of ``task``: one map per descriptor."""
+        out = []
+        for fd, entry in task.fds:
+            f = entry.file
+            out.append({
+                "fd": fd,
+                "path": self.fs.path_of(f.inode) if f.inode.nlink or f.inode.is_chr else
+                f"{f.path} (deleted)",
+                "pos": f.pos,
+                "flags": f.flags | (linux.O_CLOEXEC if entry.cloexec else 0),
+                "ino": f.inode.ino,
+                "file": f.fid,
+            })
+        return out
+
+    def shutdown(self) -> None:
+        """Release the device (the daemon is stopping)."""
+        self.pmem.close(unlink=True)

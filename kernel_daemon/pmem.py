@@ -1,0 +1,102 @@
+"""The emulated persistent-memory device, its block allocator and the block ledger.
+
+The device is one ``multiprocessing.shared_memory`` segment of ``nblocks`` blocks of
+``block_size`` bytes, which agents attach to so that loads and stores through a DAX
+mapping touch it for real.  The allocator is deterministic: the free list is a stack,
+so the block freed last is the next one handed out, and a use-after-free of a block
+shows at once instead of by luck.  The ledger records, for every block, which inode and
+file page own it now; every device write (RDMA, direct I/O) is checked against it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+from kernel_daemon.errors import KernelError
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns a block now: inode number and page index within the file."""
+
+    ino: int
+    pgoff: int
+
+
+class Pmem:
+    """The device: a shared-memory segment, a LIFO block allocator and the ledger.
+
+    Only the daemon allocates and frees.  ``on_change`` is called with
+    ``("alloc"|"free", block, owner)`` for the event log.
+    """
+
+    def __init__(
+        self,
+        name: str | None,
+        nblocks: int,
+        block_size: int,
+        on_change: Callable[[str, int, Owner | None], None] | None = None,
+    ) -> None:
+        if nblocks <= 0 or block_size <= 0 or block_size % 512:
+            raise ValueError("pmem needs a positive block count and a block size multiple of 512")
+        self.nblocks = nblocks
+        self.block_size = block_size
+        self.shm = shared_memory.SharedMemory(name=name, create=True, size=nblocks * block_size)
+        # The daemon's resource tracker keeps the segment registered: it unlinks it
+        # should the daemon die without a shutdown.  Agents that attach unregister.
+        self.buf: memoryview = self.shm.buf
+        #: owner of each block, or None when free (the ledger)
+        self.ledger: list[Owner | None] = [None] * nblocks
+        #: free blocks; the top of the stack (end of the list) is handed out next
+        self._free: list[int] = list(range(nblocks - 1, -1, -1))
+        self._on_change = on_change
+
+    @property
+    def name(self) -> str:
+        """The shared-memory name agents attach to."""
+        return self.shm.name
+
+    @property
+    def free_blocks(self) -> int:
+        """Number of blocks not owned by any file."""
+        return len(self._free)
+
+    def alloc(self, owner: Owner) -> int:
+        """Take the most recently freed block for ``owner``, zeroed.  ENOSPC when full."""
+        if not self._free:
+            raise KernelError(errno.ENOSPC, "pmem device full")
+        block = self._free.pop()
+        start = block * self.block_size
+        self.buf[start : start + self.block_size] = bytes(self.block_size)
+        self.ledger[block] = owner
+        if self._on_change:
+            self._on_change("alloc", block, owner)
+        return block
+
+    def free(self, block: int) -> None:
+        """Return ``block`` to the allocator; it is the next one handed out."""
+        owner = self.ledger[block]
+        if owner is None:
+            raise AssertionError(f"double free of pmem block {block}")
+        self.ledger[block] = None
+        self._free.append(block)
+        if self._on_change:
+            self._on_change("free", block, owner)
+
+    def view(self, block: int) -> memoryview:
+        """The bytes of ``block`` in the segment."""
+        start = block * self.block_size
+        return self.buf[start : start + self.block_size]
+
+    def close(self, unlink: bool = True) -> None:
+        """Detach, and unlink the segment unless told otherwise."""
+        del self.buf
+        self.shm.close()
+        if unlink:
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,295 @@
+"""File system calls: open, close, read, write, seek, truncate and the namespace.
+
+Each handler names the Linux function it follows.  Errno order follows the kernel's
+checks (``build_open_flags`` before the path walk, ``may_open`` after it), checked
+against the host by the dual-target tests.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
+from kernel_daemon.syscalls.table import syscall
+from kernel_daemon.task import File, Task
+from kernel_daemon.vfs import Inode
+from protocol import linux
+
+#: largest transfer one read/write message carries; longer calls return short, as
+#: Linux may (MAX_RW_COUNT is the kernel's own cap)
+MAX_IO = 1 << 20
+MAX_FILE_SIZE = (1 << 63) - 1
+
+#: flags open(2) keeps with O_PATH (fs/open.c O_PATH_FLAGS)
+O_PATH_FLAGS = linux.O_DIRECTORY | linux.O_NOFOLLOW | linux.O_PATH | linux.O_CLOEXEC
+
+
+def may_truncate(k: Kernel, task: Task, inode: Inode, length: int) -> None:
+    """Hook point before a size change; policies and leases extend this (break_lease)."""
+    for hook in k.ext_truncate_hooks:
+        hook(task, inode, length)
+
+
+@syscall("open", linux="fs/open.c do_sys_open()", support="partial",
+         note="no O_TMPFILE (EOPNOTSUPP); no symlinks; root credentials")
+def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> int:
+    """open(2).  Linux: fs/open.c build_open_flags(), fs/namei.c path_openat()."""
+    flags &= 0xFFFFFFFF
+    if flags & linux.O_TMPFILE == linux.O_TMPFILE:
+        raise KernelError(errno.EOPNOTSUPP, "O_TMPFILE")
+    if flags & linux.O_PATH:
+        flags &= O_PATH_FLAGS
+    elif flags & linux.O_CREAT and flags & linux.O_DIRECTORY:
+        raise KernelError(errno.EINVAL, "O_CREAT|O_DIRECTORY")  # since Linux 6.4
+    acc = flags & linux.O_ACCMODE
+    try:
+        inode = k.fs.lookup(path)
+        created = False
+        if flags & linux.O_CREAT and flags & linux.O_EXCL:
+            raise KernelError(errno.EEXIST)
+    except KernelError as exc:
+        if exc.errno != errno.ENOENT or not flags & linux.O_CREAT:
+            raise
+        parent, name = k.fs.lookup_parent(path)
+        if name in ("", ".", "..") or path.endswith("/"):
+            raise KernelError(errno.EISDIR) from None
+        inode = k.fs.create(parent, name, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid)
+        created = True
+    if not flags & linux.O_PATH:
+        if inode.is_dir:
+            if flags & linux.O_CREAT or acc != linux.O_RDONLY or flags & linux.O_TRUNC:
+                raise KernelError(errno.EISDIR)
+        elif flags & linux.O_DIRECTORY:
+            raise KernelError(errno.ENOTDIR)
+    elif flags & linux.O_DIRECTORY and not inode.is_dir:
+        raise KernelError(errno.ENOTDIR)
+    if flags & linux.O_TRUNC and inode.is_reg and not created and not flags & linux.O_PATH:
+        k.break_lease(t, inode, flags)
+        may_truncate(k, t, inode, 0)
+        k.fs.truncate(inode, 0)
+    elif not flags & linux.O_PATH and inode.is_reg:
+        k.break_lease(t, inode, flags)
+    file = k.open_file(inode, flags, path)
+    try:
+        return k.fd_install(t, file, bool(flags & linux.O_CLOEXEC))
+    except KernelError:
+        k.fput(file)
+        raise
+
+
+@syscall("close", linux="fs/open.c close_fd()")
+def sys_close(k: Kernel, t: Task, fd: int) -> int:
+    """close(2)."""
+    k.close_fd(t, fd)
+    return 0
+
+
+def _io_file(k: Kernel, t: Task, fd: int, write: bool) -> File:
+    file = k.file_of(t, fd)
+    if not (file.writable if write else file.readable):
+        raise KernelError(errno.EBADF)
+    if file.inode.is_dir:
+        raise KernelError(errno.EISDIR)
+    return file
+
+
+def _read(k: Kernel, file: File, count: int, offset: int) -> bytes:
+    if count < 0:
+        raise KernelError(errno.EINVAL)
+    if file.inode.is_chr:
+        return b""
+    return k.fs.read(file.inode, offset, min(count, MAX_IO))
+
+
+def _write(k: Kernel, t: Task, file: File, data: bytes, offset: int) -> tuple[int, int]:
+    """Write at ``offset`` (or the end with O_APPEND); returns (written, new end)."""
+    if file.inode.is_chr:
+        return len(data), offset
+    inode = file.inode
+    if file.flags & linux.O_APPEND:
+        offset = inode.size
+    if offset + len(data) > MAX_FILE_SIZE:
+        raise KernelError(errno.EFBIG)
+    for hook in k.ext_write_hooks:
+        hook(t, file, offset, len(data))
+    if not data:
+        return 0, offset
+    n = k.fs.write(inode, offset, data[:MAX_IO])
+    return n, offset + n
+
+
+@syscall("read", linux="fs/read_write.c ksys_read()", support="partial",
+         note="one call moves at most 1 MiB (a short read, as Linux allows)")
+def sys_read(k: Kernel, t: Task, fd: int, count: int) -> bytes:
+    """read(2): from the shared offset, which advances."""
+    file = _io_file(k, t, fd, write=False)
+    data = _read(k, file, count, file.pos)
+    file.pos += len(data)
+    return data
+
+
+@syscall("write", linux="fs/read_write.c ksys_write()", support="partial",
+         note="one call moves at most 1 MiB (a short write)")
+def sys_write(k: Kernel, t: Task, fd: int, data: bytes) -> int:
+    """write(2): at the shared offset, or at the end with O_APPEND."""
+    file = _io_file(k, t, fd, write=True)
+    n, end = _write(k, t, file, data, file.pos)
+    if not file.inode.is_chr:
+        file.pos = end
+    return n
+
+
+@syscall("pread", linux="fs/read_write.c ksys_pread64()")
+def sys_pread(k: Kernel, t: Task, fd: int, count: int, offset: int) -> bytes:
+    """pread(2): at ``offset``; the file offset does not move."""
+    file = _io_file(k, t, fd, write=False)
+    if file.inode.is_chr:
+        raise KernelError(errno.ESPIPE)
+    if offset < 0:
+        raise KernelError(errno.EINVAL)
+    return _read(k, file, count, offset)
+
+
+@syscall("pwrite", linux="fs/read_write.c ksys_pwrite64()",
+         note="with O_APPEND the data goes to the end, a Linux bug kept on purpose")
+def sys_pwrite(k: Kernel, t: Task, fd: int, data: bytes, offset: int) -> int:
+    """pwrite(2): at ``offset``; the file offset does not move (O_APPEND: at the end)."""
+    file = _io_file(k, t, fd, write=True)
+    if file.inode.is_chr:
+        raise KernelError(errno.ESPIPE)
+    if offset < 0:
+        raise KernelError(errno.EINVAL)
+    return _write(k, t, file, data, offset)[0]
+
+
+@syscall("lseek", linux="fs/read_write.c generic_file_llseek()")
+def sys_lseek(k: Kernel, t: Task, fd: int, offset: int, whence: int) -> int:
+    """lseek(2), with SEEK_DATA and SEEK_HOLE over the block map."""
+    file = k.file_of(t, fd)
+    if file.flags & linux.O_PATH:
+        raise KernelError(errno.EBADF)
+    inode = file.inode
+    if inode.is_chr:
+        raise KernelError(errno.ESPIPE)
+    size = inode.size
+    if whence == linux.SEEK_SET:
+        new = offset
+    elif whence == linux.SEEK_CUR:
+        new = file.pos + offset
+    elif whence == linux.SEEK_END:
+        new = size + offset
+    elif whence in (linux.SEEK_DATA, linux.SEEK_HOLE) and inode.is_reg:
+        if offset < 0 or offset >= size:
+            raise KernelError(errno.ENXIO)
+        new = _seek_data_hole(k, inode, offset, whence == linux.SEEK_DATA)
+    else:
+        raise KernelError(errno.EINVAL)
+    if new < 0 or new > MAX_FILE_SIZE:
+        raise KernelError(errno.EINVAL)
+    file.pos = new
+    return new
+
+
+def _seek_data_hole(k: Kernel, inode: Inode, offset: int, data: bool) -> int:
+    bs = k.fs.block_size
+    page = offset // bs
+    last = (inode.size - 1) // bs
+    while page <= last:
+        if (page in inode.blocks) == data:
+            return max(offset, page * bs)
+        page += 1
+    if data:
+        raise KernelError(errno.ENXIO)
+    return inode.size
+
+
+def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:
+    """The size change shared by truncate, ftruncate and O_TRUNC (``do_truncate``)."""
+    if length < 0:
+        raise KernelError(errno.EINVAL)
+    if length > MAX_FILE_SIZE:
+        raise KernelError(errno.EFBIG)
+    k.break_lease(t, inode, linux.O_WRONLY)
+    may_truncate(k, t, inode, length)
+    k.fs.truncate(inode, length)
+
+
+@syscall("ftruncate", linux="fs/open.c do_sys_ftruncate()")
+def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
+    """ftruncate(2): ``EINVAL`` unless a regular file open for writing."""
+    if length < 0:
+        raise KernelError(errno.EINVAL)
+    file = k.file_of(t, fd)
+    if file.flags & linux.O_PATH:
+        raise KernelError(errno.EBADF)
+    if not file.inode.is_reg or not file.writable:
+        raise KernelError(errno.EINVAL)
+    do_truncate(k, t, file.inode, length)
+    return 0
+
+
+@syscall("truncate", linux="fs/open.c do_sys_truncate()")
+def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> int:
+    """truncate(2) by path."""
+    if length < 0:
+        raise KernelError(errno.EINVAL)
+    inode = k.fs.lookup(path)
+    if inode.is_dir:
+        raise KernelError(errno.EISDIR)
+    if not inode.is_reg:
+        raise KernelError(errno.EINVAL)
+    do_truncate(k, t, inode, length)
+    return 0
+
+
+@syscall("unlink", linux="fs/namei.c do_unlinkat()")
+def sys_unlink(k: Kernel, t: Task, path: str) -> int:
+    """unlink(2): the inode lives on while open files hold it."""
+    k.fs.unlink(path)
+    return 0
+
+
+@syscall("rename", linux="fs/namei.c do_renameat2()", support="partial",
+         note="no RENAME_* flags")
+def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
+    """rename(2), replacing a target atomically."""
+    k.fs.rename(old, new)
+    return 0
+
+
+@syscall("mkdir", linux="fs/namei.c do_mkdirat()")
+def sys_mkdir(k: Kernel, t: Task, path: str, mode: int = 0o777) -> int:
+    """mkdir(2)."""
+    k.fs.mkdir(path, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid)
+    return 0
+
+
+@syscall("rmdir", linux="fs/namei.c do_rmdir()")
+def sys_rmdir(k: Kernel, t: Task, path: str) -> int:
+    """rmdir(2)."""
+    k.fs.rmdir(path)
+    return 0
+
+
+@syscall("stat", linux="fs/stat.c vfs_statx()")
+def sys_stat(k: Kernel, t: Task, path: str) -> dict[str, Any]:
+    """stat(2), as a map of ``os.stat_result`` fields."""
+    return k.fs.stat(k.fs.lookup(path))
+
+
+@syscall("fstat", linux="fs/stat.c vfs_fstat()")
+def sys_fstat(k: Kernel, t: Task, fd: int) -> dict[str, Any]:
+    """fstat(2), O_PATH descriptors included."""
+    return k.fs.stat(k.file_of(t, fd).inode)
+
+
+@syscall("listdir", linux="fs/readdir.c getdents64()", support="partial",
+         note="whole directory in one call, by path (os.listdir)")
+def sys_listdir(k: Kernel, t: Task, path: str) -> list[str]:
+    """The names in a directory, as ``os.listdir`` returns them."""
+    inode = k.fs.lookup(path)
+    if inode.children is None:
+        raise KernelError(errno.ENOTDIR)
+    return sorted(inode.children)

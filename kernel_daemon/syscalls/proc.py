@@ -1,0 +1,205 @@
+"""Process lifecycle: registration, fork, exec, and the process introspection calls.
+
+``fork`` is two-step because the agent forks for real: the parent announces it and gets
+a token naming a snapshot of its descriptor table (``dup_fd``: the same files, the same
+close-on-exec flags), the child registers with the token, and the parent reports the
+child's PID.  ``exec`` closes close-on-exec descriptors (``do_close_on_exec``) and
+invalidates the old image's secret; the new image registers again as the same PID.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+from typing import Any
+
+from kernel_daemon.errors import PARKED, KernelError
+from kernel_daemon.kernel import Kernel, PendingFork
+from kernel_daemon.syscalls.table import syscall
+from kernel_daemon.task import Task
+from protocol import wire
+
+
+class RegistrationRefused(Exception):
+    """Registration failed; ``reason`` is a machine-readable protocol reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def register(
+    k: Kernel, pid: int, uid: int, gid: int, real_ppid: int, hello: dict[str, Any]
+) -> Task:
+    """Create (or, after exec, renew) the task of a process that registered.
+
+    ``pid``, ``uid`` and ``gid`` come from ``SO_PEERCRED``; ``real_ppid`` from the host's
+    process table.  A fork token is honoured only by a real child of the announcing
+    parent; an exec token only by the PID that announced the exec.
+    """
+    kind = hello.get("kind")
+    name = hello.get("name", "")
+    umask = hello.get("umask", 0o022)
+    if not isinstance(name, str) or not isinstance(umask, int) or kind not in wire.KINDS_REGISTER:
+        raise RegistrationRefused(wire.E_MALFORMED, "bad hello")
+    token = hello.get("token")
+    if kind == wire.SPAWN:
+        if pid in k.tasks:
+            raise RegistrationRefused(wire.E_BAD_TOKEN, f"pid {pid} is already registered")
+        ppid = real_ppid if real_ppid in k.tasks else 0
+        task = k.new_task(pid, ppid, uid, gid, name, None)
+    elif kind == wire.FORK:
+        pending = k.pending_forks.get(token) if isinstance(token, bytes) else None
+        if pending is None:
+            raise RegistrationRefused(wire.E_BAD_TOKEN, "unknown fork token")
+        if pending.parent != real_ppid:
+            raise RegistrationRefused(wire.E_BAD_TOKEN, "fork token of another parent")
+        if pid in k.tasks:
+            raise RegistrationRefused(wire.E_BAD_TOKEN, f"pid {pid} is already registered")
+        del k.pending_forks[token]
+        if pending.timer:
+            pending.timer.cancel()
+        parent = k.tasks.get(pending.parent)
+        task = k.new_task(pid, pending.parent, uid, gid, name, pending.snapshot)
+        if parent is not None:
+            for key in k.fork_inherit_keys:
+                if key in parent.ext:
+                    task.ext[key] = parent.ext[key]
+        for hook in k.fork_hooks:
+            hook(parent, task)
+    else:  # EXEC
+        task_or_none = k.tasks.get(pid)
+        if task_or_none is None or task_or_none.ext.get("exec_token") != token:
+            raise RegistrationRefused(wire.E_BAD_TOKEN, "unknown exec token")
+        task = task_or_none
+        del task.ext["exec_token"]
+        task.secret = secrets.token_bytes(wire.SECRET_LEN)
+        task.last_seq = -1
+        task.route = None
+        task.name = name or task.name
+    task.ext["umask"] = umask & 0o777
+    k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)
+    return task
+
+
+@syscall("fork_prepare", linux="kernel/fork.c copy_process() dup_fd()", support="emulator",
+         note="step 1 of fork: snapshot the descriptor table, return a token")
+def sys_fork_prepare(k: Kernel, t: Task) -> bytes:
+    """Snapshot ``t``'s descriptor table for a child about to be forked."""
+    token = secrets.token_bytes(16)
+    snapshot = [(fd, k.fget(e.file), e.cloexec) for fd, e in t.fds]
+    k.pending_forks[token] = PendingFork(token=token, parent=t.pid, snapshot=snapshot)
+    return token
+
+
+@syscall("fork_done", linux="kernel/fork.c kernel_clone()", support="emulator",
+         note="step 3 of fork: the parent reports the child's PID, or -1 when fork failed")
+def sys_fork_done(k: Kernel, t: Task, token: bytes, child: int) -> int:
+    """Record the child's PID; a failed fork (``child < 0``) drops the snapshot."""
+    pending = k.pending_forks.get(token)
+    if child in k.tasks and k.tasks[child].ppid == t.pid:
+        return 0  # the child registered first
+    if pending is None or pending.parent != t.pid:
+        raise KernelError(errno.EINVAL)
+    if child < 0:
+        k.drop_fork(token)
+        return 0
+    pending.child = child
+    k.watch_unregistered_child(token, child)
+    return 0
+
+
+@syscall("exec_prepare", linux="fs/exec.c begin_new_exec()", support="emulator",
+         note="close close-on-exec descriptors, drop the image's state, return a token")
+def sys_exec_prepare(k: Kernel, t: Task) -> bytes:
+    """The point of no return of execve: close-on-exec descriptors are closed."""
+    for hook in k.exec_hooks:
+        hook(t)
+    for fd, entry in list(t.fds):
+        if entry.cloexec:
+            k.close_fd(t, fd)
+    token = secrets.token_bytes(16)
+    t.ext["exec_token"] = token
+    t.execs += 1
+    k.log.emit("exec", pid=t.pid)
+    k.invalidate_secret_after_reply(t)
+    return token
+
+
+@syscall("getpid", linux="kernel/sys.c getpid()")
+def sys_getpid(k: Kernel, t: Task) -> int:
+    """getpid(2): the PID the host kernel vouched for at registration."""
+    return t.pid
+
+
+@syscall("getppid", linux="kernel/sys.c getppid()", support="partial",
+         note="the registered parent, 0 when the parent is not an emulated process")
+def sys_getppid(k: Kernel, t: Task) -> int:
+    """getppid(2) as the emulator knows it."""
+    return t.ppid
+
+
+@syscall("umask", linux="kernel/sys.c umask()")
+def sys_umask(k: Kernel, t: Task, mask: int) -> int:
+    """umask(2): set the creation mask, return the old one."""
+    old: int = t.ext.get("umask", 0o022)
+    t.ext["umask"] = mask & 0o777
+    return old
+
+
+@syscall("proc_fds", linux="fs/proc/fd.c proc_readfd() seq_show()", support="emulator",
+         note="/proc/<pid>/fd and fdinfo of any process (as root)")
+def sys_proc_fds(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
+    """The descriptors of process ``pid``: number, path, offset, flags, file id."""
+    return k.fdinfo(k.task_of(pid))
+
+
+@syscall("proc_list", linux="fs/proc/root.c", support="emulator",
+         note="every registered process: pid, parent, name, descriptor count")
+def sys_proc_list(k: Kernel, t: Task) -> list[dict[str, Any]]:
+    """The registered processes."""
+    return [
+        {"pid": p.pid, "ppid": p.ppid, "name": p.name, "fds": len(p.fds), "parked": len(p.parked)}
+        for p in sorted(k.tasks.values(), key=lambda p: p.pid)
+    ]
+
+
+@syscall("kernel_stats", linux="(none)", support="emulator",
+         note="counts of every kernel object, to check that nothing leaks")
+def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
+    """Object counts: tasks, open files, inodes, blocks in use, passes in flight."""
+    files = {id(e.file) for p in k.tasks.values() for _, e in p.fds}
+    files |= {id(f) for fl in k.inflight.values() for f in fl.files}
+    files |= {id(f) for pf in k.pending_forks.values() for _, f, _ in pf.snapshot}
+    return {
+        "tasks": len(k.tasks),
+        "files": len(files),
+        "inodes": len(k.fs.inodes),
+        "blocks_used": k.pmem.nblocks - k.pmem.free_blocks,
+        "inflight": len(k.inflight),
+        "pending_forks": len(k.pending_forks),
+        "parked": sum(len(p.parked) for p in k.tasks.values()),
+        "timers": sum(1 for tm in k.timers if not tm.cancelled),
+    }
+
+
+@syscall("wait_exit", linux="kernel/exit.c do_wait()", support="emulator",
+         note="block until the daemon has finished the exit of process pid")
+def sys_wait_exit(k: Kernel, t: Task, pid: int) -> Any:
+    """Return once ``pid`` is no longer a task (at once if it is not one now).
+
+    The launcher uses it after killing an actor, so that the next step runs after the
+    kernel has cleaned up the dead process, never before.
+    """
+    if pid not in k.tasks:
+        return 0
+    waiters = k.exit_waiters.setdefault(pid, [])
+
+    def cancel() -> None:
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+    waiter = k.park(cancel)
+    waiters.append(waiter)
+    return PARKED

@@ -1,0 +1,165 @@
+"""Processes, descriptor tables and open file descriptions.
+
+``Task`` is a process (``struct task_struct`` seen as a whole process), ``FdTable`` its
+``struct files_struct``, ``File`` an open file description (``struct file``).  A
+``File`` is shared by ``dup``, ``fork`` and descriptor passing, and carries the offset
+and status flags; the close-on-exec flag belongs to the descriptor, in the table.  A
+``File`` is kept alive by every descriptor that names it, by passes in flight, by
+pending fork snapshots, and later by mappings and pins; when the last reference goes
+the file is released (``__fput``).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_daemon.errors import KernelError
+from kernel_daemon.vfs import Inode
+from protocol import linux
+
+#: status flags F_SETFL may change (fs/fcntl.c SETFL_MASK)
+SETFL_MASK = linux.O_APPEND | linux.O_NONBLOCK | linux.O_ASYNC | linux.O_DIRECT | linux.O_NOATIME
+#: flags kept in f_flags after open (what F_GETFL may report)
+KEPT_FLAGS = (
+    linux.O_ACCMODE
+    | linux.O_APPEND
+    | linux.O_NONBLOCK
+    | linux.O_ASYNC
+    | linux.O_DIRECT
+    | linux.O_NOATIME
+    | linux.O_LARGEFILE
+    | linux.O_DSYNC
+    | linux.O_SYNC
+    | linux.O_DIRECTORY
+    | linux.O_NOFOLLOW
+    | linux.O_PATH
+)
+
+_file_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class File:
+    """``struct file``: an open file description.
+
+    ``flags`` is ``f_flags`` (access mode and status flags, what F_GETFL reports);
+    ``pos`` the shared offset.  ``refs`` counts every holder; only
+    :meth:`Kernel.fget`/:meth:`Kernel.fput` change it.
+    """
+
+    inode: Inode
+    flags: int
+    #: the path the file was opened by (for transcripts and /proc-like listings)
+    path: str
+    pos: int = 0
+    refs: int = 0
+    #: a stable id, so introspection can show which descriptors share a description
+    fid: int = field(default_factory=lambda: next(_file_ids))
+    #: per-file state other subsystems attach (owner for SIGIO, leases); opaque here
+    ext: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def readable(self) -> bool:
+        """FMODE_READ."""
+        acc = self.flags & linux.O_ACCMODE
+        return not self.flags & linux.O_PATH and acc in (linux.O_RDONLY, linux.O_RDWR)
+
+    @property
+    def writable(self) -> bool:
+        """FMODE_WRITE."""
+        acc = self.flags & linux.O_ACCMODE
+        return not self.flags & linux.O_PATH and acc in (linux.O_WRONLY, linux.O_RDWR)
+
+
+@dataclass
+class FdEntry:
+    """One slot of a descriptor table: the file and the close-on-exec flag."""
+
+    file: File
+    cloexec: bool = False
+
+
+class FdTable:
+    """``struct files_struct``: descriptor numbers to files, lowest free number first.
+
+    The table only records references; the caller takes and drops the ``File``
+    references with :meth:`Kernel.fget`/:meth:`Kernel.fput` around install and remove.
+    """
+
+    def __init__(self, limit: int = linux.RLIMIT_NOFILE_DEFAULT) -> None:
+        self.limit = limit
+        self.slots: dict[int, FdEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __iter__(self) -> Iterator[tuple[int, FdEntry]]:
+        return iter(sorted(self.slots.items()))
+
+    def get(self, fd: int) -> FdEntry:
+        """The entry for ``fd``, or ``EBADF``."""
+        entry = self.slots.get(fd)
+        if entry is None:
+            raise KernelError(errno.EBADF)
+        return entry
+
+    def lowest_free(self, start: int = 0) -> int:
+        """The lowest unused number >= ``start`` (``alloc_fd``); ``EMFILE`` when none."""
+        fd = start
+        while fd in self.slots:
+            fd += 1
+        if fd >= self.limit:
+            raise KernelError(errno.EMFILE)
+        return fd
+
+    def install(self, fd: int, file: File, cloexec: bool) -> FdEntry | None:
+        """Put ``file`` at ``fd``; returns the entry it replaced (the caller fputs it)."""
+        old = self.slots.get(fd)
+        self.slots[fd] = FdEntry(file, cloexec)
+        return old
+
+    def remove(self, fd: int) -> FdEntry:
+        """Take ``fd`` out of the table (``EBADF`` if unused); the caller fputs it."""
+        entry = self.slots.pop(fd, None)
+        if entry is None:
+            raise KernelError(errno.EBADF)
+        return entry
+
+    def fds_of(self, file: File) -> list[int]:
+        """Every descriptor number naming ``file`` in this table."""
+        return sorted(fd for fd, e in self.slots.items() if e.file is file)
+
+
+@dataclass(eq=False)
+class Task:
+    """A registered process, keyed by its real PID.
+
+    Created at registration (spawn, fork child, exec'd image); removed when its pidfd
+    says it died.  ``secret`` authenticates its messages; ``None`` between the
+    announcement of an exec and the new image's registration, when no message is
+    accepted.  Fields other than ``fds`` are changed by the daemon loop only.
+    """
+
+    pid: int
+    ppid: int
+    uid: int
+    gid: int
+    name: str
+    secret: bytes | None
+    fds: FdTable = field(default_factory=FdTable)
+    #: highest control-message sequence number accepted (replay guard)
+    last_seq: int = -1
+    #: the ZeroMQ routing id of the agent's DEALER socket (learnt from its messages)
+    route: bytes | None = None
+    #: pidfd held in the daemon's poller, so death is seen at once
+    pidfd: int = -1
+    #: request id -> cancel callback of each parked (waiting) call
+    parked: dict[int, Callable[[], None]] = field(default_factory=dict)
+    #: how many times this PID has exec'd since registration
+    execs: int = 0
+    #: per-task state other subsystems attach (pending signals, mappings)
+    ext: dict[str, Any] = field(default_factory=dict)

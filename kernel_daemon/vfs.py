@@ -1,0 +1,394 @@
+"""A small DAX filesystem on the pmem device: inodes, directories and block maps.
+
+Names follow the VFS: ``Inode`` (``struct inode``), ``Filesystem`` (the superblock plus
+the namespace operations of ``fs/namei.c``).  File data lives in pmem blocks; an inode's
+block map sends a file page to a device block, and holes read as zeros.  An inode whose
+last link is gone lives on while open files (or, later, mappings and pins) hold it, and
+its blocks go back to the allocator only when the last of them goes, as in Linux.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_daemon.errors import KernelError
+from kernel_daemon.pmem import Owner, Pmem
+from protocol import linux
+
+
+@dataclass(eq=False)
+class Inode:
+    """``struct inode``.  Changed only by :class:`Filesystem` methods."""
+
+    ino: int
+    #: file type and permission bits (``S_IFREG | 0644``)
+    mode: int
+    uid: int
+    gid: int
+    #: directory entries naming this inode (2 + subdirectories for a directory)
+    nlink: int = 1
+    #: file size in bytes (regular files)
+    size: int = 0
+    #: page index -> pmem block; absent pages are holes
+    blocks: dict[int, int] = field(default_factory=dict)
+    #: name -> inode, for directories only
+    children: dict[str, Inode] | None = None
+    #: the directory holding this one (directories only; the root is its own parent)
+    parent: Inode | None = None
+    #: open file descriptions (and, later, other holders) keeping the inode alive
+    refs: int = 0
+    atime: float = field(default_factory=time.time)
+    mtime: float = field(default_factory=time.time)
+    ctime: float = field(default_factory=time.time)
+    #: per-inode state other subsystems attach (leases, mappings); opaque to the VFS
+    ext: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        """S_ISDIR."""
+        return self.mode & linux.S_IFMT == linux.S_IFDIR
+
+    @property
+    def is_reg(self) -> bool:
+        """S_ISREG."""
+        return self.mode & linux.S_IFMT == linux.S_IFREG
+
+    @property
+    def is_chr(self) -> bool:
+        """S_ISCHR: the emulated console that backs descriptors 0, 1 and 2."""
+        return self.mode & linux.S_IFMT == linux.S_IFCHR
+
+
+class Filesystem:
+    """The namespace and the data path of one pmem filesystem (root is ``/``)."""
+
+    DEV = 0xFE01  # st_dev reported for files on the emulated device
+
+    def __init__(
+        self, pmem: Pmem, on_release: Callable[[Inode], None] | None = None
+    ) -> None:
+        self.pmem = pmem
+        self.block_size = pmem.block_size
+        self._next_ino = 2
+        self.root = self._new_inode(linux.S_IFDIR | 0o755, 0, 0)
+        self.root.children = {}
+        self.root.parent = self.root
+        self.root.nlink = 2
+        #: the console character device behind descriptors 0-2 of a spawned task
+        self.console = self._new_inode(linux.S_IFCHR | 0o620, 0, 0)
+        self.inodes: dict[int, Inode] = {self.root.ino: self.root}
+        self._on_release = on_release
+
+    def _new_inode(self, mode: int, uid: int, gid: int) -> Inode:
+        ino = self._next_ino
+        self._next_ino += 1
+        return Inode(ino=ino, mode=mode, uid=uid, gid=gid)
+
+    # --- path walk (fs/namei.c) -------------------------------------------------------
+
+    @staticmethod
+    def _components(path: str) -> list[str]:
+        if not path:
+            raise KernelError(errno.ENOENT, "empty path")
+        if "\0" in path:
+            raise KernelError(errno.EINVAL, "NUL in path")
+        if len(path.encode()) >= linux.PATH_MAX:
+            raise KernelError(errno.ENAMETOOLONG)
+        parts = [p for p in path.split("/") if p]
+        for p in parts:
+            if len(p.encode()) > linux.NAME_MAX:
+                raise KernelError(errno.ENAMETOOLONG)
+        return parts
+
+    def _walk(self, parts: list[str]) -> Inode:
+        node = self.root
+        for name in parts:
+            if not node.is_dir or node.children is None:
+                raise KernelError(errno.ENOTDIR)
+            if name == ".":
+                continue
+            if name == "..":
+                assert node.parent is not None
+                node = node.parent
+                continue
+            child = node.children.get(name)
+            if child is None:
+                raise KernelError(errno.ENOENT)
+            node = child
+        return node
+
+    def lookup(self, path: str) -> Inode:
+        """Resolve ``path`` (relative paths start at ``/``, the only cwd) to its inode.
+
+        A trailing slash on a non-directory is ``ENOTDIR``, as in Linux.
+        """
+        node = self._walk(self._components(path))
+        if path.endswith("/") and not node.is_dir:
+            raise KernelError(errno.ENOTDIR)
+        return node
+
+    def lookup_parent(self, path: str) -> tuple[Inode, str]:
+        """Resolve all but the last component: (directory inode, last name).
+
+        The last name is ``""`` for ``/``; ``.`` and ``..`` are returned as they are and
+        each caller refuses them as Linux does for its own call.
+        """
+        parts = self._components(path)
+        if not parts:
+            return self.root, ""
+        parent = self._walk(parts[:-1])
+        if not parent.is_dir:
+            raise KernelError(errno.ENOTDIR)
+        return parent, parts[-1]
+
+    # --- namespace operations -------------------------------------------------------
+
+    def create(self, parent: Inode, name: str, mode: int, uid: int, gid: int) -> Inode:
+        """Create a regular file ``name`` in ``parent`` (``vfs_create``)."""
+        assert parent.children is not None
+        inode = self._new_inode(linux.S_IFREG | (mode & 0o7777), uid, gid)
+        parent.children[name] = inode
+        parent.mtime = parent.ctime = time.time()
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Inode:
+        """mkdir(2).  Linux: fs/namei.c do_mkdirat()."""
+        parent, name = self.lookup_parent(path)
+        if name in ("", ".", ".."):
+            raise KernelError(errno.EEXIST)
+        assert parent.children is not None
+        if name in parent.children:
+            raise KernelError(errno.EEXIST)
+        inode = self._new_inode(linux.S_IFDIR | (mode & 0o7777), uid, gid)
+        inode.children = {}
+        inode.parent = parent
+        inode.nlink = 2
+        parent.children[name] = inode
+        parent.nlink += 1
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def rmdir(self, path: str) -> None:
+        """rmdir(2).  Linux: fs/namei.c do_rmdir()."""
+        parent, name = self.lookup_parent(path)
+        if name == "":
+            raise KernelError(errno.EBUSY)
+        if name == ".":
+            raise KernelError(errno.EINVAL)
+        if name == "..":
+            raise KernelError(errno.ENOTEMPTY)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            raise KernelError(errno.ENOENT)
+        if not node.is_dir:
+            raise KernelError(errno.ENOTDIR)
+        if node.children:
+            raise KernelError(errno.ENOTEMPTY)
+        del parent.children[name]
+        parent.nlink -= 1
+        node.nlink = 0
+        self._maybe_release(node)
+
+    def unlink(self, path: str) -> Inode:
+        """unlink(2).  Linux: fs/namei.c do_unlinkat(); a directory is ``EISDIR``."""
+        parent, name = self.lookup_parent(path)
+        if name in ("", ".", ".."):
+            raise KernelError(errno.EISDIR)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            raise KernelError(errno.ENOENT)
+        if node.is_dir:
+            raise KernelError(errno.EISDIR)
+        if path.endswith("/"):
+            raise KernelError(errno.ENOTDIR)
+        del parent.children[name]
+        node.nlink -= 1
+        node.ctime = parent.mtime = time.time()
+        self._maybe_release(node)
+        return node
+
+    def rename(self, old: str, new: str) -> Inode | None:
+        """rename(2).  Linux: fs/namei.c do_renameat2().  Returns the replaced inode."""
+        oparent, oname = self.lookup_parent(old)
+        nparent, nname = self.lookup_parent(new)
+        if oname in ("", ".", "..") or nname in ("", ".", ".."):
+            raise KernelError(errno.EBUSY if oname == "" or nname == "" else errno.EINVAL)
+        assert oparent.children is not None and nparent.children is not None
+        node = oparent.children.get(oname)
+        if node is None:
+            raise KernelError(errno.ENOENT)
+        if (old.endswith("/") or new.endswith("/")) and not node.is_dir:
+            raise KernelError(errno.ENOTDIR)
+        target = nparent.children.get(nname)
+        if target is node:
+            return None
+        if node.is_dir:
+            # moving a directory under itself
+            p: Inode | None = nparent
+            while p is not None:
+                if p is node:
+                    raise KernelError(errno.EINVAL)
+                if p is self.root:
+                    break
+                p = p.parent
+        if target is not None:
+            if node.is_dir and not target.is_dir:
+                raise KernelError(errno.ENOTDIR)
+            if not node.is_dir and target.is_dir:
+                raise KernelError(errno.EISDIR)
+            if target.is_dir and target.children:
+                raise KernelError(errno.ENOTEMPTY)
+        del oparent.children[oname]
+        if target is not None:
+            del nparent.children[nname]
+            target.nlink = 0 if target.is_dir else target.nlink - 1
+            if target.is_dir:
+                nparent.nlink -= 1
+        nparent.children[nname] = node
+        if node.is_dir and oparent is not nparent:
+            node.parent = nparent
+            oparent.nlink -= 1
+            nparent.nlink += 1
+        now = time.time()
+        oparent.mtime = nparent.mtime = node.ctime = now
+        if target is not None:
+            self._maybe_release(target)
+        return target
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    def get(self, inode: Inode) -> None:
+        """Take a reference (an open file description, later a mapping or pin)."""
+        inode.refs += 1
+
+    def put(self, inode: Inode) -> None:
+        """Drop a reference; an unlinked inode with none left is freed (``iput``)."""
+        inode.refs -= 1
+        assert inode.refs >= 0, "inode reference count underflow"
+        self._maybe_release(inode)
+
+    def _maybe_release(self, inode: Inode) -> None:
+        if inode.nlink > 0 or inode.refs > 0 or inode is self.console:
+            return
+        if self.inodes.pop(inode.ino, None) is None:
+            return
+        if self._on_release:
+            self._on_release(inode)
+        self.free_range(inode, 0)
+
+    # --- data path --------------------------------------------------------------------
+
+    def read(self, inode: Inode, offset: int, count: int) -> bytes:
+        """Read up to ``count`` bytes at ``offset``; holes read as zeros."""
+        if offset >= inode.size or count <= 0:
+            return b""
+        end = min(inode.size, offset + count)
+        out = bytearray()
+        bs = self.block_size
+        pos = offset
+        while pos < end:
+            page, inpage = divmod(pos, bs)
+            n = min(bs - inpage, end - pos)
+            block = inode.blocks.get(page)
+            if block is None:
+                out += bytes(n)
+            else:
+                out += self.pmem.view(block)[inpage : inpage + n]
+            pos += n
+        inode.atime = time.time()
+        return bytes(out)
+
+    def write(self, inode: Inode, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``, allocating blocks for holes; grows the size.
+
+        A write that runs out of space stops short and returns what it wrote, as a
+        filesystem does; ``ENOSPC`` only when nothing could be written.
+        """
+        bs = self.block_size
+        pos = offset
+        done = 0
+        while done < len(data):
+            page, inpage = divmod(pos, bs)
+            block = inode.blocks.get(page)
+            if block is None:
+                try:
+                    block = self.pmem.alloc(Owner(inode.ino, page))
+                except KernelError:
+                    if done == 0:
+                        raise
+                    break
+                inode.blocks[page] = block
+            n = min(bs - inpage, len(data) - done)
+            self.pmem.view(block)[inpage : inpage + n] = data[done : done + n]
+            pos += n
+            done += n
+        if pos > inode.size:
+            inode.size = pos
+        inode.mtime = inode.ctime = time.time()
+        return done
+
+    def truncate(self, inode: Inode, length: int) -> None:
+        """Set the size; blocks wholly past the end are freed, the tail page zeroed."""
+        bs = self.block_size
+        if length < inode.size:
+            first_free = -(-length // bs)
+            self.free_range(inode, first_free)
+            page, inpage = divmod(length, bs)
+            if inpage and page in inode.blocks:
+                self.pmem.view(inode.blocks[page])[inpage:] = bytes(bs - inpage)
+        inode.size = length
+        inode.mtime = inode.ctime = time.time()
+
+    def free_range(self, inode: Inode, first_page: int, end_page: int | None = None) -> list[int]:
+        """Free the blocks of pages ``[first_page, end_page)``; returns the freed blocks."""
+        freed = []
+        for page in sorted(inode.blocks):
+            if page >= first_page and (end_page is None or page < end_page):
+                block = inode.blocks.pop(page)
+                self.pmem.free(block)
+                freed.append(block)
+        return freed
+
+    def stat(self, inode: Inode) -> dict[str, Any]:
+        """``struct stat`` of ``inode`` as the wire carries it (os.stat_result fields)."""
+        return {
+            "st_mode": inode.mode,
+            "st_ino": inode.ino,
+            "st_dev": self.DEV,
+            "st_nlink": inode.nlink,
+            "st_uid": inode.uid,
+            "st_gid": inode.gid,
+            "st_size": inode.size if not inode.is_dir else self.block_size,
+            "st_atime": inode.atime,
+            "st_mtime": inode.mtime,
+            "st_ctime": inode.ctime,
+            "st_blksize": self.block_size,
+            "st_blocks": len(inode.blocks) * self.block_size // 512,
+        }
+
+    def path_of(self, inode: Inode) -> str:
+        """A path naming ``inode`` now, or ``"(deleted)"`` suffixed like /proc does."""
+        if inode is self.root:
+            return "/"
+        if inode is self.console:
+            return "/dev/console"
+        found = self._find(self.root, inode, "")
+        return found if found is not None else f"/#{inode.ino} (deleted)"
+
+    def _find(self, d: Inode, target: Inode, prefix: str) -> str | None:
+        assert d.children is not None
+        for name, child in d.children.items():
+            if child is target:
+                return f"{prefix}/{name}"
+            if child.is_dir:
+                sub = self._find(child, target, f"{prefix}/{name}")
+                if sub is not None:
+                    return sub
+        return None

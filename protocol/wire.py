@@ -1,0 +1,164 @@
+"""The wire protocol between the kernel daemon and its agents.
+
+Two channels:
+
+* **registration**: an ``AF_UNIX`` stream socket.  The agent sends a *hello* stating
+  the protocol version and how it came to be (spawned, forked with a token, exec'd with a
+  token); the daemon reads the caller's PID from ``SO_PEERCRED`` (the host kernel vouches
+  for it) and answers a *welcome* carrying a fresh per-process secret and the control
+  endpoint, or a refusal with a machine-readable reason.  Records are a 4-byte
+  big-endian length and a msgpack map.
+
+* **control**: ZeroMQ, agent DEALER to daemon ROUTER.  Every message is one frame: a
+  msgpack map followed by its 32-byte HMAC-SHA256 under the process's secret.  The map's
+  header fields are ``v`` (protocol version), ``k`` (kind), ``pid`` and ``seq`` (strictly
+  increasing per sender, so a replayed frame is refused).  One frame per message keeps a
+  send atomic even when a signal handler in the agent sends in the middle of another call.
+
+The protocol version is separate from the package version and is written down in
+``docs/protocol.md``; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from protocol.errors import ProtocolError, VersionMismatch
+
+PROTOCOL_VERSION: Final[tuple[int, int]] = (1, 0)
+#: Largest control frame either side accepts, in bytes.
+MAX_FRAME: Final[int] = 4 * 1024 * 1024
+#: Largest registration record, in bytes.
+MAX_RECORD: Final[int] = 64 * 1024
+MAC_LEN: Final[int] = 32
+SECRET_LEN: Final[int] = 32
+
+# message kinds on the control channel
+CALL: Final = "call"  # agent -> daemon: a system call; always answered by a REPLY
+NOTIFY: Final = "notify"  # agent -> daemon: no answer expected (signal delivered ack)
+REPLY: Final = "reply"  # daemon -> agent: result, errno, or protocol error
+EVENT: Final = "event"  # daemon -> agent: unsolicited (siginfo queued, shoot-down)
+KINDS: Final = frozenset({CALL, NOTIFY, REPLY, EVENT})
+
+# registration kinds
+SPAWN: Final = "spawn"  # a new process, with standard descriptors 0, 1, 2
+FORK: Final = "fork"  # the child of a fork announced by its parent (token)
+EXEC: Final = "exec"  # the new image after execve (token)
+KINDS_REGISTER: Final = frozenset({SPAWN, FORK, EXEC})
+
+# protocol-level error reasons (machine-readable)
+E_MALFORMED: Final = "malformed"
+E_VERSION: Final = "version"
+E_AUTH: Final = "auth"
+E_REPLAY: Final = "replay"
+E_TOO_LARGE: Final = "too-large"
+E_BAD_ARGUMENTS: Final = "bad-arguments"
+E_UNKNOWN_PROCESS: Final = "unknown-process"
+E_BAD_TOKEN: Final = "bad-token"
+
+
+def check_version(version: Any) -> None:
+    """Refuse a peer whose protocol major version differs from ours (Jupyter's rule)."""
+    if (
+        not isinstance(version, list | tuple)
+        or len(version) != 2
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in version)
+    ):
+        raise ProtocolError(E_MALFORMED, f"bad version field {version!r}")
+    if version[0] != PROTOCOL_VERSION[0]:
+        raise VersionMismatch(
+            E_VERSION,
+            f"peer speaks protocol {version[0]}.{version[1]}, this side speaks "
+            f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}",
+        )
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True
+        )
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise ProtocolError(E_MALFORMED, f"undecodable msgpack ({type(exc).__name__})") from None
+
+
+def pack(body: dict[str, Any]) -> bytes:
+    """Serialise a message body with msgpack (bytes stay bytes, str stays str)."""
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def seal(body: dict[str, Any], secret: bytes) -> bytes:
+    """Encode ``body`` as one control frame: msgpack followed by its HMAC-SHA256."""
+    payload = pack(body)
+    return payload + hmac.digest(secret, payload, "sha256")
+
+
+def open_frame(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
+    """Split a control frame into (body, payload, mac) without checking the MAC.
+
+    The receiver looks up the sender's secret from ``body["pid"]`` and then calls
+    :func:`verify`.  Raises :class:`ProtocolError` for anything that is not a
+    well-formed message of a compatible version.
+    """
+    if len(frame) > MAX_FRAME:
+        raise ProtocolError(E_TOO_LARGE, f"{len(frame)} bytes > {MAX_FRAME}")
+    if len(frame) <= MAC_LEN:
+        raise ProtocolError(E_MALFORMED, "frame shorter than its MAC")
+    payload, mac = frame[:-MAC_LEN], frame[-MAC_LEN:]
+    body = _unpack(payload)
+    if not isinstance(body, dict):
+        raise ProtocolError(E_MALFORMED, "message is not a map")
+    check_version(body.get("v"))
+    kind = body.get("k")
+    if kind not in KINDS:
+        raise ProtocolError(E_MALFORMED, f"unknown message kind {kind!r}")
+    pid, seq = body.get("pid"), body.get("seq")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(seq, int):
+        raise ProtocolError(E_MALFORMED, "header lacks integer pid/seq")
+    return body, payload, mac
+
+
+def verify(payload: bytes, mac: bytes, secret: bytes) -> bool:
+    """True when ``mac`` is the HMAC-SHA256 of ``payload`` under ``secret``."""
+    return hmac.compare_digest(hmac.digest(secret, payload, "sha256"), mac)
+
+
+# --- registration records ------------------------------------------------------------
+
+_LEN = struct.Struct(">I")
+
+
+def encode_record(body: dict[str, Any]) -> bytes:
+    """Frame a registration record: 4-byte big-endian length, then msgpack."""
+    payload = pack(body)
+    return _LEN.pack(len(payload)) + payload
+
+
+@dataclass
+class RecordReader:
+    """Reassembles length-prefixed registration records from a byte stream."""
+
+    buf: bytearray
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> dict[str, Any] | None:
+        """Add bytes; return the record once complete.  Raises ``ProtocolError``."""
+        self.buf += data
+        if len(self.buf) < 4:
+            return None
+        (length,) = _LEN.unpack_from(self.buf)
+        if length > MAX_RECORD:
+            raise ProtocolError(E_TOO_LARGE, f"registration record of {length} bytes")
+        if len(self.buf) < 4 + length:
+            return None
+        body = _unpack(bytes(self.buf[4 : 4 + length]))
+        if not isinstance(body, dict):
+            raise ProtocolError(E_MALFORMED, "registration record is not a map")
+        return body
