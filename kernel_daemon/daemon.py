@@ -44,7 +44,7 @@ BATCH = 64
 REGISTRATION_TIMEOUT = 5.0
 
 
-class Stop(Exception):  # noqa: N818 (control flow)
+class Stop(BaseException):  # noqa: N818 (control flow, must pass every except Exception)
     """Raised from the SIGTERM/SIGINT handler to leave the loop."""
 
 

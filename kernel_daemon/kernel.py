@@ -267,14 +267,16 @@ class Kernel:
     ) -> Task:
         """Create the task of a freshly registered process.
 
-        A spawned process gets descriptors 0, 1 and 2 on the console, as a process
-        started from a shell has; a fork child gets the references of its snapshot.
+        A spawned process gets descriptors 0, 1 and 2 on one O_RDWR open of the
+        console, as a process started from a login shell has; a fork child gets the references of its snapshot.
         """
         task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name, secret=secrets.token_bytes(32))
         if inherit is None:
+            # one open file description shared by 0, 1 and 2, as a login terminal is
+            console = self.open_file(self.fs.console, linux.O_RDWR, "/dev/console")
+            console.refs = 3
             for fd in (0, 1, 2):
-                acc = linux.O_RDONLY if fd == 0 else linux.O_WRONLY
-                task.fds.install(fd, self.open_file(self.fs.console, acc, "/dev/console"), False)
+                task.fds.install(fd, console, False)
         else:
             for fd, file, cloexec in inherit:
                 task.fds.install(fd, file, cloexec)  # the snapshot's reference moves here

@@ -144,21 +144,29 @@ class RecordReader:
     """Reassembles length-prefixed registration records from a byte stream."""
 
     buf: bytearray
+    limit: int
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_RECORD) -> None:
         self.buf = bytearray()
+        self.limit = limit
 
     def feed(self, data: bytes) -> dict[str, Any] | None:
-        """Add bytes; return the record once complete.  Raises ``ProtocolError``."""
+        """Add bytes; return the next complete record, if any.  Raises ``ProtocolError``."""
         self.buf += data
+        return self.next()
+
+    def next(self) -> dict[str, Any] | None:
+        """Take the next complete record out of the buffer, or return None."""
         if len(self.buf) < 4:
             return None
         (length,) = _LEN.unpack_from(self.buf)
-        if length > MAX_RECORD:
-            raise ProtocolError(E_TOO_LARGE, f"registration record of {length} bytes")
+        if length > self.limit:
+            raise ProtocolError(E_TOO_LARGE, f"record of {length} bytes > {self.limit}")
         if len(self.buf) < 4 + length:
             return None
-        body = _unpack(bytes(self.buf[4 : 4 + length]))
+        payload = bytes(self.buf[4 : 4 + length])
+        del self.buf[: 4 + length]
+        body = _unpack(payload)
         if not isinstance(body, dict):
             raise ProtocolError(E_MALFORMED, "registration record is not a map")
         return body

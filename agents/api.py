@@ -1,0 +1,436 @@
+"""The system-call API an agent program uses, on the emulator or on the host kernel.
+
+Both targets offer the same methods with ``os``-like names and signatures and the raw
+Linux semantics of the system call (not Python's PEP 446 wrappers: ``open`` and ``dup``
+here do not add ``O_CLOEXEC``).  Failures raise the ``OSError`` subclass ``os`` would.
+
+* :class:`EmuSystem` sends each call to the kernel daemon.
+* :class:`HostSystem` calls libc through ``ctypes``, inside a private directory that
+  stands for ``/``, so a scenario runs unchanged against the host kernel.
+
+Infrastructure descriptors of the host target (the director link, the peer socket) are
+moved to numbers at or above :data:`INFRA_FD_BASE`, so the numbers a program sees
+below that are exactly the ones the kernel would hand out to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from abc import ABC, abstractmethod
+from typing import Any, NoReturn
+
+from agents.runtime import Connection
+from protocol import wire
+from protocol.errors import os_error
+
+#: host-target infrastructure descriptors live at or above this number
+INFRA_FD_BASE = 900
+EXEC_TOKEN_ENV = "KEMU_EXEC_TOKEN"
+
+
+def move_high(fd: int) -> int:
+    """Move an infrastructure descriptor to >= INFRA_FD_BASE, close-on-exec; returns it."""
+    import fcntl
+
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, INFRA_FD_BASE)
+    os.close(fd)
+    return new
+
+
+def stat_result(d: dict[str, Any]) -> os.stat_result:
+    """An ``os.stat_result`` from the daemon's map of stat fields."""
+    head = tuple(d[k] for k in ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid",
+                                "st_size"))
+    times = (int(d["st_atime"]), int(d["st_mtime"]), int(d["st_ctime"]))
+    extra = {"st_atime": d["st_atime"], "st_mtime": d["st_mtime"], "st_ctime": d["st_ctime"],
+             "st_blksize": d["st_blksize"], "st_blocks": d["st_blocks"]}
+    return os.stat_result(head + times, extra)
+
+
+class System(ABC):
+    """The calls a program makes.  Subclasses: :class:`EmuSystem`, :class:`HostSystem`."""
+
+    target: str
+
+    @abstractmethod
+    def getpid(self) -> int:
+        """getpid(2)."""
+
+    @abstractmethod
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        """open(2)."""
+
+    @abstractmethod
+    def close(self, fd: int) -> None:
+        """close(2)."""
+
+    @abstractmethod
+    def read(self, fd: int, count: int) -> bytes:
+        """read(2)."""
+
+    @abstractmethod
+    def write(self, fd: int, data: bytes) -> int:
+        """write(2)."""
+
+    @abstractmethod
+    def pread(self, fd: int, count: int, offset: int) -> bytes:
+        """pread(2)."""
+
+    @abstractmethod
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        """pwrite(2)."""
+
+    @abstractmethod
+    def lseek(self, fd: int, offset: int, whence: int) -> int:
+        """lseek(2)."""
+
+    @abstractmethod
+    def ftruncate(self, fd: int, length: int) -> None:
+        """ftruncate(2)."""
+
+    @abstractmethod
+    def truncate(self, path: str, length: int) -> None:
+        """truncate(2)."""
+
+    @abstractmethod
+    def unlink(self, path: str) -> None:
+        """unlink(2)."""
+
+    @abstractmethod
+    def rename(self, old: str, new: str) -> None:
+        """rename(2)."""
+
+    @abstractmethod
+    def mkdir(self, path: str, mode: int = 0o777) -> None:
+        """mkdir(2)."""
+
+    @abstractmethod
+    def rmdir(self, path: str) -> None:
+        """rmdir(2)."""
+
+    @abstractmethod
+    def stat(self, path: str) -> os.stat_result:
+        """stat(2)."""
+
+    @abstractmethod
+    def fstat(self, fd: int) -> os.stat_result:
+        """fstat(2)."""
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """The names in a directory, sorted."""
+
+    @abstractmethod
+    def dup(self, fd: int) -> int:
+        """dup(2)."""
+
+    @abstractmethod
+    def dup2(self, fd: int, fd2: int) -> int:
+        """dup2(2)."""
+
+    @abstractmethod
+    def dup3(self, fd: int, fd2: int, flags: int) -> int:
+        """dup3(2)."""
+
+    @abstractmethod
+    def fcntl(self, fd: int, cmd: int, arg: Any = 0) -> Any:
+        """fcntl(2); ``arg`` is an int (a map for the struct commands)."""
+
+    @abstractmethod
+    def umask(self, mask: int) -> int:
+        """umask(2)."""
+
+    @abstractmethod
+    def fork(self, name: str = "") -> int:
+        """fork(2) for real; the child returns 0 with this object re-attached."""
+
+    @abstractmethod
+    def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+        """execve(2) of ``argv`` (a Python agent program) for real; never returns."""
+
+    @abstractmethod
+    def fds(self) -> list[dict[str, Any]]:
+        """This process's descriptors like /proc/self/fd + fdinfo: fd, path, pos, flags."""
+
+
+class EmuSystem(System):
+    """System calls answered by the kernel daemon."""
+
+    target = "emulator"
+
+    def __init__(self, run_dir: str, name: str = "", conn: Connection | None = None) -> None:
+        if conn is None:
+            token_hex = os.environ.pop(EXEC_TOKEN_ENV, None)
+            if token_hex:
+                conn = Connection(run_dir, wire.EXEC, bytes.fromhex(token_hex), name)
+            else:
+                conn = Connection(run_dir, wire.SPAWN, None, name)
+        self.conn = conn
+        self.run_dir = run_dir
+
+    def getpid(self) -> int:
+        return int(self.conn.call("getpid"))
+
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        return int(self.conn.call("open", path, flags, mode))
+
+    def close(self, fd: int) -> None:
+        self.conn.call("close", fd)
+
+    def read(self, fd: int, count: int) -> bytes:
+        return bytes(self.conn.call("read", fd, count))
+
+    def write(self, fd: int, data: bytes) -> int:
+        return int(self.conn.call("write", fd, bytes(data)))
+
+    def pread(self, fd: int, count: int, offset: int) -> bytes:
+        return bytes(self.conn.call("pread", fd, count, offset))
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        return int(self.conn.call("pwrite", fd, bytes(data), offset))
+
+    def lseek(self, fd: int, offset: int, whence: int) -> int:
+        return int(self.conn.call("lseek", fd, offset, whence))
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self.conn.call("ftruncate", fd, length)
+
+    def truncate(self, path: str, length: int) -> None:
+        self.conn.call("truncate", path, length)
+
+    def unlink(self, path: str) -> None:
+        self.conn.call("unlink", path)
+
+    def rename(self, old: str, new: str) -> None:
+        self.conn.call("rename", old, new)
+
+    def mkdir(self, path: str, mode: int = 0o777) -> None:
+        self.conn.call("mkdir", path, mode)
+
+    def rmdir(self, path: str) -> None:
+        self.conn.call("rmdir", path)
+
+    def stat(self, path: str) -> os.stat_result:
+        return stat_result(self.conn.call("stat", path))
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return stat_result(self.conn.call("fstat", fd))
+
+    def listdir(self, path: str) -> list[str]:
+        return list(self.conn.call("listdir", path))
+
+    def dup(self, fd: int) -> int:
+        return int(self.conn.call("dup", fd))
+
+    def dup2(self, fd: int, fd2: int) -> int:
+        return int(self.conn.call("dup2", fd, fd2))
+
+    def dup3(self, fd: int, fd2: int, flags: int) -> int:
+        return int(self.conn.call("dup3", fd, fd2, flags))
+
+    def fcntl(self, fd: int, cmd: int, arg: Any = 0) -> Any:
+        return self.conn.call("fcntl", fd, cmd, arg)
+
+    def umask(self, mask: int) -> int:
+        os.umask(mask)
+        return int(self.conn.call("umask", mask))
+
+    def fork(self, name: str = "") -> int:
+        token = self.conn.call("fork_prepare")
+        try:
+            pid = os.fork()
+        except OSError:
+            self.conn.call("fork_done", token, -1)
+            raise
+        if pid == 0:
+            self.conn.reconnect_after_fork(token, name or self.conn.name)
+            return 0
+        self.conn.call("fork_done", token, pid)
+        return pid
+
+    def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+        token: bytes = self.conn.call("exec_prepare")
+        environ = dict(os.environ if env is None else env)
+        environ[EXEC_TOKEN_ENV] = token.hex()
+        self.conn.close()
+        try:
+            os.execve(argv[0], argv, environ)
+        finally:
+            # Past exec_prepare there is no way back, as past begin_new_exec().
+            os._exit(127)
+
+    def fds(self) -> list[dict[str, Any]]:
+        return list(self.conn.call("proc_fds", self.conn.pid))
+
+    def call(self, name: str, *args: Any) -> Any:
+        """Any call of the daemon's table by name (introspection, emulator-only calls)."""
+        return self.conn.call(name, *args)
+
+
+class _Libc:
+    """libc entry points with Linux's raw semantics, errno-checked."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self.lib = lib
+        i64, i, sz = ctypes.c_int64, ctypes.c_int, ctypes.c_size_t
+        lib.lseek64.restype = i64
+        lib.lseek64.argtypes = [i, i64, i]
+        lib.pread64.restype = ctypes.c_ssize_t
+        lib.pread64.argtypes = [i, ctypes.c_char_p, sz, i64]
+        lib.pwrite64.restype = ctypes.c_ssize_t
+        lib.pwrite64.argtypes = [i, ctypes.c_char_p, sz, i64]
+        lib.read.restype = ctypes.c_ssize_t
+        lib.read.argtypes = [i, ctypes.c_char_p, sz]
+        lib.write.restype = ctypes.c_ssize_t
+        lib.write.argtypes = [i, ctypes.c_char_p, sz]
+        lib.ftruncate64.argtypes = [i, i64]
+        lib.truncate64.argtypes = [ctypes.c_char_p, i64]
+
+    @staticmethod
+    def check(ret: int, filename: str | None = None) -> int:
+        if ret == -1:
+            raise os_error(ctypes.get_errno(), filename)
+        return ret
+
+
+class HostSystem(System):
+    """System calls made on the host kernel, under ``root`` standing for ``/``."""
+
+    target = "host"
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+        self.libc = _Libc()
+
+    def path(self, path: str) -> bytes:
+        """The host path of scenario path ``path`` (always inside the root)."""
+        parts = [p for p in path.split("/") if p]
+        out = os.path.join(self.root, *parts) if parts else self.root
+        if path.endswith("/") and parts:
+            out += "/"
+        return out.encode()
+
+    def _c(self, ret: int) -> int:
+        return _Libc.check(ret)
+
+    def getpid(self) -> int:
+        return os.getpid()
+
+    def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        return self._c(self.libc.lib.open(self.path(path), flags, mode))
+
+    def close(self, fd: int) -> None:
+        self._c(self.libc.lib.close(fd))
+
+    def read(self, fd: int, count: int) -> bytes:
+        if count < 0:
+            raise os_error(errno.EINVAL)
+        buf = ctypes.create_string_buffer(max(count, 1))
+        n = self._c(self.libc.lib.read(fd, buf, count))
+        return buf.raw[:n]
+
+    def write(self, fd: int, data: bytes) -> int:
+        return self._c(self.libc.lib.write(fd, bytes(data), len(data)))
+
+    def pread(self, fd: int, count: int, offset: int) -> bytes:
+        if count < 0:
+            raise os_error(errno.EINVAL)
+        buf = ctypes.create_string_buffer(max(count, 1))
+        n = self._c(self.libc.lib.pread64(fd, buf, count, offset))
+        return buf.raw[:n]
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        return self._c(self.libc.lib.pwrite64(fd, bytes(data), len(data), offset))
+
+    def lseek(self, fd: int, offset: int, whence: int) -> int:
+        return self._c(self.libc.lib.lseek64(fd, offset, whence))
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self._c(self.libc.lib.ftruncate64(fd, length))
+
+    def truncate(self, path: str, length: int) -> None:
+        self._c(self.libc.lib.truncate64(self.path(path), length))
+
+    def unlink(self, path: str) -> None:
+        self._c(self.libc.lib.unlink(self.path(path)))
+
+    def rename(self, old: str, new: str) -> None:
+        self._c(self.libc.lib.rename(self.path(old), self.path(new)))
+
+    def mkdir(self, path: str, mode: int = 0o777) -> None:
+        self._c(self.libc.lib.mkdir(self.path(path), mode))
+
+    def rmdir(self, path: str) -> None:
+        self._c(self.libc.lib.rmdir(self.path(path)))
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(self.path(path))
+
+    def fstat(self, fd: int) -> os.stat_result:
+        return os.fstat(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(self.path(path).decode()))
+
+    def dup(self, fd: int) -> int:
+        return self._c(self.libc.lib.dup(fd))
+
+    def dup2(self, fd: int, fd2: int) -> int:
+        return self._c(self.libc.lib.dup2(fd, fd2))
+
+    def dup3(self, fd: int, fd2: int, flags: int) -> int:
+        return self._c(self.libc.lib.dup3(fd, fd2, flags))
+
+    def fcntl(self, fd: int, cmd: int, arg: Any = 0) -> Any:
+        if isinstance(arg, dict):
+            raise os_error(errno.EINVAL)
+        return self._c(self.libc.lib.fcntl(fd, cmd, ctypes.c_long(arg or 0)))
+
+    def umask(self, mask: int) -> int:
+        return os.umask(mask)
+
+    def fork(self, name: str = "") -> int:
+        return os.fork()
+
+    def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+        os.execve(argv[0], argv, dict(os.environ if env is None else env))
+
+    def fds(self) -> list[dict[str, Any]]:
+        out = []
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd >= INFRA_FD_BASE:
+                continue
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                with open(f"/proc/self/fdinfo/{fd}") as fh:
+                    info = dict(line.split(":\t", 1) for line in fh.read().splitlines()
+                                if ":\t" in line)
+            except OSError:
+                continue  # the descriptor listdir itself used
+            pos = int(info.get("pos", "0"))
+            if target.startswith(self.root + "/") or target == self.root:
+                target = target[len(self.root):] or "/"
+            else:
+                # outside the scenario's root: the standard streams the launcher gave us,
+                # shown as the emulator shows its console
+                target, pos = "/dev/console", 0
+            out.append({"fd": fd, "path": target, "pos": pos,
+                        "flags": int(info.get("flags", "0"), 8), "ino": int(info.get("ino", "0"))})
+        return sorted(out, key=lambda d: d["fd"])
+
+
+def make_system(target: str, run_dir: str, name: str = "") -> System:
+    """The System of ``target`` (``emulator`` or ``host``) for a run directory."""
+    if target == "emulator":
+        return EmuSystem(run_dir, name)
+    if target == "host":
+        return HostSystem(os.path.join(run_dir, "root"))
+    raise ValueError(f"unknown target {target!r}")
+
+
+__all__ = ["INFRA_FD_BASE", "EmuSystem", "HostSystem", "System", "make_system", "move_high"]

@@ -1,0 +1,129 @@
+"""The functions a scenario line may call, as the scripted agent executes them.
+
+Each takes the acting :class:`~agents.scripted.Actor` and the evaluated arguments and
+returns a value that travels back to the launcher (ints, bytes, str, lists, maps).  The
+same function runs on both targets, through the actor's :class:`~agents.api.System`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.scripted import Actor
+
+#: stat fields a transcript shows (the rest differ between any two runs)
+STAT_FIELDS = ("st_mode", "st_size", "st_nlink")
+
+
+def stat_view(value: Any) -> dict[str, int]:
+    """The comparable part of a stat result (os.stat_result or the daemon's map)."""
+    if isinstance(value, os.stat_result):
+        return {f: int(getattr(value, f)) for f in STAT_FIELDS}
+    return {f: int(value[f]) for f in STAT_FIELDS}
+
+
+def fd_view(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparable part of a descriptor listing: number, path, offset, flags."""
+    return [{"fd": e["fd"], "path": e["path"], "pos": e["pos"], "flags": e["flags"]}
+            for e in entries]
+
+
+def _data(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _open(a: Actor, path: str, flags: int, mode: int = 0o777) -> int:
+    return a.system.open(path, flags, mode)
+
+
+def _close(a: Actor, fd: int) -> int:
+    a.system.close(fd)
+    return 0
+
+
+def _write(a: Actor, fd: int, data: Any) -> int:
+    return a.system.write(fd, _data(data))
+
+
+def _pwrite(a: Actor, fd: int, data: Any, offset: int) -> int:
+    return a.system.pwrite(fd, _data(data), offset)
+
+
+def _zero(fn: Callable[..., Any]) -> Callable[..., int]:
+    def call(a: Actor, *args: Any) -> int:
+        fn(a.system, *args)
+        return 0
+
+    return call
+
+
+def _sendfd(a: Actor, to: str, *fds: int) -> int:
+    a.mailbox.send(to, None, list(fds))
+    return 0
+
+
+def _send(a: Actor, to: str, value: Any) -> int:
+    a.mailbox.send(to, value, None)
+    return 0
+
+
+def _recv(a: Actor) -> Any:
+    return a.mailbox.recv(a.step_timeout).value
+
+
+def _recvfd(a: Actor) -> Any:
+    msg = a.mailbox.recv(a.step_timeout)
+    if len(msg.fds) == 1:
+        return msg.fds[0]
+    return msg.fds
+
+
+CALLS: dict[str, Callable[..., Any]] = {
+    "open": _open,
+    "close": _close,
+    "read": lambda a, fd, n: a.system.read(fd, n),
+    "write": _write,
+    "pread": lambda a, fd, n, off: a.system.pread(fd, n, off),
+    "pwrite": _pwrite,
+    "lseek": lambda a, fd, off, whence: a.system.lseek(fd, off, whence),
+    "ftruncate": _zero(lambda s, fd, n: s.ftruncate(fd, n)),
+    "truncate": _zero(lambda s, p, n: s.truncate(p, n)),
+    "unlink": _zero(lambda s, p: s.unlink(p)),
+    "rename": _zero(lambda s, o, n: s.rename(o, n)),
+    "mkdir": _zero(lambda s, p, mode=0o777: s.mkdir(p, mode)),
+    "rmdir": _zero(lambda s, p: s.rmdir(p)),
+    "stat": lambda a, p: stat_view(a.system.stat(p)),
+    "fstat": lambda a, fd: stat_view(a.system.fstat(fd)),
+    "listdir": lambda a, p: a.system.listdir(p),
+    "dup": lambda a, fd: a.system.dup(fd),
+    "dup2": lambda a, fd, fd2: a.system.dup2(fd, fd2),
+    "dup3": lambda a, fd, fd2, fl: a.system.dup3(fd, fd2, fl),
+    "fcntl": lambda a, fd, cmd, arg=0: a.system.fcntl(fd, cmd, arg),
+    "umask": lambda a, m: a.system.umask(m),
+    "getpid": lambda a: a.system.getpid(),
+    "fds": lambda a: fd_view(a.system.fds()),
+    "send": _send,
+    "sendfd": _sendfd,
+    "recv": _recv,
+    "recvfd": _recvfd,
+}
+
+#: calls the scripted agent handles itself (they change the process)
+PROCESS_CALLS = frozenset({"fork", "exec", "exit"})
+
+#: how a background call's raw daemon result becomes the scenario's value
+EMU_BACKGROUND: dict[str, Callable[[Any], Any]] = {
+    "open": int, "read": bytes, "write": int, "pread": bytes, "pwrite": int, "lseek": int,
+    "ftruncate": lambda v: 0, "truncate": lambda v: 0, "unlink": lambda v: 0,
+    "rename": lambda v: 0, "mkdir": lambda v: 0, "rmdir": lambda v: 0,
+    "stat": stat_view, "fstat": stat_view, "fcntl": lambda v: v, "close": lambda v: 0,
+    "dup": int, "dup2": int, "dup3": int,
+}
+
+
+def known(name: str) -> bool:
+    """True if a scenario may call ``name``."""
+    return name in CALLS or name in PROCESS_CALLS

@@ -1,0 +1,70 @@
+"""The launcher's command line (``launch.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from agents.scenario.parse import ScenarioError, load
+from agents.scenario.runner import Outcome, run_scenario
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_SCENARIO = os.path.join(ROOT, "scenarios", "pass_fork_exec_kill.scn")
+
+
+def normalised(outcome: Outcome) -> list[str]:
+    """The transcript without its header and verdict lines (PIDs already hidden)."""
+    return [line for line in outcome.transcript if not line.startswith("===")]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one scenario on the chosen targets; compare transcripts when both ran."""
+    try:
+        scenario = load(args.file)
+    except (OSError, ScenarioError) as exc:
+        print(f"launch.py: {exc}", file=sys.stderr)
+        return 2
+    targets = ["host", "emulator"] if args.target == "both" else [args.target]
+    outcomes = []
+    for target in targets:
+        outcomes.append(run_scenario(scenario, target, args.policy, out=sys.stdout,
+                                     show_pids=not args.no_pids or len(targets) == 1))
+        print()
+    failed = [o for o in outcomes if not o.passed]
+    for o in failed:
+        print(f"{o.scenario} on {o.target}: {len(o.failures)} failure(s); run dir {o.run_dir}")
+        for f in o.failures:
+            print(f"  {f}")
+    if len(outcomes) == 2:
+        a, b = (normalised(o) for o in outcomes)
+        if a != b:
+            print("transcripts differ between host and emulator:")
+            import difflib
+
+            for line in difflib.unified_diff(a, b, "host", "emulator", lineterm=""):
+                print("  " + line)
+            return 1
+        print("host and emulator transcripts are identical (PIDs aside)")
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of launch.py."""
+    p = argparse.ArgumentParser(prog="launch.py", description="Run multi-process scenarios "
+                                "against the kernel emulator or the host kernel.")
+    sub = p.add_subparsers(dest="cmd")
+    r = sub.add_parser("run", help="run one scenario file")
+    r.add_argument("file")
+    r.add_argument("--target", choices=("emulator", "host", "both"), default="emulator")
+    r.add_argument("--policy", default="upstream")
+    r.add_argument("--no-pids", action="store_true", help="name actors without their PIDs")
+    if not argv:
+        argv = ["run", DEFAULT_SCENARIO, "--target", "both", "--no-pids"]
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        if args.target == "both":
+            args.no_pids = True
+        return cmd_run(args)
+    p.print_help()
+    return 2

@@ -1,0 +1,66 @@
+"""The launcher's link to each actor: length-prefixed msgpack over an AF_UNIX stream.
+
+The actor's end of the link sits at a descriptor number >= ``INFRA_FD_BASE`` and is
+close-on-exec, so it never disturbs the descriptor numbers the scenario observes.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+from typing import Any
+
+from agents.api import move_high
+from protocol import wire
+
+
+class LinkClosed(ConnectionError):
+    """The other end of a link went away (the actor died or exec'd)."""
+
+
+class Link:
+    """One end of a launcher-actor link."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = wire.RecordReader(limit=16 * 1024 * 1024)
+
+    @classmethod
+    def connect(cls, path: str) -> Link:
+        """The actor's end: connect to the launcher and move the socket out of the way."""
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(path)
+        return cls(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=move_high(raw.detach())))
+
+    def fileno(self) -> int:
+        """For select()."""
+        return self.sock.fileno()
+
+    def send(self, body: dict[str, Any]) -> None:
+        """Send one record."""
+        try:
+            self.sock.sendall(wire.encode_record(body))
+        except OSError as exc:
+            raise LinkClosed(str(exc)) from None
+
+    def recv(self, timeout: float | None = None) -> dict[str, Any]:
+        """Receive one record; ``TimeoutError`` after ``timeout`` s, ``LinkClosed`` at EOF."""
+        while True:
+            rec = self.reader.next()
+            if rec is not None:
+                return rec
+            if timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], timeout)
+                if not ready:
+                    raise TimeoutError("no record")
+            try:
+                data = self.sock.recv(1 << 16)
+            except OSError as exc:
+                raise LinkClosed(str(exc)) from None
+            if not data:
+                raise LinkClosed("EOF")
+            self.reader.buf += data
+
+    def close(self) -> None:
+        """Close this end."""
+        self.sock.close()

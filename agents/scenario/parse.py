@@ -1,0 +1,256 @@
+"""Scenario files: multi-process programs that read like the mailing-list threads.
+
+Syntax, one item a line (``#`` starts a comment)::
+
+    # title: pass the descriptor, then the sender dies
+    set lease_break_time = 0.2          # a run setting
+    A: fd = open("/f", O_RDWR|O_CREAT, 0o644)   => 3
+    A: fork() as C                      # C is the child actor
+    B: open("/f", O_RDONLY) &           # started in the background ...
+    B: join                             => 3     # ... and joined later
+    A: ftruncate(fd, 0)                 => EINVAL [upstream, legacy] => 0
+    !kill A                             # faults: kill, stop, cont
+    expect: fds(B) ...                  # reserved for later checks
+
+Each call line is ``ACTOR: [var =] call(args) [as CHILD] [&] [=> expectation [tags]]...``.
+An expectation is a value, an errno name, ``ok`` (any success) or ``*`` (anything);
+its optional ``[tags]`` name the policies or targets (``host``, ``emulator``) it holds
+for; an untagged one holds wherever no tagged one matches.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agents.scenario.expr import ExprError, check, evaluate
+from protocol import linux
+
+ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
+FAULT_RE = re.compile(r"^!(kill|stop|cont)\s+([A-Z][A-Za-z0-9_]*)\s*$")
+SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
+TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z0-9_,\s-]+)\]\s*$")
+AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
+
+#: settings a scenario may change, with their types
+SETTINGS: dict[str, type] = {"lease_break_time": float, "blocks": int, "block_size": int,
+                             "policy": str, "flavour": str, "step_timeout": float}
+
+
+class ScenarioError(Exception):
+    """A scenario file does not parse; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Expect:
+    """An expected outcome of a line, for the given tags (empty: everywhere)."""
+
+    kind: Literal["value", "errno", "ok", "any"]
+    value: Any = None
+    tags: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        """The expectation as the scenario wrote it."""
+        if self.kind == "errno":
+            return linux.errno_name(self.value)
+        if self.kind == "ok":
+            return "ok"
+        if self.kind == "any":
+            return "*"
+        return repr(self.value)
+
+
+@dataclass
+class Step:
+    """One line of a scenario."""
+
+    lineno: int
+    text: str
+    kind: Literal["call", "join", "fault"]
+    actor: str
+    call: str = ""
+    #: the call's source, e.g. ``open("/f", O_RDONLY)``; arguments evaluated by the actor
+    source: str = ""
+    bind: str | None = None
+    background: bool = False
+    child: str | None = None
+    fault: str = ""
+    expects: list[Expect] = field(default_factory=list)
+
+    def expectation(self, tags: set[str]) -> Expect | None:
+        """The expectation that applies under ``tags`` (policy, target)."""
+        for e in self.expects:
+            if e.tags and e.tags & tags:
+                return e
+        for e in self.expects:
+            if not e.tags:
+                return e
+        return None
+
+
+@dataclass
+class Scenario:
+    """A parsed scenario file."""
+
+    name: str
+    title: str
+    settings: dict[str, Any]
+    steps: list[Step]
+    #: actors started by the launcher, in order of first appearance
+    actors: list[str]
+    #: actors created by ``fork() as X``
+    children: list[str]
+
+
+def _split_expectations(line: str) -> tuple[str, list[str]]:
+    """Split ``call => e1 => e2`` outside string literals."""
+    parts: list[str] = []
+    buf = []
+    quote: str | None = None
+    i = 0
+    while i < len(line):
+        c = line[i]
+        if quote:
+            buf.append(c)
+            if c == "\\" and i + 1 < len(line):
+                buf.append(line[i + 1])
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+            buf.append(c)
+        elif line.startswith("=>", i):
+            parts.append("".join(buf))
+            buf = []
+            i += 1
+        elif c == "#":
+            break
+        else:
+            buf.append(c)
+        i += 1
+    parts.append("".join(buf))
+    return parts[0].strip(), [p.strip() for p in parts[1:]]
+
+
+def parse_expect(text: str) -> Expect:
+    """Parse one expectation: ``3``, ``ENOENT``, ``ok``, ``*``, ``b"x"``, with ``[tags]``."""
+    tags: frozenset[str] = frozenset()
+    m = TAGS_RE.match(text)
+    if m:
+        text = m.group(1).strip()
+        tags = frozenset(t.strip() for t in m.group(2).split(",") if t.strip())
+    if text == "ok":
+        return Expect("ok", None, tags)
+    if text == "*":
+        return Expect("any", None, tags)
+    if text in linux.ERRNO_BY_NAME:
+        return Expect("errno", linux.ERRNO_BY_NAME[text], tags)
+    try:
+        node = ast.parse(text, mode="eval")
+        check(node)
+        return Expect("value", evaluate(node, {}), tags)
+    except (SyntaxError, ExprError) as exc:
+        raise ScenarioError(f"bad expectation {text!r}: {exc}") from None
+
+
+def _parse_call(body: str) -> tuple[str, str, str | None, str | None, bool]:
+    """(call name, call source, bound variable, child actor, background)."""
+    background = body.endswith("&")
+    if background:
+        body = body[:-1].rstrip()
+    child = None
+    m = AS_RE.match(body)
+    if m:
+        body, child = m.group(1), m.group(2)
+    try:
+        tree = ast.parse(body, mode="exec")
+    except SyntaxError as exc:
+        raise ScenarioError(f"syntax: {exc.msg}") from None
+    if len(tree.body) != 1:
+        raise ScenarioError("one call per line")
+    stmt = tree.body[0]
+    bind = None
+    if isinstance(stmt, ast.Assign):
+        if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+            raise ScenarioError("assign to one plain name")
+        bind = stmt.targets[0].id
+        value = stmt.value
+    elif isinstance(stmt, ast.Expr):
+        value = stmt.value
+    else:
+        raise ScenarioError("a line is a call, optionally assigned to a name")
+    if not isinstance(value, ast.Call) or not isinstance(value.func, ast.Name):
+        raise ScenarioError("a line must call a function by name")
+    if value.keywords:
+        raise ScenarioError("keyword arguments are not supported")
+    for arg in value.args:
+        try:
+            check(ast.Expression(arg))
+        except ExprError as exc:
+            raise ScenarioError(str(exc)) from None
+    return value.func.id, ast.unparse(value), bind, child, background
+
+
+def parse(text: str, name: str = "<scenario>") -> Scenario:
+    """Parse scenario ``text``; raises :class:`ScenarioError` naming the line."""
+    steps: list[Step] = []
+    settings: dict[str, Any] = {}
+    actors: list[str] = []
+    children: list[str] = []
+    title = ""
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not title and line.startswith("# title:"):
+            title = line[len("# title:"):].strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            m = SET_RE.match(line.split("#", 1)[0].strip())
+            if m:
+                key, value = m.groups()
+                if key not in SETTINGS:
+                    raise ScenarioError(f"unknown setting {key!r}")
+                settings[key] = SETTINGS[key](value)
+                continue
+            m = FAULT_RE.match(line.split("#", 1)[0].strip())
+            if m:
+                steps.append(Step(lineno, line, "fault", m.group(2), fault=m.group(1)))
+                continue
+            m = ACTOR_RE.match(line)
+            if not m:
+                raise ScenarioError("expected 'ACTOR: call(...)', '!kill ACTOR' or 'set k = v'")
+            actor, rest = m.groups()
+            body, expect_texts = _split_expectations(rest)
+            expects = [parse_expect(e) for e in expect_texts]
+            if actor not in actors and actor not in children:
+                actors.append(actor)
+            if body == "join":
+                steps.append(Step(lineno, line, "join", actor, expects=expects))
+                continue
+            call, source, bind, child, bg = _parse_call(body)
+            if child is not None:
+                if call != "fork":
+                    raise ScenarioError("'as CHILD' names the child of fork() only")
+                if child in actors or child in children:
+                    raise ScenarioError(f"actor {child} exists already")
+                children.append(child)
+            steps.append(Step(lineno, line, "call", actor, call=call, source=source, bind=bind,
+                              background=bg, child=child, expects=expects))
+        except ScenarioError as exc:
+            raise ScenarioError(f"{name}:{lineno}: {exc}") from None
+    for s in steps:
+        if s.kind == "fault" and s.actor not in actors and s.actor not in children:
+            raise ScenarioError(f"{name}:{s.lineno}: unknown actor {s.actor}")
+    # An actor first seen as a fork child is not started by the launcher.
+    actors = [a for a in actors if a not in children]
+    return Scenario(name, title, settings, steps, actors, children)
+
+
+def load(path: str | Path) -> Scenario:
+    """Parse a scenario file."""
+    p = Path(path)
+    return parse(p.read_text(), p.name)

@@ -1,0 +1,450 @@
+"""Run a scenario: start the daemon and the actors, drive the lines, check the outcome.
+
+The runner is the launcher's logic (``launch.py`` is its front door).  It starts the
+kernel daemon (emulator target) and one scripted agent per actor as real processes,
+sends each line to its actor in the scenario's global order, waits for the result (or,
+for a background call, for its start), injects faults (SIGKILL, SIGSTOP, SIGCONT by
+PID), and prints an strace-like transcript.  After a kill it waits until the process is
+dead and, on the emulator, until the daemon has finished its exit, so the next line
+always sees the aftermath.  Every line's result is checked against its expectation for
+the run's policy and target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from agents.daemon_process import DaemonProcess, start_daemon
+from agents.runtime import Connection
+from agents.scenario import strace
+from agents.scenario.link import Link, LinkClosed
+from agents.scenario.parse import Expect, Scenario, Step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass
+class ActorState:
+    """The launcher's view of one actor."""
+
+    name: str
+    pid: int
+    link: Link | None
+    proc: subprocess.Popen[bytes] | None = None
+    alive: bool = True
+    stopped: bool = False
+    #: background lines still running, oldest first
+    pending: list[Step] = field(default_factory=list)
+
+
+@dataclass
+class LineResult:
+    """What one line did and whether it met its expectation."""
+
+    step: Step
+    actor: str
+    pid: int
+    text: str
+    reply: dict[str, Any]
+    expect: Expect | None
+    ok: bool
+
+
+@dataclass
+class Outcome:
+    """The result of a run."""
+
+    scenario: str
+    target: str
+    policy: str
+    lines: list[LineResult]
+    transcript: list[str]
+    run_dir: str
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        """True when every expectation held and nothing went wrong."""
+        return not self.failures
+
+
+class RunError(Exception):
+    """The run could not go on (an actor did not answer in time, a link broke)."""
+
+
+def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
+    """True when ``reply`` meets ``expect`` (no expectation: anything but a scenario error)."""
+    if "error" in reply:
+        return False
+    if expect is None or expect.kind == "any":
+        return True
+    if expect.kind == "errno":
+        return reply.get("errno") == expect.value
+    if "errno" in reply:
+        return False
+    if expect.kind == "ok":
+        return True
+    got = reply.get("ok")
+    want = expect.value
+    if isinstance(want, str) and isinstance(got, bytes | bytearray):
+        want = want.encode()
+    if isinstance(want, dict) and isinstance(got, dict):
+        return all(got.get(k) == v for k, v in want.items())
+    return bool(got == want)
+
+
+class Runner:
+    """One run of one scenario on one target under one policy."""
+
+    def __init__(self, scenario: Scenario, target: str = "emulator", policy: str = "upstream",
+                 run_dir: str | None = None, out: IO[str] | None = None,
+                 show_pids: bool = True, step_timeout: float | None = None) -> None:
+        self.sc = scenario
+        self.target = target
+        self.policy = policy
+        self.settings = dict(scenario.settings)
+        self.run_dir = run_dir or tempfile.mkdtemp(prefix="kemu-run-", dir="/tmp")
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.out = out
+        self.show_pids = show_pids
+        self.step_timeout = step_timeout or float(self.settings.get("step_timeout", 20.0))
+        self.actors: dict[str, ActorState] = {}
+        self.daemon: DaemonProcess | None = None
+        self.kconn: Connection | None = None
+        self.transcript: list[str] = []
+        self.lines: list[LineResult] = []
+        self.failures: list[str] = []
+        self.events: IO[str] = open(os.path.join(self.run_dir, "launcher.jsonl"), "w")  # noqa: SIM115
+        self.t0 = time.monotonic()
+        self.director_path = os.path.join(self.run_dir, "director.sock")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self.listener.bind(self.director_path)
+        self.listener.listen(64)
+        self.unclaimed: dict[str, tuple[Link, dict[str, Any]]] = {}
+
+    # --- output -----------------------------------------------------------------------
+
+    def _label(self, actor: str, pid: int) -> str:
+        return f"[{actor} {pid}]" if self.show_pids else f"[{actor}]"
+
+    def _emit(self, line: str) -> None:
+        self.transcript.append(line)
+        if self.out is not None:
+            print(line, file=self.out, flush=True)
+
+    def _log(self, ev: str, **fields: Any) -> None:
+        rec = {"t": round(time.monotonic() - self.t0, 6), "ev": ev, **fields}
+        self.events.write(json.dumps(rec, default=repr) + "\n")
+
+    def _pid_text(self, value: int) -> str:
+        for a in self.actors.values():
+            if a.pid == value:
+                return f"{value} <{a.name}>" if self.show_pids else f"<{a.name}>"
+        return str(value)
+
+    # --- processes --------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    def start(self) -> None:
+        """Start the daemon (emulator) and every top-level actor."""
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        if self.target == "emulator":
+            self.daemon = start_daemon(
+                self.run_dir, lease_break_time=float(self.settings.get("lease_break_time", 45.0)),
+                policy=self.policy, flavour=str(self.settings.get("flavour", "xfs")),
+                blocks=int(self.settings.get("blocks", 1024)),
+                block_size=int(self.settings.get("block_size", 4096)),
+                event_log=os.path.join(self.run_dir, "events.jsonl"))
+            self.kconn = Connection(self.run_dir, name="launcher")
+        else:
+            os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
+        logs = os.path.join(self.run_dir, "actors")
+        os.makedirs(logs, exist_ok=True)
+        for name in self.sc.actors:
+            # One O_RDWR description on 0, 1 and 2, like the emulator's console.
+            log = os.open(os.path.join(logs, f"{name}.log"), os.O_RDWR | os.O_CREAT | os.O_TRUNC,
+                          0o644)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agents.scripted", "--name", name, "--run-dir",
+                 self.run_dir, "--target", self.target, "--director", self.director_path],
+                env=self._env(), stdin=log, stdout=log, stderr=log, close_fds=True)
+            os.close(log)
+            self.actors[name] = ActorState(name, proc.pid, None, proc)
+        for name in self.sc.actors:
+            link, hello = self._await_hello(name)
+            self.actors[name].link = link
+            self.actors[name].pid = int(hello["pid"])
+            self._log("actor", name=name, pid=hello["pid"], how="spawn")
+
+    def _await_hello(self, name: str) -> tuple[Link, dict[str, Any]]:
+        """Accept launcher links until actor ``name`` says hello."""
+        deadline = time.monotonic() + self.step_timeout
+        while name not in self.unclaimed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RunError(f"actor {name} did not connect (see {self.run_dir}/actors/)")
+            ready, _, _ = select.select([self.listener], [], [], left)
+            if not ready:
+                continue
+            conn, _ = self.listener.accept()
+            link = Link(conn)
+            try:
+                hello = link.recv(timeout=self.step_timeout)
+            except (TimeoutError, LinkClosed):
+                link.close()
+                continue
+            self.unclaimed[str(hello.get("hello"))] = (link, hello)
+        return self.unclaimed.pop(name)
+
+    def _wait_dead(self, actor: ActorState) -> None:
+        """Return once ``actor``'s process has died and, on the emulator, been cleaned up."""
+        if actor.proc is not None:
+            actor.proc.wait(self.step_timeout)
+        else:
+            try:
+                pidfd = os.pidfd_open(actor.pid)
+            except ProcessLookupError:
+                pidfd = -1
+            if pidfd >= 0:
+                try:
+                    if not select.select([pidfd], [], [], self.step_timeout)[0]:
+                        raise RunError(f"{actor.name} did not die")
+                finally:
+                    os.close(pidfd)
+        if self.kconn is not None:
+            self.kconn.call("wait_exit", actor.pid)
+
+    # --- driving ----------------------------------------------------------------------
+
+    def _send(self, actor: ActorState, body: dict[str, Any]) -> dict[str, Any]:
+        if not actor.alive or actor.link is None:
+            raise RunError(f"actor {actor.name} is dead")
+        actor.link.send(body)
+        try:
+            return actor.link.recv(timeout=self.step_timeout)
+        except TimeoutError:
+            raise RunError(
+                f"actor {actor.name} did not answer within {self.step_timeout} s "
+                "(a call that blocks must be started in the background with '&')") from None
+        except LinkClosed:
+            raise RunError(f"actor {actor.name} went away") from None
+
+    def _check(self, step: Step, actor: ActorState, text: str, reply: dict[str, Any]) -> None:
+        exp = step.expectation({self.policy, self.target})
+        ok = matches(exp, reply)
+        self.lines.append(LineResult(step, actor.name, actor.pid, text, reply, exp, ok))
+        self._log("ret", line=step.lineno, actor=actor.name, pid=actor.pid, reply=reply)
+        if not ok:
+            want = exp.describe() if exp else "success"
+            why = reply.get("error") or f"expected {want}"
+            self.failures.append(f"line {step.lineno}: {text}: {why}")
+            self._emit(f"    ^^^ MISMATCH: expected {want}")
+            if "trace" in reply:
+                self._emit("    " + str(reply["trace"]).replace("\n", "\n    "))
+
+    def run_step(self, step: Step) -> None:
+        """Execute one line of the scenario."""
+        if step.kind == "fault":
+            self.fault(step)
+            return
+        actor = self.actors.get(step.actor)
+        if actor is None or not actor.alive:
+            self.failures.append(f"line {step.lineno}: actor {step.actor} is not alive")
+            self._emit(f"{self._label(step.actor, 0)} {step.source or step.text} <actor dead>")
+            return
+        label = self._label(actor.name, actor.pid)
+        if step.kind == "join":
+            if not actor.pending:
+                self.failures.append(f"line {step.lineno}: join without a background call")
+                return
+            started = actor.pending.pop(0)
+            reply = self._send(actor, {"op": "join"})
+            name = reply.get("call", started.call)
+            res = strace.result(name, reply.get("args", []), reply)
+            text = f"{label} <... {name} resumed> = {res}"
+            self._emit(text)
+            # the expectation may sit on the join line or on the background line
+            self._check(step if step.expects else started, actor, text, reply)
+            return
+        body = {"op": "call", "source": step.source, "bind": step.bind,
+                "background": step.background, "child": step.child,
+                "actors": sorted(self.actors) + [c for c in self.sc.children
+                                                 if c not in self.actors]}
+        self._log("call", line=step.lineno, actor=actor.name, pid=actor.pid, source=step.source)
+        if step.call == "exec":
+            self._exec(step, actor, body)
+            return
+        reply = self._send(actor, body)
+        shown = strace.call(step.call, reply.get("args", []))
+        if reply.get("started"):
+            actor.pending.append(step)
+            self._emit(f"{label} {shown} <unfinished ...>")
+            return
+        res = strace.result(step.call, reply.get("args", []), reply)
+        if step.call == "fork" and "ok" in reply:
+            res = self._pid_text(int(reply["ok"]))
+            child = step.child or f"{actor.name}.child"
+            link, hello = self._await_hello(child)
+            self.actors[child] = ActorState(child, int(hello["pid"]), link)
+            self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
+            res = self._pid_text(int(reply["ok"]))
+        text = f"{label} {shown} = {res}"
+        self._emit(text)
+        self._check(step, actor, text, reply)
+        if step.call == "exit" and "ok" in reply:
+            actor.alive = False
+            self._wait_dead(actor)
+
+    def _exec(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
+        assert actor.link is not None
+        actor.link.send(body)
+        old = actor.link
+        # The old image's link closes at exec (close-on-exec); the new image says hello.
+        link, hello = self._await_hello(actor.name)
+        old.close()
+        actor.link = link
+        actor.pending.clear()
+        reply = {"ok": 0}
+        if int(hello["pid"]) != actor.pid:
+            reply = {"error": f"exec'd image has pid {hello['pid']}, not {actor.pid}"}
+        text = f"{self._label(actor.name, actor.pid)} execve(\"agents.scripted\") = 0"
+        self._emit(text)
+        self._check(step, actor, text, reply)
+
+    def fault(self, step: Step) -> None:
+        """``!kill``, ``!stop``, ``!cont`` an actor by its PID."""
+        actor = self.actors.get(step.actor)
+        if actor is None or not actor.alive:
+            self.failures.append(f"line {step.lineno}: cannot {step.fault} {step.actor}: not alive")
+            return
+        sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[step.fault]
+        self._log("fault", line=step.lineno, actor=actor.name, pid=actor.pid, fault=step.fault)
+        os.kill(actor.pid, sig)
+        if step.fault == "kill":
+            actor.alive = False
+            self._wait_dead(actor)
+            lost = ", ".join(s.call for s in actor.pending)
+            if lost:
+                self._emit(f"{self._label(actor.name, actor.pid)} <... {lost} unfinished: killed>")
+            actor.pending.clear()
+        elif step.fault == "stop":
+            actor.stopped = True
+            _wait_state(actor.pid, "T", self.step_timeout)
+        else:
+            actor.stopped = False
+        who = f"{actor.name} (pid {actor.pid})" if self.show_pids else actor.name
+        self._emit(f"+++ {step.fault} {who} +++" if step.fault != "kill"
+                   else f"+++ killed by SIGKILL: {who} +++")
+
+    def finish(self) -> None:
+        """Tell live actors to exit, stop the daemon, reap everything."""
+        for actor in self.actors.values():
+            if actor.alive and actor.stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(actor.pid, signal.SIGCONT)
+            if actor.alive and actor.link is not None:
+                with contextlib.suppress(LinkClosed, OSError):
+                    actor.link.send({"op": "exit"})
+        for actor in self.actors.values():
+            if actor.link is not None:
+                with contextlib.suppress(LinkClosed, TimeoutError, OSError):
+                    actor.link.recv(timeout=5)
+                actor.link.close()
+            if actor.proc is not None:
+                try:
+                    actor.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    actor.proc.kill()
+                    actor.proc.wait()
+            elif actor.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    pidfd = os.pidfd_open(actor.pid)
+                    if not select.select([pidfd], [], [], 5)[0]:
+                        os.kill(actor.pid, signal.SIGKILL)
+                    os.close(pidfd)
+        _reap_all()
+        if self.kconn is not None:
+            self.kconn.close()
+        if self.daemon is not None:
+            code = self.daemon.stop()
+            if code not in (0, -signal.SIGTERM):
+                self.failures.append(f"kernel daemon exited with status {code}")
+        self.listener.close()
+        self.events.close()
+
+    def run(self) -> Outcome:
+        """Run the whole scenario and return its outcome."""
+        title = f" -- {self.sc.title}" if self.sc.title else ""
+        self._emit(f"=== {self.sc.name}{title} [target={self.target} policy={self.policy}] ===")
+        try:
+            self.start()
+            for step in self.sc.steps:
+                self.run_step(step)
+            for actor in self.actors.values():
+                if actor.pending and actor.alive:
+                    self.failures.append(
+                        f"actor {actor.name}: background call never joined: "
+                        f"{', '.join(s.source for s in actor.pending)}")
+        except RunError as exc:
+            self.failures.append(str(exc))
+            self._emit(f"!!! run aborted: {exc}")
+            for actor in self.actors.values():
+                if actor.alive:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(actor.pid, signal.SIGKILL)
+        finally:
+            self.finish()
+        verdict = "PASS" if not self.failures else f"FAIL ({len(self.failures)})"
+        self._emit(f"=== {verdict} ===")
+        return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
+                       self.run_dir, self.failures)
+
+
+def _wait_state(pid: int, state: str, timeout: float) -> None:
+    """Wait until /proc says ``pid`` is in ``state`` (SIGSTOP takes effect asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            return
+        if stat[stat.rindex(b")") + 2 :].split()[0].decode() in (state, "t"):
+            return
+        time.sleep(0.001)  # polling the process state, not ordering two processes
+    raise RunError(f"pid {pid} did not reach state {state}")
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def run_scenario(scenario: Scenario, target: str = "emulator", policy: str = "upstream",
+                 run_dir: str | None = None, out: IO[str] | None = None,
+                 show_pids: bool = True) -> Outcome:
+    """Run ``scenario`` once; see :class:`Runner`."""
+    return Runner(scenario, target, policy, run_dir, out, show_pids).run()

@@ -1,0 +1,166 @@
+"""strace-like rendering of calls and results for transcripts.
+
+``open("/f", O_RDWR|O_CREAT, 0644) = 3``, ``read(3, 5) = "hello"``,
+``unlink("/nope") = -1 ENOENT (No such file or directory)``: flag words, commands and
+modes are shown by name, as strace decodes them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from protocol import linux
+
+_OPEN_FLAGS = [
+    ("O_CREAT", linux.O_CREAT), ("O_EXCL", linux.O_EXCL), ("O_NOCTTY", linux.O_NOCTTY),
+    ("O_TRUNC", linux.O_TRUNC), ("O_APPEND", linux.O_APPEND), ("O_NONBLOCK", linux.O_NONBLOCK),
+    ("O_DSYNC", linux.O_DSYNC), ("O_ASYNC", linux.O_ASYNC), ("O_DIRECT", linux.O_DIRECT),
+    ("O_LARGEFILE", linux.O_LARGEFILE), ("O_DIRECTORY", linux.O_DIRECTORY),
+    ("O_NOFOLLOW", linux.O_NOFOLLOW), ("O_NOATIME", linux.O_NOATIME),
+    ("O_CLOEXEC", linux.O_CLOEXEC), ("O_PATH", linux.O_PATH),
+]
+_ACC = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR", 3: "O_ACCMODE"}
+_FCNTL = {v: k for k, v in linux.CONSTANTS.items()
+          if k.startswith("F_") and k not in ("F_RDLCK", "F_WRLCK", "F_UNLCK", "F_LAYOUT",
+                                              "F_EXCLUSIVE", "F_OWNER_TID", "F_OWNER_PID",
+                                              "F_OWNER_PGRP", "F_LINUX_SPECIFIC_BASE", "F_SETLK",
+                                              "F_GETLK", "F_SETLKW")}
+_FCNTL.update({linux.F_GETLK: "F_GETLK", linux.F_SETLK: "F_SETLK", linux.F_SETLKW: "F_SETLKW"})
+_LEASE = {linux.F_RDLCK: "F_RDLCK", linux.F_WRLCK: "F_WRLCK", linux.F_UNLCK: "F_UNLCK"}
+_WHENCE = {0: "SEEK_SET", 1: "SEEK_CUR", 2: "SEEK_END", 3: "SEEK_DATA", 4: "SEEK_HOLE"}
+_SIGNALS = {v: k for k, v in vars(linux).items()
+            if k.startswith("SIG") and not k.startswith("SIGRT") and k not in ("SIGPOLL",)
+            and isinstance(v, int)}
+
+
+def open_flags(flags: int) -> str:
+    """``O_RDWR|O_CREAT`` for an open(2) flag word."""
+    words = [_ACC[flags & linux.O_ACCMODE]]
+    rest = flags & ~linux.O_ACCMODE
+    for name, bit in _OPEN_FLAGS:
+        if rest & bit == bit and bit:
+            words.append(name)
+            rest &= ~bit
+    if rest:
+        words.append(hex(rest))
+    return "|".join(words)
+
+
+def signal_name(sig: int) -> str:
+    """``SIGIO``, ``SIGRTMIN+1`` (kernel numbering), or the number."""
+    if sig in _SIGNALS:
+        return _SIGNALS[sig]
+    if linux.SIGRTMIN <= sig <= linux.SIGRTMAX:
+        return f"SIGRTMIN+{sig - linux.SIGRTMIN}" if sig > linux.SIGRTMIN else "SIGRTMIN"
+    return str(sig)
+
+
+def lease_type(arg: int) -> str:
+    """``F_WRLCK``, ``F_LAYOUT|F_EXCLUSIVE``."""
+    words = []
+    base = arg & ~(linux.F_LAYOUT | linux.F_EXCLUSIVE)
+    if arg & linux.F_LAYOUT:
+        words.append("F_LAYOUT")
+    if arg & linux.F_EXCLUSIVE:
+        words.append("F_EXCLUSIVE")
+    if base or not words:
+        words.insert(0, _LEASE.get(base, str(base)))
+    return "|".join(words)
+
+
+def value(v: Any) -> str:
+    """A value as strace would print it: strings quoted, bytes as a C string."""
+    if isinstance(v, bytes | bytearray):
+        return '"' + "".join(_cchar(b) for b in bytes(v)[:64]) + ('"...' if len(v) > 64 else '"')
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_field(k, x)}" for k, x in v.items()) + "}"
+    if isinstance(v, list):
+        return "[" + ", ".join(value(x) for x in v) + "]"
+    return str(v)
+
+
+def _field(key: str, v: Any) -> str:
+    if key == "st_mode" and isinstance(v, int):
+        kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR"}
+        return f"{kind.get(v & linux.S_IFMT, oct(v & linux.S_IFMT))}|{v & 0o7777:04o}"
+    if key == "flags" and isinstance(v, int):
+        return open_flags(v)
+    return value(v)
+
+
+def _cchar(b: int) -> str:
+    table = {0: "\\0", 9: "\\t", 10: "\\n", 13: "\\r", 34: '\\"', 92: "\\\\"}
+    if b in table:
+        return table[b]
+    return chr(b) if 32 <= b < 127 else f"\\{b:o}"
+
+
+def _octal(v: Any) -> str:
+    return f"0{v:o}" if isinstance(v, int) else value(v)
+
+
+def _fcntl_args(args: list[Any]) -> list[str]:
+    out = [value(args[0]) if args else "?"]
+    if len(args) > 1:
+        cmd = args[1]
+        out.append(_FCNTL.get(cmd, str(cmd)))
+        if len(args) > 2:
+            arg = args[2]
+            if cmd == linux.F_SETFL:
+                out.append(open_flags(arg))
+            elif cmd == linux.F_SETFD:
+                out.append("FD_CLOEXEC" if arg == linux.FD_CLOEXEC else str(arg))
+            elif cmd == linux.F_SETLEASE:
+                out.append(lease_type(arg))
+            elif cmd == linux.F_SETSIG:
+                out.append(signal_name(arg) if arg else "0")
+            elif cmd in (linux.F_GETFD, linux.F_GETFL, linux.F_GETLEASE, linux.F_GETOWN,
+                         linux.F_GETSIG) and not arg:
+                pass
+            else:
+                out.append(value(arg))
+    return out
+
+
+_ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
+    "open": lambda a: [value(a[0]), open_flags(a[1])] + ([_octal(a[2])] if len(a) > 2 else []),
+    "mkdir": lambda a: [value(a[0])] + ([_octal(a[1])] if len(a) > 1 else []),
+    "umask": lambda a: [_octal(a[0])],
+    "lseek": lambda a: [value(a[0]), value(a[1]), _WHENCE.get(a[2], str(a[2]))],
+    "dup3": lambda a: [value(a[0]), value(a[1]), open_flags(a[2]) if a[2] else "0"],
+    "fcntl": _fcntl_args,
+}
+
+
+def call(name: str, args: list[Any]) -> str:
+    """``name(arg, ...)`` decoded strace-style."""
+    try:
+        shown = _ARGS[name](args) if name in _ARGS else [value(a) for a in args]
+    except (IndexError, KeyError, TypeError):
+        shown = [value(a) for a in args]
+    return f"{name}({', '.join(shown)})"
+
+
+def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
+    """`` = 3``, `` = -1 ENOENT (No such file or directory)``, `` = O_RDWR|O_LARGEFILE``."""
+    if "errno" in reply:
+        code = reply["errno"]
+        return f"-1 {linux.errno_name(code)} ({os.strerror(code)})"
+    if "error" in reply:
+        return f"? <scenario error: {reply['error']}>"
+    v = reply.get("ok")
+    if name == "fcntl" and len(args) > 1 and isinstance(v, int):
+        cmd = args[1]
+        if cmd == linux.F_GETFL:
+            return f"{v:#x} ({open_flags(v)})"
+        if cmd == linux.F_GETFD:
+            return "0x1 (FD_CLOEXEC)" if v == 1 else str(v)
+        if cmd == linux.F_GETLEASE:
+            return lease_type(v)
+        if cmd == linux.F_GETSIG:
+            return signal_name(v) if v else "0"
+    return value(v)
