@@ -1,10 +1,10 @@
 """Messages between agents: values, and descriptors passed with SCM_RIGHTS semantics.
 
-Every actor has a mailbox named after it in the run directory.  On the emulator the
-mailbox is a ZeroMQ PULL socket and a descriptor travels as a token of the daemon's
-in-flight table (``sendfds``/``recvfds``), so the file stays open while in flight even if
-the sender closes it.  On the host the mailbox is an ``AF_UNIX`` datagram socket and
-descriptors travel for real in ``SCM_RIGHTS`` ancillary data.
+Every actor has a mailbox named after it.  On the emulator it is a datagram socket the
+daemon keeps (``bind``/``sendmsg``/``recvmsg`` over the control channel), so a message
+and the files it carries sit in the receiver's queue in the kernel from the moment
+``send`` returns.  On the host it is an ``AF_UNIX`` datagram socket in the run directory
+and descriptors travel for real in ``SCM_RIGHTS`` ancillary data.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import zmq
 
 from agents.api import EmuSystem, move_high
 
@@ -49,22 +48,6 @@ class Mailbox(ABC):
     def _addr(self, name: str, suffix: str) -> str:
         return os.path.join(self.run_dir, "peers", f"{name}.{suffix}")
 
-    def publish_pid(self, pid: int) -> None:
-        """Record this actor's PID where senders of descriptors look it up."""
-        path = self._addr(self.name, "pid")
-        tmp = f"{path}.{pid}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(str(pid))
-        os.replace(tmp, path)
-
-    def pid_of(self, name: str) -> int:
-        """The PID actor ``name`` published (``ECONNREFUSED`` if it has none)."""
-        try:
-            with open(self._addr(name, "pid")) as fh:
-                return int(fh.read())
-        except (OSError, ValueError):
-            raise ConnectionRefusedError(111, os.strerror(111), name) from None
-
     @abstractmethod
     def send(self, to: str, value: Any, fds: list[int] | None = None) -> None:
         """Send ``value`` (and the files behind ``fds``) to actor ``to``."""
@@ -79,44 +62,28 @@ class Mailbox(ABC):
 
 
 class EmuMailbox(Mailbox):
-    """Mailbox of an emulated process: ZeroMQ, descriptors through the daemon."""
+    """Mailbox of an emulated process: a socket bound to the actor's name in the daemon.
+
+    The daemon queues a message (and the files of its descriptors) before ``send``
+    returns, so it survives the sender's death the next instant, as on Linux.
+    """
 
     def __init__(self, run_dir: str, name: str, system: EmuSystem) -> None:
         super().__init__(run_dir, name)
         self.system = system
-        self.ctx = zmq.Context()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.bind(f"ipc://{self._addr(name, 'ipc')}")
-        self.pushes: dict[str, zmq.Socket[bytes]] = {}
-        self.publish_pid(system.conn.pid)
+        system.conn.call("bind", name)
 
     def send(self, to: str, value: Any, fds: list[int] | None = None) -> None:
-        token = None
-        if fds:
-            token = self.system.conn.call("sendfds", self.pid_of(to), list(fds))
-        sock = self.pushes.get(to)
-        if sock is None:
-            sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 2000)
-            sock.connect(f"ipc://{self._addr(to, 'ipc')}")
-            self.pushes[to] = sock
-        sock.send(_pack(self.name, value, {"token": token}))
+        self.system.conn.call("sendmsg", to, _pack(self.name, value, {}), list(fds or []))
 
     def recv(self, timeout: float | None = None) -> Message:
-        if not self.pull.poll(None if timeout is None else int(timeout * 1000)):
-            raise TimeoutError("no message")
-        body = msgpack.unpackb(self.pull.recv(), raw=False)
-        fds: list[int] = []
-        if body.get("token"):
-            fds = list(self.system.conn.call("recvfds", body["token"]))
-        return Message(body["from"], body["value"], fds)
+        conn = self.system.conn
+        reply = conn.wait(conn.submit("recvmsg", self.name, 0), timeout)
+        body = msgpack.unpackb(reply["data"], raw=False)
+        return Message(body["from"], body["value"], list(reply["fds"]))
 
     def close(self) -> None:
-        for s in self.pushes.values():
-            s.close()
-        self.pull.close()
-        self.ctx.term()
+        """Nothing to do: the daemon unbinds the name when the process exits."""
 
 
 class HostMailbox(Mailbox):
@@ -130,7 +97,6 @@ class HostMailbox(Mailbox):
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         raw.bind(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM, fileno=move_high(raw.detach()))
-        self.publish_pid(os.getpid())
 
     def send(self, to: str, value: Any, fds: list[int] | None = None) -> None:
         anc = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -66,7 +67,9 @@ class Connection:
                  name: str = "") -> None:
         umask = os.umask(0)
         os.umask(umask)
-        welcome = register(run_dir, {"kind": kind, "token": token, "name": name, "umask": umask})
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        welcome = register(run_dir, {"kind": kind, "token": token, "name": name, "umask": umask,
+                                     "nofile": nofile})
         self.run_dir = run_dir
         self.name = name
         self.pid: int = welcome["pid"]

@@ -25,7 +25,6 @@ import msgpack
 
 from agents.api import EmuSystem, System, make_system
 from agents.peer import EmuMailbox, HostMailbox, Mailbox
-from agents.runtime import _ABANDONED
 from agents.scenario.calls import CALLS, EMU_BACKGROUND
 from agents.scenario.expr import ExprError, evaluate
 from agents.scenario.link import Link, LinkClosed
@@ -173,10 +172,7 @@ class Actor:
                 self.vars[bind] = pid
             return {"ok": pid, "args": [], "child": child}
         # the child: the parent's launcher link and mailbox are not ours
-        if isinstance(self.mailbox, EmuMailbox):
-            _ABANDONED.extend([self.mailbox.ctx, self.mailbox.pull, *self.mailbox.pushes.values()])
-        else:
-            self.mailbox.close()
+        self.mailbox.close()
         self.link.close()
         self.name = child
         if bind:

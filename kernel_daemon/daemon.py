@@ -44,7 +44,7 @@ BATCH = 64
 REGISTRATION_TIMEOUT = 5.0
 
 
-class Stop(BaseException):  # noqa: N818 (control flow, must pass every except Exception)
+class Stop(BaseException):
     """Raised from the SIGTERM/SIGINT handler to leave the loop."""
 
 
@@ -110,6 +110,13 @@ class Daemon:
         def stop(signum: int, frame: FrameType | None) -> None:
             raise Stop()
 
+        # A signal landing just before the poll sleeps would otherwise wait for the next
+        # message: the wake-up fd makes the poll return so the handler runs at once.
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        self._watch(wake_r.fileno(), lambda: _drain(wake_r))
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         if ready_fd is not None:
@@ -121,6 +128,10 @@ class Daemon:
         except Stop:
             pass
         finally:
+            signal.set_wakeup_fd(-1)
+            self._unwatch(wake_r.fileno())
+            wake_r.close()
+            wake_w.close()
             self.close()
 
     def step(self, timeout: float | None = None) -> None:
@@ -431,6 +442,12 @@ class Daemon:
         msg = {"v": list(wire.PROTOCOL_VERSION), "k": wire.EVENT, "pid": task.pid}
         msg.update(body)
         self._send(task, msg)
+
+
+def _drain(sock: socket.socket) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while sock.recv(4096):
+            pass
 
 
 def _real_ppid(pid: int) -> int:

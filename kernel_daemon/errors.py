@@ -24,7 +24,7 @@ class KernelError(Exception):
         self.detail = detail
 
 
-class MustWait(Exception):  # noqa: N818 (control flow, not an error)
+class MustWait(Exception):
     """Raised inside a handler when the call must sleep and then start over.
 
     ``register(wake)`` puts ``wake`` on the wait queue and returns a function that takes

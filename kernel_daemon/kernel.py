@@ -92,13 +92,12 @@ class Waiter:
 
 @dataclass
 class Inflight:
-    """Descriptors passed with SCM_RIGHTS semantics and not yet received."""
+    """A message in a socket's receive queue: data and files passed with SCM_RIGHTS."""
 
-    token: bytes
     sender: int
     dest: int
     files: list[File]
-    cloexec: bool = False
+    data: bytes = b""
 
 
 @dataclass
@@ -136,7 +135,8 @@ class Kernel:
         self.pmem = Pmem(config.pmem_name, config.nblocks, config.block_size, self._on_block)
         self.fs = Filesystem(self.pmem)
         self.tasks: dict[int, Task] = {}
-        self.inflight: dict[bytes, Inflight] = {}
+        #: state other subsystems keep (mailboxes, leases); opaque to the core
+        self.ext: dict[str, Any] = {}
         self.pending_forks: dict[bytes, PendingFork] = {}
         self.exit_waiters: dict[int, list[Waiter]] = {}
         self.timers: list[Timer] = []
@@ -148,6 +148,8 @@ class Kernel:
         #: callbacks run when a task exits, before its descriptors are closed
         self.exit_hooks: list[Callable[[Task], None]] = []
         self.clock: Callable[[], float] = time.monotonic
+        from kernel_daemon.syscalls import install  # the families import this module
+
         #: lease breaking (fs/locks.c __break_lease); leases install theirs
         self.break_hooks: list[Callable[[Task, Inode, int], None]] = []
         #: run before a size change (truncate, O_TRUNC); policies install theirs
@@ -164,6 +166,7 @@ class Kernel:
         self.setfl_hooks: list[Callable[[Task, File, int, int], None]] = []
         #: run before write(2) and pwrite(2) change data (layout breaks on xfs)
         self.ext_write_hooks: list[Callable[[Task, File, int, int], None]] = []
+        install(self)
 
     # --- events -----------------------------------------------------------------------
 
@@ -224,7 +227,7 @@ class Kernel:
 
     def open_file(self, inode: Inode, flags: int, path: str) -> File:
         """A new open file description on ``inode`` (``alloc_file``), one reference."""
-        file = File(inode=inode, flags=(flags & KEPT_FLAGS) | linux.O_LARGEFILE, path=path)
+        file = File(inode=inode, flags=flags & KEPT_FLAGS, path=path)
         self.fs.get(inode)
         file.refs = 1
         return file
@@ -273,7 +276,8 @@ class Kernel:
         task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name, secret=secrets.token_bytes(32))
         if inherit is None:
             # one open file description shared by 0, 1 and 2, as a login terminal is
-            console = self.open_file(self.fs.console, linux.O_RDWR, "/dev/console")
+            console = self.open_file(self.fs.console, linux.O_RDWR | linux.O_LARGEFILE,
+                                     "/dev/console")
             console.refs = 3
             for fd in (0, 1, 2):
                 task.fds.install(fd, console, False)
@@ -299,11 +303,6 @@ class Kernel:
             hook(task)
         for fd, _ in list(task.fds):
             self.close_fd(task, fd)
-        for token, flight in list(self.inflight.items()):
-            if flight.dest == task.pid:
-                del self.inflight[token]
-                for f in flight.files:
-                    self.fput(f)
         for pending in list(self.pending_forks.values()):
             if pending.parent == task.pid and pending.child is None:
                 # The child may still register; give it a while, then drop the snapshot.

@@ -32,7 +32,7 @@ from protocol import linux
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 FAULT_RE = re.compile(r"^!(kill|stop|cont)\s+([A-Z][A-Za-z0-9_]*)\s*$")
 SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
-TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z0-9_,\s-]+)\]\s*$")
+TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z][\w-]*(?:\s*,\s*[A-Za-z][\w-]*)*)\]\s*$")
 AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
 
 #: settings a scenario may change, with their types

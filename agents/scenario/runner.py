@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -185,7 +186,8 @@ class Runner:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "agents.scripted", "--name", name, "--run-dir",
                  self.run_dir, "--target", self.target, "--director", self.director_path],
-                env=self._env(), stdin=log, stdout=log, stderr=log, close_fds=True)
+                env=self._env(), stdin=log, stdout=log, stderr=log, close_fds=True,
+                preexec_fn=_usual_limits)
             os.close(log)
             self.actors[name] = ActorState(name, proc.pid, None, proc)
         for name in self.sc.actors:
@@ -431,6 +433,12 @@ def _wait_state(pid: int, state: str, timeout: float) -> None:
             return
         time.sleep(0.001)  # polling the process state, not ordering two processes
     raise RunError(f"pid {pid} did not reach state {state}")
+
+
+def _usual_limits() -> None:
+    """Give an actor the usual RLIMIT_NOFILE soft limit of 1024, as a login shell has."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
 
 
 def _reap_all() -> None:

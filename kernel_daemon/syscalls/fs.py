@@ -36,7 +36,8 @@ def may_truncate(k: Kernel, task: Task, inode: Inode, length: int) -> None:
          note="no O_TMPFILE (EOPNOTSUPP); no symlinks; root credentials")
 def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> int:
     """open(2).  Linux: fs/open.c build_open_flags(), fs/namei.c path_openat()."""
-    flags &= 0xFFFFFFFF
+    # x86-64 forces O_LARGEFILE (force_o_largefile()) before O_PATH masks it away again
+    flags = (flags & 0xFFFFFFFF) | linux.O_LARGEFILE
     if flags & linux.O_TMPFILE == linux.O_TMPFILE:
         raise KernelError(errno.EOPNOTSUPP, "O_TMPFILE")
     if flags & linux.O_PATH:

@@ -1,19 +1,24 @@
-"""Passing descriptors between processes with SCM_RIGHTS semantics.
+"""Messages between processes, and descriptors passed with SCM_RIGHTS semantics.
 
-``sendfds`` puts references to the files behind the given descriptors in flight,
-addressed to one process, and returns an unguessable token the sender hands to the
-receiver over the peer channel; ``recvfds`` installs them at the receiver's lowest free
-numbers.  As with a Unix socket's queue (net/core/scm.c, net/unix/af_unix.c), a file in
-flight stays open even if the sender closes its descriptor or dies, and is released if
-the receiver dies before taking it.
+The emulator models each actor's mailbox as a datagram socket bound to a name in the
+kernel (like an abstract ``AF_UNIX`` address): ``bind`` names the caller's socket,
+``sendmsg`` queues a message (bytes plus the files behind some descriptors) on the
+named socket's receive queue before it returns, and ``recvmsg`` takes the oldest one,
+installing its files at the receiver's lowest free numbers, or sleeps until one comes.
+As with a Unix socket (net/unix/af_unix.c, net/core/scm.c), a file in flight stays open
+even if the sender closes its descriptor or dies, and is released if the receiver dies
+before taking it.  The queue lives in the kernel, so a message sent is never lost when
+its sender is killed the next instant, which a brokerless ZeroMQ PUSH cannot promise.
 """
 
 from __future__ import annotations
 
 import errno
-import secrets
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
-from kernel_daemon.errors import KernelError
+from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.kernel import Inflight, Kernel
 from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import Task
@@ -21,49 +26,107 @@ from protocol import linux
 
 #: SCM_MAX_FD: the most descriptors one message may carry
 SCM_MAX_FD = 253
+#: messages a receive queue holds before senders get EAGAIN (net.unix.max_dgram_qlen)
+MAX_QLEN = 512
+MAX_MESSAGE = 1 << 20
+MSG_DONTWAIT = 0x40
 
 
-@syscall("sendfds", linux="net/core/scm.c scm_fp_copy()", support="emulator",
-         note="sendmsg(2) with SCM_RIGHTS to one process; returns the in-flight token")
-def sys_sendfds(k: Kernel, t: Task, dest: int, fds: list[int]) -> bytes:
-    """Put the files behind ``fds`` in flight to process ``dest``."""
-    if not fds or len(fds) > SCM_MAX_FD:
+class Mailbox:
+    """The receive queue of one bound socket, and the receivers sleeping on it."""
+
+    def __init__(self, name: str, owner: int) -> None:
+        self.name = name
+        self.owner = owner
+        self.queue: deque[Inflight] = deque()
+        self.sleepers: list[Callable[[], None]] = []
+
+    def wake(self) -> None:
+        """Wake every receiver sleeping on this queue (they retry recvmsg)."""
+        sleepers, self.sleepers = self.sleepers, []
+        for wake in sleepers:
+            wake()
+
+
+def _boxes(k: Kernel) -> dict[str, Mailbox]:
+    boxes: dict[str, Mailbox] = k.ext.setdefault("mailboxes", {})
+    return boxes
+
+
+def release_task_mailboxes(k: Kernel, task: Task) -> None:
+    """At exit: unbind the task's sockets and release the files still queued on them."""
+    boxes = _boxes(k)
+    for name in list(task.ext.get("bound", ())):
+        box = boxes.pop(name, None)
+        if box is None:
+            continue
+        while box.queue:
+            for f in box.queue.popleft().files:
+                k.fput(f)
+        box.wake()
+
+
+@syscall("bind", linux="net/unix/af_unix.c unix_bind()", support="emulator",
+         note="bind the caller's datagram socket to a name; EADDRINUSE if another has it")
+def sys_bind(k: Kernel, t: Task, name: str) -> int:
+    """Name the caller's mailbox; binding a name it already holds is a no-op (exec)."""
+    if not name or len(name) > 107:
         raise KernelError(errno.EINVAL)
-    if dest not in k.tasks:
+    boxes = _boxes(k)
+    box = boxes.get(name)
+    if box is not None:
+        if box.owner == t.pid:
+            return 0
+        raise KernelError(errno.EADDRINUSE)
+    boxes[name] = Mailbox(name, t.pid)
+    t.ext.setdefault("bound", []).append(name)
+    return 0
+
+
+@syscall("sendmsg", linux="net/unix/af_unix.c unix_dgram_sendmsg()", support="emulator",
+         note="queue data and SCM_RIGHTS descriptors on a named socket; EAGAIN when full")
+def sys_sendmsg(k: Kernel, t: Task, dest: str, data: bytes, fds: list[int]) -> int:
+    """Queue ``data`` and the files behind ``fds`` on socket ``dest``; returns len(data)."""
+    if len(fds) > SCM_MAX_FD or len(data) > MAX_MESSAGE:
+        raise KernelError(errno.EINVAL if len(fds) > SCM_MAX_FD else errno.EMSGSIZE)
+    box = _boxes(k).get(dest)
+    if box is None:
         raise KernelError(errno.ECONNREFUSED)
     files = [k.file_of(t, fd) for fd in fds]  # EBADF before any reference is taken
-    token = secrets.token_bytes(16)
-    k.inflight[token] = Inflight(token, t.pid, dest, [k.fget(f) for f in files])
-    k.log.emit("pass", pid=t.pid, dest=dest, fds=fds, files=[f.fid for f in files])
-    return token
+    if len(box.queue) >= MAX_QLEN:
+        raise KernelError(errno.EAGAIN)
+    box.queue.append(Inflight(t.pid, box.owner, [k.fget(f) for f in files], data))
+    if fds:
+        k.log.emit("pass", pid=t.pid, dest=box.owner, fds=fds, files=[f.fid for f in files])
+    box.wake()
+    return len(data)
 
 
-@syscall("recvfds", linux="net/core/scm.c scm_detach_fds()", support="emulator",
-         note="recvmsg(2) of an SCM_RIGHTS message; flags may hold O_CLOEXEC (MSG_CMSG_CLOEXEC)")
-def sys_recvfds(k: Kernel, t: Task, token: bytes, flags: int = 0) -> list[int]:
-    """Install the files of in-flight message ``token`` at the lowest free numbers."""
-    flight = k.inflight.get(token)
-    if flight is None or flight.dest != t.pid:
-        raise KernelError(errno.EINVAL, "no such message for this process")
-    if flags & ~linux.O_CLOEXEC:
+@syscall("recvmsg", linux="net/unix/af_unix.c unix_dgram_recvmsg()", support="emulator",
+         note="take the oldest message; sleeps while none (MSG_DONTWAIT: EAGAIN); "
+              "flags may hold O_CLOEXEC for MSG_CMSG_CLOEXEC")
+def sys_recvmsg(k: Kernel, t: Task, name: str, flags: int = 0) -> dict[str, Any]:
+    """Receive from the caller's socket ``name``: {sender, data, fds}."""
+    box = _boxes(k).get(name)
+    if box is None or box.owner != t.pid:
+        raise KernelError(errno.ENOTCONN)
+    if flags & ~(MSG_DONTWAIT | linux.O_CLOEXEC):
         raise KernelError(errno.EINVAL)
-    if len(t.fds) + len(flight.files) > t.fds.limit:
+    if not box.queue:
+        if flags & MSG_DONTWAIT:
+            raise KernelError(errno.EAGAIN)
+
+        def register(wake: Callable[[], None]) -> Callable[[], None]:
+            box.sleepers.append(wake)
+            return lambda: box.sleepers.remove(wake) if wake in box.sleepers else None
+
+        raise MustWait(register)
+    msg = box.queue[0]
+    if len(t.fds) + len(msg.files) > t.fds.limit:
         raise KernelError(errno.EMFILE)
-    del k.inflight[token]
-    fds = [k.fd_install(t, f, bool(flags & linux.O_CLOEXEC)) for f in flight.files]
-    k.log.emit("receive", pid=t.pid, sender=flight.sender, fds=fds,
-               files=[f.fid for f in flight.files])
-    return fds
-
-
-@syscall("dropfds", linux="net/unix/af_unix.c unix_release_sock()", support="emulator",
-         note="discard an in-flight message addressed to the caller without installing it")
-def sys_dropfds(k: Kernel, t: Task, token: bytes) -> int:
-    """Release an in-flight message addressed to the caller (its socket was closed)."""
-    flight = k.inflight.get(token)
-    if flight is None or flight.dest != t.pid:
-        raise KernelError(errno.EINVAL)
-    del k.inflight[token]
-    for f in flight.files:
-        k.fput(f)
-    return 0
+    box.queue.popleft()
+    fds = [k.fd_install(t, f, bool(flags & linux.O_CLOEXEC)) for f in msg.files]
+    if fds:
+        k.log.emit("receive", pid=t.pid, sender=msg.sender, fds=fds,
+                   files=[f.fid for f in msg.files])
+    return {"sender": msg.sender, "data": msg.data, "fds": fds}

@@ -79,6 +79,10 @@ def register(
         task.route = None
         task.name = name or task.name
     task.ext["umask"] = umask & 0o777
+    nofile = hello.get("nofile")
+    if isinstance(nofile, int) and not isinstance(nofile, bool) and nofile > 0:
+        # the process's real RLIMIT_NOFILE soft limit (capped: the table is a dict)
+        task.fds.limit = min(nofile, 1 << 20)
     k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)
     return task
 
@@ -170,14 +174,15 @@ def sys_proc_list(k: Kernel, t: Task) -> list[dict[str, Any]]:
 def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
     """Object counts: tasks, open files, inodes, blocks in use, passes in flight."""
     files = {id(e.file) for p in k.tasks.values() for _, e in p.fds}
-    files |= {id(f) for fl in k.inflight.values() for f in fl.files}
+    boxes = k.ext.get("mailboxes", {}).values()
+    files |= {id(f) for box in boxes for msg in box.queue for f in msg.files}
     files |= {id(f) for pf in k.pending_forks.values() for _, f, _ in pf.snapshot}
     return {
         "tasks": len(k.tasks),
         "files": len(files),
         "inodes": len(k.fs.inodes),
         "blocks_used": k.pmem.nblocks - k.pmem.free_blocks,
-        "inflight": len(k.inflight),
+        "inflight": sum(len(box.queue) for box in boxes),
         "pending_forks": len(k.pending_forks),
         "parked": sum(len(p.parked) for p in k.tasks.values()),
         "timers": sum(1 for tm in k.timers if not tm.cancelled),
