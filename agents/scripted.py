@@ -150,7 +150,7 @@ class Actor:
             assert isinstance(self.system, EmuSystem)
             convert = EMU_BACKGROUND[bg.call]
             rid = bg.rid
-            outcome = _outcome(lambda: convert(self.system.conn.wait(rid)))  # type: ignore[attr-defined]
+            outcome = _outcome(lambda: convert(self.system.conn.wait(rid)))
             bg.result.update(outcome)
         elif bg.thread is not None:
             bg.thread.join()

@@ -11,6 +11,7 @@ message at a time, every run has a total order of kernel events: the event log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -178,9 +179,9 @@ class Daemon:
                 return
             conn.setblocking(False)
             fd = conn.fileno()
-            timer = self.kernel.add_timer(REGISTRATION_TIMEOUT, lambda fd=fd: self._drop_reg(fd))
+            timer = self.kernel.add_timer(REGISTRATION_TIMEOUT, functools.partial(self._drop_reg, fd))
             self.registrations[fd] = _Registration(conn, wire.RecordReader(), timer)
-            self._watch(fd, lambda fd=fd: self._registration_input(fd))
+            self._watch(fd, functools.partial(self._registration_input, fd))
 
     def _drop_reg(self, fd: int) -> None:
         reg = self.registrations.pop(fd, None)

@@ -9,6 +9,7 @@ replace), so the kernel's objects can be tested in-process.
 from __future__ import annotations
 
 import errno
+import functools
 import heapq
 import itertools
 import secrets
@@ -306,9 +307,8 @@ class Kernel:
         for pending in list(self.pending_forks.values()):
             if pending.parent == task.pid and pending.child is None:
                 # The child may still register; give it a while, then drop the snapshot.
-                token = pending.token
                 pending.timer = self.add_timer(
-                    self.config.fork_claim_timeout, lambda t=token: self.drop_fork(t)
+                    self.config.fork_claim_timeout, functools.partial(self.drop_fork, pending.token)
                 )
         del self.tasks[task.pid]
         for waiter in self.exit_waiters.pop(task.pid, []):

@@ -10,6 +10,7 @@ file page own it now; every device write (RDMA, direct I/O) is checked against i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class Pmem:
         self.shm = shared_memory.SharedMemory(name=name, create=True, size=nblocks * block_size)
         # The daemon's resource tracker keeps the segment registered: it unlinks it
         # should the daemon die without a shutdown.  Agents that attach unregister.
+        assert self.shm.buf is not None
         self.buf: memoryview = self.shm.buf
         #: owner of each block, or None when free (the ledger)
         self.ledger: list[Owner | None] = [None] * nblocks
@@ -96,7 +98,5 @@ class Pmem:
         del self.buf
         self.shm.close()
         if unlink:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
-            except FileNotFoundError:
-                pass

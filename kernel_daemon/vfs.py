@@ -107,7 +107,8 @@ class Filesystem:
     def _walk(self, parts: list[str]) -> Inode:
         node = self.root
         for name in parts:
-            if not node.is_dir or node.children is None:
+            children = node.children
+            if not node.is_dir or children is None:
                 raise KernelError(errno.ENOTDIR)
             if name == ".":
                 continue
@@ -115,7 +116,7 @@ class Filesystem:
                 assert node.parent is not None
                 node = node.parent
                 continue
-            child = node.children.get(name)
+            child = children.get(name)
             if child is None:
                 raise KernelError(errno.ENOENT)
             node = child

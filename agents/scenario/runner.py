@@ -93,7 +93,7 @@ def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
     if expect is None or expect.kind == "any":
         return True
     if expect.kind == "errno":
-        return reply.get("errno") == expect.value
+        return bool(reply.get("errno") == expect.value)
     if "errno" in reply:
         return False
     if expect.kind == "ok":
@@ -324,7 +324,7 @@ class Runner:
         old.close()
         actor.link = link
         actor.pending.clear()
-        reply = {"ok": 0}
+        reply: dict[str, Any] = {"ok": 0}
         if int(hello["pid"]) != actor.pid:
             reply = {"error": f"exec'd image has pid {hello['pid']}, not {actor.pid}"}
         text = f"{self._label(actor.name, actor.pid)} execve(\"agents.scripted\") = 0"
@@ -437,7 +437,7 @@ def _wait_state(pid: int, state: str, timeout: float) -> None:
 
 def _usual_limits() -> None:
     """Give an actor the usual RLIMIT_NOFILE soft limit of 1024, as a login shell has."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
 
 

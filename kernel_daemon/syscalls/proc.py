@@ -51,7 +51,7 @@ def register(
         task = k.new_task(pid, ppid, uid, gid, name, None)
     elif kind == wire.FORK:
         pending = k.pending_forks.get(token) if isinstance(token, bytes) else None
-        if pending is None:
+        if pending is None or not isinstance(token, bytes):
             raise RegistrationRefused(wire.E_BAD_TOKEN, "unknown fork token")
         if pending.parent != real_ppid:
             raise RegistrationRefused(wire.E_BAD_TOKEN, "fork token of another parent")
