@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flavour", choices=("xfs", "ext4"), default="xfs")
     p.add_argument("--pmem-name", help="shared-memory name of the device (default: random)")
     p.add_argument("--event-log", help="write the JSON-lines event log here")
+    p.add_argument("--fork-claim-timeout", type=float, default=10.0,
+                   help="seconds a fork snapshot waits for its child after the parent died")
     p.add_argument("--ready-fd", type=int, help="write 'ready PID PMEM' to this fd once serving")
     p.add_argument("--syscall-table", action="store_true",
                    help="print the system-call support table (docs/syscalls.md) and exit")
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=args.run_dir, nblocks=args.blocks, block_size=args.block_size,
         lease_break_time=args.lease_break_time, policy=args.policy, flavour=args.flavour,
         pmem_name=args.pmem_name, event_log=args.event_log,
+        fork_claim_timeout=args.fork_claim_timeout,
     )
     Daemon(config).serve(args.ready_fd)
     return 0

@@ -29,7 +29,7 @@ import zmq
 
 from kernel_daemon.errors import PARKED, KernelError, MustWait
 from kernel_daemon.eventlog import EventLog
-from kernel_daemon.kernel import Config, Kernel, Timer
+from kernel_daemon.kernel import Config, Kernel, Timer, real_ppid
 from kernel_daemon.syscalls import SYSCALLS, BadArguments, Syscall
 from kernel_daemon.syscalls.proc import RegistrationRefused, register
 from kernel_daemon.task import Task
@@ -43,6 +43,8 @@ _UCRED = struct.Struct("3i")
 BATCH = 64
 #: seconds a registration connection may take to send its hello
 REGISTRATION_TIMEOUT = 5.0
+#: registration connections in progress at once; more wait in the listen backlog
+MAX_PENDING_REGISTRATIONS = 64
 
 
 class Stop(BaseException):
@@ -82,6 +84,7 @@ class Daemon:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.ep.fileno(), zmq.POLLIN)
         self.registrations: dict[int, _Registration] = {}
+        self.listener_paused = False
         #: pidfd -> pid of a registered process
         self.pidfds: dict[int, int] = {}
         self.restarts: list[Callable[[], None]] = []
@@ -173,15 +176,36 @@ class Daemon:
 
     def _accept(self) -> None:
         while True:
+            if len(self.registrations) >= MAX_PENDING_REGISTRATIONS:
+                self._pause_listener()
+                return
             try:
                 conn, _ = self.listener.accept()
             except BlockingIOError:
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: wait for a slot
+                log.warning("registration accept failed: %s", exc)
+                self._pause_listener()
                 return
             conn.setblocking(False)
             fd = conn.fileno()
             timer = self.kernel.add_timer(REGISTRATION_TIMEOUT, functools.partial(self._drop_reg, fd))
             self.registrations[fd] = _Registration(conn, wire.RecordReader(), timer)
             self._watch(fd, functools.partial(self._registration_input, fd))
+
+    def _pause_listener(self) -> None:
+        """Stop accepting until a registration connection closes (never spin)."""
+        if self.listener_paused:
+            return
+        self.listener_paused = True
+        self._unwatch(self.listener.fileno())
+        if not self.registrations:  # nothing will close: retry on a timer
+            self.kernel.add_timer(0.1, self._resume_listener)
+
+    def _resume_listener(self) -> None:
+        if self.listener_paused:
+            self.listener_paused = False
+            self._watch(self.listener.fileno(), self._accept)
 
     def _drop_reg(self, fd: int) -> None:
         reg = self.registrations.pop(fd, None)
@@ -190,6 +214,7 @@ class Daemon:
         reg.timer.cancel()
         self._unwatch(fd)
         reg.sock.close()
+        self._resume_listener()
 
     def _registration_input(self, fd: int) -> None:
         reg = self.registrations[fd]
@@ -216,6 +241,10 @@ class Daemon:
         except RegistrationRefused as exc:
             answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
                       "reason": exc.reason, "detail": exc.detail}
+        except Exception:  # a daemon bug: refuse this one, keep serving the rest
+            log.error("bug in registration: %s", traceback.format_exc(limit=8))
+            answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
+                      "reason": wire.E_MALFORMED, "detail": "registration failed"}
         with contextlib.suppress(OSError):
             reg.sock.send(wire.encode_record(answer))
         self._drop_reg(fd)
@@ -229,8 +258,8 @@ class Daemon:
         except ProcessLookupError:
             raise RegistrationRefused(wire.E_UNKNOWN_PROCESS, f"pid {pid} is gone") from None
         try:
-            task = register(self.kernel, pid, uid, gid, _real_ppid(pid), hello)
-        except RegistrationRefused:
+            task = register(self.kernel, pid, uid, gid, real_ppid(pid), hello)
+        except BaseException:
             if pidfd >= 0:
                 os.close(pidfd)
             raise
@@ -268,7 +297,7 @@ class Daemon:
         """KernelIO: call ``on_death`` when ``pid`` dies (used for unregistered children)."""
         try:
             pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        except (OSError, OverflowError, ValueError):
             return False
 
         def fire() -> None:
@@ -306,6 +335,14 @@ class Daemon:
             self.router.send_multipart([route, wire.pack(body) + bytes(wire.MAC_LEN)])
 
     def _message(self, route: bytes, frame: bytes) -> None:
+        try:
+            self._message_checked(route, frame)
+        except Exception:  # a daemon bug: report it, keep serving
+            detail = traceback.format_exc(limit=8)
+            log.error("bug handling a message: %s", detail)
+            self._error(route, None, "internal", detail)
+
+    def _message_checked(self, route: bytes, frame: bytes) -> None:
         try:
             body, payload, mac = wire.open_frame(frame)
         except ProtocolError as exc:
@@ -449,16 +486,6 @@ def _drain(sock: socket.socket) -> None:
     with contextlib.suppress(BlockingIOError):
         while sock.recv(4096):
             pass
-
-
-def _real_ppid(pid: int) -> int:
-    """The host's parent PID of ``pid`` (field 4 of /proc/<pid>/stat), 0 if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def monotonic() -> float:

@@ -29,7 +29,11 @@ class EventLog:
         self._seq += 1
         rec = {"seq": self._seq, "t": round(time.monotonic() - self._t0, 6), "ev": ev}
         rec.update(fields)
-        self._fh.write(json.dumps(rec, default=_default, separators=(",", ":")) + "\n")
+        try:
+            line = json.dumps(rec, default=_default, separators=(",", ":"))
+        except (TypeError, ValueError):  # map keys that are not strings, and the like
+            line = json.dumps(_plain(rec), default=_default, separators=(",", ":"))
+        self._fh.write(line + "\n")
 
     def flush(self) -> None:
         """Push buffered lines to the file (called when the loop goes idle)."""
@@ -41,6 +45,15 @@ class EventLog:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every map key made a string, for JSON."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _default(value: Any) -> Any:

@@ -126,6 +126,16 @@ class Timer:
         self.cancelled = True
 
 
+def real_ppid(pid: int) -> int:
+    """The host's parent PID of ``pid`` (field 4 of /proc/<pid>/stat), 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class Kernel:
     """All kernel state of one daemon."""
 
@@ -149,6 +159,8 @@ class Kernel:
         #: callbacks run when a task exits, before its descriptors are closed
         self.exit_hooks: list[Callable[[Task], None]] = []
         self.clock: Callable[[], float] = time.monotonic
+        #: the host's parent PID of a process (replaceable in unit tests)
+        self.host_ppid: Callable[[int], int] = real_ppid
         from kernel_daemon.syscalls import install  # the families import this module
 
         #: lease breaking (fs/locks.c __break_lease); leases install theirs
@@ -223,6 +235,10 @@ class Kernel:
         """``break_lease()``: may raise ``MustWait`` or a ``KernelError``."""
         for hook in self.break_hooks:
             hook(task, inode, flags)
+
+    def current_rid(self) -> int | None:
+        """The request id of the call being dispatched, if any."""
+        return self.current[1] if self.current is not None else None
 
     # --- files ------------------------------------------------------------------------
 
@@ -311,6 +327,11 @@ class Kernel:
                     self.config.fork_claim_timeout, functools.partial(self.drop_fork, pending.token)
                 )
         del self.tasks[task.pid]
+        for child in self.tasks.values():
+            if child.ppid == task.pid:
+                # reparented, as by forget_original_parent(): to whoever the host says
+                parent = self.host_ppid(child.pid)
+                child.ppid = parent if parent in self.tasks else 0
         for waiter in self.exit_waiters.pop(task.pid, []):
             waiter.complete(0)
 

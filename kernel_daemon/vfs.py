@@ -330,7 +330,7 @@ class Filesystem:
             self.pmem.view(block)[inpage : inpage + n] = data[done : done + n]
             pos += n
             done += n
-        if pos > inode.size:
+        if done and pos > inode.size:
             inode.size = pos
         inode.mtime = inode.ctime = time.time()
         return done
@@ -380,16 +380,14 @@ class Filesystem:
             return "/"
         if inode is self.console:
             return "/dev/console"
-        found = self._find(self.root, inode, "")
-        return found if found is not None else f"/#{inode.ino} (deleted)"
-
-    def _find(self, d: Inode, target: Inode, prefix: str) -> str | None:
-        assert d.children is not None
-        for name, child in d.children.items():
-            if child is target:
-                return f"{prefix}/{name}"
-            if child.is_dir:
-                sub = self._find(child, target, f"{prefix}/{name}")
-                if sub is not None:
-                    return sub
-        return None
+        target = inode
+        stack: list[tuple[Inode, str]] = [(self.root, "")]
+        while stack:  # iterative: a deep tree must not hit the recursion limit
+            d, prefix = stack.pop()
+            assert d.children is not None
+            for name, child in d.children.items():
+                if child is target:
+                    return f"{prefix}/{name}"
+                if child.is_dir:
+                    stack.append((child, f"{prefix}/{name}"))
+        return f"/#{inode.ino} (deleted)"

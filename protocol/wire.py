@@ -115,10 +115,11 @@ def open_frame(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
         raise ProtocolError(E_MALFORMED, "message is not a map")
     check_version(body.get("v"))
     kind = body.get("k")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ProtocolError(E_MALFORMED, f"unknown message kind {kind!r}")
     pid, seq = body.get("pid"), body.get("seq")
-    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(seq, int):
+    if (not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(seq, int)
+            or isinstance(seq, bool)):
         raise ProtocolError(E_MALFORMED, "header lacks integer pid/seq")
     return body, payload, mac
 

@@ -233,10 +233,6 @@ def test_oversized_frame(conn: Connection, raw: zmq.Socket[bytes],
     still_serving(conn, daemon, before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: protocol/wire.py open_frame: `kind not in KINDS` raises TypeError for an "
-    "unhashable kind; kernel_daemon/daemon.py _message catches only ProtocolError, so one "
-    "unauthenticated frame with k=[...] kills the daemon"))
 def test_unhashable_kind_does_not_kill_the_daemon(
         conn: Connection, raw: zmq.Socket[bytes], daemon: DaemonProcess) -> None:
     raw.send(wire.pack(header(1, 1, k=["call"])) + bytes(wire.MAC_LEN))
@@ -403,12 +399,6 @@ def test_stale_secret_after_exec_prepare(daemon: DaemonProcess) -> None:
         new.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: exec keeps the old image's parked calls: kernel_daemon/syscalls/proc.py "
-    "sys_exec_prepare (and register() for kind exec) leave task.parked alone, so a call "
-    "the old image was blocked in (recvmsg, wait_exit) stays parked across exec, is "
-    "restarted later, takes the message meant for the new image and answers it with a "
-    "request id the new image (whose ids restart at 1) may be using"))
 def test_exec_cancels_the_old_images_parked_calls(daemon: DaemonProcess) -> None:
     old = Connection(daemon.run_dir, name="before-exec")
     try:
@@ -429,12 +419,6 @@ def test_exec_cancels_the_old_images_parked_calls(daemon: DaemonProcess) -> None
         new.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: kernel_daemon/daemon.py Daemon.watch_pid catches only ProcessLookupError: "
-    "fork_done(token, 0) (os.pidfd_open EINVAL) or fork_done(token, 2**40) (OverflowError) "
-    "is answered as an 'internal' protocol error, and sys_fork_done "
-    "(kernel_daemon/syscalls/proc.py) has already set pending.child, so exit_task never "
-    "schedules the snapshot's drop: it leaks for the daemon's lifetime"))
 def test_fork_done_with_an_impossible_child(conn: Connection, daemon: DaemonProcess) -> None:
     before = state(conn)
     token = conn.call("fork_prepare")
@@ -447,11 +431,6 @@ def test_fork_done_with_an_impossible_child(conn: Connection, daemon: DaemonProc
     still_serving(conn, daemon, before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: kernel_daemon/eventlog.py EventLog.emit: json.dumps fails (TypeError) on a map "
-    "with bytes keys in a call's arguments (msgpack lets bytes keys through); the daemon "
-    "(kernel_daemon/daemon.py _call, evlog.emit('call', args=...)) does not catch it and "
-    "dies whenever an event log is enabled"))
 def test_bytes_keys_in_arguments_do_not_kill_the_daemon(
         conn: Connection, daemon: DaemonProcess) -> None:
     rid = conn.submit("fcntl", 0, linux.F_SETOWN_EX, {b"type": 1})
@@ -590,21 +569,12 @@ def test_client_gone_before_the_answer(conn: Connection, daemon: DaemonProcess) 
     assert daemon.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: kernel_daemon/syscalls/proc.py register(): an exec hello with no token from a "
-    "registered pid with no exec pending passes `ext.get('exec_token') != token` "
-    "(None == None), then `del task.ext['exec_token']` raises KeyError, which "
-    "kernel_daemon/daemon.py _registration_input does not catch: the daemon dies"))
 def test_exec_hello_without_token(conn: Connection, daemon: DaemonProcess) -> None:
     before = state(conn)
     assert refused(daemon.run_dir, hello(kind=wire.EXEC)) == wire.E_BAD_TOKEN
     still_serving(conn, daemon, before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: kernel_daemon/syscalls/proc.py register(): `kind not in wire.KINDS_REGISTER` "
-    "raises TypeError for a list or map kind; kernel_daemon/daemon.py _register leaks the "
-    "pidfd it opened and _registration_input lets the TypeError kill the daemon"))
 def test_unhashable_registration_kind(conn: Connection, daemon: DaemonProcess) -> None:
     before = state(conn)
     assert refused(daemon.run_dir, hello(kind=["spawn"])) == wire.E_MALFORMED

@@ -396,11 +396,6 @@ def test_killing_the_parent_leaves_the_fork_child_working(
     assert_serving(conn, daemon)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: kernel_daemon/kernel.py Kernel.exit_task does not reparent the dead task's "
-    "children: a fork child keeps ppid = the dead PID (getppid and proc_list), which "
-    "Linux never returns (forget_original_parent reparents to the reaper) and which a "
-    "new process may reuse"))
 def test_orphan_is_reparented(
         conn: Connection, daemon: DaemonProcess, spawn: Callable[..., Child]) -> None:
     parent, grandchild = start_forker(conn, spawn)
@@ -523,10 +518,6 @@ def test_fork_snapshot_expires_after_the_claim_timeout(run_dir: str) -> None:
         d.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs a daemon option for fork_claim_timeout: kernel_daemon/__main__.py has no "
-    "--fork-claim-timeout, so Config.fork_claim_timeout (default 10 s) cannot be set from "
-    "the command line (or agents.daemon_process.start_daemon)"))
 def test_fork_claim_timeout_is_a_command_line_option() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kernel_daemon", "--fork-claim-timeout", "0.3",
@@ -539,11 +530,6 @@ def test_fork_claim_timeout_is_a_command_line_option() -> None:
 # --- the daemon itself runs out of descriptors ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: kernel_daemon/daemon.py Daemon._accept catches only BlockingIOError: when the "
-    "daemon is out of descriptors (accept fails with EMFILE/ENFILE) the OSError leaves "
-    "step() and the daemon dies; any local process can kill it by opening RLIMIT_NOFILE "
-    "connections to register.sock without sending a hello"))
 def test_daemon_survives_running_out_of_descriptors(run_dir: str) -> None:
     d = start_custom_daemon(run_dir, nofile=64)
     path = os.path.join(run_dir, "register.sock")

@@ -7,6 +7,7 @@ against the host by the dual-target tests.
 
 from __future__ import annotations
 
+import bisect
 import errno
 from typing import Any
 
@@ -194,16 +195,23 @@ def sys_lseek(k: Kernel, t: Task, fd: int, offset: int, whence: int) -> int:
 
 
 def _seek_data_hole(k: Kernel, inode: Inode, offset: int, data: bool) -> int:
+    """SEEK_DATA/SEEK_HOLE over the sorted block map: cost by blocks, not by size."""
     bs = k.fs.block_size
     page = offset // bs
     last = (inode.size - 1) // bs
-    while page <= last:
-        if (page in inode.blocks) == data:
-            return max(offset, page * bs)
-        page += 1
+    pages = sorted(inode.blocks)
+    i = bisect.bisect_left(pages, page)
     if data:
+        if i < len(pages) and pages[i] <= last:
+            return max(offset, pages[i] * bs)
         raise KernelError(errno.ENXIO)
-    return inode.size
+    # the first page >= page that has no block
+    while i < len(pages) and pages[i] == page:
+        i += 1
+        page += 1
+    if page > last:
+        return inode.size
+    return max(offset, page * bs)
 
 
 def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:

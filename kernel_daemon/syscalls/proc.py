@@ -41,7 +41,8 @@ def register(
     kind = hello.get("kind")
     name = hello.get("name", "")
     umask = hello.get("umask", 0o022)
-    if not isinstance(name, str) or not isinstance(umask, int) or kind not in wire.KINDS_REGISTER:
+    if (not isinstance(name, str) or not isinstance(umask, int) or not isinstance(kind, str)
+            or kind not in wire.KINDS_REGISTER):
         raise RegistrationRefused(wire.E_MALFORMED, "bad hello")
     token = hello.get("token")
     if kind == wire.SPAWN:
@@ -70,10 +71,11 @@ def register(
             hook(parent, task)
     else:  # EXEC
         task_or_none = k.tasks.get(pid)
-        if task_or_none is None or task_or_none.ext.get("exec_token") != token:
+        expected = task_or_none.ext.get("exec_token") if task_or_none is not None else None
+        if task_or_none is None or not isinstance(token, bytes) or expected != token:
             raise RegistrationRefused(wire.E_BAD_TOKEN, "unknown exec token")
         task = task_or_none
-        del task.ext["exec_token"]
+        task.ext.pop("exec_token", None)
         task.secret = secrets.token_bytes(wire.SECRET_LEN)
         task.last_seq = -1
         task.route = None
@@ -100,15 +102,21 @@ def sys_fork_prepare(k: Kernel, t: Task) -> bytes:
 @syscall("fork_done", linux="kernel/fork.c kernel_clone()", support="emulator",
          note="step 3 of fork: the parent reports the child's PID, or -1 when fork failed")
 def sys_fork_done(k: Kernel, t: Task, token: bytes, child: int) -> int:
-    """Record the child's PID; a failed fork (``child < 0``) drops the snapshot."""
+    """Record the child's PID; ``-1`` (fork failed) drops the snapshot.
+
+    ``child`` must be a real child of the caller (the host's process table says so),
+    so a parent cannot make the daemon watch an unrelated process.
+    """
     pending = k.pending_forks.get(token)
     if child in k.tasks and k.tasks[child].ppid == t.pid:
         return 0  # the child registered first
     if pending is None or pending.parent != t.pid:
         raise KernelError(errno.EINVAL)
-    if child < 0:
+    if child == -1:
         k.drop_fork(token)
         return 0
+    if child <= 0 or child > 1 << 22 or k.host_ppid(child) != t.pid:
+        raise KernelError(errno.EINVAL, "not a child of the caller")
     pending.child = child
     k.watch_unregistered_child(token, child)
     return 0
@@ -117,7 +125,14 @@ def sys_fork_done(k: Kernel, t: Task, token: bytes, child: int) -> int:
 @syscall("exec_prepare", linux="fs/exec.c begin_new_exec()", support="emulator",
          note="close close-on-exec descriptors, drop the image's state, return a token")
 def sys_exec_prepare(k: Kernel, t: Task) -> bytes:
-    """The point of no return of execve: close-on-exec descriptors are closed."""
+    """The point of no return of execve: close-on-exec descriptors are closed.
+
+    Calls the old image left parked die with it (its other threads are gone).
+    """
+    for rid, cancel in list(t.parked.items()):
+        if rid != k.current_rid():
+            cancel()
+            t.parked.pop(rid, None)
     for hook in k.exec_hooks:
         hook(t)
     for fd, entry in list(t.fds):
