@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import zmq
 
 from protocol import wire
@@ -80,6 +81,7 @@ class Connection:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.RCVTIMEO, 1000)
         self.sock.setsockopt(zmq.ROUTING_ID, f"{self.pid}-{os.urandom(4).hex()}".encode())
         self.sock.connect(self.endpoint)
         self._seq = 0
@@ -118,8 +120,11 @@ class Connection:
 
     def done(self, rid: int) -> bool:
         """True once the reply to ``rid`` has arrived (reads what is pending)."""
-        while rid not in self._replies and self.sock.poll(0):
-            self._receive()
+        while rid not in self._replies:
+            try:
+                self._receive(zmq.NOBLOCK)
+            except zmq.Again:
+                break
         return rid in self._replies
 
     def wait(self, rid: int, timeout: float | None = None) -> Any:
@@ -130,9 +135,11 @@ class Connection:
         """
         waited = 0.0
         while rid not in self._replies:
-            if self.sock.poll(1000):
-                self._receive()
+            try:
+                self._receive()  # blocks up to RCVTIMEO (1 s)
                 continue
+            except zmq.Again:
+                pass
             waited += 1.0
             if timeout is not None and waited >= timeout:
                 raise TimeoutError(f"no reply to request {rid}")
@@ -143,16 +150,20 @@ class Connection:
         """Read whatever the daemon sent (events are queued and handlers run)."""
         ms = int(timeout * 1000)
         while self.sock.poll(ms):
-            self._receive()
+            self._receive(zmq.NOBLOCK)
             ms = 0
 
-    def _receive(self) -> None:
-        frame = self.sock.recv()
-        try:
-            body, payload, mac = wire.open_frame(frame)
-        except ProtocolError:
-            return  # garbage from the wire: dropped
-        authentic = wire.verify(payload, mac, self.secret)
+    def _receive(self, flags: int = 0) -> None:
+        frame = self.sock.recv(flags)
+        payload, tag = frame[: -wire.MAC_LEN], frame[-wire.MAC_LEN :]
+        authentic = len(frame) > wire.MAC_LEN and wire.verify(payload, tag, self.secret)
+        if authentic:  # the daemon's own, well-formed by construction
+            body = msgpack.unpackb(payload, raw=False)
+        else:
+            try:
+                body, _, _ = wire.open_frame(frame)
+            except ProtocolError:
+                return  # garbage from the wire: dropped
         if body["k"] == wire.REPLY:
             rid = body.get("id")
             if not isinstance(rid, int):

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from kernel_daemon.daemon import Daemon
+from kernel_daemon.eventlog import convert
 from kernel_daemon.kernel import Config
 from kernel_daemon.syscalls.table import render_markdown
 
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fork-claim-timeout", type=float, default=10.0,
                    help="seconds a fork snapshot waits for its child after the parent died")
     p.add_argument("--ready-fd", type=int, help="write 'ready PID PMEM' to this fd once serving")
+    p.add_argument("--convert-log", metavar="PATH",
+                   help="convert the event log of a killed daemon to JSON lines and exit")
     p.add_argument("--syscall-table", action="store_true",
                    help="print the system-call support table (docs/syscalls.md) and exit")
     return p.parse_args(argv)
@@ -38,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
+    if args.convert_log:
+        print(convert(args.convert_log), "events")
+        return 0
     if args.syscall_table:
         sys.stdout.write(render_markdown() + "\n")
         return 0

@@ -41,6 +41,12 @@ log = logging.getLogger("kernel_daemon")
 _UCRED = struct.Struct("3i")
 #: messages handled per wake-up before the poll is consulted again (fairness)
 BATCH = 64
+# plain ints: pyzmq's enum members cost a conversion on every use
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_RCVMORE = int(zmq.RCVMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
 #: seconds a registration connection may take to send its hello
 REGISTRATION_TIMEOUT = 5.0
 #: registration connections in progress at once; more wait in the listen backlog
@@ -80,9 +86,10 @@ class Daemon:
         self.ep = select.epoll()
         self.fd_handlers: dict[int, Callable[[], None]] = {}
         self._watch(self.listener.fileno(), self._accept)
-        self.poller = zmq.Poller()
-        self.poller.register(self.router, zmq.POLLIN)
-        self.poller.register(self.ep.fileno(), zmq.POLLIN)
+        # The ROUTER's FD is edge-triggered: it says "look at ZMQ_EVENTS", so the loop
+        # drains the socket until EVENTS shows no input before it sleeps again.
+        self.router_fd = self.router.get(zmq.FD)
+        self.ep.register(self.router_fd, select.EPOLLIN)
         self.registrations: dict[int, _Registration] = {}
         self.listener_paused = False
         #: pidfd -> pid of a registered process
@@ -145,15 +152,14 @@ class Daemon:
         deadline = self.kernel.next_deadline()
         if timeout is not None:
             deadline = timeout if deadline is None else min(deadline, timeout)
-        self.evlog.flush()
-        ready = dict(self.poller.poll(None if deadline is None else int(deadline * 1000) + 1))
-        if self.router in ready:
-            self._drain_router()
-        if self.ep.fileno() in ready:
-            for fd, _ in self.ep.poll(0):
-                handler = self.fd_handlers.get(fd)
-                if handler is not None:
-                    handler()
+        if self._drain_router():
+            deadline = 0.0  # more input waits: only look at the other fds, do not sleep
+        else:
+            self.evlog.flush()
+        for fd, _ in self.ep.poll(-1 if deadline is None else deadline + 0.0005):
+            handler = self.fd_handlers.get(fd)
+            if handler is not None:
+                handler()
         self.kernel.run_timers()
 
     def close(self) -> None:
@@ -310,17 +316,22 @@ class Daemon:
 
     # --- control messages -------------------------------------------------------------
 
-    def _drain_router(self) -> None:
+    def _drain_router(self) -> bool:
+        """Handle up to BATCH messages; True if more are waiting."""
+        router = self.router
         for _ in range(BATCH):
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
+            if not router.get(_EVENTS) & _POLLIN:
+                return False
+            route = router.recv(_NOBLOCK)
+            frames = [route]
+            while router.get(_RCVMORE):
+                frames.append(router.recv(_NOBLOCK))
             self.stats["messages"] += 1
             if len(frames) != 2:
                 self.stats["protocol_errors"] += 1
                 continue  # not a DEALER single-frame message: dropped
             self._message(frames[0], frames[1])
+        return bool(router.get(_EVENTS) & _POLLIN)
 
     def _error(self, route: bytes, rid: Any, reason: str, detail: str,
                task: Task | None = None) -> None:
@@ -332,7 +343,8 @@ class Daemon:
         if task is not None and task.secret is not None:
             self._send(task, body)
         else:
-            self.router.send_multipart([route, wire.pack(body) + bytes(wire.MAC_LEN)])
+            self.router.send(route, _SNDMORE)
+            self.router.send(wire.pack(body) + bytes(wire.MAC_LEN))
 
     def _message(self, route: bytes, frame: bytes) -> None:
         try:
@@ -456,7 +468,8 @@ class Daemon:
         if task.route is None or task.secret is None:
             return
         body["seq"] = task.ext["out_seq"] = task.ext.get("out_seq", 0) + 1
-        self.router.send_multipart([task.route, wire.seal(body, task.secret)])
+        self.router.send(task.route, _SNDMORE)
+        self.router.send(wire.seal(body, task.secret))
 
     # --- KernelIO ---------------------------------------------------------------------
 
@@ -468,12 +481,12 @@ class Daemon:
             body["ok"] = value
         else:
             body["errno"] = err
+        self._send(task, body)
         if self.evlog.enabled:
             if err is None:
                 self.evlog.emit("ret", pid=task.pid, id=rid, result=value)
             else:
                 self.evlog.emit("ret", pid=task.pid, id=rid, errno=linux.errno_name(err))
-        self._send(task, body)
 
     def event(self, task: Task, body: dict[str, Any]) -> None:
         """Push an event to ``task``'s agent."""

@@ -10,7 +10,7 @@ Two channels:
   big-endian length and a msgpack map.
 
 * **control**: ZeroMQ, agent DEALER to daemon ROUTER.  Every message is one frame: a
-  msgpack map followed by its 32-byte HMAC-SHA256 under the process's secret.  The map's
+  msgpack map followed by its 32-byte keyed-BLAKE2b MAC under the process's secret.  The map's
   header fields are ``v`` (protocol version), ``k`` (kind), ``pid`` and ``seq`` (strictly
   increasing per sender, so a replayed frame is refused).  One frame per message keeps a
   send atomic even when a signal handler in the agent sends in the middle of another call.
@@ -21,9 +21,9 @@ The protocol version is separate from the package version and is written down in
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
@@ -92,10 +92,19 @@ def pack(body: dict[str, Any]) -> bytes:
     return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def mac(payload: bytes, secret: bytes) -> bytes:
+    """The message authentication code: keyed BLAKE2b with a 32-byte digest.
+
+    BLAKE2's keyed mode is a MAC by design (RFC 7693) and one C call, about five times
+    cheaper here than HMAC-SHA256, which costs a visible share of a round trip.
+    """
+    return hashlib.blake2b(payload, key=secret, digest_size=MAC_LEN).digest()
+
+
 def seal(body: dict[str, Any], secret: bytes) -> bytes:
-    """Encode ``body`` as one control frame: msgpack followed by its HMAC-SHA256."""
+    """Encode ``body`` as one control frame: msgpack followed by its MAC."""
     payload = pack(body)
-    return payload + hmac.digest(secret, payload, "sha256")
+    return payload + mac(payload, secret)
 
 
 def open_frame(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
@@ -124,9 +133,9 @@ def open_frame(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
     return body, payload, mac
 
 
-def verify(payload: bytes, mac: bytes, secret: bytes) -> bool:
-    """True when ``mac`` is the HMAC-SHA256 of ``payload`` under ``secret``."""
-    return hmac.compare_digest(hmac.digest(secret, payload, "sha256"), mac)
+def verify(payload: bytes, tag: bytes, secret: bytes) -> bool:
+    """True when ``tag`` is the MAC of ``payload`` under ``secret`` (constant time)."""
+    return hmac.compare_digest(mac(payload, secret), tag)
 
 
 # --- registration records ------------------------------------------------------------
@@ -140,7 +149,6 @@ def encode_record(body: dict[str, Any]) -> bytes:
     return _LEN.pack(len(payload)) + payload
 
 
-@dataclass
 class RecordReader:
     """Reassembles length-prefixed registration records from a byte stream."""
 

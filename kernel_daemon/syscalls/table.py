@@ -40,6 +40,8 @@ class Syscall:
     params: tuple[tuple[str, tuple[type, ...], bool], ...]
     #: the family the call belongs to (the module it lives in)
     family: str
+    #: one compiled argument check per parameter
+    checks: tuple[Callable[[Any], bool], ...] = ()
 
     def bind(self, args: list[Any]) -> list[Any]:
         """Check ``args`` against the signature; raises :class:`BadArguments`."""
@@ -50,14 +52,29 @@ class Syscall:
             raise BadArguments(
                 f"{self.name} takes {required}..{len(self.params)} arguments, got {len(args)}"
             )
-        for value, (pname, types_, _) in zip(args, self.params, strict=False):
-            if not _accepts(value, types_):
+        for value, check, (pname, types_, _) in zip(args, self.checks, self.params, strict=False):
+            if not check(value):
                 raise BadArguments(f"{self.name}: {pname} must be {_names(types_)}")
         return args
 
 
 def _names(types_: tuple[type, ...]) -> str:
     return " or ".join(t.__name__ for t in types_)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int and INT_MIN <= value <= INT_MAX
+
+
+def _compile(types_: tuple[type, ...]) -> Callable[[Any], bool]:
+    """A fast check for the common single-type parameters, the general one otherwise."""
+    if types_ == (int,):
+        return _is_int
+    if types_ == (str,):
+        return lambda v: type(v) is str
+    if types_ == (bytes,):
+        return lambda v: type(v) is bytes
+    return lambda v: _accepts(v, types_)
 
 
 def _accepts(value: Any, types_: tuple[type, ...]) -> bool:
@@ -118,6 +135,7 @@ def syscall(
             note=note,
             params=tuple(params),
             family=func.__module__.rsplit(".", 1)[-1],
+            checks=tuple(_compile(t) for _, t, _ in params),
         )
         return func
 
