@@ -88,7 +88,7 @@ class Daemon:
         self._watch(self.listener.fileno(), self._accept)
         # The ROUTER's FD is edge-triggered: it says "look at ZMQ_EVENTS", so the loop
         # drains the socket until EVENTS shows no input before it sleeps again.
-        self.router_fd = self.router.get(zmq.FD)
+        self.router_fd = int(self.router.get(zmq.FD))
         self.ep.register(self.router_fd, select.EPOLLIN)
         self.registrations: dict[int, _Registration] = {}
         self.listener_paused = False
@@ -320,7 +320,7 @@ class Daemon:
         """Handle up to BATCH messages; True if more are waiting."""
         router = self.router
         for _ in range(BATCH):
-            if not router.get(_EVENTS) & _POLLIN:
+            if not int(router.get(_EVENTS)) & _POLLIN:
                 return False
             route = router.recv(_NOBLOCK)
             frames = [route]
@@ -331,7 +331,7 @@ class Daemon:
                 self.stats["protocol_errors"] += 1
                 continue  # not a DEALER single-frame message: dropped
             self._message(frames[0], frames[1])
-        return bool(router.get(_EVENTS) & _POLLIN)
+        return bool(int(router.get(_EVENTS)) & _POLLIN)
 
     def _error(self, route: bytes, rid: Any, reason: str, detail: str,
                task: Task | None = None) -> None:
