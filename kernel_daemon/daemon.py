@@ -11,6 +11,7 @@ message at a time, every run has a total order of kernel events: the event log.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -101,6 +102,7 @@ class Daemon:
                         nblocks=config.nblocks, block_size=config.block_size,
                         lease_break_time=config.lease_break_time, pmem=self.kernel.pmem.name)
         self.stats = {"messages": 0, "protocol_errors": 0}
+        self.kernel.notify_handlers["interrupt"] = self._interrupt
 
     # --- epoll registry ---------------------------------------------------------------
 
@@ -276,6 +278,7 @@ class Daemon:
         assert task.secret is not None
         return {
             "v": list(wire.PROTOCOL_VERSION), "ok": True, "pid": pid, "secret": task.secret,
+            "daemon_pid": os.getpid(),
             "endpoint": self.endpoint,
             "pmem": {"name": self.kernel.pmem.name, "nblocks": self.config.nblocks,
                      "block_size": self.config.block_size},
@@ -388,6 +391,19 @@ class Daemon:
                 self._error(task.route or b"", None, wire.E_MALFORMED, f"notify {what!r}", task)
             return
         handler(task, body)
+
+    def _interrupt(self, task: Task, body: dict[str, Any]) -> None:
+        """NOTIFY ``interrupt``: a signal with a handler reached the process while call
+        ``id`` slept; it returns EINTR, as ``wait_event_interruptible`` does."""
+        rid = body.get("id")
+        if not isinstance(rid, int):
+            return
+        cancel = task.parked.pop(rid, None)
+        if cancel is None:
+            return  # it finished first
+        cancel()
+        self.evlog.emit("interrupted", pid=task.pid, id=rid)
+        self.reply(task, rid, None, errno.EINTR)
 
     def _call(self, task: Task, body: dict[str, Any]) -> None:
         rid, name, args = body.get("id"), body.get("call"), body.get("args", [])

@@ -246,6 +246,10 @@ class Kernel:
         """A new open file description on ``inode`` (``alloc_file``), one reference."""
         file = File(inode=inode, flags=flags & KEPT_FLAGS, path=path)
         self.fs.get(inode)
+        if file.writable:
+            inode.writecount += 1
+        elif file.readable:
+            inode.readcount += 1
         file.refs = 1
         return file
 
@@ -262,6 +266,10 @@ class Kernel:
         if file.refs == 0:
             for hook in self.file_release_hooks:
                 hook(file)
+            if file.writable:
+                file.inode.writecount -= 1
+            elif file.readable:
+                file.inode.readcount -= 1
             self.fs.put(file.inode)
 
     def fd_install(self, task: Task, file: File, cloexec: bool, start: int = 0) -> int:

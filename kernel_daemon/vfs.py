@@ -41,6 +41,10 @@ class Inode:
     parent: Inode | None = None
     #: open file descriptions (and, later, other holders) keeping the inode alive
     refs: int = 0
+    #: open descriptions with write access (i_writecount)
+    writecount: int = 0
+    #: open descriptions with read but not write access (i_readcount)
+    readcount: int = 0
     atime: float = field(default_factory=time.time)
     mtime: float = field(default_factory=time.time)
     ctime: float = field(default_factory=time.time)

@@ -1,0 +1,306 @@
+"""File leases, as Linux's fs/locks.c has them.
+
+A lease (``struct file_lease``) belongs to an open file description.  Each inode keeps
+its leases in insertion order.  Breaking follows ``__break_lease``: conflicting leases
+are marked pending (``FL_UNLOCK_PENDING`` for a writer, ``FL_DOWNGRADE_PENDING`` for a
+reader), their owner is signalled once, and the breaker sleeps on the first lease until
+it is released or its break time passes, then looks again.  Expiry is lazy, as in the
+kernel: ``time_out_leases`` runs when someone breaks, takes or asks about a lease, or when
+a sleeping breaker's time is up.  A ``lease_break_time`` of 0 means a broken lease never
+expires.  Releasing a lease (``F_UNLCK``, expiry, last close) clears the file's owner, its
+``F_SETSIG`` signal and ``O_ASYNC``, as ``lease_modify`` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_daemon import signals
+from kernel_daemon.errors import KernelError, MustWait
+from kernel_daemon.kernel import Kernel, Timer
+from kernel_daemon.task import File, Task
+from kernel_daemon.vfs import Inode
+from protocol import linux
+
+FL_UNLOCK_PENDING = 0x1
+FL_DOWNGRADE_PENDING = 0x2
+FL_LAYOUT = 0x4
+
+_order = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Breaker:
+    """A process sleeping in ``__break_lease`` on a lease (a blocked ``new_fl``)."""
+
+    task: Task
+    want_write: bool
+    wake: Callable[[], None]
+
+
+@dataclass(eq=False)
+class Lease:
+    """``struct file_lease``.  Changed only through this module."""
+
+    file: File
+    #: flc_type: F_RDLCK or F_WRLCK (stays F_WRLCK while a downgrade is pending)
+    type: int
+    #: flc_pid: the process that took the lease (shown in /proc/locks)
+    pid: int
+    flags: int = 0
+    #: when a pending unlock is forced (monotonic seconds); 0: never
+    break_time: float = 0.0
+    #: when a pending downgrade is forced; 0: never
+    downgrade_time: float = 0.0
+    #: the fasync entry's descriptor: si_fd of the break signal (last F_SETLEASE's fd)
+    fa_fd: int | None = None
+    blocked: list[Breaker] = field(default_factory=list)
+    #: global order, for /proc/locks
+    order: int = field(default_factory=lambda: next(_order))
+    #: per-lease state policies attach (layout leases, pins)
+    ext: dict[str, Any] = field(default_factory=dict)
+
+
+def leases_of(inode: Inode) -> list[Lease]:
+    """The inode's lease list (``ctx->flc_lease``)."""
+    lst: list[Lease] = inode.ext.setdefault("leases", [])
+    return lst
+
+
+def lease_breaking(lease: Lease) -> bool:
+    """True while an unlock or a downgrade is pending."""
+    return bool(lease.flags & (FL_UNLOCK_PENDING | FL_DOWNGRADE_PENDING))
+
+
+def target_leasetype(lease: Lease) -> int:
+    """What the lease is becoming: F_UNLCK, F_RDLCK, or its own type (F_GETLEASE)."""
+    if lease.flags & FL_UNLOCK_PENDING:
+        return linux.F_UNLCK
+    if lease.flags & FL_DOWNGRADE_PENDING:
+        return linux.F_RDLCK
+    return lease.type
+
+
+def _past(k: Kernel, then: float) -> bool:
+    return bool(then) and k.clock() >= then
+
+
+def time_out_leases(k: Kernel, inode: Inode) -> None:
+    """Force pending downgrades and unlocks whose time has come (lazily, as Linux)."""
+    for lease in list(leases_of(inode)):
+        if _past(k, lease.downgrade_time):
+            lease_modify(k, lease, linux.F_RDLCK, "downgraded at the deadline")
+        if lease in leases_of(inode) and _past(k, lease.break_time):
+            lease_modify(k, lease, linux.F_UNLCK, "removed at the deadline")
+
+
+def lease_modify(k: Kernel, lease: Lease, arg: int, why: str = "") -> None:
+    """``lease_modify``: change the type; F_UNLCK removes the lease and clears the
+    file's owner, signal and O_ASYNC.  Breakers sleeping on it wake up."""
+    if arg == linux.F_UNLCK:
+        lease.flags &= ~FL_UNLOCK_PENDING
+    if arg in (linux.F_UNLCK, linux.F_RDLCK):
+        lease.flags &= ~FL_DOWNGRADE_PENDING
+        lease.downgrade_time = 0.0
+    if arg == linux.F_UNLCK:
+        lease.break_time = 0.0
+    blocked, lease.blocked = lease.blocked, []
+    for breaker in blocked:
+        breaker.wake()
+    inode = lease.file.inode
+    if arg == linux.F_UNLCK:
+        file = lease.file
+        signals.f_delown(file)
+        file.ext["signum"] = 0
+        file.flags &= ~linux.O_ASYNC
+        lease.fa_fd = None
+        lst = leases_of(inode)
+        if lease in lst:
+            lst.remove(lease)
+        k.log.emit("lease-removed", ino=inode.ino, file=file.fid, why=why or "F_UNLCK")
+    else:
+        lease.type = arg
+        k.log.emit("lease-changed", ino=inode.ino, file=lease.file.fid,
+                   type=_TYPE_NAME.get(arg, arg), why=why)
+
+
+_TYPE_NAME = {linux.F_RDLCK: "READ", linux.F_WRLCK: "WRITE", linux.F_UNLCK: "UNLCK"}
+
+
+def leases_conflict(lease: Lease, want_write: bool, layout: bool = False) -> bool:
+    """``leases_conflict``: layout and ordinary leases never conflict; else a writer on
+    either side conflicts."""
+    if bool(lease.flags & FL_LAYOUT) != layout:
+        return False
+    return want_write or lease.type == linux.F_WRLCK
+
+
+def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = False) -> None:
+    """``__break_lease``: start breaking conflicting leases, then sleep or fail.
+
+    Raises ``EWOULDBLOCK`` for an ``O_NONBLOCK`` breaker (the break goes on), or
+    :class:`MustWait` to sleep until the first lease goes or its break time passes;
+    the call then runs again from the start and looks again.
+    """
+    lst = leases_of(inode)
+    if not lst:
+        return
+    want_write = (mode & linux.O_ACCMODE) != linux.O_RDONLY
+    time_out_leases(k, inode)
+    if not any(leases_conflict(le, want_write, layout) for le in lst):
+        return
+    lbt = k.config.lease_break_time
+    when = k.clock() + lbt if lbt > 0 else 0.0
+    for lease in list(lst):
+        if not leases_conflict(lease, want_write, layout):
+            continue
+        if want_write:
+            if lease.flags & FL_UNLOCK_PENDING:
+                continue
+            lease.flags |= FL_UNLOCK_PENDING
+            lease.break_time = when
+        else:
+            if lease_breaking(lease):
+                continue
+            lease.flags |= FL_DOWNGRADE_PENDING
+            lease.downgrade_time = when
+        k.log.emit("lease-break", ino=inode.ino, file=lease.file.fid, by=task.pid,
+                   to=_TYPE_NAME[target_leasetype(lease)])
+        lm_break(k, lease)
+    if not lst:
+        return
+    if mode & linux.O_NONBLOCK:
+        raise KernelError(errno.EWOULDBLOCK)
+    first = lst[0]
+
+    def register(wake: Callable[[], None]) -> Callable[[], None]:
+        breaker = Breaker(task, want_write, wake)
+        first.blocked.append(breaker)
+        deadline = first.break_time or first.downgrade_time
+        timer: Timer | None = None
+        if deadline:
+            def expire() -> None:
+                time_out_leases(k, inode)
+                wake()
+
+            timer = k.add_timer(max(0.0, deadline - k.clock()), expire)
+
+        def unregister() -> None:
+            if breaker in first.blocked:
+                first.blocked.remove(breaker)
+            if timer is not None:
+                timer.cancel()
+
+        return unregister
+
+    raise MustWait(register)
+
+
+def lm_break(k: Kernel, lease: Lease) -> None:
+    """``lease_break_callback``: ``kill_fasync(SIGIO, POLL_MSG)`` on the lease's entry.
+
+    Policies may replace it per lease (``lease.ext["lm_break"]``) to notify otherwise.
+    """
+    custom = lease.ext.get("lm_break")
+    if custom is not None:
+        custom(lease)
+        return
+    if lease.fa_fd is not None:
+        signals.send_sigio(k, lease.file, lease.fa_fd, linux.POLL_MSG)
+
+
+def check_conflicting_open(lease_file: File, arg: int) -> None:
+    """``check_conflicting_open``: a read lease needs no writer anywhere; a write
+    lease needs no open of the inode but this description."""
+    inode = lease_file.inode
+    if arg == linux.F_RDLCK:
+        if inode.writecount > 0:
+            raise KernelError(errno.EAGAIN)
+        return
+    self_w = 1 if lease_file.writable else 0
+    self_r = 1 if lease_file.readable and not lease_file.writable else 0
+    if inode.writecount != self_w or inode.readcount != self_r:
+        raise KernelError(errno.EAGAIN)
+
+
+def generic_add_lease(k: Kernel, task: Task, file: File, fd: int, arg: int) -> None:
+    """``generic_add_lease`` and ``lease_setup``: take or change the file's lease."""
+    inode = file.inode
+    time_out_leases(k, inode)
+    check_conflicting_open(file, arg)
+    mine = None
+    for lease in leases_of(inode):
+        if lease.file is file:
+            mine = lease
+            continue
+        if arg == linux.F_WRLCK:
+            raise KernelError(errno.EAGAIN)
+        if lease.flags & FL_UNLOCK_PENDING:
+            raise KernelError(errno.EAGAIN)
+    if mine is not None:
+        lease_modify(k, mine, arg, "F_SETLEASE")
+        lease = mine
+    else:
+        lease = Lease(file=file, type=arg, pid=task.pid)
+        leases_of(inode).append(lease)
+        k.log.emit("lease-added", ino=inode.ino, file=file.fid, pid=task.pid,
+                   type=_TYPE_NAME[arg], fd=fd)
+    # lease_setup: the fasync entry records this fd (si_fd); the caller becomes the
+    # owner unless the file has one already
+    lease.fa_fd = fd
+    file.flags |= linux.O_ASYNC
+    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False)
+
+
+def generic_delete_lease(k: Kernel, file: File) -> None:
+    """``generic_delete_lease``: F_UNLCK of the file's lease; ``EAGAIN`` if none."""
+    for lease in leases_of(file.inode):
+        if lease.file is file:
+            lease_modify(k, lease, linux.F_UNLCK, "F_UNLCK")
+            return
+    raise KernelError(errno.EAGAIN)
+
+
+def fcntl_getlease(k: Kernel, file: File) -> int:
+    """``fcntl_getlease``: the type the file's lease is becoming, or F_UNLCK."""
+    inode = file.inode
+    if leases_of(inode):
+        time_out_leases(k, inode)
+        for lease in leases_of(inode):
+            if lease.file is file:
+                return target_leasetype(lease)
+    return linux.F_UNLCK
+
+
+def remove_file_leases(k: Kernel, file: File) -> None:
+    """``locks_remove_file``: the description's last reference went; so does its lease."""
+    for lease in list(leases_of(file.inode)):
+        if lease.file is file:
+            lease_modify(k, lease, linux.F_UNLCK, "last close")
+
+
+def proc_locks(k: Kernel) -> list[dict[str, Any]]:
+    """``/proc/locks`` for leases: one entry per lease, then one per blocked breaker."""
+    all_leases = sorted((le for ino in k.fs.inodes.values() for le in ino.ext.get("leases", ())),
+                        key=lambda le: le.order)
+    out: list[dict[str, Any]] = []
+    for n, lease in enumerate(all_leases, 1):
+        state = "BREAKING" if lease_breaking(lease) else "ACTIVE"
+        typ = _TYPE_NAME[target_leasetype(lease)]
+        pid = lease.pid if lease.pid in k.tasks else 0
+        ino = lease.file.inode.ino
+        dev = f"{k.fs.DEV >> 8:02x}:{k.fs.DEV & 0xFF:02x}"
+        kind = "LEASE"
+        out.append({"id": n, "waiter": False, "kind": kind, "state": state, "type": typ,
+                    "pid": pid, "ino": ino, "path": k.fs.path_of(lease.file.inode),
+                    "line": f"{n}: {kind}  {state:<9} {typ:<5} {pid} {dev}:{ino} 0 EOF"})
+        for b in lease.blocked:
+            btype = "WRITE" if b.want_write else "READ"
+            out.append({"id": n, "waiter": True, "kind": kind, "state": "BREAKER",
+                        "type": btype, "pid": b.task.pid, "ino": None, "path": None,
+                        "line": f"{n}: -> {kind}  BREAKER   {btype:<5} {b.task.pid} <none>:0 0 EOF"})
+    return out

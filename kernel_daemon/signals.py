@@ -1,0 +1,216 @@
+"""Signals: the file owner (``F_SETOWN``), ``send_sigio`` and per-process pending queues.
+
+Follows fs/fcntl.c (``f_setown``, ``send_sigio``, ``send_sigio_to_task``) and the parts of
+kernel/signal.c that decide what a second signal does: a standard signal already pending
+is dropped (``legacy_queue``), a real-time one queues.  Delivery is real: the daemon
+queues the siginfo it would have written into the process (pushed to the agent as an
+event) and then ``os.kill``s the process, so default dispositions stay real (no SIGIO
+handler: the process dies of it).  The agent acknowledges each signal it takes
+(``sigdelivered``), which ends its pending state, as delivery does in the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
+from kernel_daemon.task import File, Task
+from protocol import linux
+
+#: si_band for each POLL_* reason (fs/fcntl.c band_table, mangle_poll on x86-64)
+BAND = {
+    linux.POLL_IN: 0x041,   # EPOLLIN | EPOLLRDNORM
+    linux.POLL_OUT: 0x304,  # EPOLLOUT | EPOLLWRNORM | EPOLLWRBAND
+    linux.POLL_MSG: 0x441,  # EPOLLIN | EPOLLRDNORM | EPOLLMSG
+    linux.POLL_ERR: 0x008,  # EPOLLERR
+    linux.POLL_PRI: 0x082,  # EPOLLPRI | EPOLLRDBAND
+    linux.POLL_HUP: 0x018,  # EPOLLHUP | EPOLLERR
+}
+SI_SIGIO = -5
+#: signals whose si_code values are signal-specific (kernel/signal.c sig_specific_sicodes)
+SIG_SPECIFIC_SICODES = {4, 8, 11, linux.SIGBUS, 5, linux.SIGCHLD, linux.SIGIO, 31}
+#: real-time signals a process may have queued (RLIMIT_SIGPENDING, a usual default)
+RT_QUEUE_LIMIT = 1024
+#: the first real-time signal as the kernel counts (glibc's SIGRTMIN is 34)
+KERNEL_SIGRTMIN = 32
+
+# dispositions as the agent reports them (rt_sigaction)
+DEFAULT, IGNORE, HANDLER = "default", "ignore", "handler"
+#: signals whose default action is to ignore them (kernel/signal.c SIG_KERNEL_IGNORE_MASK)
+DEFAULT_IGNORED = {linux.SIGCHLD, 23, 28}  # SIGCHLD, SIGURG, SIGWINCH
+
+
+@dataclass(eq=False)
+class FOwner:
+    """``struct fown_struct``: who a file's signals go to.
+
+    ``kind`` is F_OWNER_TID, F_OWNER_PID or F_OWNER_PGRP; ``task`` pins the identity
+    of a process owner, so a later process reusing the PID is never signalled (the
+    kernel holds a ``struct pid``, not a number).
+    """
+
+    kind: int
+    pid: int
+    task: Task | None
+
+
+def owner_of(file: File) -> FOwner | None:
+    """The file's owner, or None."""
+    owner: FOwner | None = file.ext.get("fown")
+    return owner
+
+
+def signum_of(file: File) -> int:
+    """The F_SETSIG signal of the file (0: plain SIGIO)."""
+    return int(file.ext.get("signum", 0))
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
+
+
+def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool) -> None:
+    """``__f_setown``: set the owner (unless one is set and ``force`` is false).
+
+    ``pid`` 0 clears the owner.  A process owner must be a registered process and a
+    group owner a group some registered process is in, else ``ESRCH`` (the emulated
+    world has no other processes).
+    """
+    current = owner_of(file)
+    if not force and current is not None and current.pid != 0:
+        return
+    if pid == 0:
+        file.ext["fown"] = FOwner(linux.F_OWNER_PID, 0, None)
+        return
+    if kind == linux.F_OWNER_PGRP:
+        if not any(_pgid(t.pid) == pid for t in k.tasks.values()):
+            raise KernelError(errno.ESRCH)
+        file.ext["fown"] = FOwner(kind, pid, None)
+        return
+    task = k.tasks.get(pid)
+    if task is None:
+        raise KernelError(errno.ESRCH)
+    file.ext["fown"] = FOwner(kind, pid, task)
+
+
+def f_delown(file: File) -> None:
+    """``f_delown``: forget the owner (F_GETOWN_EX then reads F_OWNER_PID, 0)."""
+    file.ext["fown"] = FOwner(linux.F_OWNER_PID, 0, None)
+
+
+def targets(k: Kernel, owner: FOwner) -> list[Task]:
+    """The live processes an owner names (every registered member of a group)."""
+    if owner.pid == 0:
+        return []
+    if owner.kind == linux.F_OWNER_PGRP:
+        return [t for t in k.tasks.values() if _pgid(t.pid) == owner.pid]
+    task = owner.task
+    if task is not None and k.tasks.get(task.pid) is task:
+        return [task]
+    return []
+
+
+def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:
+    """``send_sigio``: signal the file's owner about ``fd`` with POLL_* ``reason``."""
+    owner = owner_of(file)
+    if owner is None or owner.pid == 0:
+        return
+    signum = signum_of(file)
+    for task in targets(k, owner):
+        send_sigio_to_task(k, task, signum, fd, reason)
+
+
+def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int) -> None:
+    """``send_sigio_to_task``: a queued F_SETSIG signal with si_fd, else a bare SIGIO."""
+    if signum:
+        code = reason
+        if signum != linux.SIGIO and signum in SIG_SPECIFIC_SICODES:
+            code = SI_SIGIO
+        si = {"si_signo": signum, "si_code": code, "si_band": BAND.get(reason, -1), "si_fd": fd}
+        if send_signal(k, task, si):
+            return
+    # no F_SETSIG (or the real-time queue is full): plain SIGIO, SEND_SIG_PRIV
+    send_signal(k, task, {"si_signo": linux.SIGIO, "si_code": linux.SI_KERNEL, "si_band": 0,
+                          "si_fd": 0})
+
+
+def _state(task: Task) -> tuple[dict[int, str], dict[int, deque[dict[str, Any]]]]:
+    actions: dict[int, str] = task.ext.setdefault("sigactions", {})
+    pending: dict[int, deque[dict[str, Any]]] = task.ext.setdefault("sigpending", {})
+    return actions, pending
+
+
+def send_signal(k: Kernel, task: Task, si: dict[str, Any]) -> bool:
+    """Queue ``si`` for ``task`` and send the real signal; False if it could not queue.
+
+    An ignored signal is dropped; a standard signal already pending is merged into
+    it; a real-time signal queues up to the limit.  Returns True in each of those
+    cases but the last, as ``do_send_sig_info`` returns 0.
+    """
+    signo = int(si["si_signo"])
+    actions, pending = _state(task)
+    action = actions.get(signo, DEFAULT)
+    if action == IGNORE or (action == DEFAULT and signo in DEFAULT_IGNORED):
+        k.log.emit("signal-ignored", pid=task.pid, **si)
+        return True
+    queue = pending.setdefault(signo, deque())
+    if signo < KERNEL_SIGRTMIN:
+        if queue:
+            k.log.emit("signal-merged", pid=task.pid, **si)
+            return True
+    elif len(queue) >= RT_QUEUE_LIMIT:
+        return False
+    queue.append(si)
+    k.io.event(task, {"event": "signal", "si": si})
+    k.log.emit("signal", pid=task.pid, **si)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(task.pid, signo)
+    return True
+
+
+def signal_delivered(k: Kernel, task: Task, body: dict[str, Any]) -> None:
+    """NOTIFY ``sigdelivered``: the agent took one instance of ``signo``."""
+    signo = body.get("signo")
+    if not isinstance(signo, int):
+        return
+    _, pending = _state(task)
+    queue = pending.get(signo)
+    if queue:
+        queue.popleft()
+
+
+def set_action(task: Task, signo: int, action: str) -> str:
+    """Record the disposition the agent installed; returns the previous one."""
+    if not 1 <= signo < linux.NSIG or signo in (linux.SIGKILL, linux.SIGSTOP):
+        raise KernelError(errno.EINVAL)
+    if action not in (DEFAULT, IGNORE, HANDLER):
+        raise KernelError(errno.EINVAL)
+    actions, _ = _state(task)
+    old = actions.get(signo, DEFAULT)
+    actions[signo] = action
+    return old
+
+
+def on_exec(task: Task) -> None:
+    """execve resets handled signals to their default; ignored ones stay ignored."""
+    actions, _ = _state(task)
+    for signo, action in list(actions.items()):
+        if action == HANDLER:
+            actions[signo] = DEFAULT
+
+
+def on_fork(parent: Task | None, child: Task) -> None:
+    """A fork child inherits dispositions, not pending signals."""
+    if parent is not None:
+        actions, _ = _state(parent)
+        child.ext["sigactions"] = dict(actions)
+    child.ext["sigpending"] = {}

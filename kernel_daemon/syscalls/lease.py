@@ -1,0 +1,174 @@
+"""fcntl's lease, owner and signal commands, and the signal system calls.
+
+``F_SETLEASE``/``F_GETLEASE`` follow fs/locks.c (``fcntl_setlease``, ``generic_setlease``,
+``fcntl_getlease``); ``F_SETOWN``/``F_GETOWN``/``F_SETOWN_EX``/``F_GETOWN_EX``/
+``F_SETSIG``/``F_GETSIG`` follow fs/fcntl.c.  ``rt_sigaction`` records the disposition
+the agent really installed, so the daemon drops signals a process ignores as the kernel
+does.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from kernel_daemon import locks, signals
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
+from kernel_daemon.syscalls.fd import FCNTL_COMMANDS
+from kernel_daemon.syscalls.table import syscall
+from kernel_daemon.task import File, Task
+from protocol import linux
+
+INT_MIN = -(1 << 31)
+
+
+def _int(arg: Any) -> int:
+    if arg is None:
+        return 0
+    if not isinstance(arg, int) or isinstance(arg, bool):
+        raise KernelError(errno.EINVAL)
+    return arg
+
+
+def may_lease(k: Kernel, t: Task, file: File) -> None:
+    """``generic_setlease``'s checks: owner or CAP_LEASE (EACCES), regular file (EINVAL)."""
+    if t.uid != 0 and t.uid != file.inode.uid:
+        raise KernelError(errno.EACCES)
+    if not file.inode.is_reg:
+        raise KernelError(errno.EINVAL)
+
+
+def f_setlease(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_SETLEASE.  Linux: fs/locks.c fcntl_setlease()."""
+    file = k.file_of(t, fd)
+    lease_type = _int(arg)
+    hook = k.ext.get("setlease_hook")
+    if hook is not None and hook(t, file, fd, lease_type):
+        return 0  # a policy handled it (layout leases)
+    if lease_type == linux.F_UNLCK:
+        may_lease(k, t, file)
+        locks.generic_delete_lease(k, file)
+        return 0
+    if lease_type not in (linux.F_RDLCK, linux.F_WRLCK):
+        raise KernelError(errno.EINVAL)
+    may_lease(k, t, file)
+    locks.generic_add_lease(k, t, file, fd, lease_type)
+    return 0
+
+
+def f_getlease(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_GETLEASE.  Linux: fs/locks.c fcntl_getlease()."""
+    return locks.fcntl_getlease(k, k.file_of(t, fd))
+
+
+def f_setown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_SETOWN: a PID, or minus a process group.  Linux: fs/fcntl.c f_setown()."""
+    file = k.file_of(t, fd)
+    who = _int(arg)
+    if who == INT_MIN:
+        raise KernelError(errno.EINVAL)
+    if who < 0:
+        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True)
+    else:
+        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True)
+    return 0
+
+
+def f_getown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_GETOWN: the PID, minus the group, or 0."""
+    owner = signals.owner_of(k.file_of(t, fd))
+    if owner is None:
+        return 0
+    return -owner.pid if owner.kind == linux.F_OWNER_PGRP else owner.pid
+
+
+def f_setown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_SETOWN_EX with ``{"type": F_OWNER_*, "pid": n}``.  Linux: f_setown_ex()."""
+    file = k.file_of(t, fd)
+    if not isinstance(arg, dict):
+        raise KernelError(errno.EFAULT)
+    kind, pid = arg.get("type"), arg.get("pid")
+    if kind not in (linux.F_OWNER_TID, linux.F_OWNER_PID, linux.F_OWNER_PGRP):
+        raise KernelError(errno.EINVAL)
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        raise KernelError(errno.EINVAL)
+    if pid == 0:
+        file.ext["fown"] = signals.FOwner(kind, 0, None)
+        return 0
+    signals.f_setown(k, file, kind, pid, force=True)
+    return 0
+
+
+def f_getown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> dict[str, int]:
+    """F_GETOWN_EX: ``{"type", "pid"}``; a file never given an owner reads {0, 0}."""
+    owner = signals.owner_of(k.file_of(t, fd))
+    if owner is None:
+        return {"type": 0, "pid": 0}
+    return {"type": owner.kind, "pid": owner.pid}
+
+
+def f_setsig(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_SETSIG: the signal sent instead of SIGIO, with siginfo (0: plain SIGIO)."""
+    file = k.file_of(t, fd)
+    sig = _int(arg)
+    if not 0 <= sig < linux.NSIG:
+        raise KernelError(errno.EINVAL)
+    file.ext["signum"] = sig
+    return 0
+
+
+def f_getsig(k: Kernel, t: Task, fd: int, arg: Any) -> int:
+    """F_GETSIG."""
+    return signals.signum_of(k.file_of(t, fd))
+
+
+FCNTL_COMMANDS.update({
+    linux.F_SETLEASE: f_setlease,
+    linux.F_GETLEASE: f_getlease,
+    linux.F_SETOWN: f_setown,
+    linux.F_GETOWN: f_getown,
+    linux.F_SETOWN_EX: f_setown_ex,
+    linux.F_GETOWN_EX: f_getown_ex,
+    linux.F_SETSIG: f_setsig,
+    linux.F_GETSIG: f_getsig,
+})
+
+
+@syscall("rt_sigaction", linux="kernel/signal.c do_sigaction()", support="partial",
+         note="records the disposition (default, ignore, handler) the agent installed for real")
+def sys_rt_sigaction(k: Kernel, t: Task, signo: int, action: str) -> str:
+    """Record the disposition of ``signo``; returns the previous one."""
+    return signals.set_action(t, signo, action)
+
+
+@syscall("proc_locks", linux="fs/locks.c locks_show()", support="partial",
+         note="the lease lines of /proc/locks, with the blocked breakers")
+def sys_proc_locks(k: Kernel, t: Task) -> list[dict[str, Any]]:
+    """/proc/locks as maps (id, state, type, pid, inode, path) and as text lines."""
+    return locks.proc_locks(k)
+
+
+@syscall("setuid", linux="kernel/sys.c __sys_setuid()", support="partial",
+         note="after a real setuid(2): the daemon re-reads the uid from /proc and checks it")
+def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
+    """Adopt the process's new uid, once the host confirms it (/proc/<pid>/status)."""
+    try:
+        with open(f"/proc/{t.pid}/status") as fh:
+            line = next(x for x in fh if x.startswith("Uid:"))
+        effective = int(line.split()[2])
+    except (OSError, StopIteration, ValueError, IndexError):
+        raise KernelError(errno.ESRCH) from None
+    if effective != uid:
+        raise KernelError(errno.EPERM)
+    t.uid = uid
+    return 0
+
+
+def install(k: Kernel) -> None:
+    """Wire leases and signals into a new kernel."""
+    k.break_hooks.append(lambda t, inode, flags: locks.break_lease(k, t, inode, flags))
+    k.file_release_hooks.append(lambda f: locks.remove_file_leases(k, f))
+    k.fork_hooks.append(signals.on_fork)
+    k.exec_hooks.append(signals.on_exec)
+    k.notify_handlers["sigdelivered"] = lambda t, body: signals.signal_delivered(k, t, body)
