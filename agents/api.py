@@ -19,15 +19,21 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import select
+import struct
+import time
 from abc import ABC, abstractmethod
 from typing import Any, NoReturn
 
 from agents.runtime import Connection
+from agents.sigrec import SigInfo, SignalRecorder, recorder
 from protocol import wire
 from protocol.errors import os_error
 
 #: host-target infrastructure descriptors live at or above this number
 INFRA_FD_BASE = 900
+F_SETOWN_EX = 15
+F_GETOWN_EX = 16
 EXEC_TOKEN_ENV = "KEMU_EXEC_TOKEN"
 
 
@@ -38,6 +44,18 @@ def move_high(fd: int) -> int:
     new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, INFRA_FD_BASE)
     os.close(fd)
     return new
+
+
+def siginfo_view(signo: int, code: int, fd: int, band: int, pid: int) -> dict[str, Any]:
+    """The fields of a siginfo that mean something for its si_code (the union's other
+    members are noise): si_fd and si_band for POLL_* and SI_SIGIO, si_pid for SI_USER."""
+    si: dict[str, Any] = {"si_signo": signo, "si_code": code}
+    if 1 <= code <= 6 or code == -5:
+        si["si_band"] = band
+        si["si_fd"] = fd
+    elif code <= 0:
+        si["si_pid"] = pid
+    return si
 
 
 def stat_result(d: dict[str, Any]) -> os.stat_result:
@@ -155,6 +173,92 @@ class System(ABC):
     def fds(self) -> list[dict[str, Any]]:
         """This process's descriptors like /proc/self/fd + fdinfo: fd, path, pos, flags."""
 
+    @abstractmethod
+    def locks(self) -> list[dict[str, Any]]:
+        """The lease lines of /proc/locks for this system's files: state, type, pid,
+        path (None for a blocked breaker's line), waiter."""
+
+    @abstractmethod
+    def setuid(self, uid: int) -> None:
+        """setuid(2) for real (and, on the emulator, the daemon told)."""
+
+    # --- signals: real dispositions, real delivery, siginfo as the kernel gives it ---
+
+    #: siginfo of signals taken, oldest first (what ``signals()`` returns)
+    recorded: list[dict[str, Any]]
+
+    def _rec(self) -> SignalRecorder:
+        rec = getattr(self, "_recorder", None)
+        if rec is None:
+            rec = recorder()
+            self._recorder: SignalRecorder | None = rec
+            self.recorded = []
+            self._restart: dict[int, bool] = {}
+            self._attach_recorder(rec)
+        return rec
+
+    def _attach_recorder(self, rec: SignalRecorder) -> None:
+        """Hook the recorder's wake-up descriptor into the target's waits."""
+
+    def signal(self, signum: int, action: str) -> None:
+        """sigaction(2): ``default``, ``ignore``, ``record`` (a handler that records the
+        siginfo; a sleeping call returns EINTR) or ``record-restart`` (SA_RESTART)."""
+        rec = self._rec()
+        if action == "default":
+            rec.default(signum)
+        elif action == "ignore":
+            rec.ignore(signum)
+        elif action in ("record", "record-restart"):
+            rec.record(signum, restart=action == "record-restart")
+            self._restart[signum] = action == "record-restart"
+        else:
+            raise ValueError(f"unknown signal action {action!r}")
+        self._tell_disposition(signum, "handler" if action.startswith("record") else action)
+
+    def _tell_disposition(self, signum: int, action: str) -> None:
+        """Let the kernel know the disposition (the emulator's daemon keeps a copy)."""
+
+    def sigblock(self, signums: list[int]) -> None:
+        """sigprocmask(SIG_BLOCK)."""
+        self._rec().block(signums)
+
+    def sigunblock(self, signums: list[int]) -> None:
+        """sigprocmask(SIG_UNBLOCK); pending signals are delivered now."""
+        self._rec().unblock(signums)
+        self.process_signals()
+
+    def process_signals(self, rid: int | None = None) -> None:
+        """Take the signals the handler recorded, turn them into siginfo, keep them."""
+        rec = getattr(self, "_recorder", None)
+        if rec is None:
+            return
+        rec.drain_wakeups()
+        for raw in rec.take():
+            self.recorded.append(self._siginfo(raw))
+
+    def _siginfo(self, raw: SigInfo) -> dict[str, Any]:
+        return siginfo_view(raw.signo, raw.code, raw.fd, raw.band, raw.pid)
+
+    def signals(self) -> list[dict[str, Any]]:
+        """The siginfo of every signal taken since the last call, oldest first."""
+        self.process_signals()
+        out, self.recorded = list(getattr(self, "recorded", [])), []
+        return out
+
+    def sigwait(self, signums: list[int], timeout: float | None = None) -> dict[str, Any] | None:
+        """Wait for a recorded signal among ``signums``; its siginfo, or None on timeout."""
+        rec = self._rec()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.process_signals()
+            for i, si in enumerate(self.recorded):
+                if si["si_signo"] in signums:
+                    return self.recorded.pop(i)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            select.select([rec.fileno()], [], [], left)
+
 
 class EmuSystem(System):
     """System calls answered by the kernel daemon."""
@@ -264,6 +368,58 @@ class EmuSystem(System):
 
     def fds(self) -> list[dict[str, Any]]:
         return list(self.conn.call("proc_fds", self.conn.pid))
+
+    def locks(self) -> list[dict[str, Any]]:
+        return [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
+                for e in self.conn.call("proc_locks")]
+
+    def setuid(self, uid: int) -> None:
+        os.setuid(uid)
+        self.conn.call("setuid", uid)
+
+    # signals: the daemon queues the siginfo as an event, then sends the real signal
+    def _attach_recorder(self, rec: SignalRecorder) -> None:
+        self._events: dict[int, list[dict[str, Any]]] = {}
+        self.conn.event_handlers["signal"] = self._on_event
+        self.conn.signal_fd = rec.fileno()
+        self.conn.on_signal = self.process_signals
+
+    def _on_event(self, body: dict[str, Any]) -> None:
+        si = body.get("si")
+        if isinstance(si, dict):
+            self._events.setdefault(int(si["si_signo"]), []).append(si)
+
+    def _tell_disposition(self, signum: int, action: str) -> None:
+        self.conn.call("rt_sigaction", signum, action)
+
+    def process_signals(self, rid: int | None = None) -> None:
+        rec = getattr(self, "_recorder", None)
+        if rec is None:
+            return
+        rec.drain_wakeups()
+        interrupt = False
+        for raw in rec.take():
+            self.recorded.append(self._siginfo(raw))
+            if not self._restart.get(raw.signo, False):
+                interrupt = True
+        if interrupt and rid is not None:
+            self.conn.notify("interrupt", id=rid)
+
+    def _siginfo(self, raw: SigInfo) -> dict[str, Any]:
+        if raw.pid != self.conn.daemon_pid or raw.code != 0:
+            return super()._siginfo(raw)
+        # Sent by the kernel daemon: the siginfo is the one it queued (its event may
+        # still be on the way: the signal can overtake it).
+        queue = self._events.setdefault(raw.signo, [])
+        deadline = time.monotonic() + 10.0
+        while not queue and time.monotonic() < deadline:
+            self.conn.pump(0.1)
+        self.conn.notify("sigdelivered", signo=raw.signo)
+        if not queue:
+            return super()._siginfo(raw)
+        si = queue.pop(0)
+        return siginfo_view(si["si_signo"], si["si_code"], si.get("si_fd", 0),
+                            si.get("si_band", 0), 0)
 
     def call(self, name: str, *args: Any) -> Any:
         """Any call of the daemon's table by name (introspection, emulator-only calls)."""
@@ -386,6 +542,15 @@ class HostSystem(System):
         return self._c(self.libc.lib.dup3(fd, fd2, flags))
 
     def fcntl(self, fd: int, cmd: int, arg: Any = 0) -> Any:
+        if cmd in (F_SETOWN_EX, F_GETOWN_EX):
+            owner = arg if isinstance(arg, dict) else {}
+            buf = ctypes.create_string_buffer(
+                struct.pack("ii", int(owner.get("type", 0)), int(owner.get("pid", 0))))
+            self._c(self.libc.lib.fcntl(fd, cmd, buf))
+            if cmd == F_GETOWN_EX:
+                kind, pid = struct.unpack("ii", buf.raw[:8])
+                return {"type": kind, "pid": pid}
+            return 0
         if isinstance(arg, dict):
             raise os_error(errno.EINVAL)
         return self._c(self.libc.lib.fcntl(fd, cmd, ctypes.c_long(arg or 0)))
@@ -398,6 +563,43 @@ class HostSystem(System):
 
     def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
         os.execve(argv[0], argv, dict(os.environ if env is None else env))
+
+    def setuid(self, uid: int) -> None:
+        os.setuid(uid)
+
+    def locks(self) -> list[dict[str, Any]]:
+        paths: dict[int, str] = {}
+        for top, dirs, files in os.walk(self.root):
+            for n in dirs + files:
+                full = os.path.join(top, n)
+                try:
+                    paths[os.lstat(full).st_ino] = full[len(self.root):]
+                except OSError:
+                    continue
+        dev = os.stat(self.root).st_dev
+        want = f"{os.major(dev):02x}:{os.minor(dev):02x}:"
+        out: list[dict[str, Any]] = []
+        ours: set[str] = set()
+        with open("/proc/locks") as fh:
+            for line in fh:
+                head, _, rest = line.partition(":")
+                words = rest.split()
+                if not words:
+                    continue
+                if words[0] == "->":
+                    if head in ours and len(words) >= 5 and words[1] in ("LEASE", "DELEG"):
+                        out.append({"state": words[2], "type": words[3], "pid": int(words[4]),
+                                    "path": None, "waiter": True})
+                    continue
+                if words[0] != "LEASE" or len(words) < 5 or not words[4].startswith(want):
+                    continue
+                ino = int(words[4].rsplit(":", 1)[1])
+                if ino not in paths:
+                    continue
+                ours.add(head)
+                out.append({"state": words[1], "type": words[2], "pid": int(words[3]),
+                            "path": paths[ino], "waiter": False})
+        return out
 
     def fds(self) -> list[dict[str, Any]]:
         out = []

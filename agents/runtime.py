@@ -9,6 +9,7 @@ every message is one frame and replies are matched by request id.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import resource
@@ -89,7 +90,11 @@ class Connection:
         self._replies: dict[int, dict[str, Any]] = {}
         self.events: deque[dict[str, Any]] = deque()
         self.event_handlers: dict[str, EventHandler] = {}
-        self._daemon_pid: int | None = None
+        self.daemon_pid: int = int(welcome.get("daemon_pid", 0))
+        #: a descriptor that becomes readable when a signal arrived, and what to do then
+        #: (called with the request id being waited for); set by the signal layer
+        self.signal_fd: int | None = None
+        self.on_signal: Callable[[int | None], None] | None = None
         self.notify("hello")
 
     # --- sending ----------------------------------------------------------------------
@@ -135,11 +140,23 @@ class Connection:
         """
         waited = 0.0
         while rid not in self._replies:
-            try:
-                self._receive()  # blocks up to RCVTIMEO (1 s)
-                continue
-            except zmq.Again:
-                pass
+            if self.signal_fd is not None and self.on_signal is not None:
+                # a signal must be seen while the call sleeps (EINTR): wait on both
+                ready, _, _ = zmq.select([self.sock, self.signal_fd], [], [], 1.0)
+                if self.signal_fd in ready:
+                    self.on_signal(rid)
+                if self.sock in ready:
+                    with contextlib.suppress(zmq.Again):
+                        self._receive(zmq.NOBLOCK)
+                    continue
+                if ready:
+                    continue
+            else:
+                try:
+                    self._receive()  # blocks up to RCVTIMEO (1 s)
+                    continue
+                except zmq.Again:
+                    pass
             waited += 1.0
             if timeout is not None and waited >= timeout:
                 raise TimeoutError(f"no reply to request {rid}")

@@ -13,32 +13,21 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections
+import fcntl
 import os
+import select
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from agents.api import EmuSystem, System, make_system
+from agents.api import INFRA_FD_BASE, EmuSystem, System, make_system
 from agents.peer import EmuMailbox, HostMailbox, Mailbox
-from agents.scenario.calls import CALLS, EMU_BACKGROUND
+from agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
 from agents.scenario.expr import ExprError, evaluate
 from agents.scenario.link import Link, LinkClosed
-
-
-@dataclass
-class Background:
-    """A call started with ``&``: a request id (emulator) or a thread (host)."""
-
-    call: str
-    args: list[Any]
-    rid: int | None = None
-    thread: threading.Thread | None = None
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 class Actor:
@@ -56,7 +45,10 @@ class Actor:
         self.mailbox: Mailbox = self._mailbox()
         self.link = Link.connect(director)
         self.link.send({"hello": name, "pid": os.getpid(), "kind": kind})
-        self.background: collections.deque[Background] = collections.deque()
+        #: the result of the last background call, until joined
+        self.done: dict[str, Any] | None = None
+        #: actor name -> PID, as the launcher last told
+        self.pids: dict[str, int] = {}
 
     def _mailbox(self) -> Mailbox:
         if isinstance(self.system, EmuSystem):
@@ -65,24 +57,31 @@ class Actor:
 
     # --- the loop ---------------------------------------------------------------------
 
+    def _next_step(self) -> dict[str, Any]:
+        """Wait for the launcher's next step, taking signals as they arrive meanwhile."""
+        while True:
+            rec = getattr(self.system, "_recorder", None)
+            if rec is None or self.link.reader.buf:
+                return self.link.recv()
+            ready, _, _ = select.select([self.link.sock, rec.fileno()], [], [])
+            if rec.fileno() in ready:
+                self.system.process_signals()
+            if self.link.sock in ready:
+                return self.link.recv()
+
     def serve(self) -> None:
         """Execute steps until the launcher says exit or goes away."""
         while True:
             try:
-                step = self.link.recv()
+                step = self._next_step()
             except LinkClosed:
                 os._exit(0)
-            _reap()
             op = step.get("op")
             if op == "exit":
                 self.link.send({"ok": 0})
                 os._exit(0)
             if op == "join":
                 self.link.send(self.join())
-                continue
-            if op == "settings":
-                self.step_timeout = float(step.get("step_timeout", self.step_timeout))
-                self.link.send({"ok": 0})
                 continue
             reply = self.execute(step)
             if reply is not None:
@@ -92,20 +91,22 @@ class Actor:
         """Evaluate the call's arguments in this actor's variables."""
         node = ast.parse(source, mode="eval").body
         assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-        names = frozenset(actors)
-        return node.func.id, [evaluate(a, self.vars, names) for a in node.args]
+        return node.func.id, [evaluate(a, self.vars, self.pids) for a in node.args]
 
     def execute(self, step: dict[str, Any]) -> dict[str, Any] | None:
         """Run one call line; returns the reply (None in a fork child)."""
+        self.pids = dict(step.get("pids", {}))
+        if "step_timeout" in step:
+            self.step_timeout = float(step["step_timeout"])
         try:
-            name, args = self.evaluate_args(step["source"], step.get("actors", []))
+            name, args = self.evaluate_args(step["source"], list(self.pids))
         except (ExprError, KeyError, TypeError, IndexError) as exc:
             return {"error": f"cannot evaluate arguments: {exc}"}
         bind = step.get("bind")
         if name == "fork":
             return self.fork(step["child"] or f"{self.name}.child", bind)
         if name == "exec":
-            self.exec(step.get("actors", []))
+            self.exec()
         if name == "exit":
             self.link.send({"ok": 0, "args": args})
             os._exit(int(args[0]) if args else 0)
@@ -113,7 +114,8 @@ class Actor:
         if fn is None:
             return {"error": f"unknown function {name}", "args": args}
         if step.get("background"):
-            return self.start_background(name, args, bind)
+            self.background(name, args, bind)
+            return None
         reply = _outcome(lambda: fn(self, *args))
         if bind and "ok" in reply:
             self.vars[bind] = reply["ok"]
@@ -122,42 +124,59 @@ class Actor:
 
     # --- background calls -------------------------------------------------------------
 
-    def start_background(self, name: str, args: list[Any], bind: str | None) -> dict[str, Any]:
-        """Start a call and answer at once; :meth:`join` collects its result."""
-        bg = Background(name, args)
-        bg.result["bind"] = bind
+    def background(self, name: str, args: list[Any], bind: str | None) -> None:
+        """Run a call that may sleep in the kernel, as a single-threaded program would.
+
+        The launcher is told "started" once the call sleeps in the kernel (or is done),
+        so the next line of the scenario runs while it sleeps; the result is kept for
+        the ``join`` that must follow.  The call runs in this (the main) thread, so a
+        signal interrupts it as it would interrupt the program.
+        """
+        announced = threading.Event()
+        lock = threading.Lock()
+
+        def announce() -> None:
+            with lock:
+                if not announced.is_set():
+                    announced.set()
+                    self.link.send({"started": True, "args": args})
+
         if isinstance(self.system, EmuSystem):
             if name not in EMU_BACKGROUND:
-                return {"error": f"{name} cannot run in the background", "args": args}
-            bg.rid = self.system.conn.submit(name, *_raw_args(name, args))
+                self.done = {"error": f"{name} cannot run in the background", "args": args}
+                announce()
+                return
+            conn = self.system.conn
+            rid = conn.submit(name, *_raw_args(name, args))
+            conn.call("getpid")  # answered only after the daemon parked or ran the call
+            announce()
+            convert = EMU_BACKGROUND[name]
+            result = _outcome(lambda: convert(conn.wait(rid)))
         else:
             fn = CALLS[name]
-
-            def run() -> None:
-                bg.result.update(_outcome(lambda: fn(self, *args)))
-
-            bg.thread = threading.Thread(target=run, name=f"bg-{name}", daemon=True)
-            bg.thread.start()
-        self.background.append(bg)
-        return {"started": True, "args": args}
+            # opened now, at a high number, so the watcher never takes a descriptor
+            # number the call itself is about to get
+            raw = os.open(f"/proc/self/task/{threading.get_native_id()}/syscall", os.O_RDONLY)
+            proc_fd = fcntl.fcntl(raw, fcntl.F_DUPFD_CLOEXEC, INFRA_FD_BASE)
+            os.close(raw)
+            watcher = threading.Thread(target=_announce_when_asleep,
+                                       args=(proc_fd, SLEEPS_IN.get(name), announced, announce),
+                                       daemon=True)
+            watcher.start()
+            result = _outcome(lambda: fn(self, *args))
+            announce()
+            watcher.join()
+            os.close(proc_fd)
+        if bind and "ok" in result:
+            self.vars[bind] = result["ok"]
+        self.done = {**result, "call": name, "args": args}
 
     def join(self) -> dict[str, Any]:
-        """Wait for the oldest background call and report its result."""
-        if not self.background:
+        """The result of the background call that ran last."""
+        done, self.done = self.done, None
+        if done is None:
             return {"error": "join without a background call"}
-        bg = self.background.popleft()
-        if bg.rid is not None:
-            assert isinstance(self.system, EmuSystem)
-            convert = EMU_BACKGROUND[bg.call]
-            rid = bg.rid
-            outcome = _outcome(lambda: convert(self.system.conn.wait(rid)))
-            bg.result.update(outcome)
-        elif bg.thread is not None:
-            bg.thread.join()
-        bind = bg.result.pop("bind", None)
-        if bind and "ok" in bg.result:
-            self.vars[bind] = bg.result["ok"]
-        return {**bg.result, "call": bg.call, "args": bg.args}
+        return done
 
     # --- process calls ----------------------------------------------------------------
 
@@ -177,13 +196,13 @@ class Actor:
         self.name = child
         if bind:
             self.vars[bind] = 0
-        self.background.clear()
+        self.done = None
         self.mailbox = self._mailbox()
         self.link = Link.connect(self.director)
         self.link.send({"hello": child, "pid": os.getpid(), "kind": "fork"})
         return None
 
-    def exec(self, actors: list[str]) -> None:
+    def exec(self) -> None:
         """execve(2) of a fresh scripted agent with this actor's variables."""
         argv = [sys.executable, "-m", "agents.scripted", "--name", self.name, "--run-dir",
                 self.run_dir, "--target", self.target, "--director", self.director,
@@ -207,15 +226,19 @@ def _outcome(fn: Any) -> dict[str, Any]:
                 "trace": traceback.format_exc(limit=4)}
 
 
-def _reap() -> None:
-    """Collect exited children (fork children whose actor ended)."""
-    while True:
+def _announce_when_asleep(proc_fd: int, nr: int | None, done: threading.Event,
+                          announce: Any) -> None:
+    """Announce once the thread whose /proc/.../syscall is ``proc_fd`` sleeps in system
+    call ``nr``."""
+    while not done.is_set():
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+            words = os.pread(proc_fd, 256, 0).decode().split()
+        except OSError:
+            break
+        if words and words[0] != "running" and (nr is None or words[0] == str(nr)):
+            announce()
             return
-        if pid == 0:
-            return
+        done.wait(0.0005)  # watching a state change of the kernel, not ordering processes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,8 +154,8 @@ class Daemon:
         deadline = self.kernel.next_deadline()
         if timeout is not None:
             deadline = timeout if deadline is None else min(deadline, timeout)
-        if self._drain_router():
-            deadline = 0.0  # more input waits: only look at the other fds, do not sleep
+        if self._drain_router() or self.restarts:
+            deadline = 0.0  # more work waits: only look at the other fds, do not sleep
         else:
             self.evlog.flush()
         for fd, _ in self.ep.poll(-1 if deadline is None else deadline + 0.0005):

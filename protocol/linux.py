@@ -121,7 +121,7 @@ SIGSTOP = 19
 SIGBUS = 7
 SIGIO = 29
 SIGPOLL = SIGIO
-SIGRTMIN = 34  # the kernel's; glibc reserves 34 and 35 and reports SIGRTMIN as 35
+SIGRTMIN = 34  # as glibc and Python report it: the kernel starts at 32, glibc keeps 32 and 33
 SIGRTMAX = 64
 NSIG = 65
 

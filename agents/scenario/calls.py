@@ -8,6 +8,8 @@ same function runs on both targets, through the actor's :class:`~agents.api.Syst
 from __future__ import annotations
 
 import os
+import select
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +83,52 @@ def _recvfd(a: Actor) -> Any:
     return msg.fds
 
 
+def _signal(a: Actor, signum: int, action: str = "record") -> int:
+    a.system.signal(signum, action)
+    return 0
+
+
+def _sigwait(a: Actor, signum: int, timeout: float | None = None) -> Any:
+    return a.system.sigwait([signum], a.step_timeout if timeout is None else timeout)
+
+
+def _sigblock(a: Actor, *signums: int) -> int:
+    a.system.sigblock(list(signums))
+    return 0
+
+
+def _sigunblock(a: Actor, *signums: int) -> int:
+    a.system.sigunblock(list(signums))
+    return 0
+
+
+def _kill(a: Actor, target: str | int, signum: int) -> int:
+    pid = a.pids.get(target, 0) if isinstance(target, str) else target
+    if not pid:
+        raise ProcessLookupError(3, os.strerror(3))
+    os.kill(pid, signum)
+    return 0
+
+
+def _setpgid(a: Actor, pid: int = 0, pgid: int = 0) -> int:
+    os.setpgid(pid, pgid)
+    return 0
+
+
+def _pause(a: Actor, seconds: float) -> int:
+    """Let time pass in a scenario (to show what has not happened by then); signals
+    that arrive meanwhile are taken as usual."""
+    deadline = time.monotonic() + float(seconds)
+    rec = getattr(a.system, "_recorder", None)
+    while (left := deadline - time.monotonic()) > 0:
+        if rec is None:
+            time.sleep(left)
+        else:
+            select.select([rec.fileno()], [], [], left)
+            a.system.process_signals()
+    return 0
+
+
 CALLS: dict[str, Callable[..., Any]] = {
     "open": _open,
     "close": _close,
@@ -109,7 +157,22 @@ CALLS: dict[str, Callable[..., Any]] = {
     "sendfd": _sendfd,
     "recv": _recv,
     "recvfd": _recvfd,
+    "signal": _signal,
+    "signals": lambda a: a.system.signals(),
+    "sigwait": _sigwait,
+    "sigblock": _sigblock,
+    "sigunblock": _sigunblock,
+    "kill": _kill,
+    "locks": lambda a: a.system.locks(),
+    "setpgid": _setpgid,
+    "getpgid": lambda a: os.getpgid(0),
+    "setuid": _zero(lambda s, uid: s.setuid(uid)),
+    "pause": _pause,
 }
+
+#: the system call a background call sleeps in (x86-64 numbers), to know it is asleep
+SLEEPS_IN = {"open": 257, "truncate": 76, "ftruncate": 77, "fcntl": 72, "read": 0, "write": 1,
+             "pread": 17, "pwrite": 18, "recvfd": 47, "recv": 47, "sigwait": 23}
 
 #: calls the scripted agent handles itself (they change the process)
 PROCESS_CALLS = frozenset({"fork", "exec", "exit"})
@@ -120,7 +183,7 @@ EMU_BACKGROUND: dict[str, Callable[[Any], Any]] = {
     "ftruncate": lambda v: 0, "truncate": lambda v: 0, "unlink": lambda v: 0,
     "rename": lambda v: 0, "mkdir": lambda v: 0, "rmdir": lambda v: 0,
     "stat": stat_view, "fstat": stat_view, "fcntl": lambda v: v, "close": lambda v: 0,
-    "dup": int, "dup2": int, "dup3": int,
+    "dup": int, "dup2": int, "dup3": int, "fallocate": lambda v: 0,
 }
 
 

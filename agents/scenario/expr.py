@@ -31,10 +31,12 @@ class ExprError(Exception):
     that is neither a variable, a constant nor an actor."""
 
 
-def evaluate(node: ast.AST, names: Mapping[str, Any], actors: frozenset[str] = frozenset()) -> Any:
+def evaluate(node: ast.AST, names: Mapping[str, Any],
+             actors: Mapping[str, int] | frozenset[str] = frozenset()) -> Any:
     """Evaluate ``node`` with ``names`` (variables) and Linux constants in scope.
 
-    An actor's name evaluates to itself as a string, so ``sendfd(B, fd)`` names B.
+    An actor's name evaluates to itself as a string, so ``sendfd(B, fd)`` names B;
+    ``B.pid`` is B's PID when ``actors`` maps names to PIDs.
     """
     if isinstance(node, ast.Expression):
         return evaluate(node.body, names, actors)
@@ -65,6 +67,11 @@ def evaluate(node: ast.AST, names: Mapping[str, Any], actors: frozenset[str] = f
     if isinstance(node, ast.Subscript):
         return evaluate(node.value, names, actors)[evaluate(node.slice, names, actors)]
     if isinstance(node, ast.Attribute):
+        if (node.attr == "pid" and isinstance(node.value, ast.Name)
+                and node.value.id in actors and node.value.id not in names):
+            if not isinstance(actors, Mapping):
+                raise ExprError("actor PIDs are known only when the line runs")
+            return actors[node.value.id]
         base = evaluate(node.value, names, actors)
         if isinstance(base, dict) and node.attr in base:
             return base[node.attr]

@@ -30,7 +30,8 @@ from agents.scenario.expr import ExprError, check, evaluate
 from protocol import linux
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
-FAULT_RE = re.compile(r"^!(kill|stop|cont)\s+([A-Z][A-Za-z0-9_]*)\s*$")
+FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
+KILLED_RE = re.compile(r"^killed(?:\s+(SIG[A-Z0-9+]+))?$")
 SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
 TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z][\w-]*(?:\s*,\s*[A-Za-z][\w-]*)*)\]\s*$")
 AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
@@ -48,7 +49,7 @@ class ScenarioError(Exception):
 class Expect:
     """An expected outcome of a line, for the given tags (empty: everywhere)."""
 
-    kind: Literal["value", "errno", "ok", "any"]
+    kind: Literal["value", "errno", "ok", "any", "killed"]
     value: Any = None
     tags: frozenset[str] = frozenset()
 
@@ -60,6 +61,8 @@ class Expect:
             return "ok"
         if self.kind == "any":
             return "*"
+        if self.kind == "killed":
+            return "killed" + (f" {self.value}" if self.value else "")
         return repr(self.value)
 
 
@@ -78,6 +81,8 @@ class Step:
     background: bool = False
     child: str | None = None
     fault: str = ""
+    #: the signal of ``!signal ACTOR SIGNAME``
+    signal: str = ""
     expects: list[Expect] = field(default_factory=list)
 
     def expectation(self, tags: set[str]) -> Expect | None:
@@ -136,6 +141,17 @@ def _split_expectations(line: str) -> tuple[str, list[str]]:
     return parts[0].strip(), [p.strip() for p in parts[1:]]
 
 
+def signal_number(name: str) -> int | None:
+    """``SIGIO`` -> 29, ``SIGRTMIN+1`` -> 35 (glibc's SIGRTMIN, as Python's signal module)."""
+    if name.startswith("SIGRTMIN"):
+        rest = name[len("SIGRTMIN"):]
+        base = 34
+        return base + int(rest[1:]) if rest.startswith("+") and rest[1:].isdigit() else (
+            base if not rest else None)
+    value = linux.CONSTANTS.get(name)
+    return value if name.startswith("SIG") else None
+
+
 def parse_expect(text: str) -> Expect:
     """Parse one expectation: ``3``, ``ENOENT``, ``ok``, ``*``, ``b"x"``, with ``[tags]``."""
     tags: frozenset[str] = frozenset()
@@ -147,6 +163,9 @@ def parse_expect(text: str) -> Expect:
         return Expect("ok", None, tags)
     if text == "*":
         return Expect("any", None, tags)
+    m = KILLED_RE.match(text)
+    if m:
+        return Expect("killed", m.group(1), tags)
     if text in linux.ERRNO_BY_NAME:
         return Expect("errno", linux.ERRNO_BY_NAME[text], tags)
     try:
@@ -218,7 +237,12 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                 continue
             m = FAULT_RE.match(line.split("#", 1)[0].strip())
             if m:
-                steps.append(Step(lineno, line, "fault", m.group(2), fault=m.group(1)))
+                fault, who, sig = m.groups()
+                if (fault == "signal") != (sig is not None):
+                    raise ScenarioError("'!signal ACTOR SIGNAME' names a signal; other faults do not")
+                if sig is not None and signal_number(sig) is None:
+                    raise ScenarioError(f"unknown signal {sig}")
+                steps.append(Step(lineno, line, "fault", who, fault=fault, signal=sig or ""))
                 continue
             m = ACTOR_RE.match(line)
             if not m:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import resource
 import select
@@ -31,10 +32,11 @@ from agents.daemon_process import DaemonProcess, start_daemon
 from agents.runtime import Connection
 from agents.scenario import strace
 from agents.scenario.link import Link, LinkClosed
-from agents.scenario.parse import Expect, Scenario, Step
+from agents.scenario.parse import Expect, Scenario, Step, signal_number
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_CHILD_SUBREAPER = 36
+HOST_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ActorState:
     proc: subprocess.Popen[bytes] | None = None
     alive: bool = True
     stopped: bool = False
+    #: how it died: "SIGKILL", "exit 0"... once known
+    status: str | None = None
     #: background lines still running, oldest first
     pending: list[Step] = field(default_factory=list)
 
@@ -90,6 +94,10 @@ def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
     """True when ``reply`` meets ``expect`` (no expectation: anything but a scenario error)."""
     if "error" in reply:
         return False
+    if "killed" in reply or (expect is not None and expect.kind == "killed"):
+        if expect is None or expect.kind != "killed" or "killed" not in reply:
+            return False
+        return expect.value in (None, reply["killed"])
     if expect is None or expect.kind == "any":
         return True
     if expect.kind == "errno":
@@ -102,8 +110,18 @@ def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
     want = expect.value
     if isinstance(want, str) and isinstance(got, bytes | bytearray):
         want = want.encode()
+    return _match_value(got, want)
+
+
+def _match_value(got: Any, want: Any) -> bool:
+    """Equality, except that an expected map needs only the keys it names (also inside
+    lists), so an expectation can leave out what differs between runs (PIDs)."""
     if isinstance(want, dict) and isinstance(got, dict):
-        return all(got.get(k) == v for k, v in want.items())
+        return all(k in got and _match_value(got[k], v) for k, v in want.items())
+    if isinstance(want, list) and isinstance(got, list):
+        return len(want) == len(got) and all(_match_value(g, w) for g, w in zip(got, want))
+    if isinstance(want, str) and isinstance(got, bytes | bytearray):
+        return got == want.encode()
     return bool(got == want)
 
 
@@ -135,6 +153,7 @@ class Runner:
         self.listener.bind(self.director_path)
         self.listener.listen(64)
         self.unclaimed: dict[str, tuple[Link, dict[str, Any]]] = {}
+        self.saved_lease_break_time: str | None = None
 
     # --- output -----------------------------------------------------------------------
 
@@ -149,6 +168,28 @@ class Runner:
     def _log(self, ev: str, **fields: Any) -> None:
         rec = {"t": round(time.monotonic() - self.t0, 6), "ev": ev, **fields}
         self.events.write(json.dumps(rec, default=repr) + "\n")
+
+    def _result_text(self, call: str, args: list[Any], reply: dict[str, Any]) -> str:
+        if "killed" in reply:
+            return f"? <killed by {reply['killed']}>" if reply["killed"].startswith("SIG") \
+                else f"? <{reply['killed']}>"
+        if "ok" in reply:
+            reply = {**reply, "ok": self._name_pids(reply["ok"])}
+        return strace.result(call, args, reply)
+
+    def _name_pids(self, value: Any, key: str = "") -> Any:
+        """Show PIDs in results (``pid``, ``si_pid`` fields) as actor names."""
+        if isinstance(value, dict):
+            return {k: self._name_pids(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._name_pids(v, key) for v in value]
+        if key in ("pid", "si_pid") and isinstance(value, int) and value:
+            for a in self.actors.values():
+                if a.pid == value:
+                    return strace.Bare(f"<{a.name}>")
+            if self.kconn is not None and value == self.kconn.daemon_pid:
+                return strace.Bare("<kernel>")
+        return value
 
     def _pid_text(self, value: int) -> str:
         for a in self.actors.values():
@@ -177,6 +218,8 @@ class Runner:
             self.kconn = Connection(self.run_dir, name="launcher")
         else:
             os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
+            if "lease_break_time" in self.settings:
+                self._set_host_lease_break_time(float(self.settings["lease_break_time"]))
         logs = os.path.join(self.run_dir, "actors")
         os.makedirs(logs, exist_ok=True)
         for name in self.sc.actors:
@@ -219,7 +262,8 @@ class Runner:
     def _wait_dead(self, actor: ActorState) -> None:
         """Return once ``actor``'s process has died and, on the emulator, been cleaned up."""
         if actor.proc is not None:
-            actor.proc.wait(self.step_timeout)
+            code = actor.proc.wait(self.step_timeout)
+            actor.status = _describe_status(code)
         else:
             try:
                 pidfd = os.pidfd_open(actor.pid)
@@ -239,15 +283,25 @@ class Runner:
     def _send(self, actor: ActorState, body: dict[str, Any]) -> dict[str, Any]:
         if not actor.alive or actor.link is None:
             raise RunError(f"actor {actor.name} is dead")
-        actor.link.send(body)
         try:
+            actor.link.send(body)
             return actor.link.recv(timeout=self.step_timeout)
         except TimeoutError:
             raise RunError(
                 f"actor {actor.name} did not answer within {self.step_timeout} s "
                 "(a call that blocks must be started in the background with '&')") from None
         except LinkClosed:
-            raise RunError(f"actor {actor.name} went away") from None
+            # the process died under the call (a signal with no handler, a kill)
+            return {"killed": self._death(actor)}
+
+    def _death(self, actor: ActorState) -> str:
+        """Wait for ``actor`` to be dead and cleaned up; the signal that killed it."""
+        if actor.alive:
+            actor.alive = False
+            self._wait_dead(actor)
+        status = actor.status if actor.status is not None else _exit_status(actor)
+        actor.status = status
+        return status
 
     def _check(self, step: Step, actor: ActorState, text: str, reply: dict[str, Any]) -> None:
         exp = step.expectation({self.policy, self.target})
@@ -280,7 +334,7 @@ class Runner:
             started = actor.pending.pop(0)
             reply = self._send(actor, {"op": "join"})
             name = reply.get("call", started.call)
-            res = strace.result(name, reply.get("args", []), reply)
+            res = self._result_text(name, reply.get("args", []), reply)
             text = f"{label} <... {name} resumed> = {res}"
             self._emit(text)
             # the expectation may sit on the join line or on the background line
@@ -288,8 +342,8 @@ class Runner:
             return
         body = {"op": "call", "source": step.source, "bind": step.bind,
                 "background": step.background, "child": step.child,
-                "actors": sorted(self.actors) + [c for c in self.sc.children
-                                                 if c not in self.actors]}
+                "pids": {a.name: a.pid for a in self.actors.values()},
+                "step_timeout": self.step_timeout}
         self._log("call", line=step.lineno, actor=actor.name, pid=actor.pid, source=step.source)
         if step.call == "exec":
             self._exec(step, actor, body)
@@ -300,7 +354,7 @@ class Runner:
             actor.pending.append(step)
             self._emit(f"{label} {shown} <unfinished ...>")
             return
-        res = strace.result(step.call, reply.get("args", []), reply)
+        res = self._result_text(step.call, reply.get("args", []), reply)
         if step.call == "fork" and "ok" in reply:
             res = self._pid_text(int(reply["ok"]))
             child = step.child or f"{actor.name}.child"
@@ -337,12 +391,24 @@ class Runner:
         if actor is None or not actor.alive:
             self.failures.append(f"line {step.lineno}: cannot {step.fault} {step.actor}: not alive")
             return
-        sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[step.fault]
+        who = f"{actor.name} (pid {actor.pid})" if self.show_pids else actor.name
         self._log("fault", line=step.lineno, actor=actor.name, pid=actor.pid, fault=step.fault)
+        if step.fault == "wait":
+            status = self._death(actor)
+            self._emit(f"+++ {who} {'killed by ' + status if status.startswith('SIG') else status} +++")
+            return
+        if step.fault == "signal":
+            signo = signal_number(step.signal)
+            assert signo is not None
+            os.kill(actor.pid, signo)
+            self._emit(f"--- {step.signal} sent to {who} ---")
+            return
+        sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[step.fault]
         os.kill(actor.pid, sig)
         if step.fault == "kill":
             actor.alive = False
             self._wait_dead(actor)
+            actor.status = "SIGKILL"
             lost = ", ".join(s.call for s in actor.pending)
             if lost:
                 self._emit(f"{self._label(actor.name, actor.pid)} <... {lost} unfinished: killed>")
@@ -352,12 +418,25 @@ class Runner:
             _wait_state(actor.pid, "T", self.step_timeout)
         else:
             actor.stopped = False
-        who = f"{actor.name} (pid {actor.pid})" if self.show_pids else actor.name
         self._emit(f"+++ {step.fault} {who} +++" if step.fault != "kill"
                    else f"+++ killed by SIGKILL: {who} +++")
 
+    def _set_host_lease_break_time(self, seconds: float) -> None:
+        """Set /proc/sys/fs/lease-break-time (whole seconds) for this run; restored after.
+
+        Only one run at a time may do this: the setting is the whole host's.
+        """
+        with open(HOST_LEASE_BREAK_TIME) as fh:
+            self.saved_lease_break_time = fh.read().strip()
+        with open(HOST_LEASE_BREAK_TIME, "w") as fh:
+            fh.write(str(math.ceil(seconds)))
+
     def finish(self) -> None:
         """Tell live actors to exit, stop the daemon, reap everything."""
+        if self.saved_lease_break_time is not None:
+            with open(HOST_LEASE_BREAK_TIME, "w") as fh:
+                fh.write(self.saved_lease_break_time)
+            self.saved_lease_break_time = None
         for actor in self.actors.values():
             if actor.alive and actor.stopped:
                 with contextlib.suppress(ProcessLookupError):
@@ -433,6 +512,27 @@ def _wait_state(pid: int, state: str, timeout: float) -> None:
             return
         time.sleep(0.001)  # polling the process state, not ordering two processes
     raise RunError(f"pid {pid} did not reach state {state}")
+
+
+def _describe_status(code: int | None) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        return signal.Signals(-code).name
+    return f"exited with {code}"
+
+
+def _exit_status(actor: ActorState) -> str:
+    """How a process died, from its zombie's /proc/<pid>/stat (field 52, exit_code)."""
+    try:
+        with open(f"/proc/{actor.pid}/stat", "rb") as fh:
+            stat = fh.read()
+        code = int(stat[stat.rindex(b")") + 2 :].split()[49])
+    except (OSError, ValueError, IndexError):
+        return "gone"
+    if code & 0x7F:
+        return signal.Signals(code & 0x7F).name
+    return f"exited with {code >> 8}"
 
 
 def _usual_limits() -> None:

@@ -33,6 +33,10 @@ _WHENCE = {0: "SEEK_SET", 1: "SEEK_CUR", 2: "SEEK_END", 3: "SEEK_DATA", 4: "SEEK
 _SIGNALS = {v: k for k, v in vars(linux).items()
             if k.startswith("SIG") and not k.startswith("SIGRT") and k not in ("SIGPOLL",)
             and isinstance(v, int)}
+_SIGNALS.update({4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 8: "SIGFPE", 16: "SIGSTKFLT",
+                 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU",
+                 25: "SIGXFSZ", 26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 30: "SIGPWR",
+                 31: "SIGSYS"})
 
 
 def open_flags(flags: int) -> str:
@@ -70,8 +74,20 @@ def lease_type(arg: int) -> str:
     return "|".join(words)
 
 
+class Bare(str):
+    """Text shown as it is, unquoted (an actor name standing for a PID)."""
+
+
+_SI_CODES = {linux.SI_USER: "SI_USER", linux.SI_KERNEL: "SI_KERNEL", linux.SI_QUEUE: "SI_QUEUE",
+             -5: "SI_SIGIO", -6: "SI_TKILL", linux.POLL_IN: "POLL_IN", linux.POLL_OUT: "POLL_OUT",
+             linux.POLL_MSG: "POLL_MSG", linux.POLL_ERR: "POLL_ERR", linux.POLL_PRI: "POLL_PRI",
+             linux.POLL_HUP: "POLL_HUP"}
+
+
 def value(v: Any) -> str:
     """A value as strace would print it: strings quoted, bytes as a C string."""
+    if isinstance(v, Bare):
+        return str(v)
     if isinstance(v, bytes | bytearray):
         return '"' + "".join(_cchar(b) for b in bytes(v)[:64]) + ('"...' if len(v) > 64 else '"')
     if isinstance(v, str):
@@ -84,6 +100,12 @@ def value(v: Any) -> str:
 
 
 def _field(key: str, v: Any) -> str:
+    if key == "si_signo" and isinstance(v, int):
+        return signal_name(v)
+    if key == "si_code" and isinstance(v, int):
+        return _SI_CODES.get(v, str(v))
+    if key == "si_band" and isinstance(v, int):
+        return hex(v)
     if key == "st_mode" and isinstance(v, int):
         kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR"}
         return f"{kind.get(v & linux.S_IFMT, oct(v & linux.S_IFMT))}|{v & 0o7777:04o}"
@@ -133,6 +155,11 @@ _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "lseek": lambda a: [value(a[0]), value(a[1]), _WHENCE.get(a[2], str(a[2]))],
     "dup3": lambda a: [value(a[0]), value(a[1]), open_flags(a[2]) if a[2] else "0"],
     "fcntl": _fcntl_args,
+    "signal": lambda a: [signal_name(a[0])] + [value(x) for x in a[1:]],
+    "sigwait": lambda a: [signal_name(a[0])] + [value(x) for x in a[1:]],
+    "sigblock": lambda a: [signal_name(x) for x in a],
+    "sigunblock": lambda a: [signal_name(x) for x in a],
+    "kill": lambda a: [value(a[0]), signal_name(a[1])],
 }
 
 
