@@ -197,7 +197,7 @@ class System(ABC):
             self._attach_recorder(rec)
         return rec
 
-    def _attach_recorder(self, rec: SignalRecorder) -> None:
+    def _attach_recorder(self, rec: SignalRecorder) -> None:  # noqa: B027 (optional hook)
         """Hook the recorder's wake-up descriptor into the target's waits."""
 
     def signal(self, signum: int, action: str) -> None:
@@ -215,7 +215,7 @@ class System(ABC):
             raise ValueError(f"unknown signal action {action!r}")
         self._tell_disposition(signum, "handler" if action.startswith("record") else action)
 
-    def _tell_disposition(self, signum: int, action: str) -> None:
+    def _tell_disposition(self, signum: int, action: str) -> None:  # noqa: B027 (optional hook)
         """Let the kernel know the disposition (the emulator's daemon keeps a copy)."""
 
     def sigblock(self, signums: list[int]) -> None:

@@ -119,7 +119,7 @@ def _match_value(got: Any, want: Any) -> bool:
     if isinstance(want, dict) and isinstance(got, dict):
         return all(k in got and _match_value(got[k], v) for k, v in want.items())
     if isinstance(want, list) and isinstance(got, list):
-        return len(want) == len(got) and all(_match_value(g, w) for g, w in zip(got, want))
+        return len(want) == len(got) and all(_match_value(g, w) for g, w in zip(got, want, strict=True))
     if isinstance(want, str) and isinstance(got, bytes | bytearray):
         return got == want.encode()
     return bool(got == want)
