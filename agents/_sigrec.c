@@ -25,13 +25,17 @@
  * Each slot also records the pid of the process that received the signal;
  * take() discards slots recorded by another process, i.e. entries inherited
  * from the parent across fork() (Linux clears the pending signals of a fork
- * child, and the child should not see its parent's deliveries either).
+ * child, and the child should not see its parent's deliveries either).  A
+ * slot that another thread of the parent was still filling when it forked
+ * would never become ready in the child (that thread does not exist there):
+ * a pthread_atfork child hook marks such slots ready and foreign.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -119,6 +123,23 @@ as_int(PyObject *obj, int *out)
     }
     *out = (int)v;
     return 0;
+}
+
+/* pthread_atfork child hook: release the slots that other threads of the
+ * parent had reserved but not filled when fork() was called.  Only this thread
+ * exists in the child; a handler that interrupts the loop finishes its own
+ * slot before the loop resumes. */
+static void
+after_fork_child(void)
+{
+    unsigned long h = atomic_load_explicit(&head, memory_order_acquire);
+    for (unsigned long t = atomic_load_explicit(&tail, memory_order_relaxed); t != h; t++) {
+        struct slot *s = &ring[t & (RING_SIZE - 1)];
+        if (!atomic_load_explicit(&s->ready, memory_order_acquire)) {
+            s->receiver = 0; /* nobody's: take() discards it */
+            atomic_store_explicit(&s->ready, 1, memory_order_release);
+        }
+    }
 }
 
 static PyObject *
@@ -342,6 +363,15 @@ static struct PyModuleDef sigrec_module = {
 PyMODINIT_FUNC
 PyInit__sigrec(void)
 {
+    static int atfork_done;
+    if (!atfork_done) {
+        int err = pthread_atfork(NULL, NULL, after_fork_child);
+        if (err != 0) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        atfork_done = 1;
+    }
     PyObject *m = PyModule_Create(&sigrec_module);
     if (m == NULL)
         return NULL;

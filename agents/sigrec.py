@@ -32,9 +32,10 @@ Fork and exec
 Like Linux, a fork child keeps the parent's dispositions (recorded signals stay
 recorded) and signal mask, and starts with no pending signal.  The child also inherits
 both descriptors of the parent's wake-up pipe, as it inherits every descriptor; an
-``os.register_at_fork`` hook (and, for forks that bypass ``os.fork``, a pid check on
-every call) gives the child's recorder a new pipe of its own and closes the inherited
-copies, so parent and child never steal each other's wake-ups.  Entries the parent had
+``os.register_at_fork`` hook gives the child's recorder a new pipe of its own, put in
+place of the inherited copies with ``dup3`` (so :meth:`SignalRecorder.fileno` keeps its
+number across fork), so parent and child never steal each other's wake-ups.  For forks
+that bypass ``os.fork``, a pid check on every call does the same with new numbers.  Entries the parent had
 recorded but not yet taken are discarded in the child: the ring tags every entry with
 the pid that received it, and the Python-side queue is cleared.  A test may keep a
 ``dup`` of the parent's read end in the child on purpose, to learn when the parent's
@@ -180,33 +181,55 @@ class SignalRecorder:
 
     # -- fork ------------------------------------------------------------------------
 
-    def _after_fork(self) -> None:
-        """In a fork child: a new wake-up pipe, the inherited one closed, no old entries.
+    def _after_fork(self, keep_numbers: bool = True) -> None:
+        """In a fork child: a new wake-up pipe of its own, no entries of the parent's.
 
-        Never raises (it runs from an at-fork hook); on failure the next call retries and
-        raises there.
+        With ``keep_numbers`` (the at-fork hook, which runs before any code of the child)
+        the new pipe takes over the inherited descriptors' numbers with ``dup3``, which
+        closes the inherited copies, so a :meth:`fileno` cached before the fork stays
+        right.  Never raises (it runs from an at-fork hook); on failure the inherited
+        copies are closed and the next call retries and raises there.
         """
         _sigrec.set_wakeup(-1)
-        for fd in (self._rfd, self._wfd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._rfd = self._wfd = -1
         self._cond = threading.Condition(threading.Lock())
         self._queue.clear()
         self._selecting = False
+        old = (self._rfd, self._wfd)
+        self._rfd = self._wfd = -1
+        self._pid = -1  # stale until a new pipe is in place
         try:
-            self._rfd, self._wfd = _make_pipe()
+            if keep_numbers and min(old) >= 0:
+                r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                try:
+                    os.dup2(r, old[0], inheritable=False)
+                    os.dup2(w, old[1], inheritable=False)
+                finally:
+                    os.close(r)
+                    os.close(w)
+                self._rfd, self._wfd = old
+            else:
+                self._close(old)
+                old = (-1, -1)
+                self._rfd, self._wfd = _make_pipe()
         except OSError:
-            self._pid = -1  # stale: the next call runs _after_fork again and raises
+            self._close(old)
             return
         _sigrec.set_wakeup(self._wfd)
         self._pid = os.getpid()
 
+    @staticmethod
+    def _close(fds: tuple[int, int]) -> None:
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
     def _current(self) -> None:
         """Re-initialise if this process is a fork child the at-fork hook did not see."""
         if self._pid != os.getpid():
-            self._after_fork()
+            # a fork the hook did not see (not through os.fork): the child's own code may
+            # have reused the inherited numbers already, so take new ones
+            self._after_fork(keep_numbers=False)
             if self._pid != os.getpid():
                 self._rfd, self._wfd = _make_pipe()  # raises the error the hook swallowed
                 _sigrec.set_wakeup(self._wfd)
