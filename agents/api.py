@@ -351,6 +351,10 @@ class EmuSystem(System):
             raise
         if pid == 0:
             self.conn.reconnect_after_fork(token, name or self.conn.name)
+            rec = getattr(self, "_recorder", None)
+            if rec is not None:  # the handlers are inherited; hook them to the new channel
+                self.recorded = []
+                self._attach_recorder(rec)
             return 0
         self.conn.call("fork_done", token, pid)
         return pid

@@ -151,12 +151,12 @@ class Daemon:
         """One iteration: wait for input or the next timer, then handle what came."""
         while self.restarts:
             self.restarts.pop(0)()
-        deadline = self.kernel.next_deadline()
+        busy = self._drain_router() or bool(self.restarts)
+        # after the messages: handling them may have set timers (a breaker's deadline)
+        deadline = 0.0 if busy else self.kernel.next_deadline()
         if timeout is not None:
             deadline = timeout if deadline is None else min(deadline, timeout)
-        if self._drain_router() or self.restarts:
-            deadline = 0.0  # more work waits: only look at the other fds, do not sleep
-        else:
+        if not busy:
             self.evlog.flush()
         for fd, _ in self.ep.poll(-1 if deadline is None else deadline + 0.0005):
             handler = self.fd_handlers.get(fd)

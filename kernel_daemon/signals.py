@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -172,8 +173,11 @@ def send_signal(k: Kernel, task: Task, si: dict[str, Any]) -> bool:
     queue.append(si)
     k.io.event(task, {"event": "signal", "si": si})
     k.log.emit("signal", pid=task.pid, **si)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(task.pid, signo)
+    if task.pidfd >= 0:
+        # through the pidfd the daemon holds: never a process that reused the PID, and
+        # never a process that did not register (unit tests use made-up PIDs)
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(task.pidfd, signo)
     return True
 
 

@@ -168,6 +168,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     "getpgid": lambda a: os.getpgid(0),
     "setuid": _zero(lambda s, uid: s.setuid(uid)),
     "pause": _pause,
+    "kernel_stats": lambda a: a.system.call("kernel_stats"),
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep

@@ -37,6 +37,7 @@ from agents.scenario.parse import Expect, Scenario, Step, signal_number
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_CHILD_SUBREAPER = 36
 HOST_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
+F_SETOWN, F_GETOWN = 8, 9
 
 
 @dataclass
@@ -169,7 +170,43 @@ class Runner:
         rec = {"t": round(time.monotonic() - self.t0, 6), "ev": ev, **fields}
         self.events.write(json.dumps(rec, default=repr) + "\n")
 
+    def _canonical(self, call: str, reply: dict[str, Any]) -> dict[str, Any]:
+        """Put results whose order the kernel does not define into a fixed order.
+
+        /proc/locks lists locks per CPU, so its order changes from run to run: each lease
+        is kept with the breakers blocked on it, and the groups are sorted by what the
+        transcript shows of them (PIDs as actor names).
+        """
+        if call != "locks" or not isinstance(reply.get("ok"), list):
+            return reply
+        groups: list[list[Any]] = []
+        for entry in reply["ok"]:
+            if isinstance(entry, dict) and entry.get("waiter") and groups:
+                groups[-1].append(entry)
+            else:
+                groups.append([entry])
+        groups.sort(key=lambda g: strace.value(self._name_pids(g)))
+        return {**reply, "ok": [e for g in groups for e in g]}
+
+    def _pid_name(self, value: int) -> Any:
+        """``<A>`` for A's PID, ``-<A>`` for its process group, else the number."""
+        for a in self.actors.values():
+            if a.pid == abs(value) and value:
+                return strace.Bare(f"{'-' if value < 0 else ''}<{a.name}>")
+        return value
+
+    def _display_args(self, call: str, args: list[Any]) -> list[Any]:
+        """Arguments as the transcript shows them: PIDs by actor name."""
+        shown = [self._name_pids(a) for a in args]
+        if call == "fcntl" and len(shown) > 2 and isinstance(shown[2], int) \
+                and shown[1] == F_SETOWN:
+            shown[2] = self._pid_name(shown[2])
+        return shown
+
     def _result_text(self, call: str, args: list[Any], reply: dict[str, Any]) -> str:
+        if call == "fcntl" and len(args) > 1 and args[1] == F_GETOWN \
+                and isinstance(reply.get("ok"), int):
+            return str(self._pid_name(reply["ok"]))
         if "killed" in reply:
             return f"? <killed by {reply['killed']}>" if reply["killed"].startswith("SIG") \
                 else f"? <{reply['killed']}>"
@@ -334,6 +371,7 @@ class Runner:
             started = actor.pending.pop(0)
             reply = self._send(actor, {"op": "join"})
             name = reply.get("call", started.call)
+            reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
             text = f"{label} <... {name} resumed> = {res}"
             self._emit(text)
@@ -348,8 +386,8 @@ class Runner:
         if step.call == "exec":
             self._exec(step, actor, body)
             return
-        reply = self._send(actor, body)
-        shown = strace.call(step.call, reply.get("args", []))
+        reply = self._canonical(step.call, self._send(actor, body))
+        shown = strace.call(step.call, self._display_args(step.call, reply.get("args", [])))
         if reply.get("started"):
             actor.pending.append(step)
             self._emit(f"{label} {shown} <unfinished ...>")

@@ -1,0 +1,569 @@
+"""The lease and signal behaviours checked against the host kernel and the emulator.
+
+Each case is a multi-process scenario whose expectations were written for, and first
+pass on, the host kernel (the oracle).  ``tests/test_leases.py`` runs every case on both
+targets; ``docs/conformance.md`` is generated from this table
+(``python tests/lease_cases.py > docs/conformance.md``) and a test keeps it equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    """One behaviour: what it shows, which part of linux.md it covers, the scenario."""
+
+    name: str
+    behaviour: str
+    area: str
+    scenario: str
+    #: a divergence kept on purpose: (target it concerns, reason); empty when none
+    divergence: str = ""
+
+
+HOLDER = """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+"""
+
+CASES: list[Case] = [
+    # --- acquiring -------------------------------------------------------------------
+    Case("read_lease_needs_no_writer", "F_RDLCK is refused (EAGAIN) while the file is open "
+         "for writing anywhere, the caller's own descriptor included", "acquiring", """
+A: w = open("/f", O_RDWR|O_CREAT, 0o644)        => 3
+A: fcntl(w, F_SETLEASE, F_RDLCK)                => EAGAIN
+A: r = open("/f", O_RDONLY)                     => 4
+A: fcntl(r, F_SETLEASE, F_RDLCK)                => EAGAIN
+A: close(w)                                     => 0
+B: w2 = open("/f", O_WRONLY)                    => 3
+A: fcntl(r, F_SETLEASE, F_RDLCK)                => EAGAIN
+B: close(w2)                                    => 0
+A: fcntl(r, F_SETLEASE, F_RDLCK)                => 0
+A: fcntl(r, F_GETLEASE)                         => F_RDLCK
+"""),
+    Case("write_lease_needs_sole_open", "F_WRLCK needs the caller's description to be the "
+         "only open of the file: a dup and an O_PATH open do not count, the caller's own "
+         "second open and another process's open do; a read-only descriptor may hold it",
+         "acquiring", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(fd, F_GETLEASE)                        => F_WRLCK
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+A: d = dup(fd)                                  => 4
+A: fcntl(d, F_SETLEASE, F_WRLCK)                => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+A: p = open("/f", O_PATH)                       => 5
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+A: again = open("/f", O_RDONLY)                 => 6
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => EAGAIN
+A: close(again)                                 => 0
+B: o = open("/f", O_RDONLY)                     => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => EAGAIN
+B: close(o)                                     => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+"""),
+    Case("upgrade_and_downgrade_in_place", "a lease changes type in place on the same "
+         "description; an upgrade is refused while another process holds a read lease",
+         "acquiring", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(fd, F_GETLEASE)                        => F_WRLCK
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
+B: r = open("/f", O_RDONLY)                     => 3
+B: fcntl(r, F_SETLEASE, F_RDLCK)                => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => EAGAIN
+B: locks()                                      => [{"state": "ACTIVE", "type": "READ", "path": "/f"}, {"state": "ACTIVE", "type": "READ", "path": "/f"}]
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => EAGAIN
+B: locks()                                      => [{"state": "ACTIVE", "type": "READ", "path": "/f"}]
+"""),
+    Case("refusals_of_setlease", "F_SETLEASE refuses a directory and an unknown type "
+         "(EINVAL, F_LAYOUT included), an O_PATH or closed descriptor (EBADF); F_UNLCK "
+         "without a lease is EAGAIN", "acquiring", """
+A: mkdir("/d", 0o755)                           => 0
+A: d = open("/d", O_RDONLY)                     => 3
+A: fcntl(d, F_SETLEASE, F_RDLCK)                => EINVAL
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 4
+A: fcntl(fd, F_SETLEASE, 7)                     => EINVAL
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)              => EINVAL
+A: fcntl(fd, F_SETLEASE, F_RDLCK|F_LAYOUT|F_EXCLUSIVE) => EINVAL
+A: p = open("/f", O_PATH)                       => 5
+A: fcntl(p, F_SETLEASE, F_RDLCK)                => EBADF
+A: fcntl(p, F_GETLEASE)                         => EBADF
+A: fcntl(42, F_SETLEASE, F_RDLCK)               => EBADF
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => EAGAIN
+"""),
+    Case("lease_needs_file_owner", "a process that neither owns the file nor is "
+         "privileged may not take or drop a lease (EACCES)", "acquiring", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: setuid(65534)                                => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => EACCES
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => EACCES
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+"""),
+    Case("lease_sets_owner_async_and_release_clears", "taking a lease makes the caller the "
+         "owner and sets O_ASYNC; releasing it clears the owner, the F_SETSIG signal and "
+         "O_ASYNC, even an O_ASYNC set by F_SETFL", "signals", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: fcntl(fd, F_GETOWN)                          => 0
+A: fcntl(fd, F_GETOWN_EX)                       => {"type": 0, "pid": 0}
+A: fcntl(fd, F_SETSIG, SIGUSR1)                 => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(fd, F_GETFL)                           => O_RDONLY|O_ASYNC|O_LARGEFILE
+A: fcntl(fd, F_GETOWN_EX)                       => {"type": F_OWNER_PID}
+A: fcntl(fd, F_GETSIG)                          => SIGUSR1
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+A: fcntl(fd, F_GETOWN)                          => 0
+A: fcntl(fd, F_GETOWN_EX)                       => {"type": F_OWNER_PID, "pid": 0}
+A: fcntl(fd, F_GETSIG)                          => 0
+A: fcntl(fd, F_GETFL)                           => O_RDONLY|O_LARGEFILE
+A: fcntl(fd, F_SETFL, O_ASYNC)                  => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+A: fcntl(fd, F_GETFL)                           => O_RDONLY|O_LARGEFILE
+"""),
+    Case("setown_and_setsig_checks", "F_SETOWN of an unknown PID is ESRCH; F_SETSIG beyond "
+         "the last signal is EINVAL; F_SETOWN_EX checks its type and reports it back",
+         "signals", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: fcntl(fd, F_SETOWN, 4000000)                 => ESRCH
+A: fcntl(fd, F_SETSIG, 65)                      => EINVAL
+A: fcntl(fd, F_SETSIG, 64)                      => 0
+A: fcntl(fd, F_SETOWN_EX, {"type": 5, "pid": 1}) => EINVAL
+A: fcntl(fd, F_SETOWN_EX, {"type": F_OWNER_TID, "pid": A.pid}) => 0
+A: fcntl(fd, F_GETOWN_EX)                       => {"type": F_OWNER_TID}
+A: fcntl(fd, F_SETOWN_EX, {"type": F_OWNER_PGRP, "pid": 0}) => 0
+A: fcntl(fd, F_GETOWN_EX)                       => {"type": F_OWNER_PGRP, "pid": 0}
+A: fcntl(fd, F_SETOWN, 0)                       => 0
+A: fcntl(fd, F_GETOWN_EX)                       => {"type": F_OWNER_PID, "pid": 0}
+"""),
+    # --- breaking --------------------------------------------------------------------
+    Case("reader_breaks_write_lease_to_downgrade", "an O_RDONLY open breaks a write lease: "
+         "the holder gets SIGIO, F_GETLEASE answers F_RDLCK meanwhile, /proc/locks shows the "
+         "lease BREAKING and the blocked breaker; a downgrade lets the reader in", "breaking",
+         HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: r = open("/f", O_RDONLY) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
+A: locks()                                      => [{"state": "BREAKING", "type": "READ", "path": "/f"}, {"state": "BREAKER", "type": "READ", "waiter": True}]
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+B: join                                         => 3
+A: locks()                                      => [{"state": "ACTIVE", "type": "READ", "path": "/f"}]
+"""),
+    Case("writer_breaks_read_lease_to_unlock", "an O_WRONLY open breaks a read lease: "
+         "F_GETLEASE answers F_UNLCK meanwhile; the holder's F_UNLCK lets the writer in",
+         "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+B: w = open("/f", O_WRONLY) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK", "path": "/f"}, {"state": "BREAKER", "type": "WRITE", "waiter": True}]
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+B: join                                         => 3
+A: locks()                                      => []
+"""),
+    Case("reader_does_not_break_read_lease", "an O_RDONLY open does not break a read "
+         "lease: no signal, no wait", "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+B: open("/f", O_RDONLY)                         => 3
+B: open("/f", O_RDONLY|O_PATH)                  => 4
+A: signals()                                    => []
+A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
+"""),
+    Case("nonblocking_breaker", "an O_NONBLOCK breaker gets EWOULDBLOCK but the break "
+         "starts (the holder is told once); a second one is not told again", "breaking",
+         HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDWR|O_NONBLOCK)                => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+B: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: signals()                                    => []
+A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK", "path": "/f"}]
+"""),
+    Case("truncate_and_o_trunc_break_namespace_ops_do_not", "truncate(2) and an O_TRUNC "
+         "open break a lease; rename, unlink and mkdir beside it do not", "breaking",
+         HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: rename("/f", "/g")                           => 0
+B: mkdir("/d", 0o755)                           => 0
+A: signals()                                    => []
+A: fcntl(fd, F_GETLEASE)                        => F_WRLCK
+B: truncate("/g", 0) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+B: join                                         => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+C: open("/g", O_WRONLY|O_TRUNC|O_NONBLOCK)      => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+B: unlink("/g")                                 => 0
+A: signals()                                    => []
+"""),
+    Case("read_only_o_trunc_leaves_read_leases", "an O_RDONLY|O_TRUNC open breaks for "
+         "reading only: another process's read lease survives while the file is "
+         "truncated", "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+B: open("/f", O_RDONLY|O_TRUNC)                 => 3
+A: signals()                                    => []
+A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
+"""),
+    Case("own_open_breaks_own_lease_eintr", "the holder's own second open breaks its own "
+         "lease: SIGIO is sent before the open sleeps, so with a handler (no SA_RESTART) "
+         "the open returns EINTR at once", "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: open("/f", O_RDWR)                           => EINTR
+A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+"""),
+    Case("own_open_with_sa_restart_waits_for_deadline", "with SA_RESTART the holder's own "
+         "open restarts, does not signal again, sleeps until lease_break_time and then "
+         "opens: the lease was removed", "time", """
+set lease_break_time = 1
+A: signal(SIGIO, "record-restart")             => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: open("/f", O_RDWR)                           => 4
+A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: locks()                                      => []
+"""),
+    Case("deadline_downgrades_or_removes", "a holder that ignores the notice: at the "
+         "deadline a reader breaker's lease is downgraded, a writer breaker's removed",
+         "time", """
+set lease_break_time = 1
+""" + HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: r = open("/f", O_RDONLY) &
+B: join                                         => 3
+A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
+C: w = open("/f", O_WRONLY) &
+C: join                                         => 3
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}, {"si_signo": SIGIO, "si_code": SI_KERNEL}]
+"""),
+    Case("zero_break_time_never_expires", "with lease_break_time 0 a broken lease never "
+         "times out: the breaker sleeps until the holder gives way", "time", """
+set lease_break_time = 0
+""" + HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: w = open("/f", O_RDWR) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: pause(1.5)                                   => 0
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE", "waiter": True}]
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+B: join                                         => 3
+"""),
+    Case("expired_lease_disappears_lazily", "past its deadline with nobody waiting, a "
+         "broken lease stays in /proc/locks until the next lease call on the file (here "
+         "F_GETLEASE) times it out", "time", """
+set lease_break_time = 1
+""" + HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDWR|O_NONBLOCK)                => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: pause(1.5)                                   => 0
+B: locks()                                      => [{"state": "BREAKING", "type": "UNLCK", "path": "/f"}]
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+B: locks()                                      => []
+"""),
+    Case("several_breakers", "two breakers sleep on one lease; one release lets both in",
+         "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDWR) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: open("/f", O_WRONLY) &
+A: signals()                                    => []
+A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE"}, {"state": "BREAKER", "type": "WRITE"}]
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+B: join                                         => 3
+C: join                                         => 3
+"""),
+    Case("several_holders", "a writer breaks every read lease; each holder is told and "
+         "the writer waits for all of them", "breaking", """
+A: signal(SIGIO, "record")                     => 0
+B: signal(SIGIO, "record")                     => 0
+A: a = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+B: b = open("/f", O_RDONLY)                    => 3
+A: fcntl(a, F_SETLEASE, F_RDLCK)               => 0
+B: fcntl(b, F_SETLEASE, F_RDLCK)               => 0
+C: open("/f", O_WRONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(a, F_SETLEASE, F_UNLCK)               => 0
+A: locks()                                     => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE"}]
+B: fcntl(b, F_SETLEASE, F_UNLCK)               => 0
+C: join                                        => 3
+"""),
+    Case("new_arrivals_while_breaking", "while a break is pending, a new reader sleeps "
+         "too and the holder is not told again", "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDWR) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: open("/f", O_RDONLY) &
+A: signals()                                    => []
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+B: join                                         => 3
+C: join                                         => 3
+"""),
+    Case("breaker_killed_while_sleeping", "a breaker killed while it sleeps leaves the "
+         "lease breaking, without its breaker line", "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDWR) &
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+!kill B
+A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK", "path": "/f"}]
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: fcntl(fd, F_SETLEASE, F_UNLCK)               => 0
+"""),
+    Case("breaker_interrupted_by_signal", "a breaker whose sleep is interrupted by a "
+         "signal with a handler gets EINTR; the lease stays breaking", "breaking",
+         HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: signal(SIGUSR1, "record")                   => 0
+B: open("/f", O_RDWR) &
+!signal B SIGUSR1
+B: join                                         => EINTR
+B: signals()                                    => [{"si_signo": SIGUSR1, "si_code": SI_USER}]
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
+A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK"}]
+"""),
+    # --- signals ---------------------------------------------------------------------
+    Case("siginfo_with_f_setsig_sigio", "with F_SETSIG set to SIGIO the notice carries "
+         "si_code POLL_MSG, si_band POLLIN|POLLRDNORM|POLLMSG and si_fd", "signals",
+         HOLDER + """
+A: fcntl(fd, F_SETSIG, SIGIO)                   => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 3}
+"""),
+    Case("siginfo_with_realtime_signal", "with F_SETSIG set to a real-time signal the "
+         "notice is that signal with si_fd; real-time notices queue while blocked",
+         "signals", """
+A: signal(SIGRTMIN+1, "record")                => 0
+A: f = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 4
+A: fcntl(f, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(g, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+A: sigblock(SIGRTMIN+1)                        => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+B: open("/g", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: signals()                                   => []
+A: sigunblock(SIGRTMIN+1)                      => 0
+A: signals()                                   => [{"si_signo": SIGRTMIN+1, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 3}, {"si_signo": SIGRTMIN+1, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 4}]
+"""),
+    Case("standard_signal_notices_merge", "SIGIO is a standard signal: two notices while "
+         "it is blocked are delivered once, with the first one's siginfo", "signals", """
+A: signal(SIGIO, "record")                     => 0
+A: f = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 4
+A: fcntl(f, F_SETSIG, SIGIO)                   => 0
+A: fcntl(g, F_SETSIG, SIGIO)                   => 0
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+A: sigblock(SIGIO)                             => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+B: open("/g", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigunblock(SIGIO)                           => 0
+A: signals()                                   => [{"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 3}]
+"""),
+    Case("stale_si_fd_after_close_and_reuse", "S1: the holder closes the leased number "
+         "(a dup keeps the file) and reuses it for another file: si_fd still names it",
+         "signals", HOLDER + """
+A: fcntl(fd, F_SETSIG, SIGIO)                   => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: keep = dup(fd)                               => 4
+A: close(fd)                                    => 0
+A: other = open("/g", O_RDWR|O_CREAT, 0o644)    => 3
+B: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 3}
+A: fcntl(keep, F_GETLEASE)                      => F_RDLCK
+"""),
+    Case("si_fd_after_dup2_and_reissue", "S2: dup2 over the leased number leaves si_fd "
+         "stale; re-issuing F_SETLEASE through the duplicate moves si_fd to it", "signals",
+         HOLDER + """
+A: g = open("/g", O_RDWR|O_CREAT, 0o644)        => 4
+A: fcntl(fd, F_SETSIG, SIGIO)                   => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: keep = dup(fd)                               => 5
+A: dup2(g, fd)                                  => 3
+B: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 3}
+A: fcntl(keep, F_SETLEASE, F_RDLCK)             => 0
+A: fcntl(keep, F_SETLEASE, F_WRLCK)             => 0
+C: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 5}
+"""),
+    Case("si_fd_after_passing_the_descriptor", "the leased file passed to another process "
+         "(SCM_RIGHTS) keeps its lease; the notice still goes to the owner with the "
+         "sender's old number; the receiver may release the lease", "lifetime", HOLDER + """
+A: fcntl(fd, F_SETSIG, SIGIO)                   => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: sendfd(B, fd)                                => 0
+A: close(fd)                                    => 0
+B: signal(SIGIO, "record")                     => 0
+B: x = open("/x", O_RDWR|O_CREAT, 0o644)        => 3
+B: got = recvfd()                               => 4
+B: fcntl(got, F_GETLEASE)                       => F_WRLCK
+C: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": 3}
+B: signals()                                    => []
+B: fcntl(got, F_SETLEASE, F_UNLCK)              => 0
+A: locks()                                      => []
+"""),
+    Case("setown_before_lease_is_kept", "F_SETOWN before the lease is kept: the lease "
+         "does not take the owner over, and the other process is told", "signals", """
+B: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETOWN, B.pid)                  => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID}
+C: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+"""),
+    Case("setown_after_lease_moves_notice", "F_SETOWN after the lease moves the notice to "
+         "the new owner", "signals", HOLDER + """
+B: signal(SIGIO, "record")                     => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_SETOWN, B.pid)                  => 0
+C: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: signals()                                   => []
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+"""),
+    Case("process_group_owner", "an owner given as minus a process group: every process "
+         "in the group is told", "signals", """
+B: setpgid(0, 0)                               => 0
+B: signal(SIGIO, "record")                     => 0
+B: fork() as C
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_SETOWN, -B.pid)                 => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PGRP}
+D: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: signals()                                   => []
+"""),
+    Case("dead_owner_is_told_nothing", "the owner died while a fork child keeps the "
+         "leased file: nobody is told and the breaker waits out lease_break_time",
+         "signals", """
+set lease_break_time = 1
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fork() as C
+C: signal(SIGIO, "record")                     => 0
+!kill A
+B: open("/f", O_RDWR) &
+B: join                                        => 3
+C: signals()                                   => []
+C: fcntl(fd, F_GETLEASE)                       => F_UNLCK
+"""),
+    # --- lifetime --------------------------------------------------------------------
+    Case("close_of_last_descriptor_ends_lease", "closing one of two descriptors of the "
+         "description keeps the lease; closing the last ends it", "lifetime", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: d = dup(fd)                                 => 4
+A: close(fd)                                   => 0
+B: locks()                                     => [{"state": "ACTIVE", "type": "WRITE", "path": "/f"}]
+A: close(d)                                    => 0
+B: locks()                                     => []
+B: open("/f", O_RDWR)                          => 3
+"""),
+    Case("holder_exit_releases_breaker", "the holder killed while a breaker sleeps: the "
+         "lease goes with the last reference and the breaker goes on", "lifetime",
+         HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/f", O_RDWR) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+!kill A
+B: join                                        => 3
+B: locks()                                     => []
+"""),
+    Case("exec_closes_cloexec_lease", "exec with the leased descriptor close-on-exec: "
+         "the lease ends with it", "lifetime", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT|O_CLOEXEC, 0o644) => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: exec()
+B: locks()                                     => []
+B: open("/f", O_RDWR)                          => 3
+"""),
+    Case("exec_keeps_inheritable_lease", "S3: exec with the leased descriptor "
+         "inheritable: the lease survives, the new image has no handler and dies of "
+         "SIGIO at the next break", "lifetime", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: exec()
+A: fcntl(fd, F_GETLEASE)                       => F_WRLCK
+B: open("/f", O_RDONLY) &
+!wait A
+B: join                                        => 3
+B: locks()                                     => []
+"""),
+    Case("fork_child_closes_lease_stays", "S4: the child closes its copy: the lease "
+         "stays and the notice goes to the parent", "lifetime", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fork() as C
+C: close(fd)                                   => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: signals()                                   => []
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+"""),
+    Case("fork_parent_closes_child_unlocks", "S4: the parent closes its copy, the child "
+         "keeps the file: the notice still goes to the parent; the child may release "
+         "the lease", "lifetime", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fork() as C
+A: close(fd)                                   => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: signals()                                   => []
+C: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+C: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: locks()                                     => []
+"""),
+]
+
+
+def render() -> str:
+    """docs/conformance.md."""
+    lines = [
+        "# Lease and signal conformance",
+        "",
+        "Generated from `tests/lease_cases.py` (`python tests/lease_cases.py > "
+        "docs/conformance.md`); `tests/test_leases.py` runs every case as a multi-process",
+        "scenario on the host kernel and on the emulator, requires both to meet every",
+        "expectation (written first for the host) and their transcripts to be identical,",
+        "PIDs aside; a test keeps this page equal to the table.",
+        "",
+        f"{len(CASES)} behaviours.",
+        "",
+        "| # | area | behaviour | test | host | emulator |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, c in enumerate(CASES, 1):
+        emu = f"diverges: {c.divergence}" if c.divergence else "pass"
+        lines.append(f"| {i} | {c.area} | {c.behaviour} | "
+                     f"`test_leases.py::test_lease_behaviour[{c.name}]` | pass | {emu} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

@@ -1,0 +1,45 @@
+"""Lease and signal conformance: every case on the host kernel, then on the emulator.
+
+Cases that set ``lease_break_time`` change ``/proc/sys/fs/lease-break-time`` on the host
+for their run and restore it; tests run one at a time (no parallel runner is used).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from lease_cases import CASES, render
+
+from agents.scenario.parse import parse
+from agents.scenario.runner import run_scenario
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", [c.name for c in CASES])
+def test_lease_behaviour(name: str) -> None:
+    case = next(c for c in CASES if c.name == name)
+    scenario = parse(case.scenario, name)
+    host = run_scenario(scenario, "host", show_pids=False)
+    assert host.passed, f"host kernel (the oracle): {host.failures}\n" + "\n".join(host.transcript)
+    emu = run_scenario(scenario, "emulator", show_pids=False)
+    assert emu.passed, f"emulator: {emu.failures}\n" + "\n".join(emu.transcript)
+    strip = [line for line in host.transcript if not line.startswith("===")]
+    assert strip == [line for line in emu.transcript if not line.startswith("===")]
+
+
+def test_conformance_doc_matches_the_cases() -> None:
+    with open(os.path.join(ROOT, "docs", "conformance.md")) as fh:
+        assert fh.read() == render(), "regenerate: python tests/lease_cases.py > docs/conformance.md"
+
+
+def test_at_least_thirty_behaviours() -> None:
+    assert len(CASES) >= 30
+    assert len({c.name for c in CASES}) == len(CASES)
