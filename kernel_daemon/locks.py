@@ -291,7 +291,7 @@ def proc_locks(k: Kernel) -> list[dict[str, Any]]:
     for n, lease in enumerate(all_leases, 1):
         state = "BREAKING" if lease_breaking(lease) else "ACTIVE"
         typ = _TYPE_NAME[target_leasetype(lease)]
-        pid = lease.pid if lease.pid in k.tasks else 0
+        pid = lease.pid  # in the initial PID namespace the recorded PID, even if dead
         ino = lease.file.inode.ino
         dev = f"{k.fs.DEV >> 8:02x}:{k.fs.DEV & 0xFF:02x}"
         kind = "LEASE"

@@ -276,6 +276,20 @@ B: locks()                                      => [{"state": "BREAKING", "type"
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 B: locks()                                      => []
 """),
+    Case("retaking_write_lease_keeps_break_pending", "re-taking F_WRLCK while a "
+         "downgrade is pending leaves the break pending: the next reader is not "
+         "announced and F_GETLEASE still answers F_RDLCK; F_RDLCK ends the break",
+         "breaking", HOLDER + """
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
+C: open("/f", O_RDONLY|O_NONBLOCK)              => EWOULDBLOCK
+A: signals()                                    => []
+A: fcntl(fd, F_SETLEASE, F_RDLCK)               => 0
+C: open("/f", O_RDONLY)                         => 3
+"""),
     Case("several_breakers", "two breakers sleep on one lease; one release lets both in",
          "breaking", HOLDER + """
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0

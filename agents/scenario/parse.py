@@ -9,7 +9,8 @@ Syntax, one item a line (``#`` starts a comment)::
     B: open("/f", O_RDONLY) &           # started in the background ...
     B: join                             => 3     # ... and joined later
     A: ftruncate(fd, 0)                 => EINVAL [upstream, legacy] => 0
-    !kill A                             # faults: kill, stop, cont
+    !kill A                             # faults: kill, stop, cont, wait, signal A SIGUSR1
+    !locks                              # the lease list, as /proc/locks shows it
     expect: fds(B) ...                  # reserved for later checks
 
 Each call line is ``ACTOR: [var =] call(args) [as CHILD] [&] [=> expectation [tags]]...``.
@@ -32,6 +33,7 @@ from protocol import linux
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
 KILLED_RE = re.compile(r"^killed(?:\s+(SIG[A-Z0-9+]+))?$")
+LOCKS_RE = re.compile(r"^!locks\s*$")
 SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
 TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z][\w-]*(?:\s*,\s*[A-Za-z][\w-]*)*)\]\s*$")
 AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
@@ -72,7 +74,7 @@ class Step:
 
     lineno: int
     text: str
-    kind: Literal["call", "join", "fault"]
+    kind: Literal["call", "join", "fault", "locks"]
     actor: str
     call: str = ""
     #: the call's source, e.g. ``open("/f", O_RDONLY)``; arguments evaluated by the actor
@@ -235,6 +237,9 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                     raise ScenarioError(f"unknown setting {key!r}")
                 settings[key] = SETTINGS[key](value)
                 continue
+            if LOCKS_RE.match(line.split("#", 1)[0].strip()):
+                steps.append(Step(lineno, line, "locks", ""))
+                continue
             m = FAULT_RE.match(line.split("#", 1)[0].strip())
             if m:
                 fault, who, sig = m.groups()
@@ -267,6 +272,8 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
         except ScenarioError as exc:
             raise ScenarioError(f"{name}:{lineno}: {exc}") from None
     for s in steps:
+        if s.kind == "locks":
+            continue
         if s.kind == "fault" and s.actor not in actors and s.actor not in children:
             raise ScenarioError(f"{name}:{s.lineno}: unknown actor {s.actor}")
     # An actor first seen as a fork child is not started by the launcher.

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from agents.api import HostSystem
 from agents.daemon_process import DaemonProcess, start_daemon
 from agents.runtime import Connection
 from agents.scenario import strace
@@ -353,8 +354,31 @@ class Runner:
             if "trace" in reply:
                 self._emit("    " + str(reply["trace"]).replace("\n", "\n    "))
 
+    def show_locks(self) -> None:
+        """``!locks``: the kernel's lease list in /proc/locks format (PIDs as actors,
+        devices and inodes as paths), read by the launcher itself on either target."""
+        if self.kconn is not None:
+            entries = [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
+                       for e in self.kconn.call("proc_locks")]
+        else:
+            entries = HostSystem(os.path.join(self.run_dir, "root")).locks()
+        entries = self._canonical("locks", {"ok": entries})["ok"]
+        self._emit("--- /proc/locks ---")
+        n = 0
+        for e in entries:
+            who = strace.value(self._name_pids(e["pid"], "pid"))
+            if e["waiter"]:
+                self._emit(f"{n}: -> LEASE  {e['state']:<9} {e['type']:<5} {who} <none>:0 0 EOF")
+            else:
+                n += 1
+                self._emit(f"{n}: LEASE  {e['state']:<9} {e['type']:<5} {who} {e['path']} 0 EOF")
+        self._emit("---")
+
     def run_step(self, step: Step) -> None:
         """Execute one line of the scenario."""
+        if step.kind == "locks":
+            self.show_locks()
+            return
         if step.kind == "fault":
             self.fault(step)
             return
