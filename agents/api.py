@@ -25,6 +25,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NoReturn
 
+from agents.mm import AgentMM
 from agents.runtime import Connection
 from agents.sigrec import SigInfo, SignalRecorder, recorder
 from protocol import wire
@@ -46,11 +47,20 @@ def move_high(fd: int) -> int:
     return new
 
 
-def siginfo_view(signo: int, code: int, fd: int, band: int, pid: int) -> dict[str, Any]:
+#: signals whose positive si_code values are their own, not POLL_* (sig_specific_sicodes)
+SIG_SPECIFIC = {4, 5, 7, 8, 11, 17, 31}
+
+
+def siginfo_view(signo: int, code: int, fd: int, band: int, pid: int,
+                 addr: int | None = None) -> dict[str, Any]:
     """The fields of a siginfo that mean something for its si_code (the union's other
-    members are noise): si_fd and si_band for POLL_* and SI_SIGIO, si_pid for SI_USER."""
+    members are noise): si_fd and si_band for POLL_* and SI_SIGIO, si_pid for SI_USER,
+    si_addr for a fault."""
     si: dict[str, Any] = {"si_signo": signo, "si_code": code}
-    if 1 <= code <= 6 or code == -5:
+    if signo in SIG_SPECIFIC and code > 0:
+        if addr is not None:
+            si["si_addr"] = addr
+    elif 1 <= code <= 6 or code == -5:
         si["si_band"] = band
         si["si_fd"] = fd
     elif code <= 0:
@@ -181,6 +191,22 @@ class System(ABC):
     @abstractmethod
     def setuid(self, uid: int) -> None:
         """setuid(2) for real (and, on the emulator, the daemon told)."""
+
+    def mmap(self, length: int, prot: int, flags: int, fd: int, offset: int = 0) -> int:
+        """mmap(2) of a pmem (DAX) file; returns the address.  Emulator only."""
+        raise os_error(errno.ENODEV)
+
+    def munmap(self, addr: int, length: int) -> None:
+        """munmap(2)."""
+        raise os_error(errno.EINVAL)
+
+    def store(self, addr: int, data: bytes) -> int:
+        """CPU stores of ``data`` at ``addr`` through a mapping."""
+        raise os_error(errno.EFAULT)
+
+    def load(self, addr: int, count: int) -> bytes:
+        """CPU loads of ``count`` bytes at ``addr`` through a mapping."""
+        raise os_error(errno.EFAULT)
 
     # --- signals: real dispositions, real delivery, siginfo as the kernel gives it ---
 
@@ -351,6 +377,9 @@ class EmuSystem(System):
             raise
         if pid == 0:
             self.conn.reconnect_after_fork(token, name or self.conn.name)
+            mmu = getattr(self, "_mmu", None)
+            if mmu is not None:
+                mmu.after_fork(self.conn)
             rec = getattr(self, "_recorder", None)
             if rec is not None:  # the handlers are inherited; hook them to the new channel
                 self.recorded = []
@@ -376,6 +405,27 @@ class EmuSystem(System):
     def locks(self) -> list[dict[str, Any]]:
         return [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
                 for e in self.conn.call("proc_locks")]
+
+    # DAX mappings: loads and stores go to the pmem segment through the agent's TLB
+    def _mm(self) -> AgentMM:
+        mmu = getattr(self, "_mmu", None)
+        if mmu is None:
+            mmu = AgentMM(self.conn)
+            self._mmu: AgentMM | None = mmu
+            # shoot-downs must be taken whenever the program sleeps in a call
+        return mmu
+
+    def mmap(self, length: int, prot: int, flags: int, fd: int, offset: int = 0) -> int:
+        return self._mm().mmap(length, prot, flags, fd, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        self._mm().munmap(addr, length)
+
+    def store(self, addr: int, data: bytes) -> int:
+        return self._mm().store(addr, bytes(data))
+
+    def load(self, addr: int, count: int) -> bytes:
+        return self._mm().load(addr, count)
 
     def setuid(self, uid: int) -> None:
         os.setuid(uid)
@@ -423,7 +473,7 @@ class EmuSystem(System):
             return super()._siginfo(raw)
         si = queue.pop(0)
         return siginfo_view(si["si_signo"], si["si_code"], si.get("si_fd", 0),
-                            si.get("si_band", 0), 0)
+                            si.get("si_band", 0), 0, si.get("si_addr"))
 
     def call(self, name: str, *args: Any) -> Any:
         """Any call of the daemon's table by name (introspection, emulator-only calls)."""

@@ -22,6 +22,7 @@ import traceback
 from typing import Any
 
 import msgpack
+import zmq
 
 from agents.api import INFRA_FD_BASE, EmuSystem, System, make_system
 from agents.peer import EmuMailbox, HostMailbox, Mailbox
@@ -58,15 +59,23 @@ class Actor:
     # --- the loop ---------------------------------------------------------------------
 
     def _next_step(self) -> dict[str, Any]:
-        """Wait for the launcher's next step, taking signals as they arrive meanwhile."""
+        """Wait for the launcher's next step, taking signals and the kernel's events
+        (TLB shoot-downs) as they arrive meanwhile."""
         while True:
-            rec = getattr(self.system, "_recorder", None)
-            if rec is None or self.link.reader.buf:
+            if self.link.reader.buf:
                 return self.link.recv()
-            ready, _, _ = select.select([self.link.sock, rec.fileno()], [], [])
-            if rec.fileno() in ready:
+            waits: list[int] = [self.link.sock.fileno()]
+            rec = getattr(self.system, "_recorder", None)
+            if rec is not None:
+                waits.append(rec.fileno())
+            conn = self.system.conn if isinstance(self.system, EmuSystem) else None
+            if conn is not None:
+                conn.pump(0)  # the socket's descriptor only tells of new arrivals
+                waits.append(int(conn.sock.get(zmq.FD)))
+            ready, _, _ = select.select(waits, [], [])
+            if rec is not None and rec.fileno() in ready:
                 self.system.process_signals()
-            if self.link.sock in ready:
+            if self.link.sock.fileno() in ready:
                 return self.link.recv()
 
     def serve(self) -> None:

@@ -148,6 +148,8 @@ class Kernel:
         self.tasks: dict[int, Task] = {}
         #: state other subsystems keep (mailboxes, leases); opaque to the core
         self.ext: dict[str, Any] = {}
+        #: run when a block is given to a file page (the zero page is unmapped there)
+        self.block_alloc_hooks: list[Callable[[Owner], None]] = []
         self.pending_forks: dict[bytes, PendingFork] = {}
         self.exit_waiters: dict[int, list[Waiter]] = {}
         self.timers: list[Timer] = []
@@ -184,6 +186,9 @@ class Kernel:
     # --- events -----------------------------------------------------------------------
 
     def _on_block(self, what: str, block: int, owner: Owner | None) -> None:
+        if what == "alloc" and owner is not None:
+            for hook in self.block_alloc_hooks:
+                hook(owner)
         if self.log.enabled:
             self.log.emit(
                 f"block-{what}", block=block,

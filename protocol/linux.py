@@ -153,6 +153,9 @@ ERRNO_BY_NAME: dict[str, int] = {
     name: getattr(_errno, name) for name in dir(_errno) if name.startswith("E") and name.isupper()
 }
 ERRNO_NAME: dict[int, str] = {code: name for code, name in _errno.errorcode.items()}
+# the names strace prints where Python's table picks an alias
+ERRNO_NAME.update({_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EDEADLK: "EDEADLK",
+                   _errno.EAGAIN: "EAGAIN"})
 
 
 def errno_name(code: int) -> str:

@@ -168,6 +168,11 @@ CALLS: dict[str, Callable[..., Any]] = {
     "getpgid": lambda a: os.getpgid(0),
     "setuid": _zero(lambda s, uid: s.setuid(uid)),
     "pause": _pause,
+    "mmap": lambda a, length, prot, flags, fd, off=0: a.system.mmap(length, prot, flags, fd, off),
+    "munmap": _zero(lambda s, addr, length: s.munmap(addr, length)),
+    "store": lambda a, addr, data: a.system.store(addr, _data(data)),
+    "load": lambda a, addr, n: a.system.load(addr, n),
+    "maps": lambda a: a.system.call("proc_maps", a.system.getpid()),
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
 }
 

@@ -52,6 +52,27 @@ def open_flags(flags: int) -> str:
     return "|".join(words)
 
 
+def prot_flags(prot: int) -> str:
+    """``PROT_READ|PROT_WRITE``."""
+    names = [n for n, b in (("PROT_READ", 1), ("PROT_WRITE", 2), ("PROT_EXEC", 4)) if prot & b]
+    return "|".join(names) or "PROT_NONE"
+
+
+def map_flags(flags: int) -> str:
+    """``MAP_SHARED_VALIDATE|MAP_SYNC``."""
+    kind = {1: "MAP_SHARED", 2: "MAP_PRIVATE", 3: "MAP_SHARED_VALIDATE"}.get(flags & 0xF,
+                                                                           hex(flags & 0xF))
+    words = [kind]
+    for name, bit in (("MAP_FIXED", 0x10), ("MAP_ANONYMOUS", 0x20), ("MAP_POPULATE", 0x8000),
+                      ("MAP_SYNC", linux.MAP_SYNC), ("MAP_DIRECT", linux.MAP_DIRECT)):
+        if flags & bit:
+            words.append(name)
+    rest = flags & ~0xF & ~(0x10 | 0x20 | 0x8000 | linux.MAP_SYNC | linux.MAP_DIRECT)
+    if rest:
+        words.append(hex(rest))
+    return "|".join(words)
+
+
 def signal_name(sig: int) -> str:
     """``SIGIO``, ``SIGRTMIN+1`` (kernel numbering), or the number."""
     if sig in _SIGNALS:
@@ -84,10 +105,21 @@ _SI_CODES = {linux.SI_USER: "SI_USER", linux.SI_KERNEL: "SI_KERNEL", linux.SI_QU
              linux.POLL_HUP: "POLL_HUP"}
 
 
+_FAULT_CODES = {linux.SIGBUS: {1: "BUS_ADRALN", 2: "BUS_ADRERR", 3: "BUS_OBJERR"},
+                linux.SIGSEGV: {1: "SEGV_MAPERR", 2: "SEGV_ACCERR"}}
+
+
 def value(v: Any) -> str:
     """A value as strace would print it: strings quoted, bytes as a C string."""
     if isinstance(v, Bare):
         return str(v)
+    if isinstance(v, dict) and v.get("si_signo") in _FAULT_CODES:
+        codes = _FAULT_CODES[v["si_signo"]]
+        fields = [f"si_signo={signal_name(v['si_signo'])}",
+                  f"si_code={codes.get(v.get('si_code', 0), v.get('si_code'))}"]
+        if "si_addr" in v:
+            fields.append(f"si_addr={v['si_addr']:#x}")
+        return "{" + ", ".join(fields) + "}"
     if isinstance(v, bytes | bytearray):
         return '"' + "".join(_cchar(b) for b in bytes(v)[:64]) + ('"...' if len(v) > 64 else '"')
     if isinstance(v, str):
@@ -160,6 +192,10 @@ _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "sigblock": lambda a: [signal_name(x) for x in a],
     "sigunblock": lambda a: [signal_name(x) for x in a],
     "kill": lambda a: [value(a[0]), signal_name(a[1])],
+    "mmap": lambda a: [value(a[0]), prot_flags(a[1]), map_flags(a[2])] + [value(x) for x in a[3:]],
+    "munmap": lambda a: [hex(a[0]), value(a[1])],
+    "store": lambda a: [hex(a[0]), value(a[1])],
+    "load": lambda a: [hex(a[0]), value(a[1])],
 }
 
 
@@ -180,6 +216,8 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
     if "error" in reply:
         return f"? <scenario error: {reply['error']}>"
     v = reply.get("ok")
+    if name == "mmap" and isinstance(v, int):
+        return hex(v)
     if name == "fcntl" and len(args) > 1 and isinstance(v, int):
         cmd = args[1]
         if cmd == linux.F_GETFL:

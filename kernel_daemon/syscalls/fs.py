@@ -11,6 +11,7 @@ import bisect
 import errno
 from typing import Any
 
+from kernel_daemon import mm
 from kernel_daemon.errors import KernelError
 from kernel_daemon.kernel import Kernel
 from kernel_daemon.syscalls.table import syscall
@@ -28,9 +29,14 @@ O_PATH_FLAGS = linux.O_DIRECTORY | linux.O_NOFOLLOW | linux.O_PATH | linux.O_CLO
 
 
 def may_truncate(k: Kernel, task: Task, inode: Inode, length: int) -> None:
-    """Hook point before a size change; policies and leases extend this (break_lease)."""
+    """Before a size change: policy hooks (layout leases, pins), then, when shrinking,
+    unmap the pages past the new end and wait for the shoot-downs before anything is
+    freed (``truncate_pagecache``)."""
     for hook in k.ext_truncate_hooks:
         hook(task, inode, length)
+    if length < inode.size:
+        bs = k.fs.block_size
+        mm.unmap_and_wait(k, inode, -(-length // bs), None)
 
 
 @syscall("open", linux="fs/open.c do_sys_open()", support="partial",

@@ -1,0 +1,256 @@
+"""DAX mappings: VMAs, page tables the agents cache, faults, and TLB shoot-downs.
+
+A ``Mapping`` is a ``struct vm_area_struct`` of one process over a pmem file.  The agent
+loads and stores straight into the pmem segment through translations (file page to
+block) it caches; the daemon's page table (``Mapping.ptes``) records every translation it
+handed out.  When the kernel takes pages away (truncate, hole punch, revocation), it
+zaps them (``unmap_mapping_range``), pushes a shoot-down to each process that may cache
+them and waits for every acknowledgement before it frees a block, as Linux waits for
+TLB-flush IPIs; a dead process needs none.  So no store can land in a block after the
+kernel freed it.  A fault on a page past the end of the file, or in an invalidated
+mapping, gets a genuine SIGBUS.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_daemon import signals
+from kernel_daemon.errors import KernelError, MustWait
+from kernel_daemon.kernel import Kernel
+from kernel_daemon.pmem import Owner
+from kernel_daemon.task import File, Task
+from kernel_daemon.vfs import Inode
+from protocol import linux
+
+#: where a process's mappings start (a user-space address, as on x86-64)
+MMAP_BASE = 0x7F0000000000
+_shootdown_seq = itertools.count(1)
+#: the page-table entry of a hole read through the zero page
+ZERO_PAGE = -1
+
+
+@dataclass(eq=False)
+class Mapping:
+    """``struct vm_area_struct`` over a file (or anonymous memory when ``file`` is None)."""
+
+    task: Task
+    start: int
+    length: int
+    prot: int
+    flags: int
+    file: File | None
+    #: file offset of the first page, in pages
+    pgoff: int
+    #: the mapping's id within its process (a fork child's copy keeps it)
+    vid: int = 0
+    #: page index in the mapping -> block (or ZERO_PAGE): what the agent may cache
+    ptes: dict[int, int] = field(default_factory=dict)
+    #: every later fault gets SIGBUS (a revoked MAP_DIRECT mapping)
+    invalid: bool = False
+    #: state policies attach (MAP_DIRECT lease)
+    ext: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def npages(self) -> int:
+        """Pages the mapping spans."""
+        return -(-self.length // self.task_page)
+
+    task_page: int = 4096
+
+    @property
+    def shared(self) -> bool:
+        """MAP_SHARED or MAP_SHARED_VALIDATE."""
+        return self.flags & linux.MAP_TYPE in (linux.MAP_SHARED, linux.MAP_SHARED_VALIDATE)
+
+
+def vmas(task: Task) -> dict[int, Mapping]:
+    """The task's mappings by id."""
+    table: dict[int, Mapping] = task.ext.setdefault("vmas", {})
+    return table
+
+
+def inode_vmas(inode: Inode) -> list[Mapping]:
+    """Every mapping of the inode (``mapping->i_mmap``)."""
+    lst: list[Mapping] = inode.ext.setdefault("vmas", [])
+    return lst
+
+
+def next_address(task: Task, length: int, page: int) -> int:
+    """A free address range for a new mapping (with a guard page after it)."""
+    addr: int = task.ext.get("mmap_next", MMAP_BASE)
+    task.ext["mmap_next"] = addr + (-(-length // page) + 1) * page
+    return addr
+
+
+def add_mapping(k: Kernel, task: Task, mapping: Mapping) -> None:
+    """Insert a mapping; it holds a reference on its file (a mapped file stays open)."""
+    mapping.task_page = k.pmem.block_size
+    if not mapping.vid:
+        mapping.vid = task.ext["next_vid"] = task.ext.get("next_vid", 0) + 1
+    vmas(task)[mapping.vid] = mapping
+    if mapping.file is not None:
+        k.fget(mapping.file)
+        inode_vmas(mapping.file.inode).append(mapping)
+    k.log.emit("mmap", pid=task.pid, vma=mapping.vid, addr=mapping.start, length=mapping.length,
+               ino=mapping.file.inode.ino if mapping.file else None, prot=mapping.prot,
+               flags=mapping.flags)
+
+
+def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
+    """Tear a mapping down; the process unmaps it itself (or is gone), so no shoot-down."""
+    table = vmas(mapping.task)
+    if table.pop(mapping.vid, None) is None:
+        return
+    for hook in k.ext.get("munmap_hooks", ()):
+        hook(mapping)
+    if mapping.file is None:
+        for block in mapping.ptes.values():
+            if block >= 0:
+                k.pmem.free(block)
+    mapping.ptes.clear()
+    k.log.emit("munmap", pid=mapping.task.pid, vma=mapping.vid, why=why)
+    if mapping.file is not None:
+        lst = inode_vmas(mapping.file.inode)
+        if mapping in lst:
+            lst.remove(mapping)
+        k.fput(mapping.file)
+
+
+def drop_all(k: Kernel, task: Task, why: str) -> None:
+    """exit and exec: every mapping of the task goes."""
+    for mapping in list(vmas(task).values()):
+        remove_mapping(k, mapping, why)
+    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
+    for seq, entry in list(pending.items()):
+        if entry[0] is task:
+            _acked(k, seq)
+
+
+def sigbus(k: Kernel, task: Task, addr: int) -> None:
+    """A genuine SIGBUS for a bad access at ``addr`` (BUS_ADRERR)."""
+    signals.send_signal(k, task, {"si_signo": linux.SIGBUS, "si_code": 2, "si_band": 0,
+                                  "si_fd": 0, "si_addr": addr})
+
+
+def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> int:
+    """``handle_mm_fault`` on a DAX file: the page's block, allocating a hole on a write.
+
+    Past the end of the file, or in an invalidated mapping, the process gets SIGBUS
+    and the call fails with EFAULT.  A read of a hole maps the zero page.
+    """
+    page = k.pmem.block_size
+    addr = mapping.start + index * page
+    if write and not mapping.prot & linux.PROT_WRITE or not mapping.prot & linux.PROT_READ \
+            and not write:
+        signals.send_signal(k, task, {"si_signo": linux.SIGSEGV, "si_code": 2, "si_band": 0,
+                                      "si_fd": 0, "si_addr": addr})
+        raise KernelError(errno.EFAULT)
+    if mapping.file is None:  # anonymous memory: a zeroed block of its own
+        block = mapping.ptes.get(index)
+        if block is None:
+            block = k.pmem.alloc(Owner(0, mapping.vid << 20 | index))
+            mapping.ptes[index] = block
+        return block
+    inode = mapping.file.inode
+    fpage = mapping.pgoff + index
+    if mapping.invalid or fpage * page >= inode.size:
+        sigbus(k, task, addr)
+        raise KernelError(errno.EFAULT)
+    for hook in k.ext.get("fault_hooks", ()):
+        hook(task, mapping, fpage, write)
+    block = inode.blocks.get(fpage)
+    if block is None:
+        if not write:
+            mapping.ptes[index] = ZERO_PAGE
+            return ZERO_PAGE
+        block = k.pmem.alloc(Owner(inode.ino, fpage))
+        inode.blocks[fpage] = block
+    mapping.ptes[index] = block
+    return block
+
+
+def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
+    """``unmap_mapping_range``: take file pages ``[first, end)`` out of every mapping.
+
+    Each process that may cache them gets a shoot-down; returns True while any
+    acknowledgement is outstanding for this inode (the caller must wait, see
+    :func:`wait_for_shootdowns`).
+    """
+    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
+    for mapping in inode_vmas(inode):
+        hit = [i for i in mapping.ptes
+               if mapping.pgoff + i >= first and (end is None or mapping.pgoff + i < end)]
+        if not hit:
+            continue
+        for i in hit:
+            del mapping.ptes[i]
+        task = mapping.task
+        if k.tasks.get(task.pid) is not task:
+            continue
+        seq = next(_shootdown_seq)
+        pending[seq] = (task, inode)
+        k.io.event(task, {"event": "shootdown", "sd": seq, "vma": mapping.vid, "pages": hit})
+        k.log.emit("shootdown", pid=task.pid, vma=mapping.vid, pages=hit, sd=seq)
+    return any(entry[1] is inode for entry in pending.values())
+
+
+def unmap_zero_page(k: Kernel, owner: Owner) -> None:
+    """A hole got a block: mappings that read it through the zero page must fault again
+    (``dax_insert_entry`` unmaps the zero page).  Readers that still see zeros for an
+    instant are a race Linux has too, so nobody waits for these shoot-downs."""
+    inode = k.fs.inodes.get(owner.ino)
+    if inode is None:
+        return
+    for mapping in inode_vmas(inode):
+        index = owner.pgoff - mapping.pgoff
+        if mapping.ptes.get(index) != ZERO_PAGE:
+            continue
+        del mapping.ptes[index]
+        task = mapping.task
+        if k.tasks.get(task.pid) is task:
+            k.io.event(task, {"event": "shootdown", "sd": 0, "vma": mapping.vid, "pages": [index]})
+
+
+def wait_for_shootdowns(k: Kernel, inode: Inode) -> None:
+    """Sleep until every shoot-down of ``inode`` is acknowledged (or its process died)."""
+    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
+    if not any(entry[1] is inode for entry in pending.values()):
+        return
+    sleepers: list[Callable[[], None]] = inode.ext.setdefault("tlb_sleepers", [])
+
+    def register(wake: Callable[[], None]) -> Callable[[], None]:
+        sleepers.append(wake)
+        return lambda: sleepers.remove(wake) if wake in sleepers else None
+
+    raise MustWait(register)
+
+
+def _acked(k: Kernel, seq: int) -> None:
+    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
+    entry = pending.pop(seq, None)
+    if entry is None:
+        return
+    inode = entry[1]
+    if not any(e[1] is inode for e in pending.values()):
+        sleepers, inode.ext["tlb_sleepers"] = inode.ext.get("tlb_sleepers", []), []
+        for wake in sleepers:
+            wake()
+
+
+def shootdown_ack(k: Kernel, task: Task, body: dict[str, Any]) -> None:
+    """NOTIFY ``tlb-ack``: the agent dropped the translations of shoot-down ``sd``."""
+    seq = body.get("sd")
+    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
+    if isinstance(seq, int) and seq in pending and pending[seq][0] is task:
+        _acked(k, seq)
+
+
+def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None) -> None:
+    """Zap pages ``[first, end)`` of the inode, then sleep until the shoot-downs are done."""
+    zap(k, inode, first, end)
+    wait_for_shootdowns(k, inode)
