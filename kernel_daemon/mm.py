@@ -145,8 +145,8 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
     """
     page = k.pmem.block_size
     addr = mapping.start + index * page
-    if write and not mapping.prot & linux.PROT_WRITE or not mapping.prot & linux.PROT_READ \
-            and not write:
+    allowed = mapping.prot & (linux.PROT_WRITE if write else linux.PROT_READ)
+    if not allowed:
         signals.send_signal(k, task, {"si_signo": linux.SIGSEGV, "si_code": 2, "si_band": 0,
                                       "si_fd": 0, "si_addr": addr})
         raise KernelError(errno.EFAULT)
