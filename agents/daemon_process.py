@@ -44,14 +44,15 @@ class DaemonProcess:
 def start_daemon(run_dir: str, *, lease_break_time: float = 45.0, policy: str = "upstream",
                  flavour: str = "xfs", blocks: int = 1024, block_size: int = 4096,
                  event_log: str | None = None, timeout: float = 20.0,
-                 fork_claim_timeout: float = 10.0) -> DaemonProcess:
+                 fork_claim_timeout: float = 10.0, dio_time: float = 0.5) -> DaemonProcess:
     """Start a daemon for ``run_dir`` and return once it serves."""
     os.makedirs(run_dir, exist_ok=True)
     r, w = os.pipe()
     argv = [sys.executable, "-m", "kernel_daemon", "--run-dir", run_dir,
             "--lease-break-time", str(lease_break_time), "--policy", policy,
             "--flavour", flavour, "--blocks", str(blocks), "--block-size", str(block_size),
-            "--fork-claim-timeout", str(fork_claim_timeout), "--ready-fd", str(w)]
+            "--fork-claim-timeout", str(fork_claim_timeout), "--dio-time", str(dio_time),
+            "--ready-fd", str(w)]
     if event_log:
         argv += ["--event-log", event_log]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

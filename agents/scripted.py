@@ -27,8 +27,9 @@ import zmq
 from agents.api import INFRA_FD_BASE, EmuSystem, System, make_system
 from agents.peer import EmuMailbox, HostMailbox, Mailbox
 from agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
-from agents.scenario.expr import ExprError, evaluate
+from agents.scenario.expr import UNSET, ExprError, Unset, evaluate, is_unset
 from agents.scenario.link import Link, LinkClosed
+from protocol.linux import errno_name
 
 
 class Actor:
@@ -109,8 +110,13 @@ class Actor:
             self.step_timeout = float(step["step_timeout"])
         try:
             name, args = self.evaluate_args(step["source"], list(self.pids))
+        except Unset as exc:
+            return {"skipped": str(exc), "args": []}
         except (ExprError, KeyError, TypeError, IndexError) as exc:
             return {"error": f"cannot evaluate arguments: {exc}"}
+        if name not in ("send", "signals", "fds") and any(is_unset(a) for a in args):
+            reason = next(a[UNSET] for a in args if is_unset(a))
+            return {"skipped": str(reason), "args": args}
         bind = step.get("bind")
         if name == "fork":
             return self.fork(step["child"] or f"{self.name}.child", bind)
@@ -128,6 +134,8 @@ class Actor:
         reply = _outcome(lambda: fn(self, *args))
         if bind and "ok" in reply:
             self.vars[bind] = reply["ok"]
+        elif bind and "errno" in reply:
+            self.vars[bind] = {UNSET: f"{name} failed with {errno_name(reply['errno'])}"}
         reply["args"] = args
         return reply
 

@@ -9,10 +9,8 @@ import sys
 from kernel_daemon.daemon import Daemon
 from kernel_daemon.eventlog import convert
 from kernel_daemon.kernel import Config
+from kernel_daemon.policy import POLICIES
 from kernel_daemon.syscalls.table import render_markdown
-
-POLICIES = ("legacy", "map-direct", "map-direct-sealed", "layout-lease",
-            "layout-lease-exclusive-checked", "mr-lease", "upstream")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +22,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-break-time", type=float, default=45.0,
                    help="seconds a lease holder gets before a break is forced "
                         "(/proc/sys/fs/lease-break-time)")
-    p.add_argument("--policy", choices=POLICIES, default="upstream")
+    p.add_argument("--policy", choices=sorted(POLICIES), default="upstream")
+    p.add_argument("--dio-time", type=float, default=0.5,
+                   help="seconds a direct-I/O transfer keeps its buffer pinned")
     p.add_argument("--flavour", choices=("xfs", "ext4"), default="xfs")
     p.add_argument("--pmem-name", help="shared-memory name of the device (default: random)")
     p.add_argument("--event-log", help="write the JSON-lines event log here")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=args.run_dir, nblocks=args.blocks, block_size=args.block_size,
         lease_break_time=args.lease_break_time, policy=args.policy, flavour=args.flavour,
         pmem_name=args.pmem_name, event_log=args.event_log,
-        fork_claim_timeout=args.fork_claim_timeout,
+        fork_claim_timeout=args.fork_claim_timeout, dio_time=args.dio_time,
     )
     Daemon(config).serve(args.ready_fd)
     return 0

@@ -40,6 +40,8 @@ class Config:
     event_log: str | None = None
     #: seconds an unclaimed fork snapshot survives its parent's death
     fork_claim_timeout: float = 10.0
+    #: seconds a direct-I/O transfer holds its short-term pins before the DMA lands
+    dio_time: float = 0.5
 
 
 class KernelIO(Protocol):

@@ -129,6 +129,18 @@ def _pause(a: Actor, seconds: float) -> int:
     return 0
 
 
+def _emu(a: Actor) -> Any:
+    """The daemon channel: RDMA and the ledger exist on the emulator only."""
+    call = getattr(a.system, "call", None)
+    if call is None:
+        raise OSError(95, "RDMA and pmem exist on the emulator only")
+    return a.system
+
+
+def _handle(mr: Any) -> int:
+    return int(mr["handle"]) if isinstance(mr, dict) else int(mr)
+
+
 CALLS: dict[str, Callable[..., Any]] = {
     "open": _open,
     "close": _close,
@@ -173,6 +185,17 @@ CALLS: dict[str, Callable[..., Any]] = {
     "store": lambda a, addr, data: a.system.store(addr, _data(data)),
     "load": lambda a, addr, n: a.system.load(addr, n),
     "maps": lambda a: a.system.call("proc_maps", a.system.getpid()),
+    "ibv_open_device": lambda a: _emu(a).call("ibv_open_device"),
+    "ibv_alloc_pd": lambda a, ctx: _emu(a).call("ibv_alloc_pd", ctx),
+    "ibv_reg_mr": lambda a, ctx, addr, n, access, pd=0: _emu(a).call("ibv_reg_mr", ctx, addr, n,
+                                                                       access, pd),
+    "ibv_dereg_mr": lambda a, ctx, mr: _emu(a).call("ibv_dereg_mr", ctx, _handle(mr)) or 0,
+    "ibv_get_async_event": lambda a, ctx: _emu(a).call("ibv_get_async_event", ctx),
+    "rdma_write": lambda a, rkey, off, data: _emu(a).call("rdma_write", rkey, off, _data(data)),
+    "rdma_read": lambda a, rkey, off, n: _emu(a).call("rdma_read", rkey, off, n),
+    "dio_read": lambda a, fd, addr, n, off: _emu(a).call("dio_read", fd, addr, n, off),
+    "foreign_writes": lambda a: _emu(a).call("foreign_writes"),
+    "file_pins": lambda a, pid=None: _emu(a).call("file_pins", pid or a.system.getpid()),
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
 }
 
@@ -189,7 +212,7 @@ EMU_BACKGROUND: dict[str, Callable[[Any], Any]] = {
     "ftruncate": lambda v: 0, "truncate": lambda v: 0, "unlink": lambda v: 0,
     "rename": lambda v: 0, "mkdir": lambda v: 0, "rmdir": lambda v: 0,
     "stat": stat_view, "fstat": stat_view, "fcntl": lambda v: v, "close": lambda v: 0,
-    "dup": int, "dup2": int, "dup3": int, "fallocate": lambda v: 0,
+    "dup": int, "dup2": int, "dup3": int, "fallocate": lambda v: 0, "dio_read": int,
 }
 
 

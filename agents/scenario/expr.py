@@ -31,6 +31,18 @@ class ExprError(Exception):
     that is neither a variable, a constant nor an actor."""
 
 
+class Unset(ExprError):
+    """A value was needed from a variable whose call failed (``mr.rkey`` after
+    ``ibv_reg_mr`` failed): the line is skipped, not failed."""
+
+
+UNSET = "__unset__"
+
+
+def is_unset(value: Any) -> bool:
+    """True for the marker a failed call leaves in its variable."""
+    return isinstance(value, dict) and UNSET in value
+
 def evaluate(node: ast.AST, names: Mapping[str, Any],
              actors: Mapping[str, int] | frozenset[str] = frozenset()) -> Any:
     """Evaluate ``node`` with ``names`` (variables) and Linux constants in scope.
@@ -73,6 +85,8 @@ def evaluate(node: ast.AST, names: Mapping[str, Any],
                 raise ExprError("actor PIDs are known only when the line runs")
             return actors[node.value.id]
         base = evaluate(node.value, names, actors)
+        if is_unset(base):
+            raise Unset(str(base[UNSET]))
         if isinstance(base, dict) and node.attr in base:
             return base[node.attr]
         raise ExprError(f"no field {node.attr!r}")

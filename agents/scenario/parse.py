@@ -40,7 +40,8 @@ AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
 
 #: settings a scenario may change, with their types
 SETTINGS: dict[str, type] = {"lease_break_time": float, "blocks": int, "block_size": int,
-                             "policy": str, "flavour": str, "step_timeout": float}
+                             "policy": str, "flavour": str, "step_timeout": float,
+                             "dio_time": float}
 
 
 class ScenarioError(Exception):
@@ -51,7 +52,7 @@ class ScenarioError(Exception):
 class Expect:
     """An expected outcome of a line, for the given tags (empty: everywhere)."""
 
-    kind: Literal["value", "errno", "ok", "any", "killed"]
+    kind: Literal["value", "errno", "ok", "any", "killed", "skipped"]
     value: Any = None
     tags: frozenset[str] = frozenset()
 
@@ -63,6 +64,8 @@ class Expect:
             return "ok"
         if self.kind == "any":
             return "*"
+        if self.kind == "skipped":
+            return "skipped"
         if self.kind == "killed":
             return "killed" + (f" {self.value}" if self.value else "")
         return repr(self.value)
@@ -165,6 +168,8 @@ def parse_expect(text: str) -> Expect:
         return Expect("ok", None, tags)
     if text == "*":
         return Expect("any", None, tags)
+    if text == "skipped":
+        return Expect("skipped", None, tags)
     m = KILLED_RE.match(text)
     if m:
         return Expect("killed", m.group(1), tags)

@@ -96,6 +96,8 @@ def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
     """True when ``reply`` meets ``expect`` (no expectation: anything but a scenario error)."""
     if "error" in reply:
         return False
+    if "skipped" in reply or (expect is not None and expect.kind == "skipped"):
+        return "skipped" in reply and (expect is None or expect.kind in ("skipped", "any"))
     if "killed" in reply or (expect is not None and expect.kind == "killed"):
         if expect is None or expect.kind != "killed" or "killed" not in reply:
             return False
@@ -208,6 +210,8 @@ class Runner:
         if call == "fcntl" and len(args) > 1 and args[1] == F_GETOWN \
                 and isinstance(reply.get("ok"), int):
             return str(self._pid_name(reply["ok"]))
+        if "skipped" in reply:
+            return f"? <skipped: {reply['skipped']}>"
         if "killed" in reply:
             return f"? <killed by {reply['killed']}>" if reply["killed"].startswith("SIG") \
                 else f"? <{reply['killed']}>"
@@ -252,6 +256,7 @@ class Runner:
                 policy=self.policy, flavour=str(self.settings.get("flavour", "xfs")),
                 blocks=int(self.settings.get("blocks", 1024)),
                 block_size=int(self.settings.get("block_size", 4096)),
+                dio_time=float(self.settings.get("dio_time", 0.5)),
                 event_log=os.path.join(self.run_dir, "events.jsonl"))
             self.kconn = Connection(self.run_dir, name="launcher")
         else:

@@ -121,9 +121,11 @@ def value(v: Any) -> str:
             fields.append(f"si_addr={v['si_addr']:#x}")
         return "{" + ", ".join(fields) + "}"
     if isinstance(v, bytes | bytearray):
-        return '"' + "".join(_cchar(b) for b in bytes(v)[:64]) + ('"...' if len(v) > 64 else '"')
+        return '"' + "".join(_cchar(b) for b in bytes(v)[:32]) + ('"...' if len(v) > 32 else '"')
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        shown = v if len(v) <= 32 else v[:32]
+        text = '"' + shown.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return text + ("..." if len(v) > 32 else "")
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}={_field(k, x)}" for k, x in v.items()) + "}"
     if isinstance(v, list):

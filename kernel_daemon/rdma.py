@@ -1,0 +1,338 @@
+"""RDMA: uverbs contexts, protection domains, memory regions, and the card.
+
+Names follow rdma-core (``ibv_open_device``, ``ibv_alloc_pd``, ``ibv_reg_mr``, lkey,
+rkey, ``IBV_ACCESS_*``, ``IBV_WC_*``).  A context lives in an open file of the uverbs
+character device, so it is passed and inherited with that file and released with its
+last reference.  Registering a memory region over a DAX mapping takes a long-term pin
+(``FOLL_LONGTERM``): the blocks behind the range are resolved at registration time and
+the card keeps using them, whatever the file's block map says later.  That is the whole
+hazard: every device write is checked against the block ledger, and a write into a block
+that now belongs to another file, or to nobody, is recorded as a **foreign write**.  With
+``IBV_ACCESS_ON_DEMAND`` nothing is pinned and the card translates at access time.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from kernel_daemon import mm
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
+from kernel_daemon.pmem import Owner
+from kernel_daemon.task import File, Task
+
+IBV_ACCESS_LOCAL_WRITE = 1
+IBV_ACCESS_REMOTE_WRITE = 2
+IBV_ACCESS_REMOTE_READ = 4
+IBV_ACCESS_REMOTE_ATOMIC = 8
+IBV_ACCESS_ON_DEMAND = 0x40
+KNOWN_ACCESS = (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ
+                | IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_ON_DEMAND)
+
+WC_SUCCESS = "IBV_WC_SUCCESS"
+WC_REM_ACCESS_ERR = "IBV_WC_REM_ACCESS_ERR"
+WC_REM_INV_REQ_ERR = "IBV_WC_REM_INV_REQ_ERR"
+
+_ctx_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Pin:
+    """One page of a long-term pinned region: the block and who owned it when pinned."""
+
+    block: int
+    owner: Owner
+
+
+@dataclass(eq=False)
+class MR:
+    """``struct ib_mr``: a registered range of the registering process's memory."""
+
+    handle: int
+    ctx: UContext
+    pd: int
+    addr: int
+    length: int
+    access: int
+    lkey: int
+    rkey: int
+    task: Task
+    #: per page, for a long-term pin; empty for on-demand paging
+    pins: list[Pin] = field(default_factory=list)
+    #: the mappings the range lies in (on-demand paging translates through them)
+    mappings: list[mm.Mapping] = field(default_factory=list)
+    #: data files whose blocks back the region (each holds a file reference)
+    files: list[File] = field(default_factory=list)
+    #: False once revoked (fenced): later accesses complete with an error
+    valid: bool = True
+    ext: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def odp(self) -> bool:
+        """On-demand paging: nothing pinned."""
+        return bool(self.access & IBV_ACCESS_ON_DEMAND)
+
+
+@dataclass(eq=False)
+class UContext:
+    """``struct ib_ucontext`` kept in the uverbs file's ``ext``."""
+
+    cid: int = field(default_factory=lambda: next(_ctx_ids))
+    pds: set[int] = field(default_factory=set)
+    mrs: dict[int, MR] = field(default_factory=dict)
+    events: deque[dict[str, Any]] = field(default_factory=deque)
+    next_handle: int = 1
+    file: File | None = None
+    dead: bool = False
+
+
+def _rkeys(k: Kernel) -> dict[int, MR]:
+    table: dict[int, MR] = k.ext.setdefault("rkeys", {})
+    return table
+
+
+def context_of(k: Kernel, task: Task, fd: int) -> UContext:
+    """The uverbs context behind descriptor ``fd`` (EBADF / EINVAL otherwise)."""
+    file = k.file_of(task, fd)
+    ctx = file.ext.get("uverbs")
+    if not isinstance(ctx, UContext) or ctx.dead:
+        raise KernelError(errno.EINVAL)
+    return ctx
+
+
+def open_device(k: Kernel, task: Task) -> int:
+    """``ibv_open_device``: a new context in a new open file of /dev/infiniband/uverbs0."""
+    inode = k.ext.get("uverbs_inode")
+    if inode is None:
+        inode = k.fs._new_inode(0o020000 | 0o666, 0, 0)  # a character device
+        k.ext["uverbs_inode"] = inode
+        k.fs.inodes[inode.ino] = inode
+        inode.nlink = 1
+    file = k.open_file(inode, 2, "/dev/infiniband/uverbs0")
+    ctx = UContext(file=file)
+    file.ext["uverbs"] = ctx
+    try:
+        return k.fd_install(task, file, False)
+    except KernelError:
+        k.fput(file)
+        raise
+
+
+def alloc_pd(ctx: UContext) -> int:
+    """``ibv_alloc_pd``."""
+    handle = ctx.next_handle
+    ctx.next_handle += 1
+    ctx.pds.add(handle)
+    return handle
+
+
+def _new_key(k: Kernel) -> int:
+    while True:
+        key = secrets.randbits(32) or 1
+        if key not in _rkeys(k):
+            return key
+
+
+def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int,
+           access: int) -> MR:
+    """``ibv_reg_mr`` over the caller's memory ``[addr, addr + length)``.
+
+    The range must lie in the caller's mappings (EFAULT).  The policy decides whether a
+    long-term pin of a DAX file range is allowed; a long-term pin faults every page in
+    for writing and records its block and owner.
+    """
+    if length <= 0 or access & ~KNOWN_ACCESS:
+        raise KernelError(errno.EINVAL)
+    if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) and \
+            not access & IBV_ACCESS_LOCAL_WRITE:
+        raise KernelError(errno.EINVAL)  # as ib_check_mr_access
+    if pd not in ctx.pds:
+        raise KernelError(errno.EINVAL)
+    page = k.pmem.block_size
+    spans: list[tuple[mm.Mapping, int]] = []
+    for a in range(addr - addr % page, addr + length, page):
+        mapping = next((m for m in mm.vmas(task).values() if m.start <= a < m.start + m.length),
+                       None)
+        if mapping is None:
+            raise KernelError(errno.EFAULT)
+        spans.append((mapping, (a - mapping.start) // page))
+    mappings = list(dict.fromkeys(m for m, _ in spans))
+    mr = MR(handle=ctx.next_handle, ctx=ctx, pd=pd, addr=addr, length=length, access=access,
+            lkey=_new_key(k), rkey=0, task=task, mappings=mappings)
+    mr.rkey = mr.lkey if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ) else 0
+    policy = k.ext["policy"]
+    policy.reg_mr(k, task, mr)  # may refuse (EOPNOTSUPP, EPERM, ENXIO)
+    if not mr.odp:
+        for mapping, index in spans:
+            block = mm.fault(k, task, mapping, index, write=True)
+            owner = k.pmem.ledger[block]
+            assert owner is not None
+            mr.pins.append(Pin(block, owner))
+            pins = k.ext.setdefault("longterm_pins", {})
+            pins[block] = pins.get(block, 0) + 1
+    for mapping in mappings:
+        if mapping.file is not None and mapping.file not in mr.files:
+            mr.files.append(k.fget(mapping.file))
+    ctx.next_handle += 1
+    ctx.mrs[mr.handle] = mr
+    if mr.rkey:
+        _rkeys(k)[mr.rkey] = mr
+    k.log.emit("reg_mr", pid=task.pid, ctx=ctx.cid, mr=mr.handle, addr=addr, length=length,
+               access=access, odp=mr.odp, blocks=[p.block for p in mr.pins],
+               files=[k.fs.path_of(f.inode) for f in mr.files])
+    for hook in k.ext.get("reg_mr_hooks", ()):
+        hook(task, mr)
+    return mr
+
+
+def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
+    """``ibv_dereg_mr``: the pins go, the keys stop working, the files are let go."""
+    if mr.ctx.mrs.pop(mr.handle, None) is None:
+        return
+    for hook in k.ext.get("dereg_mr_hooks", ()):
+        hook(mr)
+    _rkeys(k).pop(mr.rkey, None)
+    pins = k.ext.setdefault("longterm_pins", {})
+    for pin in mr.pins:
+        pins[pin.block] -= 1
+        if not pins[pin.block]:
+            del pins[pin.block]
+    mr.pins.clear()
+    mr.valid = False
+    k.log.emit("dereg_mr", ctx=mr.ctx.cid, mr=mr.handle, why=why)
+    for f in mr.files:
+        k.fput(f)
+    mr.files.clear()
+
+
+def revoke(k: Kernel, mr: MR, why: str) -> None:
+    """Fence an MR: later accesses through it complete with an error; pins released."""
+    if not mr.valid:
+        return
+    mr.valid = False
+    pins = k.ext.setdefault("longterm_pins", {})
+    for pin in mr.pins:
+        pins[pin.block] -= 1
+        if not pins[pin.block]:
+            del pins[pin.block]
+    mr.pins.clear()
+    async_event(mr.ctx, {"event_type": "IBV_EVENT_MR_REVOKED", "mr": mr.handle, "why": why})
+    k.log.emit("mr-revoked", ctx=mr.ctx.cid, mr=mr.handle, why=why)
+
+
+def async_event(ctx: UContext, event: dict[str, Any]) -> None:
+    """Queue an asynchronous event on the context (``ibv_get_async_event``)."""
+    ctx.events.append(event)
+
+
+def release_context(k: Kernel, file: File) -> None:
+    """Last reference to the uverbs file: every MR of the context goes."""
+    ctx = file.ext.get("uverbs")
+    if not isinstance(ctx, UContext) or ctx.dead:
+        return
+    ctx.dead = True
+    for mr in list(ctx.mrs.values()):
+        dereg_mr(k, mr, "last close of the uverbs context")
+    k.log.emit("ucontext-released", ctx=ctx.cid)
+
+
+# --- the card ------------------------------------------------------------------------
+
+def device_access(k: Kernel, writer: Task, mr: MR, offset: int, data: bytes | None,
+                  length: int, via: str) -> tuple[str, bytes]:
+    """Execute an RDMA WRITE (``data``) or READ (``length``) into the MR's range.
+
+    Pinned pages go to the pinned block, whatever the file says now; on-demand pages
+    are translated through the registering mapping now (EOF: an error completion).
+    Every written block is checked against the ledger.
+    """
+    page = k.pmem.block_size
+    size = len(data) if data is not None else length
+    if offset < 0 or size < 0 or offset + size > mr.length:
+        return WC_REM_ACCESS_ERR, b""
+    out = bytearray()
+    pos = 0
+    base = mr.addr + offset
+    while pos < size:
+        a = base + pos
+        index = (a - (mr.addr - mr.addr % page)) // page
+        inpage = a % page
+        n = min(page - inpage, size - pos)
+        if mr.odp:
+            block = _odp_block(k, mr, a, data is not None)
+            if block is None:
+                return WC_REM_ACCESS_ERR, b""
+            expected = k.pmem.ledger[block] if block >= 0 else None
+        else:
+            pin = mr.pins[index]
+            block, expected = pin.block, pin.owner
+        if data is not None:
+            check_device_write(k, writer, block, expected, via, mr)
+            start = block * page + inpage
+            k.pmem.buf[start : start + n] = data[pos : pos + n]
+        elif block < 0:
+            out += bytes(n)
+        else:
+            start = block * page + inpage
+            out += k.pmem.buf[start : start + n]
+        pos += n
+    return WC_SUCCESS, bytes(out)
+
+
+def _odp_block(k: Kernel, mr: MR, addr: int, write: bool) -> int | None:
+    """On-demand paging: translate now through the registering process's mapping."""
+    page = k.pmem.block_size
+    mapping = next((m for m in mr.mappings if m.start <= addr < m.start + m.length), None)
+    if mapping is None or mapping.invalid or k.tasks.get(mr.task.pid) is not mr.task:
+        return None
+    index = (addr - mapping.start) // page
+    if mapping.file is None:
+        block = mapping.ptes.get(index)
+        return block
+    inode = mapping.file.inode
+    fpage = mapping.pgoff + index
+    if fpage * page >= inode.size:
+        return None
+    block = inode.blocks.get(fpage)
+    if block is None:
+        if not write:
+            return -1
+        block = k.pmem.alloc(Owner(inode.ino, fpage))
+        inode.blocks[fpage] = block
+    return block
+
+
+def check_device_write(k: Kernel, writer: Task | None, block: int, expected: Owner | None,
+                       via: str, mr: MR | None = None) -> None:
+    """Check a device write against the ledger; record a foreign write if it lands in a
+    block that no longer belongs to the file page it was aimed at."""
+    now = k.pmem.ledger[block]
+    if now == expected:
+        return
+    fw = {
+        "via": via,
+        "writer": writer.pid if writer else None,
+        "block": block,
+        "file": _name(k, expected),
+        "offset": expected.pgoff * k.pmem.block_size if expected else None,
+        "into": _name(k, now) if now is not None else "(free block)",
+        "into_offset": now.pgoff * k.pmem.block_size if now is not None else None,
+        "mr": mr.handle if mr else None,
+    }
+    k.ext.setdefault("foreign_writes", []).append(fw)
+    k.log.emit("foreign-write", **fw)
+
+
+def _name(k: Kernel, owner: Owner | None) -> str | None:
+    if owner is None:
+        return None
+    if owner.ino == 0:
+        return "(anonymous memory)"
+    inode = k.fs.inodes.get(owner.ino)
+    return k.fs.path_of(inode) if inode is not None else f"#{owner.ino} (freed)"
+

@@ -1,0 +1,179 @@
+"""RDMA verbs and direct I/O system calls.
+
+The verbs follow rdma-core's names; the remote side (``rdma_write``/``rdma_read``) is a
+request to the card, executed by the daemon, answered with a work-completion status.
+``dio_read`` is a direct-I/O read whose buffer is a mapping: its pages are pinned for the
+transfer (``FOLL_PIN``, short-term), the device writes into them when the transfer ends
+(after ``dio_time`` seconds), and the write is checked against the ledger.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from kernel_daemon import mm, rdma
+from kernel_daemon.errors import PARKED, KernelError
+from kernel_daemon.kernel import Kernel, Timer
+from kernel_daemon.pmem import Owner
+from kernel_daemon.syscalls.table import syscall
+from kernel_daemon.task import Task
+
+
+@syscall("ibv_open_device", linux="drivers/infiniband/core/uverbs_main.c ib_uverbs_open()",
+         support="emulator", note="a uverbs context in a new descriptor (passable, inheritable)")
+def sys_ibv_open_device(k: Kernel, t: Task) -> int:
+    """Open the RDMA device: a context in a new descriptor."""
+    return rdma.open_device(k, t)
+
+
+@syscall("ibv_alloc_pd", linux="drivers/infiniband/core/uverbs_cmd.c ib_uverbs_alloc_pd()",
+         support="emulator", note="a protection domain of the context behind ctx")
+def sys_ibv_alloc_pd(k: Kernel, t: Task, ctx: int) -> int:
+    """Allocate a protection domain."""
+    return rdma.alloc_pd(rdma.context_of(k, t, ctx))
+
+
+@syscall("ibv_reg_mr", linux="drivers/infiniband/core/uverbs_cmd.c ib_uverbs_reg_mr()",
+         support="emulator",
+         note="register [addr, addr+length) of the caller's mappings; pd 0 allocates one")
+def sys_ibv_reg_mr(k: Kernel, t: Task, ctx: int, addr: int, length: int, access: int,
+                   pd: int = 0) -> dict[str, int]:
+    """Register a memory region: ``{handle, lkey, rkey}``."""
+    context = rdma.context_of(k, t, ctx)
+    if pd == 0:
+        pd = rdma.alloc_pd(context)
+    mr = rdma.reg_mr(k, t, context, pd, addr, length, access)
+    return {"handle": mr.handle, "lkey": mr.lkey, "rkey": mr.rkey}
+
+
+@syscall("ibv_dereg_mr", linux="drivers/infiniband/core/uverbs_cmd.c ib_uverbs_dereg_mr()",
+         support="emulator", note="deregister an MR of the context behind ctx")
+def sys_ibv_dereg_mr(k: Kernel, t: Task, ctx: int, handle: int) -> int:
+    """Deregister a memory region."""
+    mr = rdma.context_of(k, t, ctx).mrs.get(handle)
+    if mr is None:
+        raise KernelError(errno.EINVAL)
+    rdma.dereg_mr(k, mr)
+    return 0
+
+
+@syscall("ibv_get_async_event", linux="drivers/infiniband/core/uverbs_main.c "
+         "ib_uverbs_async_event_read()", support="emulator",
+         note="the next asynchronous event of the context, EAGAIN when none")
+def sys_ibv_get_async_event(k: Kernel, t: Task, ctx: int) -> dict[str, Any]:
+    """The oldest queued asynchronous event."""
+    context = rdma.context_of(k, t, ctx)
+    if not context.events:
+        raise KernelError(errno.EAGAIN)
+    return context.events.popleft()
+
+
+@syscall("rdma_write", linux="(the card: an RDMA WRITE arriving with an rkey)",
+         support="emulator", note="the remote peer writes through an rkey; a completion status")
+def sys_rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes) -> str:
+    """Execute an RDMA WRITE into the region ``rkey`` names."""
+    mr = rdma._rkeys(k).get(rkey)
+    status = rdma.WC_REM_ACCESS_ERR
+    if mr is not None and mr.valid and mr.access & rdma.IBV_ACCESS_REMOTE_WRITE:
+        status, _ = rdma.device_access(k, t, mr, offset, data, len(data), "RDMA WRITE")
+    k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(data),
+               status=status)
+    return status
+
+
+@syscall("rdma_read", linux="(the card: an RDMA READ arriving with an rkey)",
+         support="emulator", note="the remote peer reads through an rkey: {status, data}")
+def sys_rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int) -> dict[str, Any]:
+    """Execute an RDMA READ from the region ``rkey`` names."""
+    mr = rdma._rkeys(k).get(rkey)
+    status, data = rdma.WC_REM_ACCESS_ERR, b""
+    if mr is not None and mr.valid and mr.access & rdma.IBV_ACCESS_REMOTE_READ:
+        status, data = rdma.device_access(k, t, mr, offset, None, length, "RDMA READ")
+    k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=length, status=status)
+    return {"status": status, "data": data}
+
+
+@syscall("dio_read", linux="fs/iomap/direct-io.c iomap_dio_rw() + mm/gup.c FOLL_PIN",
+         support="emulator",
+         note="O_DIRECT read of fd into a mapped buffer; pinned for dio_time, then DMA")
+def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: int) -> Any:
+    """Read ``length`` bytes of ``fd`` at ``offset`` into memory at ``addr`` by DMA."""
+    file = k.file_of(t, fd)
+    if not file.readable or length <= 0 or offset < 0:
+        raise KernelError(errno.EINVAL if file.readable else errno.EBADF)
+    page = k.pmem.block_size
+    targets: list[tuple[int, Owner | None]] = []
+    for a in range(addr - addr % page, addr + length, page):
+        mapping = next((m for m in mm.vmas(t).values() if m.start <= a < m.start + m.length),
+                       None)
+        if mapping is None:
+            raise KernelError(errno.EFAULT)
+        block = mm.fault(k, t, mapping, (a - mapping.start) // page, write=True)
+        targets.append((block, k.pmem.ledger[block]))
+    data = k.fs.read(file.inode, offset, length)
+    short = k.ext.setdefault("shortterm_pins", {})
+    for block, _ in targets:
+        short[block] = short.get(block, 0) + 1
+    k.log.emit("dio-start", pid=t.pid, blocks=[b for b, _ in targets], length=length)
+    timers: list[Timer] = []
+
+    def unpin() -> None:
+        for block, _ in targets:
+            short[block] -= 1
+            if not short[block]:
+                del short[block]
+        sleepers, k.ext["pin_sleepers"] = k.ext.get("pin_sleepers", []), []
+        for wake in sleepers:
+            wake()
+
+    def cancel() -> None:
+        for timer in timers:
+            timer.cancel()
+        unpin()
+
+    waiter = k.park(cancel)
+
+    def transfer() -> None:
+        for i, (block, owner) in enumerate(targets):
+            lo = max(addr, addr - addr % page + i * page)
+            hi = min(addr + length, addr - addr % page + (i + 1) * page)
+            if hi <= lo:
+                continue
+            rdma.check_device_write(k, t, block, owner, "direct I/O")
+            start = block * page + lo % page
+            chunk = data[lo - addr : hi - addr]
+            k.pmem.buf[start : start + len(chunk)] = chunk
+        unpin()
+        k.log.emit("dio-done", pid=t.pid, length=len(data))
+        waiter.complete(len(data))
+
+    timers.append(k.add_timer(float(k.config.dio_time), transfer))
+    return PARKED
+
+
+@syscall("foreign_writes", linux="(the emulator's ledger check)", support="emulator",
+         note="every device write that landed in a block owned by another file, or free")
+def sys_foreign_writes(k: Kernel, t: Task) -> list[dict[str, Any]]:
+    """The foreign writes recorded so far."""
+    return list(k.ext.get("foreign_writes", []))
+
+
+@syscall("file_pins", linux="(RFC) /proc/<pid>/file_pins", support="emulator",
+         note="the files whose blocks the memory regions reachable by pid pin")
+def sys_file_pins(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
+    """Per memory region of every context the process holds: files and pages pinned."""
+    task = k.task_of(pid)
+    seen: list[rdma.UContext] = []
+    for _, entry in task.fds:
+        ctx = entry.file.ext.get("uverbs")
+        if isinstance(ctx, rdma.UContext) and ctx not in seen:
+            seen.append(ctx)
+    return [{"ctx": ctx.cid, "mr": mr.handle, "files": [k.fs.path_of(f.inode) for f in mr.files],
+             "pages": len(mr.pins), "odp": mr.odp, "valid": mr.valid}
+            for ctx in seen for mr in ctx.mrs.values()]
+
+
+def install(k: Kernel) -> None:
+    """The uverbs file's last reference releases its context."""
+    k.file_release_hooks.append(lambda f: rdma.release_context(k, f))
