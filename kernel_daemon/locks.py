@@ -95,7 +95,11 @@ def time_out_leases(k: Kernel, inode: Inode) -> None:
         if _past(k, lease.downgrade_time):
             lease_modify(k, lease, linux.F_RDLCK, "downgraded at the deadline")
         if lease in leases_of(inode) and _past(k, lease.break_time):
-            lease_modify(k, lease, linux.F_UNLCK, "removed at the deadline")
+            action = lease.ext.get("on_expire")
+            if action is not None:
+                action(lease)  # a policy's fence: revoke regions, invalidate mappings
+            if lease in leases_of(inode):
+                lease_modify(k, lease, linux.F_UNLCK, "removed at the deadline")
 
 
 def lease_modify(k: Kernel, lease: Lease, arg: int, why: str = "") -> None:

@@ -170,6 +170,13 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
             return ZERO_PAGE
         block = k.pmem.alloc(Owner(inode.ino, fpage))
         inode.blocks[fpage] = block
+    elif write and k.pmem.refs[block] > 1:  # a reflinked block: copy on write
+        zap(k, inode, fpage, fpage + 1)
+        wait_for_shootdowns(k, inode)
+        new = k.pmem.alloc(Owner(inode.ino, fpage))
+        k.pmem.view(new)[:] = k.pmem.view(block)
+        k.pmem.free(block)
+        inode.blocks[fpage] = block = new
     mapping.ptes[index] = block
     return block
 

@@ -52,6 +52,8 @@ class Pmem:
         self.buf: memoryview = self.shm.buf
         #: owner of each block, or None when free (the ledger)
         self.ledger: list[Owner | None] = [None] * nblocks
+        #: files sharing each block (reflink); a block is freed when the last lets go
+        self.refs: list[int] = [0] * nblocks
         #: free blocks; the top of the stack (end of the list) is handed out next
         self._free: list[int] = list(range(nblocks - 1, -1, -1))
         self._on_change = on_change
@@ -74,15 +76,23 @@ class Pmem:
         start = block * self.block_size
         self.buf[start : start + self.block_size] = bytes(self.block_size)
         self.ledger[block] = owner
+        self.refs[block] = 1
         if self._on_change:
             self._on_change("alloc", block, owner)
         return block
 
+    def share(self, block: int) -> None:
+        """One more file uses ``block`` (reflink)."""
+        self.refs[block] += 1
+
     def free(self, block: int) -> None:
-        """Return ``block`` to the allocator; it is the next one handed out."""
+        """Let go of ``block``; the last user returns it (the next one handed out)."""
         owner = self.ledger[block]
         if owner is None:
             raise AssertionError(f"double free of pmem block {block}")
+        self.refs[block] -= 1
+        if self.refs[block] > 0:
+            return
         self.ledger[block] = None
         self._free.append(block)
         if self._on_change:

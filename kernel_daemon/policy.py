@@ -27,9 +27,6 @@ class Policy:
     def install(self, k: Kernel) -> None:
         """Wire the policy's hooks into the kernel."""
         k.ext["policy"] = self
-        k.ext_truncate_hooks.append(
-            lambda task, inode, length: self.before_layout_change(
-                k, task, inode, -(-length // k.pmem.block_size), None, "truncate"))
 
     def reg_mr(self, k: Kernel, task: Task, mr: rdma.MR) -> None:
         """May ``mr`` be registered?  Raise a KernelError to refuse."""

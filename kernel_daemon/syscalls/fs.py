@@ -14,6 +14,7 @@ from typing import Any
 from kernel_daemon import mm
 from kernel_daemon.errors import KernelError
 from kernel_daemon.kernel import Kernel
+from kernel_daemon.pmem import Owner
 from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import File, Task
 from kernel_daemon.vfs import Inode
@@ -29,14 +30,13 @@ O_PATH_FLAGS = linux.O_DIRECTORY | linux.O_NOFOLLOW | linux.O_PATH | linux.O_CLO
 
 
 def may_truncate(k: Kernel, task: Task, inode: Inode, length: int) -> None:
-    """Before a size change: policy hooks (layout leases, pins), then, when shrinking,
-    unmap the pages past the new end and wait for the shoot-downs before anything is
-    freed (``truncate_pagecache``)."""
+    """Before a size change: hooks, then, when shrinking, the layout change of the pages
+    past the new end (policy, unmap, shoot-downs) before anything is freed."""
     for hook in k.ext_truncate_hooks:
         hook(task, inode, length)
     if length < inode.size:
         bs = k.fs.block_size
-        mm.unmap_and_wait(k, inode, -(-length // bs), None)
+        layout_change(k, task, inode, -(-length // bs), None, "truncate")
 
 
 @syscall("open", linux="fs/open.c do_sys_open()", support="partial",
@@ -124,6 +124,8 @@ def _write(k: Kernel, t: Task, file: File, data: bytes, offset: int) -> tuple[in
         hook(t, file, offset, len(data))
     if not data:
         return 0, offset
+    bs = k.fs.block_size
+    unshare(k, t, inode, offset // bs, -(-(offset + len(data[:MAX_IO])) // bs))
     n = k.fs.write(inode, offset, data[:MAX_IO])
     return n, offset + n
 
@@ -308,3 +310,105 @@ def sys_listdir(k: Kernel, t: Task, path: str) -> list[str]:
     if inode.children is None:
         raise KernelError(errno.ENOTDIR)
     return sorted(inode.children)
+
+
+def layout_change(k: Kernel, t: Task, inode: Inode, first: int, end: int | None,
+                  kind: str) -> None:
+    """Before file pages ``[first, end)`` change blocks: the policy's hook (layout leases,
+    pins), then unmap the pages and wait for the shoot-downs (``xfs_break_layouts`` and
+    ``truncate_pagecache_range``)."""
+    k.ext["policy"].before_layout_change(k, t, inode, first, end, kind)
+    mm.unmap_and_wait(k, inode, first, end)
+
+
+def unshare(k: Kernel, t: Task, inode: Inode, first: int, end: int) -> None:
+    """Copy-on-write of reflinked blocks in pages ``[first, end)`` before a write."""
+    shared = [p for p, b in inode.blocks.items() if first <= p < end and k.pmem.refs[b] > 1]
+    if not shared:
+        return
+    for page in shared:
+        mm.zap(k, inode, page, page + 1)
+    mm.wait_for_shootdowns(k, inode)
+    for page in shared:
+        old = inode.blocks[page]
+        new = k.pmem.alloc(Owner(inode.ino, page))
+        k.pmem.view(new)[:] = k.pmem.view(old)
+        inode.blocks[page] = new
+        k.pmem.free(old)
+        k.log.emit("cow", ino=inode.ino, page=page, old=old, new=new)
+
+
+@syscall("fallocate", linux="fs/open.c vfs_fallocate(), xfs_file_fallocate()",
+         support="partial", note="modes 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE")
+def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2): allocate, punch a hole (a layout change) or zero a range."""
+    file = k.file_of(t, fd)
+    if offset < 0 or length <= 0:
+        raise KernelError(errno.EINVAL)
+    known = linux.FALLOC_FL_KEEP_SIZE | linux.FALLOC_FL_PUNCH_HOLE | linux.FALLOC_FL_ZERO_RANGE
+    if mode & ~known:
+        raise KernelError(errno.EOPNOTSUPP)
+    if mode & linux.FALLOC_FL_PUNCH_HOLE and not mode & linux.FALLOC_FL_KEEP_SIZE:
+        raise KernelError(errno.EOPNOTSUPP)
+    if mode & linux.FALLOC_FL_PUNCH_HOLE and mode & linux.FALLOC_FL_ZERO_RANGE:
+        raise KernelError(errno.EOPNOTSUPP)
+    if not file.writable:
+        raise KernelError(errno.EBADF)
+    inode = file.inode
+    if inode.is_dir:
+        raise KernelError(errno.EISDIR)
+    if not inode.is_reg:
+        raise KernelError(errno.ENODEV)
+    bs = k.fs.block_size
+    end = offset + length
+    if mode & linux.FALLOC_FL_PUNCH_HOLE:
+        first, last = -(-offset // bs), end // bs
+        layout_change(k, t, inode, first, last, "punch")
+        k.fs.free_range(inode, first, last)
+        _zero_bytes(k, inode, offset, min(end, first * bs))
+        if last >= first:
+            _zero_bytes(k, inode, max(offset, last * bs), end)
+        return 0
+    if mode & linux.FALLOC_FL_ZERO_RANGE:
+        _zero_bytes(k, inode, offset, end)
+    else:
+        for page in range(offset // bs, -(-end // bs)):
+            if page not in inode.blocks:
+                inode.blocks[page] = k.pmem.alloc(Owner(inode.ino, page))
+    if not mode & linux.FALLOC_FL_KEEP_SIZE and end > inode.size:
+        inode.size = end
+    return 0
+
+
+def _zero_bytes(k: Kernel, inode: Inode, start: int, end: int) -> None:
+    bs = k.fs.block_size
+    pos = start
+    while pos < end:
+        page, inpage = divmod(pos, bs)
+        n = min(bs - inpage, end - pos)
+        block = inode.blocks.get(page)
+        if block is not None:
+            k.pmem.view(block)[inpage : inpage + n] = bytes(n)
+        pos += n
+
+
+@syscall("clone", linux="fs/remap_range.c vfs_clone_file_range() (ioctl FICLONE)",
+         support="partial", note="whole-file reflink of src into dst; blocks shared, copy on write")
+def sys_clone(k: Kernel, t: Task, src_fd: int, dst_fd: int) -> int:
+    """ioctl(dst, FICLONE, src): dst becomes a reflink of src (shared blocks)."""
+    src, dst = k.file_of(t, src_fd), k.file_of(t, dst_fd)
+    if not src.readable or not dst.writable:
+        raise KernelError(errno.EBADF)
+    if not src.inode.is_reg or not dst.inode.is_reg:
+        raise KernelError(errno.EINVAL)
+    if src.inode is dst.inode:
+        raise KernelError(errno.EINVAL)
+    layout_change(k, t, src.inode, 0, None, "reflink")
+    layout_change(k, t, dst.inode, 0, None, "reflink")
+    k.fs.free_range(dst.inode, 0)
+    for page, block in src.inode.blocks.items():
+        k.pmem.share(block)
+        dst.inode.blocks[page] = block
+    dst.inode.size = src.inode.size
+    src.inode.ext["reflinked"] = dst.inode.ext["reflinked"] = True
+    return 0
