@@ -457,10 +457,13 @@ class EmuSystem(System):
             if not self._restart.get(raw.signo, False):
                 interrupt = True
         if interrupt and rid is not None:
-            self.conn.notify("interrupt", id=rid)
+            # a handler ran: whatever call this process sleeps in returns EINTR
+            self.conn.notify("interrupt")
 
     def _siginfo(self, raw: SigInfo) -> dict[str, Any]:
         if raw.pid != self.conn.daemon_pid or raw.code != 0:
+            if raw.signo < 32:  # a standard signal's delivery ends its pending state
+                self.conn.call("sigdelivered", raw.signo, 0)
             return super()._siginfo(raw)
         # Sent by the kernel daemon: the siginfo is the one it queued (its event may
         # still be on the way: the signal can overtake it).
@@ -468,7 +471,7 @@ class EmuSystem(System):
         deadline = time.monotonic() + 10.0
         while not queue and time.monotonic() < deadline:
             self.conn.pump(0.1)
-        self.conn.notify("sigdelivered", signo=raw.signo)
+        self.conn.call("sigdelivered", raw.signo, 1)
         if not queue:
             return super()._siginfo(raw)
         si = queue.pop(0)

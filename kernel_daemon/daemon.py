@@ -150,7 +150,7 @@ class Daemon:
     def step(self, timeout: float | None = None) -> None:
         """One iteration: wait for input or the next timer, then handle what came."""
         while self.restarts:
-            self.restarts.pop(0)()
+            self._guarded(self.restarts.pop(0))
         busy = self._drain_router() or bool(self.restarts)
         # after the messages: handling them may have set timers (a breaker's deadline)
         deadline = 0.0 if busy else self.kernel.next_deadline()
@@ -161,8 +161,17 @@ class Daemon:
         for fd, _ in self.ep.poll(-1 if deadline is None else deadline + 0.0005):
             handler = self.fd_handlers.get(fd)
             if handler is not None:
-                handler()
-        self.kernel.run_timers()
+                self._guarded(handler)
+        self._guarded(self.kernel.run_timers)
+
+    def _guarded(self, callback: Callable[[], None]) -> None:
+        """Run a loop callback (a death, a timer); a bug in it is logged, not fatal."""
+        try:
+            callback()
+        except Exception:
+            detail = traceback.format_exc(limit=8)
+            log.error("bug in a loop callback: %s", detail)
+            self.evlog.emit("bug", detail=detail)
 
     def close(self) -> None:
         """Release sockets, the device and the run directory's socket files."""
@@ -396,14 +405,14 @@ class Daemon:
         """NOTIFY ``interrupt``: a signal with a handler reached the process while call
         ``id`` slept; it returns EINTR, as ``wait_event_interruptible`` does."""
         rid = body.get("id")
-        if not isinstance(rid, int):
-            return
-        cancel = task.parked.pop(rid, None)
-        if cancel is None:
-            return  # it finished first
-        cancel()
-        self.evlog.emit("interrupted", pid=task.pid, id=rid)
-        self.reply(task, rid, None, errno.EINTR)
+        rids = list(task.parked) if rid is None else [rid] if isinstance(rid, int) else []
+        for r in rids:
+            cancel = task.parked.pop(r, None)
+            if cancel is None:
+                continue  # it finished first
+            cancel()
+            self.evlog.emit("interrupted", pid=task.pid, id=r)
+            self.reply(task, r, None, errno.EINTR)
 
     def _call(self, task: Task, body: dict[str, Any]) -> None:
         rid, name, args = body.get("id"), body.get("call"), body.get("args", [])
@@ -452,7 +461,7 @@ class Daemon:
             self.reply(task, rid, result)
 
     def _sleep(self, task: Task, rid: int, spec: Syscall, args: list[Any], wait: MustWait) -> None:
-        """Park a call that must wait; when woken it runs again from the start."""
+        """Park a call that must wait; when woken it resumes (or runs again)."""
         woken = False
 
         def wake() -> None:
@@ -462,23 +471,52 @@ class Daemon:
             woken = True
             unregister()
             task.parked.pop(rid, None)
-            self.restarts.append(lambda: self._restart(task, rid, spec, args))
+            self.restarts.append(lambda: self._restart(task, rid, spec, args, wait))
 
         unregister = wait.register(wake)
 
-        def on_death() -> None:
+        def on_death_or_interrupt() -> None:
             nonlocal woken
             woken = True
             unregister()
+            if wait.abort is not None:
+                wait.abort()
 
-        task.parked[rid] = on_death
+        task.parked[rid] = on_death_or_interrupt
         self.evlog.emit("park", pid=task.pid, id=rid, call=spec.name)
 
-    def _restart(self, task: Task, rid: int, spec: Syscall, args: list[Any]) -> None:
+    def _restart(self, task: Task, rid: int, spec: Syscall, args: list[Any],
+                 wait: MustWait) -> None:
         if self.kernel.tasks.get(task.pid) is not task:
+            if wait.abort is not None:
+                wait.abort()
             return  # died meanwhile
         self.evlog.emit("restart", pid=task.pid, id=rid, call=spec.name)
-        self._run(task, rid, spec, args)
+        if wait.resume is None:
+            self._run(task, rid, spec, args)
+            return
+        k = self.kernel
+        k.current = (task, rid, spec.name)
+        try:
+            result = wait.resume()
+        except KernelError as exc:
+            if wait.abort is not None:
+                wait.abort()
+            self.reply(task, rid, None, exc.errno)
+            return
+        except MustWait as again:
+            again.resume = again.resume or wait.resume
+            again.abort = again.abort or wait.abort
+            self._sleep(task, rid, spec, args, again)
+            return
+        except Exception:
+            detail = traceback.format_exc(limit=8)
+            log.error("bug resuming %s: %s", spec.name, detail)
+            self._error(task.route or b"", rid, "internal", detail, task)
+            return
+        finally:
+            k.current = None
+        self.reply(task, rid, result)
 
     def _send(self, task: Task, body: dict[str, Any]) -> None:
         if task.route is None or task.secret is None:

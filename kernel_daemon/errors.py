@@ -25,16 +25,39 @@ class KernelError(Exception):
 
 
 class MustWait(Exception):
-    """Raised inside a handler when the call must sleep and then start over.
+    """Raised inside a handler when the call must sleep.
 
     ``register(wake)`` puts ``wake`` on the wait queue and returns a function that takes
-    it off again.  The dispatcher parks the request and runs the handler again from the
-    start when woken, as Linux restarts an ``open`` after ``break_lease`` slept.
+    it off again.  When woken, the dispatcher calls ``resume`` (the rest of the call,
+    as the kernel's loop around a sleep goes on with what it already holds, e.g. the
+    file ``open`` opened before ``break_lease``) or, without one, runs the handler again
+    from the start.  ``abort`` undoes what the call holds when it ends without
+    resuming (EINTR, an error, the caller's death).
     """
 
-    def __init__(self, register: Callable[[Callable[[], None]], Callable[[], None]]) -> None:
+    def __init__(self, register: Callable[[Callable[[], None]], Callable[[], None]],
+                 resume: Callable[[], object] | None = None,
+                 abort: Callable[[], None] | None = None) -> None:
         super().__init__("must wait")
         self.register = register
+        self.resume = resume
+        self.abort = abort
+
+
+def retry(attempt: Callable[[], object], abort: Callable[[], None]) -> object:
+    """Run ``attempt``; if it must sleep, it is what runs again when woken.
+
+    ``abort`` runs if the attempt fails, or later if the sleep ends without success.
+    """
+    try:
+        return attempt()
+    except MustWait as wait:
+        wait.resume = attempt
+        wait.abort = abort
+        raise
+    except BaseException:
+        abort()
+        raise
 
 
 class _Parked:

@@ -387,12 +387,16 @@ class Kernel:
     def fdinfo(self, task: Task) -> list[dict[str, Any]]:
         """``/proc/<pid>/fd`` and ``fdinfo`` of ``task``: one map per descriptor."""
         out = []
+        paths = self.fs.paths() if len(task.fds) > 8 else None
         for fd, entry in task.fds:
             f = entry.file
+            if f.inode.nlink or f.inode.is_chr:
+                path = paths.get(f.inode.ino, f.path) if paths else self.fs.path_of(f.inode)
+            else:
+                path = f"{f.path} (deleted)"
             out.append({
                 "fd": fd,
-                "path": self.fs.path_of(f.inode) if f.inode.nlink or f.inode.is_chr else
-                f"{f.path} (deleted)",
+                "path": path,
                 "pos": f.pos,
                 "flags": f.flags | (linux.O_CLOEXEC if entry.cloexec else 0),
                 "ino": f.inode.ino,

@@ -105,13 +105,12 @@ def time_out_leases(k: Kernel, inode: Inode) -> None:
 def lease_modify(k: Kernel, lease: Lease, arg: int, why: str = "") -> None:
     """``lease_modify``: change the type; F_UNLCK removes the lease and clears the
     file's owner, signal and O_ASYNC.  Breakers sleeping on it wake up."""
+    # lease_clear_pending(): only the flags; the break times stay, and time_out_leases
+    # honours a stale one later (a re-taken write lease is still downgraded on time)
     if arg == linux.F_UNLCK:
         lease.flags &= ~FL_UNLOCK_PENDING
     if arg in (linux.F_UNLCK, linux.F_RDLCK):
         lease.flags &= ~FL_DOWNGRADE_PENDING
-        lease.downgrade_time = 0.0
-    if arg == linux.F_UNLCK:
-        lease.break_time = 0.0
     blocked, lease.blocked = lease.blocked, []
     for breaker in blocked:
         breaker.wake()
@@ -184,7 +183,9 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
     def register(wake: Callable[[], None]) -> Callable[[], None]:
         breaker = Breaker(task, want_write, wake)
         first.blocked.append(breaker)
-        deadline = first.break_time or first.downgrade_time
+        now = k.clock()
+        deadline = min((d for d in (first.break_time, first.downgrade_time) if d > now),
+                       default=0.0)
         timer: Timer | None = None
         if deadline:
             def expire() -> None:
@@ -257,7 +258,7 @@ def generic_add_lease(k: Kernel, task: Task, file: File, fd: int, arg: int) -> N
     # owner unless the file has one already
     lease.fa_fd = fd
     file.flags |= linux.O_ASYNC
-    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False)
+    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False, setter_uid=task.uid)
 
 
 def generic_delete_lease(k: Kernel, file: File) -> None:
@@ -292,6 +293,7 @@ def proc_locks(k: Kernel) -> list[dict[str, Any]]:
     all_leases = sorted((le for ino in k.fs.inodes.values() for le in ino.ext.get("leases", ())),
                         key=lambda le: le.order)
     out: list[dict[str, Any]] = []
+    paths = k.fs.paths()  # one walk, not one per lease
     for n, lease in enumerate(all_leases, 1):
         state = "BREAKING" if lease_breaking(lease) else "ACTIVE"
         typ = _TYPE_NAME[target_leasetype(lease)]
@@ -300,7 +302,8 @@ def proc_locks(k: Kernel) -> list[dict[str, Any]]:
         dev = f"{k.fs.DEV >> 8:02x}:{k.fs.DEV & 0xFF:02x}"
         kind = "LEASE"
         out.append({"id": n, "waiter": False, "kind": kind, "state": state, "type": typ,
-                    "pid": pid, "ino": ino, "path": k.fs.path_of(lease.file.inode),
+                    "pid": pid, "ino": ino,
+                    "path": paths.get(ino, f"/#{ino} (deleted)"),
                     "line": f"{n}: {kind}  {state:<9} {typ:<5} {pid} {dev}:{ino} 0 EOF"})
         for b in lease.blocked:
             btype = "WRITE" if b.want_write else "READ"

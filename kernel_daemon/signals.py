@@ -59,6 +59,8 @@ class FOwner:
     kind: int
     pid: int
     task: Task | None
+    #: credentials of the process that set the owner (fown->uid, fown->euid)
+    uid: int = 0
 
 
 def owner_of(file: File) -> FOwner | None:
@@ -79,7 +81,8 @@ def _pgid(pid: int) -> int:
         return -1
 
 
-def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool) -> None:
+def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
+             setter_uid: int = 0) -> None:
     """``__f_setown``: set the owner (unless one is set and ``force`` is false).
 
     ``pid`` 0 clears the owner.  A process owner must be a registered process and a
@@ -95,12 +98,12 @@ def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool) -> None:
     if kind == linux.F_OWNER_PGRP:
         if not any(_pgid(t.pid) == pid for t in k.tasks.values()):
             raise KernelError(errno.ESRCH)
-        file.ext["fown"] = FOwner(kind, pid, None)
+        file.ext["fown"] = FOwner(kind, pid, None, setter_uid)
         return
     task = k.tasks.get(pid)
     if task is None:
         raise KernelError(errno.ESRCH)
-    file.ext["fown"] = FOwner(kind, pid, task)
+    file.ext["fown"] = FOwner(kind, pid, task, setter_uid)
 
 
 def f_delown(file: File) -> None:
@@ -127,7 +130,9 @@ def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:
         return
     signum = signum_of(file)
     for task in targets(k, owner):
-        send_sigio_to_task(k, task, signum, fd, reason)
+        # sigio_perm(): the owner's setter must be root or the target's own user
+        if owner.uid == 0 or owner.uid == task.uid:
+            send_sigio_to_task(k, task, signum, fd, reason)
 
 
 def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int) -> None:
@@ -188,7 +193,11 @@ def signal_delivered(k: Kernel, task: Task, body: dict[str, Any]) -> None:
         return
     _, pending = _state(task)
     queue = pending.get(signo)
-    if queue:
+    if not queue:
+        return
+    if signo < KERNEL_SIGRTMIN:
+        queue.clear()  # one delivery ends a standard signal's pending state, whoever sent it
+    elif body.get("ours", True):
         queue.popleft()
 
 
@@ -198,9 +207,11 @@ def set_action(task: Task, signo: int, action: str) -> str:
         raise KernelError(errno.EINVAL)
     if action not in (DEFAULT, IGNORE, HANDLER):
         raise KernelError(errno.EINVAL)
-    actions, _ = _state(task)
+    actions, pending = _state(task)
     old = actions.get(signo, DEFAULT)
     actions[signo] = action
+    if action == IGNORE or (action == DEFAULT and signo in DEFAULT_IGNORED):
+        pending.pop(signo, None)  # setting SIG_IGN discards a pending signal
     return old
 
 

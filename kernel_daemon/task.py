@@ -21,8 +21,9 @@ from kernel_daemon.errors import KernelError
 from kernel_daemon.vfs import Inode
 from protocol import linux
 
-#: status flags F_SETFL may change (fs/fcntl.c SETFL_MASK)
-SETFL_MASK = linux.O_APPEND | linux.O_NONBLOCK | linux.O_ASYNC | linux.O_DIRECT | linux.O_NOATIME
+#: status flags F_SETFL may change (fs/fcntl.c SETFL_MASK).  O_ASYNC is not among them:
+#: only a file's ->fasync sets it, and regular files have none (leases set it directly)
+SETFL_MASK = linux.O_APPEND | linux.O_NONBLOCK | linux.O_DIRECT | linux.O_NOATIME
 #: flags kept in f_flags after open (what F_GETFL may report)
 KEPT_FLAGS = (
     linux.O_ACCMODE
@@ -93,6 +94,8 @@ class FdTable:
     def __init__(self, limit: int = linux.RLIMIT_NOFILE_DEFAULT) -> None:
         self.limit = limit
         self.slots: dict[int, FdEntry] = {}
+        #: numbers taken by calls still in progress (get_unused_fd_flags before fd_install)
+        self.reserved: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -110,14 +113,25 @@ class FdTable:
     def lowest_free(self, start: int = 0) -> int:
         """The lowest unused number >= ``start`` (``alloc_fd``); ``EMFILE`` when none."""
         fd = start
-        while fd in self.slots:
+        while fd in self.slots or fd in self.reserved:
             fd += 1
         if fd >= self.limit:
             raise KernelError(errno.EMFILE)
         return fd
 
+    def reserve(self) -> int:
+        """Take the lowest free number for a call that installs it later (EMFILE now)."""
+        fd = self.lowest_free()
+        self.reserved.add(fd)
+        return fd
+
+    def unreserve(self, fd: int) -> None:
+        """Give back a reserved number the call did not install."""
+        self.reserved.discard(fd)
+
     def install(self, fd: int, file: File, cloexec: bool) -> FdEntry | None:
         """Put ``file`` at ``fd``; returns the entry it replaced (the caller fputs it)."""
+        self.reserved.discard(fd)
         old = self.slots.get(fd)
         self.slots[fd] = FdEntry(file, cloexec)
         return old

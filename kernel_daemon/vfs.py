@@ -378,6 +378,19 @@ class Filesystem:
             "st_blocks": len(inode.blocks) * self.block_size // 512,
         }
 
+    def paths(self) -> dict[int, str]:
+        """Every linked inode's path, from one walk of the tree (for listings of many)."""
+        out = {self.root.ino: "/", self.console.ino: "/dev/console"}
+        stack: list[tuple[Inode, str]] = [(self.root, "")]
+        while stack:
+            d, prefix = stack.pop()
+            assert d.children is not None
+            for name, child in d.children.items():
+                out.setdefault(child.ino, f"{prefix}/{name}")
+                if child.is_dir:
+                    stack.append((child, f"{prefix}/{name}"))
+        return out
+
     def path_of(self, inode: Inode) -> str:
         """A path naming ``inode`` now, or ``"(deleted)"`` suffixed like /proc does."""
         if inode is self.root:

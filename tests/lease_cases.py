@@ -109,7 +109,7 @@ A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 """),
     Case("lease_sets_owner_async_and_release_clears", "taking a lease makes the caller the "
          "owner and sets O_ASYNC; releasing it clears the owner, the F_SETSIG signal and "
-         "O_ASYNC, even an O_ASYNC set by F_SETFL", "signals", """
+         "O_ASYNC", "signals", """
 A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
 A: fcntl(fd, F_GETOWN)                          => 0
 A: fcntl(fd, F_GETOWN_EX)                       => {"type": 0, "pid": 0}
@@ -486,6 +486,168 @@ B: open("/f", O_RDWR) &
 B: join                                        => 3
 C: signals()                                   => []
 C: fcntl(fd, F_GETLEASE)                       => F_UNLCK
+"""),
+    # --- found by review: each first confirmed on the host kernel -------------------
+    Case('unlink_while_sleeping', 'breaker sleeping in open; holder unlinks the path, then downgrades', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: r = open("/f", O_RDONLY) &
+A: sigwait(SIGIO)                              => *
+A: unlink("/f")                                => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: join                                        => 3
+"""),
+    Case('creat_while_sleeping', 'breaker sleeping in open(O_CREAT); holder renames the file away', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: r = open("/f", O_RDWR|O_CREAT, 0o644) &
+A: sigwait(SIGIO)                              => *
+A: rename("/f", "/g")                          => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 3
+B: listdir("/")                                => ["g"]
+"""),
+    Case('sleeping_writer_counts', 'a writer sleeping in open counts in i_writecount', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: w = open("/f", O_WRONLY) &
+A: sigwait(SIGIO)                              => *
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => EAGAIN
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => EAGAIN
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 3
+"""),
+    Case('sleeping_reader_counts', 'a reader sleeping in open counts in i_readcount', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: r = open("/f", O_RDONLY) &
+A: sigwait(SIGIO)                              => *
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => EAGAIN
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: join                                        => 3
+"""),
+    Case('stale_downgrade_time', 'fl_downgrade_time survives a completed downgrade', 'time', """
+set lease_break_time = 1
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO)                              => *
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_GETLEASE)                       => F_WRLCK
+A: pause(1.6)                                  => 0
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+"""),
+    Case('bg_own_open_eintr', 'own open in the background: SIGIO with a handler interrupts it', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: open("/f", O_RDWR) &
+A: join                                        => EINTR
+"""),
+    Case('getown_dead', 'F_GETOWN after the owner died', 'signals', """
+B: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETOWN, B.pid)                  => 0
+!kill B
+A: fcntl(fd, F_GETOWN)                         => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID, "pid": 0}
+"""),
+    Case('setfl_cannot_change_o_async', 'F_SETFL can neither clear nor set O_ASYNC on a regular file (it has no ->fasync): the lease keeps it until it is released', 'signals', """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_SETFL, 0)                       => 0
+A: fcntl(fd, F_GETFL)                          => O_RDONLY|O_ASYNC|O_LARGEFILE
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+A: fcntl(fd, F_SETFL, O_ASYNC)                 => 0
+A: fcntl(fd, F_GETFL)                          => O_RDONLY|O_LARGEFILE
+"""),
+    Case('two_sigio', 'two notices to an unblocked handler are two signals', 'signals', """
+A: signal(SIGIO, "record")                     => 0
+A: f = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 4
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+B: open("/g", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: pause(0.3)                                  => 0
+A: signals()                                   => [{"si_signo": SIGIO}, {"si_signo": SIGIO}]
+"""),
+    Case('accmode3', 'an accmode-3 open breaks as a writer but does not count', 'acquiring', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: open("/f", 3|O_NONBLOCK)                    => EWOULDBLOCK
+A: sigwait(SIGIO)                              => *
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: x = open("/f", 3)                           => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+"""),
+    Case('ftruncate_own_lease', 'ftruncate through the leased description does not break the lease', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)      => 3
+A: write(fd, "hello")                          => 5
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: ftruncate(fd, 0) &
+A: join                                        => 0
+A: signals()                                   => []
+A: fcntl(fd, F_GETLEASE)                       => F_WRLCK
+"""),
+    Case('truncate_counts', 'truncate(2) sleeping in break_lease holds write access', 'breaking', """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: truncate("/f", 0) &
+A: sigwait(SIGIO)                              => *
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => EAGAIN
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 0
+"""),
+    Case('foreign_sigio_merge', "a foreign SIGIO merged with a break notice leaves the daemon's pending state stuck", 'signals', """
+A: signal(SIGIO, "record")                     => 0
+A: f = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 4
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+A: sigblock(SIGIO)                             => 0
+C: kill(A.pid, SIGIO)                          => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigunblock(SIGIO)                           => 0
+A: signals()                                   => [{"si_signo": SIGIO, "si_code": SI_USER}]
+B: open("/g", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO, 3)                           => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+"""),
+    Case('ignore_flushes', 'SIG_IGN discards a pending SIGIO; later notices are delivered', 'signals', """
+A: signal(SIGIO, "record")                     => 0
+A: f = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 4
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+A: sigblock(SIGIO)                             => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: signal(SIGIO, "ignore")                     => 0
+A: signal(SIGIO, "record")                     => 0
+A: sigunblock(SIGIO)                           => 0
+A: signals()                                   => []
+B: open("/g", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO, 3)                           => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+"""),
+    Case('sigio_perm', "sigio_perm: an unprivileged owner's notice does not reach a root process", 'signals', """
+B: signal(SIGIO, "record")                     => 0
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+A: setuid(65534)                               => 0
+A: fd = open("/d/f", O_RDONLY|O_CREAT, 0o644)  => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_SETOWN, B.pid)                  => 0
+C: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: pause(0.3)                                  => 0
+B: signals()                                   => []
 """),
     # --- lifetime --------------------------------------------------------------------
     Case("close_of_last_descriptor_ends_lease", "closing one of two descriptors of the "

@@ -38,6 +38,20 @@ from agents.scenario.parse import Expect, Scenario, Step, signal_number
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PR_SET_CHILD_SUBREAPER = 36
 HOST_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
+#: the host's own value while a run has changed it (survives the run being killed)
+SAVED_LEASE_BREAK_TIME = "/tmp/kemu-saved-lease-break-time"
+
+
+def restore_host_lease_break_time() -> None:
+    """Put back the host's lease-break-time saved by a run, if one is saved."""
+    try:
+        with open(SAVED_LEASE_BREAK_TIME) as fh:
+            value = fh.read().strip()
+    except FileNotFoundError:
+        return
+    with open(HOST_LEASE_BREAK_TIME, "w") as fh:
+        fh.write(value)
+    os.unlink(SAVED_LEASE_BREAK_TIME)
 F_SETOWN, F_GETOWN = 8, 9
 
 
@@ -141,6 +155,7 @@ class Runner:
         self.settings = dict(scenario.settings)
         self.run_dir = run_dir or tempfile.mkdtemp(prefix="kemu-run-", dir="/tmp")
         os.makedirs(self.run_dir, exist_ok=True)
+        os.chmod(self.run_dir, 0o755)  # an actor that gave up root must still reach root/
         self.out = out
         self.show_pids = show_pids
         self.step_timeout = step_timeout or float(self.settings.get("step_timeout", 20.0))
@@ -204,6 +219,8 @@ class Runner:
         if call == "fcntl" and len(shown) > 2 and isinstance(shown[2], int) \
                 and shown[1] == F_SETOWN:
             shown[2] = self._pid_name(shown[2])
+        if call == "kill" and shown and isinstance(shown[0], int):
+            shown[0] = self._pid_name(shown[0])
         return shown
 
     def _result_text(self, call: str, args: list[Any], reply: dict[str, Any]) -> str:
@@ -261,6 +278,7 @@ class Runner:
             self.kconn = Connection(self.run_dir, name="launcher")
         else:
             os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
+            os.chmod(os.path.join(self.run_dir, "root"), 0o755)
             if "lease_break_time" in self.settings:
                 self._set_host_lease_break_time(float(self.settings["lease_break_time"]))
         logs = os.path.join(self.run_dir, "actors")
@@ -493,16 +511,18 @@ class Runner:
 
         Only one run at a time may do this: the setting is the whole host's.
         """
+        restore_host_lease_break_time()  # left over by a run that was killed
         with open(HOST_LEASE_BREAK_TIME) as fh:
             self.saved_lease_break_time = fh.read().strip()
+        with open(SAVED_LEASE_BREAK_TIME, "w") as fh:
+            fh.write(self.saved_lease_break_time)
         with open(HOST_LEASE_BREAK_TIME, "w") as fh:
             fh.write(str(math.ceil(seconds)))
 
     def finish(self) -> None:
         """Tell live actors to exit, stop the daemon, reap everything."""
         if self.saved_lease_break_time is not None:
-            with open(HOST_LEASE_BREAK_TIME, "w") as fh:
-                fh.write(self.saved_lease_break_time)
+            restore_host_lease_break_time()
             self.saved_lease_break_time = None
         for actor in self.actors.values():
             if actor.alive and actor.stopped:

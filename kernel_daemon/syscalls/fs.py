@@ -12,7 +12,7 @@ import errno
 from typing import Any
 
 from kernel_daemon import mm
-from kernel_daemon.errors import KernelError
+from kernel_daemon.errors import KernelError, retry
 from kernel_daemon.kernel import Kernel
 from kernel_daemon.pmem import Owner
 from kernel_daemon.syscalls.table import syscall
@@ -41,8 +41,13 @@ def may_truncate(k: Kernel, task: Task, inode: Inode, length: int) -> None:
 
 @syscall("open", linux="fs/open.c do_sys_open()", support="partial",
          note="no O_TMPFILE (EOPNOTSUPP); no symlinks; root credentials")
-def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> int:
-    """open(2).  Linux: fs/open.c build_open_flags(), fs/namei.c path_openat()."""
+def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
+    """open(2).  Linux: fs/open.c build_open_flags(), fs/namei.c path_openat().
+
+    As in Linux the descriptor number is taken first (EMFILE before any side effect),
+    the file is opened (and counts as an open) before ``break_lease``, and a breaker
+    that sleeps goes on with the file it already opened when woken.
+    """
     # x86-64 forces O_LARGEFILE (force_o_largefile()) before O_PATH masks it away again
     flags = (flags & 0xFFFFFFFF) | linux.O_LARGEFILE
     if flags & linux.O_TMPFILE == linux.O_TMPFILE:
@@ -52,39 +57,54 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> int:
     elif flags & linux.O_CREAT and flags & linux.O_DIRECTORY:
         raise KernelError(errno.EINVAL, "O_CREAT|O_DIRECTORY")  # since Linux 6.4
     acc = flags & linux.O_ACCMODE
+    fd = t.fds.reserve()
+    try:
+        inode, created = _lookup_open(k, t, path, flags, mode)
+        if not flags & linux.O_PATH:
+            if inode.is_dir:
+                if flags & linux.O_CREAT or acc != linux.O_RDONLY or flags & linux.O_TRUNC:
+                    raise KernelError(errno.EISDIR)
+            elif flags & linux.O_DIRECTORY:
+                raise KernelError(errno.ENOTDIR)
+        elif flags & linux.O_DIRECTORY and not inode.is_dir:
+            raise KernelError(errno.ENOTDIR)
+        file = k.open_file(inode, flags, path)
+    except BaseException:
+        t.fds.unreserve(fd)
+        raise
+    leases = not flags & linux.O_PATH and inode.is_reg
+    truncate = bool(flags & linux.O_TRUNC) and leases and not created
+
+    def abort() -> None:
+        t.fds.unreserve(fd)
+        k.fput(file)
+
+    def attempt() -> int:
+        if leases:
+            k.break_lease(t, inode, flags)  # do_dentry_open()
+        if truncate:
+            may_truncate(k, t, inode, 0)  # handle_truncate()
+            k.fs.truncate(inode, 0)
+        t.fds.install(fd, file, bool(flags & linux.O_CLOEXEC))
+        return fd
+
+    return retry(attempt, abort)
+
+
+def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[Inode, bool]:
+    """The path walk of open: the existing inode, or a new one with O_CREAT."""
     try:
         inode = k.fs.lookup(path)
-        created = False
-        if flags & linux.O_CREAT and flags & linux.O_EXCL:
-            raise KernelError(errno.EEXIST)
     except KernelError as exc:
         if exc.errno != errno.ENOENT or not flags & linux.O_CREAT:
             raise
         parent, name = k.fs.lookup_parent(path)
         if name in ("", ".", "..") or path.endswith("/"):
             raise KernelError(errno.EISDIR) from None
-        inode = k.fs.create(parent, name, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid)
-        created = True
-    if not flags & linux.O_PATH:
-        if inode.is_dir:
-            if flags & linux.O_CREAT or acc != linux.O_RDONLY or flags & linux.O_TRUNC:
-                raise KernelError(errno.EISDIR)
-        elif flags & linux.O_DIRECTORY:
-            raise KernelError(errno.ENOTDIR)
-    elif flags & linux.O_DIRECTORY and not inode.is_dir:
-        raise KernelError(errno.ENOTDIR)
-    if flags & linux.O_TRUNC and inode.is_reg and not created and not flags & linux.O_PATH:
-        k.break_lease(t, inode, flags)
-        may_truncate(k, t, inode, 0)
-        k.fs.truncate(inode, 0)
-    elif not flags & linux.O_PATH and inode.is_reg:
-        k.break_lease(t, inode, flags)
-    file = k.open_file(inode, flags, path)
-    try:
-        return k.fd_install(t, file, bool(flags & linux.O_CLOEXEC))
-    except KernelError:
-        k.fput(file)
-        raise
+        return k.fs.create(parent, name, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid), True
+    if flags & linux.O_CREAT and flags & linux.O_EXCL:
+        raise KernelError(errno.EEXIST)
+    return inode, False
 
 
 @syscall("close", linux="fs/open.c close_fd()")
@@ -223,19 +243,19 @@ def _seek_data_hole(k: Kernel, inode: Inode, offset: int, data: bool) -> int:
 
 
 def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:
-    """The size change shared by truncate, ftruncate and O_TRUNC (``do_truncate``)."""
+    """The size change shared by truncate and ftruncate (``do_truncate``)."""
     if length < 0:
         raise KernelError(errno.EINVAL)
     if length > MAX_FILE_SIZE:
         raise KernelError(errno.EFBIG)
-    k.break_lease(t, inode, linux.O_WRONLY)
     may_truncate(k, t, inode, length)
     k.fs.truncate(inode, length)
 
 
 @syscall("ftruncate", linux="fs/open.c do_sys_ftruncate()")
 def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
-    """ftruncate(2): ``EINVAL`` unless a regular file open for writing."""
+    """ftruncate(2): ``EINVAL`` unless a regular file open for writing; it breaks no
+    lease (the caller's own open for writing already did)."""
     if length < 0:
         raise KernelError(errno.EINVAL)
     file = k.file_of(t, fd)
@@ -247,9 +267,10 @@ def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
     return 0
 
 
-@syscall("truncate", linux="fs/open.c do_sys_truncate()")
-def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> int:
-    """truncate(2) by path."""
+@syscall("truncate", linux="fs/open.c vfs_truncate()")
+def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
+    """truncate(2) by path: holds write access (``get_write_access``) while it breaks
+    leases, as an open for writing would."""
     if length < 0:
         raise KernelError(errno.EINVAL)
     inode = k.fs.lookup(path)
@@ -257,8 +278,24 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> int:
         raise KernelError(errno.EISDIR)
     if not inode.is_reg:
         raise KernelError(errno.EINVAL)
-    do_truncate(k, t, inode, length)
-    return 0
+    k.fs.get(inode)
+    inode.writecount += 1
+    done = False
+
+    def release() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            inode.writecount -= 1
+            k.fs.put(inode)
+
+    def attempt() -> int:
+        k.break_lease(t, inode, linux.O_WRONLY)
+        do_truncate(k, t, inode, length)
+        release()
+        return 0
+
+    return retry(attempt, release)
 
 
 @syscall("unlink", linux="fs/namei.c do_unlinkat()")

@@ -69,17 +69,17 @@ def f_setown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if who == INT_MIN:
         raise KernelError(errno.EINVAL)
     if who < 0:
-        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True)
+        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True, setter_uid=t.uid)
     else:
-        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True)
+        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True, setter_uid=t.uid)
     return 0
 
 
 def f_getown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     """F_GETOWN: the PID, minus the group, or 0."""
     owner = signals.owner_of(k.file_of(t, fd))
-    if owner is None:
-        return 0
+    if owner is None or not signals.targets(k, owner):
+        return 0  # no owner, or pid_task() finds nobody any more
     return -owner.pid if owner.kind == linux.F_OWNER_PGRP else owner.pid
 
 
@@ -94,9 +94,9 @@ def f_setown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise KernelError(errno.EINVAL)
     if pid == 0:
-        file.ext["fown"] = signals.FOwner(kind, 0, None)
+        file.ext["fown"] = signals.FOwner(kind, 0, None, t.uid)
         return 0
-    signals.f_setown(k, file, kind, pid, force=True)
+    signals.f_setown(k, file, kind, pid, force=True, setter_uid=t.uid)
     return 0
 
 
@@ -105,7 +105,7 @@ def f_getown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> dict[str, int]:
     owner = signals.owner_of(k.file_of(t, fd))
     if owner is None:
         return {"type": 0, "pid": 0}
-    return {"type": owner.kind, "pid": owner.pid}
+    return {"type": owner.kind, "pid": owner.pid if signals.targets(k, owner) else 0}
 
 
 def f_setsig(k: Kernel, t: Task, fd: int, arg: Any) -> int:
@@ -165,10 +165,18 @@ def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
     return 0
 
 
+@syscall("sigdelivered", linux="kernel/signal.c dequeue_signal()", support="emulator",
+         note="the agent took a signal: its pending state ends (ours: one the daemon sent)")
+def sys_sigdelivered(k: Kernel, t: Task, signo: int, ours: int = 1) -> int:
+    """Dequeue ``signo``: answered, so the agent knows the kernel saw it before it goes
+    on (an asynchronous note could be overtaken by another process's call)."""
+    signals.signal_delivered(k, t, {"signo": signo, "ours": bool(ours)})
+    return 0
+
+
 def install(k: Kernel) -> None:
     """Wire leases and signals into a new kernel."""
     k.break_hooks.append(lambda t, inode, flags: locks.break_lease(k, t, inode, flags))
     k.file_release_hooks.append(lambda f: locks.remove_file_leases(k, f))
     k.fork_hooks.append(signals.on_fork)
     k.exec_hooks.append(signals.on_exec)
-    k.notify_handlers["sigdelivered"] = lambda t, body: signals.signal_delivered(k, t, body)
