@@ -55,6 +55,8 @@ def breaks_on(k: Kernel, inode: Inode, kind: str) -> bool:
     """Does a layout change of ``kind`` break layout leases on this flavour?"""
     if kind == "write":
         return k.config.flavour == "xfs"
+    if kind == "write*":  # MAP_DIRECT: every write breaks, whatever the filesystem
+        return True
     if k.config.flavour == "ext4":
         from kernel_daemon import mm
 

@@ -277,6 +277,8 @@ def fcntl_getlease(k: Kernel, file: File) -> int:
         time_out_leases(k, inode)
         for lease in leases_of(inode):
             if lease.file is file:
+                if lease.flags & FL_LAYOUT:  # either level reads F_LAYOUT (RFC v2)
+                    return linux.F_UNLCK if lease.flags & FL_UNLOCK_PENDING else linux.F_LAYOUT
                 return target_leasetype(lease)
     return linux.F_UNLCK
 

@@ -59,9 +59,16 @@ def main(argv: list[str]) -> int:
     r.add_argument("--target", choices=("emulator", "host", "both"), default="emulator")
     r.add_argument("--policy", default="upstream")
     r.add_argument("--no-pids", action="store_true", help="name actors without their PIDs")
+    mx = sub.add_parser("matrix", help="every thread scenario under every policy, as a table")
+    mx.add_argument("--jobs", type=int, default=4, help="runs at once")
+    mx.add_argument("--only", nargs="*", help="scenario files starting with these names")
     if not argv:
         argv = ["run", DEFAULT_SCENARIO, "--target", "both", "--no-pids"]
     args = p.parse_args(argv)
+    if args.cmd == "matrix":
+        from agents.scenario import matrix
+
+        return matrix.main(jobs=args.jobs, only=args.only)
     if args.cmd == "run":
         if args.target == "both":
             args.no_pids = True

@@ -9,6 +9,7 @@ Syntax, one item a line (``#`` starts a comment)::
     B: open("/f", O_RDONLY) &           # started in the background ...
     B: join                             => 3     # ... and joined later
     A: ftruncate(fd, 0)                 => EINVAL [upstream, legacy] => 0
+    [map-direct] A: p = mmap(...)       # a line that runs under these policies only
     !kill A                             # faults: kill, stop, cont, wait, signal A SIGUSR1
     !locks                              # the lease list, as /proc/locks shows it
     expect: fds(B) ...                  # reserved for later checks
@@ -31,6 +32,7 @@ from agents.scenario.expr import ExprError, check, evaluate
 from protocol import linux
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
+ONLY_RE = re.compile(r"^\[([a-z][\w-]*(?:\s*,\s*[a-z][\w-]*)*)\]\s+(.*)$")
 FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
 KILLED_RE = re.compile(r"^killed(?:\s+(SIG[A-Z0-9+]+))?$")
 LOCKS_RE = re.compile(r"^!locks\s*$")
@@ -88,6 +90,8 @@ class Step:
     fault: str = ""
     #: the signal of ``!signal ACTOR SIGNAME``
     signal: str = ""
+    #: ``[policy, ...] LINE``: the line runs only under these policies or targets
+    only: frozenset[str] = frozenset()
     expects: list[Expect] = field(default_factory=list)
 
     def expectation(self, tags: set[str]) -> Expect | None:
@@ -234,6 +238,12 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
             title = line[len("# title:"):].strip()
         if not line or line.startswith("#"):
             continue
+        only: frozenset[str] = frozenset()
+        m_only = ONLY_RE.match(line)
+        if m_only:
+            only = frozenset(x.strip() for x in m_only.group(1).split(","))
+            line = m_only.group(2).strip()
+        before = len(steps)
         try:
             m = SET_RE.match(line.split("#", 1)[0].strip())
             if m:
@@ -276,6 +286,9 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                               background=bg, child=child, expects=expects))
         except ScenarioError as exc:
             raise ScenarioError(f"{name}:{lineno}: {exc}") from None
+        finally:  # also for the lines that end their parsing with `continue`
+            for s in steps[before:]:
+                s.only = only
     for s in steps:
         if s.kind == "locks":
             continue

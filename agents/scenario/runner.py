@@ -95,6 +95,8 @@ class Outcome:
     transcript: list[str]
     run_dir: str
     failures: list[str]
+    #: how actors died during the run ("A killed by SIGIO")
+    deaths: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -165,6 +167,7 @@ class Runner:
         self.transcript: list[str] = []
         self.lines: list[LineResult] = []
         self.failures: list[str] = []
+        self.deaths: list[str] = []
         self.events: IO[str] = open(os.path.join(self.run_dir, "launcher.jsonl"), "w")  # noqa: SIM115
         self.t0 = time.monotonic()
         self.director_path = os.path.join(self.run_dir, "director.sock")
@@ -323,7 +326,10 @@ class Runner:
     def _wait_dead(self, actor: ActorState) -> None:
         """Return once ``actor``'s process has died and, on the emulator, been cleaned up."""
         if actor.proc is not None:
-            code = actor.proc.wait(self.step_timeout)
+            try:
+                code = actor.proc.wait(self.step_timeout)
+            except subprocess.TimeoutExpired:
+                raise RunError(f"{actor.name} did not die within {self.step_timeout} s") from None
             actor.status = _describe_status(code)
         else:
             try:
@@ -399,6 +405,8 @@ class Runner:
 
     def run_step(self, step: Step) -> None:
         """Execute one line of the scenario."""
+        if step.only and not step.only & {self.policy, self.target}:
+            return  # a line of another design
         if step.kind == "locks":
             self.show_locks()
             return
@@ -480,6 +488,8 @@ class Runner:
         self._log("fault", line=step.lineno, actor=actor.name, pid=actor.pid, fault=step.fault)
         if step.fault == "wait":
             status = self._death(actor)
+            self.deaths.append(f"{actor.name} {'killed by ' if status.startswith('SIG') else ''}"
+                               f"{status}")
             self._emit(f"+++ {who} {'killed by ' + status if status.startswith('SIG') else status} +++")
             return
         if step.fault == "signal":
@@ -583,7 +593,7 @@ class Runner:
         verdict = "PASS" if not self.failures else f"FAIL ({len(self.failures)})"
         self._emit(f"=== {verdict} ===")
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
-                       self.run_dir, self.failures)
+                       self.run_dir, self.failures, self.deaths)
 
 
 def _wait_state(pid: int, state: str, timeout: float) -> None:

@@ -123,5 +123,7 @@ def _fork(k: Kernel, parent: Task | None, child: Task) -> None:
                           flags=m.flags, file=m.file, pgoff=m.pgoff, vid=m.vid,
                           invalid=m.invalid)
         mm.add_mapping(k, child, copy)
+        for hook in k.ext.get("vma_copy_hooks", ()):
+            hook(m, copy)
     child.ext["mmap_next"] = parent.ext.get("mmap_next", mm.MMAP_BASE)
     child.ext["next_vid"] = parent.ext.get("next_vid", 0)
