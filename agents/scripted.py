@@ -237,6 +237,8 @@ def _outcome(fn: Any) -> dict[str, Any]:
     try:
         return {"ok": fn()}
     except OSError as exc:
+        if exc.errno is None:  # TimeoutError and the like: not a system call's errno
+            return {"error": f"{type(exc).__name__}: {exc}"}
         return {"errno": exc.errno}
     except Exception as exc:  # a scenario error or an agent bug: shown, never an errno
         return {"error": f"{type(exc).__name__}: {exc}",

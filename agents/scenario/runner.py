@@ -97,6 +97,10 @@ class Outcome:
     failures: list[str]
     #: how actors died during the run ("A killed by SIGIO")
     deaths: list[str] = field(default_factory=list)
+    #: the kernel's object counts once every actor has gone (emulator)
+    final_stats: dict[str, int] = field(default_factory=dict)
+    #: every foreign write of the run (emulator)
+    foreign_writes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -168,6 +172,8 @@ class Runner:
         self.lines: list[LineResult] = []
         self.failures: list[str] = []
         self.deaths: list[str] = []
+        self.final_stats: dict[str, int] = {}
+        self.foreign: list[dict[str, Any]] = []
         self.events: IO[str] = open(os.path.join(self.run_dir, "launcher.jsonl"), "w")  # noqa: SIM115
         self.t0 = time.monotonic()
         self.director_path = os.path.join(self.run_dir, "director.sock")
@@ -560,6 +566,13 @@ class Runner:
                     os.close(pidfd)
         _reap_all()
         if self.kconn is not None:
+            try:
+                for actor in self.actors.values():
+                    self.kconn.call("wait_exit", actor.pid)
+                self.final_stats = dict(self.kconn.call("kernel_stats"))
+                self.foreign = list(self.kconn.call("foreign_writes"))
+            except Exception as exc:  # the daemon is gone or broken: that is the finding
+                self.failures.append(f"kernel daemon did not answer after the run: {exc}")
             self.kconn.close()
         if self.daemon is not None:
             code = self.daemon.stop()
@@ -593,7 +606,7 @@ class Runner:
         verdict = "PASS" if not self.failures else f"FAIL ({len(self.failures)})"
         self._emit(f"=== {verdict} ===")
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
-                       self.run_dir, self.failures, self.deaths)
+                       self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign)
 
 
 def _wait_state(pid: int, state: str, timeout: float) -> None:

@@ -201,6 +201,12 @@ def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
         "pending_forks": len(k.pending_forks),
         "parked": sum(len(p.parked) for p in k.tasks.values()),
         "timers": sum(1 for tm in k.timers if not tm.cancelled),
+        "leases": sum(len(i.ext.get("leases", ())) for i in k.fs.inodes.values()),
+        "mappings": sum(len(p.ext.get("vmas", {})) for p in k.tasks.values()),
+        "mrs": len(k.ext.get("rkeys", {})),
+        "pinned_blocks": len(k.ext.get("longterm_pins", {})) + len(k.ext.get("shortterm_pins", {})),
+        "shootdowns": len(k.ext.get("shootdowns", {})),
+        "mailboxes": len(k.ext.get("mailboxes", {})),
     }
 
 
