@@ -422,7 +422,7 @@ class EmuSystem(System):
         self._mm().munmap(addr, length)
 
     def store(self, addr: int, data: bytes) -> int:
-        return self._mm().store(addr, bytes(data))
+        return self._mm().store(addr, data)
 
     def load(self, addr: int, count: int) -> bytes:
         return self._mm().load(addr, count)

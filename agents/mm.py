@@ -11,6 +11,7 @@ block.  Shoot-downs are taken before every access and whenever the agent waits.
 
 from __future__ import annotations
 
+import bisect
 import errno
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker, shared_memory
@@ -34,11 +35,81 @@ class Vma:
     flags: int
     #: page index -> private copy (MAP_PRIVATE pages written by this process)
     private: dict[int, bytearray] = field(default_factory=dict)
+    #: the cached translations of this mapping
+    tlb: ExtentTLB = field(default_factory=lambda: ExtentTLB())
 
     @property
     def shared(self) -> bool:
         """Stores reach the file."""
         return self.flags & linux.MAP_TYPE != linux.MAP_PRIVATE
+
+
+class ExtentTLB:
+    """Translations of one mapping as extents: pages ``[start, end)`` -> blocks
+    ``[block, block + end - start)``, kept sorted by start so that a store of many pages
+    finds its runs with ``bisect`` and copies each run with one slice.  Pages read
+    through the zero page are kept apart (they have no block)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.blocks: list[int] = []
+        self.zero: set[int] = set()
+
+    def lookup(self, page: int) -> tuple[int, int] | None:
+        """(block of ``page``, pages left in its extent), or None."""
+        i = bisect.bisect_right(self.starts, page) - 1
+        if i >= 0 and page < self.ends[i]:
+            return self.blocks[i] + page - self.starts[i], self.ends[i] - page
+        return None
+
+    def insert(self, page: int, block: int) -> None:
+        """Record ``page -> block``, merging with the extent before or after it."""
+        self.zero.discard(page)
+        if block == ZERO_PAGE:
+            self.zero.add(page)
+            return
+        i = bisect.bisect_right(self.starts, page) - 1
+        if i >= 0 and self.ends[i] == page and self.blocks[i] + page - self.starts[i] == block:
+            self.ends[i] += 1
+            j = i + 1
+            if j < len(self.starts) and self.starts[j] == page + 1 \
+                    and self.blocks[j] == block + 1:  # joins the next extent too
+                self.ends[i] = self.ends[j]
+                del self.starts[j], self.ends[j], self.blocks[j]
+            return
+        j = i + 1
+        if j < len(self.starts) and self.starts[j] == page + 1 and self.blocks[j] == block + 1:
+            self.starts[j] = page
+            self.blocks[j] = block
+            return
+        self.starts.insert(j, page)
+        self.ends.insert(j, page + 1)
+        self.blocks.insert(j, block)
+
+    def drop(self, page: int) -> None:
+        """Forget ``page`` (a shoot-down), splitting its extent."""
+        self.zero.discard(page)
+        i = bisect.bisect_right(self.starts, page) - 1
+        if i < 0 or page >= self.ends[i]:
+            return
+        start, end, block = self.starts[i], self.ends[i], self.blocks[i]
+        del self.starts[i], self.ends[i], self.blocks[i]
+        if page + 1 < end:
+            self.starts.insert(i, page + 1)
+            self.ends.insert(i, end)
+            self.blocks.insert(i, block + page + 1 - start)
+        if start < page:
+            self.starts.insert(i, start)
+            self.ends.insert(i, page)
+            self.blocks.insert(i, block)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.starts.clear()
+        self.ends.clear()
+        self.blocks.clear()
+        self.zero.clear()
 
 
 class AgentMM:
@@ -54,8 +125,9 @@ class AgentMM:
         assert shm.buf is not None
         self.buf: memoryview = shm.buf
         self.vmas: dict[int, Vma] = {}
-        #: (vma id, page index) -> block or ZERO_PAGE
-        self.tlb: dict[tuple[int, int], int] = {}
+        #: recent shoot-downs: (arrival number, vma id, pages), to spot a fault result
+        #: that a shoot-down overtook while this process was busy in a nested call
+        self.zaps: list[tuple[int, int, frozenset[int]]] = []
         conn.event_handlers["shootdown"] = self._shootdown
 
     # --- events -----------------------------------------------------------------------
@@ -63,8 +135,13 @@ class AgentMM:
     def _shootdown(self, body: dict[str, Any]) -> None:
         """Drop the translations the daemon zapped, then acknowledge (the IPI)."""
         vid = int(body.get("vma", 0))
-        for index in body.get("pages", []):
-            self.tlb.pop((vid, int(index)), None)
+        pages = frozenset(int(i) for i in body.get("pages", []))
+        vma = self.vmas.get(vid)
+        if vma is not None:
+            for index in pages:
+                vma.tlb.drop(index)
+        self.zaps.append((self.conn.arrivals, vid, pages))
+        del self.zaps[:-64]
         self.conn.notify("tlb-ack", sd=body.get("sd"))
 
     def sync(self) -> None:
@@ -74,7 +151,8 @@ class AgentMM:
     def after_fork(self, conn: Connection) -> None:
         """In a fork child: a new channel, and no translations until faulted again."""
         self.conn = conn
-        self.tlb.clear()
+        for vma in self.vmas.values():
+            vma.tlb.clear()
         conn.event_handlers["shootdown"] = self._shootdown
 
     # --- mapping --------------------------------------------------------------------
@@ -90,14 +168,11 @@ class AgentMM:
         for vid, vma in list(self.vmas.items()):
             if vma.start >= addr and vma.start + vma.length <= addr + length:
                 del self.vmas[vid]
-                for key in [k for k in self.tlb if k[0] == vid]:
-                    del self.tlb[key]
         self.conn.call("munmap", addr, length)
 
     def drop_all(self) -> None:
         """exec: every mapping goes with the image."""
         self.vmas.clear()
-        self.tlb.clear()
 
     def _find(self, addr: int) -> Vma:
         for vma in self.vmas.values():
@@ -105,32 +180,50 @@ class AgentMM:
                 return vma
         raise os_error(errno.EFAULT)
 
-    def _block(self, vma: Vma, index: int, write: bool) -> int:
-        key = (vma.vid, index)
-        block = self.tlb.get(key)
-        if block is None or (write and block == ZERO_PAGE):
+    def _block(self, vma: Vma, index: int, write: bool) -> tuple[int, int]:
+        """(block of page ``index``, pages left in its extent), faulting it in."""
+        hit = vma.tlb.lookup(index)
+        if hit is not None:
+            return hit
+        if index in vma.tlb.zero and not write:
+            return ZERO_PAGE, 1
+        while True:
             block = int(self.conn.call("mm_fault", vma.vid, index, 1 if write else 0))
-            self.tlb[key] = block
-        return block
+            got = self.conn.reply_arrival
+            # A shoot-down of this page read after the reply (while a signal handler's
+            # call was being answered) means the block may be freed already: fault again.
+            if not any(n > got and vid == vma.vid and index in pages
+                       for n, vid, pages in self.zaps):
+                break
+        vma.tlb.insert(index, block)
+        return block, 1
 
     # --- the data path ----------------------------------------------------------------
 
-    def store(self, addr: int, data: bytes) -> int:
-        """Store ``data`` at ``addr`` through the mapping (EFAULT after SIGBUS/SIGSEGV)."""
+    def store(self, addr: int, data: bytes | memoryview) -> int:
+        """Store ``data`` at ``addr`` through the mapping (EFAULT after SIGBUS/SIGSEGV).
+
+        Each run of pages whose blocks are consecutive is copied with one slice."""
         self.sync()
+        view = memoryview(data).cast("B")
+        total = len(view)
         done = 0
-        view = memoryview(data)
-        while done < len(data):
+        page = self.page
+        buf = self.buf
+        while done < total:
             vma = self._find(addr + done)
             off = addr + done - vma.start
-            index, inpage = divmod(off, self.page)
-            n = min(self.page - inpage, len(data) - done, vma.length - off)
+            index, inpage = divmod(off, page)
+            limit = min(total - done, vma.length - off)
             if not vma.shared:
+                n = min(page - inpage, limit)
                 self._private(vma, index)[inpage : inpage + n] = view[done : done + n]
-            else:
-                block = self._block(vma, index, write=True)
-                start = block * self.page + inpage
-                self.buf[start : start + n] = view[done : done + n]
+                done += n
+                continue
+            block, run = self._block(vma, index, write=True)
+            n = min(run * page - inpage, limit)
+            start = block * page + inpage
+            buf[start : start + n] = view[done : done + n]
             done += n
         return done
 
@@ -138,19 +231,22 @@ class AgentMM:
         """Load ``count`` bytes at ``addr`` through the mapping."""
         self.sync()
         out = bytearray()
+        page = self.page
         while len(out) < count:
             vma = self._find(addr + len(out))
             off = addr + len(out) - vma.start
-            index, inpage = divmod(off, self.page)
-            n = min(self.page - inpage, count - len(out), vma.length - off)
+            index, inpage = divmod(off, page)
+            limit = min(count - len(out), vma.length - off)
             if index in vma.private:
+                n = min(page - inpage, limit)
                 out += vma.private[index][inpage : inpage + n]
                 continue
-            block = self._block(vma, index, write=False)
+            block, run = self._block(vma, index, write=False)
+            n = min(run * page - inpage, limit)
             if block == ZERO_PAGE:
                 out += bytes(n)
             else:
-                start = block * self.page + inpage
+                start = block * page + inpage
                 out += self.buf[start : start + n]
         return bytes(out)
 
@@ -158,13 +254,13 @@ class AgentMM:
         """A MAP_PRIVATE page's copy, made on the first store (copy-on-write)."""
         page = vma.private.get(index)
         if page is None:
-            block = self._block(vma, index, write=False)
+            block, _ = self._block(vma, index, write=False)
             if block == ZERO_PAGE:
                 page = bytearray(self.page)
             else:
                 page = bytearray(self.buf[block * self.page : (block + 1) * self.page])
             vma.private[index] = page
-            self.tlb.pop((vma.vid, index), None)
+            vma.tlb.drop(index)
         return page
 
     def close(self) -> None:

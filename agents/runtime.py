@@ -95,6 +95,10 @@ class Connection:
         #: (called with the request id being waited for); set by the signal layer
         self.signal_fd: int | None = None
         self.on_signal: Callable[[int | None], None] | None = None
+        #: messages received so far; a reply remembers its number (``reply_arrival``) so
+        #: that an event received after it (a shoot-down) can be told to be newer
+        self.arrivals = 0
+        self.reply_arrival = 0
         self.notify("hello")
 
     # --- sending ----------------------------------------------------------------------
@@ -161,7 +165,9 @@ class Connection:
             if timeout is not None and waited >= timeout:
                 raise TimeoutError(f"no reply to request {rid}")
             self._check_daemon()
-        return _result(self._replies.pop(rid))
+        body = self._replies.pop(rid)
+        self.reply_arrival = int(body.get("_n", 0))
+        return _result(body)
 
     def pump(self, timeout: float = 0.0) -> None:
         """Read whatever the daemon sent (events are queued and handlers run)."""
@@ -181,11 +187,13 @@ class Connection:
                 body, _, _ = wire.open_frame(frame)
             except ProtocolError:
                 return  # garbage from the wire: dropped
+        self.arrivals += 1
         if body["k"] == wire.REPLY:
             rid = body.get("id")
             if not isinstance(rid, int):
                 return
             if authentic or "error" in body:
+                body["_n"] = self.arrivals
                 self._replies[rid] = body
         elif body["k"] == wire.EVENT and authentic:
             self.events.append(body)

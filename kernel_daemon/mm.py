@@ -158,6 +158,7 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
         return block
     inode = mapping.file.inode
     fpage = mapping.pgoff + index
+    _wait_invalidate(k, task, inode, fpage)
     if mapping.invalid or fpage * page >= inode.size:
         sigbus(k, task, addr)
         raise KernelError(errno.EFAULT)
@@ -257,7 +258,56 @@ def shootdown_ack(k: Kernel, task: Task, body: dict[str, Any]) -> None:
         _acked(k, seq)
 
 
-def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None) -> None:
-    """Zap pages ``[first, end)`` of the inode, then sleep until the shoot-downs are done."""
+def invalidate_lock(k: Kernel, task: Task, inode: Inode, first: int, end: int | None) -> None:
+    """``filemap_invalidate_lock``: while ``task`` changes pages ``[first, end)``, faults
+    in that range wait, so they cannot bring back what is being taken away (without it
+    a process storing in a loop re-faults the pages after each shoot-down and the change
+    never ends).  Released by :func:`invalidate_unlock` or the holder's exit."""
+    held: dict[int, tuple[Task, int, int | None]] = inode.ext.setdefault("inval", {})
+    held[task.pid] = (task, first, end)
+    task.ext.setdefault("inval_inodes", set()).add(inode.ino)
+
+
+def invalidate_unlock(k: Kernel, task: Task, inode: Inode) -> None:
+    """The change is done: faults waiting on the range go on."""
+    held = inode.ext.get("inval", {})
+    if held.pop(task.pid, None) is None:
+        return
+    task.ext.get("inval_inodes", set()).discard(inode.ino)
+    sleepers, inode.ext["inval_sleepers"] = inode.ext.get("inval_sleepers", []), []
+    for wake in sleepers:
+        wake()
+
+
+def release_invalidate_locks(k: Kernel, task: Task) -> None:
+    """At exit (or when the call holding them ends): drop the task's invalidate locks."""
+    for ino in list(task.ext.get("inval_inodes", ())):
+        inode = k.fs.inodes.get(ino)
+        if inode is not None:
+            invalidate_unlock(k, task, inode)
+    task.ext.pop("inval_inodes", None)
+
+
+def _wait_invalidate(k: Kernel, task: Task, inode: Inode, fpage: int) -> None:
+    """Sleep while another task's layout change covers file page ``fpage``."""
+    busy = any(owner is not task and fpage >= first and (end is None or fpage < end)
+               for owner, first, end in inode.ext.get("inval", {}).values())
+    if not busy:
+        return
+    sleepers: list[Callable[[], None]] = inode.ext.setdefault("inval_sleepers", [])
+
+    def register(wake: Callable[[], None]) -> Callable[[], None]:
+        sleepers.append(wake)
+        return lambda: sleepers.remove(wake) if wake in sleepers else None
+
+    raise MustWait(register)
+
+
+def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None,
+                   task: Task | None = None) -> None:
+    """Zap pages ``[first, end)`` of the inode, then sleep until the shoot-downs are done;
+    with ``task``, faults in the range wait meanwhile (the caller unlocks when done)."""
+    if task is not None:
+        invalidate_lock(k, task, inode, first, end)
     zap(k, inode, first, end)
     wait_for_shootdowns(k, inode)

@@ -120,11 +120,18 @@ print("stores", n, "sigbus", len(s.signals()), flush=True)
 
 
 @pytest.mark.timeout(120)
-def test_no_store_lands_in_a_freed_block(daemon: DaemonProcess) -> None:
-    """A process stores into every page of its mapping in a loop while another truncates
-    the file and a third file takes every freed block at once (the allocator hands the
-    last freed block out first).  If one store landed in a block after it was freed, the
-    other file would hold an 'A'."""
+@pytest.mark.parametrize("change", ["punch", "truncate"])
+def test_no_store_lands_in_a_freed_block(daemon: DaemonProcess, change: str) -> None:
+    """A process stores into every page of its mapping in a loop while another punches
+    every page out of the file and a second file takes every freed block at once (the
+    allocator hands the last freed block out first).  If one store landed in a block
+    after it was freed, the other file would hold an 'A'.
+
+    Two ways to take the pages away: hole punching (the storer faults new blocks in) and
+    shrinking truncates (every fault past the end is a SIGBUS the storer records).
+    Faults in a range being changed wait for the change (the invalidate lock); without
+    that, the storer re-faulted the pages after each shoot-down and the change never
+    ended."""
     pages = 4
     stop = os.path.join(daemon.run_dir, "stop")
     sysm = EmuSystem(daemon.run_dir, "truncater")
@@ -140,12 +147,19 @@ def test_no_store_lands_in_a_freed_block(daemon: DaemonProcess) -> None:
         ready, _, _ = select.select([storer.stdout], [], [], 30)
         assert ready and storer.stdout.readline().startswith("ready")
         offset = 0
+        punch = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
         for _ in range(60):
-            sysm.ftruncate(fd, 0)            # waits for the storer's shoot-down ack
+            # every page zapped, shot down (waiting for the storer's ack) and freed; the
+            # storer faults new blocks into the holes, or gets SIGBUS past the end
+            if change == "punch":
+                sysm.call("fallocate", fd, punch, 0, pages * 4096)
+            else:
+                sysm.ftruncate(fd, 0)
             for _ in range(pages):           # the freed blocks go to /g at once
                 assert sysm.pwrite(g, b"G" * 4096, offset) == 4096
                 offset += 4096
-            sysm.ftruncate(fd, pages * 4096)  # holes again: the storer faults new blocks
+            if change == "truncate":
+                sysm.ftruncate(fd, pages * 4096)  # holes again
         open(stop, "w").close()
         out, _ = storer.communicate(timeout=30)
         assert storer.returncode == 0, out

@@ -28,7 +28,8 @@ def variants(path: str, victims: tuple[str, ...]) -> list[tuple[str, str]]:
     """The scenario with ``!kill V`` after each of its steps, for each victim; the
     expectations are dropped (a killed actor changes them) and lines of dead actors
     are kept only to prove the daemon still answers the living."""
-    lines = [ln for ln in open(path).read().splitlines()]
+    with open(path) as fh:
+        lines = fh.read().splitlines()
     body = []
     for ln in lines:
         keep = ln.split("=>", 1)[0].rstrip() if "=>" in ln and not ln.lstrip().startswith("#") \
@@ -42,7 +43,7 @@ def variants(path: str, victims: tuple[str, ...]) -> list[tuple[str, str]]:
     steps = [i + 1 for i in steps]
     for victim in victims:
         for i in steps:
-            text = body[: i + 1] + [f"!kill {victim}"] + body[i + 1 :]
+            text = [*body[: i + 1], f"!kill {victim}", *body[i + 1 :]]
             out.append((f"{victim}@{i + 1}", "\n".join(text)))
     return out
 

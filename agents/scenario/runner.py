@@ -578,6 +578,9 @@ class Runner:
             code = self.daemon.stop()
             if code not in (0, -signal.SIGTERM):
                 self.failures.append(f"kernel daemon exited with status {code}")
+        for link, _ in self.unclaimed.values():
+            link.close()  # actors that said hello after the run gave up on them
+        self.unclaimed.clear()
         self.listener.close()
         self.events.close()
 

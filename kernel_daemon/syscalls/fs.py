@@ -248,8 +248,13 @@ def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:
         raise KernelError(errno.EINVAL)
     if length > MAX_FILE_SIZE:
         raise KernelError(errno.EFBIG)
-    may_truncate(k, t, inode, length)
+    try:
+        may_truncate(k, t, inode, length)
+    except KernelError:
+        mm.invalidate_unlock(k, t, inode)
+        raise
     k.fs.truncate(inode, length)
+    mm.invalidate_unlock(k, t, inode)
 
 
 @syscall("ftruncate", linux="fs/open.c do_sys_ftruncate()")
@@ -355,7 +360,7 @@ def layout_change(k: Kernel, t: Task, inode: Inode, first: int, end: int | None,
     pins), then unmap the pages and wait for the shoot-downs (``xfs_break_layouts`` and
     ``truncate_pagecache_range``)."""
     k.ext["policy"].before_layout_change(k, t, inode, first, end, kind)
-    mm.unmap_and_wait(k, inode, first, end)
+    mm.unmap_and_wait(k, inode, first, end, t)
 
 
 def unshare(k: Kernel, t: Task, inode: Inode, first: int, end: int) -> None:
@@ -400,11 +405,16 @@ def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: i
     end = offset + length
     if mode & linux.FALLOC_FL_PUNCH_HOLE:
         first, last = -(-offset // bs), end // bs
-        layout_change(k, t, inode, first, last, "punch")
+        try:
+            layout_change(k, t, inode, first, last, "punch")
+        except KernelError:
+            mm.invalidate_unlock(k, t, inode)
+            raise
         k.fs.free_range(inode, first, last)
         _zero_bytes(k, inode, offset, min(end, first * bs))
         if last >= first:
             _zero_bytes(k, inode, max(offset, last * bs), end)
+        mm.invalidate_unlock(k, t, inode)
         return 0
     if mode & linux.FALLOC_FL_ZERO_RANGE:
         _zero_bytes(k, inode, offset, end)
@@ -440,12 +450,19 @@ def sys_clone(k: Kernel, t: Task, src_fd: int, dst_fd: int) -> int:
         raise KernelError(errno.EINVAL)
     if src.inode is dst.inode:
         raise KernelError(errno.EINVAL)
-    layout_change(k, t, src.inode, 0, None, "reflink")
-    layout_change(k, t, dst.inode, 0, None, "reflink")
+    try:
+        layout_change(k, t, src.inode, 0, None, "reflink")
+        layout_change(k, t, dst.inode, 0, None, "reflink")
+    except KernelError:
+        mm.invalidate_unlock(k, t, src.inode)
+        mm.invalidate_unlock(k, t, dst.inode)
+        raise
     k.fs.free_range(dst.inode, 0)
     for page, block in src.inode.blocks.items():
         k.pmem.share(block)
         dst.inode.blocks[page] = block
     dst.inode.size = src.inode.size
     src.inode.ext["reflinked"] = dst.inode.ext["reflinked"] = True
+    mm.invalidate_unlock(k, t, src.inode)
+    mm.invalidate_unlock(k, t, dst.inode)
     return 0

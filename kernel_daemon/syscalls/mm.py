@@ -105,6 +105,7 @@ def _perms(m: mm.Mapping) -> str:
 def install(k: Kernel) -> None:
     """Wire mappings into exit, exec, fork and the truncate path."""
     k.exit_hooks.append(lambda task: mm.drop_all(k, task, "exit"))
+    k.exit_hooks.append(lambda task: mm.release_invalidate_locks(k, task))
     k.exec_hooks.append(lambda task: mm.drop_all(k, task, "exec"))
     k.fork_hooks.append(lambda parent, child: _fork(k, parent, child))
     k.notify_handlers["tlb-ack"] = lambda task, body: mm.shootdown_ack(k, task, body)
