@@ -254,8 +254,10 @@ def file_blocks(system: EmuSystem, addr: int) -> list[int]:
     """The blocks behind the mapping at ``addr`` in page order, as this process's TLB
     caches them (pages not faulted in are left out)."""
     mmu = system._mm()
-    vid = next(v.vid for v in mmu.vmas.values() if v.start == addr)
-    return [b for (v, _), b in sorted(mmu.tlb.items()) if v == vid]
+    vma = next(v for v in mmu.vmas.values() if v.start == addr)
+    tlb = vma.tlb  # extents: pages [start, end) -> blocks [block, ...)
+    return [block + i for start, end, block in zip(tlb.starts, tlb.ends, tlb.blocks, strict=True)
+            for i in range(end - start)]
 
 
 def in_order_span(blocks: list[int], nbytes: int) -> int | None:
