@@ -9,9 +9,9 @@ aside).
 from __future__ import annotations
 
 import pytest
+from dual import same_on_both_targets
 
 from agents.scenario.parse import parse
-from agents.scenario.runner import run_scenario
 
 SCENARIOS: dict[str, str] = {
     "lowest_free_numbering": """
@@ -253,10 +253,4 @@ SCENARIOS: dict[str, str] = {
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_same_behaviour_on_host_and_emulator(name: str) -> None:
-    scenario = parse(SCENARIOS[name], name)
-    host = run_scenario(scenario, "host", show_pids=False)
-    assert host.passed, f"host kernel (the oracle) disagrees: {host.failures}"
-    emu = run_scenario(scenario, "emulator", show_pids=False)
-    assert emu.passed, f"emulator: {emu.failures}"
-    strip = [line for line in host.transcript if not line.startswith("===")]
-    assert strip == [line for line in emu.transcript if not line.startswith("===")]
+    same_on_both_targets(parse(SCENARIOS[name], name))

@@ -13,10 +13,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from dual import same_on_both_targets
 from lease_cases import CASES, render
 
 from agents.scenario.parse import parse
-from agents.scenario.runner import run_scenario
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,13 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_lease_behaviour(name: str) -> None:
     case = next(c for c in CASES if c.name == name)
-    scenario = parse(case.scenario, name)
-    host = run_scenario(scenario, "host", show_pids=False)
-    assert host.passed, f"host kernel (the oracle): {host.failures}\n" + "\n".join(host.transcript)
-    emu = run_scenario(scenario, "emulator", show_pids=False)
-    assert emu.passed, f"emulator: {emu.failures}\n" + "\n".join(emu.transcript)
-    strip = [line for line in host.transcript if not line.startswith("===")]
-    assert strip == [line for line in emu.transcript if not line.startswith("===")]
+    same_on_both_targets(parse(case.scenario, name))
 
 
 def test_conformance_doc_matches_the_cases() -> None:
