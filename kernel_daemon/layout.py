@@ -19,16 +19,16 @@ business: this module gives them the common break (``break_layout``) with hooks 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.kernel import Kernel, Timer
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
 from kernel_daemon.locks import (
     FL_LAYOUT,
     FL_UNLOCK_PENDING,
     Lease,
     leases_of,
     lm_break,
+    sleep_on_lease,
     time_out_leases,
 )
 from kernel_daemon.task import File, Task
@@ -94,30 +94,7 @@ def break_layout(k: Kernel, task: Task, inode: Inode, kind: str, nonblock: bool 
         return
     if nonblock:
         raise KernelError(errno.EWOULDBLOCK)
-    first = pending[0]
-
-    def register(wake: Callable[[], None]) -> Callable[[], None]:
-        timer: Timer | None = None
-        from kernel_daemon.locks import Breaker
-
-        breaker = Breaker(task, True, wake)
-        first.blocked.append(breaker)
-        if first.break_time:
-            def expire() -> None:
-                time_out_leases(k, inode)
-                wake()
-
-            timer = k.add_timer(max(0.0, first.break_time - k.clock()), expire)
-
-        def unregister() -> None:
-            if breaker in first.blocked:
-                first.blocked.remove(breaker)
-            if timer is not None:
-                timer.cancel()
-
-        return unregister
-
-    raise MustWait(register)
+    sleep_on_lease(k, task, inode, pending[0], True)
 
 
 def remove_lease(k: Kernel, lease: Lease, why: str) -> None:

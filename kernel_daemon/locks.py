@@ -178,7 +178,12 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
         return
     if mode & linux.O_NONBLOCK:
         raise KernelError(errno.EWOULDBLOCK)
-    first = lst[0]
+    sleep_on_lease(k, task, inode, lst[0], want_write)
+
+
+def sleep_on_lease(k: Kernel, task: Task, inode: Inode, first: Lease, want_write: bool) -> None:
+    """The breaker sleeps on ``first`` (``locks_insert_block``) until it is released or
+    its break time passes; then the call looks again.  Raises :class:`MustWait`."""
 
     def register(wake: Callable[[], None]) -> Callable[[], None]:
         breaker = Breaker(task, want_write, wake)

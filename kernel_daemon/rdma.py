@@ -197,12 +197,7 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
     for hook in k.ext.get("dereg_mr_hooks", ()):
         hook(mr)
     _rkeys(k).pop(mr.rkey, None)
-    pins = k.ext.setdefault("longterm_pins", {})
-    for pin in mr.pins:
-        pins[pin.block] -= 1
-        if not pins[pin.block]:
-            del pins[pin.block]
-    mr.pins.clear()
+    _unpin(k, mr)
     mr.valid = False
     k.log.emit("dereg_mr", ctx=mr.ctx.cid, mr=mr.handle, why=why)
     for f in mr.files:
@@ -210,17 +205,22 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
     mr.files.clear()
 
 
-def revoke(k: Kernel, mr: MR, why: str) -> None:
-    """Fence an MR: later accesses through it complete with an error; pins released."""
-    if not mr.valid:
-        return
-    mr.valid = False
+def _unpin(k: Kernel, mr: MR) -> None:
+    """Release the region's long-term pins."""
     pins = k.ext.setdefault("longterm_pins", {})
     for pin in mr.pins:
         pins[pin.block] -= 1
         if not pins[pin.block]:
             del pins[pin.block]
     mr.pins.clear()
+
+
+def revoke(k: Kernel, mr: MR, why: str) -> None:
+    """Fence an MR: later accesses through it complete with an error; pins released."""
+    if not mr.valid:
+        return
+    mr.valid = False
+    _unpin(k, mr)
     async_event(mr.ctx, {"event_type": "IBV_EVENT_MR_REVOKED", "mr": mr.handle, "why": why})
     k.log.emit("mr-revoked", ctx=mr.ctx.cid, mr=mr.handle, why=why)
 
