@@ -156,3 +156,231 @@ B: fstat(g)                                         => {"st_size": 12288}
 @pytest.mark.parametrize(("text", "policy"), cases(COMMON))
 def test_common_layout_lease_ground(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
+
+
+# --- map-direct ----------------------------------------------------------------------
+
+MD = ("map-direct",)
+MAP_DIRECT = {
+    "mmap_reflinked_file_is_EPERM": (("map-direct", "map-direct-sealed"), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "F" * 8192, 0)                        => 8192
+A: r = open("/r", O_RDWR|O_CREAT, 0o644)            => 4
+A: clone(fd, r)                                     => 0
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, r, 0)  => EPERM
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => EPERM
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, r, 0) => ok
+A: locks()                                          => []
+"""),
+    "mmap_not_dax_is_EPERM": (("map-direct", "map-direct-sealed"), """
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT|MAP_ANONYMOUS, -1, 0) => EPERM
+"""),
+    "mmap_by_neither_owner_nor_root_is_EACCES": (("map-direct", "map-direct-sealed"), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o666)           => 3
+A: ftruncate(fd, 8192)                              => 0
+B: b = open("/f", O_RDWR)                           => 3
+B: mmap(4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) => ok
+B: setuid(1000)                                     => 0
+B: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, b, 0) => EACCES
+B: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, b, 0) => ok
+B: own = open("/own", O_RDWR|O_CREAT, 0o644)        => 4
+B: ftruncate(own, 8192)                             => 0
+B: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, own, 0) => ok
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+"""),
+    "mmap_unknown_flag_under_MAP_SHARED_VALIDATE_is_EOPNOTSUPP": (MD, """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT|0x800000, fd, 0) => EOPNOTSUPP
+A: locks()                                          => []
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_DIRECT|0x800000, fd, 0) => ok
+"""),
+    "plain_MAP_SHARED_silently_drops_MAP_DIRECT": (MD, """
+set lease_break_time = 30
+set step_timeout = 10
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_DIRECT, fd, 0) => ok
+A: locks()                                          => []
+B: b = open("/f", O_RDWR)                           => 3
+B: pwrite(b, "plain", 0)                            => 5
+B: truncate("/f", 4096)                             => 0
+A: signals()                                        => []
+A: ctx = ibv_open_device()                          => 4
+A: ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EOPNOTSUPP
+"""),
+    "lease_lives_with_the_mapping_fork_shares_it_last_munmap_ends_it": (MD, """
+set lease_break_time = 30
+set step_timeout = 10
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+A: close(fd)                                        => 0
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+A: fork() as C
+A: munmap(p, 8192)                                  => 0
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+B: truncate("/f", 4096) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+C: signals()                                        => []
+C: locks()                                          => [{"state": "BREAKING", "path": "/f"}, {"state": "BREAKER", "waiter": True}]
+C: munmap(p, 8192)                                  => 0
+B: join                                             => 0
+A: locks()                                          => []
+"""),
+    "breakers_write_by_anyone_size_change_punch_reflink_signal_and_wait_for_munmap": (MD, """
+set lease_break_time = 30
+set step_timeout = 10
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 16384)                             => 0
+A: m = dup(fd)                                      => 4
+A: fcntl(fd, F_SETSIG, SIGIO)                       => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
+B: b = open("/f", O_RDWR)                           => 3
+B: pwrite(b, "other", 0) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": POLL_MSG, "si_fd": 4}]
+A: munmap(p, 16384)                                 => 0
+B: join                                             => 5
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
+B: ftruncate(b, 20480) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: munmap(p, 16384)                                 => 0
+B: join                                             => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
+B: truncate("/f", 16384) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: munmap(p, 16384)                                 => 0
+B: join                                             => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
+B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: munmap(p, 16384)                                 => 0
+B: join                                             => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
+B: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 4
+B: clone(g, b) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: munmap(p, 16384)                                 => 0
+B: join                                             => 0
+B: stat("/f")                                       => {"st_size": 0}
+"""),
+    "holder_write_breaks_its_own_lease": (MD, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "record-restart")                  => 0
+A: signal(SIGBUS, "record")                         => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: pwrite(fd, "own", 0)                             => 3
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: locks()                                          => []
+A: load(p, 3)                                       => EFAULT
+A: signals()                                        => [{"si_signo": SIGBUS, "si_code": 2}]
+"""),
+    "deadline_invalidates_mapping_removes_lease_revokes_mr": (MD, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "ignore")                          => 0
+A: signal(SIGBUS, "record")                         => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: store(p, "kept")                                 => 4
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: locks()                                          => [{"path": "/f"}, {"path": "/f"}]
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+R: rdma_write(m.rkey, 0, "RDMA")                    => "IBV_WC_SUCCESS"
+B: truncate("/f", 4096) &
+B: join                                             => 0
+A: locks()                                          => []
+A: maps()                                           => [{"path": "/f", "invalid": True}]
+A: load(p, 4)                                       => EFAULT
+A: signals()                                        => [{"si_signo": SIGBUS, "si_code": 2}]
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_MR_REVOKED"}
+R: rdma_write(m.rkey, 0, "XXXX")                    => "IBV_WC_REM_ACCESS_ERR"
+R: rdma_write(m.rkey, 4096, "YYYY")                 => "IBV_WC_REM_ACCESS_ERR"
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+B: b = open("/f", O_RDONLY)                         => 3
+B: pread(b, 4, 0)                                   => b"RDMA"
+C: pread(g, 8192, 0)                                => "G" * 8192
+R: foreign_writes()                                 => []
+"""),
+    "reg_mr_over_a_mapping_invalidated_at_the_deadline_is_ENXIO": (MD, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "ignore")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+B: truncate("/f", 4096) &
+B: join                                             => 0
+A: maps()                                           => [{"path": "/f", "invalid": True}]
+A: ctx = ibv_open_device()                          => 4
+A: ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ENXIO
+"""),
+    "reg_mr_needs_a_MAP_DIRECT_mapping_with_an_unbroken_lease": (MD, """
+set lease_break_time = 30
+set step_timeout = 10
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: ctx = ibv_open_device()                          => 4
+A: plain = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ibv_reg_mr(ctx, plain, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EOPNOTSUPP
+A: anon = mmap(8192, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) => ok
+A: ibv_reg_mr(ctx, anon, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: munmap(plain, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+B: truncate("/f", 4096) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ENXIO
+A: munmap(p, 8192)                                  => 0
+B: join                                             => 0
+A: p = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+"""),
+    "mr_own_lease_is_silent_holds_the_file_and_is_revoked_at_the_deadline": (MD, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+A: munmap(p, 8192)                                  => 0
+A: close(fd)                                        => 0
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+R: rdma_write(m.rkey, 0, "live")                    => "IBV_WC_SUCCESS"
+B: truncate("/f", 0) &
+B: join                                             => 0
+A: signals()                                        => []
+A: locks()                                          => []
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_MR_REVOKED"}
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+R: rdma_write(m.rkey, 0, "XXXX")                    => "IBV_WC_REM_ACCESS_ERR"
+C: pread(g, 8192, 0)                                => "G" * 8192
+R: foreign_writes()                                 => []
+"""),
+}
+
+MAP_DIRECT_XFAIL = {
+    "reg_mr_over_a_mapping_invalidated_at_the_deadline_is_ENXIO":
+        "policy.py MapDirectPolicy.expire() pops mapping.ext['mdlease'], and reg_mr() tests "
+        "'lease is None' (EOPNOTSUPP) before 'mapping.invalid' (ENXIO): a MAP_DIRECT "
+        "mapping whose lease was broken and timed out is refused as if it were not "
+        "MAP_DIRECT at all",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(MAP_DIRECT, MAP_DIRECT_XFAIL))
+def test_map_direct(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
