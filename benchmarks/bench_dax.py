@@ -18,13 +18,16 @@ shared-memory segment (the pmem device, attached here by name from the welcome's
     segment (the host kernel's own first-touch page faults).  Informational.
   - **steady**: later passes, every translation cached in the agent's TLB.  **Judged.**
 
-* **RDMA WRITE, 1 MiB**: a second process (the remote peer, its own ``Connection``)
-  calls ``rdma_write(rkey, 0, data)``; the rkey is that of an MR this process
+* **RDMA WRITE, 1 MiB**: a second process (the remote peer, its own ``EmuSystem``)
+  calls ``rdma_write(rkey, 0, sge)``, where ``sge`` names 1 MiB of its own registered
+  memory (anonymous, pinned, filled once), as ``ibv_post_send`` names a WRITE's source:
+  the daemon, as the card, copies device to device.  The rkey is that of an MR this process
   registered with ``ibv_reg_mr`` over a DAX mapping of a 1 MiB pmem file with
   ``IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE`` (a long-term pin; the daemon runs
   policy ``legacy``, which allows it).  Also, for information, the same WRITE through
   an MR with ``IBV_ACCESS_ON_DEMAND`` added (translated at access time), a 4 KiB
-  WRITE through the pinned MR (the fixed cost of the call), a 1 MiB WRITE with rkey 0,
+  WRITE through the pinned MR (the fixed cost of the call), the 1 MiB carried in the call
+  itself (``pinned-inline``), a 1 MiB WRITE with rkey 0,
   which names no MR (the call and its bytes travel, nothing is written: the transport
   alone), and, timed in this process, a bare pyzmq + msgpack round trip carrying the
   same 1 MiB to an echo process (the floor of any design that puts the bytes in the
@@ -97,14 +100,15 @@ WC_SUCCESS = "IBV_WC_SUCCESS"
 PEER = r"""
 import json, sys, time
 from multiprocessing import resource_tracker, shared_memory
-from agents.runtime import Connection
 
 run_dir, pmem_name, base, size, small, daemon_pid = (
     sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
     int(sys.argv[6]))
 keys = json.loads(sys.argv[7])
 profile = sys.argv[8] if len(sys.argv) > 8 else ""
-conn = Connection(run_dir, name="rdma-peer")
+from agents.api import EmuSystem
+peer_sys = EmuSystem(run_dir, name="rdma-peer")
+conn = peer_sys.conn
 shm = shared_memory.SharedMemory(name=pmem_name)
 resource_tracker.unregister(shm._name, "shared_memory")
 buf = shm.buf
@@ -134,9 +138,17 @@ def write(rkey, payload, want="IBV_WC_SUCCESS", offset=0):
 def copy():
     buf[base : base + size] = view
 
+# the peer's own registered memory (anonymous, pinned): the source of a verbs WRITE
+src = peer_sys.mmap(size, 0x3, 0x21, -1, 0)  # MAP_SHARED | MAP_ANONYMOUS
+peer_sys.store(src, data)
+pctx = conn.call("ibv_open_device")
+local = conn.call("ibv_reg_mr", pctx, src, size, 0x1)  # IBV_ACCESS_LOCAL_WRITE
+sge = {"lkey": local["lkey"], "addr": src, "length": size}
+
 configs = {
-    "rdma/pinned": lambda: write(keys["pinned"], data),
-    "rdma/odp": lambda: write(keys["odp"], data),
+    "rdma/pinned": lambda: write(keys["pinned"], sge),
+    "rdma/odp": lambda: write(keys["odp"], sge),
+    "rdma/pinned-inline": lambda: write(keys["pinned"], data),
     "rdma/pinned-4KiB": lambda: write(keys["pinned"], little),
     # rkey 0 is never handed out: the call and its 1 MiB travel, nothing is written
     "rdma/no-mr-1MiB": lambda: write(0, data, "IBV_WC_REM_ACCESS_ERR"),
@@ -157,6 +169,7 @@ for line in sys.stdin:
     if cmd["op"] == "probe":  # distinct bytes through each rkey, for the caller to check
         write(keys["pinned"], b"\xa5" * small, offset=0)
         write(keys["odp"], b"\x5a" * small, offset=small)
+        write(keys["pinned"], dict(sge, length=small), offset=2 * small)
         sys.stdout.write("{}\n")
         sys.stdout.flush()
         continue
@@ -183,7 +196,7 @@ if profile:
     prof.dump_stats(profile)
 del buf, view
 shm.close()
-conn.close()
+peer_sys.conn.close()
 """
 
 
@@ -478,7 +491,8 @@ def main() -> int:
     st_names = ["dax/whole", "copy/whole", "dax/chunks", "copy/chunks"]
     st: dict[str, list[int]] = {k: [] for k in st_names}
     st_paired: dict[str, list[float]] = {"whole": [], "chunks": []}
-    rd_names = ["rdma/pinned", "rdma/odp", "rdma/pinned-4KiB", "rdma/no-mr-1MiB", "copy/1MiB"]
+    rd_names = ["rdma/pinned", "rdma/odp", "rdma/pinned-inline", "rdma/pinned-4KiB",
+                "rdma/no-mr-1MiB", "copy/1MiB"]
     bare_samples: list[int] = []
     rd: dict[str, list[int]] = {k: [] for k in rd_names}
     rd_cpu: dict[str, int] = {k: 0 for k in rd_names}
@@ -542,8 +556,10 @@ def main() -> int:
 
             # each rkey reaches the file's pages (before anything else writes there)
             run_peer_round(peer, 0, 0, 0, op="probe")
-            checks["rdma_data_ok"] = (system.load(raddr, SMALL) == b"\xa5" * SMALL
-                                      and system.load(raddr + SMALL, SMALL) == b"\x5a" * SMALL)
+            checks["rdma_data_ok"] = (
+                system.load(raddr, SMALL) == b"\xa5" * SMALL
+                and system.load(raddr + SMALL, SMALL) == b"\x5a" * SMALL
+                and system.load(raddr + 2 * SMALL, SMALL) == bytes(range(256)) * (SMALL // 256))
             bare = BareClient(run_dir)
 
             def peer_round(rnd: int, n: int, warm: int, record: bool = True) -> dict[str, Any]:
@@ -670,6 +686,9 @@ def main() -> int:
     print(table(["config", "n", "p50", "p99", "min", "mean", "GB/s p50", "x p50", "x p99",
                  "x paired", "cpu dmn"], rows))
     print("x = copy time / config time (higher is better, 1.0 = as fast as memcpy);")
+    print("pinned, odp: the source is an SGE of the peer's own pinned memory (the bytes go")
+    print("              device to device in the daemon, as ibv_post_send names them);")
+    print("pinned-inline: the call itself carries the 1 MiB (informational);")
     print("no-mr-1MiB: rkey 0, the call carries 1 MiB but writes nothing (transport only);")
     print("bare/zmq-1MiB: pyzmq + msgpack round trip carrying 1 MiB, no daemon (timed here,")
     print("              one block per round): the floor of any call that carries the bytes")

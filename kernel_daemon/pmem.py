@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import shared_memory
@@ -54,6 +55,10 @@ class Pmem:
         self.ledger: list[Owner | None] = [None] * nblocks
         #: files sharing each block (reflink); a block is freed when the last lets go
         self.refs: list[int] = [0] * nblocks
+        #: how many times each block was freed: a device agent that cached a block (a
+        #: long-term pin) compares a slice of this with its snapshot in one C-level step
+        #: to learn that no block of a run changed hands since
+        self.gen = array("Q", bytes(8 * nblocks))
         #: free blocks; the top of the stack (end of the list) is handed out next
         self._free: list[int] = list(range(nblocks - 1, -1, -1))
         self._on_change = on_change
@@ -94,6 +99,7 @@ class Pmem:
         if self.refs[block] > 0:
             return
         self.ledger[block] = None
+        self.gen[block] += 1
         self._free.append(block)
         if self._on_change:
             self._on_change("free", block, owner)

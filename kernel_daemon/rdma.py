@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import itertools
 import secrets
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ KNOWN_ACCESS = (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_RE
 WC_SUCCESS = "IBV_WC_SUCCESS"
 WC_REM_ACCESS_ERR = "IBV_WC_REM_ACCESS_ERR"
 WC_REM_INV_REQ_ERR = "IBV_WC_REM_INV_REQ_ERR"
+WC_LOC_PROT_ERR = "IBV_WC_LOC_PROT_ERR"
 
 _ctx_ids = itertools.count(1)
 
@@ -68,6 +70,10 @@ class MR:
     mappings: list[mm.Mapping] = field(default_factory=list)
     #: data files whose blocks back the region (each holds a file reference)
     files: list[File] = field(default_factory=list)
+    #: runs of consecutive pinned blocks: (first page index, first block, pages, the
+    #: blocks' free counts when pinned); the card copies a run whose blocks were never
+    #: freed since with one slice, and checks every page of any other run
+    extents: list[tuple[int, int, int, array[int]]] = field(default_factory=list)
     #: False once revoked (fenced): later accesses complete with an error
     valid: bool = True
     ext: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +100,25 @@ class UContext:
 def _rkeys(k: Kernel) -> dict[int, MR]:
     table: dict[int, MR] = k.ext.setdefault("rkeys", {})
     return table
+
+
+def _lkeys(k: Kernel) -> dict[int, MR]:
+    table: dict[int, MR] = k.ext.setdefault("lkeys", {})
+    return table
+
+
+def _extents(k: Kernel, pins: list[Pin]) -> list[tuple[int, int, int, array[int]]]:
+    """The runs of consecutive blocks in ``pins``, with their free counts now."""
+    runs: list[tuple[int, int, int, array[int]]] = []
+    i = 0
+    while i < len(pins):
+        j = i + 1
+        while j < len(pins) and pins[j].block == pins[j - 1].block + 1:
+            j += 1
+        first = pins[i].block
+        runs.append((i, first, j - i, k.pmem.gen[first : first + j - i]))
+        i = j
+    return runs
 
 
 def context_of(k: Kernel, task: Task, fd: int) -> UContext:
@@ -134,7 +159,7 @@ def alloc_pd(ctx: UContext) -> int:
 def _new_key(k: Kernel) -> int:
     while True:
         key = secrets.randbits(32) or 1
-        if key not in _rkeys(k):
+        if key not in _rkeys(k) and key not in _lkeys(k):
             return key
 
 
@@ -175,6 +200,7 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
             mr.pins.append(Pin(block, owner))
             pins = k.ext.setdefault("longterm_pins", {})
             pins[block] = pins.get(block, 0) + 1
+        mr.extents = _extents(k, mr.pins)
     for mapping in mappings:
         if mapping.file is not None and mapping.file not in mr.files:
             mr.files.append(k.fget(mapping.file))
@@ -182,6 +208,7 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     ctx.mrs[mr.handle] = mr
     if mr.rkey:
         _rkeys(k)[mr.rkey] = mr
+    _lkeys(k)[mr.lkey] = mr
     k.log.emit("reg_mr", pid=task.pid, ctx=ctx.cid, mr=mr.handle, addr=addr, length=length,
                access=access, odp=mr.odp, blocks=[p.block for p in mr.pins],
                files=[k.fs.path_of(f.inode) for f in mr.files])
@@ -197,6 +224,7 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
     for hook in k.ext.get("dereg_mr_hooks", ()):
         hook(mr)
     _rkeys(k).pop(mr.rkey, None)
+    _lkeys(k).pop(mr.lkey, None)
     _unpin(k, mr)
     mr.valid = False
     k.log.emit("dereg_mr", ctx=mr.ctx.cid, mr=mr.handle, why=why)
@@ -213,6 +241,7 @@ def _unpin(k: Kernel, mr: MR) -> None:
         if not pins[pin.block]:
             del pins[pin.block]
     mr.pins.clear()
+    mr.extents = []
 
 
 def revoke(k: Kernel, mr: MR, why: str) -> None:
@@ -243,38 +272,66 @@ def release_context(k: Kernel, file: File) -> None:
 
 # --- the card ------------------------------------------------------------------------
 
-def device_access(k: Kernel, writer: Task, mr: MR, offset: int, data: bytes | None,
-                  length: int, via: str) -> tuple[str, bytes]:
+def device_access(k: Kernel, writer: Task, mr: MR, offset: int,
+                  data: bytes | memoryview | None, length: int, via: str) -> tuple[str, bytes]:
     """Execute an RDMA WRITE (``data``) or READ (``length``) into the MR's range.
 
     Pinned pages go to the pinned block, whatever the file says now; on-demand pages
     are translated through the registering mapping now (EOF: an error completion).
-    Every written block is checked against the ledger.
+    Every written block is checked against the ledger.  A run of consecutive pinned
+    blocks none of which was freed since the pin (one comparison of free counts) still
+    belongs to the pinned pages, so it is copied with one slice, as a DMA engine would.
     """
     page = k.pmem.block_size
     size = len(data) if data is not None else length
     if offset < 0 or size < 0 or offset + size > mr.length:
         return WC_REM_ACCESS_ERR, b""
+    lo = mr.addr % page + offset  # the range, as offsets from the MR's first page
+    hi = lo + size
+    if mr.odp:
+        return _access_pages(k, writer, mr, lo, hi, data, via)
+    buf, gen = k.pmem.buf, k.pmem.gen
+    parts: list[bytes] = []
+    for first, block, n, snapshot in mr.extents:
+        a, b = max(lo, first * page), min(hi, (first + n) * page)
+        if a >= b:
+            continue
+        chunk = None if data is None else data[a - lo : b - lo]
+        if gen[block : block + n] != snapshot:  # a block of the run was freed since
+            _, got = _access_pages(k, writer, mr, a, b, chunk, via)
+            parts.append(got)
+            continue
+        start = block * page + a - first * page
+        if chunk is not None:
+            buf[start : start + b - a] = chunk
+        else:
+            parts.append(bytes(buf[start : start + b - a]))
+    return WC_SUCCESS, b"".join(parts)
+
+
+def _access_pages(k: Kernel, writer: Task, mr: MR, lo: int, hi: int,
+                  data: bytes | memoryview | None, via: str) -> tuple[str, bytes]:
+    """:func:`device_access` page by page over ``[lo, hi)`` (offsets from the MR's first
+    page), checking every written block against the ledger."""
+    page = k.pmem.block_size
+    base = mr.addr - mr.addr % page
     out = bytearray()
-    pos = 0
-    base = mr.addr + offset
-    while pos < size:
-        a = base + pos
-        index = (a - (mr.addr - mr.addr % page)) // page
-        inpage = a % page
-        n = min(page - inpage, size - pos)
+    pos = lo
+    while pos < hi:
+        inpage = pos % page
+        n = min(page - inpage, hi - pos)
         if mr.odp:
-            block = _odp_block(k, mr, a, data is not None)
+            block = _odp_block(k, mr, base + pos, data is not None)
             if block is None:
                 return WC_REM_ACCESS_ERR, b""
             expected = k.pmem.ledger[block] if block >= 0 else None
         else:
-            pin = mr.pins[index]
+            pin = mr.pins[pos // page]
             block, expected = pin.block, pin.owner
         if data is not None:
             check_device_write(k, writer, block, expected, via, mr)
             start = block * page + inpage
-            k.pmem.buf[start : start + n] = data[pos : pos + n]
+            k.pmem.buf[start : start + n] = data[pos - lo : pos - lo + n]
         elif block < 0:
             out += bytes(n)
         else:
@@ -282,6 +339,34 @@ def device_access(k: Kernel, writer: Task, mr: MR, offset: int, data: bytes | No
             out += k.pmem.buf[start : start + n]
         pos += n
     return WC_SUCCESS, bytes(out)
+
+
+def gather(k: Kernel, task: Task, sge: Any) -> tuple[str, bytes | memoryview]:
+    """Read a scatter-gather element ``{"lkey", "addr", "length"}`` of the caller's own
+    registered memory, as the card does for the source of an RDMA WRITE.
+
+    The lkey must name a valid MR of a context the caller holds a descriptor of, and
+    the range must lie inside it; else ``IBV_WC_LOC_PROT_ERR``.  A range inside one
+    intact run of pinned blocks is returned as a view of the device (no copy).
+    """
+    if not isinstance(sge, dict) or set(sge) != {"lkey", "addr", "length"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in sge.values()):
+        raise KernelError(errno.EINVAL, "an SGE is {lkey, addr, length}")
+    mr = _lkeys(k).get(sge["lkey"])
+    addr, length = sge["addr"], sge["length"]
+    if (mr is None or not mr.valid or mr.ctx.file is None or not task.fds.fds_of(mr.ctx.file)
+            or length < 0 or addr < mr.addr or addr + length > mr.addr + mr.length):
+        return WC_LOC_PROT_ERR, b""
+    page = k.pmem.block_size
+    lo = addr - (mr.addr - mr.addr % page)
+    for first, block, n, snapshot in mr.extents:
+        if first * page <= lo and lo + length <= (first + n) * page:
+            if k.pmem.gen[block : block + n] == snapshot:
+                start = block * page + lo - first * page
+                return WC_SUCCESS, k.pmem.buf[start : start + length]
+            break
+    status, data = device_access(k, task, mr, addr - mr.addr, None, length, "local read")
+    return (WC_LOC_PROT_ERR, b"") if status != WC_SUCCESS else (status, data)
 
 
 def _odp_block(k: Kernel, mr: MR, addr: int, write: bool) -> int | None:

@@ -191,7 +191,8 @@ CALLS: dict[str, Callable[..., Any]] = {
                                                                        access, pd),
     "ibv_dereg_mr": lambda a, ctx, mr: _emu(a).call("ibv_dereg_mr", ctx, _handle(mr)) or 0,
     "ibv_get_async_event": lambda a, ctx: _emu(a).call("ibv_get_async_event", ctx),
-    "rdma_write": lambda a, rkey, off, data: _emu(a).call("rdma_write", rkey, off, _data(data)),
+    "rdma_write": lambda a, rkey, off, data: _emu(a).call(
+        "rdma_write", rkey, off, data if isinstance(data, dict) else _data(data)),
     "rdma_read": lambda a, rkey, off, n: _emu(a).call("rdma_read", rkey, off, n),
     "dio_read": lambda a, fd, addr, n, off: _emu(a).call("dio_read", fd, addr, n, off),
     "foreign_writes": lambda a: _emu(a).call("foreign_writes"),

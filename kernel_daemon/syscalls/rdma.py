@@ -70,14 +70,30 @@ def sys_ibv_get_async_event(k: Kernel, t: Task, ctx: int) -> dict[str, Any]:
 
 
 @syscall("rdma_write", linux="(the card: an RDMA WRITE arriving with an rkey)",
-         support="emulator", note="the remote peer writes through an rkey; a completion status")
-def sys_rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes) -> str:
-    """Execute an RDMA WRITE into the region ``rkey`` names."""
+         support="emulator",
+         note="the remote peer writes bytes, or an SGE {lkey, addr, length} of its own "
+              "registered memory, through an rkey; a completion status")
+def sys_rdma_write(k: Kernel, t: Task, rkey: int, offset: int,
+                   data: bytes | dict[str, int]) -> str:
+    """Execute an RDMA WRITE into the region ``rkey`` names.
+
+    ``data`` is the payload itself, or a scatter-gather element naming the caller's own
+    registered memory (``ibv_post_send`` with ``IBV_WR_RDMA_WRITE``): then the bytes go
+    from device to device in the daemon, without travelling in the call.
+    """
+    if isinstance(data, dict):
+        status, payload = rdma.gather(k, t, data)
+        if status != rdma.WC_SUCCESS:
+            k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset,
+                       length=data.get("length"), status=status)
+            return status
+    else:
+        payload = data
     mr = rdma._rkeys(k).get(rkey)
     status = rdma.WC_REM_ACCESS_ERR
     if mr is not None and mr.valid and mr.access & rdma.IBV_ACCESS_REMOTE_WRITE:
-        status, _ = rdma.device_access(k, t, mr, offset, data, len(data), "RDMA WRITE")
-    k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(data),
+        status, _ = rdma.device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
+    k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
                status=status)
     return status
 
