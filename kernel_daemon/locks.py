@@ -125,6 +125,8 @@ def lease_modify(k: Kernel, lease: Lease, arg: int, why: str = "") -> None:
         if lease in lst:
             lst.remove(lease)
         k.log.emit("lease-removed", ino=inode.ino, file=file.fid, why=why or "F_UNLCK")
+        for hook in k.ext.get("lease_removed_hooks", ()):
+            hook(lease)
     else:
         lease.type = arg
         k.log.emit("lease-changed", ino=inode.ino, file=lease.file.fid,

@@ -189,6 +189,26 @@ class MrLeasePolicy(LayoutLeasePolicy):
 
     name = "mr-lease"
 
+    def install(self, k: Kernel) -> None:
+        """As layout-lease, and an MR found to outlive its lease aborts its context."""
+        super().install(k)
+        k.ext.setdefault("lease_removed_hooks", []).append(
+            lambda lease: self.lease_gone(k, lease))
+
+    def setlease(self, k: Kernel, t: Task, file: File, fd: int, arg: int) -> bool:
+        """As layout-lease, but F_UNLCK of a lease MRs hold is allowed **(decision)**:
+        the holder may let go, and the MRs that outlive the lease abort their context."""
+        if arg == linux.F_UNLCK:
+            return False
+        return super().setlease(k, t, file, fd, arg)
+
+    @staticmethod
+    def lease_gone(k: Kernel, lease: Lease) -> None:
+        """A lease went while valid MRs still hold it: each such MR's whole context is
+        aborted (every MR in it fenced, a fatal event to its owner)."""
+        for mr in _pins_of(lease):
+            rdma.abort_context(k, mr.ctx, "an MR outlived its layout lease")
+
     def reg_mr(self, k: Kernel, task: Task, mr: rdma.MR) -> None:
         """A long-term pin needs a layout lease held by the caller; the MR references it,
         and a break of it is told to the MR's context, then fenced at the deadline."""

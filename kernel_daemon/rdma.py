@@ -95,6 +95,9 @@ class UContext:
     next_handle: int = 1
     file: File | None = None
     dead: bool = False
+    #: set when the kernel aborted the context (``IBV_EVENT_DEVICE_FATAL``): every MR
+    #: is invalid and new registrations fail with EIO, as on a disassociated device
+    aborted: bool = False
 
 
 def _rkeys(k: Kernel) -> dict[int, MR]:
@@ -176,6 +179,8 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) and \
             not access & IBV_ACCESS_LOCAL_WRITE:
         raise KernelError(errno.EINVAL)  # as ib_check_mr_access
+    if ctx.aborted:
+        raise KernelError(errno.EIO)
     if pd not in ctx.pds:
         raise KernelError(errno.EINVAL)
     page = k.pmem.block_size
@@ -252,6 +257,18 @@ def revoke(k: Kernel, mr: MR, why: str) -> None:
     _unpin(k, mr)
     async_event(mr.ctx, {"event_type": "IBV_EVENT_MR_REVOKED", "mr": mr.handle, "why": why})
     k.log.emit("mr-revoked", ctx=mr.ctx.cid, mr=mr.handle, why=why)
+
+
+def abort_context(k: Kernel, ctx: UContext, why: str) -> None:
+    """Abort a whole context: every MR in it is fenced, and its owner is told with a
+    fatal asynchronous event (``IBV_EVENT_DEVICE_FATAL``)."""
+    if ctx.aborted or ctx.dead:
+        return
+    ctx.aborted = True
+    for mr in list(ctx.mrs.values()):
+        revoke(k, mr, why)
+    async_event(ctx, {"event_type": "IBV_EVENT_DEVICE_FATAL", "why": why})
+    k.log.emit("ucontext-aborted", ctx=ctx.cid, why=why)
 
 
 def async_event(ctx: UContext, event: dict[str, Any]) -> None:

@@ -10,6 +10,35 @@ from agents.scenario.parse import parse
 from agents.scenario.runner import run_scenario
 
 SCENARIOS = {
+    # mr-lease (decision): the holder may F_UNLCK a lease MRs hold; the MR then outlives
+    # its lease, so its whole context is aborted: every MR fenced (the anonymous one
+    # too), a fatal event, no new registration
+    "mr_outliving_its_lease_aborts_the_context": """
+set policy = mr-lease
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: q = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0) => ok
+A: mr2 = ibv_reg_mr(ctx, q, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, mr)                                      => 0
+A: send(R, mr2)                                     => 0
+R: m = recv()                                       => *
+R: m2 = recv()                                      => *
+R: rdma_write(m.rkey, 0, "ok")                      => "IBV_WC_SUCCESS"
+A: fcntl(fd, F_SETLEASE, F_UNLCK)                   => 0
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_MR_REVOKED"}
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_MR_REVOKED"}
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_DEVICE_FATAL"}
+A: ibv_get_async_event(ctx)                         => EAGAIN
+R: rdma_write(m.rkey, 0, "no")                      => "IBV_WC_REM_ACCESS_ERR"
+R: rdma_write(m2.rkey, 0, "no")                     => "IBV_WC_REM_ACCESS_ERR"
+A: ibv_reg_mr(ctx, q, 4096, IBV_ACCESS_LOCAL_WRITE) => EIO
+A: pread(fd, 2, 0)                                  => b"ok"
+R: foreign_writes()                                 => []
+""",
     # the peer R writes from its own pinned anonymous memory into A's pinned DAX file
     "sge_write_lands_in_the_file": """
 A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
@@ -77,5 +106,7 @@ R: foreign_writes()                                 => [{"file": "/f", "offset":
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_card(name: str) -> None:
-    outcome = run_scenario(parse(SCENARIOS[name], name), "emulator", "legacy", show_pids=False)
+    scenario = parse(SCENARIOS[name], name)
+    policy = str(scenario.settings.get("policy", "legacy"))
+    outcome = run_scenario(scenario, "emulator", policy, show_pids=False)
     assert outcome.passed, "\n".join(outcome.failures + outcome.transcript)
