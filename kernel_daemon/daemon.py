@@ -100,7 +100,8 @@ class Daemon:
         self.kernel = Kernel(config, self, self.evlog)
         self.evlog.emit("boot", pid=os.getpid(), policy=config.policy, flavour=config.flavour,
                         nblocks=config.nblocks, block_size=config.block_size,
-                        lease_break_time=config.lease_break_time, pmem=self.kernel.pmem.name)
+                        lease_break_time=config.lease_break_time, pmem=self.kernel.pmem.name,
+                        clock=self.evlog.t0)
         self.stats = {"messages": 0, "protocol_errors": 0}
         self.kernel.notify_handlers["interrupt"] = self._interrupt
 

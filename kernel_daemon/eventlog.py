@@ -31,9 +31,11 @@ class EventLog:
         self._fh: IO[bytes] | None = None
         if path is not None:
             self._fh = open(path + ".msgpack", "ab", buffering=1 << 16)  # noqa: SIM115
-        self._t0 = time.monotonic()
+        #: CLOCK_MONOTONIC when the log started: every ``t`` is relative to it (the boot
+        #: event records it as ``clock``, so other processes' records can be aligned)
+        self.t0 = time.monotonic()
         self._seq = 0
-        self._last_flush = self._t0
+        self._last_flush = self.t0
         self._pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
 
     def emit(self, ev: str, **fields: Any) -> None:
@@ -42,7 +44,7 @@ class EventLog:
             return
         self._seq += 1
         fields["seq"] = self._seq
-        fields["t"] = round(time.monotonic() - self._t0, 6)
+        fields["t"] = round(time.monotonic() - self.t0, 6)
         fields["ev"] = ev
         try:
             self._fh.write(self._pack(fields))

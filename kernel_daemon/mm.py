@@ -147,6 +147,9 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
     addr = mapping.start + index * page
     allowed = mapping.prot & (linux.PROT_WRITE if write else linux.PROT_READ)
     if not allowed:
+        k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index,
+                   ino=mapping.file.inode.ino if mapping.file else None, write=write,
+                   block=None, result="SIGSEGV")
         signals.send_signal(k, task, {"si_signo": linux.SIGSEGV, "si_code": 2, "si_band": 0,
                                       "si_fd": 0, "si_addr": addr})
         raise KernelError(errno.EFAULT)
@@ -155,11 +158,15 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
         if block is None:
             block = k.pmem.alloc(Owner(0, mapping.vid << 20 | index))
             mapping.ptes[index] = block
+        k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=None, write=write,
+                   block=block, result="anonymous")
         return block
     inode = mapping.file.inode
     fpage = mapping.pgoff + index
     _wait_invalidate(k, task, inode, fpage)
     if mapping.invalid or fpage * page >= inode.size:
+        k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
+                   write=write, block=None, result="SIGBUS")
         sigbus(k, task, addr)
         raise KernelError(errno.EFAULT)
     for hook in k.ext.get("fault_hooks", ()):
@@ -168,6 +175,8 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
     if block is None:
         if not write:
             mapping.ptes[index] = ZERO_PAGE
+            k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
+                       write=write, block=None, result="zero page")
             return ZERO_PAGE
         block = k.pmem.alloc(Owner(inode.ino, fpage))
         inode.blocks[fpage] = block
@@ -179,6 +188,8 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
         k.pmem.free(block)
         inode.blocks[fpage] = block = new
     mapping.ptes[index] = block
+    k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino, write=write,
+               block=block, result="mapped")
     return block
 
 

@@ -101,7 +101,9 @@ def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[
         parent, name = k.fs.lookup_parent(path)
         if name in ("", ".", "..") or path.endswith("/"):
             raise KernelError(errno.EISDIR) from None
-        return k.fs.create(parent, name, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid), True
+        inode = k.fs.create(parent, name, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid)
+        k.log.emit("create", pid=t.pid, ino=inode.ino, path=path)
+        return inode, True
     if flags & linux.O_CREAT and flags & linux.O_EXCL:
         raise KernelError(errno.EEXIST)
     return inode, False
@@ -306,7 +308,8 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
 @syscall("unlink", linux="fs/namei.c do_unlinkat()")
 def sys_unlink(k: Kernel, t: Task, path: str) -> int:
     """unlink(2): the inode lives on while open files hold it."""
-    k.fs.unlink(path)
+    inode = k.fs.unlink(path)
+    k.log.emit("unlink", pid=t.pid, ino=inode.ino, path=path)
     return 0
 
 
@@ -314,7 +317,10 @@ def sys_unlink(k: Kernel, t: Task, path: str) -> int:
          note="no RENAME_* flags")
 def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
     """rename(2), replacing a target atomically."""
-    k.fs.rename(old, new)
+    replaced = k.fs.rename(old, new)
+    if k.log.enabled:
+        k.log.emit("rename", pid=t.pid, ino=k.fs.lookup(new.rstrip("/") or "/").ino, old=old,
+                   new=new, replaced=replaced.ino if replaced is not None else None)
     return 0
 
 
@@ -462,6 +468,8 @@ def sys_clone(k: Kernel, t: Task, src_fd: int, dst_fd: int) -> int:
         k.pmem.share(block)
         dst.inode.blocks[page] = block
     dst.inode.size = src.inode.size
+    k.log.emit("reflink", pid=t.pid, src=src.inode.ino, dst=dst.inode.ino,
+               blocks=sorted(src.inode.blocks.values()))
     src.inode.ext["reflinked"] = dst.inode.ext["reflinked"] = True
     mm.invalidate_unlock(k, t, src.inode)
     mm.invalidate_unlock(k, t, dst.inode)
