@@ -340,11 +340,12 @@ class MapDirectPolicy(Policy):
         for mapping in mr.mappings:
             if mapping.file is None or mr.odp:
                 continue
-            lease = mapping.ext.get("mdlease")
-            if lease is None and not mapping.ext.get("sealed"):
+            if not mapping.flags & linux.MAP_DIRECT:
                 raise KernelError(errno.EOPNOTSUPP)
-            if (lease is not None and lease.flags & FL_UNLOCK_PENDING) or mapping.invalid:
-                raise KernelError(errno.ENXIO)
+            lease = mapping.ext.get("mdlease")
+            if mapping.invalid or (not self.sealed and (
+                    lease is None or lease.flags & FL_UNLOCK_PENDING)):
+                raise KernelError(errno.ENXIO)  # its lease is broken, or gone at the deadline
             if self.sealed:
                 continue  # the sealed version had no lease for the region
             own = layout.add_layout_lease(k, task, mapping.file, None, by="MR", mr=mr)
