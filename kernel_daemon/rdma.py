@@ -358,6 +358,23 @@ def _access_pages(k: Kernel, writer: Task, mr: MR, lo: int, hi: int,
     return WC_SUCCESS, bytes(out)
 
 
+def local_mr(k: Kernel, task: Task, sge: Any, write: bool) -> MR | None:
+    """The caller's own MR a scatter-gather element ``{"lkey", "addr", "length"}``
+    names, if the caller holds its context, the range lies inside it and (``write``)
+    it allows local writes; None means ``IBV_WC_LOC_PROT_ERR``.  EINVAL when ``sge``
+    is not an SGE at all."""
+    if not isinstance(sge, dict) or set(sge) != {"lkey", "addr", "length"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in sge.values()):
+        raise KernelError(errno.EINVAL, "an SGE is {lkey, addr, length}")
+    mr = _lkeys(k).get(sge["lkey"])
+    addr, length = sge["addr"], sge["length"]
+    if (mr is None or not mr.valid or mr.ctx.file is None or not task.fds.fds_of(mr.ctx.file)
+            or length < 0 or addr < mr.addr or addr + length > mr.addr + mr.length
+            or (write and not mr.access & IBV_ACCESS_LOCAL_WRITE)):
+        return None
+    return mr
+
+
 def gather(k: Kernel, task: Task, sge: Any) -> tuple[str, bytes | memoryview]:
     """Read a scatter-gather element ``{"lkey", "addr", "length"}`` of the caller's own
     registered memory, as the card does for the source of an RDMA WRITE.
@@ -366,14 +383,10 @@ def gather(k: Kernel, task: Task, sge: Any) -> tuple[str, bytes | memoryview]:
     the range must lie inside it; else ``IBV_WC_LOC_PROT_ERR``.  A range inside one
     intact run of pinned blocks is returned as a view of the device (no copy).
     """
-    if not isinstance(sge, dict) or set(sge) != {"lkey", "addr", "length"} or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in sge.values()):
-        raise KernelError(errno.EINVAL, "an SGE is {lkey, addr, length}")
-    mr = _lkeys(k).get(sge["lkey"])
-    addr, length = sge["addr"], sge["length"]
-    if (mr is None or not mr.valid or mr.ctx.file is None or not task.fds.fds_of(mr.ctx.file)
-            or length < 0 or addr < mr.addr or addr + length > mr.addr + mr.length):
+    mr = local_mr(k, task, sge, write=False)
+    if mr is None:
         return WC_LOC_PROT_ERR, b""
+    addr, length = sge["addr"], sge["length"]
     page = k.pmem.block_size
     lo = addr - (mr.addr - mr.addr % page)
     for first, block, n, snapshot in mr.extents:

@@ -64,6 +64,29 @@ R: close(rctx)                                      => 0
 R: rdma_write(m.rkey, 0, {"lkey": l.lkey, "addr": q, "length": 10}) => "IBV_WC_LOC_PROT_ERR"
 R: foreign_writes()                                 => []
 """,
+    # an RDMA READ into the peer's own memory: needs LOCAL_WRITE on the sink and
+    # REMOTE_READ on the source
+    "read_into_an_sge": """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "remote bytes", 0)                    => 12
+A: p = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_READ) => ok
+A: wo = ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, mr)                                      => 0
+A: send(R, wo)                                      => 0
+R: m = recv()                                       => *
+R: w = recv()                                       => *
+R: q = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0) => ok
+R: rctx = ibv_open_device()                         => 3
+R: l = ibv_reg_mr(rctx, q, 4096, IBV_ACCESS_LOCAL_WRITE) => ok
+R: ro = ibv_reg_mr(rctx, q, 4096, 0)                => ok
+R: rdma_read(m.rkey, 7, {"lkey": l.lkey, "addr": q + 100, "length": 5}) => {"status": "IBV_WC_SUCCESS", "length": 5}
+R: load(q + 100, 5)                                 => b"bytes"
+R: rdma_read(m.rkey, 0, {"lkey": ro.lkey, "addr": q, "length": 5}) => {"status": "IBV_WC_LOC_PROT_ERR"}
+R: rdma_read(w.rkey, 0, {"lkey": l.lkey, "addr": q, "length": 5}) => {"status": "IBV_WC_REM_ACCESS_ERR"}
+R: rdma_read(m.rkey, 0, 6)                          => {"status": "IBV_WC_SUCCESS", "data": b"remote"}
+""",
     # an lkey is no capability for another process: A's lkey used by R
     "lkey_of_another_process": """
 A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3

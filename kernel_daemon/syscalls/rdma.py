@@ -99,14 +99,39 @@ def sys_rdma_write(k: Kernel, t: Task, rkey: int, offset: int,
 
 
 @syscall("rdma_read", linux="(the card: an RDMA READ arriving with an rkey)",
-         support="emulator", note="the remote peer reads through an rkey: {status, data}")
-def sys_rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int) -> dict[str, Any]:
-    """Execute an RDMA READ from the region ``rkey`` names."""
+         support="emulator",
+         note="the remote peer reads through an rkey: {status, data}; or into an SGE "
+              "{lkey, addr, length} of its own memory (LOCAL_WRITE): {status, length}")
+def sys_rdma_read(k: Kernel, t: Task, rkey: int, offset: int,
+                  length: int | dict[str, int]) -> dict[str, Any]:
+    """Execute an RDMA READ from the region ``rkey`` names.
+
+    With a length, the bytes come back in the reply.  With a scatter-gather element of
+    the caller's own registered memory (``IBV_WR_RDMA_READ``'s sink, which needs
+    ``IBV_ACCESS_LOCAL_WRITE``), the card writes them there: a device write, checked
+    against the ledger like any other.
+    """
+    sink = None
+    if isinstance(length, dict):
+        sink = rdma.local_mr(k, t, length, write=True)
+        n = length["length"]
+        if sink is None:
+            k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n,
+                       status=rdma.WC_LOC_PROT_ERR)
+            return {"status": rdma.WC_LOC_PROT_ERR, "length": 0}
+    else:
+        n = length
     mr = rdma._rkeys(k).get(rkey)
     status, data = rdma.WC_REM_ACCESS_ERR, b""
     if mr is not None and mr.valid and mr.access & rdma.IBV_ACCESS_REMOTE_READ:
-        status, data = rdma.device_access(k, t, mr, offset, None, length, "RDMA READ")
-    k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=length, status=status)
+        status, data = rdma.device_access(k, t, mr, offset, None, n, "RDMA READ")
+    if sink is not None and status == rdma.WC_SUCCESS:
+        assert isinstance(length, dict)
+        status, _ = rdma.device_access(k, t, sink, length["addr"] - sink.addr, data, n,
+                                       "RDMA READ")
+    k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status)
+    if sink is not None:
+        return {"status": status, "length": n if status == rdma.WC_SUCCESS else 0}
     return {"status": status, "data": data}
 
 
