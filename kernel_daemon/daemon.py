@@ -536,12 +536,13 @@ class Daemon:
             body["ok"] = value
         else:
             body["errno"] = err
-        self._send(task, body)
+        # logged before it is sent: what the caller does next comes after it in time
         if self.evlog.enabled:
             if err is None:
                 self.evlog.emit("ret", pid=task.pid, id=rid, result=value)
             else:
                 self.evlog.emit("ret", pid=task.pid, id=rid, errno=linux.errno_name(err))
+        self._send(task, body)
 
     def event(self, task: Task, body: dict[str, Any]) -> None:
         """Push an event to ``task``'s agent."""

@@ -31,6 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcomes.append(run_scenario(scenario, target, args.policy, out=sys.stdout,
                                      show_pids=not args.no_pids or len(targets) == 1))
         print()
+    for o in outcomes:
+        print(f"run folder ({o.target}): {o.run_dir}  (open {o.run_dir}/index.html)")
     failed = [o for o in outcomes if not o.passed]
     for o in failed:
         print(f"{o.scenario} on {o.target}: {len(o.failures)} failure(s); run dir {o.run_dir}")
@@ -62,13 +64,17 @@ def main(argv: list[str]) -> int:
     mx = sub.add_parser("matrix", help="every thread scenario under every policy, as a table")
     mx.add_argument("--jobs", type=int, default=4, help="runs at once")
     mx.add_argument("--only", nargs="*", help="scenario files starting with these names")
+    mx.add_argument("--policies", nargs="*", help="only these policies (default: all)")
+    mx.add_argument("--report", metavar="DIR", help="write an HTML report into DIR: a table "
+                    "linking every run's sequence diagram, transcript and block map")
     if not argv:
         argv = ["run", DEFAULT_SCENARIO, "--target", "both", "--no-pids"]
     args = p.parse_args(argv)
     if args.cmd == "matrix":
         from agents.scenario import matrix
 
-        return matrix.main(jobs=args.jobs, only=args.only)
+        return matrix.main(jobs=args.jobs, only=args.only, report=args.report,
+                           policies=args.policies)
     if args.cmd == "run":
         if args.target == "both":
             args.no_pids = True

@@ -4,11 +4,18 @@ Each cell is the run's outcome in a few words (errnos met, foreign writes, revok
 regions, signals) and is marked where a line's outcome differs from the expectation the
 scenario states for that policy.  Runs go in parallel (each has its own daemon, actors
 and run directory); the exit status is non-zero on any mismatch.
+
+With ``--report DIR`` every run folder goes to ``DIR/<scenario>/<policy>/`` (the run
+happens in a short /tmp path, as its sockets need, and is then copied there without
+them) and ``DIR/index.html`` gets the table, each cell linking to its run's page,
+transcript, block map and trace (docs/report.md).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,35 +68,83 @@ def summarize(o: Outcome) -> str:
     return ", ".join(words) or "no error"
 
 
-def run_cell(sc: Scenario, policy: str) -> Cell:
-    """One scenario under one policy."""
-    outcome = run_scenario(sc, "emulator", policy, show_pids=False)
+def cell_folder(scenario: str, policy: str) -> str:
+    """A cell's run folder within a report, relative to the report's index.html."""
+    return f"{scenario.removesuffix('.scn')}/{policy}"
+
+
+def _no_sockets(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(directory, n)).st_mode)]
+
+
+def run_cell(sc: Scenario, policy: str, report: str | None = None) -> Cell:
+    """One scenario under one policy; with ``report``, its folder moves into the report
+    and its page links back to the table."""
+    outcome = run_scenario(sc, "emulator", policy, show_pids=False, render=report is None)
+    if report is not None:
+        from agents.scenario.report import write_run
+
+        dest = os.path.join(report, cell_folder(sc.name, policy))
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(outcome.run_dir, dest, ignore=_no_sockets)
+        shutil.rmtree(outcome.run_dir, ignore_errors=True)
+        outcome.run_dir = dest
+        write_run(dest, up="../../index.html")
     return Cell(sc.name, policy, outcome, summarize(outcome))
 
 
-def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None) -> int:
-    """Run the matrix, print the table; 1 if any cell differs from its expectation."""
+def write_report(report: str, scenarios: list[Scenario], policies: list[str],
+                 cells: dict[tuple[str, str], Cell], wall: float) -> str:
+    """``DIR/index.html``: the table of the matrix; returns its path."""
+    from agents.scenario.report import html
+
+    shown = {k: html.MatrixCell(c.scenario, c.policy, c.summary, c.outcome.passed,
+                                cell_folder(c.scenario, c.policy), list(c.outcome.failures))
+             for k, c in cells.items()}
+    page = html.matrix_page([(sc.name, sc.title) for sc in scenarios], policies, shown, wall)
+    path = os.path.join(report, "index.html")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    return path
+
+
+def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None,
+         report: str | None = None, policies: list[str] | None = None) -> int:
+    """Run the matrix, print the table; 1 if any cell differs from its expectation.
+
+    ``only``: scenario files starting with these names; ``policies``: these policies
+    (all by default); ``report``: write the HTML report into this directory.
+    """
     files = sorted(f for f in os.listdir(THREADS) if f.endswith(".scn"))
     scenarios = [load(os.path.join(THREADS, f)) for f in files
                  if only is None or any(f.startswith(x) for x in only)]
+    chosen = [p for p in POLICIES if policies is None or p in policies]
+    unknown = sorted(set(policies or []) - set(POLICIES))
+    if unknown:
+        print(f"matrix: unknown policies {', '.join(unknown)} (known: {', '.join(POLICIES)})",
+              file=sys.stderr)
+        return 2
+    if report is not None:
+        os.makedirs(report, exist_ok=True)
+        report = os.path.abspath(report)
     t0 = time.monotonic()
     cells: dict[tuple[str, str], Cell] = {}
-    work = [(sc, p) for sc in scenarios for p in POLICIES]
+    work = [(sc, p) for sc in scenarios for p in chosen]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for n, cell in enumerate(pool.map(lambda w: run_cell(*w), work), 1):
+        for n, cell in enumerate(pool.map(lambda w: run_cell(w[0], w[1], report), work), 1):
             cells[(cell.scenario, cell.policy)] = cell
             mark = "ok" if cell.outcome.passed else "MISMATCH"
-            print(f"[{n}/{len(work)}] {cell.scenario} under {cell.policy}: {mark}",
-                  file=sys.stderr, flush=True)
+            print(f"[{n}/{len(work)}] {cell.scenario} under {cell.policy}: {mark} "
+                  f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
     wall = time.monotonic() - t0
     width = 26
-    head = "scenario".ljust(22) + "".join(SHORT[p].ljust(width) for p in POLICIES)
+    head = "scenario".ljust(22) + "".join(SHORT[p].ljust(width) for p in chosen)
     print(head, file=out)
     print("-" * len(head), file=out)
     bad = []
     for sc in scenarios:
         row = sc.name.replace(".scn", "")[:21].ljust(22)
-        for p in POLICIES:
+        for p in chosen:
             cell = cells[(sc.name, p)]
             mark = "" if cell.outcome.passed else "!! "
             row += (mark + cell.summary)[: width - 1].ljust(width)
@@ -103,4 +158,7 @@ def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None
               file=out)
         for failure in cell.outcome.failures:
             print(f"   {failure}", file=out)
+    if report is not None:
+        path = write_report(report, scenarios, chosen, cells, wall)
+        print(f"\nreport: {path}", file=out)
     return 1 if bad else 0

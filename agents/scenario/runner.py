@@ -31,7 +31,7 @@ from typing import IO, Any
 from agents.api import HostSystem
 from agents.daemon_process import DaemonProcess, start_daemon
 from agents.runtime import Connection
-from agents.scenario import strace
+from agents.scenario import strace, transcript
 from agents.scenario.link import Link, LinkClosed
 from agents.scenario.parse import Expect, Scenario, Step, signal_number
 
@@ -154,7 +154,8 @@ class Runner:
 
     def __init__(self, scenario: Scenario, target: str = "emulator", policy: str = "upstream",
                  run_dir: str | None = None, out: IO[str] | None = None,
-                 show_pids: bool = True, step_timeout: float | None = None) -> None:
+                 show_pids: bool = True, step_timeout: float | None = None,
+                 render: bool = True) -> None:
         self.sc = scenario
         self.target = target
         self.policy = policy
@@ -164,6 +165,8 @@ class Runner:
         os.chmod(self.run_dir, 0o755)  # an actor that gave up root must still reach root/
         self.out = out
         self.show_pids = show_pids
+        #: write the pictures and the run's page into the run directory after the run
+        self.render = render
         self.step_timeout = step_timeout or float(self.settings.get("step_timeout", 20.0))
         self.actors: dict[str, ActorState] = {}
         self.daemon: DaemonProcess | None = None
@@ -176,6 +179,10 @@ class Runner:
         self.foreign: list[dict[str, Any]] = []
         self.events: IO[str] = open(os.path.join(self.run_dir, "launcher.jsonl"), "w")  # noqa: SIM115
         self.t0 = time.monotonic()
+        self._dead_logged: set[int] = set()
+        # the launcher's clock origin, so its records and the daemon's line up
+        self._log("launch", clock=self.t0, pid=os.getpid(), scenario=scenario.name,
+                  title=scenario.title, target=target, policy=policy, show_pids=show_pids)
         self.director_path = os.path.join(self.run_dir, "director.sock")
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.listener.bind(self.director_path)
@@ -185,13 +192,22 @@ class Runner:
 
     # --- output -----------------------------------------------------------------------
 
-    def _label(self, actor: str, pid: int) -> str:
-        return f"[{actor} {pid}]" if self.show_pids else f"[{actor}]"
-
-    def _emit(self, line: str) -> None:
+    def _emit(self, kind: str, **fields: Any) -> str:
+        """Record a transcript line in the event log, then show it (same formatter as
+        ``transcript.txt`` uses afterwards); returns its text."""
+        self._log("line", kind=kind, **fields)
+        line = transcript.format_line({"kind": kind, **fields}, self.show_pids)
         self.transcript.append(line)
         if self.out is not None:
             print(line, file=self.out, flush=True)
+        return line
+
+    def _dead(self, actor: ActorState, status: str, how: str) -> None:
+        """Log an actor's death (once) for the event log's readers."""
+        if actor.pid in self._dead_logged:
+            return
+        self._dead_logged.add(actor.pid)
+        self._log("death", actor=actor.name, pid=actor.pid, status=status, how=how)
 
     def _log(self, ev: str, **fields: Any) -> None:
         rec = {"t": round(time.monotonic() - self.t0, 6), "ev": ev, **fields}
@@ -283,7 +299,7 @@ class Runner:
                 blocks=int(self.settings.get("blocks", 1024)),
                 block_size=int(self.settings.get("block_size", 4096)),
                 dio_time=float(self.settings.get("dio_time", 0.5)),
-                event_log=os.path.join(self.run_dir, "events.jsonl"))
+                event_log=os.path.join(self.run_dir, "kernel.jsonl"))
             self.kconn = Connection(self.run_dir, name="launcher")
         else:
             os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
@@ -367,13 +383,14 @@ class Runner:
             # the process died under the call (a signal with no handler, a kill)
             return {"killed": self._death(actor)}
 
-    def _death(self, actor: ActorState) -> str:
+    def _death(self, actor: ActorState, how: str = "died under a call") -> str:
         """Wait for ``actor`` to be dead and cleaned up; the signal that killed it."""
         if actor.alive:
             actor.alive = False
             self._wait_dead(actor)
         status = actor.status if actor.status is not None else _exit_status(actor)
         actor.status = status
+        self._dead(actor, status, how)
         return status
 
     def _check(self, step: Step, actor: ActorState, text: str, reply: dict[str, Any]) -> None:
@@ -381,13 +398,15 @@ class Runner:
         ok = matches(exp, reply)
         self.lines.append(LineResult(step, actor.name, actor.pid, text, reply, exp, ok))
         self._log("ret", line=step.lineno, actor=actor.name, pid=actor.pid, reply=reply)
+        self._log("verdict", line=step.lineno, actor=actor.name, pid=actor.pid, ok=ok,
+                  expected=exp.describe() if exp else None)
         if not ok:
             want = exp.describe() if exp else "success"
             why = reply.get("error") or f"expected {want}"
             self.failures.append(f"line {step.lineno}: {text}: {why}")
-            self._emit(f"    ^^^ MISMATCH: expected {want}")
+            self._emit("mismatch", expected=want)
             if "trace" in reply:
-                self._emit("    " + str(reply["trace"]).replace("\n", "\n    "))
+                self._emit("trace", text=str(reply["trace"]))
 
     def show_locks(self) -> None:
         """``!locks``: the kernel's lease list in /proc/locks format (PIDs as actors,
@@ -398,22 +417,25 @@ class Runner:
         else:
             entries = HostSystem(os.path.join(self.run_dir, "root")).locks()
         entries = self._canonical("locks", {"ok": entries})["ok"]
-        self._emit("--- /proc/locks ---")
+        self._emit("text", text="--- /proc/locks ---")
         n = 0
         for e in entries:
             who = strace.value(self._name_pids(e["pid"], "pid"))
             if e["waiter"]:
-                self._emit(f"{n}: -> LEASE  {e['state']:<9} {e['type']:<5} {who} <none>:0 0 EOF")
+                self._emit("text", text=f"{n}: -> LEASE  {e['state']:<9} {e['type']:<5} {who} "
+                           "<none>:0 0 EOF")
             else:
                 n += 1
-                self._emit(f"{n}: LEASE  {e['state']:<9} {e['type']:<5} {who} {e['path']} 0 EOF")
-        self._emit("---")
+                self._emit("text", text=f"{n}: LEASE  {e['state']:<9} {e['type']:<5} {who} "
+                           f"{e['path']} 0 EOF")
+        self._emit("text", text="---")
 
     def run_step(self, step: Step) -> None:
         """Execute one line of the scenario."""
         if step.only and not step.only & {self.policy, self.target}:
             return  # a line of another design
         if step.kind == "locks":
+            self._log("step", line=step.lineno, kind="locks", source="!locks")
             self.show_locks()
             return
         if step.kind == "fault":
@@ -422,20 +444,20 @@ class Runner:
         actor = self.actors.get(step.actor)
         if actor is None or not actor.alive:
             self.failures.append(f"line {step.lineno}: actor {step.actor} is not alive")
-            self._emit(f"{self._label(step.actor, 0)} {step.source or step.text} <actor dead>")
+            self._emit("dead", actor=step.actor, source=step.source or step.text)
             return
-        label = self._label(actor.name, actor.pid)
         if step.kind == "join":
             if not actor.pending:
                 self.failures.append(f"line {step.lineno}: join without a background call")
                 return
             started = actor.pending.pop(0)
+            self._log("step", line=step.lineno, kind="join", actor=actor.name, pid=actor.pid,
+                      source="join", started=started.lineno)
             reply = self._send(actor, {"op": "join"})
             name = reply.get("call", started.call)
             reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
-            text = f"{label} <... {name} resumed> = {res}"
-            self._emit(text)
+            text = self._emit("resumed", actor=actor.name, pid=actor.pid, call=name, result=res)
             # the expectation may sit on the join line or on the background line
             self._check(step if step.expects else started, actor, text, reply)
             return
@@ -451,7 +473,7 @@ class Runner:
         shown = strace.call(step.call, self._display_args(step.call, reply.get("args", [])))
         if reply.get("started"):
             actor.pending.append(step)
-            self._emit(f"{label} {shown} <unfinished ...>")
+            self._emit("unfinished", actor=actor.name, pid=actor.pid, call=shown)
             return
         res = self._result_text(step.call, reply.get("args", []), reply)
         if step.call == "fork" and "ok" in reply:
@@ -461,12 +483,12 @@ class Runner:
             self.actors[child] = ActorState(child, int(hello["pid"]), link)
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
             res = self._pid_text(int(reply["ok"]))
-        text = f"{label} {shown} = {res}"
-        self._emit(text)
+        text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
         self._check(step, actor, text, reply)
         if step.call == "exit" and "ok" in reply:
             actor.alive = False
             self._wait_dead(actor)
+            self._dead(actor, actor.status or _exit_status(actor), "exit")
 
     def _exec(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
         assert actor.link is not None
@@ -480,8 +502,8 @@ class Runner:
         reply: dict[str, Any] = {"ok": 0}
         if int(hello["pid"]) != actor.pid:
             reply = {"error": f"exec'd image has pid {hello['pid']}, not {actor.pid}"}
-        text = f"{self._label(actor.name, actor.pid)} execve(\"agents.scripted\") = 0"
-        self._emit(text)
+        text = self._emit("call", actor=actor.name, pid=actor.pid,
+                          call='execve("agents.scripted")', result="0")
         self._check(step, actor, text, reply)
 
     def fault(self, step: Step) -> None:
@@ -490,19 +512,20 @@ class Runner:
         if actor is None or not actor.alive:
             self.failures.append(f"line {step.lineno}: cannot {step.fault} {step.actor}: not alive")
             return
-        who = f"{actor.name} (pid {actor.pid})" if self.show_pids else actor.name
-        self._log("fault", line=step.lineno, actor=actor.name, pid=actor.pid, fault=step.fault)
+        self._log("fault", line=step.lineno, actor=actor.name, pid=actor.pid, fault=step.fault,
+                  signal=step.signal or {"kill": "SIGKILL", "stop": "SIGSTOP",
+                                         "cont": "SIGCONT"}.get(step.fault, ""))
         if step.fault == "wait":
-            status = self._death(actor)
+            status = self._death(actor, "waited for")
             self.deaths.append(f"{actor.name} {'killed by ' if status.startswith('SIG') else ''}"
                                f"{status}")
-            self._emit(f"+++ {who} {'killed by ' + status if status.startswith('SIG') else status} +++")
+            self._emit("waited", actor=actor.name, pid=actor.pid, status=status)
             return
         if step.fault == "signal":
             signo = signal_number(step.signal)
             assert signo is not None
             os.kill(actor.pid, signo)
-            self._emit(f"--- {step.signal} sent to {who} ---")
+            self._emit("sent", actor=actor.name, pid=actor.pid, signal=step.signal)
             return
         sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[step.fault]
         os.kill(actor.pid, sig)
@@ -510,17 +533,17 @@ class Runner:
             actor.alive = False
             self._wait_dead(actor)
             actor.status = "SIGKILL"
+            self._dead(actor, "SIGKILL", "!kill")
             lost = ", ".join(s.call for s in actor.pending)
             if lost:
-                self._emit(f"{self._label(actor.name, actor.pid)} <... {lost} unfinished: killed>")
+                self._emit("lost", actor=actor.name, pid=actor.pid, calls=lost)
             actor.pending.clear()
         elif step.fault == "stop":
             actor.stopped = True
             _wait_state(actor.pid, "T", self.step_timeout)
         else:
             actor.stopped = False
-        self._emit(f"+++ {step.fault} {who} +++" if step.fault != "kill"
-                   else f"+++ killed by SIGKILL: {who} +++")
+        self._emit("fault", actor=actor.name, pid=actor.pid, fault=step.fault)
 
     def _set_host_lease_break_time(self, seconds: float) -> None:
         """Set /proc/sys/fs/lease-break-time (whole seconds) for this run; restored after.
@@ -537,6 +560,7 @@ class Runner:
 
     def finish(self) -> None:
         """Tell live actors to exit, stop the daemon, reap everything."""
+        self._log("finish")
         if self.saved_lease_break_time is not None:
             restore_host_lease_break_time()
             self.saved_lease_break_time = None
@@ -582,12 +606,11 @@ class Runner:
             link.close()  # actors that said hello after the run gave up on them
         self.unclaimed.clear()
         self.listener.close()
-        self.events.close()
 
     def run(self) -> Outcome:
         """Run the whole scenario and return its outcome."""
-        title = f" -- {self.sc.title}" if self.sc.title else ""
-        self._emit(f"=== {self.sc.name}{title} [target={self.target} policy={self.policy}] ===")
+        self._emit("header", scenario=self.sc.name, title=self.sc.title, target=self.target,
+                   policy=self.policy)
         try:
             self.start()
             for step in self.sc.steps:
@@ -599,17 +622,38 @@ class Runner:
                         f"{', '.join(s.source for s in actor.pending)}")
         except RunError as exc:
             self.failures.append(str(exc))
-            self._emit(f"!!! run aborted: {exc}")
+            self._emit("aborted", reason=str(exc))
             for actor in self.actors.values():
                 if actor.alive:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(actor.pid, signal.SIGKILL)
         finally:
             self.finish()
-        verdict = "PASS" if not self.failures else f"FAIL ({len(self.failures)})"
-        self._emit(f"=== {verdict} ===")
+        self._emit("verdict", failures=len(self.failures))
+        self._log("end", failures=self.failures, deaths=self.deaths, stats=self.final_stats)
+        self.events.close()
+        self._write_folder()
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
                        self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign)
+
+
+    def _write_folder(self) -> None:
+        """Merge the daemon's and the launcher's records into the run's ``events.jsonl``,
+        write ``transcript.txt`` from it and, with ``render``, the pictures and the page."""
+        from agents.scenario.report import eventlog
+
+        try:
+            records = eventlog.merge(self.run_dir)
+        except Exception as exc:  # a broken log must not hide the run's own outcome
+            print(f"launcher: could not merge the event logs of {self.run_dir}: {exc!r}",
+                  file=sys.stderr)
+            return
+        with open(os.path.join(self.run_dir, "transcript.txt"), "w") as fh:
+            fh.writelines(line + "\n" for line in transcript.transcript(records))
+        if self.render:
+            from agents.scenario import report
+
+            report.write_run(self.run_dir, records)
 
 
 def _wait_state(pid: int, state: str, timeout: float) -> None:
@@ -666,6 +710,6 @@ def _reap_all() -> None:
 
 def run_scenario(scenario: Scenario, target: str = "emulator", policy: str = "upstream",
                  run_dir: str | None = None, out: IO[str] | None = None,
-                 show_pids: bool = True) -> Outcome:
+                 show_pids: bool = True, render: bool = True) -> Outcome:
     """Run ``scenario`` once; see :class:`Runner`."""
-    return Runner(scenario, target, policy, run_dir, out, show_pids).run()
+    return Runner(scenario, target, policy, run_dir, out, show_pids, render=render).run()

@@ -133,6 +133,11 @@ def value(v: Any) -> str:
     return str(v)
 
 
+def si_code_name(code: int) -> str:
+    """``POLL_MSG``, ``SI_KERNEL``: a SIGIO-style ``si_code`` by name (else the number)."""
+    return _SI_CODES.get(code, str(code))
+
+
 def _field(key: str, v: Any) -> str:
     if key == "si_signo" and isinstance(v, int):
         return signal_name(v)

@@ -1,0 +1,102 @@
+"""The transcript, computed from the launcher's ``line`` records.
+
+Every line the launcher prints is first a record of the run's event log
+(``{"ev": "line", "kind": ..., ...}``); :func:`format_line` turns one record into its
+transcript text.  The runner uses it to print the transcript live and, after the run,
+to write ``transcript.txt`` from the merged event log, so the two cannot disagree.
+
+Kinds and their fields:
+
+========== ====================================== =============================================
+kind       fields                                 text
+========== ====================================== =============================================
+header     scenario, title, target, policy        ``=== S05.scn -- title [target=... policy=...] ===``
+call       actor, pid, call, result               ``[A 12] open("/f", O_RDWR) = 3``
+unfinished actor, pid, call                       ``[B 13] truncate("/f", 0) <unfinished ...>``
+resumed    actor, pid, call, result               ``[B 13] <... truncate resumed> = 0``
+dead       actor, source                          ``[A 0] open(...) <actor dead>``
+mismatch   expected                               ``    ^^^ MISMATCH: expected 0``
+trace      text                                   the text, indented by four spaces
+text       text                                   the text (``!locks`` output)
+waited     actor, pid, status                     ``+++ A (pid 12) killed by SIGIO +++``
+sent       actor, pid, signal                     ``--- SIGUSR1 sent to A (pid 12) ---``
+lost       actor, pid, calls                      ``[A 12] <... truncate unfinished: killed>``
+fault      actor, pid, fault                      ``+++ killed by SIGKILL: A (pid 12) +++``
+aborted    reason                                 ``!!! run aborted: ...``
+verdict    failures                               ``=== PASS ===`` or ``=== FAIL (2) ===``
+========== ====================================== =============================================
+
+With ``show_pids`` false, labels and names leave the PIDs out (``[A]``, ``A``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def label(actor: str, pid: int, show_pids: bool) -> str:
+    """``[A 1234]`` (or ``[A]``): the transcript's name for a process."""
+    return f"[{actor} {pid}]" if show_pids else f"[{actor}]"
+
+
+def who(actor: str, pid: int, show_pids: bool) -> str:
+    """``A (pid 1234)`` (or ``A``): a process named in a fault line."""
+    return f"{actor} (pid {pid})" if show_pids else actor
+
+
+def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
+    """The transcript text of one ``line`` record (see the module's table)."""
+    kind = rec.get("kind")
+    actor, pid = str(rec.get("actor", "?")), int(rec.get("pid", 0) or 0)
+    if kind == "header":
+        title = f" -- {rec['title']}" if rec.get("title") else ""
+        return (f"=== {rec['scenario']}{title} "
+                f"[target={rec['target']} policy={rec['policy']}] ===")
+    if kind == "call":
+        return f"{label(actor, pid, show_pids)} {rec['call']} = {rec['result']}"
+    if kind == "unfinished":
+        return f"{label(actor, pid, show_pids)} {rec['call']} <unfinished ...>"
+    if kind == "resumed":
+        return f"{label(actor, pid, show_pids)} <... {rec['call']} resumed> = {rec['result']}"
+    if kind == "dead":
+        return f"{label(actor, 0, show_pids)} {rec['source']} <actor dead>"
+    if kind == "mismatch":
+        return f"    ^^^ MISMATCH: expected {rec['expected']}"
+    if kind == "trace":
+        return "    " + str(rec["text"]).replace("\n", "\n    ")
+    if kind == "text":
+        return str(rec["text"])
+    if kind == "waited":
+        status = str(rec["status"])
+        how = "killed by " + status if status.startswith("SIG") else status
+        return f"+++ {who(actor, pid, show_pids)} {how} +++"
+    if kind == "sent":
+        return f"--- {rec['signal']} sent to {who(actor, pid, show_pids)} ---"
+    if kind == "lost":
+        return f"{label(actor, pid, show_pids)} <... {rec['calls']} unfinished: killed>"
+    if kind == "fault":
+        if rec["fault"] == "kill":
+            return f"+++ killed by SIGKILL: {who(actor, pid, show_pids)} +++"
+        return f"+++ {rec['fault']} {who(actor, pid, show_pids)} +++"
+    if kind == "aborted":
+        return f"!!! run aborted: {rec['reason']}"
+    if kind == "verdict":
+        n = int(rec.get("failures", 0))
+        return "=== PASS ===" if not n else f"=== FAIL ({n}) ==="
+    raise ValueError(f"unknown transcript line kind {kind!r}")
+
+
+def transcript(records: Iterable[dict[str, Any]], show_pids: bool | None = None) -> list[str]:
+    """The transcript of a run from its event log (launcher or merged).
+
+    ``show_pids`` defaults to the run's own setting, from its ``launch`` record.
+    """
+    lines: list[str] = []
+    for rec in records:
+        ev = rec.get("ev")
+        if ev == "launch" and show_pids is None:
+            show_pids = bool(rec.get("show_pids", True))
+        elif ev == "line" and rec.get("src", "launcher") == "launcher":
+            lines.append(format_line(rec, True if show_pids is None else show_pids))
+    return lines
