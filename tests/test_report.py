@@ -303,6 +303,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 def test_matrix_report_in_headless_chromium(tmp_path: Any) -> None:
     why = webdriver.available()
     if why is not None:
+        if os.environ.get("KEMU_REQUIRE_BROWSER"):
+            pytest.fail(f"KEMU_REQUIRE_BROWSER is set: {why}")
         pytest.skip(why)
     report = str(tmp_path / "out")
     only, policies = ["S05_pin", "S06"], ["legacy", "map-direct-sealed", "mr-lease"]
