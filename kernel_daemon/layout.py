@@ -2,8 +2,8 @@
 
 A layout lease never conflicts with an ordinary lease and is never broken by ``open``;
 only layout changes break it: truncate, hole punch, reflink, and on the ``xfs`` flavour
-every ``write(2)`` (``ext4``: only truncate and punch, and only while the file is
-mapped).  Who takes layout leases, and what an "exclusive" one does, is the policies'
+every ``write(2)`` and ``fallocate`` (``ext4``: only truncate and punch, and only while
+the file is mapped).  Who takes layout leases, and what an "exclusive" one does, is the policies'
 business: this module gives them the common break (``break_layout``) with hooks per lease:
 
 * ``lease.ext["exclusive"]``: breaking fails at once, ``ETXTBSY`` for another process's
@@ -57,6 +57,8 @@ def breaks_on(k: Kernel, inode: Inode, kind: str) -> bool:
         return k.config.flavour == "xfs"
     if kind == "write*":  # MAP_DIRECT: every write breaks, whatever the filesystem
         return True
+    if kind == "fallocate":  # xfs_file_fallocate breaks layouts for every mode
+        return k.config.flavour == "xfs"
     if k.config.flavour == "ext4":
         from kernel_daemon import mm
 

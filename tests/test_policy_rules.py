@@ -112,6 +112,7 @@ A: signals()                                        => []
 A: fcntl(fd, F_GETLEASE)                            => F_LAYOUT
 A: p = mmap(12288, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
 B: pwrite(b, "EXT4", 0)                             => 4
+B: fallocate(b, FALLOC_FL_KEEP_SIZE, 0, 65536)      => 0
 A: signals()                                        => []
 B: truncate("/f", 8192) &
 A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
@@ -124,7 +125,7 @@ A: fcntl(fd, F_SETLEASE, F_UNLCK)                   => 0
 B: join                                             => 0
 B: stat("/f")                                       => {"st_size": 8192}
 """),
-    "xfs_truncate_punch_reflink_break_an_unmapped_file": (("layout-lease",), """
+    "xfs_truncate_punch_reflink_fallocate_break_an_unmapped_file": (("layout-lease",), """
 set lease_break_time = 30
 set step_timeout = 10
 A: signal(SIGIO, "record")                          => 0
@@ -148,6 +149,11 @@ A: signals()                                        => [{"si_signo": SIGIO, "si_
 A: fcntl(fd, F_SETLEASE, F_UNLCK)                   => 0
 B: join                                             => 0
 B: fstat(g)                                         => {"st_size": 12288}
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+B: fallocate(b, FALLOC_FL_KEEP_SIZE, 0, 65536) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: fcntl(fd, F_SETLEASE, F_UNLCK)                   => 0
+B: join                                             => 0
 """),
 }
 
@@ -231,7 +237,7 @@ C: munmap(p, 8192)                                  => 0
 B: join                                             => 0
 A: locks()                                          => []
 """),
-    "breakers_write_by_anyone_size_change_punch_reflink_signal_and_wait_for_munmap": (MD, """
+    "breakers_write_by_anyone_size_change_punch_reflink_fallocate_signal_and_wait_for_munmap": (MD, """
 set lease_break_time = 30
 set step_timeout = 10
 A: signal(SIGIO, "record")                          => 0
@@ -260,6 +266,12 @@ B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) &
 A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
 A: munmap(p, 16384)                                 => 0
 B: join                                             => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
+B: fallocate(b, 0, 0, 20480) &
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: munmap(p, 16384)                                 => 0
+B: join                                             => 0
+B: stat("/f")                                       => {"st_size": 20480}
 A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, m, 0) => ok
 B: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 4
 B: clone(g, b) &
@@ -383,4 +395,86 @@ MAP_DIRECT_XFAIL = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("text", "policy"), cases(MAP_DIRECT, MAP_DIRECT_XFAIL))
 def test_map_direct(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
+
+
+# --- map-direct-sealed ---------------------------------------------------------------
+
+SEALED = {
+    "MAP_DIRECT_without_PROT_WRITE_is_EACCES": (("map-direct-sealed",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: mmap(8192, PROT_READ, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => EACCES
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+"""),
+    "while_mapped_size_change_fallocate_reflink_are_ETXTBSY_for_everyone_no_signal": (
+        ("map-direct-sealed",), """
+set lease_break_time = 0.3
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "F" * 8192, 0)                        => 8192
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+B: b = open("/f", O_RDWR)                           => 3
+B: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 4
+B: ftruncate(b, 4096)                               => ETXTBSY
+B: ftruncate(b, 16384)                              => ETXTBSY
+B: truncate("/f", 0)                                => ETXTBSY
+B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) => ETXTBSY
+B: clone(b, g)                                      => ETXTBSY
+B: clone(g, b)                                      => ETXTBSY
+A: ftruncate(fd, 0)                                 => ETXTBSY
+A: truncate("/f", 0)                                => ETXTBSY
+B: pwrite(b, "write", 0)                            => 5
+A: signals()                                        => []
+A: locks()                                          => []
+B: stat("/f")                                       => {"st_size": 8192}
+A: load(p, 5)                                       => b"write"
+"""),
+    "every_fallocate_mode_is_ETXTBSY_while_mapped": (("map-direct-sealed",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "F" * 8192, 0)                        => 8192
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+B: b = open("/f", O_RDWR)                           => 3
+B: fallocate(b, 0, 0, 16384)                        => ETXTBSY
+B: fallocate(b, FALLOC_FL_KEEP_SIZE, 8192, 8192)    => ETXTBSY
+B: fallocate(b, FALLOC_FL_ZERO_RANGE, 0, 4096)      => ETXTBSY
+B: pread(b, 1, 0)                                   => b"F"
+B: stat("/f")                                       => {"st_size": 8192}
+"""),
+    "a_write_that_extends_the_file_is_a_size_change_ETXTBSY": (("map-direct-sealed",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "F" * 8192, 0)                        => 8192
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+B: b = open("/f", O_RDWR)                           => 3
+B: pwrite(b, "past the end", 8192)                  => ETXTBSY
+B: stat("/f")                                       => {"st_size": 8192}
+"""),
+    "the_seal_goes_with_the_last_MAP_DIRECT_mapping": (("map-direct-sealed",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: q = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok
+A: fork() as C
+A: close(fd)                                        => 0
+B: truncate("/f", 4096)                             => ETXTBSY
+A: munmap(p, 8192)                                  => 0
+A: munmap(q, 8192)                                  => 0
+B: truncate("/f", 4096)                             => ETXTBSY
+!kill C
+B: truncate("/f", 4096)                             => 0
+"""),
+}
+
+SEALED_XFAIL = {
+    "a_write_that_extends_the_file_is_a_size_change_ETXTBSY":
+        "policy.py MapDirectPolicy.install() hands every write(2) to change(kind='write*'), "
+        "and the sealed branch of change() lets 'write*' through whatever its offset and "
+        "length: a write past the end grows a sealed file (designs.md: every size change "
+        "fails with ETXTBSY)",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(SEALED, SEALED_XFAIL))
+def test_map_direct_sealed(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)

@@ -409,6 +409,11 @@ def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: i
         raise KernelError(errno.ENODEV)
     bs = k.fs.block_size
     end = offset + length
+    if not mode & linux.FALLOC_FL_PUNCH_HOLE:
+        # xfs_file_fallocate breaks the layouts for every mode (xfs_break_layouts): the
+        # policy's hook first (layout leases; a sealed MAP_DIRECT file refuses, ETXTBSY)
+        k.ext["policy"].before_layout_change(k, t, inode, offset // bs, -(-end // bs),
+                                             "fallocate")
     if mode & linux.FALLOC_FL_PUNCH_HOLE:
         first, last = -(-offset // bs), end // bs
         try:
