@@ -478,3 +478,174 @@ SEALED_XFAIL = {
 @pytest.mark.parametrize(("text", "policy"), cases(SEALED, SEALED_XFAIL))
 def test_map_direct_sealed(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
+
+
+# --- layout-lease (and its option exclusive-checked) ----------------------------------
+
+LL = ("layout-lease",)
+LAYOUT_LEASE = {
+    "F_LAYOUT_granted_whatever_the_open_mode_F_GETLEASE_answers_F_LAYOUT": (LEASE_POLICIES, """
+A: r = open("/f", O_RDONLY|O_CREAT, 0o644)          => 3
+A: w = open("/f", O_WRONLY)                         => 4
+A: fcntl(r, F_SETLEASE, F_RDLCK)                    => EAGAIN
+A: fcntl(r, F_SETLEASE, F_LAYOUT)                   => 0
+A: fcntl(r, F_GETLEASE)                             => F_LAYOUT
+A: fcntl(w, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)       => 0
+A: fcntl(w, F_GETLEASE)                             => F_LAYOUT
+A: fcntl(w, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE|64)    => EINVAL
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}, {"state": "ACTIVE", "path": "/f"}]
+"""),
+    "two_exclusive_leases_both_granted_or_EAGAIN_when_checked": (LEASE_POLICIES, """
+A: fa = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+B: fb = open("/f", O_RDWR)                          => 3
+A: fcntl(fa, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+B: fcntl(fb, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0 [layout-lease] => EAGAIN
+B: fcntl(fb, F_SETLEASE, F_LAYOUT)                  => 0
+B: locks()                                          => [{"state": "ACTIVE", "path": "/f"}, {"state": "ACTIVE", "path": "/f"}]
+"""),
+    "reg_mr_needs_the_callers_own_exclusive_lease_else_EPERM": (LL, """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+B: b = open("/f", O_RDWR)                           => 3
+B: fcntl(b, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)       => 0
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: file_pins()                                      => [{"files": ["/f"], "pages": 2}]
+"""),
+    "foreign_exclusive_ETXTBSY_before_any_change_own_EDEADLK_normal_lease_still_told": (LL, """
+set lease_break_time = 30
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "A" * 8192, 0)                        => 8192
+N: signal(SIGIO, "record")                          => 0
+N: n = open("/f", O_RDONLY)                         => 3
+N: fcntl(n, F_SETLEASE, F_LAYOUT)                   => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+B: b = open("/f", O_RDWR)                           => 3
+B: truncate("/f", 4096)                             => ETXTBSY
+B: stat("/f")                                       => {"st_size": 8192}
+N: signals()                                        => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
+N: fcntl(n, F_GETLEASE)                             => F_UNLCK
+N: locks()                                          => [{"state": "ACTIVE"}, {"state": "BREAKING"}]
+B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) => ETXTBSY
+B: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 4
+B: clone(b, g)                                      => ETXTBSY
+B: pwrite(b, "B", 0)                                => ETXTBSY
+B: pread(b, 1, 0)                                   => b"A"
+A: ftruncate(fd, 0)                                 => EDEADLK
+A: pwrite(fd, "a", 0)                               => EDEADLK
+A: pread(fd, 1, 0)                                  => b"A"
+N: signals()                                        => []
+"""),
+    "normal_layout_lease_broken_the_Linux_way_SIGIO_deadline_removal": (LEASE_POLICIES, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETSIG, SIGIO)                       => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+B: truncate("/f", 4096) &
+B: join                                             => 0
+A: signals()                                        => [{"si_signo": SIGIO, "si_code": POLL_MSG, "si_fd": 3}]
+A: fcntl(fd, F_GETLEASE)                            => F_UNLCK
+A: locks()                                          => []
+B: stat("/f")                                       => {"st_size": 4096}
+"""),
+    "exclusive_lease_never_signalled_never_times_out": (LEASE_POLICIES, """
+set lease_break_time = 0.2
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+B: truncate("/f", 0)                                => ETXTBSY
+B: pause(0.5)                                       => 0
+B: truncate("/f", 0)                                => ETXTBSY
+A: signals()                                        => []
+A: fcntl(fd, F_GETLEASE)                            => F_LAYOUT
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+!kill A
+B: truncate("/f", 0)                                => 0
+"""),
+    "zombie_lease_refuses_truncate_authorises_no_pin_ends_at_dereg": (LL, """
+set lease_break_time = 0.3
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: fcntl(fd, F_SETLEASE, F_UNLCK)                   => EBUSY
+A: munmap(p, 8192)                                  => 0
+A: close(fd)                                        => 0
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+B: truncate("/f", 0)                                => ETXTBSY
+A: f2 = open("/f", O_RDWR)                          => 3
+A: q = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, f2, 0) => ok
+A: ibv_reg_mr(ctx, q, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+A: fcntl(f2, F_GETLEASE)                            => F_UNLCK
+A: ibv_dereg_mr(ctx, mr)                            => 0
+A: locks()                                          => []
+B: truncate("/f", 0)                                => 0
+"""),
+    "zombie_lease_ends_at_last_close_of_the_context_and_at_exit": (LL, """
+A: f1 = open("/f1", O_RDWR|O_CREAT, 0o644)          => 3
+A: ftruncate(f1, 4096)                              => 0
+A: fcntl(f1, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+A: p1 = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED, f1, 0) => ok
+A: c1 = ibv_open_device()                           => 4
+A: ibv_reg_mr(c1, p1, 4096, IBV_ACCESS_LOCAL_WRITE) => ok
+A: f2 = open("/f2", O_RDWR|O_CREAT, 0o644)          => 5
+A: ftruncate(f2, 4096)                              => 0
+A: fcntl(f2, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+A: p2 = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED, f2, 0) => ok
+A: c2 = ibv_open_device()                           => 6
+A: ibv_reg_mr(c2, p2, 4096, IBV_ACCESS_LOCAL_WRITE) => ok
+A: munmap(p1, 4096)                                 => 0
+A: munmap(p2, 4096)                                 => 0
+A: close(f1)                                        => 0
+A: close(f2)                                        => 0
+B: truncate("/f1", 0)                               => ETXTBSY
+B: truncate("/f2", 0)                               => ETXTBSY
+A: close(c1)                                        => 0
+B: truncate("/f1", 0)                               => 0
+B: truncate("/f2", 0)                               => ETXTBSY
+A: exit(0)
+B: truncate("/f2", 0)                               => 0
+B: locks()                                          => []
+"""),
+    "passed_context_receiver_holds_pins_may_not_pin_more_sender_exit_leaves_zombie": (LL, """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: sendfd(B, ctx)                                   => 0
+B: bctx = recvfd()                                  => 3
+B: file_pins()                                      => [{"files": ["/f"], "pages": 2}]
+C: file_pins(B.pid)                                 => [{"files": ["/f"], "pages": 2}]
+B: bf = open("/f", O_RDWR)                          => 4
+B: q = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, bf, 0) => ok
+B: ibv_reg_mr(bctx, q, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+A: close(ctx)                                       => 0
+A: file_pins()                                      => []
+!kill A
+C: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+C: truncate("/f", 0)                                => ETXTBSY
+B: ibv_reg_mr(bctx, q, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+B: close(bctx)                                      => 0
+C: locks()                                          => []
+C: truncate("/f", 0)                                => 0
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(LAYOUT_LEASE))
+def test_layout_lease(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
