@@ -374,3 +374,23 @@ def test_matrix_report_in_headless_chromium(tmp_path: Any) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_every_event_is_documented() -> None:
+    """docs/report.md names every event the daemon and the launcher write."""
+    import re
+
+    names: set[str] = set()
+    for package in ("kernel_daemon", "agents"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
+            for f in files:
+                if f.endswith(".py"):
+                    with open(os.path.join(dirpath, f)) as fh:
+                        text = fh.read()
+                    names.update(re.findall(r'\b(?:log|evlog)\.emit\(\s*"([a-z_-]+)"', text))
+                    names.update(re.findall(r'self\._log\(\s*"([a-z_-]+)"', text))
+    assert {"call", "foreign-write", "launch", "verdict"} <= names
+    with open(os.path.join(ROOT, "docs", "report.md")) as fh:
+        doc = fh.read()
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"docs/report.md does not describe: {missing}"

@@ -74,7 +74,7 @@ class _Diagram:
         # lanes
         self.x: dict[Any, float] = {}
         x = 40.0 + GUTTER
-        if run.faults:
+        if any(f.get("fault") != "wait" for f in run.faults):
             self.x["launcher"] = x
             x += 120
         self.colour: dict[int, str] = {}
@@ -225,6 +225,8 @@ class _Diagram:
                     or kind not in ("call", "unfinished", "resumed"):
                 continue
             seqs = [int(rec["seq"])]
+            if kind == "resumed" and self.run.emulator:
+                continue  # the kernel's reply is drawn where it happened
             if kind == "call":
                 text = f"{rec['call']} = {rec['result']}"
             elif kind == "unfinished":
@@ -467,6 +469,8 @@ class _Diagram:
             self._call_alone(held)
         else:
             self._flush()
+        if key in self.bars:
+            return  # asleep again after a restart: one bar from the first sleep
         y = self.call_y.get(key, self.y)
         self.bars[key] = (y, rec)
 
@@ -711,6 +715,9 @@ class _Diagram:
 
     def _ev_mr_lease_break(self, rec: dict[str, Any]) -> None:
         self._card(rec, f"lease break -> MR {rec.get('mr')}", "#b35900")
+
+    def _ev_ucontext_aborted(self, rec: dict[str, Any]) -> None:
+        self._card(rec, f"abort context {rec.get('ctx')}", RED)
 
     def _ev_rdma_write(self, rec: dict[str, Any]) -> None:
         ok = rec.get("status") == "IBV_WC_SUCCESS"
