@@ -649,3 +649,168 @@ C: truncate("/f", 0)                                => 0
 @pytest.mark.parametrize(("text", "policy"), cases(LAYOUT_LEASE))
 def test_layout_lease(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
+
+
+# --- mr-lease ------------------------------------------------------------------------
+
+MR = ("mr-lease",)
+MR_LEASE = {
+    "reg_mr_without_the_callers_layout_lease_is_EPERM": (MR, """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+B: b = open("/f", O_RDWR)                           => 3
+B: fcntl(b, F_SETLEASE, F_LAYOUT)                   => 0
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EPERM
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+"""),
+    "mr_keeps_the_lease_across_close_munmap_exit_passing_the_context_breaks_nothing": (MR, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+A: munmap(p, 8192)                                  => 0
+A: close(fd)                                        => 0
+A: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+A: sendfd(B, ctx)                                   => 0
+B: bctx = recvfd()                                  => 3
+A: close(ctx)                                       => 0
+!kill A
+B: locks()                                          => [{"state": "ACTIVE", "path": "/f"}]
+B: file_pins()                                      => [{"files": ["/f"], "valid": True}]
+R: rdma_write(m.rkey, 0, "kept")                    => "IBV_WC_SUCCESS"
+B: f = open("/f", O_RDONLY)                         => 4
+B: pread(f, 4, 0)                                   => b"kept"
+B: ibv_get_async_event(bctx)                        => EAGAIN
+B: close(bctx)                                      => 0
+B: locks()                                          => []
+"""),
+    "break_told_per_mr_as_async_event_no_sigio_fenced_at_deadline_breaker_proceeds": (MR, """
+set lease_break_time = 0.3
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETSIG, SIGIO)                       => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: m1 = ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: m2 = ibv_reg_mr(ctx, p + 4096, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, m2)                                      => 0
+R: m = recv()                                       => *
+B: truncate("/f", 0) &
+B: join                                             => 0
+A: signals()                                        => []
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_LEASE_BREAK"}
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_LEASE_BREAK"}
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_MR_REVOKED"}
+A: ibv_get_async_event(ctx)                         => {"event_type": "IBV_EVENT_MR_REVOKED"}
+A: ibv_get_async_event(ctx)                         => EAGAIN
+A: locks()                                          => []
+A: file_pins()                                      => [{"valid": False}, {"valid": False}]
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+R: rdma_write(m.rkey, 0, "XXXX")                    => "IBV_WC_REM_ACCESS_ERR"
+C: pread(g, 8192, 0)                                => "G" * 8192
+R: foreign_writes()                                 => []
+"""),
+    "exclusive_lease_held_by_an_mr_makes_the_breaker_ETXTBSY": (MR, """
+set lease_break_time = 0.3
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+B: truncate("/f", 0)                                => ETXTBSY
+B: b = open("/f", O_RDWR)                           => 3
+B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) => ETXTBSY
+A: ibv_get_async_event(ctx)                         => EAGAIN
+A: file_pins()                                      => [{"files": ["/f"], "valid": True}]
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(MR_LEASE))
+def test_mr_lease(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
+
+
+# --- upstream ------------------------------------------------------------------------
+
+UP = ("upstream",)
+UPSTREAM = {
+    "reg_mr_of_dax_without_odp_is_EOPNOTSUPP_anonymous_memory_works": (UP, """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: ctx = ibv_open_device()                          => 4
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EOPNOTSUPP
+A: priv = mmap(8192, PROT_READ|PROT_WRITE, MAP_PRIVATE, fd, 0) => ok
+A: ibv_reg_mr(ctx, priv, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => EOPNOTSUPP
+A: ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE|IBV_ACCESS_ON_DEMAND) => ok
+A: q = mmap(8192, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) => ok
+A: mr = ibv_reg_mr(ctx, q, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+R: rdma_write(m.rkey, 4096, "anon")                 => "IBV_WC_SUCCESS"
+A: load(q + 4096, 4)                                => b"anon"
+A: file_pins()                                      => [{"files": ["/f"], "pages": 0, "odp": True}, {"files": [], "pages": 2, "odp": False}]
+"""),
+    "truncate_and_punch_wait_for_a_short_term_pin_nothing_lands_in_freed_blocks": (
+        ("upstream", "legacy"), """
+set dio_time = 0.4
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 16384)                             => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: s = open("/src", O_RDWR|O_CREAT, 0o644)          => 4
+A: pwrite(s, "D" * 16384, 0)                        => 16384
+A: dio_read(s, p, 8192, 0) &
+B: b = open("/f", O_RDWR)                           => 3
+B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 8192) &
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+A: join                                             => 8192
+B: join                                             => 0
+A: dio_read(s, p + 8192, 8192, 0) &
+B: truncate("/f", 8192) &
+C: h = open("/h", O_RDWR|O_CREAT, 0o644)            => 4
+C: pwrite(h, "H" * 8192, 0)                         => 8192
+A: join                                             => 8192
+B: join                                             => 0
+C: pread(g, 8192, 0)                                => "D" * 8192 [legacy] => "G" * 8192
+C: pread(h, 8192, 0)                                => * [legacy] => "H" * 8192
+C: foreign_writes()                                 => * [legacy] => []
+"""),
+    "F_LAYOUT_is_EINVAL_MAP_DIRECT_unknown_MAP_SYNC_needs_validate_and_dax": (UP, """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: r = open("/f", O_RDONLY)                         => 4
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => EINVAL
+A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => EINVAL
+A: close(fd)                                        => 0
+A: fcntl(r, F_SETLEASE, F_RDLCK)                    => 0
+A: fcntl(r, F_SETLEASE, F_UNLCK)                    => 0
+A: mmap(8192, PROT_READ, MAP_SHARED_VALIDATE|MAP_DIRECT, r, 0) => EOPNOTSUPP
+A: mmap(8192, PROT_READ, MAP_SHARED|MAP_DIRECT, r, 0) => ok
+A: mmap(8192, PROT_READ, MAP_SHARED_VALIDATE|MAP_SYNC, r, 0) => ok
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_SYNC|MAP_ANONYMOUS, -1, 0) => EOPNOTSUPP
+A: locks()                                          => []
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(UPSTREAM))
+def test_upstream(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
