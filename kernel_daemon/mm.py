@@ -180,7 +180,10 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
             return ZERO_PAGE
         block = k.pmem.alloc(Owner(inode.ino, fpage))
         inode.blocks[fpage] = block
-    elif write and k.pmem.refs[block] > 1:  # a reflinked block: copy on write
+    elif k.pmem.refs[block] > 1 and (write or _may_store(mapping)):
+        # a reflinked block: copy on write.  The agent's TLB has no write-protect bit (a
+        # translation it caches serves its stores too), so a mapping that may store gets
+        # its copy at the first fault, a read one included
         zap(k, inode, fpage, fpage + 1)
         wait_for_shootdowns(k, inode)
         new = k.pmem.alloc(Owner(inode.ino, fpage))
@@ -191,6 +194,11 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
     k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino, write=write,
                block=block, result="mapped")
     return block
+
+
+def _may_store(mapping: Mapping) -> bool:
+    """Can the process store through this mapping's translations (shared, writable)?"""
+    return mapping.shared and bool(mapping.prot & linux.PROT_WRITE)
 
 
 def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:

@@ -383,17 +383,9 @@ R: foreign_writes()                                 => []
 """),
 }
 
-MAP_DIRECT_XFAIL = {
-    "reg_mr_over_a_mapping_invalidated_at_the_deadline_is_ENXIO":
-        "policy.py MapDirectPolicy.expire() pops mapping.ext['mdlease'], and reg_mr() tests "
-        "'lease is None' (EOPNOTSUPP) before 'mapping.invalid' (ENXIO): a MAP_DIRECT "
-        "mapping whose lease was broken and timed out is refused as if it were not "
-        "MAP_DIRECT at all",
-}
-
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("text", "policy"), cases(MAP_DIRECT, MAP_DIRECT_XFAIL))
+@pytest.mark.parametrize(("text", "policy"), cases(MAP_DIRECT))
 def test_map_direct(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
 
@@ -813,4 +805,187 @@ A: locks()                                          => []
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(("text", "policy"), cases(UPSTREAM))
 def test_upstream(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
+
+
+# --- legacy --------------------------------------------------------------------------
+
+LEGACY = {
+    "plain_mmap_pin_without_lease_truncate_frees_pinned_blocks_foreign_write": (("legacy",), """
+A: signal(SIGBUS, "record")                         => 0
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: fcntl(fd, F_SETLEASE, F_LAYOUT)                  => EINVAL
+A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => EOPNOTSUPP
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: store(p + 4096, "y")                             => 1
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: locks()                                          => []
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+B: truncate("/f", 4096)                             => 0
+A: signals()                                        => []
+A: ibv_get_async_event(ctx)                         => EAGAIN
+A: load(p + 4096, 1)                                => EFAULT
+A: signals()                                        => [{"si_signo": SIGBUS, "si_code": 2}]
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 4096, 0)                         => 4096
+R: rdma_write(m.rkey, 4096, "XXXX")                 => "IBV_WC_SUCCESS"
+C: pread(g, 4, 0)                                   => b"XXXX"
+R: foreign_writes()                                 => [{"via": "RDMA WRITE", "file": "/f", "offset": 4096, "into": "/g", "into_offset": 0}]
+"""),
+    "pins_live_until_dereg_or_the_last_reference_to_the_context": (("legacy",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: m1 = ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: m2 = ibv_reg_mr(ctx, p + 4096, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, m1)                                      => 0
+A: send(R, m2)                                      => 0
+R: r1 = recv()                                      => *
+R: r2 = recv()                                      => *
+A: ibv_dereg_mr(ctx, m1)                            => 0
+R: rdma_write(r1.rkey, 0, "gone")                   => "IBV_WC_REM_ACCESS_ERR"
+A: sendfd(B, ctx)                                   => 0
+B: bctx = recvfd()                                  => 3
+!kill A
+B: file_pins()                                      => [{"files": ["/f"], "pages": 1}]
+R: rdma_write(r2.rkey, 0, "kept")                   => "IBV_WC_SUCCESS"
+B: f = open("/f", O_RDONLY)                         => 4
+B: pread(f, 4, 4096)                                => b"kept"
+B: close(bctx)                                      => 0
+R: rdma_write(r2.rkey, 0, "late")                   => "IBV_WC_REM_ACCESS_ERR"
+B: kernel_stats()                                   => {"mrs": 0, "pinned_blocks": 0}
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(LEGACY))
+def test_legacy(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
+
+
+# --- on-demand paging (every policy) -------------------------------------------------
+
+ODP = {
+    "odp_pins_nothing_truncate_does_not_wait_later_access_translates_again": (ALL_POLICIES, """
+set lease_break_time = 30
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 16384)                             => 0
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 16384, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE|IBV_ACCESS_REMOTE_READ|IBV_ACCESS_ON_DEMAND) => ok
+A: file_pins()                                      => [{"files": ["/f"], "pages": 0, "odp": True}]
+A: kernel_stats()                                   => {"pinned_blocks": 0}
+A: locks()                                          => []
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+R: rdma_write(m.rkey, 8192, "before")               => "IBV_WC_SUCCESS"
+B: b = open("/f", O_RDWR)                           => 3
+B: pread(b, 6, 8192)                                => b"before"
+B: truncate("/f", 8192)                             => 0
+R: rdma_write(m.rkey, 8192, "past")                 => "IBV_WC_REM_ACCESS_ERR"
+R: rdma_read(m.rkey, 12288, 4)                      => {"status": "IBV_WC_REM_ACCESS_ERR"}
+B: fallocate(b, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) => 0
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 16384, 0)                        => 16384
+R: rdma_write(m.rkey, 0, "within")                  => "IBV_WC_SUCCESS"
+B: pread(b, 6, 0)                                   => b"within"
+B: ftruncate(b, 16384)                              => 0
+R: rdma_write(m.rkey, 12288, "again")               => "IBV_WC_SUCCESS"
+B: pread(b, 5, 12288)                               => b"again"
+C: pread(g, 16384, 0)                               => "G" * 16384
+R: foreign_writes()                                 => []
+A: signals()                                        => []
+A: ibv_get_async_event(ctx)                         => EAGAIN
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(ODP))
+def test_on_demand_paging(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
+
+
+# --- block map operations (the filesystem under every design) ------------------------
+
+BLOCK_MAP = {
+    "fallocate_punch_hole_zero_range_keep_size_allocate": (("upstream",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "A" * 12288, 0)                       => 12288
+A: kernel_stats()                                   => {"blocks_used": 3}
+A: fallocate(fd, FALLOC_FL_PUNCH_HOLE, 4096, 4096)  => EOPNOTSUPP
+A: fallocate(fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_ZERO_RANGE|FALLOC_FL_KEEP_SIZE, 0, 4096) => EOPNOTSUPP
+A: fallocate(fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 4096, 4096) => 0
+A: kernel_stats()                                   => {"blocks_used": 2}
+A: pread(fd, 3, 4095)                               => b"A\\x00\\x00"
+A: pread(fd, 2, 8191)                               => b"\\x00A"
+A: lseek(fd, 0, SEEK_HOLE)                          => 4096
+A: lseek(fd, 4096, SEEK_DATA)                       => 8192
+A: fstat(fd)                                        => {"st_size": 12288}
+A: fallocate(fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 100, 200) => 0
+A: pread(fd, 3, 99)                                 => b"A\\x00\\x00"
+A: pread(fd, 2, 299)                                => b"\\x00A"
+A: kernel_stats()                                   => {"blocks_used": 2}
+A: fallocate(fd, FALLOC_FL_ZERO_RANGE, 8192, 10)    => 0
+A: pread(fd, 11, 8192)                              => b"\\x00" * 10 + b"A"
+A: kernel_stats()                                   => {"blocks_used": 2}
+A: fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 32768)     => 0
+A: fstat(fd)                                        => {"st_size": 12288}
+A: kernel_stats()                                   => {"blocks_used": 8}
+A: fallocate(fd, 0, 0, 20000)                       => 0
+A: fstat(fd)                                        => {"st_size": 20000}
+A: pread(fd, 4, 4096)                               => b"\\x00\\x00\\x00\\x00"
+"""),
+    "reflink_shares_blocks_then_copy_on_write_keeps_the_other_file_intact": (("upstream",), """
+A: s = open("/s", O_RDWR|O_CREAT, 0o644)            => 3
+A: pwrite(s, "S" * 8192, 0)                         => 8192
+A: d = open("/d", O_RDWR|O_CREAT, 0o644)            => 4
+A: pwrite(d, "old", 0)                              => 3
+A: kernel_stats()                                   => {"blocks_used": 3}
+B: bs = open("/s", O_RDONLY)                        => 3
+B: bd = open("/d", O_RDWR)                          => 4
+B: clone(bs, bd)                                    => 0
+A: kernel_stats()                                   => {"blocks_used": 2}
+A: fstat(d)                                         => {"st_size": 8192}
+A: pread(d, 8192, 0)                                => "S" * 8192
+A: pwrite(d, "D", 0)                                => 1
+A: kernel_stats()                                   => {"blocks_used": 3}
+A: pread(s, 1, 0)                                   => b"S"
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, s, 0) => ok
+A: load(p + 4096, 1)                                => b"S"
+A: store(p + 4096, "M")                             => 1
+A: kernel_stats()                                   => {"blocks_used": 4}
+A: load(p + 4096, 1)                                => b"M"
+A: pread(s, 1, 4096)                                => b"M"
+A: pread(d, 1, 4096)                                => b"S"
+B: clone(bd, bd)                                    => EINVAL
+"""),
+    "direct_io_pins_the_buffer_for_the_transfer_only": (("upstream",), """
+set dio_time = 0.2
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: s = open("/src", O_RDWR|O_CREAT, 0o644)          => 4
+A: pwrite(s, "D" * 8192, 0)                         => 8192
+A: dio_read(s, p, 8192, 0) &
+B: kernel_stats()                                   => {"pinned_blocks": 2}
+A: join                                             => 8192
+B: kernel_stats()                                   => {"pinned_blocks": 0}
+A: load(p, 4)                                       => b"DDDD"
+A: pread(fd, 4, 4096)                               => b"DDDD"
+A: file_pins()                                      => []
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(BLOCK_MAP))
+def test_block_map(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
