@@ -258,7 +258,8 @@ class MapDirectPolicy(Policy):
             lambda t, mapping, fd: self.mmap(k, t, mapping, fd))
         k.ext.setdefault("munmap_hooks", []).append(lambda m: self.munmap(k, m))
         k.ext.setdefault("vma_copy_hooks", []).append(lambda m, copy: self.copy(m, copy))
-        k.ext_write_hooks.append(lambda t, file, off, n: self.change(k, t, file.inode, "write*"))
+        k.ext_write_hooks.append(lambda t, file, off, n: self.change(
+            k, t, file.inode, "extend" if n and off + n > file.inode.size else "write*"))
         k.ext_truncate_hooks.append(lambda t, inode, n: self.change(k, t, inode, "truncate"))
         k.ext.setdefault("dereg_mr_hooks", []).append(lambda mr: self.dereg(k, mr))
 
