@@ -176,11 +176,15 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
         k.log.emit("lease-break", ino=inode.ino, file=lease.file.fid, by=task.pid,
                    to=_TYPE_NAME[target_leasetype(lease)])
         lm_break(k, lease)
-    if not lst:
+    # Linux sleeps on the first lease of the list and, if that one is not being broken
+    # (a layout lease, which never conflicts here), wakes every jiffy to look again; the
+    # breaker sleeps on the first conflicting lease instead, woken when it changes
+    first = next((le for le in lst if leases_conflict(le, want_write, layout)), None)
+    if first is None:
         return
     if mode & linux.O_NONBLOCK:
         raise KernelError(errno.EWOULDBLOCK)
-    sleep_on_lease(k, task, inode, lst[0], want_write)
+    sleep_on_lease(k, task, inode, first, want_write)
 
 
 def sleep_on_lease(k: Kernel, task: Task, inode: Inode, first: Lease, want_write: bool) -> None:
