@@ -492,17 +492,9 @@ B: truncate("/f", 4096)                             => 0
 """),
 }
 
-SEALED_XFAIL = {
-    "a_write_that_extends_the_file_is_a_size_change_ETXTBSY":
-        "policy.py MapDirectPolicy.install() hands every write(2) to change(kind='write*'), "
-        "and the sealed branch of change() lets 'write*' through whatever its offset and "
-        "length: a write past the end grows a sealed file (designs.md: every size change "
-        "fails with ETXTBSY)",
-}
-
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("text", "policy"), cases(SEALED, SEALED_XFAIL))
+@pytest.mark.parametrize(("text", "policy"), cases(SEALED))
 def test_map_direct_sealed(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
 
