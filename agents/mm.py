@@ -215,6 +215,10 @@ class AgentMM:
             off = addr + done - vma.start
             index, inpage = divmod(off, page)
             limit = min(total - done, vma.length - off)
+            if not vma.prot & linux.PROT_WRITE:
+                # the TLB keeps no protection bits: a store to a read-only mapping goes
+                # to the kernel, which answers SIGSEGV (and EFAULT), whatever is cached
+                self.conn.call("mm_fault", vma.vid, index, 1)
             if not vma.shared:
                 n = min(page - inpage, limit)
                 self._private(vma, index)[inpage : inpage + n] = view[done : done + n]

@@ -11,12 +11,8 @@ reason, so fixing the emulator turns it into a failure to be promoted.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import pytest
 
-from agents.scenario import calls
 from agents.scenario.parse import parse
 from agents.scenario.runner import run_scenario
 
@@ -24,36 +20,6 @@ LEASE_POLICIES = ("layout-lease", "layout-lease-exclusive-checked")
 LL_ONLY = ("layout-lease",)
 ALL_POLICIES = ("legacy", "map-direct", "map-direct-sealed", "layout-lease",
                 "layout-lease-exclusive-checked", "mr-lease", "upstream")
-
-#: ``fallocate`` and ``clone`` (FICLONE) are daemon calls (docs/syscalls.md) that the
-#: scenario language does not offer yet; each actor process gets them from this
-#: sitecustomize, the same one-line wrappers over the daemon channel as the RDMA calls.
-_SHIM = '''\
-try:
-    from agents.scenario import calls as _c
-except Exception:
-    pass
-else:
-    _c.CALLS.setdefault("fallocate", lambda a, fd, mode, off, n:
-                        _c._emu(a).call("fallocate", fd, mode, off, n) or 0)
-    _c.CALLS.setdefault("clone", lambda a, src, dst: _c._emu(a).call("clone", src, dst) or 0)
-    _c.EMU_BACKGROUND.setdefault("clone", lambda v: 0)
-'''
-
-
-@pytest.fixture(scope="module", autouse=True)
-def block_map_calls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Give the actor processes ``fallocate`` and ``clone`` if the language lacks them."""
-    if "fallocate" in calls.CALLS and "clone" in calls.CALLS and "clone" in calls.EMU_BACKGROUND:
-        yield
-        return
-    shim = tmp_path_factory.mktemp("calls-shim")
-    (shim / "sitecustomize.py").write_text(_SHIM)
-    with pytest.MonkeyPatch.context() as mp:
-        old = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(shim) + (os.pathsep + old if old else ""))
-        yield
-
 
 def run(text: str, policy: str, name: str) -> None:
     """Run one scenario under ``policy``; every expectation must hold."""
@@ -1040,12 +1006,7 @@ B: pread(b, 4, 0)                                   => b"abcd"
 """),
 }
 
-BLOCK_MAP_XFAIL = {
-    "store_after_a_load_through_a_PROT_READ_mapping_is_SIGSEGV":
-        "agents/mm.py AgentMM.store() takes the translation a load cached (Vma.tlb) without "
-        "looking at the mapping's protection: the store is written into the file's block "
-        "and the daemon never sees a write fault (no SIGSEGV)",
-}
+BLOCK_MAP_XFAIL: dict[str, str] = {}
 
 
 @pytest.mark.timeout(60)

@@ -137,6 +137,32 @@ def _emu(a: Actor) -> Any:
     return a.system
 
 
+def _fallocate(a: Actor, fd: int, mode: int, offset: int, length: int) -> int:
+    """fallocate(2): the daemon's, or the host's through libc."""
+    call = getattr(a.system, "call", None)
+    if call is not None:
+        return int(call("fallocate", fd, mode, offset, length) or 0)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return 0
+
+
+def _clone(a: Actor, src: int, dst: int) -> int:
+    """ioctl(dst, FICLONE, src): reflink the whole of src into dst."""
+    call = getattr(a.system, "call", None)
+    if call is not None:
+        return int(call("clone", src, dst) or 0)
+    import fcntl
+
+    fcntl.ioctl(dst, 0x40049409, src)  # FICLONE
+    return 0
+
+
 def _handle(mr: Any) -> int:
     return int(mr["handle"]) if isinstance(mr, dict) else int(mr)
 
@@ -195,6 +221,8 @@ CALLS: dict[str, Callable[..., Any]] = {
         "rdma_write", rkey, off, data if isinstance(data, dict) else _data(data)),
     "rdma_read": lambda a, rkey, off, n: _emu(a).call("rdma_read", rkey, off, n),
     "dio_read": lambda a, fd, addr, n, off: _emu(a).call("dio_read", fd, addr, n, off),
+    "fallocate": _fallocate,
+    "clone": _clone,
     "foreign_writes": lambda a: _emu(a).call("foreign_writes"),
     "file_pins": lambda a, pid=None: _emu(a).call("file_pins", pid or a.system.getpid()),
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
@@ -214,6 +242,7 @@ EMU_BACKGROUND: dict[str, Callable[[Any], Any]] = {
     "rename": lambda v: 0, "mkdir": lambda v: 0, "rmdir": lambda v: 0,
     "stat": stat_view, "fstat": stat_view, "fcntl": lambda v: v, "close": lambda v: 0,
     "dup": int, "dup2": int, "dup3": int, "fallocate": lambda v: 0, "dio_read": int,
+    "clone": lambda v: 0,
 }
 
 
