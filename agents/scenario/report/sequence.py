@@ -314,6 +314,10 @@ class _Diagram:
                            [int(r["seq"]) for r in self.band_lines], lines=texts,
                            fill="#f3f3f3")
                 self.band_kernel = True
+        elif ev == "actor" and rec.get("how") == "fork" and not self.run.emulator:
+            proc = self.run.procs.get(int(rec.get("pid", 0)))
+            if proc is not None:
+                self._fork(rec, proc.parent)  # the host kernel has no register event
         elif ev == "death" and not self.run.emulator:
             pid = rec.get("pid")
             if isinstance(pid, int) and pid in self.x:
@@ -513,9 +517,10 @@ class _Diagram:
 
     # --- processes ---------------------------------------------------------------------
 
-    def _fork(self, rec: dict[str, Any]) -> None:
-        pid, ppid = int(rec["pid"]), rec.get("ppid")
-        if ppid not in self.x:
+    def _fork(self, rec: dict[str, Any], ppid: Any = None) -> None:
+        pid = int(rec["pid"])
+        ppid = rec.get("ppid") if ppid is None else ppid
+        if ppid not in self.x or pid not in self.x:
             return
         y = self._row(24)
         x1, x2 = self.x[ppid], self.x[pid]
