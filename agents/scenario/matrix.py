@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from agents.scenario.parse import Scenario, load
+from agents.scenario.report import html, write_run
 from agents.scenario.runner import Outcome, run_scenario
 from protocol import linux
 
@@ -82,8 +83,6 @@ def run_cell(sc: Scenario, policy: str, report: str | None = None) -> Cell:
     and its page links back to the table."""
     outcome = run_scenario(sc, "emulator", policy, show_pids=False, render=report is None)
     if report is not None:
-        from agents.scenario.report import write_run
-
         dest = os.path.join(report, cell_folder(sc.name, policy))
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(outcome.run_dir, dest, ignore=_no_sockets)
@@ -96,8 +95,6 @@ def run_cell(sc: Scenario, policy: str, report: str | None = None) -> Cell:
 def write_report(report: str, scenarios: list[Scenario], policies: list[str],
                  cells: dict[tuple[str, str], Cell], wall: float) -> str:
     """``DIR/index.html``: the table of the matrix; returns its path."""
-    from agents.scenario.report import html
-
     shown = {k: html.MatrixCell(c.scenario, c.policy, c.summary, c.outcome.passed,
                                 cell_folder(c.scenario, c.policy), list(c.outcome.failures))
              for k, c in cells.items()}

@@ -31,7 +31,7 @@ from typing import IO, Any
 from agents.api import HostSystem
 from agents.daemon_process import DaemonProcess, start_daemon
 from agents.runtime import Connection
-from agents.scenario import strace, transcript
+from agents.scenario import report, strace, transcript
 from agents.scenario.link import Link, LinkClosed
 from agents.scenario.parse import Expect, Scenario, Step, signal_number
 
@@ -640,10 +640,8 @@ class Runner:
     def _write_folder(self) -> None:
         """Merge the daemon's and the launcher's records into the run's ``events.jsonl``,
         write ``transcript.txt`` from it and, with ``render``, the pictures and the page."""
-        from agents.scenario.report import eventlog
-
         try:
-            records = eventlog.merge(self.run_dir)
+            records = report.eventlog.merge(self.run_dir)
         except Exception as exc:  # a broken log must not hide the run's own outcome
             print(f"launcher: could not merge the event logs of {self.run_dir}: {exc!r}",
                   file=sys.stderr)
@@ -651,8 +649,6 @@ class Runner:
         with open(os.path.join(self.run_dir, "transcript.txt"), "w") as fh:
             fh.writelines(line + "\n" for line in transcript.transcript(records))
         if self.render:
-            from agents.scenario import report
-
             report.write_run(self.run_dir, records)
 
 
