@@ -243,9 +243,10 @@ def test_trace_events_match_the_log(s06: Outcome) -> None:
     slices = {e["args"]["seq"] for e in events if e["ph"] == "X" and e.get("cat") == "syscall"}
     assert calls == slices
     assert all(e["dur"] > 0 and e["ts"] >= 0 for e in events if e["ph"] == "X")
-    starts = {e["id"] for e in events if e["ph"] == "s"}
-    ends = {e["id"] for e in events if e["ph"] == "f"}
+    starts = {(e["id"], e["cat"], e["name"]) for e in events if e["ph"] == "s"}
+    ends = {(e["id"], e["cat"], e["name"]) for e in events if e["ph"] == "f"}
     assert ends <= starts and ends
+    assert any(name == "SCM_RIGHTS" for _, _, name in ends)
     assert any(e["ph"] == "i" and e.get("s") == "g" and e["name"] == "FOREIGN WRITE"
                for e in events)
     assert perfetto.trace(build(recs)) == doc

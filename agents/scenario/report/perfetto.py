@@ -62,7 +62,7 @@ def trace(run: Run) -> dict[str, Any]:
         events.append({"ph": "M", "name": "thread_name", "pid": track, "tid": track,
                        "args": {"name": name}})
     parks: dict[tuple[int, int], dict[str, Any]] = {}
-    queues: dict[str, deque[int]] = {}
+    queues: dict[str, deque[tuple[int, str]]] = {}
     passes: dict[int, dict[str, Any]] = {}
     flow: int = 0
     used = 0
@@ -108,16 +108,14 @@ def trace(run: Run) -> dict[str, Any]:
             args = list(call.get("args") or [])
             if name == "sendmsg" and ok and args:
                 flow += 1
-                queues.setdefault(str(args[0]), deque()).append(flow)
-                passed = passes.pop(int(pid), None)
-                events.append({"ph": "s", "id": flow, "cat": "message",
-                               "name": "SCM_RIGHTS" if passed else "message", "pid": pid,
-                               "tid": pid, "ts": max(t0, t - 0.001)})
+                kind = "SCM_RIGHTS" if passes.pop(int(pid), None) else "message"
+                queues.setdefault(str(args[0]), deque()).append((flow, kind))
+                events.append({"ph": "s", "id": flow, "cat": "message", "name": kind,
+                               "pid": pid, "tid": pid, "ts": max(t0, t - 0.001)})
             elif name == "recvmsg" and ok and args and queues.get(str(args[0])):
-                fid = queues[str(args[0])].popleft()
-                events.append({"ph": "f", "bp": "e", "id": fid, "cat": "message",
-                               "name": "message", "pid": pid, "tid": pid,
-                               "ts": max(t0, t - 0.001)})
+                fid, kind = queues[str(args[0])].popleft()
+                events.append({"ph": "f", "bp": "e", "id": fid, "cat": "message", "name": kind,
+                               "pid": pid, "tid": pid, "ts": max(t0, t - 0.001)})
         elif ev == "park" and pid in run.procs:
             parks[(int(pid), int(rec.get("id", 0)))] = rec
         elif ev == "pass" and pid in run.procs:
