@@ -502,6 +502,9 @@ class _Libc:
         lib.write.argtypes = [i, ctypes.c_char_p, sz]
         lib.ftruncate64.argtypes = [i, i64]
         lib.truncate64.argtypes = [ctypes.c_char_p, i64]
+        lib.mmap64.restype = ctypes.c_void_p
+        lib.mmap64.argtypes = [ctypes.c_void_p, sz, i, i, i, i64]
+        lib.munmap.argtypes = [ctypes.c_void_p, sz]
 
     @staticmethod
     def check(ret: int, filename: str | None = None) -> int:
@@ -558,6 +561,25 @@ class HostSystem(System):
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
         return self._c(self.libc.lib.pwrite64(fd, bytes(data), len(data), offset))
+
+    def mmap(self, length: int, prot: int, flags: int, fd: int, offset: int = 0) -> int:
+        """mmap(2) for real: this process's own memory (anonymous or a host file)."""
+        addr = self.libc.lib.mmap64(None, length, prot, flags, fd, offset)
+        if addr is None or addr == ctypes.c_void_p(-1).value:
+            raise os_error(ctypes.get_errno())
+        return int(addr)
+
+    def munmap(self, addr: int, length: int) -> None:
+        self._c(self.libc.lib.munmap(addr, length))
+
+    def store(self, addr: int, data: bytes) -> int:
+        """CPU stores for real: a store to a bad address kills with SIGSEGV/SIGBUS."""
+        ctypes.memmove(addr, bytes(data), len(data))
+        return len(data)
+
+    def load(self, addr: int, count: int) -> bytes:
+        """CPU loads for real."""
+        return ctypes.string_at(addr, count)
 
     def lseek(self, fd: int, offset: int, whence: int) -> int:
         return self._c(self.libc.lib.lseek64(fd, offset, whence))

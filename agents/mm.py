@@ -33,8 +33,12 @@ class Vma:
     length: int
     prot: int
     flags: int
-    #: page index -> private copy (MAP_PRIVATE pages written by this process)
+    #: page index -> private copy (pages of a MAP_PRIVATE file mapping written by this
+    #: process; real fork copies them, as the kernel's copy-on-write would)
     private: dict[int, bytearray] = field(default_factory=dict)
+    #: private file pages whose copy-on-write a long-term pin broke: they live in a
+    #: device block of their own now (the kernel said which: the ``cow-pin`` event)
+    cow: set[int] = field(default_factory=set)
     #: the cached translations of this mapping
     tlb: ExtentTLB = field(default_factory=lambda: ExtentTLB())
 
@@ -42,6 +46,13 @@ class Vma:
     def shared(self) -> bool:
         """Stores reach the file."""
         return self.flags & linux.MAP_TYPE != linux.MAP_PRIVATE
+
+    def in_device(self, index: int) -> bool:
+        """Page ``index`` lives in a device block (not in this process's memory):
+        shared pages, anonymous pages (the kernel copies private ones at fork), and
+        private pages a pin took over."""
+        return (self.flags & linux.MAP_TYPE != linux.MAP_PRIVATE
+                or bool(self.flags & linux.MAP_ANONYMOUS) or index in self.cow)
 
 
 class ExtentTLB:
@@ -129,6 +140,7 @@ class AgentMM:
         #: that a shoot-down overtook while this process was busy in a nested call
         self.zaps: list[tuple[int, int, frozenset[int]]] = []
         conn.event_handlers["shootdown"] = self._shootdown
+        conn.event_handlers["cow-pin"] = self._cow_pin
 
     # --- events -----------------------------------------------------------------------
 
@@ -144,6 +156,21 @@ class AgentMM:
         del self.zaps[:-64]
         self.conn.notify("tlb-ack", sd=body.get("sd"))
 
+    def _cow_pin(self, body: dict[str, Any]) -> None:
+        """A pin broke copy-on-write of private pages: each now has a block of its own,
+        which gets this process's copy (if it wrote one) and serves it from now on."""
+        vma = self.vmas.get(int(body.get("vma", 0)))
+        if vma is None:
+            return
+        page = self.page
+        for index, block in body.get("pages", []):
+            mine = vma.private.pop(index, None)
+            if mine is not None:
+                self.buf[block * page : (block + 1) * page] = mine
+            vma.cow.add(index)
+            vma.tlb.drop(index)
+            vma.tlb.insert(index, block)
+
     def sync(self) -> None:
         """Take pending shoot-downs (and other events) now."""
         self.conn.pump(0)
@@ -154,6 +181,7 @@ class AgentMM:
         for vma in self.vmas.values():
             vma.tlb.clear()
         conn.event_handlers["shootdown"] = self._shootdown
+        conn.event_handlers["cow-pin"] = self._cow_pin
 
     # --- mapping --------------------------------------------------------------------
 
@@ -219,7 +247,7 @@ class AgentMM:
                 # the TLB keeps no protection bits: a store to a read-only mapping goes
                 # to the kernel, which answers SIGSEGV (and EFAULT), whatever is cached
                 self.conn.call("mm_fault", vma.vid, index, 1)
-            if not vma.shared:
+            if not vma.in_device(index):
                 n = min(page - inpage, limit)
                 self._private(vma, index)[inpage : inpage + n] = view[done : done + n]
                 done += n

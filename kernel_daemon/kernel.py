@@ -112,6 +112,8 @@ class PendingFork:
     snapshot: list[tuple[int, File, bool]]
     child: int | None = None
     timer: Timer | None = None
+    #: what subsystems snapshot at the fork (the private anonymous pages' copies)
+    ext: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(order=True)
@@ -177,6 +179,10 @@ class Kernel:
         self.fork_inherit_keys: list[str] = []
         #: run when a fork child registers: hook(parent or None, child)
         self.fork_hooks: list[Callable[[Task | None, Task], None]] = []
+        #: called at fork_prepare with (parent, pending fork), and when a pending fork
+        #: is dropped unclaimed with (pending fork)
+        self.fork_prepare_hooks: list[Callable[[Task, PendingFork], None]] = []
+        self.fork_drop_hooks: list[Callable[[PendingFork], None]] = []
         #: run at exec's point of no return, before close-on-exec descriptors close
         self.exec_hooks: list[Callable[[Task], None]] = []
         #: run by F_SETFL before the flags change (O_ASYNC wiring)
@@ -359,6 +365,8 @@ class Kernel:
             pending.timer.cancel()
         for _, file, _ in pending.snapshot:
             self.fput(file)
+        for hook in self.fork_drop_hooks:
+            hook(pending)
         self.log.emit("fork-dropped", parent=pending.parent, child=pending.child)
 
     def watch_unregistered_child(self, token: bytes, child: int) -> None:

@@ -108,17 +108,84 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
         return
     for hook in k.ext.get("munmap_hooks", ()):
         hook(mapping)
-    if mapping.file is None:
+    users: list[int] | None = mapping.ext.get("anon_users")
+    if users is not None and users[0] > 1:  # shared anonymous memory a fork child shares
+        users[0] -= 1
+        mapping.ptes = {}
+    elif mapping.file is None:
         for block in mapping.ptes.values():
             if block >= 0:
-                k.pmem.free(block)
+                release_block(k, block)
     mapping.ptes.clear()
+    for block in mapping.ext.pop("cow", {}).values():
+        release_block(k, block)
     k.log.emit("munmap", pid=mapping.task.pid, vma=mapping.vid, why=why)
     if mapping.file is not None:
         lst = inode_vmas(mapping.file.inode)
         if mapping in lst:
             lst.remove(mapping)
         k.fput(mapping.file)
+
+
+def release_block(k: Kernel, block: int) -> None:
+    """A process lets go of its anonymous page: freed now, or, while a device holds a
+    long-term pin on it, when the last pin goes (the pin holds a page reference)."""
+    if k.ext.get("longterm_pins", {}).get(block):
+        k.ext.setdefault("free_when_unpinned", set()).add(block)
+    else:
+        k.pmem.free(block)
+
+
+def pin_page(k: Kernel, task: Task, mapping: Mapping, index: int,
+             broken: list[tuple[int, int]]) -> int:
+    """``pin_user_pages(FOLL_WRITE | FOLL_LONGTERM)`` of one page: its block.
+
+    A page of a private file mapping gets a copy of its own first, as a write fault
+    breaks copy-on-write, so the device never writes into the file; the copy is added
+    to ``broken`` as (page index, block) for the process to be told.
+    """
+    if mapping.shared or mapping.file is None:
+        return fault(k, task, mapping, index, write=True, user=False)
+    if not mapping.prot & linux.PROT_WRITE:
+        raise KernelError(errno.EFAULT)  # FOLL_WRITE on a read-only mapping
+    cow: dict[int, int] = mapping.ext.setdefault("cow", {})
+    block = fault(k, task, mapping, index, write=False, user=False)
+    if index in cow:
+        return cow[index]
+    new = k.pmem.alloc(Owner(0, mapping.vid << 20 | index))
+    if block >= 0:
+        k.pmem.view(new)[:] = k.pmem.view(block)
+    cow[index] = mapping.ptes[index] = new
+    broken.append((index, new))
+    return new
+
+
+def snapshot_private(k: Kernel, parent: Task) -> dict[int, dict[int, int]]:
+    """At fork: a copy of every private anonymous page of ``parent`` (and of every page
+    whose copy-on-write a pin broke), taken while the parent waits in fork."""
+    out: dict[int, dict[int, int]] = {}
+    for m in vmas(parent).values():
+        if m.shared and m.file is None:
+            continue
+        pages = m.ptes if m.file is None else m.ext.get("cow", {})
+        copies: dict[int, int] = {}
+        for index, block in pages.items():
+            if block < 0:
+                continue
+            new = k.pmem.alloc(Owner(0, m.vid << 20 | index))
+            k.pmem.view(new)[:] = k.pmem.view(block)
+            copies[index] = new
+        if copies:
+            out[m.vid] = copies
+    return out
+
+
+def drop_snapshot(k: Kernel, snapshot: dict[int, dict[int, int]]) -> None:
+    """A fork nobody claimed: its copies go back."""
+    for copies in snapshot.values():
+        for block in copies.values():
+            k.pmem.free(block)
+    snapshot.clear()
 
 
 def drop_all(k: Kernel, task: Task, why: str) -> None:
@@ -137,9 +204,12 @@ def sigbus(k: Kernel, task: Task, addr: int) -> None:
                                   "si_fd": 0, "si_addr": addr})
 
 
-def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> int:
+def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
+          user: bool = True) -> int:
     """``handle_mm_fault`` on a DAX file: the page's block, allocating a hole on a write.
 
+    A fault for the kernel (``user=False``: get_user_pages for a pin or a transfer)
+    fails with EFAULT and sends no signal, as ``__get_user_pages`` does.
     Past the end of the file, or in an invalidated mapping, the process gets SIGBUS
     and the call fails with EFAULT.  A read of a hole maps the zero page.
     """
@@ -149,9 +219,10 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
     if not allowed:
         k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index,
                    ino=mapping.file.inode.ino if mapping.file else None, write=write,
-                   block=None, result="SIGSEGV")
-        signals.send_signal(k, task, {"si_signo": linux.SIGSEGV, "si_code": 2, "si_band": 0,
-                                      "si_fd": 0, "si_addr": addr})
+                   block=None, result="SIGSEGV" if user else "EFAULT")
+        if user:
+            signals.send_signal(k, task, {"si_signo": linux.SIGSEGV, "si_code": 2,
+                                          "si_band": 0, "si_fd": 0, "si_addr": addr})
         raise KernelError(errno.EFAULT)
     if mapping.file is None:  # anonymous memory: a zeroed block of its own
         block = mapping.ptes.get(index)
@@ -166,9 +237,14 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool) -> i
     _wait_invalidate(k, task, inode, fpage)
     if mapping.invalid or fpage * page >= inode.size:
         k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
-                   write=write, block=None, result="SIGBUS")
-        sigbus(k, task, addr)
+                   write=write, block=None, result="SIGBUS" if user else "EFAULT")
+        if user:
+            sigbus(k, task, addr)
         raise KernelError(errno.EFAULT)
+    cow: dict[int, int] | None = mapping.ext.get("cow")
+    if cow and index in cow:  # a private page whose copy-on-write a pin broke
+        mapping.ptes[index] = cow[index]
+        return cow[index]
     for hook in k.ext.get("fault_hooks", ()):
         hook(task, mapping, fpage, write)
     block = inode.blocks.get(fpage)

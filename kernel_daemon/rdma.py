@@ -198,13 +198,27 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     policy = k.ext["policy"]
     policy.reg_mr(k, task, mr)  # may refuse (EOPNOTSUPP, EPERM, ENXIO)
     if not mr.odp:
-        for mapping, index in spans:
-            block = mm.fault(k, task, mapping, index, write=True)
-            owner = k.pmem.ledger[block]
-            assert owner is not None
-            mr.pins.append(Pin(block, owner))
-            pins = k.ext.setdefault("longterm_pins", {})
-            pins[block] = pins.get(block, 0) + 1
+        broken: dict[int, list[tuple[int, int]]] = {}
+        pins = k.ext.setdefault("longterm_pins", {})
+        try:
+            for mapping, index in spans:
+                block = mm.pin_page(k, task, mapping, index, broken.setdefault(mapping.vid, []))
+                owner = k.pmem.ledger[block]
+                assert owner is not None
+                mr.pins.append(Pin(block, owner))
+                pins[block] = pins.get(block, 0) + 1
+        except BaseException:  # a page could not be pinned (or must wait): nothing stays
+            _unpin(k, mr)
+            for hook in k.ext.get("dereg_mr_hooks", ()):
+                hook(mr)
+            for f in mr.files:
+                k.fput(f)
+            mr.files.clear()
+            raise
+        finally:
+            for vid, pages in broken.items():
+                if pages:  # private copies broken so far move into their blocks
+                    k.io.event(task, {"event": "cow-pin", "vma": vid, "pages": pages})
         mr.extents = _extents(k, mr.pins)
     for mapping in mappings:
         if mapping.file is not None and mapping.file not in mr.files:
@@ -241,10 +255,14 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
 def _unpin(k: Kernel, mr: MR) -> None:
     """Release the region's long-term pins."""
     pins = k.ext.setdefault("longterm_pins", {})
+    deferred: set[int] = k.ext.setdefault("free_when_unpinned", set())
     for pin in mr.pins:
         pins[pin.block] -= 1
         if not pins[pin.block]:
             del pins[pin.block]
+            if pin.block in deferred:  # its process let go of it while it was pinned
+                deferred.discard(pin.block)
+                k.pmem.free(pin.block)
     mr.pins.clear()
     mr.extents = []
 

@@ -108,23 +108,41 @@ def install(k: Kernel) -> None:
     k.exit_hooks.append(lambda task: mm.release_invalidate_locks(k, task))
     k.exec_hooks.append(lambda task: mm.drop_all(k, task, "exec"))
     k.fork_hooks.append(lambda parent, child: _fork(k, parent, child))
+    k.fork_prepare_hooks.append(
+        lambda parent, pending: pending.ext.__setitem__("anon", mm.snapshot_private(k, parent)))
+    k.fork_drop_hooks.append(lambda pending: mm.drop_snapshot(k, pending.ext.get("anon", {})))
     k.notify_handlers["tlb-ack"] = lambda task, body: mm.shootdown_ack(k, task, body)
     k.block_alloc_hooks.append(lambda owner: mm.unmap_zero_page(k, owner))
 
 
 def _fork(k: Kernel, parent: Task | None, child: Task) -> None:
-    """``dup_mmap``: the child gets the parent's mappings as they were at registration,
-    with empty page tables (it faults its own translations in)."""
+    """``dup_mmap``: the child gets the parent's mappings as they were at registration.
+
+    File pages are faulted in again by the child; shared anonymous memory is shared
+    (one page table, counted users); private anonymous pages, and private file pages
+    whose copy-on-write a pin broke, are the copies taken at ``fork_prepare`` (the
+    parent stood still in fork then; Linux copies pinned pages at fork too).
+    """
+    snapshot: dict[int, dict[int, int]] = child.ext.get("fork_snapshot", {}).get("anon", {})
     if parent is None:
+        mm.drop_snapshot(k, snapshot)
         return
     for m in list(mm.vmas(parent).values()):
-        if m.file is None:
-            continue  # anonymous memory is private to the process here
         copy = mm.Mapping(task=child, start=m.start, length=m.length, prot=m.prot,
                           flags=m.flags, file=m.file, pgoff=m.pgoff, vid=m.vid,
                           invalid=m.invalid)
+        if m.file is None and m.shared:
+            copy.ptes = m.ptes
+            users = m.ext.setdefault("anon_users", [1])
+            users[0] += 1
+            copy.ext["anon_users"] = users
+        elif m.file is None:
+            copy.ptes = snapshot.pop(m.vid, {})
+        elif m.vid in snapshot:
+            copy.ext["cow"] = snapshot.pop(m.vid)
         mm.add_mapping(k, child, copy)
         for hook in k.ext.get("vma_copy_hooks", ()):
             hook(m, copy)
+    mm.drop_snapshot(k, snapshot)  # copies of mappings the parent unmapped since
     child.ext["mmap_next"] = parent.ext.get("mmap_next", mm.MMAP_BASE)
     child.ext["next_vid"] = parent.ext.get("next_vid", 0)

@@ -67,8 +67,10 @@ def register(
             for key in k.fork_inherit_keys:
                 if key in parent.ext:
                     task.ext[key] = parent.ext[key]
+        task.ext["fork_snapshot"] = pending.ext
         for hook in k.fork_hooks:
             hook(parent, task)
+        task.ext.pop("fork_snapshot", None)
     else:  # EXEC
         task_or_none = k.tasks.get(pid)
         expected = task_or_none.ext.get("exec_token") if task_or_none is not None else None
@@ -95,7 +97,10 @@ def sys_fork_prepare(k: Kernel, t: Task) -> bytes:
     """Snapshot ``t``'s descriptor table for a child about to be forked."""
     token = secrets.token_bytes(16)
     snapshot = [(fd, k.fget(e.file), e.cloexec) for fd, e in t.fds]
-    k.pending_forks[token] = PendingFork(token=token, parent=t.pid, snapshot=snapshot)
+    pending = PendingFork(token=token, parent=t.pid, snapshot=snapshot)
+    k.pending_forks[token] = pending
+    for hook in k.fork_prepare_hooks:
+        hook(t, pending)
     return token
 
 

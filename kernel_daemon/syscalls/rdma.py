@@ -150,7 +150,7 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
                        None)
         if mapping is None:
             raise KernelError(errno.EFAULT)
-        block = mm.fault(k, t, mapping, (a - mapping.start) // page, write=True)
+        block = mm.fault(k, t, mapping, (a - mapping.start) // page, write=True, user=False)
         targets.append((block, k.pmem.ledger[block]))
     data = k.fs.read(file.inode, offset, length)
     short = k.ext.setdefault("shortterm_pins", {})
