@@ -724,6 +724,15 @@ class _Diagram:
     def _ev_ucontext_aborted(self, rec: dict[str, Any]) -> None:
         self._card(rec, f"abort context {rec.get('ctx')}", RED)
 
+    def _ev_create_qp(self, rec: dict[str, Any]) -> None:
+        self._card(rec, f"create QP {rec.get('qpn')}", "#777")
+
+    def _ev_destroy_qp(self, rec: dict[str, Any]) -> None:
+        self._card(rec, f"destroy QP {rec.get('qpn')}", "#777", dashed=True)
+
+    def _ev_qp_error(self, rec: dict[str, Any]) -> None:
+        self._card(rec, f"QP {rec.get('qpn')}: {rec.get('why')}", RED)
+
     def _ev_rdma_write(self, rec: dict[str, Any]) -> None:
         ok = rec.get("status") == "IBV_WC_SUCCESS"
         self._card(rec, f"RDMA WRITE {rec.get('length')} B" + ("" if ok else
