@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 from agents.mm import AgentMM
 from agents.runtime import Connection
 from agents.sigrec import SigInfo, SignalRecorder, recorder
+from agents.verbs import AgentQP
 from protocol import wire
 from protocol.errors import os_error
 
@@ -481,6 +482,42 @@ class EmuSystem(System):
     def call(self, name: str, *args: Any) -> Any:
         """Any call of the daemon's table by name (introspection, emulator-only calls)."""
         return self.conn.call(name, *args)
+
+    # verbs' data path: queue pairs, posted to without a call (agents/verbs.py)
+    def ibv_create_qp(self, ctx: int) -> int:
+        """``ibv_create_qp`` on the context behind ``ctx``: the queue pair's number."""
+        qp = AgentQP(self.conn.call("ibv_create_qp", ctx))
+        self._qps()[qp.qpn] = qp
+        return qp.qpn
+
+    def ibv_destroy_qp(self, ctx: int, qpn: int) -> None:
+        """``ibv_destroy_qp``."""
+        self.conn.call("ibv_destroy_qp", ctx, qpn)
+        qp = self._qps().pop(qpn, None)
+        if qp is not None:
+            qp.close()
+
+    def ibv_post_send(self, qpn: int, opcode: int, rkey: int, offset: int,
+                      sge: dict[str, int], wr_id: int = 0) -> None:
+        """``ibv_post_send`` of an RDMA WRITE or READ (no call: a ring and a doorbell)."""
+        qp = self._qps().get(qpn)
+        if qp is None:
+            raise os_error(errno.EINVAL)
+        qp.post(opcode, rkey, offset, sge, wr_id)
+
+    def ibv_poll_cq(self, qpn: int, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the queue pair's oldest outstanding completion."""
+        qp = self._qps().get(qpn)
+        if qp is None:
+            raise os_error(errno.EINVAL)
+        return qp.poll(timeout)
+
+    def _qps(self) -> dict[int, AgentQP]:
+        qps: dict[int, AgentQP] | None = getattr(self, "_qp_table", None)
+        if qps is None:
+            qps = {}
+            self._qp_table = qps
+        return qps
 
 
 class _Libc:

@@ -116,6 +116,14 @@ class Daemon:
         with contextlib.suppress(OSError, ValueError):
             self.ep.unregister(fd)
 
+    def watch_fd(self, fd: int, handler: Callable[[], None]) -> None:
+        """Call ``handler`` from the loop whenever ``fd`` is readable (a doorbell)."""
+        self._watch(fd, handler)
+
+    def unwatch_fd(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed)."""
+        self._unwatch(fd)
+
     # --- the loop ---------------------------------------------------------------------
 
     def serve(self, ready_fd: int | None = None) -> None:

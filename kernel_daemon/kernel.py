@@ -185,6 +185,7 @@ class Kernel:
         self.fork_drop_hooks: list[Callable[[PendingFork], None]] = []
         #: run at exec's point of no return, before close-on-exec descriptors close
         self.exec_hooks: list[Callable[[Task], None]] = []
+        self.shutdown_hooks: list[Callable[[], None]] = []
         #: run by F_SETFL before the flags change (O_ASYNC wiring)
         self.setfl_hooks: list[Callable[[Task, File, int, int], None]] = []
         #: run before write(2) and pwrite(2) change data (layout breaks on xfs)
@@ -413,5 +414,8 @@ class Kernel:
         return out
 
     def shutdown(self) -> None:
-        """Release the device (the daemon is stopping)."""
+        """Release what the subsystems hold outside the process (queue pairs' rings and
+        FIFOs), then the device (the daemon is stopping)."""
+        for hook in self.shutdown_hooks:
+            hook()
         self.pmem.close(unlink=True)

@@ -39,6 +39,8 @@ WC_SUCCESS = "IBV_WC_SUCCESS"
 WC_REM_ACCESS_ERR = "IBV_WC_REM_ACCESS_ERR"
 WC_REM_INV_REQ_ERR = "IBV_WC_REM_INV_REQ_ERR"
 WC_LOC_PROT_ERR = "IBV_WC_LOC_PROT_ERR"
+#: largest message a work request may move (IB's 2 GiB)
+MAX_TRANSFER = 1 << 31
 
 _ctx_ids = itertools.count(1)
 
@@ -98,6 +100,8 @@ class UContext:
     #: set when the kernel aborted the context (``IBV_EVENT_DEVICE_FATAL``): every MR
     #: is invalid and new registrations fail with EIO, as on a disassociated device
     aborted: bool = False
+    #: state other parts attach (the queue pairs)
+    ext: dict[str, Any] = field(default_factory=dict)
 
 
 def _rkeys(k: Kernel) -> dict[int, MR]:
@@ -406,15 +410,72 @@ def gather(k: Kernel, task: Task, sge: Any) -> tuple[str, bytes | memoryview]:
         return WC_LOC_PROT_ERR, b""
     addr, length = sge["addr"], sge["length"]
     page = k.pmem.block_size
-    lo = addr - (mr.addr - mr.addr % page)
+    lo, hi = addr - (mr.addr - mr.addr % page), addr - (mr.addr - mr.addr % page) + length
+    views: list[memoryview] = []
     for first, block, n, snapshot in mr.extents:
-        if first * page <= lo and lo + length <= (first + n) * page:
-            if k.pmem.gen[block : block + n] == snapshot:
-                start = block * page + lo - first * page
-                return WC_SUCCESS, k.pmem.buf[start : start + length]
-            break
+        a, b = max(lo, first * page), min(hi, (first + n) * page)
+        if a >= b:
+            continue
+        if k.pmem.gen[block : block + n] != snapshot:
+            break  # a block of the run changed hands: the careful way below
+        start = block * page + a - first * page
+        views.append(k.pmem.buf[start : start + b - a])
+    else:
+        if len(views) == 1:
+            return WC_SUCCESS, views[0]  # one run: no copy at all
+        if sum(len(v) for v in views) == length:
+            return WC_SUCCESS, b"".join(views)
     status, data = device_access(k, task, mr, addr - mr.addr, None, length, "local read")
     return (WC_LOC_PROT_ERR, b"") if status != WC_SUCCESS else (status, data)
+
+
+def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[str, int],
+               via: str = "call") -> str:
+    """The card executes an RDMA WRITE through ``rkey`` from ``data`` (bytes, or an SGE
+    of the poster's own registered memory); the work-completion status."""
+    if isinstance(data, dict):
+        status, payload = gather(k, t, data)
+        if status != WC_SUCCESS:
+            k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset,
+                       length=data.get("length"), status=status, via=via)
+            return status
+    else:
+        payload = data
+    mr = _rkeys(k).get(rkey)
+    status = WC_REM_ACCESS_ERR
+    if mr is not None and mr.valid and mr.access & IBV_ACCESS_REMOTE_WRITE:
+        status, _ = device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
+    k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
+               status=status, via=via)
+    return status
+
+
+def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str, int],
+              via: str = "call") -> dict[str, Any]:
+    """The card executes an RDMA READ through ``rkey``: the bytes, or (``length`` an SGE
+    of the poster's memory with LOCAL_WRITE) a device write of them there."""
+    sink = None
+    if isinstance(length, dict):
+        sink = local_mr(k, t, length, write=True)
+        n = length["length"]
+        if sink is None:
+            k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n,
+                       status=WC_LOC_PROT_ERR, via=via)
+            return {"status": WC_LOC_PROT_ERR, "length": 0}
+    else:
+        n = length
+    mr = _rkeys(k).get(rkey)
+    status, data = WC_REM_ACCESS_ERR, b""
+    if mr is not None and mr.valid and mr.access & IBV_ACCESS_REMOTE_READ:
+        status, data = device_access(k, t, mr, offset, None, n, "RDMA READ")
+    if sink is not None and status == WC_SUCCESS:
+        assert isinstance(length, dict)
+        status, _ = device_access(k, t, sink, length["addr"] - sink.addr, data, n, "RDMA READ")
+    k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status,
+               via=via)
+    if sink is not None:
+        return {"status": status, "length": n if status == WC_SUCCESS else 0}
+    return {"status": status, "data": data}
 
 
 def _odp_block(k: Kernel, mr: MR, addr: int, write: bool) -> int | None:

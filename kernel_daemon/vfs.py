@@ -352,9 +352,12 @@ class Filesystem:
         inode.mtime = inode.ctime = time.time()
 
     def free_range(self, inode: Inode, first_page: int, end_page: int | None = None) -> list[int]:
-        """Free the blocks of pages ``[first_page, end_page)``; returns the freed blocks."""
+        """Free the blocks of pages ``[first_page, end_page)``; returns the freed blocks.
+
+        The last page goes first: the allocator hands out the block freed last, so the
+        next file to grow gets the blocks back in their old order (runs stay runs)."""
         freed = []
-        for page in sorted(inode.blocks):
+        for page in sorted(inode.blocks, reverse=True):
             if page >= first_page and (end_page is None or page < end_page):
                 block = inode.blocks.pop(page)
                 self.pmem.free(block)

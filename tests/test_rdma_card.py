@@ -4,12 +4,53 @@ must still report a foreign write once a block of it changed hands)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from agents.api import EmuSystem
+from agents.daemon_process import DaemonProcess
 from agents.scenario.parse import parse
 from agents.scenario.runner import run_scenario
+from protocol import ring
 
 SCENARIOS = {
+    # verbs' data path: R posts work requests on a queue pair (a ring and a doorbell,
+    # no call) and polls their completions
+    "queue_pair_write_and_read": """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE|IBV_ACCESS_REMOTE_READ) => ok
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+R: q = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0) => ok
+R: store(q, "posted by R")                          => 11
+R: rctx = ibv_open_device()                         => 3
+R: l = ibv_reg_mr(rctx, q, 8192, IBV_ACCESS_LOCAL_WRITE) => ok
+R: qp = ibv_create_qp(rctx)                         => ok
+R: ibv_post_send(qp, IBV_WR_RDMA_WRITE, m.rkey, 10, {"lkey": l.lkey, "addr": q, "length": 11}, 1) => 0
+R: ibv_post_send(qp, IBV_WR_RDMA_READ, m.rkey, 0, {"lkey": l.lkey, "addr": q + 4096, "length": 21}, 2) => 0
+R: ibv_poll_cq(qp)                                  => {"wr_id": 1, "status": "IBV_WC_SUCCESS", "opcode": "IBV_WR_RDMA_WRITE"}
+R: ibv_poll_cq(qp)                                  => {"wr_id": 2, "status": "IBV_WC_SUCCESS", "opcode": "IBV_WR_RDMA_READ"}
+R: load(q + 4106, 11)                               => b"posted by R"
+A: pread(fd, 11, 10)                                => b"posted by R"
+R: ibv_post_send(qp, IBV_WR_RDMA_WRITE, m.rkey ^ 1, 0, {"lkey": l.lkey, "addr": q, "length": 4}, 3) => 0
+R: ibv_poll_cq(qp)                                  => {"wr_id": 3, "status": "IBV_WC_REM_ACCESS_ERR"}
+R: ibv_post_send(qp, IBV_WR_RDMA_WRITE, m.rkey, 0, {"lkey": l.lkey, "addr": q + 8000, "length": 400}, 4) => 0
+R: ibv_poll_cq(qp)                                  => {"wr_id": 4, "status": "IBV_WC_LOC_PROT_ERR"}
+R: ibv_post_send(qp, 7, m.rkey, 0, {"lkey": l.lkey, "addr": q, "length": 4}) => EINVAL
+R: ibv_poll_cq(qp)                                  => EAGAIN
+R: kernel_stats()                                   => {"qps": 1}
+R: ibv_destroy_qp(rctx, qp)                         => 0
+R: ibv_poll_cq(qp)                                  => EINVAL
+R: kernel_stats()                                   => {"qps": 0}
+R: qp2 = ibv_create_qp(rctx)                        => ok
+!kill R
+A: kernel_stats()                                   => {"qps": 0}
+A: foreign_writes()                                 => []
+""",
     # mr-lease (decision): the holder may F_UNLCK a lease MRs hold; the MR then outlives
     # its lease, so its whole context is aborted: every MR fenced (the anonymous one
     # too), a fatal event, no new registration
@@ -133,3 +174,34 @@ def test_card(name: str) -> None:
     policy = str(scenario.settings.get("policy", "legacy"))
     outcome = run_scenario(scenario, "emulator", policy, show_pids=False)
     assert outcome.passed, "\n".join(outcome.failures + outcome.transcript)
+
+
+@pytest.mark.timeout(60)
+def test_a_scribbled_ring_harms_nobody(daemon: DaemonProcess, run_dir: str) -> None:
+    """The ring is the process's memory: a garbage index or work request is answered
+    with an error completion (or ignored), and the daemon goes on serving."""
+    s = EmuSystem(run_dir, name="scribbler")
+    ctx = s.call("ibv_open_device")
+    q = s.mmap(4096, 3, 0x21, -1, 0)
+    s.store(q, b"x" * 64)
+    local = s.call("ibv_reg_mr", ctx, q, 4096, 1)
+    qpn = s.ibv_create_qp(ctx)
+    qp = s._qps()[qpn]
+    sge = {"lkey": local["lkey"], "addr": q, "length": 8}
+    # a work request with nonsense fields: opcode 99, a length past any region
+    ring.WQE.pack_into(qp.buf, ring.HEADER, 99, 1, 2, 3, 0, 4, 5, 6)
+    qp.buf[ring.HEADER + ring.STATUS_AT : ring.HEADER + ring.STATUS_AT + 4] = bytes(4)
+    qp.produced = 1
+    qp.buf[0:8] = (1).to_bytes(8, "little")
+    os.write(qp.db, b"d")
+    assert qp.poll(5)["status"] == "IBV_WC_LOC_QP_OP_ERR"
+    # an index far ahead of anything posted: ignored as a whole, the loop survives
+    qp.buf[0:8] = (1 << 40).to_bytes(8, "little")
+    os.write(qp.db, b"d")
+    assert s.fstat(s.open("/after", os.O_CREAT | os.O_RDWR, 0o644)).st_size == 0
+    qp.produced = qp.polled = 1 << 40
+    s.ibv_post_send(qpn, ring.IBV_WR_RDMA_WRITE, 12345, 0, sge, 9)
+    assert s.ibv_poll_cq(qpn, 5) == {"wr_id": 9, "status": "IBV_WC_REM_ACCESS_ERR",
+                                     "opcode": "IBV_WR_RDMA_WRITE"}
+    assert s.call("kernel_stats")["qps"] == 1
+    s.conn.close()

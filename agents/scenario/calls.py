@@ -221,6 +221,11 @@ CALLS: dict[str, Callable[..., Any]] = {
         "rdma_write", rkey, off, data if isinstance(data, dict) else _data(data)),
     "rdma_read": lambda a, rkey, off, n: _emu(a).call("rdma_read", rkey, off, n),
     "dio_read": lambda a, fd, addr, n, off: _emu(a).call("dio_read", fd, addr, n, off),
+    "ibv_create_qp": lambda a, ctx: _emu(a).ibv_create_qp(ctx),
+    "ibv_destroy_qp": lambda a, ctx, qp: _emu(a).ibv_destroy_qp(ctx, qp) or 0,
+    "ibv_post_send": lambda a, qp, opcode, rkey, off, sge, wr_id=0: _emu(a).ibv_post_send(
+        qp, opcode, rkey, off, sge, wr_id) or 0,
+    "ibv_poll_cq": lambda a, qp: _emu(a).ibv_poll_cq(qp, 20.0),
     "fallocate": _fallocate,
     "clone": _clone,
     "foreign_writes": lambda a: _emu(a).call("foreign_writes"),

@@ -212,6 +212,7 @@ def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
         "pinned_blocks": len(k.ext.get("longterm_pins", {})) + len(k.ext.get("shortterm_pins", {})),
         "shootdowns": len(k.ext.get("shootdowns", {})),
         "mailboxes": len(k.ext.get("mailboxes", {})),
+        "qps": len(k.ext.get("qps", {})),
     }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from kernel_daemon import mm, rdma
+from kernel_daemon import mm, qp, rdma
 from kernel_daemon.errors import PARKED, KernelError
 from kernel_daemon.kernel import Kernel, Timer
 from kernel_daemon.pmem import Owner
@@ -81,21 +81,7 @@ def sys_rdma_write(k: Kernel, t: Task, rkey: int, offset: int,
     registered memory (``ibv_post_send`` with ``IBV_WR_RDMA_WRITE``): then the bytes go
     from device to device in the daemon, without travelling in the call.
     """
-    if isinstance(data, dict):
-        status, payload = rdma.gather(k, t, data)
-        if status != rdma.WC_SUCCESS:
-            k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset,
-                       length=data.get("length"), status=status)
-            return status
-    else:
-        payload = data
-    mr = rdma._rkeys(k).get(rkey)
-    status = rdma.WC_REM_ACCESS_ERR
-    if mr is not None and mr.valid and mr.access & rdma.IBV_ACCESS_REMOTE_WRITE:
-        status, _ = rdma.device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
-    k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
-               status=status)
-    return status
+    return rdma.rdma_write(k, t, rkey, offset, data)
 
 
 @syscall("rdma_read", linux="(the card: an RDMA READ arriving with an rkey)",
@@ -111,28 +97,7 @@ def sys_rdma_read(k: Kernel, t: Task, rkey: int, offset: int,
     ``IBV_ACCESS_LOCAL_WRITE``), the card writes them there: a device write, checked
     against the ledger like any other.
     """
-    sink = None
-    if isinstance(length, dict):
-        sink = rdma.local_mr(k, t, length, write=True)
-        n = length["length"]
-        if sink is None:
-            k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n,
-                       status=rdma.WC_LOC_PROT_ERR)
-            return {"status": rdma.WC_LOC_PROT_ERR, "length": 0}
-    else:
-        n = length
-    mr = rdma._rkeys(k).get(rkey)
-    status, data = rdma.WC_REM_ACCESS_ERR, b""
-    if mr is not None and mr.valid and mr.access & rdma.IBV_ACCESS_REMOTE_READ:
-        status, data = rdma.device_access(k, t, mr, offset, None, n, "RDMA READ")
-    if sink is not None and status == rdma.WC_SUCCESS:
-        assert isinstance(length, dict)
-        status, _ = rdma.device_access(k, t, sink, length["addr"] - sink.addr, data, n,
-                                       "RDMA READ")
-    k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status)
-    if sink is not None:
-        return {"status": status, "length": n if status == rdma.WC_SUCCESS else 0}
-    return {"status": status, "data": data}
+    return rdma.rdma_read(k, t, rkey, offset, length)
 
 
 @syscall("dio_read", linux="fs/iomap/direct-io.c iomap_dio_rw() + mm/gup.c FOLL_PIN",
@@ -215,6 +180,38 @@ def sys_file_pins(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
             for ctx in seen for mr in ctx.mrs.values()]
 
 
+@syscall("ibv_create_qp", linux="drivers/infiniband/core/uverbs_cmd.c ib_uverbs_create_qp()",
+         support="emulator",
+         note="a queue pair of the context behind ctx: a shared ring, a doorbell FIFO and a "
+              "completion FIFO; work requests posted there bypass the call channel")
+def sys_ibv_create_qp(k: Kernel, t: Task, ctx: int) -> dict[str, Any]:
+    """Create a queue pair: ``{qpn, ring, db, cq, slots}`` for the process to open."""
+    return qp.create_qp(k, t, rdma.context_of(k, t, ctx))
+
+
+@syscall("ibv_destroy_qp", linux="drivers/infiniband/core/uverbs_cmd.c ib_uverbs_destroy_qp()",
+         support="emulator", note="destroy a queue pair this process created")
+def sys_ibv_destroy_qp(k: Kernel, t: Task, ctx: int, qpn: int) -> int:
+    """Destroy queue pair ``qpn`` of the context behind ``ctx``."""
+    context = rdma.context_of(k, t, ctx)
+    q = next((q for q in context.ext.get("qps", []) if q.qpn == qpn and q.task is t), None)
+    if q is None:
+        raise KernelError(errno.EINVAL)
+    qp.destroy_qp(k, q, "ibv_destroy_qp")
+    return 0
+
+
+def _release_file(k: Kernel, f: Any) -> None:
+    ctx = f.ext.get("uverbs")
+    if isinstance(ctx, rdma.UContext):
+        qp.release_context(k, ctx)
+    rdma.release_context(k, f)
+
+
 def install(k: Kernel) -> None:
-    """The uverbs file's last reference releases its context."""
-    k.file_release_hooks.append(lambda f: rdma.release_context(k, f))
+    """The uverbs file's last reference releases its context (and its queue pairs); a
+    process's queue pairs go when it exits or execs."""
+    k.file_release_hooks.append(lambda f: _release_file(k, f))
+    k.exit_hooks.append(lambda task: qp.release_task(k, task))
+    k.exec_hooks.append(lambda task: qp.release_task(k, task))
+    k.shutdown_hooks.append(lambda: qp.release_all(k))

@@ -1,0 +1,94 @@
+"""The process's side of a queue pair: post work requests, wait for completions.
+
+As with rdma-core, ``ibv_post_send`` is no system call: the work request goes into the
+send queue (a shared ring the kernel daemon created, see ``protocol/ring.py`` and
+``kernel_daemon/qp.py``) and a doorbell rings (one byte into a FIFO the daemon's loop
+watches).  The card writes each completion's status into its slot and a byte into the
+completion FIFO, which :meth:`AgentQP.poll` waits on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import struct
+import time
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+from protocol.errors import os_error
+from protocol.ring import HEADER, OPCODE_NAME, SLOT, STATUS_AT, STATUS_NAME, WQE
+
+
+class AgentQP:
+    """A queue pair this process created (``ibv_create_qp``), opened and mapped."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.qpn = int(info["qpn"])
+        self.slots = int(info["slots"])
+        ring = shared_memory.SharedMemory(name=str(info["ring"]))
+        # the daemon owns the ring's lifetime, not this process's resource tracker
+        resource_tracker.unregister(ring._name, "shared_memory")  # type: ignore[attr-defined]
+        self.ring = ring
+        assert ring.buf is not None
+        self.buf: memoryview = ring.buf
+        self.db = os.open(str(info["db"]), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.cq = os.open(str(info["cq"]), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.produced = 0
+        self.polled = 0
+
+    def post(self, opcode: int, rkey: int, offset: int, sge: dict[str, int],
+             wr_id: int = 0) -> None:
+        """``ibv_post_send`` of one RDMA WRITE or READ whose local side is ``sge``
+        (``{lkey, addr, length}``); ENOMEM when the send queue is full, EINVAL for
+        values no work request can carry."""
+        if opcode not in OPCODE_NAME:
+            raise os_error(errno.EINVAL)
+        if self.produced - self.polled >= self.slots:
+            raise os_error(errno.ENOMEM)
+        at = HEADER + (self.produced % self.slots) * SLOT
+        try:
+            WQE.pack_into(self.buf, at, opcode, rkey, offset, sge["lkey"], 0, sge["addr"],
+                          sge["length"], wr_id)
+        except (struct.error, KeyError, TypeError):
+            raise os_error(errno.EINVAL) from None
+        self.buf[at + STATUS_AT : at + STATUS_AT + 4] = bytes(4)
+        self.produced += 1
+        self.buf[0:8] = self.produced.to_bytes(8, "little")
+        with contextlib.suppress(BlockingIOError):  # a full FIFO rings anyway
+            os.write(self.db, b"d")
+
+    def poll(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the oldest outstanding completion: ``{wr_id, status, opcode}``.
+
+        EAGAIN when nothing is outstanding; ``TimeoutError`` after ``timeout`` seconds.
+        """
+        if self.polled >= self.produced:
+            raise os_error(errno.EAGAIN)
+        at = HEADER + (self.polled % self.slots) * SLOT
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            code = int.from_bytes(self.buf[at + STATUS_AT : at + STATUS_AT + 4], "little")
+            if code:
+                break
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            ready, _, _ = select.select([self.cq], [], [], wait)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.cq, 4096)
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no completion on QP {self.qpn}")
+        opcode, *_, wr_id = WQE.unpack_from(self.buf, at)
+        self.polled += 1
+        return {"wr_id": wr_id, "status": STATUS_NAME.get(code, str(code)),
+                "opcode": OPCODE_NAME.get(opcode, str(opcode))}
+
+    def close(self) -> None:
+        """Close the FIFOs and unmap the ring (the daemon removes them)."""
+        for fd in (self.db, self.cq):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.buf.release()
+        self.ring.close()

@@ -1,0 +1,203 @@
+"""Queue pairs: the verbs data path that bypasses the system-call channel.
+
+In rdma-core, ``ibv_post_send`` writes a work request into a send queue the process
+has mapped and rings a doorbell (an MMIO write); the card executes it and writes a
+completion into a completion queue the process polls.  No system call is involved,
+which is why RDMA is fast.  The emulator does the same with what it has: the send queue
+and its completions are a small shared-memory ring the daemon creates per queue pair,
+the doorbell is a FIFO the daemon's epoll loop watches, and a second FIFO wakes a
+process that waits for a completion (``ibv_poll_cq`` on a completion channel).  The
+daemon, as the card, executes each work request with the same code as ``rdma_write`` /
+``rdma_read`` (:func:`kernel_daemon.rdma.rdma_write`): the same access checks, the same
+ledger check of every device write, the same event-log records.
+
+Ring layout (little endian), ``SLOTS`` slots of ``SLOT`` bytes after a 64-byte header::
+
+    header: u64 produced (written by the process), u64 consumed (written by the card)
+    slot:   u32 opcode, u32 rkey, u64 remote offset, u32 lkey, u32 -, u64 addr,
+            u64 length, u64 wr_id, ..., u32 status at 56 (0 until completed)
+
+Everything in the ring is the process's to scribble on: the card reads each slot once,
+checks every field (``IBV_WC_LOC_QP_OP_ERR`` for nonsense) and never trusts an index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Any
+
+from kernel_daemon import rdma
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
+from kernel_daemon.task import Task
+from protocol.ring import (
+    HEADER,
+    IBV_WR_RDMA_READ,
+    IBV_WR_RDMA_WRITE,
+    RING_SIZE,
+    SLOT,
+    SLOTS,
+    STATUS_AT,
+    STATUS_CODE,
+    WQE,
+)
+
+MAX_QPS_PER_TASK = 16
+
+_qpns = itertools.count(1)
+
+
+@dataclass(eq=False)
+class QP:
+    """A queue pair of a context, posted to by the process that created it."""
+
+    qpn: int
+    ctx: rdma.UContext
+    task: Task
+    ring: shared_memory.SharedMemory
+    db_path: str
+    cq_path: str
+    db_fd: int
+    cq_fd: int
+    consumed: int = 0
+    dead: bool = False
+    stats: dict[str, int] = field(default_factory=lambda: {"executed": 0, "bad": 0})
+
+
+def _qps(k: Kernel) -> dict[int, QP]:
+    table: dict[int, QP] = k.ext.setdefault("qps", {})
+    return table
+
+
+def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
+    """``ibv_create_qp``: the ring, the doorbell and the completion FIFO, watched by the
+    loop; what the process needs to map and open them."""
+    if ctx.aborted:
+        raise KernelError(errno.EIO)
+    if sum(1 for q in _qps(k).values() if q.task is task) >= MAX_QPS_PER_TASK:
+        raise KernelError(errno.ENOMEM)
+    watch = getattr(k.io, "watch_fd", None)
+    if watch is None:
+        raise KernelError(errno.EOPNOTSUPP, "no loop to watch a doorbell")
+    qpn = next(_qpns)
+    base = os.path.join(k.config.run_dir, f"qp-{task.pid}-{qpn}")
+    ring = shared_memory.SharedMemory(create=True, size=RING_SIZE)
+    made: list[str] = []
+    fds: list[int] = []
+    try:
+        for suffix in (".db", ".cq"):
+            os.mkfifo(base + suffix, 0o600)
+            made.append(base + suffix)
+            os.chown(base + suffix, task.uid, task.gid)
+        fds.append(os.open(base + ".db", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        fds.append(os.open(base + ".cq", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        for path in made:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        ring.close()
+        ring.unlink()
+        raise KernelError(exc.errno or errno.EIO) from None
+    qp = QP(qpn=qpn, ctx=ctx, task=task, ring=ring, db_path=base + ".db",
+            cq_path=base + ".cq", db_fd=fds[0], cq_fd=fds[1])
+    _qps(k)[qpn] = qp
+    ctx.ext.setdefault("qps", []).append(qp)
+    watch(qp.db_fd, lambda: doorbell(k, qp))
+    k.log.emit("create_qp", pid=task.pid, ctx=ctx.cid, qpn=qpn)
+    return {"qpn": qpn, "ring": ring.name, "db": qp.db_path, "cq": qp.cq_path,
+            "slots": SLOTS}
+
+
+def destroy_qp(k: Kernel, qp: QP, why: str) -> None:
+    """The queue pair goes: no more doorbells, its files and ring removed."""
+    if qp.dead:
+        return
+    qp.dead = True
+    _qps(k).pop(qp.qpn, None)
+    unwatch = getattr(k.io, "unwatch_fd", None)
+    if unwatch is not None:
+        unwatch(qp.db_fd)
+    for fd in (qp.db_fd, qp.cq_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    for path in (qp.db_path, qp.cq_path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    qp.ring.close()
+    with contextlib.suppress(FileNotFoundError):
+        qp.ring.unlink()
+    lst = qp.ctx.ext.get("qps", [])
+    if qp in lst:
+        lst.remove(qp)
+    k.log.emit("destroy_qp", pid=qp.task.pid, qpn=qp.qpn, why=why)
+
+
+def doorbell(k: Kernel, qp: QP) -> None:
+    """The doorbell rang: execute every posted work request, complete each in its slot
+    and wake the process once per completion."""
+    with contextlib.suppress(BlockingIOError, InterruptedError):
+        while os.read(qp.db_fd, 4096):
+            pass
+    if qp.dead:
+        return
+    buf = qp.ring.buf
+    assert buf is not None
+    produced = int.from_bytes(buf[0:8], "little")
+    pending = produced - qp.consumed
+    if pending <= 0:
+        return
+    if pending > SLOTS:  # the process broke the ring: nothing in it can be trusted
+        qp.stats["bad"] += 1
+        qp.consumed = produced
+        buf[8:16] = produced.to_bytes(8, "little")
+        k.log.emit("qp-error", pid=qp.task.pid, qpn=qp.qpn, why="ring overrun")
+        return
+    alive = k.tasks.get(qp.task.pid) is qp.task and not qp.ctx.dead
+    while qp.consumed < produced:
+        at = HEADER + (qp.consumed % SLOTS) * SLOT
+        status = execute(k, qp, WQE.unpack_from(buf, at)) if alive else "IBV_WC_LOC_QP_OP_ERR"
+        buf[at + STATUS_AT : at + STATUS_AT + 4] = STATUS_CODE[status].to_bytes(4, "little")
+        qp.consumed += 1
+        buf[8:16] = qp.consumed.to_bytes(8, "little")
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(qp.cq_fd, b"c")
+
+
+def execute(k: Kernel, qp: QP, wqe: tuple[int, ...]) -> str:
+    """Execute one work request, with the poster's rights; its completion status."""
+    opcode, rkey, offset, lkey, _, addr, length, _wr_id = wqe
+    qp.stats["executed"] += 1
+    if qp.ctx.aborted or length > rdma.MAX_TRANSFER:
+        return "IBV_WC_LOC_QP_OP_ERR"
+    sge = {"lkey": lkey, "addr": addr, "length": length}
+    if opcode == IBV_WR_RDMA_WRITE:
+        return rdma.rdma_write(k, qp.task, rkey, offset, sge, via=f"qp {qp.qpn}")
+    if opcode == IBV_WR_RDMA_READ:
+        return str(rdma.rdma_read(k, qp.task, rkey, offset, sge, via=f"qp {qp.qpn}")["status"])
+    qp.stats["bad"] += 1
+    return "IBV_WC_LOC_QP_OP_ERR"
+
+
+def release_task(k: Kernel, task: Task) -> None:
+    """The process is gone (exit or exec): its queue pairs go with it."""
+    for qp in [q for q in _qps(k).values() if q.task is task]:
+        destroy_qp(k, qp, "exit")
+
+
+def release_all(k: Kernel) -> None:
+    """The daemon stops: every queue pair goes."""
+    for qp in list(_qps(k).values()):
+        destroy_qp(k, qp, "shutdown")
+
+
+def release_context(k: Kernel, ctx: rdma.UContext) -> None:
+    """The context's last reference went: its queue pairs go."""
+    for qp in list(ctx.ext.get("qps", [])):
+        destroy_qp(k, qp, "last close of the uverbs context")
