@@ -10,7 +10,7 @@ from agents.scenario.parse import ScenarioError, load
 from agents.scenario.runner import Outcome, run_scenario
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_SCENARIO = os.path.join(ROOT, "scenarios", "pass_fork_exec_kill.scn")
+DEFAULT_REPORT = "out"
 
 
 def normalised(outcome: Outcome) -> list[str]:
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
     mx.add_argument("--policies", nargs="*", help="only these policies (default: all)")
     mx.add_argument("--report", metavar="DIR", help="write an HTML report into DIR: a table "
                     "linking every run's sequence diagram, transcript and block map")
-    if not argv:
-        argv = ["run", DEFAULT_SCENARIO, "--target", "both", "--no-pids"]
+    if not argv:  # the main job: the threads' scenarios under every design, as a report
+        argv = ["matrix", "--report", DEFAULT_REPORT]
     args = p.parse_args(argv)
     if args.cmd == "matrix":
         from agents.scenario import matrix
