@@ -235,7 +235,7 @@ class MrLeasePolicy(LayoutLeasePolicy):
             return
         for mr in mrs:
             rdma.async_event(mr.ctx, {"event_type": "IBV_EVENT_LEASE_BREAK", "mr": mr.handle})
-            k.log.emit("mr-lease-break", ctx=mr.ctx.cid, mr=mr.handle)
+            k.log.emit("mr-lease-break", pid=mr.task.pid, ctx=mr.ctx.cid, mr=mr.handle)
 
     @staticmethod
     def fence(k: Kernel, lease: Lease) -> None:

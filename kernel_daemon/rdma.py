@@ -248,9 +248,10 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
         hook(mr)
     _rkeys(k).pop(mr.rkey, None)
     _lkeys(k).pop(mr.lkey, None)
+    blocks = [p.block for p in mr.pins]
     _unpin(k, mr)
     mr.valid = False
-    k.log.emit("dereg_mr", ctx=mr.ctx.cid, mr=mr.handle, why=why)
+    k.log.emit("dereg_mr", pid=mr.task.pid, ctx=mr.ctx.cid, mr=mr.handle, blocks=blocks, why=why)
     for f in mr.files:
         k.fput(f)
     mr.files.clear()
@@ -276,9 +277,11 @@ def revoke(k: Kernel, mr: MR, why: str) -> None:
     if not mr.valid:
         return
     mr.valid = False
+    blocks = [p.block for p in mr.pins]
     _unpin(k, mr)
     async_event(mr.ctx, {"event_type": "IBV_EVENT_MR_REVOKED", "mr": mr.handle, "why": why})
-    k.log.emit("mr-revoked", ctx=mr.ctx.cid, mr=mr.handle, why=why)
+    k.log.emit("mr-revoked", pid=mr.task.pid, ctx=mr.ctx.cid, mr=mr.handle, blocks=blocks,
+               why=why)
 
 
 def abort_context(k: Kernel, ctx: UContext, why: str) -> None:
@@ -445,8 +448,10 @@ def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[st
     status = WC_REM_ACCESS_ERR
     if mr is not None and mr.valid and mr.access & IBV_ACCESS_REMOTE_WRITE:
         status, _ = device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
-    k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
-               status=status, via=via)
+    if k.log.enabled:
+        k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
+                   status=status, via=via, mr=mr.handle if mr else None,
+                   blocks=touched(k, mr, offset, len(payload)) if status == WC_SUCCESS else [])
     return status
 
 
@@ -471,11 +476,23 @@ def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str
     if sink is not None and status == WC_SUCCESS:
         assert isinstance(length, dict)
         status, _ = device_access(k, t, sink, length["addr"] - sink.addr, data, n, "RDMA READ")
-    k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status,
-               via=via)
+    if k.log.enabled:
+        k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status,
+                   via=via, mr=mr.handle if mr else None,
+                   blocks=touched(k, mr, offset, n) if status == WC_SUCCESS else [])
     if sink is not None:
         return {"status": status, "length": n if status == WC_SUCCESS else 0}
     return {"status": status, "data": data}
+
+
+def touched(k: Kernel, mr: MR | None, offset: int, length: int) -> list[int]:
+    """The blocks an access of ``[offset, offset + length)`` of a pinned MR went to (for
+    the event log; on-demand regions translate per access, so their list is empty)."""
+    if mr is None or mr.odp or length <= 0 or not mr.pins:
+        return []
+    page = k.pmem.block_size
+    lo = mr.addr % page + offset
+    return [p.block for p in mr.pins[lo // page : (lo + length - 1) // page + 1]]
 
 
 def _odp_block(k: Kernel, mr: MR, addr: int, write: bool) -> int | None:

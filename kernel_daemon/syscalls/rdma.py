@@ -151,7 +151,7 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
             chunk = data[lo - addr : hi - addr]
             k.pmem.buf[start : start + len(chunk)] = chunk
         unpin()
-        k.log.emit("dio-done", pid=t.pid, length=len(data))
+        k.log.emit("dio-done", pid=t.pid, length=len(data), blocks=[b for b, _ in targets])
         waiter.complete(len(data))
 
     timers.append(k.add_timer(float(k.config.dio_time), transfer))
