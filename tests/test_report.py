@@ -179,6 +179,17 @@ def test_sequence_diagram_has_every_event_of_the_log(which: str,
 
 
 @pytest.mark.timeout(60)
+def test_a_long_run_is_drawn_up_to_a_limit_and_says_so(s05: Outcome) -> None:
+    recs = _records(s05)
+    run = build(recs)
+    whole = _seqs(ET.fromstring(sequence.render(run)), "call")
+    root = ET.fromstring(sequence.render(run, max_events=40))
+    assert _seqs(root, "truncated") and not _seqs(ET.fromstring(sequence.render(run)),
+                                                    "truncated")
+    assert 0 < len(_seqs(root, "call")) < len(whole)
+
+
+@pytest.mark.timeout(60)
 def test_sequence_diagram_marks_kills_injections_and_foreign_writes(s06: Outcome) -> None:
     root = _svg(s06, "sequence.svg")
     killed = [e for e in root.iter(SVG + "path") if e.get("class") == "sq-killed"]

@@ -971,10 +971,22 @@ def display_order(records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     yield from held
 
 
-def render(run: Run) -> str:
-    """The sequence diagram of ``run`` as an SVG document."""
+#: events drawn at most: a longer run's diagram stops there with a note, as a page with
+#: tens of thousands of rows helps nobody (the transcript and trace.json have them all)
+MAX_EVENTS = 5000
+
+
+def render(run: Run, max_events: int = MAX_EVENTS) -> str:
+    """The sequence diagram of ``run`` as an SVG document (the first ``max_events``
+    events of a longer run, and a note saying how many more there were)."""
     d = _Diagram(run)
-    for rec in display_order(run.records):
+    records = list(display_order(run.records))
+    for rec in records[:max_events]:
         d.feed(rec)
+    if len(records) > max_events:
+        d._note("kernel", f"... {len(records) - max_events} later events not drawn "
+                "(see trace.json)", "truncated", [int(records[max_events].get("seq") or 0)],
+                title=f"the diagram stops after {max_events} events; the transcript and the "
+                      "Perfetto trace have the whole run", colour=RED, fill="#fde8e8")
     d.close()
     return d.svg()
