@@ -160,32 +160,52 @@ def pin_page(k: Kernel, task: Task, mapping: Mapping, index: int,
     return new
 
 
-def snapshot_private(k: Kernel, parent: Task) -> dict[int, dict[int, int]]:
-    """At fork: a copy of every private anonymous page of ``parent`` (and of every page
-    whose copy-on-write a pin broke), taken while the parent waits in fork."""
-    out: dict[int, dict[int, int]] = {}
+def snapshot_mappings(k: Kernel, parent: Task) -> dict[str, Any]:
+    """At fork (``dup_mmap``), while the parent stands in fork: its mappings as they are
+    now, each holding its file; shared anonymous memory gains a user (the child), and
+    every private anonymous page, and every private file page whose copy-on-write a pin
+    broke, is copied for the child (Linux copies pinned pages at fork too)."""
+    entries: list[dict[str, Any]] = []
     for m in vmas(parent).values():
-        if m.shared and m.file is None:
+        entry: dict[str, Any] = {"m": m, "start": m.start, "length": m.length, "prot": m.prot,
+                                 "flags": m.flags, "file": m.file, "pgoff": m.pgoff,
+                                 "vid": m.vid, "invalid": m.invalid}
+        if m.file is not None:
+            k.fget(m.file)
+        if m.file is None and m.shared:
+            users: list[int] = m.ext.setdefault("anon_users", [1])
+            users[0] += 1
+            entry["ptes"], entry["users"] = m.ptes, users
+        else:
+            pages = m.ptes if m.file is None else m.ext.get("cow", {})
+            copies: dict[int, int] = {}
+            for index, block in pages.items():
+                if block < 0:
+                    continue
+                new = k.pmem.alloc(Owner(0, m.vid << 20 | index))
+                k.pmem.view(new)[:] = k.pmem.view(block)
+                copies[index] = new
+            entry["ptes" if m.file is None else "cow"] = copies
+        entries.append(entry)
+    return {"vmas": entries, "mmap_next": parent.ext.get("mmap_next", MMAP_BASE),
+            "next_vid": parent.ext.get("next_vid", 0)}
+
+
+def drop_snapshot(k: Kernel, snapshot: dict[str, Any]) -> None:
+    """A fork nobody claimed: its references and copies go back."""
+    for entry in snapshot.pop("vmas", []):
+        if entry["file"] is not None:
+            k.fput(entry["file"])
+        users = entry.get("users")
+        if users is not None:
+            users[0] -= 1
+            if users[0] == 0:  # the parent unmapped it meanwhile: the last user goes
+                for block in entry["ptes"].values():
+                    if block >= 0:
+                        release_block(k, block)
             continue
-        pages = m.ptes if m.file is None else m.ext.get("cow", {})
-        copies: dict[int, int] = {}
-        for index, block in pages.items():
-            if block < 0:
-                continue
-            new = k.pmem.alloc(Owner(0, m.vid << 20 | index))
-            k.pmem.view(new)[:] = k.pmem.view(block)
-            copies[index] = new
-        if copies:
-            out[m.vid] = copies
-    return out
-
-
-def drop_snapshot(k: Kernel, snapshot: dict[int, dict[int, int]]) -> None:
-    """A fork nobody claimed: its copies go back."""
-    for copies in snapshot.values():
-        for block in copies.values():
+        for block in {**entry.get("ptes", {}), **entry.get("cow", {})}.values():
             k.pmem.free(block)
-    snapshot.clear()
 
 
 def drop_all(k: Kernel, task: Task, why: str) -> None:

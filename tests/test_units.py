@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from kernel_daemon import mm
 from kernel_daemon.errors import PARKED, KernelError, MustWait
 from kernel_daemon.kernel import Config, Kernel
 from kernel_daemon.pmem import Owner, Pmem
@@ -1179,3 +1180,47 @@ def test_daemon_and_agents_share_only_protocol() -> None:
     assert "launch" not in daemon | agents
     assert daemon & agents == {"protocol"}
     assert proto <= {"protocol"}  # protocol depends on neither side
+
+
+def test_fork_child_gets_the_mappings_as_they_were_at_the_fork(kernel: Kernel) -> None:
+    """dup_mmap happens at fork: what the parent maps, unmaps or writes afterwards does
+    not reach the child, even if it registers later (or after the parent died)."""
+    p = spawn(kernel, 100, "parent")
+    fd = sc(kernel, p, "open", "/f", RDWR_CREAT, 0o644)
+    sc(kernel, p, "ftruncate", fd, 4096)
+    rw = linux.PROT_READ | linux.PROT_WRITE
+    anon = linux.MAP_ANONYMOUS
+    filemap = sc(kernel, p, "mmap", 4096, rw, linux.MAP_SHARED, fd, 0)
+    shared = sc(kernel, p, "mmap", 4096, rw, linux.MAP_SHARED | anon, -1, 0)
+    private = sc(kernel, p, "mmap", 4096, rw, linux.MAP_PRIVATE | anon, -1, 0)
+    sblock = sc(kernel, p, "mm_fault", shared["vma"], 0, 1)
+    pblock = sc(kernel, p, "mm_fault", private["vma"], 0, 1)
+    kernel.pmem.view(pblock)[:6] = b"before"
+    token = sc(kernel, p, "fork_prepare")
+    # after the fork: the parent unmaps everything, closes the file, maps anew, writes
+    for m in (filemap, shared, private):
+        sc(kernel, p, "munmap", m["addr"], 4096)
+    sc(kernel, p, "close", fd)
+    sc(kernel, p, "mmap", 8192, rw, linux.MAP_SHARED | anon, -1, 0)
+    child = fork_child(kernel, p, 200, token)
+    kids = sorted(mm.vmas(child).values(), key=lambda m: m.vid)
+    assert [m.vid for m in kids] == [filemap["vma"], shared["vma"], private["vma"]]
+    assert kids[0].file is not None and kids[0].file.path == "/f"  # the mapping holds it
+    assert sc(kernel, child, "mm_fault", shared["vma"], 0, 1) == sblock  # still shared
+    copy = sc(kernel, child, "mm_fault", private["vma"], 0, 1)
+    assert copy != pblock and bytes(kernel.pmem.view(copy)[:6]) == b"before"
+    for m in kids:
+        sc(kernel, child, "munmap", m.start, m.length)
+    assert stats(kernel)["pending_forks"] == 0
+
+
+def test_an_unclaimed_fork_gives_back_its_copies(kernel: Kernel) -> None:
+    p = spawn(kernel, 100, "parent")
+    rw = linux.PROT_READ | linux.PROT_WRITE
+    private = sc(kernel, p, "mmap", 4096, rw, linux.MAP_PRIVATE | linux.MAP_ANONYMOUS, -1, 0)
+    sc(kernel, p, "mm_fault", private["vma"], 0, 1)
+    used = kernel.pmem.nblocks - kernel.pmem.free_blocks
+    token = sc(kernel, p, "fork_prepare")
+    assert kernel.pmem.nblocks - kernel.pmem.free_blocks == used + 1  # the child's copy
+    kernel.drop_fork(token)
+    assert kernel.pmem.nblocks - kernel.pmem.free_blocks == used

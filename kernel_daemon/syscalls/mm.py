@@ -109,40 +109,37 @@ def install(k: Kernel) -> None:
     k.exec_hooks.append(lambda task: mm.drop_all(k, task, "exec"))
     k.fork_hooks.append(lambda parent, child: _fork(k, parent, child))
     k.fork_prepare_hooks.append(
-        lambda parent, pending: pending.ext.__setitem__("anon", mm.snapshot_private(k, parent)))
-    k.fork_drop_hooks.append(lambda pending: mm.drop_snapshot(k, pending.ext.get("anon", {})))
+        lambda parent, pending: pending.ext.__setitem__("mm", mm.snapshot_mappings(k, parent)))
+    k.fork_drop_hooks.append(lambda pending: mm.drop_snapshot(k, pending.ext.get("mm", {})))
     k.notify_handlers["tlb-ack"] = lambda task, body: mm.shootdown_ack(k, task, body)
     k.block_alloc_hooks.append(lambda owner: mm.unmap_zero_page(k, owner))
 
 
 def _fork(k: Kernel, parent: Task | None, child: Task) -> None:
-    """``dup_mmap``: the child gets the parent's mappings as they were at registration.
+    """``dup_mmap``: the child gets the parent's mappings as they were at the fork (the
+    snapshot :func:`mm.snapshot_mappings` took at ``fork_prepare``), even if the parent
+    changed them, or died, before the child registered.
 
     File pages are faulted in again by the child; shared anonymous memory is shared
     (one page table, counted users); private anonymous pages, and private file pages
-    whose copy-on-write a pin broke, are the copies taken at ``fork_prepare`` (the
-    parent stood still in fork then; Linux copies pinned pages at fork too).
+    whose copy-on-write a pin broke, are the snapshot's copies.
     """
-    snapshot: dict[int, dict[int, int]] = child.ext.get("fork_snapshot", {}).get("anon", {})
-    if parent is None:
-        mm.drop_snapshot(k, snapshot)
-        return
-    for m in list(mm.vmas(parent).values()):
-        copy = mm.Mapping(task=child, start=m.start, length=m.length, prot=m.prot,
-                          flags=m.flags, file=m.file, pgoff=m.pgoff, vid=m.vid,
-                          invalid=m.invalid)
-        if m.file is None and m.shared:
-            copy.ptes = m.ptes
-            users = m.ext.setdefault("anon_users", [1])
-            users[0] += 1
-            copy.ext["anon_users"] = users
-        elif m.file is None:
-            copy.ptes = snapshot.pop(m.vid, {})
-        elif m.vid in snapshot:
-            copy.ext["cow"] = snapshot.pop(m.vid)
+    snapshot: dict[str, Any] = child.ext.get("fork_snapshot", {}).get("mm", {})
+    for entry in snapshot.pop("vmas", []):
+        copy = mm.Mapping(task=child, start=entry["start"], length=entry["length"],
+                          prot=entry["prot"], flags=entry["flags"], file=entry["file"],
+                          pgoff=entry["pgoff"], vid=entry["vid"], invalid=entry["invalid"])
+        if "users" in entry:
+            copy.ptes = entry["ptes"]
+            copy.ext["anon_users"] = entry["users"]
+        elif entry["file"] is None:
+            copy.ptes = entry["ptes"]
+        elif entry.get("cow"):
+            copy.ext["cow"] = entry["cow"]
         mm.add_mapping(k, child, copy)
+        if entry["file"] is not None:
+            k.fput(entry["file"])  # add_mapping took the mapping's own reference
         for hook in k.ext.get("vma_copy_hooks", ()):
-            hook(m, copy)
-    mm.drop_snapshot(k, snapshot)  # copies of mappings the parent unmapped since
-    child.ext["mmap_next"] = parent.ext.get("mmap_next", mm.MMAP_BASE)
-    child.ext["next_vid"] = parent.ext.get("next_vid", 0)
+            hook(entry["m"], copy)
+    child.ext["mmap_next"] = snapshot.get("mmap_next", mm.MMAP_BASE)
+    child.ext["next_vid"] = snapshot.get("next_vid", 0)
