@@ -196,15 +196,16 @@ for line in sys.stdin:
     # each configuration's calls back to back within a round (a 4 ms call carrying
     # 1 MiB just before would leave every cache cold for the next one), the order
     # rotating from round to round so that drift hits all alike
+    # the daemon's CPU time is read around the block, not around each call: reading
+    # /proc between two calls would put ~50 us of idle time between them
     for name in order:
         fn = configs[name]
+        c0 = cpu(daemon_pid)
         for _ in range(cmd["n"]):
-            c0 = cpu(daemon_pid)
             t0 = clock()
             fn()
-            t1 = clock()
-            srv[name] += cpu(daemon_pid) - c0
-            out[name].append(t1 - t0)
+            out[name].append(clock() - t0)
+        srv[name] += cpu(daemon_pid) - c0
     sys.stdout.write(json.dumps({"samples": out, "daemon_cpu_ns": srv}) + "\n")
     sys.stdout.flush()
 if profile:
