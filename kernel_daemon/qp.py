@@ -28,7 +28,7 @@ import errno
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -69,7 +69,6 @@ class QP:
     cq_fd: int
     consumed: int = 0
     dead: bool = False
-    stats: dict[str, int] = field(default_factory=lambda: {"executed": 0, "bad": 0})
 
 
 def _qps(k: Kernel) -> dict[int, QP]:
@@ -157,7 +156,6 @@ def doorbell(k: Kernel, qp: QP) -> None:
     if pending <= 0:
         return
     if pending > SLOTS:  # the process broke the ring: nothing in it can be trusted
-        qp.stats["bad"] += 1
         qp.consumed = produced
         buf[8:16] = produced.to_bytes(8, "little")
         k.log.emit("qp-error", pid=qp.task.pid, qpn=qp.qpn, why="ring overrun")
@@ -185,7 +183,6 @@ def doorbell(k: Kernel, qp: QP) -> None:
 def execute(k: Kernel, qp: QP, wqe: tuple[int, ...]) -> str:
     """Execute one work request, with the poster's rights; its completion status."""
     opcode, rkey, offset, lkey, _, addr, length, _wr_id = wqe
-    qp.stats["executed"] += 1
     if qp.ctx.aborted or length > rdma.MAX_TRANSFER:
         return "IBV_WC_LOC_QP_OP_ERR"
     sge = {"lkey": lkey, "addr": addr, "length": length}
@@ -193,7 +190,6 @@ def execute(k: Kernel, qp: QP, wqe: tuple[int, ...]) -> str:
         return rdma.rdma_write(k, qp.task, rkey, offset, sge, via=f"qp {qp.qpn}")
     if opcode == IBV_WR_RDMA_READ:
         return str(rdma.rdma_read(k, qp.task, rkey, offset, sge, via=f"qp {qp.qpn}")["status"])
-    qp.stats["bad"] += 1
     return "IBV_WC_LOC_QP_OP_ERR"
 
 

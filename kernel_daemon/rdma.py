@@ -18,6 +18,7 @@ import itertools
 import secrets
 from array import array
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,23 +333,30 @@ def device_access(k: Kernel, writer: Task, mr: MR, offset: int,
     hi = lo + size
     if mr.odp:
         return _access_pages(k, writer, mr, lo, hi, data, via)
-    buf, gen = k.pmem.buf, k.pmem.gen
+    buf = k.pmem.buf
     parts: list[bytes] = []
-    for first, block, n, snapshot in mr.extents:
-        a, b = max(lo, first * page), min(hi, (first + n) * page)
-        if a >= b:
-            continue
+    for a, b, start in _runs(k, mr, lo, hi):
         chunk = None if data is None else data[a - lo : b - lo]
-        if gen[block : block + n] != snapshot:  # a block of the run was freed since
+        if start is None:  # a block of the run was freed since the pin
             _, got = _access_pages(k, writer, mr, a, b, chunk, via)
             parts.append(got)
-            continue
-        start = block * page + a - first * page
-        if chunk is not None:
+        elif chunk is not None:
             buf[start : start + b - a] = chunk
         else:
             parts.append(bytes(buf[start : start + b - a]))
     return WC_SUCCESS, b"".join(parts)
+
+
+def _runs(k: Kernel, mr: MR, lo: int, hi: int) -> Iterator[tuple[int, int, int | None]]:
+    """The pinned runs of ``[lo, hi)`` (offsets from the MR's first page), in order:
+    ``(a, b, device offset of a)``, the offset None for a run one of whose blocks was
+    freed since the pin (one C-level comparison of free counts per run)."""
+    page = k.pmem.block_size
+    for first, block, n, snapshot in mr.extents:
+        a, b = max(lo, first * page), min(hi, (first + n) * page)
+        if a < b:
+            intact = k.pmem.gen[block : block + n] == snapshot
+            yield a, b, block * page + a - first * page if intact else None
 
 
 def _access_pages(k: Kernel, writer: Task, mr: MR, lo: int, hi: int,
@@ -412,16 +420,11 @@ def gather(k: Kernel, task: Task, sge: Any) -> tuple[str, bytes | memoryview]:
     if mr is None:
         return WC_LOC_PROT_ERR, b""
     addr, length = sge["addr"], sge["length"]
-    page = k.pmem.block_size
-    lo, hi = addr - (mr.addr - mr.addr % page), addr - (mr.addr - mr.addr % page) + length
+    lo = addr - (mr.addr - mr.addr % k.pmem.block_size)
     views: list[memoryview] = []
-    for first, block, n, snapshot in mr.extents:
-        a, b = max(lo, first * page), min(hi, (first + n) * page)
-        if a >= b:
-            continue
-        if k.pmem.gen[block : block + n] != snapshot:
+    for a, b, start in _runs(k, mr, lo, lo + length):
+        if start is None:
             break  # a block of the run changed hands: the careful way below
-        start = block * page + a - first * page
         views.append(k.pmem.buf[start : start + b - a])
     else:
         if len(views) == 1:
