@@ -3,38 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from dataclasses import fields
 
+from kernel_daemon.boot import PolicyLoadError, describe, load_policy
 from kernel_daemon.daemon import Daemon
 from kernel_daemon.eventlog import convert
-from kernel_daemon.kernel import Config
-from kernel_daemon.policy import POLICIES
 from kernel_daemon.syscalls.table import render_markdown
+from protocol.config import DaemonConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The daemon's command line."""
+    """The daemon's command line: one option per :class:`DaemonConfig` field, with its
+    default and help text from there."""
     p = argparse.ArgumentParser(prog="python -m kernel_daemon", description=__doc__)
-    p.add_argument("--run-dir", help="directory for the sockets and the event log")
-    p.add_argument("--blocks", type=int, default=1024, help="pmem device size in blocks")
-    p.add_argument("--block-size", type=int, default=4096, help="pmem block size in bytes")
-    p.add_argument("--lease-break-time", type=float, default=45.0,
-                   help="seconds a lease holder gets before a break is forced "
-                        "(/proc/sys/fs/lease-break-time)")
-    p.add_argument("--policy", choices=sorted(POLICIES), default="upstream")
-    p.add_argument("--dio-time", type=float, default=0.5,
-                   help="seconds a direct-I/O transfer keeps its buffer pinned")
-    p.add_argument("--flavour", choices=("xfs", "ext4"), default="xfs")
-    p.add_argument("--pmem-name", help="shared-memory name of the device (default: random)")
-    p.add_argument("--event-log", help="write the JSON-lines event log here")
-    p.add_argument("--fork-claim-timeout", type=float, default=10.0,
-                   help="seconds a fork snapshot waits for its child after the parent died")
+    for f in fields(DaemonConfig):
+        flag = f.metadata.get("flag")
+        if flag is None:
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        p.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                       help=f"{f.metadata['help']} (default: {f.default})")
     p.add_argument("--ready-fd", type=int, help="write 'ready PID PMEM' to this fd once serving")
     p.add_argument("--convert-log", metavar="PATH",
                    help="convert the event log of a killed daemon to JSON lines and exit")
     p.add_argument("--syscall-table", action="store_true",
                    help="print the system-call support table (docs/syscalls.md) and exit")
+    p.add_argument("--describe", action="store_true",
+                   help="print the designs and flavours this daemon has, as JSON, and exit")
+    p.add_argument("--check-policy", metavar="SPEC",
+                   help="load the design SPEC (a name or PATH.py[:Class]), print its name "
+                        "and exit; 2 with the file and line when it cannot be loaded")
     return p.parse_args(argv)
 
 
@@ -47,16 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.syscall_table:
         sys.stdout.write(render_markdown() + "\n")
         return 0
+    if args.describe:
+        print(json.dumps(describe()))
+        return 0
+    if args.check_policy:
+        try:
+            print(load_policy(args.check_policy).name)
+        except PolicyLoadError as exc:
+            print(f"kernel_daemon: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if not args.run_dir:
         print("--run-dir is required", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="kernel_daemon: %(message)s")
-    config = Config(
-        run_dir=args.run_dir, nblocks=args.blocks, block_size=args.block_size,
-        lease_break_time=args.lease_break_time, policy=args.policy, flavour=args.flavour,
-        pmem_name=args.pmem_name, event_log=args.event_log,
-        fork_claim_timeout=args.fork_claim_timeout, dio_time=args.dio_time,
-    )
+    config = DaemonConfig(**{f.name: getattr(args, f.name) for f in fields(DaemonConfig)})
+    try:
+        config.validate()
+        load_policy(config.policy)
+    except (ValueError, PolicyLoadError) as exc:
+        print(f"kernel_daemon: {exc}", file=sys.stderr)
+        return 2
     Daemon(config).serve(args.ready_fd)
     return 0
 

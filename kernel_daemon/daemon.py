@@ -15,6 +15,7 @@ import errno
 import functools
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -28,9 +29,10 @@ from typing import Any
 
 import zmq
 
-from kernel_daemon.errors import PARKED, KernelError, MustWait
+from kernel_daemon.boot import boot, describe
+from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.eventlog import EventLog
-from kernel_daemon.kernel import Config, Kernel, Timer, real_ppid
+from kernel_daemon.kernel import Config, Timer, real_ppid
 from kernel_daemon.syscalls import SYSCALLS, BadArguments, Syscall
 from kernel_daemon.syscalls.proc import RegistrationRefused, register
 from kernel_daemon.task import Task
@@ -65,6 +67,26 @@ class _Registration:
     timer: Timer
 
 
+@dataclass(eq=False)
+class Peer:
+    """The wire-protocol side of a registered process: what authenticates its frames.
+
+    The kernel's :class:`~kernel_daemon.task.Task` knows nothing of it.  ``secret`` is
+    None between the announcement of an exec and the new image's registration, when no
+    message is accepted.
+    """
+
+    secret: bytes | None
+    #: highest control-message sequence number accepted (replay guard)
+    last_seq: int = -1
+    #: sequence number of the last frame sent to the process
+    out_seq: int = 0
+    #: the ZeroMQ routing id of the agent's DEALER socket (learnt from its messages)
+    route: bytes | None = None
+    #: drop the secret once the reply to the call being dispatched went out (exec)
+    revoke: bool = False
+
+
 class Daemon:
     """The kernel daemon of one run directory."""
 
@@ -97,7 +119,9 @@ class Daemon:
         self.pidfds: dict[int, int] = {}
         self.restarts: list[Callable[[], None]] = []
         self.evlog = EventLog(config.event_log)
-        self.kernel = Kernel(config, self, self.evlog)
+        #: the wire-protocol record of every registered process, by PID
+        self.peers: dict[int, Peer] = {}
+        self.kernel = boot(config, self, self.evlog)
         self.evlog.emit("boot", pid=os.getpid(), policy=config.policy, flavour=config.flavour,
                         nblocks=config.nblocks, block_size=config.block_size,
                         lease_break_time=config.lease_break_time, pmem=self.kernel.pmem.name,
@@ -293,15 +317,17 @@ class Daemon:
             task.pidfd = pidfd
             self.pidfds[pidfd] = pid
             self._watch(pidfd, lambda: self._died(pidfd))
-        assert task.secret is not None
+        peer = self.peers[pid] = Peer(secrets.token_bytes(wire.SECRET_LEN))
+        assert peer.secret is not None
         return {
-            "v": list(wire.PROTOCOL_VERSION), "ok": True, "pid": pid, "secret": task.secret,
+            "v": list(wire.PROTOCOL_VERSION), "ok": True, "pid": pid, "secret": peer.secret,
             "daemon_pid": os.getpid(),
             "endpoint": self.endpoint,
             "pmem": {"name": self.kernel.pmem.name, "nblocks": self.config.nblocks,
                      "block_size": self.config.block_size},
-            "config": {"policy": self.config.policy, "flavour": self.config.flavour,
+            "config": {"policy": self.kernel.policy.name, "flavour": self.config.flavour,
                        "lease_break_time": self.config.lease_break_time},
+            **describe(),
         }
 
     def _reap_if_dead(self, pid: int) -> None:
@@ -319,6 +345,8 @@ class Daemon:
         task = self.kernel.tasks.get(pid) if pid is not None else None
         if task is not None:
             self.kernel.exit_task(task, "died")
+        if pid is not None and pid not in self.kernel.tasks:
+            self.peers.pop(pid, None)
 
     def watch_pid(self, pid: int, on_death: Callable[[], None]) -> bool:
         """KernelIO: call ``on_death`` when ``pid`` dies (used for unregistered children)."""
@@ -361,7 +389,8 @@ class Daemon:
                         pid=task.pid if task else None)
         body = {"v": list(wire.PROTOCOL_VERSION), "k": wire.REPLY, "pid": 0, "seq": 0,
                 "id": rid if isinstance(rid, int) else None, "error": reason, "detail": detail}
-        if task is not None and task.secret is not None:
+        peer = self.peers.get(task.pid) if task is not None else None
+        if task is not None and peer is not None and peer.secret is not None:
             self._send(task, body)
         else:
             self.router.send(route, _SNDMORE)
@@ -383,17 +412,18 @@ class Daemon:
             return
         rid = body.get("id")
         task = self.kernel.tasks.get(body["pid"])
-        if task is None or task.secret is None:
+        peer = self.peers.get(body["pid"]) if task is not None else None
+        if task is None or peer is None or peer.secret is None:
             self._error(route, rid, wire.E_UNKNOWN_PROCESS, f"pid {body['pid']} not registered")
             return
-        if not wire.verify(payload, mac, task.secret):
+        if not wire.verify(payload, mac, peer.secret):
             self._error(route, rid, wire.E_AUTH, "bad message authentication code")
             return
-        if body["seq"] <= task.last_seq:
-            self._error(route, rid, wire.E_REPLAY, f"seq {body['seq']} <= {task.last_seq}")
+        if body["seq"] <= peer.last_seq:
+            self._error(route, rid, wire.E_REPLAY, f"seq {body['seq']} <= {peer.last_seq}")
             return
-        task.last_seq = body["seq"]
-        task.route = route
+        peer.last_seq = body["seq"]
+        peer.route = route
         if body["k"] == wire.CALL:
             self._call(task, body)
         elif body["k"] == wire.NOTIFY:
@@ -401,12 +431,16 @@ class Daemon:
         else:
             self._error(route, rid, wire.E_MALFORMED, f"agents do not send {body['k']}", task)
 
+    def _route(self, task: Task) -> bytes:
+        peer = self.peers.get(task.pid)
+        return peer.route or b"" if peer is not None else b""
+
     def _notify(self, task: Task, body: dict[str, Any]) -> None:
         what = body.get("what")
         handler = self.kernel.notify_handlers.get(what) if isinstance(what, str) else None
         if handler is None:
             if what != "hello":
-                self._error(task.route or b"", None, wire.E_MALFORMED, f"notify {what!r}", task)
+                self._error(self._route(task), None, wire.E_MALFORMED, f"notify {what!r}", task)
             return
         handler(task, body)
 
@@ -426,51 +460,66 @@ class Daemon:
     def _call(self, task: Task, body: dict[str, Any]) -> None:
         rid, name, args = body.get("id"), body.get("call"), body.get("args", [])
         if not isinstance(rid, int) or isinstance(rid, bool) or not isinstance(name, str):
-            self._error(task.route or b"", rid, wire.E_MALFORMED, "call needs int id and str call",
+            self._error(self._route(task), rid, wire.E_MALFORMED, "call needs int id and str call",
                         task)
             return
         if rid in task.parked:
-            self._error(task.route or b"", rid, wire.E_MALFORMED, f"request id {rid} in use", task)
+            self._error(self._route(task), rid, wire.E_MALFORMED, f"request id {rid} in use", task)
             return
         spec = SYSCALLS.get(name)
         if spec is None:
             self.evlog.emit("call", pid=task.pid, id=rid, call=name, args=args)
-            self.reply(task, rid, None, 38)  # ENOSYS, as for an unknown syscall number
+            self.reply(task, rid, None, errno.ENOSYS)  # as for an unknown syscall number
             return
         try:
             spec.bind(args)
         except BadArguments as exc:
-            self._error(task.route or b"", rid, wire.E_BAD_ARGUMENTS, str(exc), task)
+            self._error(self._route(task), rid, wire.E_BAD_ARGUMENTS, str(exc), task)
             return
         if self.evlog.enabled:
             self.evlog.emit("call", pid=task.pid, id=rid, call=name, args=args)
-        self._run(task, rid, spec, args)
-        if task.ext.pop("drop_secret", False):
-            task.secret = None
+        start = functools.partial(spec.handler, self.kernel, task, *args)
+        self._dispatch(task, rid, spec, start, start)
+        peer = self.peers.get(task.pid)
+        if peer is not None and peer.revoke:
+            peer.revoke = False
+            peer.secret = None
 
-    def _run(self, task: Task, rid: int, spec: Syscall, args: list[Any]) -> None:
+    def _dispatch(self, task: Task, rid: int, spec: Syscall, start: Callable[[], Any],
+                  step: Callable[[], Any], slept: MustWait | None = None) -> None:
+        """Run one step of a call (``start``, the handler from the beginning, or what it
+        resumes with after a sleep) and answer it, or park it again if it sleeps.
+        ``slept`` is the sleep this step ends: what it holds is undone if it fails."""
         k = self.kernel
         k.current = (task, rid, spec.name)
         try:
-            result = spec.handler(k, task, *args)
+            result = step()
         except KernelError as exc:
+            if slept is not None:
+                slept.abort()
             self.reply(task, rid, None, exc.errno)
             return
         except MustWait as wait:
-            self._sleep(task, rid, spec, args, wait)
+            if slept is not None:
+                # the call sleeps again: it resumes where it did before, unless it now
+                # says otherwise, and still holds what it held
+                wait.resume = wait.resume or slept.resume
+                for abort in slept.aborts:
+                    wait.add_abort(abort)
+            self._sleep(task, rid, spec, start, wait)
             return
         except Exception:  # a daemon bug: report it as one, keep serving
             detail = traceback.format_exc(limit=8)
             log.error("bug in %s: %s", spec.name, detail)
-            self._error(task.route or b"", rid, "internal", detail, task)
+            self._error(self._route(task), rid, "internal", detail, task)
             return
         finally:
             k.current = None
-        if result is not PARKED:
-            self.reply(task, rid, result)
+        self.reply(task, rid, result)
 
-    def _sleep(self, task: Task, rid: int, spec: Syscall, args: list[Any], wait: MustWait) -> None:
-        """Park a call that must wait; when woken it resumes (or runs again)."""
+    def _sleep(self, task: Task, rid: int, spec: Syscall, start: Callable[[], Any],
+               wait: MustWait) -> None:
+        """Park a call that sleeps; when woken it resumes (or runs again from the start)."""
         woken = False
 
         def wake() -> None:
@@ -480,7 +529,7 @@ class Daemon:
             woken = True
             unregister()
             task.parked.pop(rid, None)
-            self.restarts.append(lambda: self._restart(task, rid, spec, args, wait))
+            self.restarts.append(lambda: self._restart(task, rid, spec, start, wait))
 
         unregister = wait.register(wake)
 
@@ -488,51 +537,27 @@ class Daemon:
             nonlocal woken
             woken = True
             unregister()
-            if wait.abort is not None:
-                wait.abort()
+            wait.abort()
 
         task.parked[rid] = on_death_or_interrupt
         self.evlog.emit("park", pid=task.pid, id=rid, call=spec.name)
 
-    def _restart(self, task: Task, rid: int, spec: Syscall, args: list[Any],
+    def _restart(self, task: Task, rid: int, spec: Syscall, start: Callable[[], Any],
                  wait: MustWait) -> None:
         if self.kernel.tasks.get(task.pid) is not task:
-            if wait.abort is not None:
-                wait.abort()
+            wait.abort()
             return  # died meanwhile
         self.evlog.emit("restart", pid=task.pid, id=rid, call=spec.name)
-        if wait.resume is None:
-            self._run(task, rid, spec, args)
-            return
-        k = self.kernel
-        k.current = (task, rid, spec.name)
-        try:
-            result = wait.resume()
-        except KernelError as exc:
-            if wait.abort is not None:
-                wait.abort()
-            self.reply(task, rid, None, exc.errno)
-            return
-        except MustWait as again:
-            again.resume = again.resume or wait.resume
-            again.abort = again.abort or wait.abort
-            self._sleep(task, rid, spec, args, again)
-            return
-        except Exception:
-            detail = traceback.format_exc(limit=8)
-            log.error("bug resuming %s: %s", spec.name, detail)
-            self._error(task.route or b"", rid, "internal", detail, task)
-            return
-        finally:
-            k.current = None
-        self.reply(task, rid, result)
+        self._dispatch(task, rid, spec, start, wait.resume or start, wait)
 
     def _send(self, task: Task, body: dict[str, Any]) -> None:
-        if task.route is None or task.secret is None:
+        peer = self.peers.get(task.pid)
+        if peer is None or peer.route is None or peer.secret is None:
             return
-        body["seq"] = task.ext["out_seq"] = task.ext.get("out_seq", 0) + 1
-        self.router.send(task.route, _SNDMORE)
-        self.router.send(wire.seal(body, task.secret))
+        peer.out_seq += 1
+        body["seq"] = peer.out_seq
+        self.router.send(peer.route, _SNDMORE)
+        self.router.send(wire.seal(body, peer.secret))
 
     # --- KernelIO ---------------------------------------------------------------------
 
@@ -551,6 +576,13 @@ class Daemon:
             else:
                 self.evlog.emit("ret", pid=task.pid, id=rid, errno=linux.errno_name(err))
         self._send(task, body)
+
+    def revoke_after_reply(self, task: Task) -> None:
+        """KernelIO: after this call's reply, accept no frame from ``task`` until it
+        registers again (exec)."""
+        peer = self.peers.get(task.pid)
+        if peer is not None:
+            peer.revoke = True
 
     def event(self, task: Task, body: dict[str, Any]) -> None:
         """Push an event to ``task``'s agent."""

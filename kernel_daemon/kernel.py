@@ -1,9 +1,12 @@
 """The kernel's state and the operations every system-call family shares.
 
 ``Kernel`` holds the pmem device, the filesystem, the tasks, descriptors in flight,
-pending forks, timers and waiters.  It knows nothing of sockets: replies to parked calls
-and events go out through a :class:`KernelIO` the daemon loop provides (and unit tests
-replace), so the kernel's objects can be tested in-process.
+pending forks, timers, the pin and shoot-down tables, the RDMA device and the design
+(``policy``).  It builds state only: the composition root (:mod:`kernel_daemon.boot`)
+registers the system-call families' lifecycle hooks and gives it its design.  It knows
+nothing of sockets: replies to parked calls and events go out through a
+:class:`KernelIO` the daemon loop provides (and unit tests replace), so the kernel's
+objects can be tested in-process.
 """
 
 from __future__ import annotations
@@ -12,36 +15,29 @@ import errno
 import functools
 import heapq
 import itertools
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kernel_daemon.errors import KernelError
 from kernel_daemon.eventlog import EventLog
+from kernel_daemon.pins import PinTable
 from kernel_daemon.pmem import Owner, Pmem
+from kernel_daemon.rdma import ForeignWrite, RdmaDevice
+from kernel_daemon.sync import WaitQueue
 from kernel_daemon.task import KEPT_FLAGS, File, Task
 from kernel_daemon.vfs import Filesystem, Inode
 from protocol import linux
+from protocol.config import DaemonConfig
 
+if TYPE_CHECKING:
+    from kernel_daemon.af_unix import Mailbox
+    from kernel_daemon.mm import MMSnapshot, Shootdown
+    from kernel_daemon.policy import Policy
 
-@dataclass
-class Config:
-    """Daemon settings (``python -m kernel_daemon --help`` lists them)."""
-
-    run_dir: str
-    nblocks: int = 1024
-    block_size: int = 4096
-    lease_break_time: float = 45.0
-    policy: str = "upstream"
-    flavour: str = "xfs"
-    pmem_name: str | None = None
-    event_log: str | None = None
-    #: seconds an unclaimed fork snapshot survives its parent's death
-    fork_claim_timeout: float = 10.0
-    #: seconds a direct-I/O transfer holds its short-term pins before the DMA lands
-    dio_time: float = 0.5
+#: the daemon's settings (one dataclass, shared with the launcher: protocol.config)
+Config = DaemonConfig
 
 
 class KernelIO(Protocol):
@@ -56,41 +52,9 @@ class KernelIO(Protocol):
     def watch_pid(self, pid: int, on_death: Callable[[], None]) -> bool:
         """Call ``on_death`` once ``pid`` (not a task) dies; False if it is gone already."""
 
-
-@dataclass(eq=False)
-class Waiter:
-    """A parked call: answered later by :meth:`complete` or :meth:`fail`.
-
-    ``cancel`` removes the waiter from whatever queue holds it; it runs when the
-    waiting task dies (no answer is sent then).
-    """
-
-    kernel: Kernel
-    task: Task
-    rid: int
-    call: str
-    cancel: Callable[[], None] = lambda: None
-    done: bool = False
-
-    def complete(self, value: Any = None) -> None:
-        """Answer the parked call with ``value``."""
-        self._finish(value, None)
-
-    def fail(self, code: int) -> None:
-        """Answer the parked call with errno ``code``."""
-        self._finish(None, code)
-
-    def _finish(self, value: Any, err: int | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.task.parked.pop(self.rid, None)
-        self.kernel.log.emit(
-            "wake", pid=self.task.pid, id=self.rid, call=self.call,
-            result=value if err is None else None,
-            errno=linux.errno_name(err) if err is not None else None,
-        )
-        self.kernel.io.reply(self.task, self.rid, value, err)
+    def revoke_after_reply(self, task: Task) -> None:
+        """After the reply to the call being dispatched, accept no message from ``task``
+        until its process registers again (exec's point of no return)."""
 
 
 @dataclass
@@ -112,8 +76,8 @@ class PendingFork:
     snapshot: list[tuple[int, File, bool]]
     child: int | None = None
     timer: Timer | None = None
-    #: what subsystems snapshot at the fork (the private anonymous pages' copies)
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: the parent's address space at the fork (``dup_mmap``'s copy)
+    mm: MMSnapshot | None = None
 
 
 @dataclass(order=True)
@@ -141,56 +105,60 @@ def real_ppid(pid: int) -> int:
 
 
 class Kernel:
-    """All kernel state of one daemon."""
+    """All kernel state of one daemon.  Built by :func:`kernel_daemon.boot.boot`."""
 
-    def __init__(self, config: Config, io: KernelIO, log: EventLog | None = None) -> None:
+    def __init__(self, config: DaemonConfig, io: KernelIO, policy: Policy,
+                 log: EventLog | None = None) -> None:
         self.config = config
         self.io = io
         self.log = log or EventLog(None)
+        #: the design this kernel runs (``--policy``); every point where designs differ
+        #: calls one of its methods
+        self.policy = policy
         self.pmem = Pmem(config.pmem_name, config.nblocks, config.block_size, self._on_block)
+        self.pmem.hold = self.hold_block
         self.fs = Filesystem(self.pmem)
         self.tasks: dict[int, Task] = {}
-        #: state other subsystems keep (mailboxes, leases); opaque to the core
-        self.ext: dict[str, Any] = {}
-        #: run when a block is given to a file page (the zero page is unmapped there)
-        self.block_alloc_hooks: list[Callable[[Owner], None]] = []
+        #: long- and short-term pins of device blocks
+        self.pins = PinTable(self.pmem)
+        #: TLB shoot-downs pushed to processes and not yet acknowledged, by number
+        self.shootdowns: dict[int, Shootdown] = {}
+        #: the RDMA card: keys, queue pairs, the uverbs device
+        self.rdma = RdmaDevice()
+        #: bound datagram sockets by name (descriptor passing between processes)
+        self.mailboxes: dict[str, Mailbox] = {}
+        #: every device write that landed in a block another file owns, or nobody
+        self.foreign_writes: list[ForeignWrite] = []
         self.pending_forks: dict[bytes, PendingFork] = {}
-        self.exit_waiters: dict[int, list[Waiter]] = {}
+        #: callers of wait_exit sleeping until a process's exit is done, by PID
+        self.exit_waiters: dict[int, WaitQueue[None]] = {}
         self.timers: list[Timer] = []
         self._timer_seq = itertools.count()
-        #: the call being dispatched: (task, request id), for handlers that park
+        #: the call being dispatched: (task, request id, call name)
         self.current: tuple[Task, int, str] | None = None
-        #: callbacks run when a File's last reference goes (leases hook in here)
-        self.file_release_hooks: list[Callable[[File], None]] = []
-        #: callbacks run when a task exits, before its descriptors are closed
-        self.exit_hooks: list[Callable[[Task], None]] = []
         self.clock: Callable[[], float] = time.monotonic
         #: the host's parent PID of a process (replaceable in unit tests)
         self.host_ppid: Callable[[int], int] = real_ppid
-        from kernel_daemon.syscalls import install  # the families import this module
-
-        #: lease breaking (fs/locks.c __break_lease); leases install theirs
-        self.break_hooks: list[Callable[[Task, Inode, int], None]] = []
-        #: run before a size change (truncate, O_TRUNC); policies install theirs
-        self.ext_truncate_hooks: list[Callable[[Task, Inode, int], None]] = []
-        #: handlers of NOTIFY messages by their "what" (signal delivered, shoot-down ack)
-        self.notify_handlers: dict[str, Callable[[Task, dict[str, Any]], None]] = {}
-        #: task.ext keys a fork child copies from its parent (signal settings, umask)
-        self.fork_inherit_keys: list[str] = []
-        #: run when a fork child registers: hook(parent or None, child)
-        self.fork_hooks: list[Callable[[Task | None, Task], None]] = []
-        #: called at fork_prepare with (parent, pending fork), and when a pending fork
-        #: is dropped unclaimed with (pending fork)
+        # Lifecycle hooks: what the families do at points of a process's or a file's
+        # life that are not a design's business.  Registered in one place,
+        # kernel_daemon.boot; designs use the Policy methods instead.
+        #: a block was given to a file page (the zero page is unmapped there)
+        self.block_alloc_hooks: list[Callable[[Owner], None]] = []
+        #: a File's last reference went (leases, uverbs contexts)
+        self.file_release_hooks: list[Callable[[File], None]] = []
+        #: a task exits, before its descriptors are closed
+        self.exit_hooks: list[Callable[[Task], None]] = []
+        #: a fork child registered: hook(parent or None, child, the fork)
+        self.fork_hooks: list[Callable[[Task | None, Task, PendingFork], None]] = []
+        #: fork_prepare (parent, pending fork), and an unclaimed fork dropped
         self.fork_prepare_hooks: list[Callable[[Task, PendingFork], None]] = []
         self.fork_drop_hooks: list[Callable[[PendingFork], None]] = []
-        #: run at exec's point of no return, before close-on-exec descriptors close
+        #: exec's point of no return, before close-on-exec descriptors close
         self.exec_hooks: list[Callable[[Task], None]] = []
+        #: the daemon stops
         self.shutdown_hooks: list[Callable[[], None]] = []
-        #: run by F_SETFL before the flags change (O_ASYNC wiring)
-        self.setfl_hooks: list[Callable[[Task, File, int, int], None]] = []
-        #: run before write(2) and pwrite(2) change data (layout breaks on xfs)
-        self.ext_write_hooks: list[Callable[[Task, File, int, int], None]] = []
-        install(self)
+        #: handlers of NOTIFY messages by their "what" (signal delivered, shoot-down ack)
+        self.notify_handlers: dict[str, Callable[[Task, dict[str, Any]], None]] = {}
 
     # --- events -----------------------------------------------------------------------
 
@@ -203,6 +171,17 @@ class Kernel:
                 f"block-{what}", block=block,
                 ino=owner.ino if owner else None, pgoff=owner.pgoff if owner else None,
             )
+
+    def hold_block(self, block: int, owner: Owner) -> bool:
+        """A block's last owner lets go of it: keep it busy (off the free list) while a
+        device holds it?  An anonymous page always stays while long-term pinned (the pin
+        holds a page reference); a file block as the design says
+        (:meth:`Policy.busy_extent <kernel_daemon.policy.Policy.busy_extent>`)."""
+        if owner.ino == 0:
+            return block in self.pins.longterm
+        if not self.pins.pinned(block):
+            return False
+        return self.policy.busy_extent(self, owner, block)
 
     # --- timers -----------------------------------------------------------------------
 
@@ -229,26 +208,7 @@ class Kernel:
                 timer.cancelled = True
                 timer.callback()
 
-    # --- parking ----------------------------------------------------------------------
-
-    def park(self, cancel: Callable[[], None] = lambda: None) -> Waiter:
-        """Park the call being dispatched; the handler then returns ``PARKED``."""
-        assert self.current is not None, "park() outside a system call"
-        task, rid, call = self.current
-        waiter = Waiter(self, task, rid, call, cancel)
-
-        def on_death() -> None:
-            waiter.done = True
-            cancel()
-
-        task.parked[rid] = on_death
-        self.log.emit("park", pid=task.pid, id=rid, call=call)
-        return waiter
-
-    def break_lease(self, task: Task, inode: Inode, flags: int) -> None:
-        """``break_lease()``: may raise ``MustWait`` or a ``KernelError``."""
-        for hook in self.break_hooks:
-            hook(task, inode, flags)
+    # --- the call being dispatched ---------------------------------------------------
 
     def current_rid(self) -> int | None:
         """The request id of the call being dispatched, if any."""
@@ -312,7 +272,7 @@ class Kernel:
         A spawned process gets descriptors 0, 1 and 2 on one O_RDWR open of the
         console, as a process started from a login shell has; a fork child gets the references of its snapshot.
         """
-        task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name, secret=secrets.token_bytes(32))
+        task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name)
         if inherit is None:
             # one open file description shared by 0, 1 and 2, as a login terminal is
             console = self.open_file(self.fs.console, linux.O_RDWR | linux.O_LARGEFILE,
@@ -354,8 +314,9 @@ class Kernel:
                 # reparented, as by forget_original_parent(): to whoever the host says
                 parent = self.host_ppid(child.pid)
                 child.ppid = parent if parent in self.tasks else 0
-        for waiter in self.exit_waiters.pop(task.pid, []):
-            waiter.complete(0)
+        waiters = self.exit_waiters.pop(task.pid, None)
+        if waiters is not None:
+            waiters.wake_all()
 
     def drop_fork(self, token: bytes) -> None:
         """Release a fork snapshot nobody will claim."""
@@ -380,11 +341,6 @@ class Kernel:
 
         if not self.io.watch_pid(child, on_death):
             on_death()
-
-    @staticmethod
-    def invalidate_secret_after_reply(task: Task) -> None:
-        """After this call's reply goes out, accept no message until re-registration."""
-        task.ext["drop_secret"] = True
 
     def task_of(self, pid: int) -> Task:
         """The live task with ``pid``, or ``ESRCH``."""

@@ -1,92 +1,136 @@
-"""Layout leases (``FL_LAYOUT``) and breaking them on layout changes.
+"""Layout leases (``FL_LAYOUT``), layout changes, and breaking the leases on them.
 
 A layout lease never conflicts with an ordinary lease and is never broken by ``open``;
 only layout changes break it: truncate, hole punch, reflink, and on the ``xfs`` flavour
 every ``write(2)`` and ``fallocate`` (``ext4``: only truncate and punch, and only while
 the file is mapped).  Who takes layout leases, and what an "exclusive" one does, is the policies'
-business: this module gives them the common break (``break_layout``) with hooks per lease:
+business: this module gives them the lease type (:class:`LayoutLease`, which designs
+subclass) and the common break (:func:`break_layout`):
 
-* ``lease.ext["exclusive"]``: breaking fails at once, ``ETXTBSY`` for another process's
-  lease and ``EDEADLK`` for the breaker's own (after the normal leases met in the same
-  scan were marked and told);
-* ``lease.ext["lm_break"]``: how the holder is told (default SIGIO to the file's owner);
-* ``lease.ext["on_expire"]``: what the kernel does when the break time passes (revoke a
-  memory region, invalidate a mapping) before the lease is removed (run by
+* ``exclusive``: breaking fails at once, ``ETXTBSY`` for another process's lease and
+  ``EDEADLK`` for the breaker's own (after the normal leases met in the same scan were
+  marked and told);
+* ``lm_break``: how the holder is told (default SIGIO to the file's owner);
+* ``lm_expire``: what the kernel does when the break time passes (revoke a memory
+  region, invalidate a mapping) before the lease is removed (run by
   ``time_out_leases``);
-* ``lease.ext["no_timeout"]``: the lease never times out.
+* ``no_timeout``: the lease never times out.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
 from kernel_daemon.locks import (
     FL_LAYOUT,
     FL_UNLOCK_PENDING,
     Lease,
+    lease_modify,
     leases_of,
-    lm_break,
     sleep_on_lease,
     time_out_leases,
 )
-from kernel_daemon.task import File, Task
+from kernel_daemon.task import Task
 from kernel_daemon.vfs import Inode
 from protocol import linux
 
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
 
-def layout_leases(inode: Inode) -> list[Lease]:
+
+class LayoutChange(enum.Enum):
+    """What is about to change a file's block layout (the ``kind`` of a layout break).
+
+    Each is a point where a design may act before blocks move (``xfs_break_layouts``
+    callers in XFS): :meth:`Policy.layout_change
+    <kernel_daemon.policy.Policy.layout_change>` is called with it.
+    """
+
+    #: write(2)/pwrite(2) inside the file (``xfs_file_write_checks``)
+    WRITE = "write"
+    #: write(2)/pwrite(2) that extends the file: a size change too
+    EXTEND = "extend"
+    #: truncate(2)/ftruncate(2)/O_TRUNC, before the size changes (either way)
+    TRUNCATE = "truncate"
+    #: fallocate(FALLOC_FL_PUNCH_HOLE)
+    PUNCH = "punch"
+    #: ioctl(FICLONE), source and destination
+    REFLINK = "reflink"
+    #: fallocate(2) of any other mode (``xfs_file_fallocate`` breaks layouts for all)
+    FALLOCATE = "fallocate"
+
+    @property
+    def frees_blocks(self) -> bool:
+        """Pages in the range may lose their blocks (truncate, punch, reflink)."""
+        return self in (LayoutChange.TRUNCATE, LayoutChange.PUNCH, LayoutChange.REFLINK)
+
+
+@dataclass(eq=False)
+class LayoutLease(Lease):
+    """A layout lease (``FL_LAYOUT``, always a read lease): broken only by layout
+    changes, never by ``open``.  Designs subclass it for their variants."""
+
+    #: the "exclusive" level of the 2019 RFC: breaking it fails the breaker
+    exclusive: bool = False
+    #: who took it: ``F_SETLEASE``, ``MAP_DIRECT`` (the mapping's), ``MR`` (a region's)
+    by: str = "F_SETLEASE"
+
+
+def layout_leases(inode: Inode) -> list[LayoutLease]:
     """The inode's layout leases, in order."""
-    return [le for le in leases_of(inode) if le.flags & FL_LAYOUT]
+    return [le for le in leases_of(inode) if isinstance(le, LayoutLease)]
 
 
-def add_layout_lease(k: Kernel, task: Task, file: File, fd: int | None, **ext: object) -> Lease:
-    """Insert a layout lease on ``file`` held by ``task`` (a read lease with FL_LAYOUT)."""
-    lease = Lease(file=file, type=linux.F_RDLCK, pid=task.pid, flags=FL_LAYOUT, fa_fd=fd)
-    lease.ext.update(ext)
+def add_layout_lease(k: Kernel, lease: LayoutLease) -> LayoutLease:
+    """Insert ``lease`` (built by the caller, ``FL_LAYOUT`` set here) on its file."""
+    lease.flags |= FL_LAYOUT
+    lease.type = linux.F_RDLCK
+    file = lease.file
     leases_of(file.inode).append(lease)
-    k.log.emit("lease-added", ino=file.inode.ino, file=file.fid, pid=task.pid, type="LAYOUT",
-               exclusive=bool(ext.get("exclusive")), fd=fd, by=ext.get("by", "F_SETLEASE"))
+    k.log.emit("lease-added", ino=file.inode.ino, file=file.fid, pid=lease.pid, type="LAYOUT",
+               exclusive=lease.exclusive, fd=lease.fa_fd, by=lease.by)
     return lease
 
 
-def breaks_on(k: Kernel, inode: Inode, kind: str) -> bool:
-    """Does a layout change of ``kind`` break layout leases on this flavour?"""
-    if kind == "write":
-        return k.config.flavour == "xfs"
-    if kind == "write*":  # MAP_DIRECT: every write breaks, whatever the filesystem
-        return True
-    if kind == "fallocate":  # xfs_file_fallocate breaks layouts for every mode
+def breaks_on(k: Kernel, inode: Inode, change: LayoutChange) -> bool:
+    """Does a layout change break layout leases on this flavour?  On ``xfs`` every
+    change does; on ``ext4`` writes and fallocate do not, and truncate, punch and
+    reflink only while the file is mapped."""
+    if change in (LayoutChange.WRITE, LayoutChange.FALLOCATE):
         return k.config.flavour == "xfs"
     if k.config.flavour == "ext4":
-        from kernel_daemon import mm
-
-        return bool(mm.inode_vmas(inode))
+        return bool(inode.i_mmap)
     return True
 
 
-def break_layout(k: Kernel, task: Task, inode: Inode, kind: str, nonblock: bool = False) -> None:
-    """Break the inode's layout leases before a layout change of ``kind``.
+def break_layout(k: Kernel, task: Task, inode: Inode, change: LayoutChange,
+                 always: bool = False, nonblock: bool = False) -> None:
+    """``break_layout``: break the inode's layout leases before ``change``.
 
     Normal leases are marked pending and told once; the breaker sleeps until they are
     gone or their break time passes.  An exclusive lease makes the breaker fail.
+    ``always`` breaks whatever the flavour says (MAP_DIRECT: every write breaks).
     """
-    if not layout_leases(inode) or not breaks_on(k, inode, kind):
+    if not layout_leases(inode) or not (always or breaks_on(k, inode, change)):
         return
+    kind = change.value
     time_out_leases(k, inode)
     lbt = k.config.lease_break_time
     refuse = 0
     for lease in layout_leases(inode):
-        if lease.ext.get("exclusive"):
+        if lease.exclusive:
             refuse = refuse or (errno.EDEADLK if lease.pid == task.pid else errno.ETXTBSY)
             continue
         if lease.flags & FL_UNLOCK_PENDING:
             continue
         lease.flags |= FL_UNLOCK_PENDING
-        lease.break_time = 0.0 if lease.ext.get("no_timeout") or lbt <= 0 else k.clock() + lbt
+        lease.break_time = 0.0 if lease.no_timeout or lbt <= 0 else k.clock() + lbt
         k.log.emit("layout-break", ino=inode.ino, file=lease.file.fid, by=task.pid, kind=kind)
-        lm_break(k, lease)
+        lease.lm_break(k)
     if refuse:
         k.log.emit("layout-refused", ino=inode.ino, by=task.pid, kind=kind,
                    errno=linux.errno_name(refuse))
@@ -101,7 +145,5 @@ def break_layout(k: Kernel, task: Task, inode: Inode, kind: str, nonblock: bool 
 
 def remove_lease(k: Kernel, lease: Lease, why: str) -> None:
     """Remove a layout lease now (its mappings went, its last pin went)."""
-    from kernel_daemon.locks import lease_modify
-
     if lease in leases_of(lease.file.inode):
         lease_modify(k, lease, linux.F_UNLCK, why)

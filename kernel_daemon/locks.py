@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon import signals
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.kernel import Kernel, Timer
+from kernel_daemon.errors import KernelError
+from kernel_daemon.sync import WaitQueue
 from kernel_daemon.task import File, Task
 from kernel_daemon.vfs import Inode
 from protocol import linux
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
 
 FL_UNLOCK_PENDING = 0x1
 FL_DOWNGRADE_PENDING = 0x2
@@ -39,12 +41,18 @@ class Breaker:
 
     task: Task
     want_write: bool
-    wake: Callable[[], None]
 
 
 @dataclass(eq=False)
 class Lease:
-    """``struct file_lease``.  Changed only through this module."""
+    """``struct file_lease``, with its ``lease_manager_operations`` as methods.
+
+    An ordinary lease (``F_SETLEASE`` with ``F_RDLCK``/``F_WRLCK``) uses these
+    operations as they are; layout leases (:class:`kernel_daemon.layout.LayoutLease`)
+    and the leases designs define subclass it and override ``lm_break`` (how the holder
+    is told) and ``lm_expire`` (what the kernel does when the break time passes).
+    Fields are changed only through this module and :mod:`kernel_daemon.layout`.
+    """
 
     file: File
     #: flc_type: F_RDLCK or F_WRLCK (stays F_WRLCK while a downgrade is pending)
@@ -58,17 +66,28 @@ class Lease:
     downgrade_time: float = 0.0
     #: the fasync entry's descriptor: si_fd of the break signal (last F_SETLEASE's fd)
     fa_fd: int | None = None
-    blocked: list[Breaker] = field(default_factory=list)
+    #: breakers sleeping on this lease (``flc_blocked_requests``)
+    blocked: WaitQueue[Breaker] = field(default_factory=WaitQueue)
+    #: a broken lease that is never forced at a deadline (an exclusive layout lease)
+    no_timeout: bool = False
     #: global order, for /proc/locks
     order: int = field(default_factory=lambda: next(_order))
-    #: per-lease state policies attach (layout leases, pins)
-    ext: dict[str, Any] = field(default_factory=dict)
+
+    def lm_break(self, k: Kernel) -> None:
+        """``lm_break`` / ``lease_break_callback``: tell the holder the lease is being
+        broken.  Linux: ``kill_fasync(&fl->fl_fasync, SIGIO, POLL_MSG)``."""
+        if self.fa_fd is not None:
+            signals.send_sigio(k, self.file, self.fa_fd, linux.POLL_MSG)
+
+    def lm_expire(self, k: Kernel) -> None:
+        """The break time passed (``time_out_leases``), just before the lease is removed:
+        what the kernel does to the holder (nothing for an ordinary lease; a design may
+        revoke a memory region or invalidate mappings)."""
 
 
 def leases_of(inode: Inode) -> list[Lease]:
     """The inode's lease list (``ctx->flc_lease``)."""
-    lst: list[Lease] = inode.ext.setdefault("leases", [])
-    return lst
+    return inode.flc
 
 
 def lease_breaking(lease: Lease) -> bool:
@@ -95,9 +114,7 @@ def time_out_leases(k: Kernel, inode: Inode) -> None:
         if _past(k, lease.downgrade_time):
             lease_modify(k, lease, linux.F_RDLCK, "downgraded at the deadline")
         if lease in leases_of(inode) and _past(k, lease.break_time):
-            action = lease.ext.get("on_expire")
-            if action is not None:
-                action(lease)  # a policy's fence: revoke regions, invalidate mappings
+            lease.lm_expire(k)  # a design's fence: revoke regions, invalidate mappings
             if lease in leases_of(inode):
                 lease_modify(k, lease, linux.F_UNLCK, "removed at the deadline")
 
@@ -111,22 +128,19 @@ def lease_modify(k: Kernel, lease: Lease, arg: int, why: str = "") -> None:
         lease.flags &= ~FL_UNLOCK_PENDING
     if arg in (linux.F_UNLCK, linux.F_RDLCK):
         lease.flags &= ~FL_DOWNGRADE_PENDING
-    blocked, lease.blocked = lease.blocked, []
-    for breaker in blocked:
-        breaker.wake()
+    lease.blocked.wake_all()
     inode = lease.file.inode
     if arg == linux.F_UNLCK:
         file = lease.file
         signals.f_delown(file)
-        file.ext["signum"] = 0
+        file.f_signum = 0
         file.flags &= ~linux.O_ASYNC
         lease.fa_fd = None
         lst = leases_of(inode)
         if lease in lst:
             lst.remove(lease)
         k.log.emit("lease-removed", ino=inode.ino, file=file.fid, why=why or "F_UNLCK")
-        for hook in k.ext.get("lease_removed_hooks", ()):
-            hook(lease)
+        k.policy.lease_removed(k, lease)
     else:
         lease.type = arg
         k.log.emit("lease-changed", ino=inode.ino, file=lease.file.fid,
@@ -175,7 +189,7 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
             lease.downgrade_time = when
         k.log.emit("lease-break", ino=inode.ino, file=lease.file.fid, by=task.pid,
                    to=_TYPE_NAME[target_leasetype(lease)])
-        lm_break(k, lease)
+        lease.lm_break(k)
     # Linux sleeps on the first lease of the list and, if that one is not being broken
     # (a layout lease, which never conflicts here), wakes every jiffy to look again; the
     # breaker sleeps on the first conflicting lease instead, woken when it changes
@@ -189,44 +203,21 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
 
 def sleep_on_lease(k: Kernel, task: Task, inode: Inode, first: Lease, want_write: bool) -> None:
     """The breaker sleeps on ``first`` (``locks_insert_block``) until it is released or
-    its break time passes; then the call looks again.  Raises :class:`MustWait`."""
-
-    def register(wake: Callable[[], None]) -> Callable[[], None]:
-        breaker = Breaker(task, want_write, wake)
-        first.blocked.append(breaker)
-        now = k.clock()
-        deadline = min((d for d in (first.break_time, first.downgrade_time) if d > now),
-                       default=0.0)
-        timer: Timer | None = None
-        if deadline:
-            def expire() -> None:
-                time_out_leases(k, inode)
-                wake()
-
-            timer = k.add_timer(max(0.0, deadline - k.clock()), expire)
-
-        def unregister() -> None:
-            if breaker in first.blocked:
-                first.blocked.remove(breaker)
-            if timer is not None:
-                timer.cancel()
-
-        return unregister
-
-    raise MustWait(register)
+    its break time passes; then the call looks again.  Never returns."""
+    now = k.clock()
+    deadline = min((d for d in (first.break_time, first.downgrade_time) if d > now),
+                   default=0.0)
+    first.blocked.sleep(Breaker(task, want_write),
+                        timeout=(k, deadline - now) if deadline else None,
+                        on_timeout=lambda: time_out_leases(k, inode))
 
 
-def lm_break(k: Kernel, lease: Lease) -> None:
-    """``lease_break_callback``: ``kill_fasync(SIGIO, POLL_MSG)`` on the lease's entry.
-
-    Policies may replace it per lease (``lease.ext["lm_break"]``) to notify otherwise.
-    """
-    custom = lease.ext.get("lm_break")
-    if custom is not None:
-        custom(lease)
-        return
-    if lease.fa_fd is not None:
-        signals.send_sigio(k, lease.file, lease.fa_fd, linux.POLL_MSG)
+def may_lease(task: Task, file: File) -> None:
+    """``generic_setlease``'s checks: owner or CAP_LEASE (EACCES), regular file (EINVAL)."""
+    if task.uid != 0 and task.uid != file.inode.uid:
+        raise KernelError(errno.EACCES)
+    if not file.inode.is_reg:
+        raise KernelError(errno.EINVAL)
 
 
 def check_conflicting_open(lease_file: File, arg: int) -> None:
@@ -303,7 +294,7 @@ def remove_file_leases(k: Kernel, file: File) -> None:
 
 def proc_locks(k: Kernel) -> list[dict[str, Any]]:
     """``/proc/locks`` for leases: one entry per lease, then one per blocked breaker."""
-    all_leases = sorted((le for ino in k.fs.inodes.values() for le in ino.ext.get("leases", ())),
+    all_leases = sorted((le for ino in k.fs.inodes.values() for le in ino.flc),
                         key=lambda le: le.order)
     out: list[dict[str, Any]] = []
     paths = k.fs.paths()  # one walk, not one per lease

@@ -15,23 +15,37 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kernel_daemon import signals
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.kernel import Kernel
+from kernel_daemon.errors import KernelError
 from kernel_daemon.pmem import Owner
 from kernel_daemon.task import File, Task
 from kernel_daemon.vfs import Inode
 from protocol import linux
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
 
 #: where a process's mappings start (a user-space address, as on x86-64)
 MMAP_BASE = 0x7F0000000000
 _shootdown_seq = itertools.count(1)
 #: the page-table entry of a hole read through the zero page
 ZERO_PAGE = -1
+#: si_code of a SIGBUS for an access past the end of the object (BUS_ADRERR)
+BUS_ADRERR = 2
+#: si_code of a SIGSEGV for an access the protection forbids (SEGV_ACCERR)
+SEGV_ACCERR = 2
+
+
+@dataclass(eq=False)
+class SharedAnon:
+    """The pages of a ``MAP_SHARED|MAP_ANONYMOUS`` mapping, shared by fork (a shmem
+    object): the page table and how many mappings use it."""
+
+    ptes: dict[int, int] = field(default_factory=dict)
+    users: int = 1
 
 
 @dataclass(eq=False)
@@ -52,15 +66,16 @@ class Mapping:
     ptes: dict[int, int] = field(default_factory=dict)
     #: every later fault gets SIGBUS (a revoked MAP_DIRECT mapping)
     invalid: bool = False
-    #: state policies attach (MAP_DIRECT lease)
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: shared anonymous memory: the object the pages live in (``ptes`` is its table)
+    shared_anon: SharedAnon | None = None
+    #: private file pages whose copy-on-write a long-term pin broke: page -> own block
+    cow: dict[int, int] = field(default_factory=dict)
+    task_page: int = 4096
 
     @property
     def npages(self) -> int:
         """Pages the mapping spans."""
         return -(-self.length // self.task_page)
-
-    task_page: int = 4096
 
     @property
     def shared(self) -> bool:
@@ -68,22 +83,57 @@ class Mapping:
         return self.flags & linux.MAP_TYPE in (linux.MAP_SHARED, linux.MAP_SHARED_VALIDATE)
 
 
+@dataclass(eq=False)
+class VmaSnapshot:
+    """One mapping as ``dup_mmap`` copies it at fork, holding its file."""
+
+    parent: Mapping
+    start: int
+    length: int
+    prot: int
+    flags: int
+    file: File | None
+    pgoff: int
+    vid: int
+    invalid: bool
+    #: private anonymous pages: the child's copies; shared anonymous: the shared table
+    ptes: dict[int, int] = field(default_factory=dict)
+    #: private file pages whose copy-on-write a pin broke: the child's copies
+    cow: dict[int, int] = field(default_factory=dict)
+    shared_anon: SharedAnon | None = None
+
+
+@dataclass(eq=False)
+class MMSnapshot:
+    """A process's address space at the moment of a fork (``dup_mmap``)."""
+
+    vmas: list[VmaSnapshot]
+    mmap_next: int
+    next_vid: int
+
+
+@dataclass(eq=False)
+class Shootdown:
+    """A TLB shoot-down pushed to a process and not yet acknowledged."""
+
+    task: Task
+    inode: Inode
+
+
 def vmas(task: Task) -> dict[int, Mapping]:
     """The task's mappings by id."""
-    table: dict[int, Mapping] = task.ext.setdefault("vmas", {})
-    return table
+    return task.mm.vmas
 
 
 def inode_vmas(inode: Inode) -> list[Mapping]:
     """Every mapping of the inode (``mapping->i_mmap``)."""
-    lst: list[Mapping] = inode.ext.setdefault("vmas", [])
-    return lst
+    return inode.i_mmap
 
 
 def next_address(task: Task, length: int, page: int) -> int:
     """A free address range for a new mapping (with a guard page after it)."""
-    addr: int = task.ext.get("mmap_next", MMAP_BASE)
-    task.ext["mmap_next"] = addr + (-(-length // page) + 1) * page
+    addr = task.mm.mmap_next
+    task.mm.mmap_next = addr + (-(-length // page) + 1) * page
     return addr
 
 
@@ -91,11 +141,12 @@ def add_mapping(k: Kernel, task: Task, mapping: Mapping) -> None:
     """Insert a mapping; it holds a reference on its file (a mapped file stays open)."""
     mapping.task_page = k.pmem.block_size
     if not mapping.vid:
-        mapping.vid = task.ext["next_vid"] = task.ext.get("next_vid", 0) + 1
-    vmas(task)[mapping.vid] = mapping
+        task.mm.next_vid += 1
+        mapping.vid = task.mm.next_vid
+    task.mm.vmas[mapping.vid] = mapping
     if mapping.file is not None:
         k.fget(mapping.file)
-        inode_vmas(mapping.file.inode).append(mapping)
+        mapping.file.inode.i_mmap.append(mapping)
     k.log.emit("mmap", pid=task.pid, vma=mapping.vid, addr=mapping.start, length=mapping.length,
                ino=mapping.file.inode.ino if mapping.file else None, prot=mapping.prot,
                flags=mapping.flags)
@@ -103,25 +154,24 @@ def add_mapping(k: Kernel, task: Task, mapping: Mapping) -> None:
 
 def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     """Tear a mapping down; the process unmaps it itself (or is gone), so no shoot-down."""
-    table = vmas(mapping.task)
-    if table.pop(mapping.vid, None) is None:
+    if mapping.task.mm.vmas.pop(mapping.vid, None) is None:
         return
-    for hook in k.ext.get("munmap_hooks", ()):
-        hook(mapping)
-    users: list[int] | None = mapping.ext.get("anon_users")
-    if users is not None and users[0] > 1:  # shared anonymous memory a fork child shares
-        users[0] -= 1
+    k.policy.munmap(k, mapping)
+    shared = mapping.shared_anon
+    if shared is not None and shared.users > 1:  # shared anonymous memory a fork child shares
+        shared.users -= 1
         mapping.ptes = {}
     elif mapping.file is None:
         for block in mapping.ptes.values():
             if block >= 0:
                 release_block(k, block)
     mapping.ptes.clear()
-    for block in mapping.ext.pop("cow", {}).values():
+    for block in mapping.cow.values():
         release_block(k, block)
+    mapping.cow = {}
     k.log.emit("munmap", pid=mapping.task.pid, vma=mapping.vid, why=why)
     if mapping.file is not None:
-        lst = inode_vmas(mapping.file.inode)
+        lst = mapping.file.inode.i_mmap
         if mapping in lst:
             lst.remove(mapping)
         k.fput(mapping.file)
@@ -129,11 +179,9 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
 
 def release_block(k: Kernel, block: int) -> None:
     """A process lets go of its anonymous page: freed now, or, while a device holds a
-    long-term pin on it, when the last pin goes (the pin holds a page reference)."""
-    if k.ext.get("longterm_pins", {}).get(block):
-        k.ext.setdefault("free_when_unpinned", set()).add(block)
-    else:
-        k.pmem.free(block)
+    long-term pin on it, when the last pin goes (the pin holds a page reference; the
+    kernel's :meth:`~kernel_daemon.kernel.Kernel.hold_block` keeps it busy)."""
+    k.pmem.free(block)
 
 
 def pin_page(k: Kernel, task: Task, mapping: Mapping, index: int,
@@ -148,36 +196,36 @@ def pin_page(k: Kernel, task: Task, mapping: Mapping, index: int,
         return fault(k, task, mapping, index, write=True, user=False)
     if not mapping.prot & linux.PROT_WRITE:
         raise KernelError(errno.EFAULT)  # FOLL_WRITE on a read-only mapping
-    cow: dict[int, int] = mapping.ext.setdefault("cow", {})
     block = fault(k, task, mapping, index, write=False, user=False)
-    if index in cow:
-        return cow[index]
+    if index in mapping.cow:
+        return mapping.cow[index]
     new = k.pmem.alloc(Owner(0, mapping.vid << 20 | index))
     if block >= 0:
         k.pmem.view(new)[:] = k.pmem.view(block)
-    cow[index] = mapping.ptes[index] = new
+    mapping.cow[index] = mapping.ptes[index] = new
     broken.append((index, new))
     return new
 
 
-def snapshot_mappings(k: Kernel, parent: Task) -> dict[str, Any]:
+def snapshot_mappings(k: Kernel, parent: Task) -> MMSnapshot:
     """At fork (``dup_mmap``), while the parent stands in fork: its mappings as they are
     now, each holding its file; shared anonymous memory gains a user (the child), and
     every private anonymous page, and every private file page whose copy-on-write a pin
     broke, is copied for the child (Linux copies pinned pages at fork too)."""
-    entries: list[dict[str, Any]] = []
-    for m in vmas(parent).values():
-        entry: dict[str, Any] = {"m": m, "start": m.start, "length": m.length, "prot": m.prot,
-                                 "flags": m.flags, "file": m.file, "pgoff": m.pgoff,
-                                 "vid": m.vid, "invalid": m.invalid}
+    entries: list[VmaSnapshot] = []
+    for m in parent.mm.vmas.values():
+        entry = VmaSnapshot(parent=m, start=m.start, length=m.length, prot=m.prot,
+                            flags=m.flags, file=m.file, pgoff=m.pgoff, vid=m.vid,
+                            invalid=m.invalid)
         if m.file is not None:
             k.fget(m.file)
         if m.file is None and m.shared:
-            users: list[int] = m.ext.setdefault("anon_users", [1])
-            users[0] += 1
-            entry["ptes"], entry["users"] = m.ptes, users
+            if m.shared_anon is None:
+                m.shared_anon = SharedAnon(ptes=m.ptes)
+            m.shared_anon.users += 1
+            entry.ptes, entry.shared_anon = m.ptes, m.shared_anon
         else:
-            pages = m.ptes if m.file is None else m.ext.get("cow", {})
+            pages = m.ptes if m.file is None else m.cow
             copies: dict[int, int] = {}
             for index, block in pages.items():
                 if block < 0:
@@ -185,43 +233,72 @@ def snapshot_mappings(k: Kernel, parent: Task) -> dict[str, Any]:
                 new = k.pmem.alloc(Owner(0, m.vid << 20 | index))
                 k.pmem.view(new)[:] = k.pmem.view(block)
                 copies[index] = new
-            entry["ptes" if m.file is None else "cow"] = copies
+            if m.file is None:
+                entry.ptes = copies
+            else:
+                entry.cow = copies
         entries.append(entry)
-    return {"vmas": entries, "mmap_next": parent.ext.get("mmap_next", MMAP_BASE),
-            "next_vid": parent.ext.get("next_vid", 0)}
+    return MMSnapshot(entries, parent.mm.mmap_next, parent.mm.next_vid)
 
 
-def drop_snapshot(k: Kernel, snapshot: dict[str, Any]) -> None:
+def drop_snapshot(k: Kernel, snapshot: MMSnapshot | None) -> None:
     """A fork nobody claimed: its references and copies go back."""
-    for entry in snapshot.pop("vmas", []):
-        if entry["file"] is not None:
-            k.fput(entry["file"])
-        users = entry.get("users")
-        if users is not None:
-            users[0] -= 1
-            if users[0] == 0:  # the parent unmapped it meanwhile: the last user goes
-                for block in entry["ptes"].values():
+    if snapshot is None:
+        return
+    entries, snapshot.vmas = snapshot.vmas, []
+    for entry in entries:
+        if entry.file is not None:
+            k.fput(entry.file)
+        shared = entry.shared_anon
+        if shared is not None:
+            shared.users -= 1
+            if shared.users == 0:  # the parent unmapped it meanwhile: the last user goes
+                for block in entry.ptes.values():
                     if block >= 0:
                         release_block(k, block)
             continue
-        for block in {**entry.get("ptes", {}), **entry.get("cow", {})}.values():
+        for block in {**entry.ptes, **entry.cow}.values():
             k.pmem.free(block)
+
+
+def copy_snapshot(k: Kernel, child: Task, snapshot: MMSnapshot | None) -> None:
+    """``dup_mmap`` completed in the child: it gets the parent's mappings as they were at
+    the fork (the snapshot :func:`snapshot_mappings` took at ``fork_prepare``), even if
+    the parent changed them, or died, before the child registered.
+
+    File pages are faulted in again by the child; shared anonymous memory is shared
+    (one page table, counted users); private anonymous pages, and private file pages
+    whose copy-on-write a pin broke, are the snapshot's copies.  The design sees each
+    copy (:meth:`Policy.vma_copy <kernel_daemon.policy.Policy.vma_copy>`).
+    """
+    if snapshot is None:
+        return
+    entries, snapshot.vmas = snapshot.vmas, []
+    for entry in entries:
+        copy = Mapping(task=child, start=entry.start, length=entry.length, prot=entry.prot,
+                       flags=entry.flags, file=entry.file, pgoff=entry.pgoff, vid=entry.vid,
+                       invalid=entry.invalid, ptes=entry.ptes, cow=entry.cow,
+                       shared_anon=entry.shared_anon)
+        add_mapping(k, child, copy)
+        if entry.file is not None:
+            k.fput(entry.file)  # add_mapping took the mapping's own reference
+        k.policy.vma_copy(k, entry.parent, copy)
+    child.mm.mmap_next = snapshot.mmap_next
+    child.mm.next_vid = snapshot.next_vid
 
 
 def drop_all(k: Kernel, task: Task, why: str) -> None:
     """exit and exec: every mapping of the task goes."""
-    for mapping in list(vmas(task).values()):
+    for mapping in list(task.mm.vmas.values()):
         remove_mapping(k, mapping, why)
-    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
-    for seq, entry in list(pending.items()):
-        if entry[0] is task:
+    for seq, entry in list(k.shootdowns.items()):
+        if entry.task is task:
             _acked(k, seq)
 
 
 def sigbus(k: Kernel, task: Task, addr: int) -> None:
     """A genuine SIGBUS for a bad access at ``addr`` (BUS_ADRERR)."""
-    signals.send_signal(k, task, {"si_signo": linux.SIGBUS, "si_code": 2, "si_band": 0,
-                                  "si_fd": 0, "si_addr": addr})
+    signals.send_signal(k, task, signals.Siginfo(linux.SIGBUS, BUS_ADRERR, si_addr=addr))
 
 
 def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
@@ -241,8 +318,8 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
                    ino=mapping.file.inode.ino if mapping.file else None, write=write,
                    block=None, result="SIGSEGV" if user else "EFAULT")
         if user:
-            signals.send_signal(k, task, {"si_signo": linux.SIGSEGV, "si_code": 2,
-                                          "si_band": 0, "si_fd": 0, "si_addr": addr})
+            signals.send_signal(k, task, signals.Siginfo(linux.SIGSEGV, SEGV_ACCERR,
+                                                         si_addr=addr))
         raise KernelError(errno.EFAULT)
     if mapping.file is None:  # anonymous memory: a zeroed block of its own
         block = mapping.ptes.get(index)
@@ -254,19 +331,16 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
         return block
     inode = mapping.file.inode
     fpage = mapping.pgoff + index
-    _wait_invalidate(k, task, inode, fpage)
+    inode.invalidate_lock.wait_for(task, fpage)
     if mapping.invalid or fpage * page >= inode.size:
         k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
                    write=write, block=None, result="SIGBUS" if user else "EFAULT")
         if user:
             sigbus(k, task, addr)
         raise KernelError(errno.EFAULT)
-    cow: dict[int, int] | None = mapping.ext.get("cow")
-    if cow and index in cow:  # a private page whose copy-on-write a pin broke
-        mapping.ptes[index] = cow[index]
-        return cow[index]
-    for hook in k.ext.get("fault_hooks", ()):
-        hook(task, mapping, fpage, write)
+    if index in mapping.cow:  # a private page whose copy-on-write a pin broke
+        mapping.ptes[index] = mapping.cow[index]
+        return mapping.cow[index]
     block = inode.blocks.get(fpage)
     if block is None:
         if not write:
@@ -304,8 +378,8 @@ def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
     acknowledgement is outstanding for this inode (the caller must wait, see
     :func:`wait_for_shootdowns`).
     """
-    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
-    for mapping in inode_vmas(inode):
+    pending = k.shootdowns
+    for mapping in inode.i_mmap:
         hit = [i for i in mapping.ptes
                if mapping.pgoff + i >= first and (end is None or mapping.pgoff + i < end)]
         if not hit:
@@ -316,10 +390,10 @@ def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
         if k.tasks.get(task.pid) is not task:
             continue
         seq = next(_shootdown_seq)
-        pending[seq] = (task, inode)
+        pending[seq] = Shootdown(task, inode)
         k.io.event(task, {"event": "shootdown", "sd": seq, "vma": mapping.vid, "pages": hit})
         k.log.emit("shootdown", pid=task.pid, vma=mapping.vid, pages=hit, sd=seq)
-    return any(entry[1] is inode for entry in pending.values())
+    return any(entry.inode is inode for entry in pending.values())
 
 
 def unmap_zero_page(k: Kernel, owner: Owner) -> None:
@@ -329,7 +403,7 @@ def unmap_zero_page(k: Kernel, owner: Owner) -> None:
     inode = k.fs.inodes.get(owner.ino)
     if inode is None:
         return
-    for mapping in inode_vmas(inode):
+    for mapping in inode.i_mmap:
         index = owner.pgoff - mapping.pgoff
         if mapping.ptes.get(index) != ZERO_PAGE:
             continue
@@ -341,88 +415,29 @@ def unmap_zero_page(k: Kernel, owner: Owner) -> None:
 
 def wait_for_shootdowns(k: Kernel, inode: Inode) -> None:
     """Sleep until every shoot-down of ``inode`` is acknowledged (or its process died)."""
-    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
-    if not any(entry[1] is inode for entry in pending.values()):
-        return
-    sleepers: list[Callable[[], None]] = inode.ext.setdefault("tlb_sleepers", [])
-
-    def register(wake: Callable[[], None]) -> Callable[[], None]:
-        sleepers.append(wake)
-        return lambda: sleepers.remove(wake) if wake in sleepers else None
-
-    raise MustWait(register)
+    if any(entry.inode is inode for entry in k.shootdowns.values()):
+        inode.shootdown_wait.sleep()
 
 
 def _acked(k: Kernel, seq: int) -> None:
-    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
-    entry = pending.pop(seq, None)
+    entry = k.shootdowns.pop(seq, None)
     if entry is None:
         return
-    inode = entry[1]
-    if not any(e[1] is inode for e in pending.values()):
-        sleepers, inode.ext["tlb_sleepers"] = inode.ext.get("tlb_sleepers", []), []
-        for wake in sleepers:
-            wake()
+    inode = entry.inode
+    if not any(e.inode is inode for e in k.shootdowns.values()):
+        inode.shootdown_wait.wake_all()
 
 
-def shootdown_ack(k: Kernel, task: Task, body: dict[str, Any]) -> None:
+def shootdown_ack(k: Kernel, task: Task, body: dict[str, object]) -> None:
     """NOTIFY ``tlb-ack``: the agent dropped the translations of shoot-down ``sd``."""
     seq = body.get("sd")
-    pending: dict[int, Any] = k.ext.setdefault("shootdowns", {})
-    if isinstance(seq, int) and seq in pending and pending[seq][0] is task:
+    if isinstance(seq, int) and seq in k.shootdowns and k.shootdowns[seq].task is task:
         _acked(k, seq)
 
 
-def invalidate_lock(k: Kernel, task: Task, inode: Inode, first: int, end: int | None) -> None:
-    """``filemap_invalidate_lock``: while ``task`` changes pages ``[first, end)``, faults
-    in that range wait, so they cannot bring back what is being taken away (without it
-    a process storing in a loop re-faults the pages after each shoot-down and the change
-    never ends).  Released by :func:`invalidate_unlock` or the holder's exit."""
-    held: dict[int, tuple[Task, int, int | None]] = inode.ext.setdefault("inval", {})
-    held[task.pid] = (task, first, end)
-    task.ext.setdefault("inval_inodes", set()).add(inode.ino)
-
-
-def invalidate_unlock(k: Kernel, task: Task, inode: Inode) -> None:
-    """The change is done: faults waiting on the range go on."""
-    held = inode.ext.get("inval", {})
-    if held.pop(task.pid, None) is None:
-        return
-    task.ext.get("inval_inodes", set()).discard(inode.ino)
-    sleepers, inode.ext["inval_sleepers"] = inode.ext.get("inval_sleepers", []), []
-    for wake in sleepers:
-        wake()
-
-
-def release_invalidate_locks(k: Kernel, task: Task) -> None:
-    """At exit (or when the call holding them ends): drop the task's invalidate locks."""
-    for ino in list(task.ext.get("inval_inodes", ())):
-        inode = k.fs.inodes.get(ino)
-        if inode is not None:
-            invalidate_unlock(k, task, inode)
-    task.ext.pop("inval_inodes", None)
-
-
-def _wait_invalidate(k: Kernel, task: Task, inode: Inode, fpage: int) -> None:
-    """Sleep while another task's layout change covers file page ``fpage``."""
-    busy = any(owner is not task and fpage >= first and (end is None or fpage < end)
-               for owner, first, end in inode.ext.get("inval", {}).values())
-    if not busy:
-        return
-    sleepers: list[Callable[[], None]] = inode.ext.setdefault("inval_sleepers", [])
-
-    def register(wake: Callable[[], None]) -> Callable[[], None]:
-        sleepers.append(wake)
-        return lambda: sleepers.remove(wake) if wake in sleepers else None
-
-    raise MustWait(register)
-
-
-def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None,
-                   task: Task | None = None) -> None:
-    """Zap pages ``[first, end)`` of the inode, then sleep until the shoot-downs are done;
-    with ``task``, faults in the range wait meanwhile (the caller unlocks when done)."""
-    if task is not None:
-        invalidate_lock(k, task, inode, first, end)
+def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None) -> None:
+    """Zap pages ``[first, end)`` of the inode, then sleep until the shoot-downs are
+    done.  The caller holds the inode's invalidate lock over the range, so faults in
+    it wait meanwhile."""
     zap(k, inode, first, end)
     wait_for_shootdowns(k, inode)

@@ -62,6 +62,12 @@ class Pmem:
         #: free blocks; the top of the stack (end of the list) is handed out next
         self._free: list[int] = list(range(nblocks - 1, -1, -1))
         self._on_change = on_change
+        #: blocks their last owner let go of while a device still holds them (a busy
+        #: extent): owned by nobody, never handed out, freed by :meth:`release_busy`
+        self.busy: set[int] = set()
+        #: asked when a block's last owner lets go: True keeps it busy (the kernel
+        #: answers from its pin table and the design)
+        self.hold: Callable[[int, Owner], bool] | None = None
 
     @property
     def name(self) -> str:
@@ -99,10 +105,25 @@ class Pmem:
         if self.refs[block] > 0:
             return
         self.ledger[block] = None
+        if self.hold is not None and self.hold(block, owner):
+            self.busy.add(block)
+            if self._on_change:
+                self._on_change("busy", block, owner)
+            return
         self.gen[block] += 1
         self._free.append(block)
         if self._on_change:
             self._on_change("free", block, owner)
+
+    def release_busy(self, block: int) -> None:
+        """The last device reference to a busy block went: back to the allocator."""
+        if block not in self.busy:
+            return
+        self.busy.discard(block)
+        self.gen[block] += 1
+        self._free.append(block)
+        if self._on_change:
+            self._on_change("free", block, None)
 
     def view(self, block: int) -> memoryview:
         """The bytes of ``block`` in the segment."""

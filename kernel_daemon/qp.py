@@ -30,11 +30,10 @@ import os
 import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon import rdma
 from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
 from kernel_daemon.task import Task
 from protocol.ring import (
     HEADER,
@@ -47,6 +46,9 @@ from protocol.ring import (
     STATUS_CODE,
     WQE,
 )
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
 
 MAX_QPS_PER_TASK = 16
 #: how long the card keeps looking at a send queue after it emptied it (seconds)
@@ -72,8 +74,7 @@ class QP:
 
 
 def _qps(k: Kernel) -> dict[int, QP]:
-    table: dict[int, QP] = k.ext.setdefault("qps", {})
-    return table
+    return k.rdma.qps
 
 
 def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
     qp = QP(qpn=qpn, ctx=ctx, task=task, ring=ring, db_path=base + ".db",
             cq_path=base + ".cq", db_fd=fds[0], cq_fd=fds[1])
     _qps(k)[qpn] = qp
-    ctx.ext.setdefault("qps", []).append(qp)
+    ctx.qps.append(qp)
     watch(qp.db_fd, lambda: doorbell(k, qp))
     k.log.emit("create_qp", pid=task.pid, ctx=ctx.cid, qpn=qpn)
     return {"qpn": qpn, "ring": ring.name, "db": qp.db_path, "cq": qp.cq_path,
@@ -135,7 +136,7 @@ def destroy_qp(k: Kernel, qp: QP, why: str) -> None:
     qp.ring.close()
     with contextlib.suppress(FileNotFoundError):
         qp.ring.unlink()
-    lst = qp.ctx.ext.get("qps", [])
+    lst = qp.ctx.qps
     if qp in lst:
         lst.remove(qp)
     k.log.emit("destroy_qp", pid=qp.task.pid, qpn=qp.qpn, why=why)
@@ -207,5 +208,5 @@ def release_all(k: Kernel) -> None:
 
 def release_context(k: Kernel, ctx: rdma.UContext) -> None:
     """The context's last reference went: its queue pairs go."""
-    for qp in list(ctx.ext.get("qps", [])):
+    for qp in list(ctx.qps):
         destroy_qp(k, qp, "last close of the uverbs context")

@@ -19,14 +19,20 @@ import secrets
 from array import array
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon import mm
 from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
 from kernel_daemon.pmem import Owner
 from kernel_daemon.task import File, Task
+from kernel_daemon.vfs import Inode
+from protocol import linux
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
+    from kernel_daemon.locks import Lease
+    from kernel_daemon.qp import QP
 
 IBV_ACCESS_LOCAL_WRITE = 1
 IBV_ACCESS_REMOTE_WRITE = 2
@@ -79,7 +85,9 @@ class MR:
     extents: list[tuple[int, int, int, array[int]]] = field(default_factory=list)
     #: False once revoked (fenced): later accesses complete with an error
     valid: bool = True
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: layout leases that live as long as this region (the designs that tie a pin to a
+    #: lease put them here; :meth:`Policy.dereg_mr` lets go of them)
+    leases: list[Lease] = field(default_factory=list)
 
     @property
     def odp(self) -> bool:
@@ -89,7 +97,7 @@ class MR:
 
 @dataclass(eq=False)
 class UContext:
-    """``struct ib_ucontext`` kept in the uverbs file's ``ext``."""
+    """``struct ib_ucontext``, the ``private_data`` of a uverbs file."""
 
     cid: int = field(default_factory=lambda: next(_ctx_ids))
     pds: set[int] = field(default_factory=set)
@@ -101,18 +109,49 @@ class UContext:
     #: set when the kernel aborted the context (``IBV_EVENT_DEVICE_FATAL``): every MR
     #: is invalid and new registrations fail with EIO, as on a disassociated device
     aborted: bool = False
-    #: state other parts attach (the queue pairs)
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: the queue pairs created on the context
+    qps: list[QP] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class RdmaDevice:
+    """The one RDMA card and its character device: what ``ib_device`` and the uverbs
+    driver keep across contexts."""
+
+    #: the character device /dev/infiniband/uverbs0, made at the first open
+    uverbs_inode: Inode | None = None
+    #: every registered region by rkey (remote access) and by lkey (local SGEs)
+    rkeys: dict[int, MR] = field(default_factory=dict)
+    lkeys: dict[int, MR] = field(default_factory=dict)
+    #: every queue pair by number
+    qps: dict[int, QP] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ForeignWrite:
+    """A device write that landed in a block no longer owned by the file page it was
+    aimed at: the corruption the threads fear."""
+
+    via: str
+    writer: int | None
+    block: int
+    file: str | None
+    offset: int | None
+    into: str | None
+    into_offset: int | None
+    mr: int | None
+
+    def asdict(self) -> dict[str, Any]:
+        """The record as ``foreign_writes()`` and the event log carry it."""
+        return asdict(self)
 
 
 def _rkeys(k: Kernel) -> dict[int, MR]:
-    table: dict[int, MR] = k.ext.setdefault("rkeys", {})
-    return table
+    return k.rdma.rkeys
 
 
 def _lkeys(k: Kernel) -> dict[int, MR]:
-    table: dict[int, MR] = k.ext.setdefault("lkeys", {})
-    return table
+    return k.rdma.lkeys
 
 
 def _extents(k: Kernel, pins: list[Pin]) -> list[tuple[int, int, int, array[int]]]:
@@ -131,24 +170,23 @@ def _extents(k: Kernel, pins: list[Pin]) -> list[tuple[int, int, int, array[int]
 
 def context_of(k: Kernel, task: Task, fd: int) -> UContext:
     """The uverbs context behind descriptor ``fd`` (EBADF / EINVAL otherwise)."""
-    file = k.file_of(task, fd)
-    ctx = file.ext.get("uverbs")
-    if not isinstance(ctx, UContext) or ctx.dead:
+    ctx = k.file_of(task, fd).private_data
+    if ctx is None or ctx.dead:
         raise KernelError(errno.EINVAL)
     return ctx
 
 
 def open_device(k: Kernel, task: Task) -> int:
     """``ibv_open_device``: a new context in a new open file of /dev/infiniband/uverbs0."""
-    inode = k.ext.get("uverbs_inode")
+    inode = k.rdma.uverbs_inode
     if inode is None:
-        inode = k.fs._new_inode(0o020000 | 0o666, 0, 0)  # a character device
-        k.ext["uverbs_inode"] = inode
+        inode = k.fs._new_inode(linux.S_IFCHR | 0o666, 0, 0)  # a character device
+        k.rdma.uverbs_inode = inode
         k.fs.inodes[inode.ino] = inode
         inode.nlink = 1
-    file = k.open_file(inode, 2, "/dev/infiniband/uverbs0")
+    file = k.open_file(inode, linux.O_RDWR, "/dev/infiniband/uverbs0")
     ctx = UContext(file=file)
-    file.ext["uverbs"] = ctx
+    file.private_data = ctx
     try:
         return k.fd_install(task, file, False)
     except KernelError:
@@ -200,22 +238,19 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     mr = MR(handle=ctx.next_handle, ctx=ctx, pd=pd, addr=addr, length=length, access=access,
             lkey=_new_key(k), rkey=0, task=task, mappings=mappings)
     mr.rkey = mr.lkey if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ) else 0
-    policy = k.ext["policy"]
-    policy.reg_mr(k, task, mr)  # may refuse (EOPNOTSUPP, EPERM, ENXIO)
+    k.policy.reg_mr(k, task, mr)  # may refuse (EOPNOTSUPP, EPERM, ENXIO)
     if not mr.odp:
         broken: dict[int, list[tuple[int, int]]] = {}
-        pins = k.ext.setdefault("longterm_pins", {})
         try:
             for mapping, index in spans:
                 block = mm.pin_page(k, task, mapping, index, broken.setdefault(mapping.vid, []))
                 owner = k.pmem.ledger[block]
                 assert owner is not None
                 mr.pins.append(Pin(block, owner))
-                pins[block] = pins.get(block, 0) + 1
+                k.pins.pin(block, longterm=True)
         except BaseException:  # a page could not be pinned (or must wait): nothing stays
             _unpin(k, mr)
-            for hook in k.ext.get("dereg_mr_hooks", ()):
-                hook(mr)
+            k.policy.dereg_mr(k, mr)
             for f in mr.files:
                 k.fput(f)
             mr.files.clear()
@@ -236,8 +271,6 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     k.log.emit("reg_mr", pid=task.pid, ctx=ctx.cid, mr=mr.handle, addr=addr, length=length,
                access=access, odp=mr.odp, blocks=[p.block for p in mr.pins],
                files=[k.fs.path_of(f.inode) for f in mr.files])
-    for hook in k.ext.get("reg_mr_hooks", ()):
-        hook(task, mr)
     return mr
 
 
@@ -245,8 +278,7 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
     """``ibv_dereg_mr``: the pins go, the keys stop working, the files are let go."""
     if mr.ctx.mrs.pop(mr.handle, None) is None:
         return
-    for hook in k.ext.get("dereg_mr_hooks", ()):
-        hook(mr)
+    k.policy.dereg_mr(k, mr)
     _rkeys(k).pop(mr.rkey, None)
     _lkeys(k).pop(mr.lkey, None)
     blocks = [p.block for p in mr.pins]
@@ -259,16 +291,9 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
 
 
 def _unpin(k: Kernel, mr: MR) -> None:
-    """Release the region's long-term pins."""
-    pins = k.ext.setdefault("longterm_pins", {})
-    deferred: set[int] = k.ext.setdefault("free_when_unpinned", set())
+    """Release the region's long-term pins (a busy block goes with its last pin)."""
     for pin in mr.pins:
-        pins[pin.block] -= 1
-        if not pins[pin.block]:
-            del pins[pin.block]
-            if pin.block in deferred:  # its process let go of it while it was pinned
-                deferred.discard(pin.block)
-                k.pmem.free(pin.block)
+        k.pins.unpin(pin.block, longterm=True)
     mr.pins.clear()
     mr.extents = []
 
@@ -304,8 +329,8 @@ def async_event(ctx: UContext, event: dict[str, Any]) -> None:
 
 def release_context(k: Kernel, file: File) -> None:
     """Last reference to the uverbs file: every MR of the context goes."""
-    ctx = file.ext.get("uverbs")
-    if not isinstance(ctx, UContext) or ctx.dead:
+    ctx = file.private_data
+    if ctx is None or ctx.dead:
         return
     ctx.dead = True
     for mr in list(ctx.mrs.values()):
@@ -528,18 +553,24 @@ def check_device_write(k: Kernel, writer: Task | None, block: int, expected: Own
     now = k.pmem.ledger[block]
     if now == expected:
         return
-    fw = {
-        "via": via,
-        "writer": writer.pid if writer else None,
-        "block": block,
-        "file": _name(k, expected),
-        "offset": expected.pgoff * k.pmem.block_size if expected else None,
-        "into": _name(k, now) if now is not None else "(free block)",
-        "into_offset": now.pgoff * k.pmem.block_size if now is not None else None,
-        "mr": mr.handle if mr else None,
-    }
-    k.ext.setdefault("foreign_writes", []).append(fw)
-    k.log.emit("foreign-write", **fw)
+    if block in k.pmem.busy:
+        # a busy block: freed by its file, held for the device, owned by nobody and
+        # never handed out; the write harms no one
+        k.log.emit("busy-write", via=via, writer=writer.pid if writer else None, block=block,
+                   file=_name(k, expected), mr=mr.handle if mr else None)
+        return
+    fw = ForeignWrite(
+        via=via,
+        writer=writer.pid if writer else None,
+        block=block,
+        file=_name(k, expected),
+        offset=expected.pgoff * k.pmem.block_size if expected else None,
+        into=_name(k, now) if now is not None else "(free block)",
+        into_offset=now.pgoff * k.pmem.block_size if now is not None else None,
+        mr=mr.handle if mr else None,
+    )
+    k.foreign_writes.append(fw)
+    k.log.emit("foreign-write", **fw.asdict())
 
 
 def _name(k: Kernel, owner: Owner | None) -> str | None:

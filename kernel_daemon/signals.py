@@ -17,12 +17,14 @@ import os
 import signal
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.task import File, Task
+from kernel_daemon.task import File, SigHand, Task
 from protocol import linux
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
 
 #: si_band for each POLL_* reason (fs/fcntl.c band_table, mangle_poll on x86-64)
 BAND = {
@@ -47,6 +49,27 @@ DEFAULT, IGNORE, HANDLER = "default", "ignore", "handler"
 DEFAULT_IGNORED = {linux.SIGCHLD, 23, 28}  # SIGCHLD, SIGURG, SIGWINCH
 
 
+@dataclass(frozen=True)
+class Siginfo:
+    """The ``siginfo_t`` the kernel would write for one signal instance (the fields the
+    emulated calls produce); pushed to the agent before the real signal is sent."""
+
+    si_signo: int
+    si_code: int
+    si_band: int = 0
+    si_fd: int = 0
+    #: the faulting address of SIGBUS/SIGSEGV (None: not a fault)
+    si_addr: int | None = None
+
+    def asdict(self) -> dict[str, int]:
+        """The siginfo as the wire and the event log carry it."""
+        out = {"si_signo": self.si_signo, "si_code": self.si_code, "si_band": self.si_band,
+               "si_fd": self.si_fd}
+        if self.si_addr is not None:
+            out["si_addr"] = self.si_addr
+        return out
+
+
 @dataclass(eq=False)
 class FOwner:
     """``struct fown_struct``: who a file's signals go to.
@@ -65,13 +88,12 @@ class FOwner:
 
 def owner_of(file: File) -> FOwner | None:
     """The file's owner, or None."""
-    owner: FOwner | None = file.ext.get("fown")
-    return owner
+    return file.f_owner
 
 
 def signum_of(file: File) -> int:
     """The F_SETSIG signal of the file (0: plain SIGIO)."""
-    return int(file.ext.get("signum", 0))
+    return file.f_signum
 
 
 def _pgid(pid: int) -> int:
@@ -93,22 +115,22 @@ def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
     if not force and current is not None and current.pid != 0:
         return
     if pid == 0:
-        file.ext["fown"] = FOwner(linux.F_OWNER_PID, 0, None)
+        file.f_owner = FOwner(linux.F_OWNER_PID, 0, None)
         return
     if kind == linux.F_OWNER_PGRP:
         if not any(_pgid(t.pid) == pid for t in k.tasks.values()):
             raise KernelError(errno.ESRCH)
-        file.ext["fown"] = FOwner(kind, pid, None, setter_uid)
+        file.f_owner = FOwner(kind, pid, None, setter_uid)
         return
     task = k.tasks.get(pid)
     if task is None:
         raise KernelError(errno.ESRCH)
-    file.ext["fown"] = FOwner(kind, pid, task, setter_uid)
+    file.f_owner = FOwner(kind, pid, task, setter_uid)
 
 
 def f_delown(file: File) -> None:
     """``f_delown``: forget the owner (F_GETOWN_EX then reads F_OWNER_PID, 0)."""
-    file.ext["fown"] = FOwner(linux.F_OWNER_PID, 0, None)
+    file.f_owner = FOwner(linux.F_OWNER_PID, 0, None)
 
 
 def targets(k: Kernel, owner: FOwner) -> list[Task]:
@@ -141,43 +163,40 @@ def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int)
         code = reason
         if signum != linux.SIGIO and signum in SIG_SPECIFIC_SICODES:
             code = SI_SIGIO
-        si = {"si_signo": signum, "si_code": code, "si_band": BAND.get(reason, -1), "si_fd": fd}
+        si = Siginfo(signum, code, BAND.get(reason, -1), fd)
         if send_signal(k, task, si):
             return
     # no F_SETSIG (or the real-time queue is full): plain SIGIO, SEND_SIG_PRIV
-    send_signal(k, task, {"si_signo": linux.SIGIO, "si_code": linux.SI_KERNEL, "si_band": 0,
-                          "si_fd": 0})
+    send_signal(k, task, Siginfo(linux.SIGIO, linux.SI_KERNEL))
 
 
-def _state(task: Task) -> tuple[dict[int, str], dict[int, deque[dict[str, Any]]]]:
-    actions: dict[int, str] = task.ext.setdefault("sigactions", {})
-    pending: dict[int, deque[dict[str, Any]]] = task.ext.setdefault("sigpending", {})
-    return actions, pending
+def _state(task: Task) -> tuple[dict[int, str], dict[int, deque[Siginfo]]]:
+    return task.sighand.action, task.sighand.pending
 
 
-def send_signal(k: Kernel, task: Task, si: dict[str, Any]) -> bool:
+def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
     """Queue ``si`` for ``task`` and send the real signal; False if it could not queue.
 
     An ignored signal is dropped; a standard signal already pending is merged into
     it; a real-time signal queues up to the limit.  Returns True in each of those
     cases but the last, as ``do_send_sig_info`` returns 0.
     """
-    signo = int(si["si_signo"])
+    signo = si.si_signo
     actions, pending = _state(task)
     action = actions.get(signo, DEFAULT)
     if action == IGNORE or (action == DEFAULT and signo in DEFAULT_IGNORED):
-        k.log.emit("signal-ignored", pid=task.pid, **si)
+        k.log.emit("signal-ignored", pid=task.pid, **si.asdict())
         return True
     queue = pending.setdefault(signo, deque())
     if signo < KERNEL_SIGRTMIN:
         if queue:
-            k.log.emit("signal-merged", pid=task.pid, **si)
+            k.log.emit("signal-merged", pid=task.pid, **si.asdict())
             return True
     elif len(queue) >= RT_QUEUE_LIMIT:
         return False
     queue.append(si)
-    k.io.event(task, {"event": "signal", "si": si})
-    k.log.emit("signal", pid=task.pid, **si)
+    k.io.event(task, {"event": "signal", "si": si.asdict()})
+    k.log.emit("signal", pid=task.pid, **si.asdict())
     if task.pidfd >= 0:
         # through the pidfd the daemon holds: never a process that reused the PID, and
         # never a process that did not register (unit tests use made-up PIDs)
@@ -225,7 +244,4 @@ def on_exec(task: Task) -> None:
 
 def on_fork(parent: Task | None, child: Task) -> None:
     """A fork child inherits dispositions, not pending signals."""
-    if parent is not None:
-        actions, _ = _state(parent)
-        child.ext["sigactions"] = dict(actions)
-    child.ext["sigpending"] = {}
+    child.sighand = SigHand(action=dict(parent.sighand.action) if parent is not None else {})

@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kernel_daemon.errors import KernelError
 from kernel_daemon.vfs import Inode
 from protocol import linux
+
+if TYPE_CHECKING:
+    from kernel_daemon.mm import Mapping
+    from kernel_daemon.rdma import UContext
+    from kernel_daemon.signals import FOwner, Siginfo
 
 #: status flags F_SETFL may change (fs/fcntl.c SETFL_MASK).  O_ASYNC is not among them:
 #: only a file's ->fasync sets it, and regular files have none (leases set it directly)
@@ -60,8 +66,13 @@ class File:
     refs: int = 0
     #: a stable id, so introspection can show which descriptors share a description
     fid: int = field(default_factory=lambda: next(_file_ids))
-    #: per-file state other subsystems attach (owner for SIGIO, leases); opaque here
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: ``f_owner``: who SIGIO and lease-break signals of this file go to (F_SETOWN*,
+    #: F_SETLEASE); None until someone sets it.  Changed by :mod:`kernel_daemon.signals`
+    f_owner: FOwner | None = None
+    #: ``f_owner.signum``: the F_SETSIG signal (0: plain SIGIO); cleared with the lease
+    f_signum: int = 0
+    #: ``private_data``: the uverbs context of a file of /dev/infiniband/uverbs0
+    private_data: UContext | None = None
 
     @property
     def readable(self) -> bool:
@@ -149,13 +160,42 @@ class FdTable:
 
 
 @dataclass(eq=False)
+class MM:
+    """``struct mm_struct``: a process's address space, as far as the kernel keeps it.
+
+    Changed by :mod:`kernel_daemon.mm` only.
+    """
+
+    #: the mappings (``mm->mmap``) by id; a fork child's copies keep the parent's ids
+    vmas: dict[int, Mapping] = field(default_factory=dict)
+    #: where the next mapping goes (``mmap_base`` growing up, with a guard page)
+    mmap_next: int = 0x7F0000000000
+    #: the last mapping id handed out
+    next_vid: int = 0
+
+
+@dataclass(eq=False)
+class SigHand:
+    """``struct sighand_struct`` and the shared pending set of a process.
+
+    ``action`` is the disposition the agent really installed (``default``, ``ignore``,
+    ``handler``), recorded by ``rt_sigaction``; ``pending`` is, per signal, the siginfo
+    queued for delivery (one for a standard signal, up to RLIMIT_SIGPENDING for a
+    real-time one).  Changed by :mod:`kernel_daemon.signals` only.
+    """
+
+    action: dict[int, str] = field(default_factory=dict)
+    pending: dict[int, deque[Siginfo]] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
 class Task:
     """A registered process, keyed by its real PID.
 
     Created at registration (spawn, fork child, exec'd image); removed when its pidfd
-    says it died.  ``secret`` authenticates its messages; ``None`` between the
-    announcement of an exec and the new image's registration, when no message is
-    accepted.  Fields other than ``fds`` are changed by the daemon loop only.
+    says it died.  How its messages are authenticated is the daemon's business (a peer
+    record there), not the kernel's.  Fields other than ``fds`` are changed by the
+    daemon loop only.
     """
 
     pid: int
@@ -163,17 +203,20 @@ class Task:
     uid: int
     gid: int
     name: str
-    secret: bytes | None
     fds: FdTable = field(default_factory=FdTable)
-    #: highest control-message sequence number accepted (replay guard)
-    last_seq: int = -1
-    #: the ZeroMQ routing id of the agent's DEALER socket (learnt from its messages)
-    route: bytes | None = None
     #: pidfd held in the daemon's poller, so death is seen at once
     pidfd: int = -1
     #: request id -> cancel callback of each parked (waiting) call
     parked: dict[int, Callable[[], None]] = field(default_factory=dict)
     #: how many times this PID has exec'd since registration
     execs: int = 0
-    #: per-task state other subsystems attach (pending signals, mappings)
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: the address space (``task->mm``)
+    mm: MM = field(default_factory=MM)
+    #: signal dispositions and pending signals (``task->sighand``, ``->signal``)
+    sighand: SigHand = field(default_factory=SigHand)
+    #: ``current->fs->umask``
+    umask: int = 0o022
+    #: the token the next image must register with, between exec_prepare and exec
+    exec_token: bytes | None = None
+    #: names of the datagram sockets the process bound (released at exit)
+    bound: list[str] = field(default_factory=list)

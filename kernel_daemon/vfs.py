@@ -13,11 +13,16 @@ import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.errors import KernelError
 from kernel_daemon.pmem import Owner, Pmem
+from kernel_daemon.sync import InvalidateLock, WaitQueue
 from protocol import linux
+
+if TYPE_CHECKING:
+    from kernel_daemon.locks import Lease
+    from kernel_daemon.mm import Mapping
 
 
 @dataclass(eq=False)
@@ -48,8 +53,17 @@ class Inode:
     atime: float = field(default_factory=time.time)
     mtime: float = field(default_factory=time.time)
     ctime: float = field(default_factory=time.time)
-    #: per-inode state other subsystems attach (leases, mappings); opaque to the VFS
-    ext: dict[str, Any] = field(default_factory=dict)
+    #: ``i_flctx->flc_lease``: the leases on the inode, in the order they were taken
+    #: (ordinary and layout leases).  Changed by :mod:`kernel_daemon.locks` only
+    flc: list[Lease] = field(default_factory=list)
+    #: ``mapping->i_mmap``: every mapping of the file.  Changed by :mod:`kernel_daemon.mm`
+    i_mmap: list[Mapping] = field(default_factory=list)
+    #: ``mapping->invalidate_lock``: held while pages of the file lose their blocks
+    invalidate_lock: InvalidateLock = field(default_factory=InvalidateLock)
+    #: processes sleeping until every TLB shoot-down of the file is acknowledged
+    shootdown_wait: WaitQueue[None] = field(default_factory=WaitQueue)
+    #: the file shares blocks with another (``XFS_DIFLAG2_REFLINK``, set by FICLONE)
+    reflink: bool = False
 
     @property
     def is_dir(self) -> bool:

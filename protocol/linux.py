@@ -88,6 +88,14 @@ MAP_TYPE = 0x0F
 MAP_FIXED = 0x10
 MAP_ANONYMOUS = 0x20
 MAP_POPULATE = 0x8000
+MAP_GROWSDOWN = 0x0100
+MAP_DENYWRITE = 0x0800
+MAP_EXECUTABLE = 0x1000
+MAP_LOCKED = 0x2000
+MAP_NORESERVE = 0x4000
+MAP_NONBLOCK = 0x10000
+MAP_STACK = 0x20000
+MAP_HUGETLB = 0x40000
 MAP_SYNC = 0x80000
 # MAP_DIRECT's last posted value was 0x80000, the value MAP_SYNC later took; the
 # emulator gives it a free bit of its own so both can be used in one scenario.

@@ -19,7 +19,8 @@ import msgpack
 import pytest
 
 from kernel_daemon import mm
-from kernel_daemon.errors import PARKED, KernelError, MustWait
+from kernel_daemon.boot import boot
+from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.kernel import Config, Kernel
 from kernel_daemon.pmem import Owner, Pmem
 from kernel_daemon.syscalls import SYSCALLS
@@ -49,6 +50,7 @@ class FakeIO:
         self.replies: list[tuple[int, int, Any, int | None]] = []
         self.events: list[tuple[int, dict[str, Any]]] = []
         self.watched: list[int] = []
+        self.revoked: list[int] = []
 
     def reply(self, task: Task, rid: int, value: Any = None, err: int | None = None) -> None:
         self.replies.append((task.pid, rid, value, err))
@@ -59,6 +61,9 @@ class FakeIO:
     def watch_pid(self, pid: int, on_death: Callable[[], None]) -> bool:
         self.watched.append(pid)
         return False  # "already gone"
+
+    def revoke_after_reply(self, task: Task) -> None:
+        self.revoked.append(task.pid)
 
 
 class Clock:
@@ -93,7 +98,7 @@ def io() -> FakeIO:
 
 @pytest.fixture
 def kernel(tmp_path: Path, io: FakeIO) -> Iterator[Kernel]:
-    k = Kernel(Config(run_dir=str(tmp_path), nblocks=64), io)
+    k = boot(Config(run_dir=str(tmp_path), nblocks=64), io)
     try:
         yield k
     finally:
@@ -722,15 +727,15 @@ def test_fork_snapshot_of_a_dead_parent_expires(kernel: Kernel) -> None:
     assert keeper.pid in kernel.tasks
 
 
-def test_exec_closes_only_cloexec_descriptors(kernel: Kernel) -> None:
+def test_exec_closes_only_cloexec_descriptors(kernel: Kernel, io: FakeIO) -> None:
     t = spawn(kernel, 100)
     keep = sc(kernel, t, "open", "/keep", RDWR_CREAT, 0o644)
     gone = sc(kernel, t, "open", "/gone", RDWR_CREAT | linux.O_CLOEXEC, 0o644)
     dup_keep = sc(kernel, t, "dup", gone)  # the dup is not close-on-exec
     gone2 = sc(kernel, t, "fcntl", keep, linux.F_DUPFD_CLOEXEC, 20)
     sc(kernel, t, "fcntl", 1, linux.F_SETFD, linux.FD_CLOEXEC)
-    old_secret = t.secret
     token = sc(kernel, t, "exec_prepare")
+    assert io.revoked == [100]  # the old image's credentials end with the reply
     assert sorted(dict(t.fds)) == [0, 2, keep, dup_keep]
     assert gone not in dict(t.fds) and gone2 not in dict(t.fds)
     assert t.fds.get(dup_keep).file.path == "/gone"
@@ -743,7 +748,7 @@ def test_exec_closes_only_cloexec_descriptors(kernel: Kernel) -> None:
     assert info.value.reason == wire.E_BAD_TOKEN  # another pid
     same = register(kernel, 100, 0, 0, 0, {"kind": wire.EXEC, "token": token, "name": "new"})
     assert same is t and t.name == "new"
-    assert t.secret != old_secret and t.last_seq == -1
+    assert t.exec_token is None
     assert sorted(dict(t.fds)) == [0, 2, keep, dup_keep]
     with pytest.raises(RegistrationRefused):  # the token was used up
         register(kernel, 100, 0, 0, 0, {"kind": wire.EXEC, "token": token, "name": "n"})
@@ -966,31 +971,28 @@ def test_wait_exit_parks_until_the_exit(kernel: Kernel, io: FakeIO) -> None:
     w = spawn(kernel, 100, "waiter")
     t = spawn(kernel, 101)
     assert sc(kernel, w, "wait_exit", 4242) == 0  # not a task: at once
-    kernel.current = (w, 7, "wait_exit")
-    try:
-        assert sc(kernel, w, "wait_exit", t.pid) is PARKED
-    finally:
-        kernel.current = None
-    assert stats(kernel)["parked"] == 1
-    assert io.replies == []
+    with pytest.raises(MustWait) as info:  # it sleeps on the exit's wait queue
+        sc(kernel, w, "wait_exit", t.pid)
+    woken: list[int] = []
+    info.value.register(lambda: woken.append(1))
+    assert io.replies == [] and woken == []
     kernel.exit_task(t, "killed")
-    assert io.replies == [(w.pid, 7, 0, None)]
-    assert stats(kernel)["parked"] == 0
+    assert woken == [1]
+    assert sc(kernel, w, "wait_exit", t.pid) == 0  # run again once woken: done
 
 
 def test_waiter_death_cancels_its_parked_call(kernel: Kernel, io: FakeIO) -> None:
     w = spawn(kernel, 100, "waiter")
     t = spawn(kernel, 101)
-    kernel.current = (w, 3, "wait_exit")
-    try:
+    with pytest.raises(MustWait) as info:
         sc(kernel, w, "wait_exit", t.pid)
-    finally:
-        kernel.current = None
+    woken: list[int] = []
+    w.parked[3] = info.value.register(lambda: woken.append(1))  # as the dispatcher parks it
     kernel.exit_task(w, "killed")
     assert stats(kernel)["parked"] == 0
-    assert kernel.exit_waiters.get(t.pid, []) == []
+    assert not kernel.exit_waiters.get(t.pid)
     kernel.exit_task(t, "killed")
-    assert io.replies == []  # nobody left to answer
+    assert io.replies == [] and woken == []  # nobody left to answer
 
 
 # --- kernel: bugs found by poking at the handlers ---------------------------------------------

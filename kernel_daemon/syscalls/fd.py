@@ -98,8 +98,6 @@ def _setfl(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if file.flags & linux.O_PATH:
         raise KernelError(errno.EBADF)
     value = _int_arg(arg) & 0xFFFFFFFF
-    for hook in k.setfl_hooks:
-        hook(t, file, fd, value)
     file.flags = (file.flags & ~SETFL_MASK) | (value & SETFL_MASK)
     return 0
 

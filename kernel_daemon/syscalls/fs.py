@@ -11,9 +11,10 @@ import bisect
 import errno
 from typing import Any
 
-from kernel_daemon import mm
-from kernel_daemon.errors import KernelError, retry
+from kernel_daemon import locks, mm
+from kernel_daemon.errors import KernelError, resume_at
 from kernel_daemon.kernel import Kernel
+from kernel_daemon.layout import LayoutChange
 from kernel_daemon.pmem import Owner
 from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import File, Task
@@ -29,14 +30,19 @@ MAX_FILE_SIZE = (1 << 63) - 1
 O_PATH_FLAGS = linux.O_DIRECTORY | linux.O_NOFOLLOW | linux.O_PATH | linux.O_CLOEXEC
 
 
-def may_truncate(k: Kernel, task: Task, inode: Inode, length: int) -> None:
-    """Before a size change: hooks, then, when shrinking, the layout change of the pages
-    past the new end (policy, unmap, shoot-downs) before anything is freed."""
-    for hook in k.ext_truncate_hooks:
-        hook(task, inode, length)
+def truncate_pages(k: Kernel, task: Task, inode: Inode, length: int) -> None:
+    """A size change (``notify_change`` + ``truncate_setsize``): the design first, then,
+    when shrinking, the pages past the new end are unmapped under the invalidate lock
+    and the shoot-downs waited for before anything is freed."""
+    bs = k.fs.block_size
+    first = -(-length // bs)
+    k.policy.layout_change(k, task, inode, LayoutChange.TRUNCATE, first, None)
     if length < inode.size:
-        bs = k.fs.block_size
-        layout_change(k, task, inode, -(-length // bs), None, "truncate")
+        with inode.invalidate_lock.hold(task, first, None):
+            mm.unmap_and_wait(k, inode, first, None)
+            k.fs.truncate(inode, length)
+    else:
+        k.fs.truncate(inode, length)
 
 
 @syscall("open", linux="fs/open.c do_sys_open()", support="partial",
@@ -81,14 +87,13 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
 
     def attempt() -> int:
         if leases:
-            k.break_lease(t, inode, flags)  # do_dentry_open()
+            locks.break_lease(k, t, inode, flags)  # do_dentry_open()
         if truncate:
-            may_truncate(k, t, inode, 0)  # handle_truncate()
-            k.fs.truncate(inode, 0)
+            truncate_pages(k, t, inode, 0)  # handle_truncate()
         t.fds.install(fd, file, bool(flags & linux.O_CLOEXEC))
         return fd
 
-    return retry(attempt, abort)
+    return resume_at(attempt, abort)
 
 
 def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[Inode, bool]:
@@ -101,7 +106,7 @@ def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[
         parent, name = k.fs.lookup_parent(path)
         if name in ("", ".", "..") or path.endswith("/"):
             raise KernelError(errno.EISDIR) from None
-        inode = k.fs.create(parent, name, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid)
+        inode = k.fs.create(parent, name, mode & ~t.umask, t.uid, t.gid)
         k.log.emit("create", pid=t.pid, ino=inode.ino, path=path)
         return inode, True
     if flags & linux.O_CREAT and flags & linux.O_EXCL:
@@ -142,11 +147,11 @@ def _write(k: Kernel, t: Task, file: File, data: bytes, offset: int) -> tuple[in
         offset = inode.size
     if offset + len(data) > MAX_FILE_SIZE:
         raise KernelError(errno.EFBIG)
-    for hook in k.ext_write_hooks:
-        hook(t, file, offset, len(data))
+    bs = k.fs.block_size
+    change = LayoutChange.EXTEND if data and offset + len(data) > inode.size else LayoutChange.WRITE
+    k.policy.layout_change(k, t, inode, change, offset // bs, -(-(offset + len(data)) // bs))
     if not data:
         return 0, offset
-    bs = k.fs.block_size
     unshare(k, t, inode, offset // bs, -(-(offset + len(data[:MAX_IO])) // bs))
     n = k.fs.write(inode, offset, data[:MAX_IO])
     return n, offset + n
@@ -250,13 +255,7 @@ def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:
         raise KernelError(errno.EINVAL)
     if length > MAX_FILE_SIZE:
         raise KernelError(errno.EFBIG)
-    try:
-        may_truncate(k, t, inode, length)
-    except KernelError:
-        mm.invalidate_unlock(k, t, inode)
-        raise
-    k.fs.truncate(inode, length)
-    mm.invalidate_unlock(k, t, inode)
+    truncate_pages(k, t, inode, length)
 
 
 @syscall("ftruncate", linux="fs/open.c do_sys_ftruncate()")
@@ -297,12 +296,12 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
             k.fs.put(inode)
 
     def attempt() -> int:
-        k.break_lease(t, inode, linux.O_WRONLY)
+        locks.break_lease(k, t, inode, linux.O_WRONLY)
         do_truncate(k, t, inode, length)
         release()
         return 0
 
-    return retry(attempt, release)
+    return resume_at(attempt, release)
 
 
 @syscall("unlink", linux="fs/namei.c do_unlinkat()")
@@ -327,7 +326,7 @@ def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
 @syscall("mkdir", linux="fs/namei.c do_mkdirat()")
 def sys_mkdir(k: Kernel, t: Task, path: str, mode: int = 0o777) -> int:
     """mkdir(2)."""
-    k.fs.mkdir(path, mode & ~t.ext.get("umask", 0o022), t.uid, t.gid)
+    k.fs.mkdir(path, mode & ~t.umask, t.uid, t.gid)
     return 0
 
 
@@ -358,15 +357,6 @@ def sys_listdir(k: Kernel, t: Task, path: str) -> list[str]:
     if inode.children is None:
         raise KernelError(errno.ENOTDIR)
     return sorted(inode.children)
-
-
-def layout_change(k: Kernel, t: Task, inode: Inode, first: int, end: int | None,
-                  kind: str) -> None:
-    """Before file pages ``[first, end)`` change blocks: the policy's hook (layout leases,
-    pins), then unmap the pages and wait for the shoot-downs (``xfs_break_layouts`` and
-    ``truncate_pagecache_range``)."""
-    k.ext["policy"].before_layout_change(k, t, inode, first, end, kind)
-    mm.unmap_and_wait(k, inode, first, end, t)
 
 
 def unshare(k: Kernel, t: Task, inode: Inode, first: int, end: int) -> None:
@@ -411,21 +401,18 @@ def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: i
     end = offset + length
     if not mode & linux.FALLOC_FL_PUNCH_HOLE:
         # xfs_file_fallocate breaks the layouts for every mode (xfs_break_layouts): the
-        # policy's hook first (layout leases; a sealed MAP_DIRECT file refuses, ETXTBSY)
-        k.ext["policy"].before_layout_change(k, t, inode, offset // bs, -(-end // bs),
-                                             "fallocate")
+        # design first (layout leases; a sealed MAP_DIRECT file refuses, ETXTBSY)
+        k.policy.layout_change(k, t, inode, LayoutChange.FALLOCATE, offset // bs,
+                               -(-end // bs))
     if mode & linux.FALLOC_FL_PUNCH_HOLE:
         first, last = -(-offset // bs), end // bs
-        try:
-            layout_change(k, t, inode, first, last, "punch")
-        except KernelError:
-            mm.invalidate_unlock(k, t, inode)
-            raise
-        k.fs.free_range(inode, first, last)
-        _zero_bytes(k, inode, offset, min(end, first * bs))
-        if last >= first:
-            _zero_bytes(k, inode, max(offset, last * bs), end)
-        mm.invalidate_unlock(k, t, inode)
+        k.policy.layout_change(k, t, inode, LayoutChange.PUNCH, first, last)
+        with inode.invalidate_lock.hold(t, first, last):
+            mm.unmap_and_wait(k, inode, first, last)
+            k.fs.free_range(inode, first, last)
+            _zero_bytes(k, inode, offset, min(end, first * bs))
+            if last >= first:
+                _zero_bytes(k, inode, max(offset, last * bs), end)
         return 0
     if mode & linux.FALLOC_FL_ZERO_RANGE:
         _zero_bytes(k, inode, offset, end)
@@ -461,21 +448,18 @@ def sys_clone(k: Kernel, t: Task, src_fd: int, dst_fd: int) -> int:
         raise KernelError(errno.EINVAL)
     if src.inode is dst.inode:
         raise KernelError(errno.EINVAL)
-    try:
-        layout_change(k, t, src.inode, 0, None, "reflink")
-        layout_change(k, t, dst.inode, 0, None, "reflink")
-    except KernelError:
-        mm.invalidate_unlock(k, t, src.inode)
-        mm.invalidate_unlock(k, t, dst.inode)
-        raise
-    k.fs.free_range(dst.inode, 0)
-    for page, block in src.inode.blocks.items():
-        k.pmem.share(block)
-        dst.inode.blocks[page] = block
-    dst.inode.size = src.inode.size
-    k.log.emit("reflink", pid=t.pid, src=src.inode.ino, dst=dst.inode.ino,
-               blocks=sorted(src.inode.blocks.values()))
-    src.inode.ext["reflinked"] = dst.inode.ext["reflinked"] = True
-    mm.invalidate_unlock(k, t, src.inode)
-    mm.invalidate_unlock(k, t, dst.inode)
+    k.policy.layout_change(k, t, src.inode, LayoutChange.REFLINK, 0, None)
+    k.policy.layout_change(k, t, dst.inode, LayoutChange.REFLINK, 0, None)
+    with src.inode.invalidate_lock.hold(t, 0, None), \
+            dst.inode.invalidate_lock.hold(t, 0, None):
+        mm.unmap_and_wait(k, src.inode, 0, None)
+        mm.unmap_and_wait(k, dst.inode, 0, None)
+        k.fs.free_range(dst.inode, 0)
+        for page, block in src.inode.blocks.items():
+            k.pmem.share(block)
+            dst.inode.blocks[page] = block
+        dst.inode.size = src.inode.size
+        k.log.emit("reflink", pid=t.pid, src=src.inode.ino, dst=dst.inode.ino,
+                   blocks=sorted(src.inode.blocks.values()))
+        src.inode.reflink = dst.inode.reflink = True
     return 0

@@ -14,11 +14,10 @@ its sender is killed the next instant, which a brokerless ZeroMQ PUSH cannot pro
 from __future__ import annotations
 
 import errno
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
-from kernel_daemon.errors import KernelError, MustWait
+from kernel_daemon.af_unix import Mailbox
+from kernel_daemon.errors import KernelError
 from kernel_daemon.kernel import Inflight, Kernel
 from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import Task
@@ -32,31 +31,14 @@ MAX_MESSAGE = 1 << 20
 MSG_DONTWAIT = 0x40
 
 
-class Mailbox:
-    """The receive queue of one bound socket, and the receivers sleeping on it."""
-
-    def __init__(self, name: str, owner: int) -> None:
-        self.name = name
-        self.owner = owner
-        self.queue: deque[Inflight] = deque()
-        self.sleepers: list[Callable[[], None]] = []
-
-    def wake(self) -> None:
-        """Wake every receiver sleeping on this queue (they retry recvmsg)."""
-        sleepers, self.sleepers = self.sleepers, []
-        for wake in sleepers:
-            wake()
-
-
 def _boxes(k: Kernel) -> dict[str, Mailbox]:
-    boxes: dict[str, Mailbox] = k.ext.setdefault("mailboxes", {})
-    return boxes
+    return k.mailboxes
 
 
 def release_task_mailboxes(k: Kernel, task: Task) -> None:
     """At exit: unbind the task's sockets and release the files still queued on them."""
     boxes = _boxes(k)
-    for name in list(task.ext.get("bound", ())):
+    for name in list(task.bound):
         box = boxes.pop(name, None)
         if box is None:
             continue
@@ -79,7 +61,7 @@ def sys_bind(k: Kernel, t: Task, name: str) -> int:
             return 0
         raise KernelError(errno.EADDRINUSE)
     boxes[name] = Mailbox(name, t.pid)
-    t.ext.setdefault("bound", []).append(name)
+    t.bound.append(name)
     return 0
 
 
@@ -115,12 +97,7 @@ def sys_recvmsg(k: Kernel, t: Task, name: str, flags: int = 0) -> dict[str, Any]
     if not box.queue:
         if flags & MSG_DONTWAIT:
             raise KernelError(errno.EAGAIN)
-
-        def register(wake: Callable[[], None]) -> Callable[[], None]:
-            box.sleepers.append(wake)
-            return lambda: box.sleepers.remove(wake) if wake in box.sleepers else None
-
-        raise MustWait(register)
+        box.readers.sleep()  # recvmsg runs again when a message comes
     msg = box.queue[0]
     if len(t.fds) + len(msg.files) > t.fds.limit:
         raise KernelError(errno.EMFILE)

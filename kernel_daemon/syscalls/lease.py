@@ -17,7 +17,7 @@ from kernel_daemon.errors import KernelError
 from kernel_daemon.kernel import Kernel
 from kernel_daemon.syscalls.fd import FCNTL_COMMANDS
 from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import File, Task
+from kernel_daemon.task import Task
 from protocol import linux
 
 INT_MIN = -(1 << 31)
@@ -31,28 +31,19 @@ def _int(arg: Any) -> int:
     return arg
 
 
-def may_lease(k: Kernel, t: Task, file: File) -> None:
-    """``generic_setlease``'s checks: owner or CAP_LEASE (EACCES), regular file (EINVAL)."""
-    if t.uid != 0 and t.uid != file.inode.uid:
-        raise KernelError(errno.EACCES)
-    if not file.inode.is_reg:
-        raise KernelError(errno.EINVAL)
-
-
 def f_setlease(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     """F_SETLEASE.  Linux: fs/locks.c fcntl_setlease()."""
     file = k.file_of(t, fd)
     lease_type = _int(arg)
-    hook = k.ext.get("setlease_hook")
-    if hook is not None and hook(t, file, fd, lease_type):
-        return 0  # a policy handled it (layout leases)
+    if k.policy.setlease(k, t, file, fd, lease_type):
+        return 0  # the design handled it (layout leases)
     if lease_type == linux.F_UNLCK:
-        may_lease(k, t, file)
+        locks.may_lease(t, file)
         locks.generic_delete_lease(k, file)
         return 0
     if lease_type not in (linux.F_RDLCK, linux.F_WRLCK):
         raise KernelError(errno.EINVAL)
-    may_lease(k, t, file)
+    locks.may_lease(t, file)
     locks.generic_add_lease(k, t, file, fd, lease_type)
     return 0
 
@@ -94,7 +85,7 @@ def f_setown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise KernelError(errno.EINVAL)
     if pid == 0:
-        file.ext["fown"] = signals.FOwner(kind, 0, None, t.uid)
+        file.f_owner = signals.FOwner(kind, 0, None, t.uid)
         return 0
     signals.f_setown(k, file, kind, pid, force=True, setter_uid=t.uid)
     return 0
@@ -114,7 +105,7 @@ def f_setsig(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     sig = _int(arg)
     if not 0 <= sig < linux.NSIG:
         raise KernelError(errno.EINVAL)
-    file.ext["signum"] = sig
+    file.f_signum = sig
     return 0
 
 
@@ -172,11 +163,3 @@ def sys_sigdelivered(k: Kernel, t: Task, signo: int, ours: int = 1) -> int:
     on (an asynchronous note could be overtaken by another process's call)."""
     signals.signal_delivered(k, t, {"signo": signo, "ours": bool(ours)})
     return 0
-
-
-def install(k: Kernel) -> None:
-    """Wire leases and signals into a new kernel."""
-    k.break_hooks.append(lambda t, inode, flags: locks.break_lease(k, t, inode, flags))
-    k.file_release_hooks.append(lambda f: locks.remove_file_leases(k, f))
-    k.fork_hooks.append(signals.on_fork)
-    k.exec_hooks.append(signals.on_exec)

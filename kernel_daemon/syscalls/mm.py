@@ -17,10 +17,11 @@ from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import Task
 from protocol import linux
 
-#: flags MAP_SHARED_VALIDATE accepts (LEGACY_MAP_MASK plus MAP_SYNC); policies extend it
+#: flags MAP_SHARED_VALIDATE accepts (LEGACY_MAP_MASK plus MAP_SYNC); designs extend it
 KNOWN_MAP_FLAGS = (linux.MAP_TYPE | linux.MAP_FIXED | linux.MAP_ANONYMOUS | linux.MAP_POPULATE
-                   | 0x0100 | 0x0800 | 0x1000 | 0x2000 | 0x4000 | 0x10000 | 0x20000 | 0x40000
-                   | linux.MAP_SYNC)
+                   | linux.MAP_GROWSDOWN | linux.MAP_DENYWRITE | linux.MAP_EXECUTABLE
+                   | linux.MAP_LOCKED | linux.MAP_NORESERVE | linux.MAP_NONBLOCK
+                   | linux.MAP_STACK | linux.MAP_HUGETLB | linux.MAP_SYNC)
 
 
 @syscall("mmap", linux="mm/mmap.c do_mmap()", support="partial",
@@ -34,7 +35,7 @@ def sys_mmap(k: Kernel, t: Task, length: int, prot: int, flags: int, fd: int,
     kind = flags & linux.MAP_TYPE
     if kind not in (linux.MAP_SHARED, linux.MAP_PRIVATE, linux.MAP_SHARED_VALIDATE):
         raise KernelError(errno.EINVAL)
-    known = KNOWN_MAP_FLAGS | k.ext.get("extra_map_flags", 0)
+    known = KNOWN_MAP_FLAGS | k.policy.map_flags
     if kind == linux.MAP_SHARED_VALIDATE and flags & ~known:
         raise KernelError(errno.EOPNOTSUPP)
     if kind != linux.MAP_SHARED_VALIDATE:
@@ -54,8 +55,7 @@ def sys_mmap(k: Kernel, t: Task, length: int, prot: int, flags: int, fd: int,
         raise KernelError(errno.EOPNOTSUPP)  # MAP_SYNC needs a DAX file
     mapping = mm.Mapping(task=t, start=0, length=length, prot=prot, flags=flags, file=file,
                          pgoff=offset // page)
-    for hook in k.ext.get("mmap_hooks", ()):
-        hook(t, mapping, fd)  # policies: MAP_DIRECT checks and its lease
+    k.policy.mmap(k, t, mapping, fd)  # designs: MAP_DIRECT checks and its lease
     mapping.start = mm.next_address(t, length, page)
     mm.add_mapping(k, t, mapping)
     return {"addr": mapping.start, "vma": mapping.vid}
@@ -100,46 +100,3 @@ def _perms(m: mm.Mapping) -> str:
     """``rw-s`` as /proc/<pid>/maps shows it."""
     return ("r" if m.prot & linux.PROT_READ else "-") + ("w" if m.prot & linux.PROT_WRITE
             else "-") + ("x" if m.prot & linux.PROT_EXEC else "-") + ("s" if m.shared else "p")
-
-
-def install(k: Kernel) -> None:
-    """Wire mappings into exit, exec, fork and the truncate path."""
-    k.exit_hooks.append(lambda task: mm.drop_all(k, task, "exit"))
-    k.exit_hooks.append(lambda task: mm.release_invalidate_locks(k, task))
-    k.exec_hooks.append(lambda task: mm.drop_all(k, task, "exec"))
-    k.fork_hooks.append(lambda parent, child: _fork(k, parent, child))
-    k.fork_prepare_hooks.append(
-        lambda parent, pending: pending.ext.__setitem__("mm", mm.snapshot_mappings(k, parent)))
-    k.fork_drop_hooks.append(lambda pending: mm.drop_snapshot(k, pending.ext.get("mm", {})))
-    k.notify_handlers["tlb-ack"] = lambda task, body: mm.shootdown_ack(k, task, body)
-    k.block_alloc_hooks.append(lambda owner: mm.unmap_zero_page(k, owner))
-
-
-def _fork(k: Kernel, parent: Task | None, child: Task) -> None:
-    """``dup_mmap``: the child gets the parent's mappings as they were at the fork (the
-    snapshot :func:`mm.snapshot_mappings` took at ``fork_prepare``), even if the parent
-    changed them, or died, before the child registered.
-
-    File pages are faulted in again by the child; shared anonymous memory is shared
-    (one page table, counted users); private anonymous pages, and private file pages
-    whose copy-on-write a pin broke, are the snapshot's copies.
-    """
-    snapshot: dict[str, Any] = child.ext.get("fork_snapshot", {}).get("mm", {})
-    for entry in snapshot.pop("vmas", []):
-        copy = mm.Mapping(task=child, start=entry["start"], length=entry["length"],
-                          prot=entry["prot"], flags=entry["flags"], file=entry["file"],
-                          pgoff=entry["pgoff"], vid=entry["vid"], invalid=entry["invalid"])
-        if "users" in entry:
-            copy.ptes = entry["ptes"]
-            copy.ext["anon_users"] = entry["users"]
-        elif entry["file"] is None:
-            copy.ptes = entry["ptes"]
-        elif entry.get("cow"):
-            copy.ext["cow"] = entry["cow"]
-        mm.add_mapping(k, child, copy)
-        if entry["file"] is not None:
-            k.fput(entry["file"])  # add_mapping took the mapping's own reference
-        for hook in k.ext.get("vma_copy_hooks", ()):
-            hook(entry["m"], copy)
-    child.ext["mmap_next"] = snapshot.get("mmap_next", mm.MMAP_BASE)
-    child.ext["next_vid"] = snapshot.get("next_vid", 0)

@@ -13,8 +13,9 @@ import errno
 import secrets
 from typing import Any
 
-from kernel_daemon.errors import PARKED, KernelError
+from kernel_daemon.errors import KernelError
 from kernel_daemon.kernel import Kernel, PendingFork
+from kernel_daemon.sync import WaitQueue
 from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import Task
 from protocol import wire
@@ -63,26 +64,18 @@ def register(
             pending.timer.cancel()
         parent = k.tasks.get(pending.parent)
         task = k.new_task(pid, pending.parent, uid, gid, name, pending.snapshot)
-        if parent is not None:
-            for key in k.fork_inherit_keys:
-                if key in parent.ext:
-                    task.ext[key] = parent.ext[key]
-        task.ext["fork_snapshot"] = pending.ext
         for hook in k.fork_hooks:
-            hook(parent, task)
-        task.ext.pop("fork_snapshot", None)
+            hook(parent, task, pending)
     else:  # EXEC
         task_or_none = k.tasks.get(pid)
-        expected = task_or_none.ext.get("exec_token") if task_or_none is not None else None
-        if task_or_none is None or not isinstance(token, bytes) or expected != token:
+        expected = task_or_none.exec_token if task_or_none is not None else None
+        if (task_or_none is None or not isinstance(token, bytes) or expected is None
+                or expected != token):
             raise RegistrationRefused(wire.E_BAD_TOKEN, "unknown exec token")
         task = task_or_none
-        task.ext.pop("exec_token", None)
-        task.secret = secrets.token_bytes(wire.SECRET_LEN)
-        task.last_seq = -1
-        task.route = None
+        task.exec_token = None
         task.name = name or task.name
-    task.ext["umask"] = umask & 0o777
+    task.umask = umask & 0o777
     nofile = hello.get("nofile")
     if isinstance(nofile, int) and not isinstance(nofile, bool) and nofile > 0:
         # the process's real RLIMIT_NOFILE soft limit (capped: the table is a dict)
@@ -144,10 +137,10 @@ def sys_exec_prepare(k: Kernel, t: Task) -> bytes:
         if entry.cloexec:
             k.close_fd(t, fd)
     token = secrets.token_bytes(16)
-    t.ext["exec_token"] = token
+    t.exec_token = token
     t.execs += 1
     k.log.emit("exec", pid=t.pid)
-    k.invalidate_secret_after_reply(t)
+    k.io.revoke_after_reply(t)
     return token
 
 
@@ -167,8 +160,8 @@ def sys_getppid(k: Kernel, t: Task) -> int:
 @syscall("umask", linux="kernel/sys.c umask()")
 def sys_umask(k: Kernel, t: Task, mask: int) -> int:
     """umask(2): set the creation mask, return the old one."""
-    old: int = t.ext.get("umask", 0o022)
-    t.ext["umask"] = mask & 0o777
+    old = t.umask
+    t.umask = mask & 0o777
     return old
 
 
@@ -194,7 +187,7 @@ def sys_proc_list(k: Kernel, t: Task) -> list[dict[str, Any]]:
 def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
     """Object counts: tasks, open files, inodes, blocks in use, passes in flight."""
     files = {id(e.file) for p in k.tasks.values() for _, e in p.fds}
-    boxes = k.ext.get("mailboxes", {}).values()
+    boxes = k.mailboxes.values()
     files |= {id(f) for box in boxes for msg in box.queue for f in msg.files}
     files |= {id(f) for pf in k.pending_forks.values() for _, f, _ in pf.snapshot}
     return {
@@ -206,13 +199,14 @@ def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
         "pending_forks": len(k.pending_forks),
         "parked": sum(len(p.parked) for p in k.tasks.values()),
         "timers": sum(1 for tm in k.timers if not tm.cancelled),
-        "leases": sum(len(i.ext.get("leases", ())) for i in k.fs.inodes.values()),
-        "mappings": sum(len(p.ext.get("vmas", {})) for p in k.tasks.values()),
-        "mrs": len(k.ext.get("rkeys", {})),
-        "pinned_blocks": len(k.ext.get("longterm_pins", {})) + len(k.ext.get("shortterm_pins", {})),
-        "shootdowns": len(k.ext.get("shootdowns", {})),
-        "mailboxes": len(k.ext.get("mailboxes", {})),
-        "qps": len(k.ext.get("qps", {})),
+        "leases": sum(len(i.flc) for i in k.fs.inodes.values()),
+        "mappings": sum(len(p.mm.vmas) for p in k.tasks.values()),
+        "mrs": len(k.rdma.rkeys),
+        "pinned_blocks": len(k.pins.longterm) + len(k.pins.shortterm),
+        "busy_blocks": len(k.pmem.busy),
+        "shootdowns": len(k.shootdowns),
+        "mailboxes": len(k.mailboxes),
+        "qps": len(k.rdma.qps),
     }
 
 
@@ -226,12 +220,4 @@ def sys_wait_exit(k: Kernel, t: Task, pid: int) -> Any:
     """
     if pid not in k.tasks:
         return 0
-    waiters = k.exit_waiters.setdefault(pid, [])
-
-    def cancel() -> None:
-        if waiter in waiters:
-            waiters.remove(waiter)
-
-    waiter = k.park(cancel)
-    waiters.append(waiter)
-    return PARKED
+    k.exit_waiters.setdefault(pid, WaitQueue()).sleep()

@@ -13,11 +13,12 @@ import errno
 from typing import Any
 
 from kernel_daemon import mm, qp, rdma
-from kernel_daemon.errors import PARKED, KernelError
-from kernel_daemon.kernel import Kernel, Timer
+from kernel_daemon.errors import KernelError
+from kernel_daemon.kernel import Kernel
 from kernel_daemon.pmem import Owner
+from kernel_daemon.sync import WaitQueue
 from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import Task
+from kernel_daemon.task import File, Task
 
 
 @syscall("ibv_open_device", linux="drivers/infiniband/core/uverbs_main.c ib_uverbs_open()",
@@ -118,27 +119,17 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
         block = mm.fault(k, t, mapping, (a - mapping.start) // page, write=True, user=False)
         targets.append((block, k.pmem.ledger[block]))
     data = k.fs.read(file.inode, offset, length)
-    short = k.ext.setdefault("shortterm_pins", {})
     for block, _ in targets:
-        short[block] = short.get(block, 0) + 1
+        k.pins.pin(block, longterm=False)
     k.log.emit("dio-start", pid=t.pid, blocks=[b for b, _ in targets], length=length)
-    timers: list[Timer] = []
+    pinned = True
 
     def unpin() -> None:
-        for block, _ in targets:
-            short[block] -= 1
-            if not short[block]:
-                del short[block]
-        sleepers, k.ext["pin_sleepers"] = k.ext.get("pin_sleepers", []), []
-        for wake in sleepers:
-            wake()
-
-    def cancel() -> None:
-        for timer in timers:
-            timer.cancel()
-        unpin()
-
-    waiter = k.park(cancel)
+        nonlocal pinned
+        if pinned:
+            pinned = False
+            for block, _ in targets:
+                k.pins.unpin(block, longterm=False)
 
     def transfer() -> None:
         for i, (block, owner) in enumerate(targets):
@@ -152,17 +143,22 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
             k.pmem.buf[start : start + len(chunk)] = chunk
         unpin()
         k.log.emit("dio-done", pid=t.pid, length=len(data), blocks=[b for b, _ in targets])
-        waiter.complete(len(data))
+        done.wake_all()
 
-    timers.append(k.add_timer(float(k.config.dio_time), transfer))
-    return PARKED
+    def abort() -> None:  # interrupted or dead before the DMA: it never lands
+        timer.cancel()
+        unpin()
+
+    done: WaitQueue[None] = WaitQueue()
+    timer = k.add_timer(float(k.config.dio_time), transfer)
+    done.sleep(resume=lambda: len(data), abort=abort)
 
 
 @syscall("foreign_writes", linux="(the emulator's ledger check)", support="emulator",
          note="every device write that landed in a block owned by another file, or free")
 def sys_foreign_writes(k: Kernel, t: Task) -> list[dict[str, Any]]:
     """The foreign writes recorded so far."""
-    return list(k.ext.get("foreign_writes", []))
+    return [fw.asdict() for fw in k.foreign_writes]
 
 
 @syscall("file_pins", linux="(RFC) /proc/<pid>/file_pins", support="emulator",
@@ -172,8 +168,8 @@ def sys_file_pins(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
     task = k.task_of(pid)
     seen: list[rdma.UContext] = []
     for _, entry in task.fds:
-        ctx = entry.file.ext.get("uverbs")
-        if isinstance(ctx, rdma.UContext) and ctx not in seen:
+        ctx = entry.file.private_data
+        if ctx is not None and ctx not in seen:
             seen.append(ctx)
     return [{"ctx": ctx.cid, "mr": mr.handle, "files": [k.fs.path_of(f.inode) for f in mr.files],
              "pages": len(mr.pins), "odp": mr.odp, "valid": mr.valid}
@@ -194,24 +190,16 @@ def sys_ibv_create_qp(k: Kernel, t: Task, ctx: int) -> dict[str, Any]:
 def sys_ibv_destroy_qp(k: Kernel, t: Task, ctx: int, qpn: int) -> int:
     """Destroy queue pair ``qpn`` of the context behind ``ctx``."""
     context = rdma.context_of(k, t, ctx)
-    q = next((q for q in context.ext.get("qps", []) if q.qpn == qpn and q.task is t), None)
+    q = next((q for q in context.qps if q.qpn == qpn and q.task is t), None)
     if q is None:
         raise KernelError(errno.EINVAL)
     qp.destroy_qp(k, q, "ibv_destroy_qp")
     return 0
 
 
-def _release_file(k: Kernel, f: Any) -> None:
-    ctx = f.ext.get("uverbs")
-    if isinstance(ctx, rdma.UContext):
+def release_file(k: Kernel, f: File) -> None:
+    """The uverbs file's last reference releases its context (and its queue pairs)."""
+    ctx = f.private_data
+    if ctx is not None:
         qp.release_context(k, ctx)
     rdma.release_context(k, f)
-
-
-def install(k: Kernel) -> None:
-    """The uverbs file's last reference releases its context (and its queue pairs); a
-    process's queue pairs go when it exits or execs."""
-    k.file_release_hooks.append(lambda f: _release_file(k, f))
-    k.exit_hooks.append(lambda task: qp.release_task(k, task))
-    k.exec_hooks.append(lambda task: qp.release_task(k, task))
-    k.shutdown_hooks.append(lambda: qp.release_all(k))

@@ -1,0 +1,122 @@
+"""The composition root: build a kernel from its configuration.
+
+:func:`boot` makes the kernel's state (:class:`~kernel_daemon.kernel.Kernel`), loads
+the design (:func:`load_policy`: a built-in name, or a ``Policy`` subclass in a user's
+file), and registers every system-call family's lifecycle hooks in one place (as
+gVisor's loader registers the syscall table with its kernel).  Nothing else in
+``kernel_daemon`` but this module and the daemon imports the families or the designs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from types import ModuleType
+
+from kernel_daemon import locks, mm, qp, signals
+from kernel_daemon.designs import BUILTIN
+from kernel_daemon.eventlog import EventLog
+from kernel_daemon.kernel import Config, Kernel, KernelIO
+from kernel_daemon.policy import Policy
+from kernel_daemon.syscalls import ipc
+from kernel_daemon.syscalls import rdma as rdma_calls
+from protocol.config import FLAVOURS
+
+
+class PolicyLoadError(Exception):
+    """A design could not be loaded; the message names the file and line."""
+
+
+def describe() -> dict[str, object]:
+    """What this daemon can run: its designs and flavours (the welcome advertises it)."""
+    return {"policies": list(BUILTIN), "flavours": list(FLAVOURS)}
+
+
+def _load_file(path: str) -> ModuleType:
+    """Import a design file by path, turning every failure into a PolicyLoadError."""
+    if not os.path.isfile(path):
+        raise PolicyLoadError(f"{path}: no such design file")
+    name = "kemu_design_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise PolicyLoadError(f"{path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[name]
+        raise PolicyLoadError(f"{exc.filename or path}:{exc.lineno}: {exc.msg}") from None
+    except BaseException as exc:
+        del sys.modules[name]
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if os.path.abspath(f.filename) == os.path.abspath(path)]
+        line = frames[-1].lineno if frames else 1
+        raise PolicyLoadError(f"{path}:{line}: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def load_policy(spec: str) -> type[Policy]:
+    """The design named by ``spec``: a built-in name, or ``path/to/design.py`` with an
+    optional ``:ClassName`` (needed when the file defines several Policy subclasses)."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    path, _, cls_name = spec.partition(":") if not os.path.isfile(spec) else (spec, "", "")
+    if not path.endswith(".py") and not os.path.isfile(path):
+        raise PolicyLoadError(f"unknown policy {spec!r}; known: {', '.join(BUILTIN)} "
+                              f"(or PATH.py[:Class] of a Policy subclass)")
+    module = _load_file(path)
+    found = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+             if issubclass(obj, Policy) and obj is not Policy and obj.__module__ == module.__name__]
+    if cls_name:
+        chosen = next((c for c in found if c.__name__ == cls_name), None)
+        if chosen is None:
+            raise PolicyLoadError(f"{path}:1: no Policy subclass named {cls_name!r} "
+                                  f"(found: {', '.join(c.__name__ for c in found) or 'none'})")
+        return chosen
+    if not found:
+        raise PolicyLoadError(f"{path}:1: defines no subclass of kernel_daemon.policy.Policy")
+    if len(found) > 1:
+        # a file may build on its own base class: take the classes nobody derives from
+        leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]
+        if len(leaves) != 1:
+            raise PolicyLoadError(f"{path}:1: several Policy subclasses "
+                                  f"({', '.join(c.__name__ for c in found)}); name one "
+                                  f"with {path}:ClassName")
+        found = leaves
+    chosen = found[0]
+    if not isinstance(chosen.name, str) or not chosen.name or chosen.name == "base":
+        raise PolicyLoadError(f"{path}:{inspect.getsourcelines(chosen)[1]}: "
+                              f"{chosen.__name__} needs a name (class attribute 'name')")
+    return chosen
+
+
+def boot(config: Config, io: KernelIO, log: EventLog | None = None) -> Kernel:
+    """A kernel running ``config.policy``, with every family's lifecycle hooks."""
+    policy = load_policy(config.policy)()
+    k = Kernel(config, io, policy, log)
+    # files: leases and uverbs contexts go with a description's last reference
+    k.file_release_hooks.append(lambda f: locks.remove_file_leases(k, f))
+    k.file_release_hooks.append(lambda f: rdma_calls.release_file(k, f))
+    # exit: sockets, mappings (and their shoot-downs), queue pairs
+    k.exit_hooks.append(lambda task: ipc.release_task_mailboxes(k, task))
+    k.exit_hooks.append(lambda task: mm.drop_all(k, task, "exit"))
+    k.exit_hooks.append(lambda task: qp.release_task(k, task))
+    # exec: the design first, then signal handlers reset, mappings and queue pairs go
+    k.exec_hooks.append(lambda task: k.policy.exec(k, task))
+    k.exec_hooks.append(signals.on_exec)
+    k.exec_hooks.append(lambda task: mm.drop_all(k, task, "exec"))
+    k.exec_hooks.append(lambda task: qp.release_task(k, task))
+    # fork: the address space as it was at fork_prepare, dispositions inherited
+    k.fork_prepare_hooks.append(
+        lambda parent, pending: setattr(pending, "mm", mm.snapshot_mappings(k, parent)))
+    k.fork_drop_hooks.append(lambda pending: mm.drop_snapshot(k, pending.mm))
+    k.fork_hooks.append(lambda parent, child, pending: signals.on_fork(parent, child))
+    k.fork_hooks.append(lambda parent, child, pending: mm.copy_snapshot(k, child, pending.mm))
+    k.block_alloc_hooks.append(lambda owner: mm.unmap_zero_page(k, owner))
+    k.shutdown_hooks.append(lambda: qp.release_all(k))
+    k.notify_handlers["tlb-ack"] = lambda task, body: mm.shootdown_ack(k, task, body)
+    return k
