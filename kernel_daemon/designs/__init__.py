@@ -7,13 +7,15 @@ from a user's file by path.  ``docs/designs.md`` describes each one.
 
 from __future__ import annotations
 
+import sys
+
 from kernel_daemon.designs.busy_extent import BusyExtent
 from kernel_daemon.designs.layout_lease import ExclusiveChecked, LayoutLeasePolicy
 from kernel_daemon.designs.legacy import Legacy
 from kernel_daemon.designs.map_direct import MapDirect, MapDirectSealed
 from kernel_daemon.designs.mr_lease import MrLease
 from kernel_daemon.designs.upstream import Upstream
-from kernel_daemon.policy import Policy
+from kernel_daemon.policy import HOOKS, Lease, Policy
 
 #: every built-in design by name, in the order the matrix shows them
 BUILTIN: dict[str, type[Policy]] = {cls.name: cls for cls in (
@@ -21,4 +23,41 @@ BUILTIN: dict[str, type[Policy]] = {cls.name: cls for cls in (
     Upstream, BusyExtent,
 )}
 
-__all__ = ["BUILTIN"]
+__all__ = ["BUILTIN", "overrides", "render_hook_table"]
+
+
+def overrides(cls: type[Policy]) -> list[str]:
+    """The interface points ``cls`` changes (methods overridden, class settings set)."""
+    out = [h for h in HOOKS if getattr(cls, h) is not getattr(Policy, h)]
+    if cls.map_flags:
+        out.append("map_flags")
+    return out
+
+
+def lease_types(cls: type[Policy]) -> list[str]:
+    """The lease types the design's module defines, each with the lease-manager
+    operations it overrides: ``MrHeldLease(lm_break, lm_expire)``."""
+    module = sys.modules[cls.__module__]
+    out = []
+    for name, obj in sorted(vars(module).items()):
+        if (isinstance(obj, type) and issubclass(obj, Lease) and obj.__module__ == module.__name__):
+            ops = [op for op in ("lm_break", "lm_expire") if getattr(obj, op) is not getattr(Lease, op)]
+            out.append(f"{name}({', '.join(ops)})" if ops else name)
+    return out
+
+
+def render_hook_table() -> str:
+    """The hook × design table of ``docs/designs.md``, from the built-in designs: a cell
+    is ``x`` where the design overrides the point, blank where it keeps Linux's; then
+    the lease types it defines and what it promises."""
+    points = [*HOOKS, "map_flags"]
+    head = "| design | " + " | ".join(f"`{p}`" for p in points) + " | lease types | promises |"
+    rule = "|---|" + "---|" * len(points) + "---|---|"
+    rows = [head, rule]
+    for name, cls in BUILTIN.items():
+        changed = set(overrides(cls))
+        promises = ", ".join(sorted(p.value for p in cls.promises)) or "none"
+        leases = ", ".join(f"`{t}`" for t in lease_types(cls)) or " "
+        rows.append(f"| `{name}` | " + " | ".join("x" if p in changed else " " for p in points)
+                    + f" | {leases} | {promises} |")
+    return "\n".join(rows)
