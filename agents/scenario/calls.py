@@ -1,8 +1,8 @@
 """The functions a scenario line may call, as the scripted agent executes them.
 
-Each takes the acting :class:`~agents.scripted.Actor` and the evaluated arguments and
+Each takes the acting :class:`~agents.scenario.scripted.Actor` and the evaluated arguments and
 returns a value that travels back to the launcher (ints, bytes, str, lists, maps).  The
-same function runs on both targets, through the actor's :class:`~agents.api.System`.
+same function runs on both targets, through the actor's :class:`~agents.lib.api.System`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents.scripted import Actor
+    from agents.scenario.scripted import Actor
 
 #: stat fields a transcript shows (the rest differ between any two runs)
 STAT_FIELDS = ("st_mode", "st_size", "st_nlink")

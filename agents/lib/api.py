@@ -25,10 +25,10 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NoReturn
 
-from agents.mm import AgentMM
-from agents.runtime import Connection
-from agents.sigrec import SigInfo, SignalRecorder, recorder
-from agents.verbs import AgentQP
+from agents.lib.mm import AgentMM
+from agents.lib.runtime import Connection
+from agents.lib.sigrec import SigInfo, SignalRecorder, recorder
+from agents.lib.verbs import AgentQP
 from protocol import wire
 from protocol.errors import os_error
 
@@ -483,7 +483,7 @@ class EmuSystem(System):
         """Any call of the daemon's table by name (introspection, emulator-only calls)."""
         return self.conn.call(name, *args)
 
-    # verbs' data path: queue pairs, posted to without a call (agents/verbs.py)
+    # verbs' data path: queue pairs, posted to without a call (agents/lib/verbs.py)
     def ibv_create_qp(self, ctx: int) -> int:
         """``ibv_create_qp`` on the context behind ``ctx``: the queue pair's number."""
         qp = AgentQP(self.conn.call("ibv_create_qp", ctx))
