@@ -138,28 +138,13 @@ def _emu(a: Actor) -> Any:
 
 
 def _fallocate(a: Actor, fd: int, mode: int, offset: int, length: int) -> int:
-    """fallocate(2): the daemon's, or the host's through libc."""
-    call = getattr(a.system, "call", None)
-    if call is not None:
-        return int(call("fallocate", fd, mode, offset, length) or 0)
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    a.system.fallocate(fd, mode, offset, length)
     return 0
 
 
 def _clone(a: Actor, src: int, dst: int) -> int:
     """ioctl(dst, FICLONE, src): reflink the whole of src into dst."""
-    call = getattr(a.system, "call", None)
-    if call is not None:
-        return int(call("clone", src, dst) or 0)
-    import fcntl
-
-    fcntl.ioctl(dst, 0x40049409, src)  # FICLONE
+    a.system.ficlone(src, dst)
     return 0
 
 
