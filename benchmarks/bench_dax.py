@@ -75,8 +75,8 @@ from _common import (  # noqa: E402
     table,
 )
 
-from agents.api import EmuSystem  # noqa: E402
-from agents.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from agents.lib.api import EmuSystem  # noqa: E402
 
 MIB = 1 << 20
 SIZE = 64 * MIB  # the store benchmark's file and mapping
@@ -110,7 +110,7 @@ run_dir, pmem_name, base, size, small, daemon_pid = (
     int(sys.argv[6]))
 keys = json.loads(sys.argv[7])
 profile = sys.argv[8] if len(sys.argv) > 8 else ""
-from agents.api import EmuSystem
+from agents.lib.api import EmuSystem
 peer_sys = EmuSystem(run_dir, name="rdma-peer")
 conn = peer_sys.conn
 shm = shared_memory.SharedMemory(name=pmem_name)

@@ -4,7 +4,7 @@
 Two measurements, each against a baseline measured in the same run:
 
 * **spawn**: from just before ``subprocess.Popen`` of a ``python -c`` program that
-  imports ``agents.runtime``, creates a ``Connection`` (registration over AF_UNIX,
+  imports ``agents.lib.runtime``, creates a ``Connection`` (registration over AF_UNIX,
   ZeroMQ context and DEALER) and makes a ``getpid`` call, until that call is answered
   (the child writes ``t_answered <ns>``).  Baseline: a bare ``python -c`` that does
   ``import zmq, msgpack`` and writes its first line (interpreter + import cost).
@@ -41,8 +41,8 @@ from _common import (  # noqa: E402
     table,
 )
 
-from agents.api import EmuSystem  # noqa: E402
-from agents.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from agents.lib.api import EmuSystem  # noqa: E402
 
 SPAWNS = 20  # timed spawns per kind
 SPAWN_WARMUP = 3
@@ -53,7 +53,7 @@ MONO = time.CLOCK_MONOTONIC
 
 EMU_CHILD = r"""
 import sys, time
-from agents.runtime import Connection
+from agents.lib.runtime import Connection
 conn = Connection(sys.argv[1], name="spawned")
 conn.call("getpid")
 t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -181,7 +181,7 @@ def main() -> int:
                          ratios[f"{kind}/p99"] if emulated else 1.0])
     print("bench_spawn: time to first answered call of a new process (milliseconds)")
     print("spawn/bare = python -c 'import zmq, msgpack' to first line; "
-          "spawn/emulated = import agents.runtime + Connection + getpid answered")
+          "spawn/emulated = import agents.lib.runtime + Connection + getpid answered")
     print("fork/bare = os.fork() to child's pipe write; "
           "fork/emulated = EmuSystem.fork() to child's getpid answered")
     print()

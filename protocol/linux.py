@@ -106,6 +106,9 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 
+# ioctl(2) on files (linux/fs.h): FICLONE = _IOW(0x94, 9, int), reflink a whole file
+FICLONE = 0x40049409
+
 # RDMA verbs (rdma-core's ibv_access_flags)
 IBV_ACCESS_LOCAL_WRITE = 1
 IBV_ACCESS_REMOTE_WRITE = 2

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.api import EmuSystem, HostSystem, System
-from agents.daemon_process import DaemonProcess, start_daemon
+from agents.launcher.daemon_process import DaemonProcess, start_daemon
+from agents.lib.api import EmuSystem, HostSystem, System
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,8 +20,8 @@ import msgpack
 import pytest
 import zmq
 
-from agents.daemon_process import DaemonProcess
-from agents.runtime import Connection
+from agents.launcher.daemon_process import DaemonProcess
+from agents.lib.runtime import Connection
 from kernel_daemon.syscalls.ipc import MSG_DONTWAIT
 from protocol import linux, wire
 from protocol.errors import ProtocolError
@@ -522,7 +522,7 @@ def test_second_spawn_registration_of_a_pid_is_refused(
 
 
 def test_version_refusal_through_the_runtime(daemon: DaemonProcess) -> None:
-    from agents.runtime import register
+    from agents.lib.runtime import register
     from protocol.errors import VersionMismatch
 
     with pytest.raises(VersionMismatch) as info:

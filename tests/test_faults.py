@@ -1,7 +1,7 @@
 """Processes killed at awkward moments: nothing of a dead process may be left behind.
 
 Each test starts real agent processes (``python -c`` children running
-``agents.api.EmuSystem``, never ``multiprocessing`` forks, which would carry this
+``agents.lib.api.EmuSystem``, never ``multiprocessing`` forks, which would carry this
 process's ZeroMQ state), lets them reach a point, which they report with a line on
 stdout, SIGKILLs them there, waits with the daemon's ``wait_exit`` until the daemon has
 finished the exit, and then checks the daemon's object counts and process list from
@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agents.daemon_process import DaemonProcess
-from agents.runtime import Connection
+from agents.launcher.daemon_process import DaemonProcess
+from agents.lib.runtime import Connection
 from kernel_daemon.syscalls.ipc import MSG_DONTWAIT
 from protocol import linux
 
@@ -35,7 +35,7 @@ LINE_TIMEOUT = 20.0
 #: the start of every child program: argv is [-c, run_dir, name, *extra]
 PRELUDE = """\
 import os, sys
-from agents.api import EmuSystem
+from agents.lib.api import EmuSystem
 from protocol import linux
 run_dir, name = sys.argv[1], sys.argv[2]
 extra = sys.argv[3:]

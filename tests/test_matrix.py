@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.scenario import matrix
+from agents.launcher import matrix
 from agents.scenario.parse import load
 
 FILES = sorted(f for f in os.listdir(matrix.THREADS) if f.endswith(".scn"))

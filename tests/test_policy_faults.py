@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from agents.scenario import matrix
+from agents.launcher import matrix
+from agents.launcher.runner import Outcome, run_scenario
 from agents.scenario.parse import parse
-from agents.scenario.runner import Outcome, run_scenario
 
 SAFE = {"upstream", "layout-lease", "layout-lease-exclusive-checked", "mr-lease"}
 LEFT_EMPTY = ("parked", "inflight", "pending_forks", "leases", "mappings", "mrs",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
+from agents.launcher.runner import run_scenario
 from agents.scenario.parse import parse
-from agents.scenario.runner import run_scenario
 
 LEASE_POLICIES = ("layout-lease", "layout-lease-exclusive-checked")
 LL_ONLY = ("layout-lease",)

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from agents.api import EmuSystem
-from agents.daemon_process import DaemonProcess
+from agents.launcher.daemon_process import DaemonProcess
+from agents.launcher.runner import run_scenario
+from agents.lib.api import EmuSystem
 from agents.scenario.parse import parse
-from agents.scenario.runner import run_scenario
 from protocol import ring
 
 SCENARIOS = {

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 import webdriver
 
-from agents.scenario import matrix, transcript
+from agents.launcher import matrix
+from agents.launcher.runner import Outcome, run_scenario
+from agents.report import blockmap, build, eventlog, perfetto, sequence
+from agents.scenario import transcript
 from agents.scenario.parse import load, parse
-from agents.scenario.report import blockmap, build, eventlog, perfetto, sequence
-from agents.scenario.runner import Outcome, run_scenario
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")

@@ -1,4 +1,4 @@
-"""agents.sigrec: real signals recorded with their full siginfo, checked on the host kernel.
+"""agents.lib.sigrec: real signals recorded with their full siginfo, checked on the host kernel.
 
 Processes are ordered with pipes, ``os.waitpid`` and, where a process must be asleep in a
 system call before it is signalled, ``/proc/<pid>/syscall``; never with sleeps.
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from agents.sigrec import (
+from agents.lib.sigrec import (
     FD_FLOOR,
     POLL_MSG,
     RING_SIZE,

@@ -1,8 +1,8 @@
 """The functions a scenario line may call, as the scripted agent executes them.
 
-Each takes the acting :class:`~agents.scripted.Actor` and the evaluated arguments and
+Each takes the acting :class:`~agents.scenario.scripted.Actor` and the evaluated arguments and
 returns a value that travels back to the launcher (ints, bytes, str, lists, maps).  The
-same function runs on both targets, through the actor's :class:`~agents.api.System`.
+same function runs on both targets, through the actor's :class:`~agents.lib.api.System`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agents.scripted import Actor
+    from agents.scenario.scripted import Actor
 
 #: stat fields a transcript shows (the rest differ between any two runs)
 STAT_FIELDS = ("st_mode", "st_size", "st_nlink")
@@ -138,28 +138,13 @@ def _emu(a: Actor) -> Any:
 
 
 def _fallocate(a: Actor, fd: int, mode: int, offset: int, length: int) -> int:
-    """fallocate(2): the daemon's, or the host's through libc."""
-    call = getattr(a.system, "call", None)
-    if call is not None:
-        return int(call("fallocate", fd, mode, offset, length) or 0)
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    a.system.fallocate(fd, mode, offset, length)
     return 0
 
 
 def _clone(a: Actor, src: int, dst: int) -> int:
     """ioctl(dst, FICLONE, src): reflink the whole of src into dst."""
-    call = getattr(a.system, "call", None)
-    if call is not None:
-        return int(call("clone", src, dst) or 0)
-    import fcntl
-
-    fcntl.ioctl(dst, 0x40049409, src)  # FICLONE
+    a.system.ficlone(src, dst)
     return 0
 
 

@@ -10,7 +10,7 @@ import select
 import socket
 from typing import Any
 
-from agents.api import move_high
+from agents.lib.api import move_high
 from protocol import wire
 
 

@@ -1,4 +1,4 @@
-"""Type stub of the C extension ``agents._sigrec`` (source: ``agents/_sigrec.c``)."""
+"""Type stub of the C extension ``agents.lib._sigrec`` (source: ``agents/lib/_sigrec.c``)."""
 
 RING_SIZE: int
 

@@ -17,9 +17,9 @@ import sys
 import traceback
 from typing import Any
 
+from agents.report import blockmap, eventlog, html, perfetto, sequence
+from agents.report.model import Run, build
 from agents.scenario import transcript
-from agents.scenario.report import blockmap, eventlog, html, perfetto, sequence
-from agents.scenario.report.model import Run, build
 
 __all__ = ["Run", "build", "eventlog", "write_run"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
 import select
 import struct
@@ -25,12 +26,13 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NoReturn
 
-from agents.mm import AgentMM
-from agents.runtime import Connection
-from agents.sigrec import SigInfo, SignalRecorder, recorder
-from agents.verbs import AgentQP
+from agents.lib.mm import AgentMM
+from agents.lib.runtime import Connection
+from agents.lib.sigrec import SigInfo, SignalRecorder, recorder
+from agents.lib.verbs import AgentQP
 from protocol import wire
 from protocol.errors import os_error
+from protocol.linux import FICLONE
 
 #: host-target infrastructure descriptors live at or above this number
 INFRA_FD_BASE = 900
@@ -41,8 +43,6 @@ EXEC_TOKEN_ENV = "KEMU_EXEC_TOKEN"
 
 def move_high(fd: int) -> int:
     """Move an infrastructure descriptor to >= INFRA_FD_BASE, close-on-exec; returns it."""
-    import fcntl
-
     new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, INFRA_FD_BASE)
     os.close(fd)
     return new
@@ -123,6 +123,15 @@ class System(ABC):
     @abstractmethod
     def truncate(self, path: str, length: int) -> None:
         """truncate(2)."""
+
+    @abstractmethod
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2): allocate, punch (``FALLOC_FL_PUNCH_HOLE``) or zero a range."""
+
+    @abstractmethod
+    def ficlone(self, src: int, dst: int) -> None:
+        """``ioctl(dst, FICLONE, src)``: reflink the whole of ``src`` into ``dst``
+        (the scenario language's ``clone``; not clone(2))."""
 
     @abstractmethod
     def unlink(self, path: str) -> None:
@@ -332,6 +341,12 @@ class EmuSystem(System):
     def truncate(self, path: str, length: int) -> None:
         self.conn.call("truncate", path, length)
 
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        self.conn.call("fallocate", fd, mode, offset, length)
+
+    def ficlone(self, src: int, dst: int) -> None:
+        self.conn.call("clone", src, dst)
+
     def unlink(self, path: str) -> None:
         self.conn.call("unlink", path)
 
@@ -483,7 +498,7 @@ class EmuSystem(System):
         """Any call of the daemon's table by name (introspection, emulator-only calls)."""
         return self.conn.call(name, *args)
 
-    # verbs' data path: queue pairs, posted to without a call (agents/verbs.py)
+    # verbs' data path: queue pairs, posted to without a call (agents/lib/verbs.py)
     def ibv_create_qp(self, ctx: int) -> int:
         """``ibv_create_qp`` on the context behind ``ctx``: the queue pair's number."""
         qp = AgentQP(self.conn.call("ibv_create_qp", ctx))
@@ -539,6 +554,7 @@ class _Libc:
         lib.write.argtypes = [i, ctypes.c_char_p, sz]
         lib.ftruncate64.argtypes = [i, i64]
         lib.truncate64.argtypes = [ctypes.c_char_p, i64]
+        lib.fallocate64.argtypes = [i, i, i64, i64]
         lib.mmap64.restype = ctypes.c_void_p
         lib.mmap64.argtypes = [ctypes.c_void_p, sz, i, i, i, i64]
         lib.munmap.argtypes = [ctypes.c_void_p, sz]
@@ -626,6 +642,12 @@ class HostSystem(System):
 
     def truncate(self, path: str, length: int) -> None:
         self._c(self.libc.lib.truncate64(self.path(path), length))
+
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        self._c(self.libc.lib.fallocate64(fd, mode, offset, length))
+
+    def ficlone(self, src: int, dst: int) -> None:
+        fcntl.ioctl(dst, FICLONE, src)
 
     def unlink(self, path: str) -> None:
         self._c(self.libc.lib.unlink(self.path(path)))

@@ -1,5 +1,5 @@
 /*
- * agents._sigrec: a real SA_SIGINFO signal handler for agents.
+ * agents.lib._sigrec: a real SA_SIGINFO signal handler for agents.
  *
  * Python's signal.signal() handlers never see the kernel's siginfo_t, and
  * signal.sigwaitinfo()'s struct_siginfo has no si_fd.  This module installs a
@@ -354,8 +354,8 @@ static PyMethodDef sigrec_methods[] = {
 
 static struct PyModuleDef sigrec_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "agents._sigrec",
-    .m_doc = "Record real signals with their full siginfo_t (see agents.sigrec).",
+    .m_name = "agents.lib._sigrec",
+    .m_doc = "Record real signals with their full siginfo_t (see agents.lib.sigrec).",
     .m_size = -1,
     .m_methods = sigrec_methods,
 };

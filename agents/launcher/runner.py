@@ -28,10 +28,11 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from agents.api import HostSystem
-from agents.daemon_process import DaemonProcess, start_daemon
-from agents.runtime import Connection
-from agents.scenario import report, strace, transcript
+from agents import report
+from agents.launcher.daemon_process import DaemonProcess, start_daemon
+from agents.lib.api import HostSystem
+from agents.lib.runtime import Connection
+from agents.scenario import strace, transcript
 from agents.scenario.link import Link, LinkClosed
 from agents.scenario.parse import Expect, Scenario, Step, signal_number
 
@@ -313,7 +314,7 @@ class Runner:
             log = os.open(os.path.join(logs, f"{name}.log"), os.O_RDWR | os.O_CREAT | os.O_TRUNC,
                           0o644)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "agents.scripted", "--name", name, "--run-dir",
+                [sys.executable, "-m", "agents.scenario.scripted", "--name", name, "--run-dir",
                  self.run_dir, "--target", self.target, "--director", self.director_path],
                 env=self._env(), stdin=log, stdout=log, stderr=log, close_fds=True,
                 preexec_fn=_usual_limits)
@@ -503,7 +504,7 @@ class Runner:
         if int(hello["pid"]) != actor.pid:
             reply = {"error": f"exec'd image has pid {hello['pid']}, not {actor.pid}"}
         text = self._emit("call", actor=actor.name, pid=actor.pid,
-                          call='execve("agents.scripted")', result="0")
+                          call='execve("agents.scenario.scripted")', result="0")
         self._check(step, actor, text, reply)
 
     def fault(self, step: Step) -> None:

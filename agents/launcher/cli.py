@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
+from agents.launcher.runner import Outcome, run_scenario
 from agents.scenario.parse import ScenarioError, load
-from agents.scenario.runner import Outcome, run_scenario
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_REPORT = "out"
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
         argv = ["matrix", "--report", DEFAULT_REPORT]
     args = p.parse_args(argv)
     if args.cmd == "matrix":
-        from agents.scenario import matrix
+        from agents.launcher import matrix
 
         return matrix.main(jobs=args.jobs, only=args.only, report=args.report,
                            policies=args.policies)

@@ -35,10 +35,10 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
+from agents.report import svg
+from agents.report.model import Line, Run
+from agents.report.svg import RED, esc, fit, width
 from agents.scenario import strace
-from agents.scenario.report import svg
-from agents.scenario.report.model import Line, Run
-from agents.scenario.report.svg import RED, esc, fit, width
 
 GUTTER = 340
 LANE_GAP = 150

@@ -55,7 +55,7 @@ def start_daemon(run_dir: str, *, lease_break_time: float = 45.0, policy: str = 
             "--ready-fd", str(w)]
     if event_log:
         argv += ["--event-log", event_log]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(argv, pass_fds=(w,), env=env, stdin=subprocess.DEVNULL)

@@ -24,9 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.scenario.report import svg
-from agents.scenario.report.model import Run
-from agents.scenario.report.svg import RED, esc, fit
+from agents.report import svg
+from agents.report.model import Run
+from agents.report.svg import RED, esc, fit
 
 CELL = 28
 COLS = 32

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgpack
 
-from agents.api import EmuSystem, move_high
+from agents.lib.api import EmuSystem, move_high
 
 MAX_FDS = 253
 

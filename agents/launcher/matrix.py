@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
+from agents.launcher.runner import Outcome, run_scenario
+from agents.report import html, write_run
 from agents.scenario.parse import Scenario, load
-from agents.scenario.report import html, write_run
-from agents.scenario.runner import Outcome, run_scenario
 from protocol import linux
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

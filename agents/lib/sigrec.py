@@ -3,7 +3,7 @@
 Python cannot show an agent the kernel's siginfo: ``signal.signal`` handlers get no
 siginfo at all, ``signal.sigwaitinfo``'s ``struct_siginfo`` has no ``si_fd``/``si_band``,
 and a ctypes callback cannot serve as a signal handler (it takes the GIL).  The C
-extension :mod:`agents._sigrec` (``agents/_sigrec.c``) therefore installs a real
+extension :mod:`agents.lib._sigrec` (``agents/lib/_sigrec.c``) therefore installs a real
 ``sigaction(SA_SIGINFO)`` handler that copies every delivered ``siginfo_t`` into a
 lock-free ring buffer (:data:`RING_SIZE` entries; overflow is counted, see
 :meth:`SignalRecorder.dropped`) and writes one byte, the signal number, to a
@@ -18,7 +18,7 @@ in a development tree, rebuild it in place with::
 
     python setup.py build_ext --inplace
 
-which leaves ``agents/_sigrec.*.so`` next to the sources (ignored by git).
+which leaves ``agents/lib/_sigrec.*.so`` next to the sources (ignored by git).
 
 Descriptors
 -----------
@@ -61,7 +61,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from agents import _sigrec
+from agents.lib import _sigrec
 
 #: the wake-up pipe's descriptors are moved to numbers at or above this one
 FD_FLOOR = 900
@@ -170,7 +170,7 @@ class SignalRecorder:
 
     def __init__(self) -> None:
         if SignalRecorder._instance is not None:
-            raise RuntimeError("one SignalRecorder per process: use agents.sigrec.recorder()")
+            raise RuntimeError("one SignalRecorder per process: use agents.lib.sigrec.recorder()")
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[SigInfo] = deque()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
-from agents.runtime import Connection
+from agents.lib.runtime import Connection
 from protocol import linux
 from protocol.errors import os_error
 
