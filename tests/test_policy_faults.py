@@ -3,8 +3,8 @@ context and the remote peer at every step of S5 and S6, under every policy.
 
 After each run: the daemon kept serving (it answers after every actor is gone), nothing
 of any process is left (no task but the launcher, no mapping, lease, region, pin, parked
-call, message or pending shoot-down), and no foreign write appears under upstream,
-layout-lease or mr-lease.  What a policy keeps on purpose while a process lives (a
+call, message or pending shoot-down), and no foreign write appears under a design that
+promises none from long-term pins (``Policy.promises``).  What a policy keeps on purpose while a process lives (a
 zombie lease held by pins elsewhere) must be gone once the pins' holder is gone too.
 """
 
@@ -18,10 +18,12 @@ import pytest
 from agents.launcher import matrix
 from agents.launcher.runner import Outcome, run_scenario
 from agents.scenario.parse import parse
+from kernel_daemon.designs import BUILTIN
+from kernel_daemon.policy import Promise
 
-SAFE = {"upstream", "layout-lease", "layout-lease-exclusive-checked", "mr-lease"}
+SAFE = {name for name, cls in BUILTIN.items() if Promise.NO_FOREIGN_WRITE_LONGTERM in cls.promises}
 LEFT_EMPTY = ("parked", "inflight", "pending_forks", "leases", "mappings", "mrs",
-              "pinned_blocks", "shootdowns", "mailboxes")
+              "pinned_blocks", "busy_blocks", "shootdowns", "mailboxes")
 
 
 def variants(path: str, victims: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -75,7 +77,7 @@ def run_variant(text: str, name: str, policy: str) -> tuple[str, list[str]]:
 def test_kill_at_every_step(scenario: str, victims: tuple[str, ...]) -> None:
     work = [(text, name, policy) for name, text in
             variants(os.path.join(matrix.THREADS, scenario), victims)
-            for policy in matrix.POLICIES]
+            for policy in matrix.policies()]
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda w: run_variant(*w), work))
     bad = {what: problems for what, problems in results if problems}

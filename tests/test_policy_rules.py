@@ -15,11 +15,11 @@ import pytest
 
 from agents.launcher.runner import run_scenario
 from agents.scenario.parse import parse
+from kernel_daemon.designs import BUILTIN
 
 LEASE_POLICIES = ("layout-lease", "layout-lease-exclusive-checked")
 LL_ONLY = ("layout-lease",)
-ALL_POLICIES = ("legacy", "map-direct", "map-direct-sealed", "layout-lease",
-                "layout-lease-exclusive-checked", "mr-lease", "upstream")
+ALL_POLICIES = tuple(BUILTIN)
 
 def run(text: str, policy: str, name: str) -> None:
     """Run one scenario under ``policy``; every expectation must hold."""

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from agents.launcher import designs
 from agents.launcher.runner import Outcome, run_scenario
 from agents.scenario.parse import ScenarioError, load
 
@@ -26,6 +27,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"launch.py: {exc}", file=sys.stderr)
         return 2
     targets = ["host", "emulator"] if args.target == "both" else [args.target]
+    if "emulator" in targets:
+        try:
+            designs.resolve(args.policy)  # refused before any process starts
+        except designs.DesignError as exc:
+            print(f"launch.py: {exc}", file=sys.stderr)
+            return 2
     outcomes = []
     for target in targets:
         outcomes.append(run_scenario(scenario, target, args.policy, out=sys.stdout,
@@ -59,12 +66,17 @@ def main(argv: list[str]) -> int:
     r = sub.add_parser("run", help="run one scenario file")
     r.add_argument("file")
     r.add_argument("--target", choices=("emulator", "host", "both"), default="emulator")
-    r.add_argument("--policy", default="upstream")
+    r.add_argument("--policy", default="upstream",
+                   help="the kernel design: a built-in name or PATH.py[:Class] of a Policy "
+                        "subclass (docs/designs.md)")
     r.add_argument("--no-pids", action="store_true", help="name actors without their PIDs")
     mx = sub.add_parser("matrix", help="every thread scenario under every policy, as a table")
     mx.add_argument("--jobs", type=int, default=4, help="runs at once")
     mx.add_argument("--only", nargs="*", help="scenario files starting with these names")
-    mx.add_argument("--policies", nargs="*", help="only these policies (default: all)")
+    mx.add_argument("--policies", nargs="*", help="only these built-in designs (default: all)")
+    mx.add_argument("--policy", action="append", metavar="PATH.py[:Class]", dest="extra",
+                    help="also run a design from this file, in a column of its own "
+                         "(repeatable; docs/designs.md)")
     mx.add_argument("--report", metavar="DIR", help="write an HTML report into DIR: a table "
                     "linking every run's sequence diagram, transcript and block map")
     if not argv:  # the main job: the threads' scenarios under every design, as a report
@@ -74,7 +86,7 @@ def main(argv: list[str]) -> int:
         from agents.launcher import matrix
 
         return matrix.main(jobs=args.jobs, only=args.only, report=args.report,
-                           policies=args.policies)
+                           policies=args.policies, extra=args.extra)
     if args.cmd == "run":
         if args.target == "both":
             args.no_pids = True

@@ -12,6 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.launcher.designs import daemon_env
+from protocol.config import DaemonConfig
+
 
 @dataclass
 class DaemonProcess:
@@ -41,23 +44,22 @@ class DaemonProcess:
         self.proc.wait()
 
 
-def start_daemon(run_dir: str, *, lease_break_time: float = 45.0, policy: str = "upstream",
-                 flavour: str = "xfs", blocks: int = 1024, block_size: int = 4096,
-                 event_log: str | None = None, timeout: float = 20.0,
-                 fork_claim_timeout: float = 10.0, dio_time: float = 0.5) -> DaemonProcess:
-    """Start a daemon for ``run_dir`` and return once it serves."""
+def start_daemon(run_dir: str, *, timeout: float = 20.0, blocks: int | None = None,
+                 **settings: Any) -> DaemonProcess:
+    """Start a daemon for ``run_dir`` and return once it serves.
+
+    ``settings`` are :class:`~protocol.config.DaemonConfig` fields (``policy``,
+    ``lease_break_time``, ``flavour``, ``event_log``, ...), defaults from there;
+    ``blocks`` is ``nblocks``, the device size.
+    """
     os.makedirs(run_dir, exist_ok=True)
+    if blocks is not None:
+        settings["nblocks"] = blocks
+    config = DaemonConfig(run_dir=run_dir, **settings)
+    config.validate()
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "kernel_daemon", "--run-dir", run_dir,
-            "--lease-break-time", str(lease_break_time), "--policy", policy,
-            "--flavour", flavour, "--blocks", str(blocks), "--block-size", str(block_size),
-            "--fork-claim-timeout", str(fork_claim_timeout), "--dio-time", str(dio_time),
-            "--ready-fd", str(w)]
-    if event_log:
-        argv += ["--event-log", event_log]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [sys.executable, "-m", "kernel_daemon", *config.argv(), "--ready-fd", str(w)]
+    env = daemon_env()
     proc = subprocess.Popen(argv, pass_fds=(w,), env=env, stdin=subprocess.DEVNULL)
     os.close(w)
     line = b""
@@ -78,4 +80,4 @@ def start_daemon(run_dir: str, *, lease_break_time: float = 45.0, policy: str = 
         os.close(r)
     _, pid, pmem = line.decode().split()
     return DaemonProcess(run_dir, proc, int(pid), pmem,
-                         {"lease_break_time": lease_break_time, "policy": policy})
+                         {"lease_break_time": config.lease_break_time, "policy": config.policy})

@@ -5,6 +5,11 @@ regions, signals) and is marked where a line's outcome differs from the expectat
 scenario states for that policy.  Runs go in parallel (each has its own daemon, actors
 and run directory); the exit status is non-zero on any mismatch.
 
+The columns are the designs the daemon has built in (it advertises them), in its
+order, and one more per ``--policy PATH.py[:Class]``: a design from a user's file.  A
+line whose expectation differs between designs and names none of a user's design is
+shown unjudged (``?`` in its cell) rather than failing.
+
 With ``--report DIR`` every run folder goes to ``DIR/<scenario>/<policy>/`` (the run
 happens in a short /tmp path, as its sockets need, and is then copied there without
 them) and ``DIR/index.html`` gets the table, each cell linking to its run's page,
@@ -22,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
+from agents.launcher import designs
 from agents.launcher.runner import Outcome, run_scenario
 from agents.report import html, write_run
 from agents.scenario.parse import Scenario, load
@@ -29,11 +35,13 @@ from protocol import linux
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 THREADS = os.path.join(ROOT, "scenarios", "threads")
-POLICIES = ("legacy", "map-direct", "map-direct-sealed", "layout-lease",
-            "layout-lease-exclusive-checked", "mr-lease", "upstream")
-SHORT = {"legacy": "legacy", "map-direct": "map-direct", "map-direct-sealed": "md-sealed",
-         "layout-lease": "layout-lease", "layout-lease-exclusive-checked": "ll-checked",
-         "mr-lease": "mr-lease", "upstream": "upstream"}
+#: shorter column heads for the table printed on the terminal
+SHORT = {"map-direct-sealed": "md-sealed", "layout-lease-exclusive-checked": "ll-checked"}
+
+
+def policies() -> list[str]:
+    """Every built-in design, as the daemon advertises them."""
+    return designs.builtin()
 
 
 @dataclass
@@ -66,7 +74,8 @@ def summarize(o: Outcome) -> str:
         if "killed" in reply and f"killed {reply['killed']}" not in words:
             words.append(f"killed {reply['killed']}")
     words.extend(o.deaths)
-    return ", ".join(words) or "no error"
+    text = ", ".join(words) or "no error"
+    return f"? {text} ({o.unjudged} unjudged)" if o.unjudged else text
 
 
 def cell_folder(scenario: str, policy: str) -> str:
@@ -79,9 +88,10 @@ def _no_sockets(directory: str, names: list[str]) -> list[str]:
 
 
 def run_cell(sc: Scenario, policy: str, report: str | None = None) -> Cell:
-    """One scenario under one policy; with ``report``, its folder moves into the report
-    and its page links back to the table."""
+    """One scenario under one policy (a name, or ``PATH.py[:Class]``); with ``report``,
+    its folder moves into the report and its page links back to the table."""
     outcome = run_scenario(sc, "emulator", policy, show_pids=False, render=report is None)
+    policy = outcome.policy  # the design's name
     if report is not None:
         dest = os.path.join(report, cell_folder(sc.name, policy))
         shutil.rmtree(dest, ignore_errors=True)
@@ -106,27 +116,46 @@ def write_report(report: str, scenarios: list[Scenario], policies: list[str],
 
 
 def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None,
-         report: str | None = None, policies: list[str] | None = None) -> int:
+         report: str | None = None, policies: list[str] | None = None,
+         extra: list[str] | None = None) -> int:
     """Run the matrix, print the table; 1 if any cell differs from its expectation.
 
-    ``only``: scenario files starting with these names; ``policies``: these policies
-    (all by default); ``report``: write the HTML report into this directory.
+    ``only``: scenario files starting with these names; ``policies``: these built-in
+    designs (all by default, none if only ``extra`` is given); ``extra``: designs from
+    users' files (``PATH.py[:Class]``), a column each; ``report``: write the HTML report
+    into this directory.
     """
     files = sorted(f for f in os.listdir(THREADS) if f.endswith(".scn"))
     scenarios = [load(os.path.join(THREADS, f)) for f in files
                  if only is None or any(f.startswith(x) for x in only)]
-    chosen = [p for p in POLICIES if policies is None or p in policies]
-    unknown = sorted(set(policies or []) - set(POLICIES))
+    known = designs.builtin()
+    if policies is None and extra:
+        policies = []
+    unknown = sorted(set(policies or []) - set(known))
     if unknown:
-        print(f"matrix: unknown policies {', '.join(unknown)} (known: {', '.join(POLICIES)})",
+        print(f"matrix: unknown policies {', '.join(unknown)} (known: {', '.join(known)})",
               file=sys.stderr)
         return 2
+    specs = [p for p in known if policies is None or p in policies]
+    names = list(specs)
+    for spec in extra or []:
+        try:
+            name = designs.resolve(spec)
+        except designs.DesignError as exc:
+            print(f"matrix: {exc}", file=sys.stderr)
+            return 2
+        if name in names:
+            print(f"matrix: {spec} is called {name!r}, which is taken", file=sys.stderr)
+            return 2
+        specs.append(spec)
+        names.append(name)
+    chosen = names
     if report is not None:
         os.makedirs(report, exist_ok=True)
         report = os.path.abspath(report)
     t0 = time.monotonic()
     cells: dict[tuple[str, str], Cell] = {}
-    work = [(sc, p) for sc in scenarios for p in chosen]
+    work = [(sc, p) for sc in scenarios for p in specs]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for n, cell in enumerate(pool.map(lambda w: run_cell(w[0], w[1], report), work), 1):
             cells[(cell.scenario, cell.policy)] = cell
@@ -135,7 +164,8 @@ def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None
                   f"({time.monotonic() - t0:.1f} s)", file=sys.stderr, flush=True)
     wall = time.monotonic() - t0
     width = 26
-    head = "scenario".ljust(22) + "".join(SHORT[p].ljust(width) for p in chosen)
+    head = "scenario".ljust(22) + "".join(SHORT.get(p, p)[: width - 1].ljust(width)
+                                          for p in chosen)
     print(head, file=out)
     print("-" * len(head), file=out)
     bad = []
@@ -148,8 +178,10 @@ def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None
             if not cell.outcome.passed:
                 bad.append(cell)
         print(row, file=out)
-    print(f"\n{len(work)} runs in {wall:.1f} s; {len(bad)} differ from the expectation",
-          file=out)
+    unjudged = sum(1 for c in cells.values() if c.outcome.unjudged)
+    print(f"\n{len(work)} runs in {wall:.1f} s; {len(bad)} differ from the expectation"
+          + (f"; {unjudged} with unjudged lines (?: a design the scenario does not know)"
+             if unjudged else ""), file=out)
     for cell in bad:
         print(f"\n!! {cell.scenario} under {cell.policy} (run dir {cell.outcome.run_dir}):",
               file=out)

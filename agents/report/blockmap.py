@@ -8,6 +8,9 @@ The block ledger is replayed from the event log (``block-alloc``, ``block-free``
 - each block owned by a file in that file's colour, with its number;
 - a pinned block hatched with a thick black outline (its pins in the tooltip); a block
   freed while still pinned, white with a red dashed outline: the hazard;
+- a *busy* block (``block-busy``: its file let go of it while a device pins it, so it is
+  held off the free list until the last pin goes, as ``busy-extent`` does), grey-blue
+  with a solid blue outline: freed but held, harmless;
 - a block a foreign write landed in, crossed in red.
 
 Points (``points``): by default one panel after every scenario line that changed the
@@ -30,6 +33,9 @@ from agents.report.svg import RED, esc, fit
 
 CELL = 28
 COLS = 32
+#: a busy block: freed by its file, held for a device (not the hazard's red)
+BUSY = "#d6e2f0"
+BUSY_EDGE = "#2f5f9a"
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Device:
     foreign: dict[int, list[str]] = field(default_factory=dict)
     #: inode -> its name at this moment
     names: dict[int, str] = field(default_factory=dict)
+    #: blocks freed by their file but held for a device (busy extents)
+    busy: set[int] = field(default_factory=set)
 
     def name(self, run: Run, ino: int | None) -> str:
         """A file's name at this moment."""
@@ -62,7 +70,8 @@ class Device:
     def copy(self) -> Device:
         """A snapshot."""
         return Device(dict(self.owner), set(self.shared), dict(self.pins),
-                      {b: list(v) for b, v in self.foreign.items()}, dict(self.names))
+                      {b: list(v) for b, v in self.foreign.items()}, dict(self.names),
+                      set(self.busy))
 
 
 @dataclass
@@ -124,6 +133,14 @@ def replay(run: Run, points: list[int] | None = None) -> tuple[list[Panel], int]
                 alarms.append(f"block #{b} freed while pinned ({', '.join(pinned[b])})")
             dev.owner.pop(b, None)
             dev.shared.discard(b)
+            dev.busy.discard(b)
+            changed = True
+        elif ev == "block-busy":
+            b = int(rec["block"])
+            high = max(high, b)
+            dev.owner.pop(b, None)
+            dev.shared.discard(b)
+            dev.busy.add(b)
             changed = True
         elif ev == "reflink":
             dev.shared.update(int(b) for b in rec.get("blocks") or [])
@@ -205,6 +222,10 @@ def render(run: Run, points: list[int] | None = None, max_panels: int = 24) -> s
                f' stroke="{RED}" stroke-width="2" stroke-dasharray="3 2"/><text x="{x + 19:.1f}"'
                f' y="{y + 11:.1f}">freed while pinned</text>')
     x += 160
+    out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="14" height="14" fill="{BUSY}"'
+               f' stroke="{BUSY_EDGE}" stroke-width="2"/><text x="{x + 19:.1f}"'
+               f' y="{y + 11:.1f}">busy (freed, held)</text>')
+    x += 150
     out.append(f'<path d="M{x:.1f},{y:.1f} l14,14 m0,-14 l-14,14" stroke="{RED}"'
                f' stroke-width="2.5"/><text x="{x + 19:.1f}" y="{y + 11:.1f}">foreign write'
                "</text>")
@@ -237,28 +258,35 @@ def _panel(out: list[str], run: Run, p: Panel, i: int, y: float, cols: int, rows
     out.append(f'<rect x="{x0:.1f}" y="{y:.1f}" width="{cols * CELL}" height="{rows * CELL}"'
                ' fill="url(#bm-grid)" stroke="#ccc"/>')
     pinned = p.device.pinned()
-    blocks = sorted(set(p.device.owner) | set(pinned) | set(p.device.foreign))
+    blocks = sorted(set(p.device.owner) | set(pinned) | set(p.device.foreign) | p.device.busy)
     for b in blocks:
         r, c = divmod(b, cols)
         if r >= rows:
             continue
         bx, by = x0 + c * CELL, y + r * CELL
         ino = p.device.owner.get(b)
-        tip = [f"block #{b}: " + (p.device.name(run, ino) if ino is not None else "free")]
+        busy = b in p.device.busy
+        tip = [f"block #{b}: " + (p.device.name(run, ino) if ino is not None else
+                                  "busy: freed by its file, held for the device" if busy
+                                  else "free")]
         if b in p.device.shared:
             tip.append("shared (reflink)")
         if b in pinned:
             tip.append("pinned by " + ", ".join(pinned[b]))
         tip += ["foreign write: " + w for w in p.device.foreign.get(b, [])]
-        fill = files.get(ino, "#fff") if ino is not None else "#fff"
-        attrs = (f' data-block="{b}"'
+        fill = files.get(ino, "#fff") if ino is not None else BUSY if busy else "#fff"
+        attrs = (f' data-block="{b}" data-busy="{"yes" if busy else "no"}"'
                  f' data-file="{esc(p.device.name(run, ino) if ino is not None else "")}"'
                  f' data-pinned="{"yes" if b in pinned else "no"}"'
                  f' data-foreign="{"yes" if b in p.device.foreign else "no"}"')
         cell = [f'<g class="bm-block"{attrs}><title>{esc(chr(10).join(tip))}</title>'
                 f'<rect x="{bx + 1:.1f}" y="{by + 1:.1f}" width="{CELL - 2}" height="{CELL - 2}"'
                 f' fill="{fill}"/>']
-        if b in pinned:
+        if busy:
+            cell.append(f'<rect x="{bx + 2:.1f}" y="{by + 2:.1f}" width="{CELL - 4}"'
+                        f' height="{CELL - 4}" fill="none" stroke="{BUSY_EDGE}"'
+                        ' stroke-width="2"/>')
+        elif b in pinned:
             dashed = ino is None
             cell.append(f'<rect x="{bx + 2:.1f}" y="{by + 2:.1f}" width="{CELL - 4}"'
                         f' height="{CELL - 4}" fill="url(#bm-hatch)"'

@@ -10,6 +10,7 @@ Syntax, one item a line (``#`` starts a comment)::
     B: join                             => 3     # ... and joined later
     A: ftruncate(fd, 0)                 => EINVAL [upstream, legacy] => 0
     [map-direct] A: p = mmap(...)       # a line that runs under these policies only
+    [!map-direct] A: p = mmap(...)      # ... or under every policy but these
     !kill A                             # faults: kill, stop, cont, wait, signal A SIGUSR1
     !locks                              # the lease list, as /proc/locks shows it
     expect: fds(B) ...                  # reserved for later checks
@@ -30,9 +31,10 @@ from typing import Any, Literal
 
 from agents.scenario.expr import ExprError, check, evaluate
 from protocol import linux
+from protocol.config import SETTINGS as DAEMON_SETTINGS
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
-ONLY_RE = re.compile(r"^\[([a-z][\w-]*(?:\s*,\s*[a-z][\w-]*)*)\]\s+(.*)$")
+ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")
 FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
 KILLED_RE = re.compile(r"^killed(?:\s+(SIG[A-Z0-9+]+))?$")
 LOCKS_RE = re.compile(r"^!locks\s*$")
@@ -40,10 +42,12 @@ SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
 TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z][\w-]*(?:\s*,\s*[A-Za-z][\w-]*)*)\]\s*$")
 AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
 
-#: settings a scenario may change, with their types
-SETTINGS: dict[str, type] = {"lease_break_time": float, "blocks": int, "block_size": int,
-                             "policy": str, "flavour": str, "step_timeout": float,
-                             "dio_time": float}
+#: tags that name a target, not a design
+TARGETS = frozenset({"host", "emulator"})
+#: settings a scenario may change, with their types: the daemon's (protocol.config,
+#: mapped to the daemon's setting by the launcher) and the launcher's own
+SETTINGS: dict[str, type] = {**{name: kind for name, (_, kind) in DAEMON_SETTINGS.items()},
+                             "policy": str, "step_timeout": float}
 
 
 class ScenarioError(Exception):
@@ -92,7 +96,30 @@ class Step:
     signal: str = ""
     #: ``[policy, ...] LINE``: the line runs only under these policies or targets
     only: frozenset[str] = frozenset()
+    #: ``[!policy, ...] LINE``: the line runs under every policy but these
+    only_not: frozenset[str] = frozenset()
     expects: list[Expect] = field(default_factory=list)
+
+    def runs_under(self, tags: set[str]) -> bool:
+        """Does the line run under ``tags`` (the run's policy and target)?"""
+        if self.only and not self.only & tags:
+            return False
+        return not self.only_not & tags
+
+    def design_dependent(self) -> bool:
+        """Does what the line does or expects depend on the design (a policy named in
+        its prefix or in an expectation's tags)?"""
+        named = self.only | self.only_not
+        for e in self.expects:
+            named |= e.tags
+        return bool(named - TARGETS)
+
+    def designs_named(self) -> set[str]:
+        """The designs the line names."""
+        named = set(self.only | self.only_not)
+        for e in self.expects:
+            named |= e.tags
+        return named - TARGETS
 
     def expectation(self, tags: set[str]) -> Expect | None:
         """The expectation that applies under ``tags`` (policy, target)."""
@@ -117,6 +144,14 @@ class Scenario:
     actors: list[str]
     #: actors created by ``fork() as X``
     children: list[str]
+
+    def designs_named(self) -> set[str]:
+        """Every design a line of the scenario names (prefixes, expectation tags): a
+        design named nowhere gets only the design-independent lines judged."""
+        named: set[str] = set()
+        for step in self.steps:
+            named |= step.designs_named()
+        return named
 
 
 def _split_expectations(line: str) -> tuple[str, list[str]]:
@@ -239,9 +274,19 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
         if not line or line.startswith("#"):
             continue
         only: frozenset[str] = frozenset()
+        only_not: frozenset[str] = frozenset()
         m_only = ONLY_RE.match(line)
         if m_only:
-            only = frozenset(x.strip() for x in m_only.group(1).split(","))
+            names = [x.strip() for x in m_only.group(1).split(",")]
+            negated = [n.startswith("!") for n in names]
+            if any(negated) and not all(negated):
+                raise ScenarioError(f"{name}:{lineno}: a line prefix names the policies a "
+                                    "line runs under, or (all with '!') those it does not "
+                                    "run under, not both")
+            if all(negated):
+                only_not = frozenset(n[1:] for n in names)
+            else:
+                only = frozenset(names)
             line = m_only.group(2).strip()
         before = len(steps)
         try:
@@ -289,6 +334,7 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
         finally:  # also for the lines that end their parsing with `continue`
             for s in steps[before:]:
                 s.only = only
+                s.only_not = only_not
     for s in steps:
         if s.kind == "locks":
             continue

@@ -16,6 +16,7 @@ unfinished actor, pid, call                       ``[B 13] truncate("/f", 0) <un
 resumed    actor, pid, call, result               ``[B 13] <... truncate resumed> = 0``
 dead       actor, source                          ``[A 0] open(...) <actor dead>``
 mismatch   expected                               ``    ^^^ MISMATCH: expected 0``
+unjudged   design                                 ``    ??? unjudged: no expectation for mine``
 trace      text                                   the text, indented by four spaces
 text       text                                   the text (``!locks`` output)
 waited     actor, pid, status                     ``+++ A (pid 12) killed by SIGIO +++``
@@ -23,7 +24,8 @@ sent       actor, pid, signal                     ``--- SIGUSR1 sent to A (pid 1
 lost       actor, pid, calls                      ``[A 12] <... truncate unfinished: killed>``
 fault      actor, pid, fault                      ``+++ killed by SIGKILL: A (pid 12) +++``
 aborted    reason                                 ``!!! run aborted: ...``
-verdict    failures                               ``=== PASS ===`` or ``=== FAIL (2) ===``
+verdict    failures, unjudged                     ``=== PASS ===``, ``=== PASS (2 unjudged) ===``
+                                                  or ``=== FAIL (2) ===``
 ========== ====================================== =============================================
 
 With ``show_pids`` false, labels and names leave the PIDs out (``[A]``, ``A``).
@@ -63,6 +65,8 @@ def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
         return f"{label(actor, 0, show_pids)} {rec['source']} <actor dead>"
     if kind == "mismatch":
         return f"    ^^^ MISMATCH: expected {rec['expected']}"
+    if kind == "unjudged":
+        return f"    ??? unjudged: the scenario has no expectation for {rec['design']}"
     if kind == "trace":
         return "    " + str(rec["text"]).replace("\n", "\n    ")
     if kind == "text":
@@ -83,7 +87,10 @@ def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
         return f"!!! run aborted: {rec['reason']}"
     if kind == "verdict":
         n = int(rec.get("failures", 0))
-        return "=== PASS ===" if not n else f"=== FAIL ({n}) ==="
+        unjudged = int(rec.get("unjudged", 0) or 0)
+        if n:
+            return f"=== FAIL ({n}) ==="
+        return f"=== PASS ({unjudged} unjudged) ===" if unjudged else "=== PASS ==="
     raise ValueError(f"unknown transcript line kind {kind!r}")
 
 

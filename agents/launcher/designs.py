@@ -1,0 +1,62 @@
+"""The kernel designs a daemon can run, as the launcher sees them.
+
+The launcher never imports the daemon: it asks ``python -m kernel_daemon --describe``
+for the built-in designs and flavours (what a daemon's welcome advertises) and
+``--check-policy SPEC`` to load a design from a user's file, so a bad file is refused
+with its file and line before any process of a run starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class DesignError(Exception):
+    """A design cannot be run: unknown name, or a file that does not load."""
+
+
+def daemon_env() -> dict[str, str]:
+    """The environment a daemon process runs in (this checkout on its path)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _ask(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kernel_daemon", *args], env=daemon_env(),
+                          capture_output=True, text=True, timeout=60, check=False,
+                          stdin=subprocess.DEVNULL)
+
+
+@functools.cache
+def describe() -> dict[str, Any]:
+    """``{"policies": [...], "flavours": [...]}`` as the daemon advertises them."""
+    out = _ask("--describe")
+    if out.returncode != 0:
+        raise DesignError(f"the kernel daemon cannot start: {out.stderr.strip()}")
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
+
+
+def builtin() -> list[str]:
+    """The built-in designs, in the order the matrix shows them."""
+    return list(describe()["policies"])
+
+
+@functools.cache
+def resolve(spec: str) -> str:
+    """The name of the design ``spec`` names (a built-in name, or ``PATH.py[:Class]``);
+    :class:`DesignError` with the daemon's message (file and line) if it cannot load."""
+    if spec in builtin():
+        return spec
+    out = _ask("--check-policy", spec)
+    if out.returncode != 0:
+        raise DesignError(out.stderr.strip().removeprefix("kernel_daemon: "))
+    return out.stdout.strip()
