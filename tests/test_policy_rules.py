@@ -882,6 +882,86 @@ def test_legacy(text: str, policy: str, request: pytest.FixtureRequest) -> None:
     run(text, policy, request.node.callspec.id)
 
 
+# --- busy-extent ------------------------------------------------------------------------
+
+BUSY = {
+    "truncate_succeeds_at_once_pinned_blocks_stay_busy_until_dereg": (("busy-extent",), """
+A: signal(SIGIO, "record")                          => 0
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: send(R, mr)                                      => 0
+R: m = recv()                                       => *
+B: truncate("/f", 0)                                => 0
+A: kernel_stats()                                   => {"busy_blocks": 2, "blocks_used": 2, "pinned_blocks": 2}
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+R: rdma_write(m.rkey, 0, "XXXX")                    => "IBV_WC_SUCCESS"
+C: pread(g, 8192, 0)                                => "G" * 8192
+R: foreign_writes()                                 => []
+A: signals()                                        => []
+A: locks()                                          => []
+A: ibv_dereg_mr(ctx, mr)                            => 0
+A: kernel_stats()                                   => {"busy_blocks": 0, "blocks_used": 2, "pinned_blocks": 0}
+D: h = open("/h", O_RDWR|O_CREAT, 0o644)            => 3
+D: pwrite(h, "H" * 8192, 0)                         => 8192
+A: kernel_stats()                                   => {"blocks_used": 4}
+"""),
+    "hole_punch_and_unlink_of_pinned_blocks_are_busy_too": (("busy-extent",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "F" * 16384, 0)                       => 16384
+A: p = mmap(16384, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: fallocate(fd, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 16384) => 0
+A: kernel_stats()                                   => {"busy_blocks": 2, "blocks_used": 2}
+A: close(ctx)                                       => 0
+A: kernel_stats()                                   => {"busy_blocks": 0, "blocks_used": 0}
+"""),
+    "a_passed_context_keeps_the_blocks_busy_the_last_holder_frees_them": (("busy-extent",), """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: ctx = ibv_open_device()                          => 4
+A: mr = ibv_reg_mr(ctx, p, 8192, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE) => ok
+A: sendfd(B, ctx)                                   => 0
+B: bctx = recvfd()                                  => 3
+!kill A
+C: truncate("/f", 0)                                => 0
+C: kernel_stats()                                   => {"busy_blocks": 2}
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+C: kernel_stats()                                   => {"busy_blocks": 2, "blocks_used": 4}
+!kill B
+C: kernel_stats()                                   => {"busy_blocks": 0, "blocks_used": 2, "mrs": 0}
+C: foreign_writes()                                 => []
+"""),
+    "direct_io_pins_keep_a_truncated_block_busy_until_the_dma_lands": (("busy-extent",), """
+set dio_time = 0.3
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "S" * 8192, 0)                        => 8192
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: dio_read(fd, p, 8192, 0) &
+B: truncate("/f", 0)                                => 0
+B: kernel_stats()                                   => {"busy_blocks": 2}
+C: g = open("/g", O_RDWR|O_CREAT, 0o644)            => 3
+C: pwrite(g, "G" * 8192, 0)                         => 8192
+A: join                                             => 8192
+C: pread(g, 8192, 0)                                => "G" * 8192
+C: foreign_writes()                                 => []
+C: kernel_stats()                                   => {"busy_blocks": 0}
+"""),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "policy"), cases(BUSY))
+def test_busy_extent(text: str, policy: str, request: pytest.FixtureRequest) -> None:
+    run(text, policy, request.node.callspec.id)
+
+
 # --- on-demand paging (every policy) -------------------------------------------------
 
 ODP = {
