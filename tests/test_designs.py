@@ -33,7 +33,7 @@ def _daemon(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_builtin_names_and_the_welcome_agree() -> None:
     assert list(BUILTIN) == describe()["policies"]
-    assert "busy-extent" in BUILTIN and len(BUILTIN) == 8
+    assert "busy-extent" in BUILTIN and len(BUILTIN) == 8  # discovered, no registry
     for name, cls in BUILTIN.items():
         assert load_policy(name) is cls and cls.name == name
 
@@ -74,7 +74,7 @@ def test_a_bad_design_file_is_refused_with_file_and_line(
 
 
 def test_an_unknown_name_lists_the_known_ones() -> None:
-    with pytest.raises(PolicyLoadError, match="known: legacy, map-direct"):
+    with pytest.raises(PolicyLoadError, match="known: busy-extent, layout-lease"):
         load_policy("no-such-design")
     out = _daemon("--run-dir", "/nonexistent/never", "--policy", "nosuch")
     assert out.returncode == 2 and "known:" in out.stderr and "Traceback" not in out.stderr

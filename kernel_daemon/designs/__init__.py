@@ -1,27 +1,38 @@
 """The built-in kernel designs, each in its own file written against
 :mod:`kernel_daemon.policy` alone.
 
-:data:`BUILTIN` names them; :func:`kernel_daemon.boot.load_policy` also loads a design
-from a user's file by path.  ``docs/designs.md`` describes each one.
+Every module of this package is a design file: :data:`BUILTIN` collects the
+``Policy`` subclasses they define (in file-name order, then in the order of their
+definition), so adding a built-in design is adding its file.
+:func:`kernel_daemon.boot.load_policy` also loads a design from a user's file by path.
+``docs/designs.md`` describes each one.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 import sys
 
-from kernel_daemon.designs.busy_extent import BusyExtent
-from kernel_daemon.designs.layout_lease import ExclusiveChecked, LayoutLeasePolicy
-from kernel_daemon.designs.legacy import Legacy
-from kernel_daemon.designs.map_direct import MapDirect, MapDirectSealed
-from kernel_daemon.designs.mr_lease import MrLease
-from kernel_daemon.designs.upstream import Upstream
 from kernel_daemon.policy import HOOKS, Lease, Policy
 
-#: every built-in design by name, in the order the matrix shows them
-BUILTIN: dict[str, type[Policy]] = {cls.name: cls for cls in (
-    Legacy, MapDirect, MapDirectSealed, LayoutLeasePolicy, ExclusiveChecked, MrLease,
-    Upstream, BusyExtent,
-)}
+
+def _discover() -> dict[str, type[Policy]]:
+    found: dict[str, type[Policy]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+                   if issubclass(c, Policy) and c is not Policy and c.__module__ == module.__name__]
+        for cls in sorted(classes, key=lambda c: inspect.getsourcelines(c)[1]):
+            if cls.name in found:
+                raise ValueError(f"two designs are called {cls.name!r}")
+            found[cls.name] = cls
+    return found
+
+
+#: every built-in design by name
+BUILTIN: dict[str, type[Policy]] = _discover()
 
 __all__ = ["BUILTIN", "overrides", "render_hook_table"]
 
