@@ -8,7 +8,7 @@ import logging
 import sys
 from dataclasses import fields
 
-from kernel_daemon.boot import PolicyLoadError, describe, load_policy
+from kernel_daemon.boot import PolicyLoadError, describe, load_policy, promises_of
 from kernel_daemon.daemon import Daemon
 from kernel_daemon.eventlog import convert
 from kernel_daemon.syscalls.table import render_markdown
@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="print the designs and flavours this daemon has, as JSON, and exit")
     p.add_argument("--check-policy", metavar="SPEC",
                    help="load the design SPEC (a name or PATH.py[:Class]), print its name "
-                        "and exit; 2 with the file and line when it cannot be loaded")
+                        "and promises as JSON and exit; 2 with the file and line when it "
+                        "cannot be loaded")
     return p.parse_args(argv)
 
 
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.check_policy:
         try:
-            print(load_policy(args.check_policy).name)
+            cls = load_policy(args.check_policy)
+            print(json.dumps({"name": cls.name, "promises": promises_of(cls)}))
         except PolicyLoadError as exc:
             print(f"kernel_daemon: {exc}", file=sys.stderr)
             return 2

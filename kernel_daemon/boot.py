@@ -15,14 +15,18 @@ import os
 import sys
 import traceback
 from types import ModuleType
+from typing import Any
 
 from kernel_daemon import locks, mm, qp, signals
 from kernel_daemon.designs import BUILTIN
+from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.eventlog import EventLog
 from kernel_daemon.kernel import Config, Kernel, KernelIO
-from kernel_daemon.policy import Policy
+from kernel_daemon.policy import HOOKS, Policy
 from kernel_daemon.syscalls import ipc
 from kernel_daemon.syscalls import rdma as rdma_calls
+from kernel_daemon.task import Task
+from protocol import linux
 from protocol.config import FLAVOURS
 
 
@@ -30,9 +34,16 @@ class PolicyLoadError(Exception):
     """A design could not be loaded; the message names the file and line."""
 
 
+def promises_of(cls: type[Policy]) -> list[str]:
+    """What a design promises, by the names of :class:`~kernel_daemon.policy.Promise`."""
+    return sorted(p.name for p in cls.promises)
+
+
 def describe() -> dict[str, object]:
-    """What this daemon can run: its designs and flavours (the welcome advertises it)."""
-    return {"policies": list(BUILTIN), "flavours": list(FLAVOURS)}
+    """What this daemon can run: its designs, what each promises, and its flavours (the
+    welcome advertises it)."""
+    return {"policies": list(BUILTIN), "flavours": list(FLAVOURS),
+            "promises": {name: promises_of(cls) for name, cls in BUILTIN.items()}}
 
 
 def _load_file(path: str) -> ModuleType:
@@ -94,10 +105,39 @@ def load_policy(spec: str) -> type[Policy]:
     return chosen
 
 
+def trace_policy(policy: Policy, log: EventLog) -> None:
+    """Record in the event log every time the design decides something: a hook that
+    refuses (raises an errno), sleeps, or answers True (handles a lease flag, keeps a
+    block busy).  ``explore`` names the rule that made two designs part with it."""
+    for hook in HOOKS:
+        method = getattr(policy, hook)
+        if getattr(type(policy), hook) is getattr(Policy, hook):
+            continue  # Linux's default decides nothing
+
+        def traced(*args: object, _hook: str = hook, _method: Any = method) -> Any:
+            task = next((a for a in args if isinstance(a, Task)), None)
+            pid = task.pid if task is not None else None
+            try:
+                result = _method(*args)
+            except KernelError as exc:
+                log.emit("design", hook=_hook, pid=pid, result=linux.errno_name(exc.errno))
+                raise
+            except MustWait:
+                log.emit("design", hook=_hook, pid=pid, result="sleeps")
+                raise
+            if result is True:
+                log.emit("design", hook=_hook, pid=pid, result="handled")
+            return result
+
+        setattr(policy, hook, traced)
+
+
 def boot(config: Config, io: KernelIO, log: EventLog | None = None) -> Kernel:
     """A kernel running ``config.policy``, with every family's lifecycle hooks."""
     policy = load_policy(config.policy)()
     k = Kernel(config, io, policy, log)
+    if k.log.enabled:
+        trace_policy(policy, k.log)
     # files: leases and uverbs contexts go with a description's last reference
     k.file_release_hooks.append(lambda f: locks.remove_file_leases(k, f))
     k.file_release_hooks.append(lambda f: rdma_calls.release_file(k, f))

@@ -129,7 +129,8 @@ def break_layout(k: Kernel, task: Task, inode: Inode, change: LayoutChange,
             continue
         lease.flags |= FL_UNLOCK_PENDING
         lease.break_time = 0.0 if lease.no_timeout or lbt <= 0 else k.clock() + lbt
-        k.log.emit("layout-break", ino=inode.ino, file=lease.file.fid, by=task.pid, kind=kind)
+        k.log.emit("layout-break", ino=inode.ino, file=lease.file.fid, by=task.pid, kind=kind,
+                   lbt=lbt if lease.break_time else 0.0)
         lease.lm_break(k)
     if refuse:
         k.log.emit("layout-refused", ino=inode.ino, by=task.pid, kind=kind,

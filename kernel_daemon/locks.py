@@ -188,7 +188,7 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
             lease.flags |= FL_DOWNGRADE_PENDING
             lease.downgrade_time = when
         k.log.emit("lease-break", ino=inode.ino, file=lease.file.fid, by=task.pid,
-                   to=_TYPE_NAME[target_leasetype(lease)])
+                   to=_TYPE_NAME[target_leasetype(lease)], lbt=lbt if when else 0.0)
         lease.lm_break(k)
     # Linux sleeps on the first lease of the list and, if that one is not being broken
     # (a layout lease, which never conflicts here), wakes every jiffy to look again; the

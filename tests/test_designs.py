@@ -8,6 +8,7 @@ column, busy-extent under the thread scenarios) are in ``tests/test_matrix.py``.
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -33,6 +34,8 @@ def _daemon(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_builtin_names_and_the_welcome_agree() -> None:
     assert list(BUILTIN) == describe()["policies"]
+    assert describe()["promises"]["upstream"] == ["NO_FOREIGN_WRITE_LONGTERM",
+                                                  "NO_FOREIGN_WRITE_SHORTTERM"]
     assert "busy-extent" in BUILTIN and len(BUILTIN) == 8  # discovered, no registry
     for name, cls in BUILTIN.items():
         assert load_policy(name) is cls and cls.name == name
@@ -46,7 +49,7 @@ def test_a_design_loads_from_a_file_by_path(tmp_path: Path) -> None:
     assert issubclass(cls, Policy) and cls.name == "mine"
     assert load_policy(f"{path}:Mine") is not None
     out = _daemon("--check-policy", str(path))
-    assert out.returncode == 0 and out.stdout.strip() == "mine"
+    assert out.returncode == 0 and json.loads(out.stdout) == {"name": "mine", "promises": []}
 
 
 @pytest.mark.parametrize(("text", "expect"), [

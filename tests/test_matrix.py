@@ -88,3 +88,17 @@ def test_a_design_file_that_does_not_load_stops_the_run_before_it_starts(tmp_pat
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 2, out.stdout + out.stderr
         assert f"{bad}:5: NameError" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_busy_extent_loaded_by_path_is_the_same_design() -> None:
+    """The shipped busy-extent file, given by path as a user's design would be, runs
+    S5 and S5b exactly as the built-in name does: judged, passing, no foreign write."""
+    path = os.path.join(matrix.ROOT, "kernel_daemon", "designs", "busy_extent.py")
+    for name in ("S05_pin_truncate_reuse.scn", "S05b_direct_io_short_pin.scn"):
+        scenario = load(os.path.join(matrix.THREADS, name))
+        by_path, by_name = (matrix.run_cell(scenario, p) for p in (path, "busy-extent"))
+        assert by_path.policy == by_name.policy == "busy-extent"
+        assert by_path.outcome.passed and by_name.outcome.passed, by_path.outcome.failures
+        assert not by_path.outcome.unjudged and not by_path.outcome.foreign_writes
+        assert by_path.summary == by_name.summary

@@ -51,12 +51,22 @@ def builtin() -> list[str]:
 
 
 @functools.cache
-def resolve(spec: str) -> str:
-    """The name of the design ``spec`` names (a built-in name, or ``PATH.py[:Class]``);
-    :class:`DesignError` with the daemon's message (file and line) if it cannot load."""
+def _check(spec: str) -> dict[str, Any]:
     if spec in builtin():
-        return spec
+        return {"name": spec, "promises": describe()["promises"][spec]}
     out = _ask("--check-policy", spec)
     if out.returncode != 0:
         raise DesignError(out.stderr.strip().removeprefix("kernel_daemon: "))
-    return out.stdout.strip()
+    info: dict[str, Any] = json.loads(out.stdout)
+    return info
+
+
+def resolve(spec: str) -> str:
+    """The name of the design ``spec`` names (a built-in name, or ``PATH.py[:Class]``);
+    :class:`DesignError` with the daemon's message (file and line) if it cannot load."""
+    return str(_check(spec)["name"])
+
+
+def promises(spec: str) -> set[str]:
+    """What the design promises (``Promise`` names: ``NO_FOREIGN_WRITE_LONGTERM``...)."""
+    return set(_check(spec)["promises"])

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -107,6 +108,12 @@ class Outcome:
     final_stats: dict[str, int] = field(default_factory=dict)
     #: every foreign write of the run (emulator)
     foreign_writes: list[dict[str, Any]] = field(default_factory=list)
+    #: the kernel's pin audit when the last line had run (emulator)
+    audit: dict[str, Any] = field(default_factory=dict)
+    #: seconds the run took
+    wall: float = 0.0
+    #: the line where ``!kill kernel`` killed the daemon (0: not killed)
+    kernel_killed: int = 0
 
     @property
     def unjudged(self) -> int:
@@ -209,6 +216,12 @@ class Runner:
         self.listener.listen(64)
         self.unclaimed: dict[str, tuple[Link, dict[str, Any]]] = {}
         self.saved_lease_break_time: str | None = None
+        #: the line at which ``!kill kernel`` killed the daemon (0: it lives)
+        self.kernel_killed = 0
+        #: timers that resume actors held up by ``!delay``
+        self.timers: list[threading.Timer] = []
+        #: the pin audit of the kernel taken when the last line has run
+        self.audit: dict[str, Any] = {}
 
     # --- output -----------------------------------------------------------------------
 
@@ -531,7 +544,11 @@ class Runner:
         self._check(step, actor, text, reply)
 
     def fault(self, step: Step) -> None:
-        """``!kill``, ``!stop``, ``!cont`` an actor by its PID."""
+        """``!kill``, ``!stop``, ``!cont``, ``!delay`` an actor by its PID; ``!kill kernel``
+        the daemon (the run then ends, with that as its error)."""
+        if step.actor == "kernel":
+            self._kill_kernel(step)
+            return
         actor = self.actors.get(step.actor)
         if actor is None or not actor.alive:
             self.failures.append(f"line {step.lineno}: cannot {step.fault} {step.actor}: not alive")
@@ -544,6 +561,16 @@ class Runner:
             self.deaths.append(f"{actor.name} {'killed by ' if status.startswith('SIG') else ''}"
                                f"{status}")
             self._emit("waited", actor=actor.name, pid=actor.pid, status=status)
+            return
+        if step.fault == "delay":
+            # SIGSTOP now, SIGCONT after the delay, whatever the lines do meanwhile
+            os.kill(actor.pid, signal.SIGSTOP)
+            _wait_state(actor.pid, "T", self.step_timeout)
+            timer = threading.Timer(step.delay, _cont, (actor.pid,))
+            timer.daemon = True
+            timer.start()
+            self.timers.append(timer)
+            self._emit("fault", actor=actor.name, pid=actor.pid, fault=f"delay {step.delay} s")
             return
         if step.fault == "signal":
             signo = signal_number(step.signal)
@@ -569,6 +596,24 @@ class Runner:
             actor.stopped = False
         self._emit("fault", actor=actor.name, pid=actor.pid, fault=step.fault)
 
+    def _kill_kernel(self, step: Step) -> None:
+        """``!kill kernel``: SIGKILL the daemon.  Its agents can no longer make a call, so
+        the run ends here with that as its error (within a bounded time: nobody waits
+        for the dead kernel)."""
+        if self.daemon is None:
+            self.failures.append(f"line {step.lineno}: no kernel daemon to kill (host target)")
+            return
+        self._log("fault", line=step.lineno, actor="kernel", pid=self.daemon.pid, fault="kill",
+                  signal="SIGKILL")
+        self.daemon.kill()
+        if self.kconn is not None:
+            self.kconn.close()
+            self.kconn = None
+        self.kernel_killed = step.lineno
+        self._emit("fault", actor="kernel", pid=self.daemon.pid, fault="kill")
+        raise RunError(f"the kernel daemon was killed at line {step.lineno} (SIGKILL): "
+                       "the run ends")
+
     def _set_host_lease_break_time(self, seconds: float) -> None:
         """Set /proc/sys/fs/lease-break-time (whole seconds) for this run; restored after.
 
@@ -585,6 +630,16 @@ class Runner:
     def finish(self) -> None:
         """Tell live actors to exit, stop the daemon, reap everything."""
         self._log("finish")
+        for timer in self.timers:
+            timer.cancel()
+        for actor in self.actors.values():
+            if actor.alive and not actor.stopped:
+                _cont(actor.pid)  # one held up by !delay whose timer did not fire yet
+        if self.kconn is not None:
+            try:
+                self.audit = dict(self.kconn.call("pin_audit"))
+            except Exception as exc:
+                self.failures.append(f"kernel daemon did not answer the pin audit: {exc}")
         if self.saved_lease_break_time is not None:
             restore_host_lease_break_time()
             self.saved_lease_break_time = None
@@ -624,7 +679,7 @@ class Runner:
             self.kconn.close()
         if self.daemon is not None:
             code = self.daemon.stop()
-            if code not in (0, -signal.SIGTERM):
+            if code not in (0, -signal.SIGTERM) and not self.kernel_killed:
                 self.failures.append(f"kernel daemon exited with status {code}")
         for link, _ in self.unclaimed.values():
             link.close()  # actors that said hello after the run gave up on them
@@ -659,7 +714,8 @@ class Runner:
         self.events.close()
         self._write_folder()
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
-                       self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign)
+                       self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign,
+                       self.audit, time.monotonic() - self.t0, self.kernel_killed)
 
 
     def _write_folder(self) -> None:
@@ -675,6 +731,12 @@ class Runner:
             fh.writelines(line + "\n" for line in transcript.transcript(records))
         if self.render:
             report.write_run(self.run_dir, records)
+
+
+def _cont(pid: int) -> None:
+    """SIGCONT ``pid`` (an actor held up by ``!delay``), if it is still there."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
 
 
 def _wait_state(pid: int, state: str, timeout: float) -> None:

@@ -216,6 +216,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     "foreign_writes": lambda a: _emu(a).call("foreign_writes"),
     "file_pins": lambda a, pid=None: _emu(a).call("file_pins", pid or a.system.getpid()),
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
+    "pin_audit": lambda a: _emu(a).call("pin_audit"),
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep

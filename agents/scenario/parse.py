@@ -12,6 +12,8 @@ Syntax, one item a line (``#`` starts a comment)::
     [map-direct] A: p = mmap(...)       # a line that runs under these policies only
     [!map-direct] A: p = mmap(...)      # ... or under every policy but these
     !kill A                             # faults: kill, stop, cont, wait, signal A SIGUSR1
+    !delay A 0.5                        # SIGSTOP A now, SIGCONT it 0.5 s later
+    !kill kernel                        # SIGKILL the kernel daemon: the run ends
     !locks                              # the lease list, as /proc/locks shows it
     expect: fds(B) ...                  # reserved for later checks
 
@@ -35,7 +37,10 @@ from protocol.config import SETTINGS as DAEMON_SETTINGS
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")
-FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
+FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*|kernel)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
+DELAY_RE = re.compile(r"^!delay\s+([A-Z][A-Za-z0-9_]*)\s+([0-9]*\.?[0-9]+)\s*$")
+#: the longest an actor may be held up by ``!delay`` (seconds)
+MAX_DELAY = 10.0
 KILLED_RE = re.compile(r"^killed(?:\s+(SIG[A-Z0-9+]+))?$")
 LOCKS_RE = re.compile(r"^!locks\s*$")
 SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
@@ -94,6 +99,8 @@ class Step:
     fault: str = ""
     #: the signal of ``!signal ACTOR SIGNAME``
     signal: str = ""
+    #: seconds of ``!delay ACTOR SECONDS``
+    delay: float = 0.0
     #: ``[policy, ...] LINE``: the line runs only under these policies or targets
     only: frozenset[str] = frozenset()
     #: ``[!policy, ...] LINE``: the line runs under every policy but these
@@ -307,7 +314,17 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                     raise ScenarioError("'!signal ACTOR SIGNAME' names a signal; other faults do not")
                 if sig is not None and signal_number(sig) is None:
                     raise ScenarioError(f"unknown signal {sig}")
+                if who == "kernel" and fault != "kill":
+                    raise ScenarioError("the kernel daemon can only be killed ('!kill kernel')")
                 steps.append(Step(lineno, line, "fault", who, fault=fault, signal=sig or ""))
+                continue
+            m = DELAY_RE.match(line.split("#", 1)[0].strip())
+            if m:
+                who, seconds = m.group(1), float(m.group(2))
+                if not 0 < seconds <= MAX_DELAY:
+                    raise ScenarioError(f"a delay is more than 0 and at most {MAX_DELAY} s")
+                steps.append(Step(lineno, line, "fault", who, fault="delay",
+                                  delay=seconds))
                 continue
             m = ACTOR_RE.match(line)
             if not m:
@@ -338,7 +355,8 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
     for s in steps:
         if s.kind == "locks":
             continue
-        if s.kind == "fault" and s.actor not in actors and s.actor not in children:
+        if s.kind == "fault" and s.actor not in actors and s.actor not in children \
+                and s.actor != "kernel":
             raise ScenarioError(f"{name}:{s.lineno}: unknown actor {s.actor}")
     # An actor first seen as a fork child is not started by the launcher.
     actors = [a for a in actors if a not in children]

@@ -182,6 +182,29 @@ def sys_proc_list(k: Kernel, t: Task) -> list[dict[str, Any]]:
     ]
 
 
+def orphan_blocks(k: Kernel) -> list[int]:
+    """Blocks that are allocated but owned by nothing that exists: a file page of an
+    inode that is gone, or an anonymous page no mapping or unclaimed fork holds."""
+    anon: set[int] = set()
+    for p in k.tasks.values():
+        for m in p.mm.vmas.values():
+            if m.file is None:
+                anon.update(b for b in m.ptes.values() if b >= 0)
+            anon.update(m.cow.values())
+    for pf in k.pending_forks.values():
+        if pf.mm is not None:
+            for v in pf.mm.vmas:
+                anon.update(b for b in {**v.ptes, **v.cow}.values() if b >= 0)
+    out = []
+    for block, owner in enumerate(k.pmem.ledger):
+        if owner is None:
+            continue
+        held = block in anon if owner.ino == 0 else owner.ino in k.fs.inodes
+        if not held:
+            out.append(block)
+    return out
+
+
 @syscall("kernel_stats", linux="(none)", support="emulator",
          note="counts of every kernel object, to check that nothing leaks")
 def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
@@ -204,10 +227,38 @@ def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
         "mrs": len(k.rdma.rkeys),
         "pinned_blocks": len(k.pins.longterm) + len(k.pins.shortterm),
         "busy_blocks": len(k.pmem.busy),
+        "orphan_blocks": len(orphan_blocks(k)),
         "shootdowns": len(k.shootdowns),
         "mailboxes": len(k.mailboxes),
         "qps": len(k.rdma.qps),
     }
+
+
+@syscall("pin_audit", linux="(none)", support="emulator",
+         note="the pin table against the regions and transfers that hold pins")
+def sys_pin_audit(k: Kernel, t: Task) -> dict[str, Any]:
+    """Every long-term pin must belong to a region of a context someone still holds (a
+    descriptor, a message in flight, a fork not yet claimed), and every short-term pin
+    to a transfer a live process waits for.  ``unattributed`` lists the blocks whose pin
+    counts disagree."""
+    contexts = []
+    holders = [e.file for p in k.tasks.values() for _, e in p.fds]
+    holders += [f for box in k.mailboxes.values() for msg in box.queue for f in msg.files]
+    holders += [f for pf in k.pending_forks.values() for _, f, _ in pf.snapshot]
+    for f in holders:
+        if f.private_data is not None and f.private_data not in contexts:
+            contexts.append(f.private_data)
+    expected: dict[int, int] = {}
+    for ctx in contexts:
+        for mr in ctx.mrs.values():
+            for pin in mr.pins:
+                expected[pin.block] = expected.get(pin.block, 0) + 1
+    bad = sorted(b for b in expected.keys() | k.pins.longterm.keys()
+                 if expected.get(b, 0) != k.pins.longterm.get(b, 0))
+    waiting = any(p.parked for p in k.tasks.values())
+    short = sorted(k.pins.shortterm) if not waiting else []
+    return {"longterm": len(k.pins.longterm), "shortterm": len(k.pins.shortterm),
+            "unattributed": bad + short}
 
 
 @syscall("wait_exit", linux="kernel/exit.c do_wait()", support="emulator",
