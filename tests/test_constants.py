@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from protocol import linux
+from protocol import linux, ring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,6 +66,24 @@ def test_errno_names_are_pythons() -> None:
     assert linux.ERRNO_BY_NAME["ENOSYS"] == errno.ENOSYS == linux.ENOSYS
     for name, code in linux.ERRNO_BY_NAME.items():
         assert getattr(errno, name) == code
+
+
+def test_wc_status_is_rdma_cores_numbering() -> None:
+    values = [s.value for s in linux.WcStatus]
+    assert values == list(range(len(values)))  # enum ibv_wc_status counts from 0 in order
+    assert linux.WcStatus.IBV_WC_SUCCESS.value == 0
+    assert linux.WcStatus.IBV_WC_LOC_PROT_ERR.value == 4
+    assert linux.WcStatus.IBV_WC_REM_INV_REQ_ERR.value == 9
+    assert linux.WcStatus.IBV_WC_REM_ACCESS_ERR.value == 10
+
+
+def test_the_ring_encodes_every_status_and_none_as_pending() -> None:
+    assert ring.WcStatus is linux.WcStatus
+    for status in linux.WcStatus:
+        word = ring.STATUS_CODE[status.name]
+        assert word == status + 1 and word != ring.PENDING
+        assert ring.STATUS_NAME[word] == status.name
+    assert ring.PENDING not in ring.STATUS_NAME
 
 
 def _sources() -> Iterator[str]:
@@ -126,6 +144,7 @@ def test_nothing_else_defines_a_name_of_protocol_linux() -> None:
     "F_SETOWN, F_GETOWN = 8, 9",
     "if True:\n    SI_SIGIO: int = -5",
     "def errno_name(code):\n    pass",
+    "class WcStatus:\n    pass",
 ])
 def test_the_scan_sees_a_copy(source: str) -> None:
     names = {n for _, n in _module_level_names(ast.parse(source).body)}
