@@ -1,14 +1,23 @@
-"""Linux constants, x86-64 values, as both the daemon and the agents see them.
+"""Linux and verbs constants, x86-64 values, as both the daemon and the agents see them.
+
+This is their one home (as ``include/uapi`` is Linux's and ``pkg/abi/linux`` gVisor's):
+nothing under ``agents/`` or ``protocol/`` defines a name of its own for a value here,
+and ``tests/test_constants.py`` keeps it so and checks every value against Python's
+``os``, ``fcntl``, ``signal``, ``mmap``, ``select`` and ``errno`` where they define the
+same name.
 
 The values are Linux's own (include/uapi/asm-generic/fcntl.h, fcntl.h, mman.h,
-signal.h), not the host Python's ``os`` module's, so the emulator speaks Linux even
-where the host would differ.  Constants of designs that never reached mainline
-(``F_LAYOUT``, ``F_EXCLUSIVE``, ``MAP_DIRECT``) carry the values the patch series gave
-them, except ``MAP_DIRECT``, which has its own value here (see ``docs``).
+signal.h, siginfo.h), not the host Python's ``os`` module's, so the emulator speaks
+Linux even where the host would differ (``O_LARGEFILE``, which glibc defines as 0 on
+64-bit hosts).  Constants of designs that never reached mainline (``F_LAYOUT``,
+``F_EXCLUSIVE``, ``MAP_DIRECT``) carry the values the patch series gave them, except
+``MAP_DIRECT``, which has its own value here (see ``docs``).  The verbs values are
+rdma-core's (``infiniband/verbs.h``).
 """
 
 from __future__ import annotations
 
+import enum
 import errno as _errno
 
 # open(2) flags (asm-generic/fcntl.h, octal as in the header)
@@ -87,12 +96,13 @@ MAP_SHARED_VALIDATE = 0x03
 MAP_TYPE = 0x0F
 MAP_FIXED = 0x10
 MAP_ANONYMOUS = 0x20
-MAP_POPULATE = 0x8000
+# the other flags of LEGACY_MAP_MASK (asm-generic/mman-common.h, x86's asm/mman.h)
 MAP_GROWSDOWN = 0x0100
 MAP_DENYWRITE = 0x0800
 MAP_EXECUTABLE = 0x1000
 MAP_LOCKED = 0x2000
 MAP_NORESERVE = 0x4000
+MAP_POPULATE = 0x8000
 MAP_NONBLOCK = 0x10000
 MAP_STACK = 0x20000
 MAP_HUGETLB = 0x40000
@@ -100,6 +110,11 @@ MAP_SYNC = 0x80000
 # MAP_DIRECT's last posted value was 0x80000, the value MAP_SYNC later took; the
 # emulator gives it a free bit of its own so both can be used in one scenario.
 MAP_DIRECT = 0x4000000
+#: the flags mmap(2) has always accepted, which MAP_SHARED_VALIDATE does not check
+#: (include/linux/mman.h; MAP_UNINITIALIZED is 0 without CONFIG_MMAP_ALLOW_UNINITIALIZED)
+LEGACY_MAP_MASK = (MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE
+                   | MAP_EXECUTABLE | MAP_GROWSDOWN | MAP_LOCKED | MAP_NORESERVE
+                   | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB)
 
 # fallocate(2)
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -118,16 +133,57 @@ IBV_ACCESS_ON_DEMAND = 0x40
 IBV_WR_RDMA_WRITE = 0  # enum ibv_wr_opcode
 IBV_WR_RDMA_READ = 4
 
+
+class WcStatus(enum.IntEnum):
+    """``enum ibv_wc_status``: how a work request completed (``ibv_wc.status``).
+
+    The card reports a status by its name (``"IBV_WC_SUCCESS"``, what a control call's
+    reply and a transcript show); the queue-pair ring carries the number
+    (``protocol/ring.py``).  Use ``.name`` for the text: ``str()`` of an ``IntEnum`` is
+    its number.
+    """
+
+    IBV_WC_SUCCESS = 0
+    IBV_WC_LOC_LEN_ERR = 1
+    IBV_WC_LOC_QP_OP_ERR = 2
+    IBV_WC_LOC_EEC_OP_ERR = 3
+    IBV_WC_LOC_PROT_ERR = 4
+    IBV_WC_WR_FLUSH_ERR = 5
+    IBV_WC_MW_BIND_ERR = 6
+    IBV_WC_BAD_RESP_ERR = 7
+    IBV_WC_LOC_ACCESS_ERR = 8
+    IBV_WC_REM_INV_REQ_ERR = 9
+    IBV_WC_REM_ACCESS_ERR = 10
+    IBV_WC_REM_OP_ERR = 11
+    IBV_WC_RETRY_EXC_ERR = 12
+    IBV_WC_RNR_RETRY_EXC_ERR = 13
+    IBV_WC_LOC_RDD_VIOL_ERR = 14
+    IBV_WC_REM_INV_RD_REQ_ERR = 15
+    IBV_WC_REM_ABORT_ERR = 16
+    IBV_WC_INV_EECN_ERR = 17
+    IBV_WC_INV_EEC_STATE_ERR = 18
+    IBV_WC_FATAL_ERR = 19
+    IBV_WC_RESP_TIMEOUT_ERR = 20
+    IBV_WC_GENERAL_ERR = 21
+    IBV_WC_TM_ERR = 22
+    IBV_WC_TM_RNDV_INCOMPLETE = 23
+
+
 # file types (stat st_mode)
 S_IFMT = 0o170000
 S_IFDIR = 0o040000
 S_IFCHR = 0o020000
 S_IFREG = 0o100000
 
-# signals (x86-64)
+# signals (x86-64, asm/signal.h)
 SIGHUP = 1
 SIGINT = 2
 SIGQUIT = 3
+SIGILL = 4
+SIGTRAP = 5
+SIGABRT = 6
+SIGBUS = 7
+SIGFPE = 8
 SIGKILL = 9
 SIGUSR1 = 10
 SIGSEGV = 11
@@ -135,26 +191,93 @@ SIGUSR2 = 12
 SIGPIPE = 13
 SIGALRM = 14
 SIGTERM = 15
+SIGSTKFLT = 16
 SIGCHLD = 17
 SIGCONT = 18
 SIGSTOP = 19
-SIGBUS = 7
+SIGTSTP = 20
+SIGTTIN = 21
+SIGTTOU = 22
+SIGURG = 23
+SIGXCPU = 24
+SIGXFSZ = 25
+SIGVTALRM = 26
+SIGPROF = 27
+SIGWINCH = 28
 SIGIO = 29
 SIGPOLL = SIGIO
+SIGPWR = 30
+SIGSYS = 31
+#: the kernel's first real-time signal (asm-generic/signal.h SIGRTMIN): signals below it
+#: are standard (one pending instance each), from it on they queue
+KERNEL_SIGRTMIN = 32
 SIGRTMIN = 34  # as glibc and Python report it: the kernel starts at 32, glibc keeps 32 and 33
 SIGRTMAX = 64
 NSIG = 65
 
-# si_code values for SIGIO (POLL_*), and generic ones
-SI_USER = 0
-SI_KERNEL = 0x80
-SI_QUEUE = -1
-POLL_IN = 1
-POLL_OUT = 2
-POLL_MSG = 3
-POLL_ERR = 4
-POLL_PRI = 5
-POLL_HUP = 6
+# si_code values (asm-generic/siginfo.h): generic ones (<= 0 from user space)
+SI_USER = 0  #: kill(2)
+SI_KERNEL = 0x80  #: sent by the kernel (e.g. plain SIGIO without F_SETSIG)
+SI_QUEUE = -1  #: sigqueue(3)
+SI_TIMER = -2  #: POSIX timer expiry
+SI_MESGQ = -3  #: POSIX message queue state change
+SI_ASYNCIO = -4  #: AIO completion
+SI_SIGIO = -5  #: queued SIGIO
+SI_TKILL = -6  #: tkill(2)/tgkill(2)
+# ... and those of SIGIO/SIGPOLL (F_SETSIG): the band's reason
+POLL_IN = 1  #: data input available
+POLL_OUT = 2  #: output buffers available
+POLL_MSG = 3  #: input message available (a lease break)
+POLL_ERR = 4  #: I/O error
+POLL_PRI = 5  #: high-priority input available
+POLL_HUP = 6  #: device disconnected
+# ... of SIGBUS
+BUS_ADRALN = 1  #: invalid address alignment
+BUS_ADRERR = 2  #: non-existent physical address (a DAX page whose block is gone)
+BUS_OBJERR = 3  #: object-specific hardware error
+# ... of SIGSEGV
+SEGV_MAPERR = 1  #: address not mapped
+SEGV_ACCERR = 2  #: invalid permissions for the mapping
+
+# poll(2) events (asm-generic/poll.h), which si_band of a SIGIO carries
+POLLIN = 0x001
+POLLPRI = 0x002
+POLLOUT = 0x004
+POLLERR = 0x008
+POLLHUP = 0x010
+POLLNVAL = 0x020
+POLLRDNORM = 0x040
+POLLRDBAND = 0x080
+POLLWRNORM = 0x100
+POLLWRBAND = 0x200
+POLLMSG = 0x400
+
+# errno values are Python's errno module's, which are Linux's (the host is Linux): see
+# ERRNO_BY_NAME.  ENOSYS is named here too because the protocol gives it a meaning of
+# its own: the daemon answers it for a call its table lacks, as Linux does for a system
+# call number it does not know.
+ENOSYS = _errno.ENOSYS
+
+# sockets
+MSG_DONTWAIT = 0x40  #: recvmsg(2)/sendmsg(2) flag (linux/socket.h)
+SCM_MAX_FD = 253  #: most descriptors one SCM_RIGHTS message carries (include/net/scm.h)
+
+# prctl(2) (linux/prctl.h)
+PR_SET_CHILD_SUBREAPER = 36
+
+# x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl), as the first
+# word of /proc/<pid>/syscall shows them; lower case, as __NR_read, so that they are no
+# CONSTANTS a scenario may use
+NR_read = 0
+NR_write = 1
+NR_pread64 = 17
+NR_pwrite64 = 18
+NR_select = 23
+NR_recvmsg = 47
+NR_fcntl = 72
+NR_truncate = 76
+NR_ftruncate = 77
+NR_openat = 257
 
 # resource limits the emulator applies
 RLIMIT_NOFILE_DEFAULT = 1024

@@ -25,17 +25,8 @@ from typing import Any
 
 import pytest
 
-from agents.lib.sigrec import (
-    FD_FLOOR,
-    POLL_MSG,
-    RING_SIZE,
-    SI_KERNEL,
-    SI_TKILL,
-    SI_USER,
-    SigInfo,
-    SignalRecorder,
-    recorder,
-)
+from agents.lib.sigrec import FD_FLOOR, RING_SIZE, SigInfo, SignalRecorder, recorder
+from protocol.linux import POLL_MSG, SI_KERNEL, SI_TKILL, SI_USER
 
 pytestmark = pytest.mark.timeout(30)
 

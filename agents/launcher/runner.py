@@ -38,9 +38,9 @@ from agents.scenario import strace, transcript
 from agents.scenario.link import Link, LinkClosed
 from agents.scenario.parse import Expect, Scenario, Step, signal_number
 from protocol.config import SETTINGS as DAEMON_SETTINGS
+from protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PR_SET_CHILD_SUBREAPER = 36
 HOST_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
 #: the host's own value while a run has changed it (survives the run being killed)
 SAVED_LEASE_BREAK_TIME = "/tmp/kemu-saved-lease-break-time"
@@ -56,7 +56,6 @@ def restore_host_lease_break_time() -> None:
     with open(HOST_LEASE_BREAK_TIME, "w") as fh:
         fh.write(value)
     os.unlink(SAVED_LEASE_BREAK_TIME)
-F_SETOWN, F_GETOWN = 8, 9
 
 
 @dataclass

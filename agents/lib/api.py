@@ -30,14 +30,12 @@ from agents.lib.mm import AgentMM
 from agents.lib.runtime import Connection
 from agents.lib.sigrec import SigInfo, SignalRecorder, recorder
 from agents.lib.verbs import AgentQP
-from protocol import wire
+from protocol import linux, wire
 from protocol.errors import os_error
-from protocol.linux import FICLONE
+from protocol.linux import F_GETOWN_EX, F_SETOWN_EX, FICLONE
 
 #: host-target infrastructure descriptors live at or above this number
 INFRA_FD_BASE = 900
-F_SETOWN_EX = 15
-F_GETOWN_EX = 16
 EXEC_TOKEN_ENV = "KEMU_EXEC_TOKEN"
 
 
@@ -48,8 +46,10 @@ def move_high(fd: int) -> int:
     return new
 
 
-#: signals whose positive si_code values are their own, not POLL_* (sig_specific_sicodes)
-SIG_SPECIFIC = {4, 5, 7, 8, 11, 17, 31}
+#: signals whose positive si_code values are their own, not POLL_* (Linux's
+#: sig_specific_sicodes() but SIGPOLL, whose own codes are the POLL_* ones)
+SIG_SPECIFIC = frozenset({linux.SIGILL, linux.SIGTRAP, linux.SIGBUS, linux.SIGFPE,
+                          linux.SIGSEGV, linux.SIGCHLD, linux.SIGSYS})
 
 
 def siginfo_view(signo: int, code: int, fd: int, band: int, pid: int,
@@ -61,10 +61,10 @@ def siginfo_view(signo: int, code: int, fd: int, band: int, pid: int,
     if signo in SIG_SPECIFIC and code > 0:
         if addr is not None:
             si["si_addr"] = addr
-    elif 1 <= code <= 6 or code == -5:
+    elif linux.POLL_IN <= code <= linux.POLL_HUP or code == linux.SI_SIGIO:
         si["si_band"] = band
         si["si_fd"] = fd
-    elif code <= 0:
+    elif code <= linux.SI_USER:
         si["si_pid"] = pid
     return si
 
@@ -477,8 +477,9 @@ class EmuSystem(System):
             self.conn.notify("interrupt")
 
     def _siginfo(self, raw: SigInfo) -> dict[str, Any]:
-        if raw.pid != self.conn.daemon_pid or raw.code != 0:
-            if raw.signo < 32:  # a standard signal's delivery ends its pending state
+        if raw.pid != self.conn.daemon_pid or raw.code != linux.SI_USER:
+            # a standard signal's delivery ends its pending state
+            if raw.signo < linux.KERNEL_SIGRTMIN:
                 self.conn.call("sigdelivered", raw.signo, 0)
             return super()._siginfo(raw)
         # Sent by the kernel daemon: the siginfo is the one it queued (its event may

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -20,8 +21,8 @@ from typing import Any
 import msgpack
 
 from agents.lib.api import EmuSystem, move_high
-
-MAX_FDS = 253
+from protocol.errors import os_error
+from protocol.linux import SCM_MAX_FD
 
 
 @dataclass
@@ -101,8 +102,8 @@ class HostMailbox(Mailbox):
     def send(self, to: str, value: Any, fds: list[int] | None = None) -> None:
         anc = []
         if fds:
-            if len(fds) > MAX_FDS:
-                raise OSError(22, os.strerror(22))
+            if len(fds) > SCM_MAX_FD:
+                raise os_error(errno.EINVAL)
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         self.sock.sendmsg([_pack(self.name, value, {"nfds": len(fds or [])})], anc, 0,
                           self._addr(to, "sock"))
@@ -110,7 +111,7 @@ class HostMailbox(Mailbox):
     def recv(self, timeout: float | None = None) -> Message:
         self.sock.settimeout(timeout)
         try:
-            data, anc, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(MAX_FDS * 4))
+            data, anc, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(SCM_MAX_FD * 4))
         except TimeoutError:
             raise TimeoutError("no message") from None
         fds: list[int] = []

@@ -8,7 +8,8 @@ extension :mod:`agents.lib._sigrec` (``agents/lib/_sigrec.c``) therefore install
 lock-free ring buffer (:data:`RING_SIZE` entries; overflow is counted, see
 :meth:`SignalRecorder.dropped`) and writes one byte, the signal number, to a
 non-blocking wake-up pipe.  :class:`SignalRecorder` wraps it: one per process, reached
-through :func:`recorder`.
+through :func:`recorder`.  The ``si_code`` values are named in :mod:`protocol.linux`
+(``SI_*``, ``POLL_*``, ``BUS_*``, ``SEGV_*``).
 
 Building
 --------
@@ -67,22 +68,6 @@ from agents.lib import _sigrec
 FD_FLOOR = 900
 #: how many undelivered siginfos the ring buffer holds; more are counted as dropped
 RING_SIZE: int = _sigrec.RING_SIZE
-
-# si_code values (include/uapi/asm-generic/siginfo.h)
-SI_USER = 0  #: kill(2)
-SI_KERNEL = 0x80  #: sent by the kernel (e.g. plain SIGIO without F_SETSIG)
-SI_QUEUE = -1  #: sigqueue(3)
-SI_TIMER = -2  #: POSIX timer expiry
-SI_MESGQ = -3  #: POSIX message queue state change
-SI_ASYNCIO = -4  #: AIO completion
-SI_SIGIO = -5  #: queued SIGIO
-SI_TKILL = -6  #: tkill(2)/tgkill(2)
-POLL_IN = 1  #: SIGIO/F_SETSIG: data input available
-POLL_OUT = 2  #: output buffers available
-POLL_MSG = 3  #: input message available (a lease break)
-POLL_ERR = 4  #: I/O error
-POLL_PRI = 5  #: high-priority input available
-POLL_HUP = 6  #: device disconnected
 
 _MODE_DEFAULT = 0
 _MODE_IGNORE = 1

@@ -19,7 +19,7 @@ from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 from protocol.errors import os_error
-from protocol.ring import HEADER, OPCODE_NAME, SLOT, STATUS_AT, STATUS_NAME, WQE
+from protocol.ring import HEADER, OPCODE_NAME, PENDING, SLOT, STATUS_AT, STATUS_NAME, WQE
 
 #: how long :meth:`AgentQP.poll` busy-polls before it sleeps on the completion FIFO
 SPIN = 0.0002
@@ -57,7 +57,7 @@ class AgentQP:
                           sge["length"], wr_id)
         except (struct.error, KeyError, TypeError):
             raise os_error(errno.EINVAL) from None
-        self.buf[at + STATUS_AT : at + STATUS_AT + 4] = bytes(4)
+        self.buf[at + STATUS_AT : at + STATUS_AT + 4] = PENDING.to_bytes(4, "little")
         self.produced += 1
         self.buf[0:8] = self.produced.to_bytes(8, "little")
         with contextlib.suppress(BlockingIOError):  # a full FIFO rings anyway
@@ -75,12 +75,12 @@ class AgentQP:
         # comes within SPIN seconds is seen without sleeping (and being woken)
         with self.buf[at + STATUS_AT : at + STATUS_AT + 4].cast("I") as status:
             spin_until = time.perf_counter() + SPIN
-            while not status[0] and time.perf_counter() < spin_until:
+            while status[0] == PENDING and time.perf_counter() < spin_until:
                 pass
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             code = int.from_bytes(self.buf[at + STATUS_AT : at + STATUS_AT + 4], "little")
-            if code:
+            if code != PENDING:
                 break
             wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             ready, _, _ = select.select([self.cq], [], [], wait)

@@ -39,6 +39,7 @@ from agents.report import svg
 from agents.report.model import Line, Run
 from agents.report.svg import RED, esc, fit, width
 from agents.scenario import strace
+from protocol import linux
 
 GUTTER = 340
 LANE_GAP = 150
@@ -934,7 +935,7 @@ def _siginfo(rec: dict[str, Any]) -> str:
     if rec.get("si_fd"):
         text += f" si_fd={rec['si_fd']}"
     code = rec.get("si_code")
-    if isinstance(code, int) and signo in (7, 11):  # SIGBUS, SIGSEGV
+    if isinstance(code, int) and signo in (linux.SIGBUS, linux.SIGSEGV):
         text += f" si_addr={rec.get('si_addr', 0):#x}"
     elif isinstance(code, int):
         text += f" {strace.si_code_name(code)}"

@@ -7,11 +7,15 @@ same function runs on both targets, through the actor's :class:`~agents.lib.api.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from protocol import linux
+from protocol.errors import os_error
 
 if TYPE_CHECKING:
     from agents.scenario.scripted import Actor
@@ -105,7 +109,7 @@ def _sigunblock(a: Actor, *signums: int) -> int:
 def _kill(a: Actor, target: str | int, signum: int) -> int:
     pid = a.pids.get(target, 0) if isinstance(target, str) else target
     if not pid:
-        raise ProcessLookupError(3, os.strerror(3))
+        raise os_error(errno.ESRCH)
     os.kill(pid, signum)
     return 0
 
@@ -133,7 +137,7 @@ def _emu(a: Actor) -> Any:
     """The daemon channel: RDMA and the ledger exist on the emulator only."""
     call = getattr(a.system, "call", None)
     if call is None:
-        raise OSError(95, "RDMA and pmem exist on the emulator only")
+        raise OSError(errno.EOPNOTSUPP, "RDMA and pmem exist on the emulator only")
     return a.system
 
 
@@ -220,8 +224,10 @@ CALLS: dict[str, Callable[..., Any]] = {
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep
-SLEEPS_IN = {"open": 257, "truncate": 76, "ftruncate": 77, "fcntl": 72, "read": 0, "write": 1,
-             "pread": 17, "pwrite": 18, "recvfd": 47, "recv": 47, "sigwait": 23}
+SLEEPS_IN = {"open": linux.NR_openat, "truncate": linux.NR_truncate,
+             "ftruncate": linux.NR_ftruncate, "fcntl": linux.NR_fcntl, "read": linux.NR_read,
+             "write": linux.NR_write, "pread": linux.NR_pread64, "pwrite": linux.NR_pwrite64,
+             "recvfd": linux.NR_recvmsg, "recv": linux.NR_recvmsg, "sigwait": linux.NR_select}
 
 #: calls the scripted agent handles itself (they change the process)
 PROCESS_CALLS = frozenset({"fork", "exec", "exit"})

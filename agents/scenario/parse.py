@@ -196,7 +196,7 @@ def signal_number(name: str) -> int | None:
     """``SIGIO`` -> 29, ``SIGRTMIN+1`` -> 35 (glibc's SIGRTMIN, as Python's signal module)."""
     if name.startswith("SIGRTMIN"):
         rest = name[len("SIGRTMIN"):]
-        base = 34
+        base = linux.SIGRTMIN
         return base + int(rest[1:]) if rest.startswith("+") and rest[1:].isdigit() else (
             base if not rest else None)
     value = linux.CONSTANTS.get(name)

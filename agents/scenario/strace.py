@@ -21,7 +21,8 @@ _OPEN_FLAGS = [
     ("O_NOFOLLOW", linux.O_NOFOLLOW), ("O_NOATIME", linux.O_NOATIME),
     ("O_CLOEXEC", linux.O_CLOEXEC), ("O_PATH", linux.O_PATH),
 ]
-_ACC = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR", 3: "O_ACCMODE"}
+_ACC = {linux.O_RDONLY: "O_RDONLY", linux.O_WRONLY: "O_WRONLY", linux.O_RDWR: "O_RDWR",
+        linux.O_ACCMODE: "O_ACCMODE"}
 _FCNTL = {v: k for k, v in linux.CONSTANTS.items()
           if k.startswith("F_") and k not in ("F_RDLCK", "F_WRLCK", "F_UNLCK", "F_LAYOUT",
                                               "F_EXCLUSIVE", "F_OWNER_TID", "F_OWNER_PID",
@@ -29,14 +30,11 @@ _FCNTL = {v: k for k, v in linux.CONSTANTS.items()
                                               "F_GETLK", "F_SETLKW")}
 _FCNTL.update({linux.F_GETLK: "F_GETLK", linux.F_SETLK: "F_SETLK", linux.F_SETLKW: "F_SETLKW"})
 _LEASE = {linux.F_RDLCK: "F_RDLCK", linux.F_WRLCK: "F_WRLCK", linux.F_UNLCK: "F_UNLCK"}
-_WHENCE = {0: "SEEK_SET", 1: "SEEK_CUR", 2: "SEEK_END", 3: "SEEK_DATA", 4: "SEEK_HOLE"}
+_WHENCE = {linux.SEEK_SET: "SEEK_SET", linux.SEEK_CUR: "SEEK_CUR", linux.SEEK_END: "SEEK_END",
+           linux.SEEK_DATA: "SEEK_DATA", linux.SEEK_HOLE: "SEEK_HOLE"}
 _SIGNALS = {v: k for k, v in vars(linux).items()
             if k.startswith("SIG") and not k.startswith("SIGRT") and k not in ("SIGPOLL",)
             and isinstance(v, int)}
-_SIGNALS.update({4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 8: "SIGFPE", 16: "SIGSTKFLT",
-                 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU",
-                 25: "SIGXFSZ", 26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 30: "SIGPWR",
-                 31: "SIGSYS"})
 
 
 def open_flags(flags: int) -> str:
@@ -54,20 +52,26 @@ def open_flags(flags: int) -> str:
 
 def prot_flags(prot: int) -> str:
     """``PROT_READ|PROT_WRITE``."""
-    names = [n for n, b in (("PROT_READ", 1), ("PROT_WRITE", 2), ("PROT_EXEC", 4)) if prot & b]
+    names = [n for n, b in (("PROT_READ", linux.PROT_READ), ("PROT_WRITE", linux.PROT_WRITE),
+                            ("PROT_EXEC", linux.PROT_EXEC)) if prot & b]
     return "|".join(names) or "PROT_NONE"
+
+
+_MAP_TYPES = {linux.MAP_SHARED: "MAP_SHARED", linux.MAP_PRIVATE: "MAP_PRIVATE",
+              linux.MAP_SHARED_VALIDATE: "MAP_SHARED_VALIDATE"}
+_MAP_FLAGS = [(name, getattr(linux, name)) for name in
+              ("MAP_FIXED", "MAP_ANONYMOUS", "MAP_POPULATE", "MAP_SYNC", "MAP_DIRECT")]
 
 
 def map_flags(flags: int) -> str:
     """``MAP_SHARED_VALIDATE|MAP_SYNC``."""
-    kind = {1: "MAP_SHARED", 2: "MAP_PRIVATE", 3: "MAP_SHARED_VALIDATE"}.get(flags & 0xF,
-                                                                           hex(flags & 0xF))
-    words = [kind]
-    for name, bit in (("MAP_FIXED", 0x10), ("MAP_ANONYMOUS", 0x20), ("MAP_POPULATE", 0x8000),
-                      ("MAP_SYNC", linux.MAP_SYNC), ("MAP_DIRECT", linux.MAP_DIRECT)):
+    kind = flags & linux.MAP_TYPE
+    words = [_MAP_TYPES.get(kind, hex(kind))]
+    rest = flags & ~linux.MAP_TYPE
+    for name, bit in _MAP_FLAGS:
         if flags & bit:
             words.append(name)
-    rest = flags & ~0xF & ~(0x10 | 0x20 | 0x8000 | linux.MAP_SYNC | linux.MAP_DIRECT)
+            rest &= ~bit
     if rest:
         words.append(hex(rest))
     return "|".join(words)
@@ -99,14 +103,16 @@ class Bare(str):
     """Text shown as it is, unquoted (an actor name standing for a PID)."""
 
 
-_SI_CODES = {linux.SI_USER: "SI_USER", linux.SI_KERNEL: "SI_KERNEL", linux.SI_QUEUE: "SI_QUEUE",
-             -5: "SI_SIGIO", -6: "SI_TKILL", linux.POLL_IN: "POLL_IN", linux.POLL_OUT: "POLL_OUT",
-             linux.POLL_MSG: "POLL_MSG", linux.POLL_ERR: "POLL_ERR", linux.POLL_PRI: "POLL_PRI",
-             linux.POLL_HUP: "POLL_HUP"}
+def _names(*names: str) -> dict[int, str]:
+    return {getattr(linux, n): n for n in names}
 
 
-_FAULT_CODES = {linux.SIGBUS: {1: "BUS_ADRALN", 2: "BUS_ADRERR", 3: "BUS_OBJERR"},
-                linux.SIGSEGV: {1: "SEGV_MAPERR", 2: "SEGV_ACCERR"}}
+_SI_CODES = _names("SI_USER", "SI_KERNEL", "SI_QUEUE", "SI_SIGIO", "SI_TKILL", "POLL_IN",
+                   "POLL_OUT", "POLL_MSG", "POLL_ERR", "POLL_PRI", "POLL_HUP")
+
+
+_FAULT_CODES = {linux.SIGBUS: _names("BUS_ADRALN", "BUS_ADRERR", "BUS_OBJERR"),
+                linux.SIGSEGV: _names("SEGV_MAPERR", "SEGV_ACCERR")}
 
 
 def value(v: Any) -> str:
@@ -230,7 +236,7 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
         if cmd == linux.F_GETFL:
             return f"{v:#x} ({open_flags(v)})"
         if cmd == linux.F_GETFD:
-            return "0x1 (FD_CLOEXEC)" if v == 1 else str(v)
+            return f"{v:#x} (FD_CLOEXEC)" if v == linux.FD_CLOEXEC else str(v)
         if cmd == linux.F_GETLEASE:
             return lease_type(v)
         if cmd == linux.F_GETSIG:
