@@ -33,10 +33,6 @@ MMAP_BASE = 0x7F0000000000
 _shootdown_seq = itertools.count(1)
 #: the page-table entry of a hole read through the zero page
 ZERO_PAGE = -1
-#: si_code of a SIGBUS for an access past the end of the object (BUS_ADRERR)
-BUS_ADRERR = 2
-#: si_code of a SIGSEGV for an access the protection forbids (SEGV_ACCERR)
-SEGV_ACCERR = 2
 
 
 @dataclass(eq=False)
@@ -298,7 +294,7 @@ def drop_all(k: Kernel, task: Task, why: str) -> None:
 
 def sigbus(k: Kernel, task: Task, addr: int) -> None:
     """A genuine SIGBUS for a bad access at ``addr`` (BUS_ADRERR)."""
-    signals.send_signal(k, task, signals.Siginfo(linux.SIGBUS, BUS_ADRERR, si_addr=addr))
+    signals.send_signal(k, task, signals.Siginfo(linux.SIGBUS, linux.BUS_ADRERR, si_addr=addr))
 
 
 def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
@@ -318,7 +314,7 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
                    ino=mapping.file.inode.ino if mapping.file else None, write=write,
                    block=None, result="SIGSEGV" if user else "EFAULT")
         if user:
-            signals.send_signal(k, task, signals.Siginfo(linux.SIGSEGV, SEGV_ACCERR,
+            signals.send_signal(k, task, signals.Siginfo(linux.SIGSEGV, linux.SEGV_ACCERR,
                                                          si_addr=addr))
         raise KernelError(errno.EFAULT)
     if mapping.file is None:  # anonymous memory: a zeroed block of its own

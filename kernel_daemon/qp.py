@@ -166,7 +166,7 @@ def doorbell(k: Kernel, qp: QP) -> None:
         while qp.consumed < produced:
             at = HEADER + (qp.consumed % SLOTS) * SLOT
             status = (execute(k, qp, WQE.unpack_from(buf, at)) if alive
-                      else "IBV_WC_LOC_QP_OP_ERR")
+                      else rdma.WC_LOC_QP_OP_ERR)
             buf[at + STATUS_AT : at + STATUS_AT + 4] = STATUS_CODE[status].to_bytes(4, "little")
             qp.consumed += 1
             buf[8:16] = qp.consumed.to_bytes(8, "little")
@@ -185,13 +185,13 @@ def execute(k: Kernel, qp: QP, wqe: tuple[int, ...]) -> str:
     """Execute one work request, with the poster's rights; its completion status."""
     opcode, rkey, offset, lkey, _, addr, length, _wr_id = wqe
     if qp.ctx.aborted or length > rdma.MAX_TRANSFER:
-        return "IBV_WC_LOC_QP_OP_ERR"
+        return rdma.WC_LOC_QP_OP_ERR
     sge = {"lkey": lkey, "addr": addr, "length": length}
     if opcode == IBV_WR_RDMA_WRITE:
         return rdma.rdma_write(k, qp.task, rkey, offset, sge, via=f"qp {qp.qpn}")
     if opcode == IBV_WR_RDMA_READ:
         return str(rdma.rdma_read(k, qp.task, rkey, offset, sge, via=f"qp {qp.qpn}")["status"])
-    return "IBV_WC_LOC_QP_OP_ERR"
+    return rdma.WC_LOC_QP_OP_ERR
 
 
 def release_task(k: Kernel, task: Task) -> None:

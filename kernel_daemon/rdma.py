@@ -34,18 +34,15 @@ if TYPE_CHECKING:
     from kernel_daemon.locks import Lease
     from kernel_daemon.qp import QP
 
-IBV_ACCESS_LOCAL_WRITE = 1
-IBV_ACCESS_REMOTE_WRITE = 2
-IBV_ACCESS_REMOTE_READ = 4
-IBV_ACCESS_REMOTE_ATOMIC = 8
-IBV_ACCESS_ON_DEMAND = 0x40
-KNOWN_ACCESS = (IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ
-                | IBV_ACCESS_REMOTE_ATOMIC | IBV_ACCESS_ON_DEMAND)
+KNOWN_ACCESS = (linux.IBV_ACCESS_LOCAL_WRITE | linux.IBV_ACCESS_REMOTE_WRITE | linux.IBV_ACCESS_REMOTE_READ
+                | linux.IBV_ACCESS_REMOTE_ATOMIC | linux.IBV_ACCESS_ON_DEMAND)
 
-WC_SUCCESS = "IBV_WC_SUCCESS"
-WC_REM_ACCESS_ERR = "IBV_WC_REM_ACCESS_ERR"
-WC_REM_INV_REQ_ERR = "IBV_WC_REM_INV_REQ_ERR"
-WC_LOC_PROT_ERR = "IBV_WC_LOC_PROT_ERR"
+#: work-completion statuses as the card reports them (``protocol.linux.WcStatus`` names)
+WC_SUCCESS: str = linux.WcStatus.IBV_WC_SUCCESS.name
+WC_REM_ACCESS_ERR = linux.WcStatus.IBV_WC_REM_ACCESS_ERR.name
+WC_REM_INV_REQ_ERR = linux.WcStatus.IBV_WC_REM_INV_REQ_ERR.name
+WC_LOC_PROT_ERR = linux.WcStatus.IBV_WC_LOC_PROT_ERR.name
+WC_LOC_QP_OP_ERR = linux.WcStatus.IBV_WC_LOC_QP_OP_ERR.name
 #: largest message a work request may move (IB's 2 GiB)
 MAX_TRANSFER = 1 << 31
 
@@ -92,7 +89,7 @@ class MR:
     @property
     def odp(self) -> bool:
         """On-demand paging: nothing pinned."""
-        return bool(self.access & IBV_ACCESS_ON_DEMAND)
+        return bool(self.access & linux.IBV_ACCESS_ON_DEMAND)
 
 
 @dataclass(eq=False)
@@ -219,8 +216,8 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     """
     if length <= 0 or access & ~KNOWN_ACCESS:
         raise KernelError(errno.EINVAL)
-    if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC) and \
-            not access & IBV_ACCESS_LOCAL_WRITE:
+    if access & (linux.IBV_ACCESS_REMOTE_WRITE | linux.IBV_ACCESS_REMOTE_ATOMIC) and \
+            not access & linux.IBV_ACCESS_LOCAL_WRITE:
         raise KernelError(errno.EINVAL)  # as ib_check_mr_access
     if ctx.aborted:
         raise KernelError(errno.EIO)
@@ -237,7 +234,7 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     mappings = list(dict.fromkeys(m for m, _ in spans))
     mr = MR(handle=ctx.next_handle, ctx=ctx, pd=pd, addr=addr, length=length, access=access,
             lkey=_new_key(k), rkey=0, task=task, mappings=mappings)
-    mr.rkey = mr.lkey if access & (IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ) else 0
+    mr.rkey = mr.lkey if access & (linux.IBV_ACCESS_REMOTE_WRITE | linux.IBV_ACCESS_REMOTE_READ) else 0
     k.policy.reg_mr(k, task, mr)  # may refuse (EOPNOTSUPP, EPERM, ENXIO)
     if not mr.odp:
         broken: dict[int, list[tuple[int, int]]] = {}
@@ -428,7 +425,7 @@ def local_mr(k: Kernel, task: Task, sge: Any, write: bool) -> MR | None:
     addr, length = sge["addr"], sge["length"]
     if (mr is None or not mr.valid or mr.ctx.file is None or not task.fds.fds_of(mr.ctx.file)
             or length < 0 or addr < mr.addr or addr + length > mr.addr + mr.length
-            or (write and not mr.access & IBV_ACCESS_LOCAL_WRITE)):
+            or (write and not mr.access & linux.IBV_ACCESS_LOCAL_WRITE)):
         return None
     return mr
 
@@ -474,7 +471,7 @@ def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[st
         payload = data
     mr = _rkeys(k).get(rkey)
     status = WC_REM_ACCESS_ERR
-    if mr is not None and mr.valid and mr.access & IBV_ACCESS_REMOTE_WRITE:
+    if mr is not None and mr.valid and mr.access & linux.IBV_ACCESS_REMOTE_WRITE:
         status, _ = device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
     if k.log.enabled:
         k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
@@ -499,7 +496,7 @@ def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str
         n = length
     mr = _rkeys(k).get(rkey)
     status, data = WC_REM_ACCESS_ERR, b""
-    if mr is not None and mr.valid and mr.access & IBV_ACCESS_REMOTE_READ:
+    if mr is not None and mr.valid and mr.access & linux.IBV_ACCESS_REMOTE_READ:
         status, data = device_access(k, t, mr, offset, None, n, "RDMA READ")
     if sink is not None and status == WC_SUCCESS:
         assert isinstance(length, dict)

@@ -28,25 +28,23 @@ if TYPE_CHECKING:
 
 #: si_band for each POLL_* reason (fs/fcntl.c band_table, mangle_poll on x86-64)
 BAND = {
-    linux.POLL_IN: 0x041,   # EPOLLIN | EPOLLRDNORM
-    linux.POLL_OUT: 0x304,  # EPOLLOUT | EPOLLWRNORM | EPOLLWRBAND
-    linux.POLL_MSG: 0x441,  # EPOLLIN | EPOLLRDNORM | EPOLLMSG
-    linux.POLL_ERR: 0x008,  # EPOLLERR
-    linux.POLL_PRI: 0x082,  # EPOLLPRI | EPOLLRDBAND
-    linux.POLL_HUP: 0x018,  # EPOLLHUP | EPOLLERR
+    linux.POLL_IN: linux.POLLIN | linux.POLLRDNORM,
+    linux.POLL_OUT: linux.POLLOUT | linux.POLLWRNORM | linux.POLLWRBAND,
+    linux.POLL_MSG: linux.POLLIN | linux.POLLRDNORM | linux.POLLMSG,
+    linux.POLL_ERR: linux.POLLERR,
+    linux.POLL_PRI: linux.POLLPRI | linux.POLLRDBAND,
+    linux.POLL_HUP: linux.POLLHUP | linux.POLLERR,
 }
-SI_SIGIO = -5
 #: signals whose si_code values are signal-specific (kernel/signal.c sig_specific_sicodes)
-SIG_SPECIFIC_SICODES = {4, 8, 11, linux.SIGBUS, 5, linux.SIGCHLD, linux.SIGIO, 31}
+SIG_SPECIFIC_SICODES = {linux.SIGILL, linux.SIGFPE, linux.SIGSEGV, linux.SIGBUS, linux.SIGTRAP,
+                        linux.SIGCHLD, linux.SIGIO, linux.SIGSYS}
 #: real-time signals a process may have queued (RLIMIT_SIGPENDING, a usual default)
 RT_QUEUE_LIMIT = 1024
-#: the first real-time signal as the kernel counts (glibc's SIGRTMIN is 34)
-KERNEL_SIGRTMIN = 32
 
 # dispositions as the agent reports them (rt_sigaction)
 DEFAULT, IGNORE, HANDLER = "default", "ignore", "handler"
 #: signals whose default action is to ignore them (kernel/signal.c SIG_KERNEL_IGNORE_MASK)
-DEFAULT_IGNORED = {linux.SIGCHLD, 23, 28}  # SIGCHLD, SIGURG, SIGWINCH
+DEFAULT_IGNORED = {linux.SIGCHLD, linux.SIGURG, linux.SIGWINCH}
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int)
     if signum:
         code = reason
         if signum != linux.SIGIO and signum in SIG_SPECIFIC_SICODES:
-            code = SI_SIGIO
+            code = linux.SI_SIGIO
         si = Siginfo(signum, code, BAND.get(reason, -1), fd)
         if send_signal(k, task, si):
             return
@@ -188,7 +186,7 @@ def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
         k.log.emit("signal-ignored", pid=task.pid, **si.asdict())
         return True
     queue = pending.setdefault(signo, deque())
-    if signo < KERNEL_SIGRTMIN:
+    if signo < linux.KERNEL_SIGRTMIN:
         if queue:
             k.log.emit("signal-merged", pid=task.pid, **si.asdict())
             return True
@@ -214,7 +212,7 @@ def signal_delivered(k: Kernel, task: Task, body: dict[str, Any]) -> None:
     queue = pending.get(signo)
     if not queue:
         return
-    if signo < KERNEL_SIGRTMIN:
+    if signo < linux.KERNEL_SIGRTMIN:
         queue.clear()  # one delivery ends a standard signal's pending state, whoever sent it
     elif body.get("ours", True):
         queue.popleft()

@@ -22,9 +22,9 @@ import zmq
 
 from agents.launcher.daemon_process import DaemonProcess
 from agents.lib.runtime import Connection
-from kernel_daemon.syscalls.ipc import MSG_DONTWAIT
 from protocol import linux, wire
 from protocol.errors import ProtocolError
+from protocol.linux import MSG_DONTWAIT
 
 ANSWER_TIMEOUT_MS = 5000
 

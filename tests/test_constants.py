@@ -87,7 +87,7 @@ def test_the_ring_encodes_every_status_and_none_as_pending() -> None:
 
 
 def _sources() -> Iterator[str]:
-    for package in ("agents", "protocol"):
+    for package in ("agents", "protocol", "kernel_daemon"):
         for dirpath, _, files in os.walk(os.path.join(ROOT, package)):
             for name in sorted(files):
                 path = os.path.join(dirpath, name)

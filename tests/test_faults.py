@@ -26,8 +26,8 @@ import pytest
 
 from agents.launcher.daemon_process import DaemonProcess
 from agents.lib.runtime import Connection
-from kernel_daemon.syscalls.ipc import MSG_DONTWAIT
 from protocol import linux
+from protocol.linux import MSG_DONTWAIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE_TIMEOUT = 20.0

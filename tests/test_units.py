@@ -24,12 +24,13 @@ from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.kernel import Config, Kernel
 from kernel_daemon.pmem import Owner, Pmem
 from kernel_daemon.syscalls import SYSCALLS
-from kernel_daemon.syscalls.ipc import MAX_MESSAGE, MAX_QLEN, MSG_DONTWAIT, SCM_MAX_FD
+from kernel_daemon.syscalls.ipc import MAX_MESSAGE, MAX_QLEN
 from kernel_daemon.syscalls.proc import RegistrationRefused, register
 from kernel_daemon.task import FdTable, File, Task
 from kernel_daemon.vfs import Filesystem, Inode
 from protocol import linux, wire
 from protocol.errors import ProtocolError, VersionMismatch
+from protocol.linux import MSG_DONTWAIT, SCM_MAX_FD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

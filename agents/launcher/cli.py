@@ -79,6 +79,23 @@ def main(argv: list[str]) -> int:
                          "(repeatable; docs/designs.md)")
     mx.add_argument("--report", metavar="DIR", help="write an HTML report into DIR: a table "
                     "linking every run's sequence diagram, transcript and block map")
+    ex = sub.add_parser("explore", help="a scenario under every design with a fault at every "
+                        "step; the invariants checked after every run (docs/invariants.md)")
+    ex.add_argument("file")
+    ex.add_argument("--designs", nargs="*", metavar="DESIGN",
+                    help="designs to explore: names or PATH.py[:Class] (default: every "
+                         "built-in design)")
+    ex.add_argument("--faults", default="kill",
+                    help="comma-separated fault kinds: kill (each actor after each line), "
+                         "stop (until its next line), delay (0.3 s), kernel (the daemon); "
+                         "default: kill")
+    ex.add_argument("--victims", nargs="*", metavar="ACTOR",
+                    help="only these actors are faulted (default: all)")
+    ex.add_argument("--jobs", type=int, help="runs at once (default: the number of cores)")
+    ex.add_argument("--report", metavar="DIR", help="write the exploration's page into DIR")
+    ex.add_argument("--out", metavar="DIR", help="write reproducers into DIR")
+    ex.add_argument("--no-minimize", action="store_true",
+                    help="do not cut violations down to reproducers")
     if not argv:  # the main job: the threads' scenarios under every design, as a report
         argv = ["matrix", "--report", DEFAULT_REPORT]
     args = p.parse_args(argv)
@@ -87,6 +104,12 @@ def main(argv: list[str]) -> int:
 
         return matrix.main(jobs=args.jobs, only=args.only, report=args.report,
                            policies=args.policies, extra=args.extra)
+    if args.cmd == "explore":
+        from agents.launcher import explore
+
+        kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
+        return explore.main(args.file, args.designs, kinds, args.victims, args.jobs,
+                            args.report, args.out, not args.no_minimize)
     if args.cmd == "run":
         if args.target == "both":
             args.no_pids = True

@@ -23,12 +23,9 @@ from kernel_daemon.syscalls.table import syscall
 from kernel_daemon.task import Task
 from protocol import linux
 
-#: SCM_MAX_FD: the most descriptors one message may carry
-SCM_MAX_FD = 253
 #: messages a receive queue holds before senders get EAGAIN (net.unix.max_dgram_qlen)
 MAX_QLEN = 512
 MAX_MESSAGE = 1 << 20
-MSG_DONTWAIT = 0x40
 
 
 def _boxes(k: Kernel) -> dict[str, Mailbox]:
@@ -69,8 +66,8 @@ def sys_bind(k: Kernel, t: Task, name: str) -> int:
          note="queue data and SCM_RIGHTS descriptors on a named socket; EAGAIN when full")
 def sys_sendmsg(k: Kernel, t: Task, dest: str, data: bytes, fds: list[int]) -> int:
     """Queue ``data`` and the files behind ``fds`` on socket ``dest``; returns len(data)."""
-    if len(fds) > SCM_MAX_FD or len(data) > MAX_MESSAGE:
-        raise KernelError(errno.EINVAL if len(fds) > SCM_MAX_FD else errno.EMSGSIZE)
+    if len(fds) > linux.SCM_MAX_FD or len(data) > MAX_MESSAGE:
+        raise KernelError(errno.EINVAL if len(fds) > linux.SCM_MAX_FD else errno.EMSGSIZE)
     box = _boxes(k).get(dest)
     if box is None:
         raise KernelError(errno.ECONNREFUSED)
@@ -92,10 +89,10 @@ def sys_recvmsg(k: Kernel, t: Task, name: str, flags: int = 0) -> dict[str, Any]
     box = _boxes(k).get(name)
     if box is None or box.owner != t.pid:
         raise KernelError(errno.ENOTCONN)
-    if flags & ~(MSG_DONTWAIT | linux.O_CLOEXEC):
+    if flags & ~(linux.MSG_DONTWAIT | linux.O_CLOEXEC):
         raise KernelError(errno.EINVAL)
     if not box.queue:
-        if flags & MSG_DONTWAIT:
+        if flags & linux.MSG_DONTWAIT:
             raise KernelError(errno.EAGAIN)
         box.readers.sleep()  # recvmsg runs again when a message comes
     msg = box.queue[0]

@@ -18,10 +18,7 @@ from kernel_daemon.task import Task
 from protocol import linux
 
 #: flags MAP_SHARED_VALIDATE accepts (LEGACY_MAP_MASK plus MAP_SYNC); designs extend it
-KNOWN_MAP_FLAGS = (linux.MAP_TYPE | linux.MAP_FIXED | linux.MAP_ANONYMOUS | linux.MAP_POPULATE
-                   | linux.MAP_GROWSDOWN | linux.MAP_DENYWRITE | linux.MAP_EXECUTABLE
-                   | linux.MAP_LOCKED | linux.MAP_NORESERVE | linux.MAP_NONBLOCK
-                   | linux.MAP_STACK | linux.MAP_HUGETLB | linux.MAP_SYNC)
+KNOWN_MAP_FLAGS = linux.LEGACY_MAP_MASK | linux.MAP_TYPE | linux.MAP_SYNC
 
 
 @syscall("mmap", linux="mm/mmap.c do_mmap()", support="partial",
