@@ -9,7 +9,6 @@ import sys
 from dataclasses import fields
 
 from kernel_daemon.boot import PolicyLoadError, describe, load_policy, promises_of
-from kernel_daemon.daemon import Daemon
 from kernel_daemon.eventlog import convert
 from kernel_daemon.syscalls.table import render_markdown
 from protocol.config import DaemonConfig
@@ -71,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, PolicyLoadError) as exc:
         print(f"kernel_daemon: {exc}", file=sys.stderr)
         return 2
+    from kernel_daemon.daemon import Daemon  # ZeroMQ only for a daemon that serves
+
     Daemon(config).serve(args.ready_fd)
     return 0
 

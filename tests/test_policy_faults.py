@@ -25,8 +25,9 @@ from agents.launcher import explore, matrix
     ("S06_pass_context_then_exit.scn", ("A", "B", "R")),
 ])
 def test_kill_at_every_step(scenario: str, victims: tuple[str, ...]) -> None:
+    # the runs mostly wait for each other's processes: more of them than cores
     exp = explore.explore(os.path.join(matrix.THREADS, scenario), None, ["kill"],
-                          victims=victims, progress=None, minimize=False)
+                          victims=victims, jobs=6, progress=None, minimize=False)
     assert len(exp.designs) == len(matrix.policies())
     points = len(explore.fault_points(exp.scenario, ["kill"], victims)) + 1
     assert len(exp.results) == points * len(exp.designs)

@@ -61,6 +61,11 @@ def _check(spec: str) -> dict[str, Any]:
     return info
 
 
+def is_file_spec(spec: str) -> bool:
+    """Does ``spec`` name a design file (``PATH.py[:Class]``) rather than a design?"""
+    return spec.partition(":")[0].endswith(".py") or os.sep in spec
+
+
 def resolve(spec: str) -> str:
     """The name of the design ``spec`` names (a built-in name, or ``PATH.py[:Class]``);
     :class:`DesignError` with the daemon's message (file and line) if it cannot load."""

@@ -178,13 +178,13 @@ class Runner:
         self.target = target
         #: what the daemon is told (a name, or PATH.py[:Class] of a user's design)
         self.policy_spec = policy
-        #: the design's name: what expectations and line prefixes are matched against
-        self.policy = designs.resolve(policy) if target == "emulator" else policy
-        #: a design the scenario names nowhere and the daemon does not have built in:
-        #: design-dependent lines are shown unjudged
-        self.judged = (self.policy in scenario.designs_named()
-                       or (target == "emulator" and self.policy in designs.builtin())
-                       or target != "emulator")
+        #: the design's name: what expectations and line prefixes are matched against (a
+        #: user's design file is loaded once to learn it; a name is taken as it is)
+        self.policy = (designs.resolve(policy) if target == "emulator"
+                       and designs.is_file_spec(policy) else policy)
+        #: False for a design the scenario names nowhere and the daemon does not have
+        #: built in (known once it answers): design-dependent lines are shown unjudged
+        self.judged = self.policy in scenario.designs_named() or target != "emulator"
         self.settings = dict(scenario.settings)
         self.run_dir = run_dir or tempfile.mkdtemp(prefix="kemu-run-", dir="/tmp")
         os.makedirs(self.run_dir, exist_ok=True)
@@ -331,6 +331,7 @@ class Runner:
                 self.run_dir, policy=self.policy_spec,
                 event_log=os.path.join(self.run_dir, "kernel.jsonl"), **daemon_settings)
             self.kconn = Connection(self.run_dir, name="launcher")
+            self.judged = self.judged or self.policy in self.kconn.policies
         else:
             os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
             os.chmod(os.path.join(self.run_dir, "root"), 0o755)

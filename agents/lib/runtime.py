@@ -91,6 +91,8 @@ class Connection:
         self.events: deque[dict[str, Any]] = deque()
         self.event_handlers: dict[str, EventHandler] = {}
         self.daemon_pid: int = int(welcome.get("daemon_pid", 0))
+        #: the designs the daemon has built in, as its welcome advertises them
+        self.policies: list[str] = list(welcome.get("policies", []))
         #: a descriptor that becomes readable when a signal arrived, and what to do then
         #: (called with the request id being waited for); set by the signal layer
         self.signal_fd: int | None = None

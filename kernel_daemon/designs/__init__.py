@@ -11,7 +11,6 @@ definition), so adding a built-in design is adding its file.
 from __future__ import annotations
 
 import importlib
-import inspect
 import pkgutil
 import sys
 
@@ -22,9 +21,11 @@ def _discover() -> dict[str, type[Policy]]:
     found: dict[str, type[Policy]] = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-                   if issubclass(c, Policy) and c is not Policy and c.__module__ == module.__name__]
-        for cls in sorted(classes, key=lambda c: inspect.getsourcelines(c)[1]):
+        # vars() keeps the order of definition; imported classes belong to other modules
+        classes = [c for c in vars(module).values() if isinstance(c, type)
+                   and issubclass(c, Policy) and c is not Policy
+                   and c.__module__ == module.__name__]
+        for cls in classes:
             if cls.name in found:
                 raise ValueError(f"two designs are called {cls.name!r}")
             found[cls.name] = cls
