@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
                          "default: kill")
     ex.add_argument("--victims", nargs="*", metavar="ACTOR",
                     help="only these actors are faulted (default: all)")
-    ex.add_argument("--jobs", type=int, help="runs at once (default: the number of cores)")
+    ex.add_argument("--jobs", type=int, help="runs at once (default: three per core, at most 8)")
     ex.add_argument("--report", metavar="DIR", help="write the exploration's page into DIR")
     ex.add_argument("--out", metavar="DIR", help="write reproducers into DIR")
     ex.add_argument("--no-minimize", action="store_true",

@@ -238,7 +238,8 @@ def explore(path: str, design_specs: list[str] | None = None,
     work = [(spec, name, p) for p in points for spec, name in zip(specs, names, strict=True)]
     exp = Exploration(sc, text, names)
     t0 = time.monotonic()
-    jobs = jobs or max(1, os.cpu_count() or 1)
+    # a run's processes mostly wait for each other: three runs per core keep them busy
+    jobs = jobs or min(8, 3 * (os.cpu_count() or 1))
 
     def one(item: tuple[str, str, Fault]) -> Result:
         spec, name, fault = item

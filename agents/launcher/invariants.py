@@ -146,6 +146,14 @@ def daemon_answers(outcome: Outcome, recs: list[dict[str, Any]],
             or "did not answer the pin audit" in f]
 
 
+def run_started(outcome: Outcome, recs: list[dict[str, Any]],
+                promises: set[str]) -> list[Violation]:
+    """The run really ran: every actor started and connected (a run that never got
+    going checks nothing, so it must not pass)."""
+    return [Violation("run-started", f) for f in outcome.failures
+            if "did not connect" in f or "could not start" in f]
+
+
 def no_daemon_bug(outcome: Outcome, recs: list[dict[str, Any]],
                   promises: set[str]) -> list[Violation]:
     """The daemon met no bug (a Python exception in a handler, logged as ``bug``)."""
@@ -160,6 +168,7 @@ INVARIANTS: dict[str, Callable[[Outcome, list[dict[str, Any]], set[str]], list[V
     "breaker-deadline": breaker_deadline,
     "daemon-answers": daemon_answers,
     "no-daemon-bug": no_daemon_bug,
+    "run-started": run_started,
 }
 
 

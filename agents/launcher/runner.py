@@ -126,6 +126,10 @@ class Outcome:
         return not self.failures
 
 
+#: seconds a new actor (a fresh interpreter: spawn, exec) may take to say hello
+START_TIMEOUT = 30.0
+
+
 class RunError(Exception):
     """The run could not go on (an actor did not answer in time, a link broke)."""
 
@@ -357,8 +361,9 @@ class Runner:
             self._log("actor", name=name, pid=hello["pid"], how="spawn")
 
     def _await_hello(self, name: str) -> tuple[Link, dict[str, Any]]:
-        """Accept launcher links until actor ``name`` says hello."""
-        deadline = time.monotonic() + self.step_timeout
+        """Accept launcher links until actor ``name`` says hello (a new interpreter may
+        take seconds on a loaded machine: this is not the step timeout)."""
+        deadline = time.monotonic() + max(self.step_timeout, START_TIMEOUT)
         while name not in self.unclaimed:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -369,7 +374,7 @@ class Runner:
             conn, _ = self.listener.accept()
             link = Link(conn)
             try:
-                hello = link.recv(timeout=self.step_timeout)
+                hello = link.recv(timeout=max(self.step_timeout, START_TIMEOUT))
             except (TimeoutError, LinkClosed):
                 link.close()
                 continue
