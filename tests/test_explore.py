@@ -103,3 +103,65 @@ def test_the_command_line_writes_the_report(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "launch.py", "explore", S05, "--faults", "explode"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "unknown fault kinds explode" in bad.stderr
+
+
+@pytest.mark.host
+@pytest.mark.timeout(300)
+def test_explore_on_the_host_kernel_leaks_nothing() -> None:
+    """The host target: the host kernel is the oracle; killing either actor at every
+    step of a lease break leaves no process and no lease in /proc/locks."""
+    path = os.path.join(matrix.ROOT, "scenarios", "lease_break_basic.scn")
+    exp = explore.explore(path, None, ["kill"], progress=None, minimize=False, target="host")
+    assert exp.designs == ["host"]
+    assert len(exp.results) == 1 + len(explore.fault_points(exp.scenario, ["kill"]))
+    assert all(r.outcome.target == "host" for r in exp.results)
+    bad = {r.fault.describe(): [str(v) for v in r.violations] for r in exp.violations}
+    assert not bad, bad
+
+
+def test_each_invariant_sees_what_breaks_it(tmp_path: Path) -> None:
+    """The checks themselves, on made-up outcomes: each one fires on its evidence."""
+    from agents.launcher import invariants
+    from agents.launcher.runner import Outcome
+
+    def outcome(**kw: object) -> Outcome:
+        base: dict[str, object] = dict(scenario="t.scn", target="emulator", policy="x",
+                                       lines=[], transcript=[], run_dir=str(tmp_path),
+                                       failures=[], final_stats={"tasks": 1})
+        base.update(kw)
+        return Outcome(**base)  # type: ignore[arg-type]
+
+    clean = outcome()
+    assert invariants.check(clean, {"NO_FOREIGN_WRITE_LONGTERM"}) == []
+    fw = {"via": "RDMA WRITE", "writer": 7, "block": 3, "file": "/f", "offset": 0,
+          "into": "/g"}
+    assert [v.invariant for v in invariants.check(outcome(foreign_writes=[fw]),
+                                                  {"NO_FOREIGN_WRITE_LONGTERM"})] == \
+        ["no-foreign-write"]
+    assert invariants.check(outcome(foreign_writes=[fw]), {"NO_FOREIGN_WRITE_SHORTTERM"}) == []
+    left = invariants.check(outcome(final_stats={"tasks": 2, "mrs": 1, "busy_blocks": 2}), set())
+    assert {str(v) for v in left} == {"nothing-left: 1 task(s) left besides the launcher",
+                                      "nothing-left: mrs left: 1",
+                                      "nothing-left: busy_blocks left: 2"}
+    assert [v.invariant for v in invariants.check(
+        outcome(audit={"unattributed": [5]}), set())] == ["pins-attributable"]
+    assert [v.invariant for v in invariants.check(outcome(leaked=[4242]), set())] == \
+        ["no-leaked-process"]
+    host = outcome(target="host", final_stats={},
+                   final_locks=[{"state": "ACTIVE", "type": "WRITE", "pid": 9,
+                                 "path": "/f", "waiter": False}])
+    assert [v.invariant for v in invariants.check(host, set())] == ["nothing-left"]
+    assert [v.invariant for v in invariants.check(
+        outcome(failures=["actor A did not connect (see x)"]), set())] == ["run-started"]
+    # a breaker held past lease_break_time + tolerance
+    (tmp_path / "events.jsonl").write_text("\n".join([
+        '{"src": "kernel", "ev": "layout-break", "t": 1.0, "by": 7, "lbt": 0.5}',
+        '{"src": "kernel", "ev": "park", "t": 1.0, "pid": 7, "id": 3}',
+        '{"src": "kernel", "ev": "ret", "t": 4.0, "pid": 7, "id": 3}']) + "\n")
+    late = invariants.check(clean, set())
+    assert [v.invariant for v in late] == ["breaker-deadline"]
+    (tmp_path / "events.jsonl").write_text(
+        '{"src": "kernel", "ev": "layout-break", "t": 1.0, "by": 7, "lbt": 0}\n'
+        '{"src": "kernel", "ev": "park", "t": 1.0, "pid": 7, "id": 3}\n'
+        '{"src": "kernel", "ev": "ret", "t": 9.0, "pid": 7, "id": 3}\n')
+    assert invariants.check(clean, set()) == []  # an exclusive lease: never forced

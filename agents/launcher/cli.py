@@ -94,6 +94,8 @@ def main(argv: list[str]) -> int:
     ex.add_argument("--jobs", type=int, help="runs at once (default: three per core, at most 8)")
     ex.add_argument("--report", metavar="DIR", help="write the exploration's page into DIR")
     ex.add_argument("--out", metavar="DIR", help="write reproducers into DIR")
+    ex.add_argument("--target", choices=("emulator", "host"), default="emulator",
+                    help="host: the host kernel is the one design (runs one at a time)")
     ex.add_argument("--no-minimize", action="store_true",
                     help="do not cut violations down to reproducers")
     if not argv:  # the main job: the threads' scenarios under every design, as a report
@@ -109,7 +111,7 @@ def main(argv: list[str]) -> int:
 
         kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
         return explore.main(args.file, args.designs, kinds, args.victims, args.jobs,
-                            args.report, args.out, not args.no_minimize)
+                            args.report, args.out, not args.no_minimize, target=args.target)
     if args.cmd == "run":
         if args.target == "both":
             args.no_pids = True

@@ -206,11 +206,14 @@ def variant(text: str, sc: Scenario, fault: Fault) -> str:
 # --- running ----------------------------------------------------------------------------
 
 
-def run_one(text: str, name: str, design: str, keep: bool) -> tuple[Outcome, list[Violation]]:
-    """Run one variant under one design and check the invariants."""
-    outcome = run_scenario(parse(text, name), "emulator", design, show_pids=False,
+def run_one(text: str, name: str, design: str, keep: bool,
+            target: str = "emulator") -> tuple[Outcome, list[Violation]]:
+    """Run one variant under one design (on the host: the host kernel) and check the
+    invariants."""
+    outcome = run_scenario(parse(text, name), target, design, show_pids=False,
                            render=False)
-    violations = invariants.check(outcome, designs.promises(design))
+    promised = designs.promises(design) if target == "emulator" else set()
+    violations = invariants.check(outcome, promised)
     if not violations and not keep:
         shutil.rmtree(outcome.run_dir, ignore_errors=True)
     return outcome, violations
@@ -227,13 +230,21 @@ def _progress(out: IO[str], done: int, total: int, bad: int, t0: float) -> None:
 def explore(path: str, design_specs: list[str] | None = None,
             kinds: Iterable[str] = DEFAULT_FAULTS, victims: Iterable[str] | None = None,
             jobs: int | None = None, progress: IO[str] | None = sys.stderr,
-            minimize: bool = True, out_dir: str | None = None) -> Exploration:
-    """Explore the scenario at ``path`` (see the module's docstring)."""
+            minimize: bool = True, out_dir: str | None = None,
+            target: str = "emulator") -> Exploration:
+    """Explore the scenario at ``path`` (see the module's docstring).  On the host
+    target the host kernel is the one design, runs go one at a time (they share
+    /proc/sys/fs/lease-break-time), and the kernel cannot be killed."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     sc = parse(text, os.path.basename(path))
-    specs = design_specs or designs.builtin()
-    names = [designs.resolve(s) for s in specs]
+    if target == "host":
+        specs, names = ["host"], ["host"]
+        kinds = [k for k in kinds if k != "kernel"]
+        jobs = 1
+    else:
+        specs = design_specs or designs.builtin()
+        names = [designs.resolve(s) for s in specs]
     points = [NO_FAULT, *fault_points(sc, kinds, victims)]
     work = [(spec, name, p) for p in points for spec, name in zip(specs, names, strict=True)]
     exp = Exploration(sc, text, names)
@@ -245,7 +256,7 @@ def explore(path: str, design_specs: list[str] | None = None,
         spec, name, fault = item
         body = variant(text, sc, fault)
         outcome, violations = run_one(body, f"{sc.name}:{fault.slug}", spec,
-                                      keep=not fault.after)
+                                      keep=not fault.after, target=target)
         if not fault.after and not outcome.passed:
             violations = [*violations, *(Violation("expectation", f) for f in outcome.failures)]
         return Result(name, fault, outcome, violations, body)
@@ -268,7 +279,7 @@ def explore(path: str, design_specs: list[str] | None = None,
                     continue
                 seen.add(key)
                 spec = specs[names.index(r.design)]
-                exp.reproducers[key] = write_reproducer(r, v, spec, out_dir)
+                exp.reproducers[key] = write_reproducer(r, v, spec, out_dir, target)
     exp.wall = time.monotonic() - t0
     return exp
 
@@ -276,13 +287,14 @@ def explore(path: str, design_specs: list[str] | None = None,
 # --- reproducers -----------------------------------------------------------------------
 
 
-def _still_breaks(lines: list[str], name: str, spec: str, invariant: str) -> bool:
+def _still_breaks(lines: list[str], name: str, spec: str, invariant: str,
+                  target: str = "emulator") -> bool:
     text = "\n".join(lines) + "\n"
     try:
         parse(text, name)
     except ScenarioError:
         return False
-    _, violations = run_one(text, name, spec, keep=False)
+    _, violations = run_one(text, name, spec, keep=False, target=target)
     return any(v.invariant == invariant for v in violations)
 
 
@@ -306,7 +318,7 @@ def _units(lines: list[str]) -> list[list[int]]:
 
 
 def shrink(text: str, name: str, spec: str, invariant: str,
-           keep: Callable[[str], bool]) -> list[str]:
+           keep: Callable[[str], bool], target: str = "emulator") -> list[str]:
     """Remove lines (never those ``keep`` says; a background call goes with its join)
     while ``invariant`` still breaks under ``spec``: a greedy pass from the end, repeated
     until nothing more goes or the run budget is spent."""
@@ -322,7 +334,7 @@ def shrink(text: str, name: str, spec: str, invariant: str,
                 continue
             trial = [ln for i, ln in enumerate(lines) if i not in unit]
             runs += 1
-            if _still_breaks(trial, name, spec, invariant):
+            if _still_breaks(trial, name, spec, invariant, target):
                 lines = trial
                 changed = True
                 break  # indices moved: group again
@@ -345,12 +357,15 @@ def _checks(invariant: str, violation: Violation, lines: list[str]) -> list[str]
                  if not any(s.kind == "fault" and s.fault == "kill" and s.actor == a
                             for s in sc.steps)]
         kills = [f"!kill {a}" for a in alive]
+        if "/proc/locks" in violation.evidence:  # the host kernel: its lease list
+            return [*kills, f"{checker}: locks()                                => []"]
         want = ", ".join(f'"{k}": 0' for k in (keys or ["mrs", "leases", "pinned_blocks"]))
         return [*kills, f"{checker}: kernel_stats()                         => {{{want}}}"]
     return []
 
 
-def write_reproducer(result: Result, violation: Violation, spec: str, out_dir: str) -> str:
+def write_reproducer(result: Result, violation: Violation, spec: str, out_dir: str,
+                     target: str = "emulator") -> str:
     """Cut ``result``'s variant down and write it as a runnable, failing ``.scn``."""
     name = f"{result.outcome.scenario.split(':')[0].removesuffix('.scn')}-{result.design}-" \
            f"{violation.invariant}"
@@ -363,7 +378,7 @@ def write_reproducer(result: Result, violation: Violation, spec: str, out_dir: s
     if not result.fault.after:  # a run without a fault: its expectations go too
         text = "\n".join([f"set step_timeout = {STEP_TIMEOUT}",
                           *strip_expectations(result.text)]) + "\n"
-    lines = shrink(text, name, spec, violation.invariant, keep)
+    lines = shrink(text, name, spec, violation.invariant, keep, target)
     checks = _checks(violation.invariant, violation, lines)
     title = (f"# title: {violation.invariant} broken under {result.design} "
              f"({result.fault.describe()} in {result.outcome.scenario.split(':')[0]})")
@@ -383,6 +398,8 @@ def command(result: Result, spec: str, out_dir: str) -> str:
     path = os.path.join(out_dir, f"{result.design}-{result.fault.slug}.scn")
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(result.text)
+    if spec == "host":
+        return f"python launch.py run {shlex.quote(path)} --target host"
     return f"python launch.py run {shlex.quote(path)} --policy {shlex.quote(spec)}"
 
 
@@ -528,7 +545,7 @@ def _sockets(directory: str, names: list[str]) -> list[str]:
 
 def main(path: str, design_specs: list[str] | None, kinds: list[str], victims: list[str] | None,
          jobs: int | None, report: str | None, out_dir: str | None, minimize: bool,
-         out: IO[str] = sys.stdout) -> int:
+         out: IO[str] = sys.stdout, target: str = "emulator") -> int:
     """``launch.py explore``: 0 when no invariant broke, 1 otherwise, 2 for bad input."""
     bad_kinds = sorted(set(kinds) - set(FAULT_KINDS))
     if bad_kinds:
@@ -538,8 +555,8 @@ def main(path: str, design_specs: list[str] | None, kinds: list[str], victims: l
     try:
         with open(path, encoding="utf-8") as fh:
             sc = parse(fh.read(), os.path.basename(path))
-        specs = design_specs or designs.builtin()
-        names = [designs.resolve(s) for s in specs]
+        specs = ["host"] if target == "host" else design_specs or designs.builtin()
+        names = specs if target == "host" else [designs.resolve(s) for s in specs]
     except (OSError, ScenarioError, designs.DesignError) as exc:
         print(f"explore: {exc}", file=sys.stderr)
         return 2
@@ -550,7 +567,8 @@ def main(path: str, design_specs: list[str] | None, kinds: list[str], victims: l
         return 2
     out_dir = out_dir or (os.path.join(report, "reproducers") if report else
                           tempfile.mkdtemp(prefix="kemu-explore-", dir="/tmp"))
-    exp = explore(path, specs, kinds, victims, jobs, minimize=minimize, out_dir=out_dir)
+    exp = explore(path, specs, kinds, victims, jobs, minimize=minimize, out_dir=out_dir,
+                  target=target)
     print_summary(exp, dict(zip(names, specs, strict=True)), out, out_dir)
     if report is not None:
         print(f"report: {write_report(exp, report)}", file=out)

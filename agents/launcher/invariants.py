@@ -70,7 +70,7 @@ def nothing_left(outcome: Outcome, recs: list[dict[str, Any]],
     """When every actor is gone, nothing of theirs remains: tasks, descriptors in flight,
     leases (zombie leases included), mappings, regions, pins, busy blocks, blocks owned
     by nothing, shoot-downs, sockets, queue pairs, sleeping calls."""
-    if outcome.kernel_killed:
+    if outcome.kernel_killed or outcome.target == "host":
         return []
     stats = outcome.final_stats
     if not stats:
@@ -146,6 +146,25 @@ def daemon_answers(outcome: Outcome, recs: list[dict[str, Any]],
             or "did not answer the pin audit" in f]
 
 
+def no_leaked_process(outcome: Outcome, recs: list[dict[str, Any]],
+                      promises: set[str]) -> list[Violation]:
+    """Once the run is over no process of it is left (an actor, a fork child, the
+    daemon), on either target."""
+    return [Violation("no-leaked-process", f"pid {pid} of the run is still alive")
+            for pid in outcome.leaked]
+
+
+def host_no_leaked_lease(outcome: Outcome, recs: list[dict[str, Any]],
+                         promises: set[str]) -> list[Violation]:
+    """Host target: once every actor is gone, /proc/locks shows no lease on the run's
+    files (Linux removes a lease with the last reference to its open file)."""
+    if outcome.target != "host":
+        return []
+    return [Violation("nothing-left", f"/proc/locks still shows {e.get('state')} "
+                      f"{e.get('type')} lease of pid {e.get('pid')} on {e.get('path')}")
+            for e in outcome.final_locks if not e.get("waiter")]
+
+
 def run_started(outcome: Outcome, recs: list[dict[str, Any]],
                 promises: set[str]) -> list[Violation]:
     """The run really ran: every actor started and connected (a run that never got
@@ -169,6 +188,8 @@ INVARIANTS: dict[str, Callable[[Outcome, list[dict[str, Any]], set[str]], list[V
     "daemon-answers": daemon_answers,
     "no-daemon-bug": no_daemon_bug,
     "run-started": run_started,
+    "no-leaked-process": no_leaked_process,
+    "host-nothing-left": host_no_leaked_lease,
 }
 
 

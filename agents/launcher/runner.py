@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import psutil
+
 from agents import report
 from agents.launcher import designs
 from agents.launcher.daemon_process import DaemonProcess, start_daemon
@@ -113,6 +115,10 @@ class Outcome:
     wall: float = 0.0
     #: the line where ``!kill kernel`` killed the daemon (0: not killed)
     kernel_killed: int = 0
+    #: host target: leases /proc/locks still shows on the run's files after the run
+    final_locks: list[dict[str, Any]] = field(default_factory=list)
+    #: processes of the run (actors, the daemon) still alive after it
+    leaked: list[int] = field(default_factory=list)
 
     @property
     def unjudged(self) -> int:
@@ -225,6 +231,10 @@ class Runner:
         self.timers: list[threading.Timer] = []
         #: the pin audit of the kernel taken when the last line has run
         self.audit: dict[str, Any] = {}
+        #: host target: the leases /proc/locks still shows on the run's files at the end
+        self.final_locks: list[dict[str, Any]] = []
+        #: processes of the run still alive once it is over (PIDs)
+        self.leaked: list[int] = []
 
     # --- output -----------------------------------------------------------------------
 
@@ -673,6 +683,10 @@ class Runner:
                         os.kill(actor.pid, signal.SIGKILL)
                     os.close(pidfd)
         _reap_all()
+        if self.target == "host":
+            root = os.path.join(self.run_dir, "root")
+            with contextlib.suppress(OSError):
+                self.final_locks = HostSystem(root).locks()
         if self.kconn is not None:
             try:
                 for actor in self.actors.values():
@@ -690,6 +704,7 @@ class Runner:
             link.close()  # actors that said hello after the run gave up on them
         self.unclaimed.clear()
         self.listener.close()
+        self.leaked = _leaked(self.run_dir)
 
     def run(self) -> Outcome:
         """Run the whole scenario and return its outcome."""
@@ -720,7 +735,8 @@ class Runner:
         self._write_folder()
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
                        self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign,
-                       self.audit, time.monotonic() - self.t0, self.kernel_killed)
+                       self.audit, time.monotonic() - self.t0, self.kernel_killed,
+                       self.final_locks, self.leaked)
 
 
     def _write_folder(self) -> None:
@@ -784,6 +800,17 @@ def _usual_limits() -> None:
     """Give an actor the usual RLIMIT_NOFILE soft limit of 1024, as a login shell has."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+
+def _leaked(run_dir: str) -> list[int]:
+    """PIDs of processes still running with ``run_dir`` on their command line (an actor
+    or a daemon of this run that outlived it)."""
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.info["pid"] != os.getpid() and any(run_dir in str(a) for a in cmdline):
+            out.append(int(proc.info["pid"]))
+    return sorted(out)
 
 
 def _reap_all() -> None:
