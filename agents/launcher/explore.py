@@ -47,6 +47,7 @@ from agents.scenario.parse import (
     _split_expectations,
     parse,
 )
+from protocol import linux
 
 #: the kinds of fault, and what a variant inserts for each
 FAULT_KINDS = ("kill", "stop", "delay", "kernel")
@@ -420,7 +421,7 @@ def first_parting(exp: Exploration) -> tuple[int | None, dict[str, list[str]]]:
 
 def _outcome_of(reply: dict[str, Any]) -> str:
     if "errno" in reply:
-        return f"-1 {reply['errno']}"
+        return f"-1 {linux.errno_name(int(reply['errno']))}"
     if "killed" in reply:
         return f"killed {reply['killed']}"
     if "skipped" in reply:
@@ -501,7 +502,14 @@ def write_report(exp: Exploration, report: str) -> str:
             run = base.get(d)
             line = next((ln for ln in run.outcome.lines if ln.step.lineno == step.lineno),
                         None) if run else None
-            tds.append(f"<td>{e(_outcome_of(line.reply)) if line else '(not run)'}</td>")
+            if line is not None:
+                text = _outcome_of(line.reply)
+                short = text if len(text) <= 28 else text[:26] + "\u2026"
+                tds.append(f'<td title="{e(text)}">{e(short)}</td>')
+            elif step.background and run is not None:
+                tds.append("<td>started (&amp;)</td>")
+            else:
+                tds.append("<td>(not run)</td>")
         cls = ' class="parting"' if step.lineno == lineno else ""
         note = ""
         if step.lineno == lineno:
@@ -515,6 +523,7 @@ def write_report(exp: Exploration, report: str) -> str:
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>explore {e(exp.scenario.name)}</title><style>
 body {{ font: 13px sans-serif; margin: 1em; max-width: 1380px; }}
+table.side th {{ max-width: 360px; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 6px; vertical-align: top; text-align: left; }}
 td.bad {{ background: #fde8e8; }} td.ok {{ background: #eef8ee; }}
