@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,12 @@ class Mapping:
     #: private file pages whose copy-on-write a long-term pin broke: page -> own block
     cow: dict[int, int] = field(default_factory=dict)
     task_page: int = 4096
+    #: mmu interval notifiers (``mmu_interval_notifier_insert``): called with file pages
+    #: ``[first, end)`` (``end`` None: to the end) before they lose their translations
+    #: (:func:`zap`) and with ``(0, None)`` when the mapping goes; a device that caches
+    #: translations of the mapping (an on-demand MR) drops them there.  Registered and
+    #: removed by that device; a fork child's copy starts without any
+    notifiers: list[Callable[[int, int | None], None]] = field(default_factory=list)
 
     @property
     def npages(self) -> int:
@@ -157,6 +164,9 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     if mapping.task.mm.vmas.pop(mapping.vid, None) is None:
         return
     k.policy.munmap(k, mapping)
+    for notify in list(mapping.notifiers):  # devices caching its translations drop them
+        notify(0, None)
+    mapping.notifiers.clear()
     shared = mapping.shared_anon
     if shared is not None and shared.users > 1:  # shared anonymous memory a fork child shares
         shared.users -= 1
@@ -513,12 +523,16 @@ def _may_store(mapping: Mapping) -> bool:
 def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
     """``unmap_mapping_range``: take file pages ``[first, end)`` out of every mapping.
 
-    Each process that may cache them gets a shoot-down; returns True while any
-    acknowledgement is outstanding for this inode (the caller must wait, see
+    Each process that may cache them gets a shoot-down, and each device that caches
+    translations of a mapping (an on-demand MR, through ``Mapping.notifiers``) drops
+    them at once, as the mmu notifiers' ``invalidate_range_start`` runs before the
+    pages go; returns True while any acknowledgement is outstanding for this inode (the caller must wait, see
     :func:`wait_for_shootdowns`).
     """
     pending = k.shootdowns
     for mapping in inode.i_mmap:
+        for notify in list(mapping.notifiers):  # ODP MRs: mmu_interval_notifier invalidate
+            notify(first, end)
         hit = [i for i in mapping.ptes
                if mapping.pgoff + i >= first and (end is None or mapping.pgoff + i < end)]
         if not hit:

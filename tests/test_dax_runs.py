@@ -167,3 +167,57 @@ def test_a_store_after_a_truncate_faults_instead_of_landing_in_a_freed_block(
                    for off in range(0, taken, 1 << 20))
     finally:
         s.conn.close()
+
+
+def test_an_odp_extent_is_dropped_by_a_truncate(kernel: Kernel, io: FakeIO) -> None:
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    r = kernel.new_task(200, 0, 0, 0, "remote", None)
+    fd = sc(kernel, a, "open", "/f", RDWR_CREAT, 0o644)
+    sc(kernel, a, "ftruncate", fd, 4 * PAGE)
+    m = sc(kernel, a, "mmap", 4 * PAGE, RW, linux.MAP_SHARED, fd, 0)
+    ctx = sc(kernel, a, "ibv_open_device")
+    reg = sc(kernel, a, "ibv_reg_mr", ctx, m["addr"], 4 * PAGE, ODP)
+    mr = kernel.rdma.rkeys[reg["rkey"]]
+    ok = linux.WcStatus.IBV_WC_SUCCESS.name
+    assert sc(kernel, r, "rdma_write", reg["rkey"], 0, b"1" * (4 * PAGE)) == ok
+    assert [(e.first, e.n) for e in mr.odp_extents] == [(0, 4)]  # one device fault
+    assert sc(kernel, r, "rdma_write", reg["rkey"], PAGE, b"2" * PAGE) == ok  # cached
+    inode = mm.vmas(a)[m["vma"]].file.inode
+    old = inode.blocks[2]
+    truncate_acked(kernel, io, a, fd, PAGE)
+    assert mr.odp_extents == []  # dropped by the zap, before the blocks were freed
+    g = sc(kernel, a, "open", "/g", RDWR_CREAT, 0o644)
+    sc(kernel, a, "pwrite", g, b"G" * (3 * PAGE), 0)  # the freed blocks, /g's now
+    assert kernel.pmem.ledger[old] is not None and kernel.pmem.ledger[old].ino != inode.ino
+    bad = linux.WcStatus.IBV_WC_REM_ACCESS_ERR.name
+    assert sc(kernel, r, "rdma_write", reg["rkey"], 2 * PAGE, b"3" * PAGE) == bad  # EOF
+    sc(kernel, a, "ftruncate", fd, 4 * PAGE)  # a hole inside EOF again
+    assert sc(kernel, r, "rdma_write", reg["rkey"], 2 * PAGE, b"4" * PAGE) == ok
+    assert inode.blocks[2] != old
+    assert bytes(kernel.pmem.view(inode.blocks[2])) == b"4" * PAGE
+    assert sc(kernel, a, "pread", g, 3 * PAGE, 0) == b"G" * (3 * PAGE)
+    assert sc(kernel, a, "pread", fd, PAGE, 0) == b"1" * PAGE
+    assert sc(kernel, a, "foreign_writes") == []
+
+
+def test_an_odp_mr_caches_nothing_through_a_mapping_that_is_gone(kernel: Kernel) -> None:
+    """munmap drops the region's extents (the notifier's release) and, since no later
+    zap would reach a mapping that is gone, nothing is cached through it again."""
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    r = kernel.new_task(200, 0, 0, 0, "remote", None)
+    fd = sc(kernel, a, "open", "/f", RDWR_CREAT, 0o644)
+    sc(kernel, a, "ftruncate", fd, 2 * PAGE)
+    m = sc(kernel, a, "mmap", 2 * PAGE, RW, linux.MAP_SHARED, fd, 0)
+    ctx = sc(kernel, a, "ibv_open_device")
+    reg = sc(kernel, a, "ibv_reg_mr", ctx, m["addr"], 2 * PAGE, ODP)
+    mr = kernel.rdma.rkeys[reg["rkey"]]
+    ok = linux.WcStatus.IBV_WC_SUCCESS.name
+    assert sc(kernel, r, "rdma_write", reg["rkey"], 0, b"1" * (2 * PAGE)) == ok
+    assert len(mr.odp_extents) == 1
+    mapping = mm.vmas(a)[m["vma"]]
+    sc(kernel, a, "munmap", m["addr"], 2 * PAGE)
+    assert mr.odp_extents == [] and mapping.notifiers == []
+    sc(kernel, r, "rdma_write", reg["rkey"], 0, b"2" * (2 * PAGE))
+    assert mr.odp_extents == []
+    sc(kernel, a, "ibv_dereg_mr", ctx, reg["handle"])
+    assert sc(kernel, a, "foreign_writes") == []
