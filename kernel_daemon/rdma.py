@@ -379,7 +379,8 @@ def device_access(k: Kernel, writer: Task, mr: MR, offset: int,
     """Execute an RDMA WRITE (``data``) or READ (``length``) into the MR's range.
 
     Pinned pages go to the pinned block, whatever the file says now; on-demand pages
-    are translated through the registering mapping now (EOF: an error completion).
+    go through the extents the card cached, or are translated through the registering
+    mapping now (EOF: an error completion; see :func:`_access_odp`).
     Every written block is checked against the ledger.  A run of consecutive pinned
     blocks none of which was freed since the pin (one comparison of free counts) still
     belongs to the pinned pages, so it is copied with one slice, as a DMA engine would.
