@@ -13,8 +13,8 @@ shared-memory segment (the pmem device, attached here by name from the welcome's
   so both leave the same bytes in the same places).
 
   - **first-touch**: the first pass over a freshly truncated file faults every page in
-    (one ``mm_fault`` call to the daemon per 4 KiB page, which allocates and zeroes the
-    block).  Baseline: the same copy into a freshly created 64 MiB shared-memory
+    (one ``mm_fault`` call to the daemon per 2 MiB window, a PMD fault that allocates
+    and zeroes its 512 blocks and hands all 512 translations back).  Baseline: the same copy into a freshly created 64 MiB shared-memory
     segment (the host kernel's own first-touch page faults).  Informational.
   - **steady**: later passes, every translation cached in the agent's TLB.  **Judged.**
 
@@ -487,7 +487,7 @@ def profile(out_dir: str) -> int:
             stop_profiled_daemon(proc)
     show(first, "agent, first-touch 64 MiB store (1 pass)")
     show(steady, "agent, steady 64 MiB store (10 passes)")
-    show(d_store, "daemon during the stores (first touch: one mm_fault per page)")
+    show(d_store, "daemon during the stores (first touch: one mm_fault per 2 MiB)")
     show(p_rdma, "peer, 5 rounds x 20 of each RDMA configuration")
     show(d_rdma, "daemon during the RDMA WRITEs", 22)
     print(f"profiles kept in {out_dir}")

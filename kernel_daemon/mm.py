@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kernel_daemon import signals
-from kernel_daemon.errors import KernelError
+from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.pmem import Owner
 from kernel_daemon.task import File, Task
 from kernel_daemon.vfs import Inode
@@ -33,6 +34,10 @@ MMAP_BASE = 0x7F0000000000
 _shootdown_seq = itertools.count(1)
 #: the page-table entry of a hole read through the zero page
 ZERO_PAGE = -1
+#: pages of a PMD (2 MiB of 4 KiB pages): the unit of a DAX huge fault
+PMD_PAGES = 512
+#: pages ``do_fault_around`` maps around a fault (``fault_around_bytes``, 64 KiB)
+FAULT_AROUND_PAGES = 16
 
 
 @dataclass(eq=False)
@@ -67,6 +72,12 @@ class Mapping:
     #: private file pages whose copy-on-write a long-term pin broke: page -> own block
     cow: dict[int, int] = field(default_factory=dict)
     task_page: int = 4096
+    #: mmu interval notifiers (``mmu_interval_notifier_insert``): called with file pages
+    #: ``[first, end)`` (``end`` None: to the end) before they lose their translations
+    #: (:func:`zap`) and with ``(0, None)`` when the mapping goes; a device that caches
+    #: translations of the mapping (an on-demand MR) drops them there.  Registered and
+    #: removed by that device; a fork child's copy starts without any
+    notifiers: list[Callable[[int, int | None], None]] = field(default_factory=list)
 
     @property
     def npages(self) -> int:
@@ -153,6 +164,9 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     if mapping.task.mm.vmas.pop(mapping.vid, None) is None:
         return
     k.policy.munmap(k, mapping)
+    for notify in list(mapping.notifiers):  # devices caching its translations drop them
+        notify(0, None)
+    mapping.notifiers.clear()
     shared = mapping.shared_anon
     if shared is not None and shared.users > 1:  # shared anonymous memory a fork child shares
         shared.users -= 1
@@ -298,13 +312,15 @@ def sigbus(k: Kernel, task: Task, addr: int) -> None:
 
 
 def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
-          user: bool = True) -> int:
+          user: bool = True, quiet: bool = False) -> int:
     """``handle_mm_fault`` on a DAX file: the page's block, allocating a hole on a write.
 
     A fault for the kernel (``user=False``: get_user_pages for a pin or a transfer)
     fails with EFAULT and sends no signal, as ``__get_user_pages`` does.
     Past the end of the file, or in an invalidated mapping, the process gets SIGBUS
-    and the call fails with EFAULT.  A read of a hole maps the zero page.
+    and the call fails with EFAULT.  A read of a hole maps the zero page.  ``quiet``:
+    the page of a file mapping that was mapped is not logged (:func:`fault_run` logs
+    the whole run it maps).
     """
     page = k.pmem.block_size
     addr = mapping.start + index * page
@@ -341,8 +357,9 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
     if block is None:
         if not write:
             mapping.ptes[index] = ZERO_PAGE
-            k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
-                       write=write, block=None, result="zero page")
+            if not quiet:
+                k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
+                           write=write, block=None, result="zero page")
             return ZERO_PAGE
         block = k.pmem.alloc(Owner(inode.ino, fpage))
         inode.blocks[fpage] = block
@@ -357,9 +374,145 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
         k.pmem.free(block)
         inode.blocks[fpage] = block = new
     mapping.ptes[index] = block
-    k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino, write=write,
-               block=block, result="mapped")
+    if not quiet:
+        k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,
+                   write=write, block=block, result="mapped")
     return block
+
+
+def fault_run(k: Kernel, task: Task, mapping: Mapping, index: int,
+              write: bool) -> list[tuple[int, int, int]]:
+    """A page fault that maps more than the faulting page: the runs handed out, each
+    ``(first page index, first block or ZERO_PAGE, pages)``, the faulting page first.
+
+    The faulting page goes through :func:`fault` (every check, signal and copy-on-write
+    of a single fault).  Then, as ``dax_iomap_pmd_fault`` does, the window of
+    ``PMD_PAGES`` pages (2 MiB) aligned in the file is mapped whole when it lies inside the mapping and below EOF and each of its pages
+    can be mapped as the faulting one was: every page has a block (a write fault of a
+    shared writable mapping into a window that is all hole allocates the whole window,
+    as the PMD fault allocates a 2 MiB extent; a read of an all-hole window maps the zero
+    page over it).  Otherwise, as ``do_fault_around`` does, the 64 KiB-aligned window of
+    ``FAULT_AROUND_PAGES`` pages maps those pages whose blocks exist already.  A page is
+    never handed out here if a single fault of it would do something first: a page under
+    another process's invalidate lock (it would wait), a reflinked block a mapping that
+    may store would copy, a private page whose copy-on-write a pin broke, a page past
+    EOF.  Every page handed out is in ``mapping.ptes``, so :func:`zap` shoots it down.
+
+    Linux also wants the virtual address of the same colour (``mmap`` of a DAX file
+    places it so, ``thp_get_unmapped_area``); here mappings are not placed on 2 MiB and
+    a translation is per page anyway, so only the file offset is aligned.  Nor is the
+    first block aligned: the device has no huge pages, a run needs only be consecutive.
+    """
+    file = mapping.file
+    if file is None or index in mapping.cow:
+        return [(index, fault(k, task, mapping, index, write), 1)]
+    inode = file.inode
+    delta = mapping.pgoff  # file page = delta + index
+    hole = delta + index not in inode.blocks
+    block = fault(k, task, mapping, index, write, quiet=True)
+    eof = -(-inode.size // k.pmem.block_size)  # first file page wholly past EOF
+    pages: dict[int, int] | None = None
+    first = index - (delta + index) % PMD_PAGES  # the window is aligned in the file
+    if first >= 0 and first + PMD_PAGES <= mapping.npages and delta + first + PMD_PAGES <= eof:
+        pages = _pmd(k, task, mapping, first, index, block, write, hole)
+    size = "pmd"
+    if pages is None:
+        size = "pte"
+        lo = index - index % FAULT_AROUND_PAGES
+        hi = min(lo + FAULT_AROUND_PAGES, mapping.npages, eof - delta)  # inside, below EOF
+        pages = {index: block}
+        if block != ZERO_PAGE:
+            for i in range(max(lo, -delta), hi):
+                if i != index and i not in mapping.cow:
+                    b = inode.blocks.get(delta + i)
+                    if b is not None and _mappable(k, task, mapping, delta + i, b, write):
+                        pages[i] = b
+    mapping.ptes.update(pages)
+    runs = _as_runs(pages, index)
+    k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino, write=write,
+               block=None if block == ZERO_PAGE else block,
+               result="zero page" if block == ZERO_PAGE else "mapped", size=size,
+               pages=len(pages), runs=[list(r) for r in runs])
+    return runs
+
+
+def _pmd(k: Kernel, task: Task, mapping: Mapping, first: int, index: int, block: int,
+         write: bool, hole: bool) -> dict[int, int] | None:
+    """The pages of the PMD window ``[first, first + PMD_PAGES)``, or None to fall back
+    to a PTE fault (``dax_iomap_pmd_fault`` falls back when the extent is not one
+    allocated or one unwritten range)."""
+    assert mapping.file is not None
+    inode = mapping.file.inode
+    delta = mapping.pgoff
+    blocks = inode.blocks
+    rng = range(first, first + PMD_PAGES)
+    if any(i in mapping.cow for i in rng) or any(_changing(inode, task, delta + i) for i in rng):
+        return None
+    pages: dict[int, int] = {}
+    if block == ZERO_PAGE:  # a read of a hole: the zero page over an all-hole window
+        if any(delta + i in blocks for i in rng):
+            return None
+        return dict.fromkeys(rng, ZERO_PAGE)
+    if hole and all(delta + i not in blocks for i in rng if i != index):
+        # a write into an all-hole window: allocate the window's blocks (in page
+        # order: the LIFO allocator then gives a run back as the run it was)
+        if not _may_store(mapping) or k.pmem.free_blocks < PMD_PAGES - 1:
+            return None
+        for i in rng:  # this mapping's zero pages there are replaced by the reply
+            if mapping.ptes.get(i) == ZERO_PAGE:
+                del mapping.ptes[i]
+        for i in rng:
+            if i == index:
+                pages[i] = block
+                continue
+            new = k.pmem.alloc(Owner(inode.ino, delta + i))
+            blocks[delta + i] = pages[i] = new
+        return pages
+    for i in rng:
+        got = blocks.get(delta + i)
+        if got is None or (i != index and not _mappable(k, task, mapping, delta + i, got,
+                                                          write)):
+            return None
+        pages[i] = got
+    return pages
+
+
+def _mappable(k: Kernel, task: Task, mapping: Mapping, fpage: int, block: int,
+              write: bool) -> bool:
+    """May a fault hand out ``fpage -> block`` without a fault of its own (no
+    copy-on-write of a reflinked block due, no change of the page in progress)?"""
+    if k.pmem.refs[block] > 1 and (write or _may_store(mapping)):
+        return False
+    assert mapping.file is not None
+    return not _changing(mapping.file.inode, task, fpage)
+
+
+def _changing(inode: Inode, task: Task, fpage: int) -> bool:
+    """Does another process hold the invalidate lock over ``fpage`` (a fault of it
+    would sleep)?  The sleep is only asked for, never taken."""
+    if not len(inode.invalidate_lock):
+        return False
+    try:
+        inode.invalidate_lock.wait_for(task, fpage)
+    except MustWait:
+        return True
+    return False
+
+
+def _as_runs(pages: dict[int, int], index: int) -> list[tuple[int, int, int]]:
+    """``pages`` (index -> block) as runs of consecutive pages and blocks (zero-page
+    runs: consecutive pages), the run holding ``index`` first."""
+    runs: list[tuple[int, int, int]] = []
+    for i in sorted(pages):
+        b = pages[i]
+        if runs:
+            p, first, n = runs[-1]
+            if p + n == i and (first + n == b if first >= 0 else b == first):
+                runs[-1] = (p, first, n + 1)
+                continue
+        runs.append((i, b, 1))
+    at = next(j for j, (p, _, n) in enumerate(runs) if p <= index < p + n)
+    return [runs[at], *runs[:at], *runs[at + 1:]]
 
 
 def _may_store(mapping: Mapping) -> bool:
@@ -370,12 +523,16 @@ def _may_store(mapping: Mapping) -> bool:
 def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
     """``unmap_mapping_range``: take file pages ``[first, end)`` out of every mapping.
 
-    Each process that may cache them gets a shoot-down; returns True while any
-    acknowledgement is outstanding for this inode (the caller must wait, see
+    Each process that may cache them gets a shoot-down, and each device that caches
+    translations of a mapping (an on-demand MR, through ``Mapping.notifiers``) drops
+    them at once, as the mmu notifiers' ``invalidate_range_start`` runs before the
+    pages go; returns True while any acknowledgement is outstanding for this inode (the caller must wait, see
     :func:`wait_for_shootdowns`).
     """
     pending = k.shootdowns
     for mapping in inode.i_mmap:
+        for notify in list(mapping.notifiers):  # ODP MRs: mmu_interval_notifier invalidate
+            notify(first, end)
         hit = [i for i in mapping.ptes
                if mapping.pgoff + i >= first and (end is None or mapping.pgoff + i < end)]
         if not hit:

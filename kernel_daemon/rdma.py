@@ -8,17 +8,21 @@ last reference.  Registering a memory region over a DAX mapping takes a long-ter
 the card keeps using them, whatever the file's block map says later.  That is the whole
 hazard: every device write is checked against the block ledger, and a write into a block
 that now belongs to another file, or to nobody, is recorded as a **foreign write**.  With
-``IBV_ACCESS_ON_DEMAND`` nothing is pinned and the card translates at access time.
+``IBV_ACCESS_ON_DEMAND`` nothing is pinned and the card translates at access time: it
+caches what it translated as extents (runs of consecutive blocks, ``ib_umem_odp``),
+filled by a device fault on first access and dropped by the same zaps that shoot the
+CPU's translations down (an mmu interval notifier on each mapping of the region).
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import secrets
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +62,23 @@ class Pin:
 
 
 @dataclass(eq=False)
+class OdpExtent:
+    """A run of translations an on-demand MR cached (``ib_umem_odp``'s ``pfn_list`` for
+    pages a device fault mapped): MR pages ``[first, first + n)`` -> blocks ``[block,
+    block + n)`` through ``mapping`` (file pages from ``fpage``).  Set by a device fault
+    (:func:`_odp_fault`), dropped by the mapping's notifier (:func:`_odp_invalidate`);
+    ``gen`` is the blocks' free counts when cached: a run one of whose blocks was freed
+    since is never used (:func:`_odp_lookup` drops it)."""
+
+    first: int
+    n: int
+    block: int
+    mapping: mm.Mapping
+    fpage: int
+    gen: array[int]
+
+
+@dataclass(eq=False)
 class MR:
     """``struct ib_mr``: a registered range of the registering process's memory."""
 
@@ -80,6 +101,11 @@ class MR:
     #: blocks' free counts when pinned); the card copies a run whose blocks were never
     #: freed since with one slice, and checks every page of any other run
     extents: list[tuple[int, int, int, array[int]]] = field(default_factory=list)
+    #: on-demand paging: the cached translations, sorted by first page; and the
+    #: notifiers this region put on its mappings (``mmu_interval_notifier``)
+    odp_extents: list[OdpExtent] = field(default_factory=list)
+    odp_notifiers: list[tuple[mm.Mapping, Callable[[int, int | None], None]]] = field(
+        default_factory=list)
     #: False once revoked (fenced): later accesses complete with an error
     valid: bool = True
     #: layout leases that live as long as this region (the designs that tie a pin to a
@@ -260,6 +286,12 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     for mapping in mappings:
         if mapping.file is not None and mapping.file not in mr.files:
             mr.files.append(k.fget(mapping.file))
+    if mr.odp:
+        for mapping in mappings:
+            if mapping.file is not None:
+                notify = _odp_notifier(mr, mapping)
+                mapping.notifiers.append(notify)
+                mr.odp_notifiers.append((mapping, notify))
     ctx.next_handle += 1
     ctx.mrs[mr.handle] = mr
     if mr.rkey:
@@ -293,6 +325,11 @@ def _unpin(k: Kernel, mr: MR) -> None:
         k.pins.unpin(pin.block, longterm=True)
     mr.pins.clear()
     mr.extents = []
+    for mapping, notify in mr.odp_notifiers:  # mmu_interval_notifier_remove
+        if notify in mapping.notifiers:
+            mapping.notifiers.remove(notify)
+    mr.odp_notifiers.clear()
+    mr.odp_extents.clear()
 
 
 def revoke(k: Kernel, mr: MR, why: str) -> None:
@@ -342,7 +379,8 @@ def device_access(k: Kernel, writer: Task, mr: MR, offset: int,
     """Execute an RDMA WRITE (``data``) or READ (``length``) into the MR's range.
 
     Pinned pages go to the pinned block, whatever the file says now; on-demand pages
-    are translated through the registering mapping now (EOF: an error completion).
+    go through the extents the card cached, or are translated through the registering
+    mapping now (EOF: an error completion; see :func:`_access_odp`).
     Every written block is checked against the ledger.  A run of consecutive pinned
     blocks none of which was freed since the pin (one comparison of free counts) still
     belongs to the pinned pages, so it is copied with one slice, as a DMA engine would.
@@ -354,7 +392,7 @@ def device_access(k: Kernel, writer: Task, mr: MR, offset: int,
     lo = mr.addr % page + offset  # the range, as offsets from the MR's first page
     hi = lo + size
     if mr.odp:
-        return _access_pages(k, writer, mr, lo, hi, data, via)
+        return _access_odp(k, writer, mr, lo, hi, data, via)
     buf = k.pmem.buf
     parts: list[bytes] = []
     for a, b, start in _runs(k, mr, lo, hi):
@@ -379,6 +417,120 @@ def _runs(k: Kernel, mr: MR, lo: int, hi: int) -> Iterator[tuple[int, int, int |
         if a < b:
             intact = k.pmem.gen[block : block + n] == snapshot
             yield a, b, block * page + a - first * page if intact else None
+
+
+def _access_odp(k: Kernel, writer: Task, mr: MR, lo: int, hi: int,
+                data: bytes | memoryview | None, via: str) -> tuple[str, bytes]:
+    """:func:`device_access` of an on-demand MR over ``[lo, hi)`` (offsets from the MR's
+    first page): each cached extent is copied with one slice; a page no extent holds
+    takes a device fault (:func:`_odp_fault`, as ``ib_umem_odp_map_dma_and_lock`` after
+    ``hmm_range_fault``), and a page that cannot be cached (a hole read, anonymous
+    memory, a mapping gone) is translated and ledger-checked alone
+    (:func:`_access_pages`)."""
+    if hi > lo and k.tasks.get(mr.task.pid) is not mr.task:
+        return WC_REM_ACCESS_ERR, b""  # nobody to translate through (as _odp_block)
+    page = k.pmem.block_size
+    buf = k.pmem.buf
+    last = (hi - 1) // page + 1 if hi > lo else lo // page
+    parts: list[bytes] = []
+    pos = lo
+    while pos < hi:
+        index = pos // page
+        ext = _odp_lookup(k, mr, index) or _odp_fault(k, writer, mr, index, last,
+                                                      data is not None, via)
+        if ext is None:  # one page the careful way (it may complete with an error)
+            end = min(hi, (index + 1) * page)
+            status, got = _access_pages(k, writer, mr, pos, end,
+                                        None if data is None else data[pos - lo : end - lo],
+                                        via)
+            if status != WC_SUCCESS:
+                return status, b""
+            parts.append(got)
+            pos = end
+            continue
+        end = min(hi, (ext.first + ext.n) * page)
+        start = ext.block * page + pos - ext.first * page
+        if data is not None:
+            buf[start : start + end - pos] = data[pos - lo : end - lo]
+        else:
+            parts.append(bytes(buf[start : start + end - pos]))
+        pos = end
+    return WC_SUCCESS, b"".join(parts)
+
+
+def _odp_lookup(k: Kernel, mr: MR, index: int) -> OdpExtent | None:
+    """The cached extent holding MR page ``index``, if it may still be used: its
+    mapping not invalidated and none of its blocks freed since it was cached (one
+    C-level comparison of free counts); a stale one is dropped."""
+    exts = mr.odp_extents
+    i = bisect.bisect_right(exts, index, key=lambda e: e.first) - 1
+    if i < 0 or index >= exts[i].first + exts[i].n:
+        return None
+    ext = exts[i]
+    if ext.mapping.invalid or k.pmem.gen[ext.block : ext.block + ext.n] != ext.gen:
+        del exts[i]
+        return None
+    return ext
+
+
+def _odp_fault(k: Kernel, writer: Task, mr: MR, index: int, last: int, write: bool,
+               via: str) -> OdpExtent | None:
+    """A device page fault of an on-demand MR at page ``index``: translate pages
+    ``[index, last)`` through the registering mapping now (a write allocates holes, as
+    ``_odp_block`` does) while they stay in one live file mapping, below EOF, in
+    consecutive blocks and uncached, and cache them as one extent.  Every block is
+    checked against the ledger as it is mapped for a write.  None when page ``index``
+    itself cannot be cached."""
+    page = k.pmem.block_size
+    base = mr.addr - mr.addr % page
+    addr = base + index * page
+    mapping = next((m for m in mr.mappings if m.start <= addr < m.start + m.length), None)
+    if (mapping is None or mapping.file is None or mapping.invalid
+            or mr.task.mm.vmas.get(mapping.vid) is not mapping):
+        return None  # no notifier would reach a mapping that is gone: do not cache
+    exts = mr.odp_extents
+    at = bisect.bisect_right(exts, index, key=lambda e: e.first)
+    if at < len(exts):
+        last = min(last, exts[at].first)  # up to the next cached extent
+    last = min(last, index + (mapping.start + mapping.length - addr) // page
+               + (1 if (mapping.start + mapping.length - addr) % page else 0))
+    first_block = -1
+    n = 0
+    while index + n < last:
+        block = _odp_block(k, mr, addr + n * page, write)
+        if block is None or block < 0 or (n and block != first_block + n):
+            break
+        if write:
+            check_device_write(k, writer, block, k.pmem.ledger[block], via, mr)
+        if not n:
+            first_block = block
+        n += 1
+    if not n:
+        return None
+    ext = OdpExtent(first=index, n=n, block=first_block, mapping=mapping,
+                    fpage=mapping.pgoff + (addr - mapping.start) // page,
+                    gen=k.pmem.gen[first_block : first_block + n])
+    exts.insert(at, ext)
+    return ext
+
+
+def _odp_notifier(mr: MR, mapping: mm.Mapping) -> Callable[[int, int | None], None]:
+    """The mmu interval notifier an on-demand MR puts on one of its mappings
+    (``ib_umem_notifier_invalidate_range_start``)."""
+
+    def invalidate(first: int, end: int | None) -> None:
+        _odp_invalidate(mr, mapping, first, end)
+
+    return invalidate
+
+
+def _odp_invalidate(mr: MR, mapping: mm.Mapping, first: int, end: int | None) -> None:
+    """File pages ``[first, end)`` of ``mapping`` lose their translations: drop every
+    cached extent over any of them (``ib_umem_odp_unmap_dma_pages``), before the kernel
+    frees a block."""
+    mr.odp_extents = [e for e in mr.odp_extents
+                      if e.mapping is not mapping or e.fpage + e.n <= first
+                      or (end is not None and e.fpage >= end)]
 
 
 def _access_pages(k: Kernel, writer: Task, mr: MR, lo: int, hi: int,

@@ -98,6 +98,43 @@ class ExtentTLB:
         self.ends.insert(j, page + 1)
         self.blocks.insert(j, block)
 
+    def insert_run(self, page: int, block: int, count: int) -> None:
+        """Record pages ``[page, page + count)`` -> blocks ``[block, block + count)`` (or
+        the zero page for all of them), replacing what was cached there and merging
+        with the extents on either side: one fault reply's run in one step."""
+        end = page + count
+        if self.zero:
+            self.zero.difference_update(range(page, end))
+        if block == ZERO_PAGE:
+            self.zero.update(range(page, end))
+        starts, ends, blocks = self.starts, self.ends, self.blocks
+        lo = bisect.bisect_right(starts, page) - 1
+        if lo < 0 or ends[lo] <= page:
+            lo += 1  # the first extent that overlaps [page, end) or lies after it
+        hi = lo
+        while hi < len(starts) and starts[hi] < end:
+            hi += 1
+        keep: list[tuple[int, int, int]] = []  # what is left of overlapped extents
+        if lo < hi:
+            if starts[lo] < page:
+                keep.append((starts[lo], page, blocks[lo]))
+            if ends[hi - 1] > end:
+                keep.append((end, ends[hi - 1], blocks[hi - 1] + end - starts[hi - 1]))
+            del starts[lo:hi], ends[lo:hi], blocks[lo:hi]
+        if block != ZERO_PAGE:
+            keep.append((page, end, block))
+        keep.sort()
+        for j, (s, e, b) in enumerate(keep):
+            starts.insert(lo + j, s)
+            ends.insert(lo + j, e)
+            blocks.insert(lo + j, b)
+        # merge across the edges of what was just put in
+        for i in (lo + len(keep), lo):
+            if 0 < i < len(starts) and ends[i - 1] == starts[i] \
+                    and blocks[i - 1] + starts[i] - starts[i - 1] == blocks[i]:
+                ends[i - 1] = ends[i]
+                del starts[i], ends[i], blocks[i]
+
     def drop(self, page: int) -> None:
         """Forget ``page`` (a shoot-down), splitting its extent."""
         self.zero.discard(page)
@@ -216,15 +253,22 @@ class AgentMM:
         if index in vma.tlb.zero and not write:
             return ZERO_PAGE, 1
         while True:
-            block = int(self.conn.call("mm_fault", vma.vid, index, 1 if write else 0))
+            # a PMD fault or fault-around: the reply is every run the daemon mapped
+            runs = [(int(p), int(b), int(n)) for p, b, n in
+                    self.conn.call("mm_fault", vma.vid, index, 1 if write else 0, 1)]
             got = self.conn.reply_arrival
-            # A shoot-down of this page read after the reply (while a signal handler's
-            # call was being answered) means the block may be freed already: fault again.
-            if not any(n > got and vid == vma.vid and index in pages
+            # A shoot-down of these pages read after the reply (while a signal handler's
+            # call was being answered) means a block may be freed already: fault again.
+            if not any(n > got and vid == vma.vid
+                       and any(p <= i < p + c for i in pages for p, _, c in runs)
                        for n, vid, pages in self.zaps):
                 break
-        vma.tlb.insert(index, block)
-        return block, 1
+        for p, b, c in runs:
+            vma.tlb.insert_run(p, b, c)
+        p, b, c = runs[0]  # the faulting page's run
+        if b == ZERO_PAGE:
+            return ZERO_PAGE, 1
+        return b + index - p, p + c - index
 
     # --- the data path ----------------------------------------------------------------
 

@@ -72,13 +72,23 @@ def sys_munmap(k: Kernel, t: Task, addr: int, length: int) -> int:
 
 
 @syscall("mm_fault", linux="mm/memory.c handle_mm_fault() dax_iomap_fault()",
-         support="emulator", note="the agent's page fault: the block behind a page of a mapping")
-def sys_mm_fault(k: Kernel, t: Task, vma: int, index: int, write: int) -> int:
+         support="emulator", note="the agent's page fault: the block behind a page of a mapping"
+         " (around: the runs a 2 MiB PMD fault or fault-around maps)")
+def sys_mm_fault(k: Kernel, t: Task, vma: int, index: int, write: int,
+                 around: int = 0) -> int | list[list[int]]:
     """Fault page ``index`` of mapping ``vma`` in; EFAULT (with SIGBUS or SIGSEGV sent)
-    when there is nothing to map."""
+    when there is nothing to map.
+
+    Without ``around``: the page's block (ZERO_PAGE, -1, for the zero page).  With it:
+    every translation the fault mapped, as ``[first page, first block, pages]`` runs
+    (block -1: zero pages), the faulting page's run first (``dax_iomap_pmd_fault``,
+    else ``do_fault_around``; see :func:`kernel_daemon.mm.fault_run`).
+    """
     mapping = mm.vmas(t).get(vma)
     if mapping is None or not 0 <= index < mapping.npages:
         raise KernelError(errno.EFAULT)
+    if around:
+        return [list(run) for run in mm.fault_run(k, t, mapping, index, bool(write))]
     return mm.fault(k, t, mapping, index, bool(write))
 
 
