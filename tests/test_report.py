@@ -225,6 +225,28 @@ def test_block_map_shows_owners_pins_and_foreign_writes(s05: Outcome) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_block_map_shows_busy_blocks_as_their_own_state() -> None:
+    """S5 under busy-extent: the truncated, still pinned blocks are busy (freed, held),
+    not the red hazard; no panel raises an alarm, and /g gets other blocks."""
+    out = _run("S05_pin_truncate_reuse.scn", "busy-extent")
+    try:
+        root = _svg(out, "blockmap.svg")
+        panels = [g for g in root.iter(SVG + "g") if g.get("class") == "bm-panel"]
+        cells = [[g for g in p.iter(SVG + "g") if g.get("class") == "bm-block"]
+                 for p in panels]
+        busy = {c.get("data-block") for panel in cells for c in panel
+                if c.get("data-busy") == "yes"}
+        assert busy == {"0", "1"}
+        assert not any(p.get("data-alarm") == "yes" for p in panels)
+        g_blocks = {c.get("data-block") for panel in cells for c in panel
+                    if c.get("data-file") == "/g"}
+        assert g_blocks and not g_blocks & busy
+        assert "busy (freed, held)" in ET.tostring(root, encoding="unicode")
+    finally:
+        shutil.rmtree(out.run_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(60)
 def test_block_map_at_chosen_points(s05: Outcome) -> None:
     run = build(_records(s05))
     alloc = [r["seq"] for r in run.records if r["ev"] == "block-alloc"]

@@ -129,7 +129,7 @@ def replay(run: Run, points: list[int] | None = None) -> tuple[list[Panel], int]
         elif ev == "block-free":
             b = int(rec["block"])
             high = max(high, b)
-            if b in pinned:
+            if b in pinned and b not in dev.busy:  # a busy block goes with its last pin
                 alarms.append(f"block #{b} freed while pinned ({', '.join(pinned[b])})")
             dev.owner.pop(b, None)
             dev.shared.discard(b)
