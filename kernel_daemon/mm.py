@@ -132,11 +132,6 @@ def vmas(task: Task) -> dict[int, Mapping]:
     return task.mm.vmas
 
 
-def inode_vmas(inode: Inode) -> list[Mapping]:
-    """Every mapping of the inode (``mapping->i_mmap``)."""
-    return inode.i_mmap
-
-
 def next_address(task: Task, length: int, page: int) -> int:
     """A free address range for a new mapping (with a guard page after it)."""
     addr = task.mm.mmap_next
@@ -174,10 +169,10 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     elif mapping.file is None:
         for block in mapping.ptes.values():
             if block >= 0:
-                release_block(k, block)
+                k.pmem.free(block)  # a pinned page stays busy (Kernel.hold_block)
     mapping.ptes.clear()
     for block in mapping.cow.values():
-        release_block(k, block)
+        k.pmem.free(block)  # a pinned page stays busy (Kernel.hold_block)
     mapping.cow = {}
     k.log.emit("munmap", pid=mapping.task.pid, vma=mapping.vid, why=why)
     if mapping.file is not None:
@@ -185,13 +180,6 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
         if mapping in lst:
             lst.remove(mapping)
         k.fput(mapping.file)
-
-
-def release_block(k: Kernel, block: int) -> None:
-    """A process lets go of its anonymous page: freed now, or, while a device holds a
-    long-term pin on it, when the last pin goes (the pin holds a page reference; the
-    kernel's :meth:`~kernel_daemon.kernel.Kernel.hold_block` keeps it busy)."""
-    k.pmem.free(block)
 
 
 def pin_page(k: Kernel, task: Task, mapping: Mapping, index: int,
@@ -265,7 +253,7 @@ def drop_snapshot(k: Kernel, snapshot: MMSnapshot | None) -> None:
             if shared.users == 0:  # the parent unmapped it meanwhile: the last user goes
                 for block in entry.ptes.values():
                     if block >= 0:
-                        release_block(k, block)
+                        k.pmem.free(block)  # a pinned page stays busy (Kernel.hold_block)
             continue
         for block in {**entry.ptes, **entry.cow}.values():
             k.pmem.free(block)

@@ -153,10 +153,6 @@ class InvalidateLock:
         if self._holders.pop(task.pid, None) is not None:
             self.waiters.wake_all()
 
-    def held_by(self, task: Task) -> bool:
-        """Does ``task`` hold the lock?"""
-        return task.pid in self._holders
-
     def wait_for(self, task: Task, page: int) -> None:
         """A fault of ``task`` on ``page``: sleep while another process changes it."""
         for hold in self._holders.values():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -19,10 +19,9 @@ from kernel_daemon import mm
 from kernel_daemon.boot import boot
 from kernel_daemon.errors import KernelError, MustWait
 from kernel_daemon.kernel import Config, Kernel
-from kernel_daemon.syscalls import SYSCALLS
 from kernel_daemon.task import Task
 from protocol import linux
-from tests.test_units import FakeIO
+from tests.test_units import FakeIO, sc
 
 RW = linux.PROT_READ | linux.PROT_WRITE
 RDWR_CREAT = linux.O_RDWR | linux.O_CREAT
@@ -43,13 +42,6 @@ def kernel(tmp_path: Path, io: FakeIO) -> Iterator[Kernel]:
         yield k
     finally:
         k.shutdown()
-
-
-def sc(k: Kernel, t: Task, name: str, *args: Any) -> Any:
-    """Dispatch system call ``name`` as the daemon does (arguments checked first)."""
-    spec = SYSCALLS[name]
-    spec.bind(list(args))
-    return spec.handler(k, t, *args)
 
 
 def shootdowns(io: FakeIO, pid: int) -> list[dict[str, Any]]:
@@ -169,15 +161,33 @@ def test_a_store_after_a_truncate_faults_instead_of_landing_in_a_freed_block(
         s.conn.close()
 
 
-def test_an_odp_extent_is_dropped_by_a_truncate(kernel: Kernel, io: FakeIO) -> None:
+class OdpRegion(NamedTuple):
+    """What :func:`odp_region` set up."""
+
+    a: Task
+    r: Task
+    fd: int
+    ctx: int
+    m: dict[str, int]
+    reg: dict[str, int]
+    mr: Any
+
+
+def odp_region(kernel: Kernel, pages: int) -> OdpRegion:
+    """Process a maps ``pages`` of /f and registers them on demand; r is the remote
+    peer."""
     a = kernel.new_task(100, 0, 0, 0, "a", None)
     r = kernel.new_task(200, 0, 0, 0, "remote", None)
     fd = sc(kernel, a, "open", "/f", RDWR_CREAT, 0o644)
-    sc(kernel, a, "ftruncate", fd, 4 * PAGE)
-    m = sc(kernel, a, "mmap", 4 * PAGE, RW, linux.MAP_SHARED, fd, 0)
+    sc(kernel, a, "ftruncate", fd, pages * PAGE)
+    m = sc(kernel, a, "mmap", pages * PAGE, RW, linux.MAP_SHARED, fd, 0)
     ctx = sc(kernel, a, "ibv_open_device")
-    reg = sc(kernel, a, "ibv_reg_mr", ctx, m["addr"], 4 * PAGE, ODP)
-    mr = kernel.rdma.rkeys[reg["rkey"]]
+    reg = sc(kernel, a, "ibv_reg_mr", ctx, m["addr"], pages * PAGE, ODP)
+    return OdpRegion(a, r, fd, ctx, m, reg, kernel.rdma.rkeys[reg["rkey"]])
+
+
+def test_an_odp_extent_is_dropped_by_a_truncate(kernel: Kernel, io: FakeIO) -> None:
+    a, r, fd, _, m, reg, mr = odp_region(kernel, 4)
     ok = linux.WcStatus.IBV_WC_SUCCESS.name
     assert sc(kernel, r, "rdma_write", reg["rkey"], 0, b"1" * (4 * PAGE)) == ok
     assert [(e.first, e.n) for e in mr.odp_extents] == [(0, 4)]  # one device fault
@@ -203,14 +213,7 @@ def test_an_odp_extent_is_dropped_by_a_truncate(kernel: Kernel, io: FakeIO) -> N
 def test_an_odp_mr_caches_nothing_through_a_mapping_that_is_gone(kernel: Kernel) -> None:
     """munmap drops the region's extents (the notifier's release) and, since no later
     zap would reach a mapping that is gone, nothing is cached through it again."""
-    a = kernel.new_task(100, 0, 0, 0, "a", None)
-    r = kernel.new_task(200, 0, 0, 0, "remote", None)
-    fd = sc(kernel, a, "open", "/f", RDWR_CREAT, 0o644)
-    sc(kernel, a, "ftruncate", fd, 2 * PAGE)
-    m = sc(kernel, a, "mmap", 2 * PAGE, RW, linux.MAP_SHARED, fd, 0)
-    ctx = sc(kernel, a, "ibv_open_device")
-    reg = sc(kernel, a, "ibv_reg_mr", ctx, m["addr"], 2 * PAGE, ODP)
-    mr = kernel.rdma.rkeys[reg["rkey"]]
+    a, r, _, ctx, m, reg, mr = odp_region(kernel, 2)
     ok = linux.WcStatus.IBV_WC_SUCCESS.name
     assert sc(kernel, r, "rdma_write", reg["rkey"], 0, b"1" * (2 * PAGE)) == ok
     assert len(mr.odp_extents) == 1

@@ -116,10 +116,7 @@ class Step:
     def design_dependent(self) -> bool:
         """Does what the line does or expects depend on the design (a policy named in
         its prefix or in an expectation's tags)?"""
-        named = self.only | self.only_not
-        for e in self.expects:
-            named |= e.tags
-        return bool(named - TARGETS)
+        return bool(self.designs_named())
 
     def designs_named(self) -> set[str]:
         """The designs the line names."""

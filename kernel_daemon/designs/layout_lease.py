@@ -73,6 +73,9 @@ class LayoutLeasePolicy(Policy):
     exclusive_checked = False
     #: the lease type F_SETLEASE with F_LAYOUT creates
     lease_type: type[PinnedLease] = PinnedLease
+    #: the level of the caller's own lease a long-term pin needs (True: exclusive;
+    #: None: either)
+    pin_needs_exclusive: bool | None = True
 
     def setlease(self, k: Kernel, task: Task, file: File, fd: int, arg: int) -> bool:
         """F_SETLEASE with F_LAYOUT[|F_EXCLUSIVE]; F_UNLCK of a pinned lease is EBUSY."""
@@ -105,11 +108,12 @@ class LayoutLeasePolicy(Policy):
         return True
 
     def reg_mr(self, k: Kernel, task: Task, mr: MR) -> None:
-        """A long-term pin of a DAX range needs the caller's own exclusive layout lease."""
+        """A long-term pin of a DAX range needs the caller's own layout lease (exclusive
+        unless the design says either level will do); the MR then holds it."""
         for mapping in mr.mappings:
             if mapping.file is None or mr.odp:
                 continue
-            lease = own_lease(task, mapping.file.inode, exclusive=True)
+            lease = own_lease(task, mapping.file.inode, exclusive=self.pin_needs_exclusive)
             if lease is None:
                 raise KernelError(errno.EPERM)
             self.pin(k, mr, lease)

@@ -11,15 +11,12 @@ without its lease aborts its whole context (``IBV_EVENT_DEVICE_FATAL``).
 
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 
-from kernel_daemon.designs.layout_lease import LayoutLeasePolicy, PinnedLease, own_lease
+from kernel_daemon.designs.layout_lease import LayoutLeasePolicy, PinnedLease
 from kernel_daemon.policy import (
-    MR,
     File,
     Kernel,
-    KernelError,
     Lease,
     Task,
     abort_context,
@@ -56,6 +53,9 @@ class MrLease(LayoutLeasePolicy):
     name = "mr-lease"
     source = "Jason Gunthorpe, review of the layout-lease RFC v2, linux-mm, Aug 2019"
     lease_type = MrHeldLease
+    #: a lease of either level authorises a pin; the MR references it, a break of it is
+    #: told to the MR's context (MrHeldLease.lm_break), then fenced at the deadline
+    pin_needs_exclusive = None
 
     def setlease(self, k: Kernel, task: Task, file: File, fd: int, arg: int) -> bool:
         """As layout-lease, but F_UNLCK of a lease MRs hold is allowed **(decision)**:
@@ -70,15 +70,3 @@ class MrLease(LayoutLeasePolicy):
         if isinstance(lease, PinnedLease):
             for mr in lease.pins():
                 abort_context(k, mr.ctx, "an MR outlived its layout lease")
-
-    def reg_mr(self, k: Kernel, task: Task, mr: MR) -> None:
-        """A long-term pin needs a layout lease held by the caller; the MR references it,
-        and a break of it is told to the MR's context, then fenced at the deadline."""
-        for mapping in mr.mappings:
-            if mapping.file is None or mr.odp:
-                continue
-            lease = own_lease(task, mapping.file.inode, exclusive=None)
-            if lease is None:
-                raise KernelError(errno.EPERM)
-            self.pin(k, mr, lease)
-            lease.no_timeout = lease.exclusive
