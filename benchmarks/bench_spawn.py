@@ -8,6 +8,12 @@ Two measurements, each against a baseline measured in the same run:
   ZeroMQ context and DEALER) and makes a ``getpid`` call, until that call is answered
   (the child writes ``t_answered <ns>``).  Baseline: a bare ``python -c`` that does
   ``import zmq, msgpack`` and writes its first line (interpreter + import cost).
+* **zygote**: what the launcher does for every actor now: from just before
+  ``zygote.spawn`` of ``benchmarks/_first_call.py`` (a fork of the pre-imported zygote,
+  descriptors, signals and environment made those of a fresh process, then the same
+  ``Connection`` and ``getpid``) until that call is answered.  Baseline: the bare
+  ``os.fork()`` of the fork row.  **Target: zygote/emulated ≤ 5 ms and ≤ 5× fork/bare
+  at p50.**
 * **fork**: from just before ``EmuSystem.fork()`` (``fork_prepare``, the real fork,
   the child's registration with the token, the parent's ``fork_done``) until the child's
   first call (``getpid``) is answered and the child writes the time to a pipe.
@@ -17,7 +23,7 @@ Times cross processes, so both sides read ``time.clock_gettime_ns(CLOCK_MONOTONI
 Spawns and forks run one at a time (each child is reaped before the next), emulated and
 bare alternating, after untimed warm-ups.  The daemon runs with an event log.
 
-No target is stated for these; the figures are informational.
+The spawn and fork rows have no target; they are informational.
 """
 
 from __future__ import annotations
@@ -41,12 +47,14 @@ from _common import (  # noqa: E402
     table,
 )
 
+from agents.launcher import zygote  # noqa: E402
 from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
 from agents.lib.api import EmuSystem  # noqa: E402
 
 SPAWNS = 20  # timed spawns per kind
 SPAWN_WARMUP = 3
 FORKS = 200  # timed forks per kind
+ZYGOTE_SPAWNS = 100  # timed zygote spawns
 FORK_WARMUP = 5
 
 MONO = time.CLOCK_MONOTONIC
@@ -80,6 +88,25 @@ def spawn_once(code: str, args: list[str], env: dict[str, str]) -> int:
         raise RuntimeError(f"child exited with {proc.returncode}: {out!r}")
     t1 = int(out.split()[1])
     return t1 - t0
+
+
+def spawn_zygote(rd: str, env: dict[str, str]) -> int:
+    """zygote.spawn of ``_first_call`` until its first call is answered."""
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    t0 = time.clock_gettime_ns(MONO)
+    try:
+        child = zygote.spawn("_first_call", [rd], env=env, stdio=(null, w, 2))
+    finally:
+        os.close(w)
+        os.close(null)
+    data = b""
+    while chunk := os.read(r, 256):
+        data += chunk
+    os.close(r)
+    if child.wait(30) != 0 or not data.startswith(b"t_answered"):
+        raise RuntimeError(f"zygote child failed ({child.returncode}): {data!r}")
+    return int(data.split()[1]) - t0
 
 
 def fork_emulated(system: EmuSystem) -> int:
@@ -138,7 +165,9 @@ def main() -> int:
     load0 = loadavg()
     env = child_env()
     results: dict[str, list[int]] = {"spawn/emulated": [], "spawn/bare": [],
+                                     "zygote/emulated": [], "zygote/bare": [],
                                      "fork/emulated": [], "fork/bare": []}
+    zenv = dict(env, PYTHONPATH=HERE + os.pathsep + env["PYTHONPATH"])
     daemon: DaemonProcess | None = None
     system: EmuSystem | None = None
     with run_directory() as rd:
@@ -151,6 +180,13 @@ def main() -> int:
                 if i >= SPAWN_WARMUP:
                     results["spawn/emulated"].append(emu)
                     results["spawn/bare"].append(bare)
+            # -- zygote (the baseline is a bare fork of this process) -----------------
+            for i in range(FORK_WARMUP + ZYGOTE_SPAWNS):
+                emu = spawn_zygote(rd, zenv)
+                bare = fork_bare()
+                if i >= FORK_WARMUP:
+                    results["zygote/emulated"].append(emu)
+                    results["zygote/bare"].append(bare)
             # -- fork ----------------------------------------------------------------
             system = EmuSystem(rd, name="forker")
             for i in range(FORK_WARMUP + FORKS):
@@ -168,7 +204,7 @@ def main() -> int:
     stats = {k: summary(v) for k, v in results.items()}
     ratios = {}
     rows = []
-    for kind in ("spawn", "fork"):
+    for kind in ("spawn", "zygote", "fork"):
         e, b = stats[f"{kind}/emulated"], stats[f"{kind}/bare"]
         ratios[f"{kind}/p50"] = ratio(e["p50_us"], b["p50_us"])
         ratios[f"{kind}/p99"] = ratio(e["p99_us"], b["p99_us"])
@@ -182,14 +218,22 @@ def main() -> int:
     print("bench_spawn: time to first answered call of a new process (milliseconds)")
     print("spawn/bare = python -c 'import zmq, msgpack' to first line; "
           "spawn/emulated = import agents.lib.runtime + Connection + getpid answered")
+    print("zygote/bare = os.fork() to child's pipe write; "
+          "zygote/emulated = zygote.spawn + Connection + getpid answered")
     print("fork/bare = os.fork() to child's pipe write; "
           "fork/emulated = EmuSystem.fork() to child's getpid answered")
     print()
     print(table(["config", "n", "p50", "p99", "min", "p50-bare", "x p50", "x p99"], rows))
     print()
-    print("no target stated for this benchmark (informational)")
+    z = stats["zygote/emulated"]["p50_us"]
+    met = z <= 5000 and ratios["zygote/p50"] <= 5.0
+    print(f"target (zygote/emulated p50 <= 5 ms and <= 5x fork/bare): "
+          f"{'target met' if met else 'target missed'} ({z / 1e3:.2f} ms, "
+          f"{ratios['zygote/p50']}x)")
     print(f"elapsed {time.monotonic() - started:.1f} s")
-    print(result_line({"bench": "spawn", "unit": "us", "target": None, "stats": stats,
+    zygote.shutdown()
+    print(result_line({"bench": "spawn", "unit": "us", "target": "zygote <= 5 ms, <= 5x fork",
+                       "met": met, "stats": stats,
                        "ratios": ratios, "loadavg_start": load0,
                        "loadavg_end": loadavg()}))
     return 0

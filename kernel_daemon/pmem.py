@@ -1,6 +1,6 @@
 """The emulated persistent-memory device, its block allocator and the block ledger.
 
-The device is one ``multiprocessing.shared_memory`` segment of ``nblocks`` blocks of
+The device is one POSIX shared-memory segment (:mod:`protocol.shm`) of ``nblocks`` blocks of
 ``block_size`` bytes, which agents attach to so that loads and stores through a DAX
 mapping touch it for real.  The allocator is deterministic: the free list is a stack,
 so the block freed last is the next one handed out, and a use-after-free of a block
@@ -15,9 +15,9 @@ import errno
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 
 from kernel_daemon.errors import KernelError
+from protocol import shm
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,9 @@ class Pmem:
             raise ValueError("pmem needs a positive block count and a block size multiple of 512")
         self.nblocks = nblocks
         self.block_size = block_size
-        self.shm = shared_memory.SharedMemory(name=name, create=True, size=nblocks * block_size)
-        # The daemon's resource tracker keeps the segment registered: it unlinks it
-        # should the daemon die without a shutdown.  Agents that attach unregister.
-        assert self.shm.buf is not None
+        # the daemon unlinks it at shutdown; the launcher removes it should the daemon
+        # die without one (DaemonProcess)
+        self.shm = shm.Segment(name, create=True, size=nblocks * block_size)
         self.buf: memoryview = self.shm.buf
         #: owner of each block, or None when free (the ledger)
         self.ledger: list[Owner | None] = [None] * nblocks

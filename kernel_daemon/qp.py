@@ -29,12 +29,12 @@ import itertools
 import os
 import time
 from dataclasses import dataclass
-from multiprocessing import shared_memory
 from typing import TYPE_CHECKING, Any
 
 from kernel_daemon import rdma
 from kernel_daemon.errors import KernelError
 from kernel_daemon.task import Task
+from protocol import shm
 from protocol.ring import (
     HEADER,
     IBV_WR_RDMA_READ,
@@ -64,7 +64,7 @@ class QP:
     qpn: int
     ctx: rdma.UContext
     task: Task
-    ring: shared_memory.SharedMemory
+    ring: shm.Segment
     db_path: str
     cq_path: str
     db_fd: int
@@ -89,7 +89,8 @@ def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
         raise KernelError(errno.EOPNOTSUPP, "no loop to watch a doorbell")
     qpn = next(_qpns)
     base = os.path.join(k.config.run_dir, f"qp-{task.pid}-{qpn}")
-    ring = shared_memory.SharedMemory(create=True, size=RING_SIZE)
+    # named after the device, so a launcher removes it with the device's segment
+    ring = shm.Segment(f"{k.pmem.name}-qp{qpn}", create=True, size=RING_SIZE)
     made: list[str] = []
     fds: list[int] = []
     try:

@@ -263,6 +263,7 @@ MSG_DONTWAIT = 0x40  #: recvmsg(2)/sendmsg(2) flag (linux/socket.h)
 SCM_MAX_FD = 253  #: most descriptors one SCM_RIGHTS message carries (include/net/scm.h)
 
 # prctl(2) (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 # x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl), as the first

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.launcher import zygote
 from agents.launcher.designs import daemon_env
+from protocol import shm
 from protocol.config import DaemonConfig
 
 
 @dataclass
 class DaemonProcess:
-    """A running ``python -m kernel_daemon``."""
+    """A running ``python -m kernel_daemon`` (forked from the launcher's zygote)."""
 
     run_dir: str
-    proc: subprocess.Popen[bytes]
+    proc: zygote.Child
     pid: int
     pmem_name: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -35,13 +36,20 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.returncode
+        self._remove_segments()
+        return self.proc.wait()
 
     def kill(self) -> None:
         """SIGKILL the daemon (a fault injected on the kernel itself)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._remove_segments()
+
+    def _remove_segments(self) -> None:
+        """A daemon that is gone without its shutdown (killed) leaves its device and
+        queue-pair rings in /dev/shm: remove them, as its resource tracker once did."""
+        shm.remove(self.pmem_name)
 
 
 def start_daemon(run_dir: str, *, timeout: float = 20.0, blocks: int | None = None,
@@ -58,10 +66,13 @@ def start_daemon(run_dir: str, *, timeout: float = 20.0, blocks: int | None = No
     config = DaemonConfig(run_dir=run_dir, **settings)
     config.validate()
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "kernel_daemon", *config.argv(), "--ready-fd", str(w)]
-    env = daemon_env()
-    proc = subprocess.Popen(argv, pass_fds=(w,), env=env, stdin=subprocess.DEVNULL)
-    os.close(w)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        proc = zygote.spawn("kernel_daemon.__main__", [*config.argv(), "--ready-fd", str(w)],
+                            env=daemon_env(), stdio=(null, 1, 2), pass_fds=(w,))
+    finally:
+        os.close(null)
+        os.close(w)
     line = b""
     try:
         import select

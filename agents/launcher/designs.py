@@ -1,6 +1,7 @@
 """The kernel designs a daemon can run, as the launcher sees them.
 
 The launcher never imports the daemon: it asks ``python -m kernel_daemon --describe``
+(forked from its zygote, :mod:`agents.launcher.zygote`)
 for the built-in designs and flavours (what a daemon's welcome advertises) and
 ``--check-policy SPEC`` to load a design from a user's file, so a bad file is refused
 with its file and line before any process of a run starts.
@@ -12,7 +13,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,9 +30,10 @@ def daemon_env() -> dict[str, str]:
 
 
 def _ask(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kernel_daemon", *args], env=daemon_env(),
-                          capture_output=True, text=True, timeout=60, check=False,
-                          stdin=subprocess.DEVNULL)
+    """``python -m kernel_daemon ARGS``, forked from the launcher's zygote."""
+    from agents.launcher import zygote
+
+    return zygote.run("kernel_daemon.__main__", list(args), env=daemon_env())
 
 
 @functools.cache

@@ -17,7 +17,6 @@ import ctypes
 import json
 import math
 import os
-import resource
 import select
 import signal
 import socket
@@ -32,7 +31,7 @@ from typing import IO, Any
 import psutil
 
 from agents import report
-from agents.launcher import designs
+from agents.launcher import designs, zygote
 from agents.launcher.daemon_process import DaemonProcess, start_daemon
 from agents.lib.api import HostSystem
 from agents.lib.runtime import Connection
@@ -67,13 +66,16 @@ class ActorState:
     name: str
     pid: int
     link: Link | None
-    proc: subprocess.Popen[bytes] | None = None
+    proc: zygote.Child | None = None
     alive: bool = True
     stopped: bool = False
     #: how it died: "SIGKILL", "exit 0"... once known
     status: str | None = None
     #: background lines still running, oldest first
     pending: list[Step] = field(default_factory=list)
+    #: when the process was created (psutil's clock), to tell it from a later process
+    #: that got its PID once it was gone
+    created: float = 0.0
 
 
 @dataclass
@@ -134,6 +136,8 @@ class Outcome:
 
 #: seconds a new actor (a fresh interpreter: spawn, exec) may take to say hello
 START_TIMEOUT = 30.0
+#: an actor's RLIMIT_NOFILE soft limit: the usual 1024 of a login shell
+USUAL_NOFILE = 1024
 
 
 class RunError(Exception):
@@ -206,6 +210,7 @@ class Runner:
         self.step_timeout = step_timeout or float(self.settings.get("step_timeout", 20.0))
         self.actors: dict[str, ActorState] = {}
         self.daemon: DaemonProcess | None = None
+        self.daemon_created = 0.0
         self.kconn: Connection | None = None
         self.transcript: list[str] = []
         self.lines: list[LineResult] = []
@@ -344,6 +349,7 @@ class Runner:
             self.daemon = start_daemon(
                 self.run_dir, policy=self.policy_spec,
                 event_log=os.path.join(self.run_dir, "kernel.jsonl"), **daemon_settings)
+            self.daemon_created = _created(self.daemon.pid)
             self.kconn = Connection(self.run_dir, name="launcher")
             self.judged = self.judged or self.policy in self.kconn.policies
         else:
@@ -357,17 +363,20 @@ class Runner:
             # One O_RDWR description on 0, 1 and 2, like the emulator's console.
             log = os.open(os.path.join(logs, f"{name}.log"), os.O_RDWR | os.O_CREAT | os.O_TRUNC,
                           0o644)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agents.scenario.scripted", "--name", name, "--run-dir",
-                 self.run_dir, "--target", self.target, "--director", self.director_path],
-                env=self._env(), stdin=log, stdout=log, stderr=log, close_fds=True,
-                preexec_fn=_usual_limits)
-            os.close(log)
+            try:
+                proc = zygote.spawn(
+                    "agents.scenario.scripted",
+                    ["--name", name, "--run-dir", self.run_dir, "--target", self.target,
+                     "--director", self.director_path],
+                    env=self._env(), stdio=(log, log, log), nofile=USUAL_NOFILE)
+            finally:
+                os.close(log)
             self.actors[name] = ActorState(name, proc.pid, None, proc)
         for name in self.sc.actors:
             link, hello = self._await_hello(name)
             self.actors[name].link = link
             self.actors[name].pid = int(hello["pid"])
+            self.actors[name].created = _created(int(hello["pid"]))
             self._log("actor", name=name, pid=hello["pid"], how="spawn")
 
     def _await_hello(self, name: str) -> tuple[Link, dict[str, Any]]:
@@ -532,7 +541,8 @@ class Runner:
             res = self._pid_text(int(reply["ok"]))
             child = step.child or f"{actor.name}.child"
             link, hello = self._await_hello(child)
-            self.actors[child] = ActorState(child, int(hello["pid"]), link)
+            self.actors[child] = ActorState(child, int(hello["pid"]), link,
+                                            created=_created(int(hello["pid"])))
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
             res = self._pid_text(int(reply["ok"]))
         text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
@@ -704,7 +714,10 @@ class Runner:
             link.close()  # actors that said hello after the run gave up on them
         self.unclaimed.clear()
         self.listener.close()
-        self.leaked = _leaked(self.run_dir)
+        known = [(a.pid, a.created) for a in self.actors.values()]
+        if self.daemon is not None:
+            known.append((self.daemon.pid, self.daemon_created))
+        self.leaked = _leaked(self.run_dir, known)
 
     def run(self) -> Outcome:
         """Run the whole scenario and return its outcome."""
@@ -796,31 +809,43 @@ def _exit_status(actor: ActorState) -> str:
     return f"exited with {code >> 8}"
 
 
-def _usual_limits() -> None:
-    """Give an actor the usual RLIMIT_NOFILE soft limit of 1024, as a login shell has."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+def _created(pid: int) -> float:
+    """When process ``pid`` was created (0 if it is gone already)."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
 
 
-def _leaked(run_dir: str) -> list[int]:
-    """PIDs of processes still running with ``run_dir`` on their command line (an actor
-    or a daemon of this run that outlived it)."""
-    out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+def _leaked(run_dir: str, known: list[tuple[int, float]]) -> list[int]:
+    """PIDs of processes of this run still running once it is over: its actors and
+    daemon (``known``: PID and creation time, as they are forked from a zygote) and any
+    process with ``run_dir`` on its command line (an image an actor exec'd)."""
+    out = set()
+    for pid, created in known:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if (created and proc.create_time() == created
+                    and proc.status() != psutil.STATUS_ZOMBIE):
+                out.add(pid)
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         cmdline = proc.info.get("cmdline") or []
-        if proc.info["pid"] != os.getpid() and any(run_dir in str(a) for a in cmdline):
-            out.append(int(proc.info["pid"]))
+        if (proc.info["pid"] != os.getpid() and proc.info.get("status") != psutil.STATUS_ZOMBIE
+                and any(run_dir in str(a) for a in cmdline)):
+            out.add(int(proc.info["pid"]))
     return sorted(out)
 
 
 def _reap_all() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    """Reap the orphans re-parented to this launcher (it is a child subreaper): fork
+    children of dead actors.  Processes another run of this launcher still waits for
+    (other threads of a matrix) are left to it."""
+    mine = zygote.tracked()
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children():
+            with contextlib.suppress(psutil.Error, ChildProcessError):
+                if child.pid not in mine and child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
 
 
 def run_scenario(scenario: Scenario, target: str = "emulator", policy: str = "upstream",

@@ -1,8 +1,7 @@
 """The agent's MMU for DAX mappings: loads and stores straight into the pmem segment.
 
-The pmem device is a ``multiprocessing.shared_memory`` segment the agent attaches to
-(and unregisters from Python's resource tracker, which would otherwise unlink the whole
-device when this process exits).  Each mapping's translations (page -> block) are cached
+The pmem device is a POSIX shared-memory segment (:mod:`protocol.shm`) the agent
+attaches to; the daemon owns its lifetime.  Each mapping's translations (page -> block) are cached
 here, as a TLB; a miss faults into the daemon.  A shoot-down from the daemon drops
 translations and is acknowledged at once; the daemon frees no block before every
 process that may cache it has acknowledged, so a store here can never land in a freed
@@ -14,11 +13,10 @@ from __future__ import annotations
 import bisect
 import errno
 from dataclasses import dataclass, field
-from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
 from agents.lib.runtime import Connection
-from protocol import linux
+from protocol import linux, shm
 from protocol.errors import os_error
 
 ZERO_PAGE = -1
@@ -166,12 +164,9 @@ class AgentMM:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.page = int(conn.pmem["block_size"])
-        shm = shared_memory.SharedMemory(name=str(conn.pmem["name"]))
-        # the daemon owns the segment's lifetime, not this process's resource tracker
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-        self.shm = shm
-        assert shm.buf is not None
-        self.buf: memoryview = shm.buf
+        # the daemon owns the segment's lifetime
+        self.shm = shm.Segment(str(conn.pmem["name"]))
+        self.buf: memoryview = self.shm.buf
         self.vmas: dict[int, Vma] = {}
         #: recent shoot-downs: (arrival number, vma id, pages), to spot a fault result
         #: that a shoot-down overtook while this process was busy in a nested call

@@ -15,9 +15,9 @@ import os
 import select
 import struct
 import time
-from multiprocessing import resource_tracker, shared_memory
 from typing import Any
 
+from protocol import shm
 from protocol.errors import os_error
 from protocol.ring import HEADER, OPCODE_NAME, PENDING, SLOT, STATUS_AT, STATUS_NAME, WQE
 
@@ -31,12 +31,8 @@ class AgentQP:
     def __init__(self, info: dict[str, Any]) -> None:
         self.qpn = int(info["qpn"])
         self.slots = int(info["slots"])
-        ring = shared_memory.SharedMemory(name=str(info["ring"]))
-        # the daemon owns the ring's lifetime, not this process's resource tracker
-        resource_tracker.unregister(ring._name, "shared_memory")  # type: ignore[attr-defined]
-        self.ring = ring
-        assert ring.buf is not None
-        self.buf: memoryview = ring.buf
+        self.ring = shm.Segment(str(info["ring"]))  # the daemon owns its lifetime
+        self.buf: memoryview = self.ring.buf
         self.db = os.open(str(info["db"]), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.cq = os.open(str(info["cq"]), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.produced = 0

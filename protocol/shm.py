@@ -1,0 +1,83 @@
+"""POSIX shared-memory segments without ``multiprocessing``'s resource tracker.
+
+``multiprocessing.shared_memory.SharedMemory`` (Python 3.11) registers every segment it
+creates *or attaches to* with a resource tracker, and the first registration of a
+process starts the tracker: a fresh interpreter, about 80 ms of CPU, once per daemon
+and once per agent that maps the device.  The daemon owns its segments' lifetime, and
+the launcher removes what a killed daemon leaves (``DaemonProcess``), so the tracker
+buys nothing here.
+
+On Linux ``shm_open(3)`` is ``open(2)`` of a file in ``/dev/shm`` (glibc's
+``__shm_get_name``), so that is what this does: ``O_CREAT | O_EXCL`` with mode 0600
+to create, ``O_RDWR`` to attach, then ``mmap`` of the whole object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import secrets
+
+SHM_DIR = "/dev/shm"
+
+
+class Segment:
+    """A shared-memory object mapped whole: ``name``, ``size``, ``buf``."""
+
+    def __init__(self, name: str | None = None, *, create: bool = False, size: int = 0,
+                 prefix: str = "psm_") -> None:
+        if create and size <= 0:
+            raise ValueError("a new segment needs a positive size")
+        if name is not None and ("/" in name or name in ("", ".", "..")):
+            raise ValueError(f"bad shared-memory name {name!r}")
+        while True:
+            self.name = name if name is not None else prefix + secrets.token_hex(4)
+            path = os.path.join(SHM_DIR, self.name)
+            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+            try:
+                fd = os.open(path, flags, 0o600)
+            except FileExistsError:
+                if name is not None:
+                    raise
+                continue  # a generated name that is taken: draw another
+            break
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            self.size = size if create else os.fstat(fd).st_size
+            self._mmap: mmap.mmap | None = mmap.mmap(fd, self.size)
+        except BaseException:
+            if create:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        self.buf: memoryview = memoryview(self._mmap)
+
+    def close(self) -> None:
+        """Unmap (the object stays until :meth:`unlink`)."""
+        if self._mmap is not None:
+            self.buf.release()
+            self._mmap.close()
+            self._mmap = None
+
+    def unlink(self) -> None:
+        """Remove the object's name (``shm_unlink(3)``)."""
+        os.unlink(os.path.join(SHM_DIR, self.name))
+
+
+def remove(prefix: str) -> list[str]:
+    """Remove every segment whose name starts with ``prefix`` (what a killed daemon
+    left); the names removed."""
+    gone: list[str] = []
+    if not prefix or "/" in prefix:
+        return gone
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(SHM_DIR):
+            if entry.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(SHM_DIR, entry))
+                    gone.append(entry)
+    return gone
