@@ -193,13 +193,15 @@ def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
     elif len(queue) >= RT_QUEUE_LIMIT:
         return False
     queue.append(si)
-    k.io.event(task, {"event": "signal", "si": si.asdict()})
     k.log.emit("signal", pid=task.pid, **si.asdict())
     if task.pidfd >= 0:
         # through the pidfd the daemon holds: never a process that reused the PID, and
         # never a process that did not register (unit tests use made-up PIDs)
         with contextlib.suppress(ProcessLookupError, OSError):
             signal.pidfd_send_signal(task.pidfd, signo)
+    # the siginfo follows the signal: the process's handler runs at once and its agent
+    # waits for this event (a signal can overtake its event in any order anyway)
+    k.io.event(task, {"event": "signal", "si": si.asdict()})
     return True
 
 

@@ -71,7 +71,8 @@ def main(argv: list[str]) -> int:
                         "subclass (docs/designs.md)")
     r.add_argument("--no-pids", action="store_true", help="name actors without their PIDs")
     mx = sub.add_parser("matrix", help="every thread scenario under every policy, as a table")
-    mx.add_argument("--jobs", type=int, default=4, help="runs at once")
+    mx.add_argument("--jobs", type=int,
+                    help="runs at once (default: three per core, at most 8)")
     mx.add_argument("--only", nargs="*", help="scenario files starting with these names")
     mx.add_argument("--policies", nargs="*", help="only these built-in designs (default: all)")
     mx.add_argument("--policy", action="append", metavar="PATH.py[:Class]", dest="extra",

@@ -37,7 +37,7 @@ from typing import IO, Any
 from agents.launcher import designs, invariants
 from agents.launcher.invariants import Violation
 from agents.launcher.matrix import summarize
-from agents.launcher.runner import Outcome, run_scenario
+from agents.launcher.runner import Outcome, default_jobs, run_scenario
 from agents.scenario import strace
 from agents.scenario.parse import (
     ACTOR_RE,
@@ -250,8 +250,7 @@ def explore(path: str, design_specs: list[str] | None = None,
     work = [(spec, name, p) for p in points for spec, name in zip(specs, names, strict=True)]
     exp = Exploration(sc, text, names)
     t0 = time.monotonic()
-    # a run's processes mostly wait for each other: three runs per core keep them busy
-    jobs = jobs or min(8, 3 * (os.cpu_count() or 1))
+    jobs = jobs or default_jobs()
 
     def one(item: tuple[str, str, Fault]) -> Result:
         spec, name, fault = item

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from agents.launcher import designs
-from agents.launcher.runner import Outcome, run_scenario
+from agents.launcher.runner import Outcome, default_jobs, run_scenario
 from agents.report import html, write_run
 from agents.scenario.parse import Scenario, load
 from protocol import linux
@@ -115,7 +115,7 @@ def write_report(report: str, scenarios: list[Scenario], policies: list[str],
     return path
 
 
-def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None,
+def main(out: IO[str] = sys.stdout, jobs: int | None = None, only: list[str] | None = None,
          report: str | None = None, policies: list[str] | None = None,
          extra: list[str] | None = None) -> int:
     """Run the matrix, print the table; 1 if any cell differs from its expectation.
@@ -156,7 +156,7 @@ def main(out: IO[str] = sys.stdout, jobs: int = 4, only: list[str] | None = None
     t0 = time.monotonic()
     cells: dict[tuple[str, str], Cell] = {}
     work = [(sc, p) for sc in scenarios for p in specs]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    with ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
         for n, cell in enumerate(pool.map(lambda w: run_cell(w[0], w[1], report), work), 1):
             cells[(cell.scenario, cell.policy)] = cell
             mark = "ok" if cell.outcome.passed else "MISMATCH"

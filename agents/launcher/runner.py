@@ -717,7 +717,7 @@ class Runner:
         known = [(a.pid, a.created) for a in self.actors.values()]
         if self.daemon is not None:
             known.append((self.daemon.pid, self.daemon_created))
-        self.leaked = _leaked(self.run_dir, known)
+        self.leaked = _leaked(known)
 
     def run(self) -> Outcome:
         """Run the whole scenario and return its outcome."""
@@ -817,23 +817,18 @@ def _created(pid: int) -> float:
         return 0.0
 
 
-def _leaked(run_dir: str, known: list[tuple[int, float]]) -> list[int]:
-    """PIDs of processes of this run still running once it is over: its actors and
-    daemon (``known``: PID and creation time, as they are forked from a zygote) and any
-    process with ``run_dir`` on its command line (an image an actor exec'd)."""
-    out = set()
+def _leaked(known: list[tuple[int, float]]) -> list[int]:
+    """PIDs of processes of this run still running once it is over: of its actors
+    (an exec'd image keeps its actor's PID) and its daemon, each given with its creation
+    time, so that a later process that got a PID once it was free is not taken for it."""
+    out = []
     for pid, created in known:
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)
             if (created and proc.create_time() == created
                     and proc.status() != psutil.STATUS_ZOMBIE):
-                out.add(pid)
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmdline = proc.info.get("cmdline") or []
-        if (proc.info["pid"] != os.getpid() and proc.info.get("status") != psutil.STATUS_ZOMBIE
-                and any(run_dir in str(a) for a in cmdline)):
-            out.add(int(proc.info["pid"]))
-    return sorted(out)
+                out.append(pid)
+    return sorted(set(out))
 
 
 def _reap_all() -> None:
@@ -846,6 +841,12 @@ def _reap_all() -> None:
             with contextlib.suppress(psutil.Error, ChildProcessError):
                 if child.pid not in mine and child.status() == psutil.STATUS_ZOMBIE:
                     os.waitpid(child.pid, os.WNOHANG)
+
+
+def default_jobs() -> int:
+    """Runs at once by default: a run's processes mostly wait for each other, so three
+    runs per core keep the cores busy (at most 8)."""
+    return min(8, 3 * (os.cpu_count() or 1))
 
 
 def run_scenario(scenario: Scenario, target: str = "emulator", policy: str = "upstream",

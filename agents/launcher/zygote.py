@@ -24,11 +24,12 @@ What a child inherits from the zygote is made exactly what a fresh ``Popen`` of
 * rlimits: the zygote's (the launcher's), with ``RLIMIT_NOFILE`` set as asked;
 * working directory: the caller's; ``sys.argv`` as ``python -m MODULE`` sets it.
 
-The child is forked twice (zygote, then an intermediate that exits at once), so it is
-re-parented to the launcher, which makes itself a child subreaper before it starts a
-zygote: the launcher reaps its actors and daemons with ``waitpid`` as it reaped its
-``Popen`` children, and a zygote that dies takes nobody with it.  The zygote dies with
-its launcher (``PR_SET_PDEATHSIG``).
+The zygote is the child's parent: it reaps it and keeps its wait status until the
+launcher asks (``Child.wait``, once the child's pidfd says it has ended), so the
+launcher sees the ``returncode`` a ``Popen`` would give.  The launcher makes itself a
+child subreaper before it starts a zygote: orphans of its actors come to it, and so do
+the zygote's children should the zygote die.  The zygote dies with its launcher
+(``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import msgpack
 
@@ -54,8 +55,7 @@ from protocol.linux import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG
 PRELOAD = ("agents.scenario.scripted", "kernel_daemon.__main__", "kernel_daemon.daemon",
            "kernel_daemon.boot", "kernel_daemon.designs")
 MAX_FDS = 16
-#: set to a directory: every child that returns from ``main`` (a daemon; not an actor,
-#: which ends with ``os._exit``) leaves its cProfile statistics MODULE-PID.prof there
+#: set to a directory: every child leaves its cProfile statistics MODULE-PID.prof there
 PROFILE_ENV = "KEMU_ZYGOTE_PROFILE"
 #: one request (argv and environment): far more than any actor needs
 MAX_REQUEST = 1 << 20
@@ -71,25 +71,27 @@ class ZygoteError(RuntimeError):
 class Child:
     """A process forked by the zygote: the part of ``subprocess.Popen`` the launcher uses.
 
-    It is the launcher's own child (re-parented to it as subreaper), so ``wait`` reaps
-    it with ``waitpid``; a pidfd taken at once makes the wait safe from PID reuse.
+    Its parent is the zygote, which reaps it and keeps its wait status until asked; a
+    pidfd taken at once tells when it has ended and makes signals safe from PID reuse.
     ``returncode`` follows ``Popen``: the exit status, or minus the signal that killed it.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, zygote: Zygote) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self.args: list[str] = []
+        self._zygote = zygote
         try:
             self._pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:  # pragma: no cover - it is our child: it cannot be reaped yet
+        except ProcessLookupError:  # pragma: no cover - a zombie until the zygote is asked
             self._pidfd = -1
         _tracked.add(pid)
 
     def poll(self) -> int | None:
-        """The return code if the process has ended (and reap it), else None."""
-        if self.returncode is None:
-            self._reap(os.WNOHANG)
+        """The return code if the process has ended, else None."""
+        if self.returncode is None and (self._pidfd < 0 or select.select(
+                [self._pidfd], [], [], 0)[0]):
+            self._collect()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -98,17 +100,20 @@ class Child:
                 [self._pidfd], [], [], timeout)[0]:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
         if self.returncode is None:
-            self._reap(0)
+            self._collect()
         assert self.returncode is not None
         return self.returncode
 
-    def _reap(self, flags: int) -> None:
+    def _collect(self) -> None:
+        """The process has ended: its status from the zygote that reaped it (or, if that
+        zygote is gone and the process was re-parented to this subreaper, from here)."""
         try:
-            pid, status = os.waitpid(self.pid, flags)
-        except ChildProcessError:  # reaped by somebody else: as Popen, say 0
-            pid, status = self.pid, 0
-        if pid == 0:
-            return
+            status = self._zygote.status(self.pid)
+        except ZygoteError:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:  # nobody can tell any more: as Popen, say 0
+                status = 0
         self.returncode = os.waitstatus_to_exitcode(status)
         _tracked.discard(self.pid)
         if self._pidfd >= 0:
@@ -181,11 +186,22 @@ class Zygote:
               stdio: tuple[int, int, int], pass_fds: tuple[int, ...] = (),
               cwd: str | None = None, nofile: int | None = None) -> Child:
         """Fork ``python -m module argv`` with these descriptors; see the module docstring."""
-        request = msgpack.packb({"module": module, "argv": argv, "env": env,
+        request = msgpack.packb({"op": "spawn", "module": module, "argv": argv, "env": env,
                                  "cwd": cwd or os.getcwd(), "fds": list(pass_fds),
                                  "nofile": nofile, **_signal_state()})
-        fds = [*stdio, *pass_fds]
+        answer = self._ask(request, [*stdio, *pass_fds])
+        child = Child(int(answer["pid"]), self)
+        child.args = [sys.executable, "-m", module, *argv]
+        return child
+
+    def status(self, pid: int) -> int:
+        """The wait status of child ``pid``, which has ended (the zygote reaps it)."""
+        return int(self._ask(msgpack.packb({"op": "status", "pid": pid}), [])["status"])
+
+    def _ask(self, request: bytes, fds: list[int]) -> dict[str, Any]:
         with self.lock:
+            if not self.alive():
+                raise ZygoteError("the zygote is gone")
             try:
                 socket.send_fds(self.sock, [request], fds)
                 reply = self.sock.recv(4096)
@@ -196,9 +212,7 @@ class Zygote:
         answer: dict[str, Any] = msgpack.unpackb(reply)
         if "error" in answer:
             raise ZygoteError(str(answer["error"]))
-        child = Child(int(answer["pid"]))
-        child.args = [sys.executable, "-m", module, *argv]
-        return child
+        return answer
 
     def alive(self) -> bool:
         """Is this zygote running and this process's own (not inherited through fork)?"""
@@ -347,11 +361,19 @@ def _run(request: dict[str, Any]) -> int:
             import cProfile
 
             prof = cProfile.Profile()
+            where = os.path.join(profile_dir, f"{request['module']}-{os.getpid()}.prof")
+            real_exit = os._exit
+
+            def _exit(status: int) -> NoReturn:  # an actor ends with os._exit
+                prof.disable()
+                prof.dump_stats(where)
+                real_exit(status)
+
+            os._exit = _exit
             try:
                 result = prof.runcall(module.main, list(request["argv"]))
             finally:
-                prof.dump_stats(os.path.join(profile_dir,
-                                             f"{request['module']}-{os.getpid()}.prof"))
+                prof.dump_stats(where)
         else:
             result = module.main(list(request["argv"]))
         code = 0 if result is None else int(result)
@@ -387,6 +409,26 @@ def fcntl_dupfd(fd: int, lowest: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
 
 
+#: wait statuses of children that ended, until the launcher asks (bounded: a launcher
+#: that never asks loses the oldest)
+_statuses: dict[int, int] = {}
+MAX_STATUSES = 65536
+
+
+def _reap() -> None:
+    """Reap every child that has ended and keep its status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if len(_statuses) >= MAX_STATUSES:
+            _statuses.pop(next(iter(_statuses)))
+        _statuses[pid] = status
+
+
 def _serve_one(sock: socket.socket) -> bool:
     """Answer one request; False once the launcher has closed its end."""
     try:
@@ -399,31 +441,14 @@ def _serve_one(sock: socket.socket) -> bool:
         return False
     try:
         request = msgpack.unpackb(data)
-        if len(fds) != 3 + len(request["fds"]):
-            raise ValueError("descriptor count does not match the request")
-        # imported here, once, so the next child of the same module starts imported
-        # (an import error is the child's: it shows on its stderr, as with python -m)
-        with contextlib.suppress(Exception):
-            importlib.import_module(str(request["module"]))
-        rd, wr = os.pipe()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        middle = os.fork()
-        if middle == 0:  # the intermediate: fork the child and exit, so it is re-parented
-            try:
-                os.close(rd)
-                pid = os.fork()
-                if pid == 0:
-                    os.close(wr)
-                    _child(request, fds)
-                os.write(wr, str(pid).encode())
-            finally:
-                os._exit(0)
-        os.close(wr)
-        with os.fdopen(rd, "rb") as fh:
-            got = fh.read()
-        os.waitpid(middle, 0)
-        answer: dict[str, Any] = {"pid": int(got)} if got else {"error": "fork failed"}
+        if request.get("op") == "status":
+            pid = int(request["pid"])
+            _reap()
+            if pid not in _statuses:  # it has ended (its pidfd said so): reap it now
+                _, _statuses[pid] = os.waitpid(pid, 0)
+            answer: dict[str, Any] = {"status": _statuses.pop(pid)}
+        else:
+            answer = _spawn(request, fds)
     except (ValueError, KeyError, TypeError, OSError, msgpack.UnpackException) as exc:
         answer = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -432,6 +457,38 @@ def _serve_one(sock: socket.socket) -> bool:
     with contextlib.suppress(OSError):
         sock.send(msgpack.packb(answer))
     return True
+
+
+def _spawn(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    """Fork a child for ``request``; its PID."""
+    if len(fds) != 3 + len(request["fds"]):
+        raise ValueError("descriptor count does not match the request")
+    # imported here, once, so the next child of the same module starts imported (an
+    # import error is the child's: it shows on its stderr, as with python -m)
+    with contextlib.suppress(Exception):
+        importlib.import_module(str(request["module"]))
+    _reap()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(request, fds)
+    return {"pid": pid}
+
+
+#: run once in the zygote, output discarded, so that what every child would build
+#: anew (argparse's parsers and the regular expressions they compile, in ``re``'s
+#: cache) is built once and inherited
+WARM_UP = (("agents.scenario.scripted", ["--help"]), ("kernel_daemon.__main__", ["--help"]))
+
+
+def _warm_up() -> None:
+    import io
+
+    for module, argv in WARM_UP:
+        with contextlib.suppress(BaseException), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            importlib.import_module(module).main(argv)
 
 
 def serve(fd: int, parent: int) -> int:
@@ -443,6 +500,7 @@ def serve(fd: int, parent: int) -> int:
     sock = socket.socket(fileno=fd)
     for name in PRELOAD:
         importlib.import_module(name)
+    _warm_up()
     import gc
 
     gc.collect()
