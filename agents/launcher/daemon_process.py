@@ -22,7 +22,7 @@ class DaemonProcess:
     """A running ``python -m kernel_daemon`` (forked from the launcher's zygote)."""
 
     run_dir: str
-    proc: zygote.Child
+    proc: zygote.Process
     pid: int
     pmem_name: str
     options: dict[str, Any] = field(default_factory=dict)

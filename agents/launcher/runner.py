@@ -66,7 +66,7 @@ class ActorState:
     name: str
     pid: int
     link: Link | None
-    proc: zygote.Child | None = None
+    proc: zygote.Process | None = None
     alive: bool = True
     stopped: bool = False
     #: how it died: "SIGKILL", "exit 0"... once known

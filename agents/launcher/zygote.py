@@ -45,7 +45,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import msgpack
 
@@ -247,11 +247,42 @@ def zygote(env: dict[str, str]) -> Zygote:
         return z
 
 
+class Process(Protocol):
+    """What the launcher needs of a child process: a zygote :class:`Child` or, with
+    ``KEMU_NO_ZYGOTE=1``, a ``subprocess.Popen``."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+#: set to 1: every child is a fresh ``python -m`` (``subprocess.Popen``), as before the
+#: zygote: for a benchmark's baseline, or to rule the zygote out when debugging
+NO_ZYGOTE_ENV = "KEMU_NO_ZYGOTE"
+
+
 def spawn(module: str, argv: list[str], *, env: dict[str, str], stdio: tuple[int, int, int],
           pass_fds: tuple[int, ...] = (), cwd: str | None = None,
-          nofile: int | None = None) -> Child:
+          nofile: int | None = None) -> Process:
     """Start ``python -m module argv`` as a child of this process, forked from a zygote
     (retried once on a fresh zygote if the one it had is gone)."""
+    if os.environ.get(NO_ZYGOTE_ENV) == "1":
+        def limits() -> None:
+            if nofile is not None:
+                import resource
+
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
+
+        return subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
+                                stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
+                                pass_fds=pass_fds, cwd=cwd, close_fds=True,
+                                preexec_fn=limits)
     try:
         return zygote(env).spawn(module, argv, env=env, stdio=stdio, pass_fds=pass_fds,
                                  cwd=cwd, nofile=nofile)
@@ -284,7 +315,8 @@ def run(module: str, argv: list[str], *, env: dict[str, str],
     finally:
         for fd in (null, out, err):
             os.close(fd)
-    return subprocess.CompletedProcess(child.args, code, texts[0], texts[1])
+    return subprocess.CompletedProcess([sys.executable, "-m", module, *argv], code, texts[0],
+                                       texts[1])
 
 
 def shutdown() -> None:
