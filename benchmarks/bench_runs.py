@@ -30,9 +30,9 @@ sys.path.insert(0, HERE)
 
 from _common import loadavg, ratio, result_line, summary, table  # noqa: E402
 
-from agents.launcher import matrix, zygote  # noqa: E402
-from agents.launcher.runner import run_scenario  # noqa: E402
-from agents.scenario.parse import parse  # noqa: E402
+from kemu.agents.launcher import matrix, zygote  # noqa: E402
+from kemu.agents.launcher.runner import run_scenario  # noqa: E402
+from kemu.agents.scenario.parse import parse  # noqa: E402
 
 ROUNDS = 5
 MATRIX_TARGET_S = 8.0

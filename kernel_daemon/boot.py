@@ -17,17 +17,17 @@ import traceback
 from types import ModuleType
 from typing import Any
 
-from kernel_daemon import locks, mm, qp, signals
-from kernel_daemon.designs import BUILTIN
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.eventlog import EventLog
-from kernel_daemon.kernel import Config, Kernel, KernelIO
-from kernel_daemon.policy import HOOKS, Policy
-from kernel_daemon.syscalls import ipc
-from kernel_daemon.syscalls import rdma as rdma_calls
-from kernel_daemon.task import Task
-from protocol import linux
-from protocol.config import FLAVOURS
+from kemu.kernel_daemon import locks, mm, qp, signals
+from kemu.kernel_daemon.designs import BUILTIN
+from kemu.kernel_daemon.errors import KernelError, MustWait
+from kemu.kernel_daemon.eventlog import EventLog
+from kemu.kernel_daemon.kernel import Config, Kernel, KernelIO
+from kemu.kernel_daemon.policy import HOOKS, Policy
+from kemu.kernel_daemon.syscalls import ipc
+from kemu.kernel_daemon.syscalls import rdma as rdma_calls
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux
+from kemu.protocol.config import FLAVOURS
 
 
 class PolicyLoadError(Exception):
@@ -35,7 +35,7 @@ class PolicyLoadError(Exception):
 
 
 def promises_of(cls: type[Policy]) -> list[str]:
-    """What a design promises, by the names of :class:`~kernel_daemon.policy.Promise`."""
+    """What a design promises, by the names of :class:`~kemu.policy.Promise`."""
     return sorted(p.name for p in cls.promises)
 
 
@@ -89,7 +89,18 @@ def load_policy(spec: str) -> type[Policy]:
                                   f"(found: {', '.join(c.__name__ for c in found) or 'none'})")
         return chosen
     if not found:
-        raise PolicyLoadError(f"{path}:1: defines no subclass of kernel_daemon.policy.Policy")
+        # the interface imported under another name (a checkout's top-level
+        # kernel_daemon): the same class in a second copy of the module, never ours
+        stray = [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+                 if obj.__module__ == module.__name__ and any(
+                     b.__name__ == "Policy" and b is not Policy
+                     and b.__module__.endswith("kernel_daemon.policy") for b in obj.__mro__)]
+        if stray:
+            base = next(b for b in stray[0].__mro__ if b.__name__ == "Policy")
+            raise PolicyLoadError(
+                f"{path}:1: {stray[0].__name__} derives from {base.__module__}.Policy, "
+                f"not kemu.policy.Policy: write 'from kemu.policy import Policy'")
+        raise PolicyLoadError(f"{path}:1: defines no subclass of kemu.policy.Policy")
     if len(found) > 1:
         # a file may build on its own base class: take the classes nobody derives from
         leaves = [c for c in found if not any(o is not c and issubclass(o, c) for o in found)]

@@ -20,19 +20,24 @@ import os
 import secrets
 
 SHM_DIR = "/dev/shm"
+#: what every generated name starts with, followed by the creating process's PID and a
+#: dash: whoever outlives a killed creator removes ``PREFIX<pid>-*``
+PREFIX = "kemu-"
 
 
 class Segment:
     """A shared-memory object mapped whole: ``name``, ``size``, ``buf``."""
 
     def __init__(self, name: str | None = None, *, create: bool = False, size: int = 0,
-                 prefix: str = "psm_") -> None:
+                 prefix: str | None = None) -> None:
         if create and size <= 0:
             raise ValueError("a new segment needs a positive size")
         if name is not None and ("/" in name or name in ("", ".", "..")):
             raise ValueError(f"bad shared-memory name {name!r}")
         while True:
-            self.name = name if name is not None else prefix + secrets.token_hex(4)
+            self.name = name if name is not None else (
+                (prefix if prefix is not None else f"{PREFIX}{os.getpid()}-")
+                + secrets.token_hex(4))
             path = os.path.join(SHM_DIR, self.name)
             flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
             try:

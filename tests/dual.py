@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from agents.launcher.runner import run_scenario
-from agents.scenario.parse import Scenario
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario.parse import Scenario
 
 
 def same_on_both_targets(scenario: Scenario) -> None:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from kernel_daemon.boot import PolicyLoadError, describe, load_policy
-from kernel_daemon.designs import BUILTIN, render_hook_table
-from kernel_daemon.policy import HOOKS, Policy
+from kemu.kernel_daemon.boot import PolicyLoadError, describe, load_policy
+from kemu.kernel_daemon.designs import BUILTIN, render_hook_table
+from kemu.policy import HOOKS, Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "designs.md"
 
 
 def _daemon(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kernel_daemon", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "kemu.kernel_daemon", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -43,7 +43,7 @@ def test_builtin_names_and_the_welcome_agree() -> None:
 
 def test_a_design_loads_from_a_file_by_path(tmp_path: Path) -> None:
     path = tmp_path / "mine.py"
-    path.write_text("from kernel_daemon.policy import Policy\n\n"
+    path.write_text("from kemu.policy import Policy\n\n"
                     "class Mine(Policy):\n    name = 'mine'\n")
     cls = load_policy(str(path))
     assert issubclass(cls, Policy) and cls.name == "mine"
@@ -54,13 +54,13 @@ def test_a_design_loads_from_a_file_by_path(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("text", "expect"), [
     (None, r"no such design file"),
-    ("x = 1\n", r":1: defines no subclass of kernel_daemon.policy.Policy"),
-    ("from kernel_daemon.policy import Policy\n\n\nraise RuntimeError('boom')\n",
+    ("x = 1\n", r":1: defines no subclass of kemu.policy.Policy"),
+    ("from kemu.policy import Policy\n\n\nraise RuntimeError('boom')\n",
      r":4: RuntimeError: boom"),
     ("def f(:\n", r":1: "),
-    ("from kernel_daemon.policy import Policy\nclass A(Policy):\n    name = 'a'\n"
+    ("from kemu.policy import Policy\nclass A(Policy):\n    name = 'a'\n"
      "class B(Policy):\n    name = 'b'\n", r"several Policy subclasses \(A, B\)"),
-    ("from kernel_daemon.policy import Policy\nclass A(Policy):\n    pass\n",
+    ("from kemu.policy import Policy\nclass A(Policy):\n    pass\n",
      r":2: A needs a name"),
 ], ids=["missing", "no-policy", "raises", "syntax", "ambiguous", "nameless"])
 def test_a_bad_design_file_is_refused_with_file_and_line(
@@ -85,7 +85,7 @@ def test_an_unknown_name_lists_the_known_ones() -> None:
 
 def test_a_class_can_be_named_when_the_file_has_several(tmp_path: Path) -> None:
     path = tmp_path / "two.py"
-    path.write_text("from kernel_daemon.policy import Policy\nclass A(Policy):\n    name = 'a'\n"
+    path.write_text("from kemu.policy import Policy\nclass A(Policy):\n    name = 'a'\n"
                     "class B(Policy):\n    name = 'b'\n")
     assert load_policy(f"{path}:B").name == "b"
     with pytest.raises(PolicyLoadError, match="no Policy subclass named 'C'"):
@@ -144,7 +144,7 @@ def _runtime_imports(path: Path) -> set[str]:
 def test_only_the_root_and_the_daemon_import_the_families_and_the_designs() -> None:
     package = ROOT / "kernel_daemon"
     allowed = {"boot.py", "daemon.py", "__main__.py"}
-    plugins = re.compile(r"^kernel_daemon\.(syscalls|policy|designs)(\.|$)")
+    plugins = re.compile(r"^kemu\.kernel_daemon\.(syscalls|policy|designs)(\.|$)")
     for path in package.rglob("*.py"):
         rel = path.relative_to(package)
         if rel.parts[0] in ("syscalls", "designs") or str(rel) in allowed:
@@ -160,12 +160,13 @@ def test_designs_import_only_the_interface() -> None:
     for path in (ROOT / "kernel_daemon" / "designs").glob("*.py"):
         if path.name == "__init__.py":
             continue
-        ours = {m for m in _runtime_imports(path) if m.startswith("kernel_daemon")}
-        allowed = re.compile(r"^kernel_daemon\.(policy|designs\.layout_lease)(\.|$)")
+        ours = {m for m in _runtime_imports(path) if m.startswith("kemu.")}
+        assert ours, f"{path.name} imports nothing of the interface?"
+        allowed = re.compile(r"^kemu\.kernel_daemon\.(policy|designs\.layout_lease)(\.|$)")
         assert all(allowed.match(m) for m in ours), f"{path.name} imports {sorted(ours)}"
     busy = ROOT / "kernel_daemon" / "designs" / "busy_extent.py"
-    assert {m for m in _runtime_imports(busy) if m.startswith("kernel_daemon")} <= {
-        "kernel_daemon.policy", *(f"kernel_daemon.policy.{n}" for n in
+    assert {m for m in _runtime_imports(busy) if m.startswith("kemu.")} <= {
+        "kemu.kernel_daemon.policy", *(f"kemu.kernel_daemon.policy.{n}" for n in
                                   ("Kernel", "Owner", "Policy", "Promise"))}
 
 
@@ -184,7 +185,7 @@ def test_kernel_state_is_typed() -> None:
 
 
 def test_the_daemon_defaults_come_from_one_config() -> None:
-    from protocol.config import DaemonConfig, defaults
+    from kemu.protocol.config import DaemonConfig, defaults
 
     out = _daemon("--help")
     assert out.returncode == 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-from kernel_daemon.syscalls.table import render_markdown
-from protocol.wire import PROTOCOL_VERSION
+from kemu.kernel_daemon.syscalls.table import render_markdown
+from kemu.protocol.wire import PROTOCOL_VERSION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,5 +23,27 @@ def test_syscall_doc_is_generated_from_the_table() -> None:
     with open(os.path.join(ROOT, "docs", "syscalls.md")) as fh:
         text = fh.read()
     assert text.strip() == render_markdown().strip(), (
-        "docs/syscalls.md is stale: run python -m kernel_daemon --syscall-table > docs/syscalls.md"
+        "docs/syscalls.md is stale: run python -m kemu.kernel_daemon --syscall-table > docs/syscalls.md"
     )
+
+
+def _between(path: str, name: str) -> str:
+    with open(os.path.join(ROOT, path)) as fh:
+        text = fh.read()
+    begin, end = f"<!-- {name}:begin -->\n", f"\n<!-- {name}:end -->"
+    assert begin in text and end in text, f"{path} lost its {name} markers"
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def test_the_readme_lists_every_callable_function() -> None:
+    from kemu.agents.scenario.calls import render_calls
+
+    assert _between("README.md", "calls") == render_calls(), (
+        "regenerate the README's list: kemu.agents.scenario.calls.render_calls()")
+
+
+def test_the_scenario_page_lists_every_setting() -> None:
+    from kemu.agents.scenario.parse import render_settings
+
+    assert _between("docs/scenarios.md", "settings") == render_settings(), (
+        "regenerate docs/scenarios.md's table: kemu.agents.scenario.parse.render_settings()")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.launcher import explore, matrix
-from agents.launcher.runner import run_scenario
-from agents.scenario.parse import load, parse
+from kemu.agents.launcher import explore, matrix
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario.parse import load, parse
 
-ROOT = Path(matrix.ROOT)
+ROOT = Path(__file__).resolve().parent.parent
 S05 = os.path.join(matrix.THREADS, "S05_pin_truncate_reuse.scn")
 BROKEN = str(ROOT / "tests" / "designs" / "false_promise.py")
 
@@ -47,7 +47,7 @@ def test_a_killed_kernel_ends_the_run_at_once_with_a_clear_error() -> None:
     assert outcome.kernel_killed == 2 and not outcome.passed
     assert any("kernel daemon was killed at line 2" in f for f in outcome.failures)
     assert outcome.wall < 15
-    from agents.launcher import invariants
+    from kemu.agents.launcher import invariants
 
     assert invariants.check(outcome, set()) == []  # the run ended as it must
 
@@ -110,7 +110,7 @@ def test_the_command_line_writes_the_report(tmp_path: Path) -> None:
 def test_explore_on_the_host_kernel_leaks_nothing() -> None:
     """The host target: the host kernel is the oracle; killing either actor at every
     step of a lease break leaves no process and no lease in /proc/locks."""
-    path = os.path.join(matrix.ROOT, "scenarios", "lease_break_basic.scn")
+    path = os.path.join(str(ROOT), "scenarios", "lease_break_basic.scn")
     exp = explore.explore(path, None, ["kill"], progress=None, minimize=False, target="host")
     assert exp.designs == ["host"]
     assert len(exp.results) == 1 + len(explore.fault_points(exp.scenario, ["kill"]))
@@ -121,8 +121,8 @@ def test_explore_on_the_host_kernel_leaks_nothing() -> None:
 
 def test_each_invariant_sees_what_breaks_it(tmp_path: Path) -> None:
     """The checks themselves, on made-up outcomes: each one fires on its evidence."""
-    from agents.launcher import invariants
-    from agents.launcher.runner import Outcome
+    from kemu.agents.launcher import invariants
+    from kemu.agents.launcher.runner import Outcome
 
     def outcome(**kw: object) -> Outcome:
         base: dict[str, object] = dict(scenario="t.scn", target="emulator", policy="x",

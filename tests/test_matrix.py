@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.launcher import matrix
-from agents.scenario.parse import load
+from kemu.agents.launcher import matrix
+from kemu.agents.scenario.parse import load
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 FILES = sorted(f for f in os.listdir(matrix.THREADS) if f.endswith(".scn"))
 
 
@@ -29,7 +30,7 @@ def test_thread_scenario_under_every_policy(name: str) -> None:
 
 
 def test_matrix_covers_every_policy_the_daemon_knows() -> None:
-    from kernel_daemon.designs import BUILTIN
+    from kemu.kernel_daemon.designs import BUILTIN
 
     assert matrix.policies() == list(BUILTIN)
 
@@ -37,7 +38,7 @@ def test_matrix_covers_every_policy_the_daemon_knows() -> None:
 DESIGN = '''"""A design of one file, outside the repository: DAX pins refused with EPERM."""
 import errno
 
-from kernel_daemon.policy import MR, Kernel, KernelError, Policy, Task
+from kemu.policy import MR, Kernel, KernelError, Policy, Task
 
 
 class NoPins(Policy):
@@ -57,7 +58,7 @@ def test_a_design_from_outside_the_repository_gets_its_own_column(tmp_path: Path
     design.write_text(DESIGN)
     out = subprocess.run(
         [sys.executable, "launch.py", "matrix", "--only", "S05_", "S12", "--policies", "legacy",
-         "--policy", str(design)], cwd=matrix.ROOT, capture_output=True, text=True,
+         "--policy", str(design)], cwd=ROOT, capture_output=True, text=True,
         timeout=170, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     head = next(line for line in out.stdout.splitlines() if line.startswith("scenario"))
@@ -80,11 +81,11 @@ def test_a_design_from_outside_the_repository_gets_its_own_column(tmp_path: Path
 
 def test_a_design_file_that_does_not_load_stops_the_run_before_it_starts(tmp_path: Path) -> None:
     bad = tmp_path / "broken.py"
-    bad.write_text("from kernel_daemon.policy import Policy\n\nclass B(Policy):\n"
+    bad.write_text("from kemu.policy import Policy\n\nclass B(Policy):\n"
                    "    name = 'b'\n    x = undefined_name\n")
     for argv in (["run", "scenarios/basic.scn", "--policy", str(bad)],
                  ["matrix", "--only", "S12", "--policy", str(bad)]):
-        out = subprocess.run([sys.executable, "launch.py", *argv], cwd=matrix.ROOT,
+        out = subprocess.run([sys.executable, "launch.py", *argv], cwd=ROOT,
                              capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 2, out.stdout + out.stderr
         assert f"{bad}:5: NameError" in out.stderr and "Traceback" not in out.stderr
@@ -94,7 +95,7 @@ def test_a_design_file_that_does_not_load_stops_the_run_before_it_starts(tmp_pat
 def test_busy_extent_loaded_by_path_is_the_same_design() -> None:
     """The shipped busy-extent file, given by path as a user's design would be, runs
     S5 and S5b exactly as the built-in name does: judged, passing, no foreign write."""
-    path = os.path.join(matrix.ROOT, "kernel_daemon", "designs", "busy_extent.py")
+    path = os.path.join(ROOT, "kernel_daemon", "designs", "busy_extent.py")
     for name in ("S05_pin_truncate_reuse.scn", "S05b_direct_io_short_pin.scn"):
         scenario = load(os.path.join(matrix.THREADS, name))
         by_path, by_name = (matrix.run_cell(scenario, p) for p in (path, "busy-extent"))

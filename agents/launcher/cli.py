@@ -1,4 +1,5 @@
-"""The launcher's command line (``launch.py``)."""
+"""The launcher's command line: the ``kemu`` command (``python -m kemu``), which is also
+``python launch.py`` in a checkout."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import argparse
 import os
 import sys
 
-from agents.launcher import designs
-from agents.launcher.runner import Outcome, run_scenario
-from agents.scenario.parse import ScenarioError, load
+from kemu.agents.launcher import designs
+from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.scenario.parse import ScenarioError, load
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_REPORT = "out"
 
 
@@ -24,14 +24,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         scenario = load(args.file)
     except (OSError, ScenarioError) as exc:
-        print(f"launch.py: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     targets = ["host", "emulator"] if args.target == "both" else [args.target]
+    if args.policy is None:  # the scenario's own `set policy`, else upstream
+        args.policy = str(scenario.settings.get("policy", "upstream"))
     if "emulator" in targets:
         try:
             designs.resolve(args.policy)  # refused before any process starts
         except designs.DesignError as exc:
-            print(f"launch.py: {exc}", file=sys.stderr)
+            print(f"{PROG}: {exc}", file=sys.stderr)
             return 2
     outcomes = []
     for target in targets:
@@ -58,17 +60,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of launch.py."""
-    p = argparse.ArgumentParser(prog="launch.py", description="Run multi-process scenarios "
-                                "against the kernel emulator or the host kernel.")
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a run folder's pictures and page again from its event logs (a run whose
+    launcher was killed, or one copied from elsewhere)."""
+    from kemu.agents import report
+
+    folder = os.path.abspath(args.folder)
+    if not os.path.isfile(os.path.join(folder, "launcher.jsonl")):
+        print(f"{PROG}: {folder} is not a run folder (no launcher.jsonl)", file=sys.stderr)
+        return 2
+    records = report.eventlog.merge(folder)
+    report.write_run(folder, records)
+    print(f"report: {os.path.join(folder, 'index.html')}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Remove finished run folders beyond the newest ``--keep`` (and a day-old
+    unfinished one)."""
+    from kemu.agents.launcher import runs
+
+    try:
+        base = runs.runs_dir()
+    except runs.RunsDirError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    removed = runs.prune(args.keep, base)
+    n, size = runs.usage(base)
+    print(f"{base}: removed {len(removed)} run folder(s); {n} left, {size / 1e6:.1f} MB")
+    return 0
+
+
+PROG = "kemu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``kemu`` command and of launch.py."""
+    if argv is None:
+        argv = sys.argv[1:]
+    p = argparse.ArgumentParser(prog=PROG, description="Run multi-process scenarios "
+                                "against the kernel emulator or the host kernel.  With no "
+                                "arguments: matrix --report out.")
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run one scenario file")
     r.add_argument("file")
     r.add_argument("--target", choices=("emulator", "host", "both"), default="emulator")
-    r.add_argument("--policy", default="upstream",
+    r.add_argument("--policy", default=None,
                    help="the kernel design: a built-in name or PATH.py[:Class] of a Policy "
-                        "subclass (docs/designs.md)")
+                        "subclass (docs/designs.md); default: the scenario's "
+                        "'set policy', else upstream")
     r.add_argument("--no-pids", action="store_true", help="name actors without their PIDs")
     mx = sub.add_parser("matrix", help="every thread scenario under every policy, as a table")
     mx.add_argument("--jobs", type=int,
@@ -99,20 +139,31 @@ def main(argv: list[str]) -> int:
                     help="host: the host kernel is the one design (runs one at a time)")
     ex.add_argument("--no-minimize", action="store_true",
                     help="do not cut violations down to reproducers")
+    rp = sub.add_parser("report", help="write a run folder's pictures and page again from "
+                        "its event logs")
+    rp.add_argument("folder", help="a run folder (its path is printed after every run)")
+    cl = sub.add_parser("clean", help="remove old run folders (they live under $KEMU_RUNS, "
+                        "default /tmp/kemu-UID)")
+    cl.add_argument("--keep", type=int, default=0, metavar="N",
+                    help="keep the newest N finished runs (default 0)")
     if not argv:  # the main job: the threads' scenarios under every design, as a report
         argv = ["matrix", "--report", DEFAULT_REPORT]
     args = p.parse_args(argv)
     if args.cmd == "matrix":
-        from agents.launcher import matrix
+        from kemu.agents.launcher import matrix
 
         return matrix.main(jobs=args.jobs, only=args.only, report=args.report,
                            policies=args.policies, extra=args.extra)
     if args.cmd == "explore":
-        from agents.launcher import explore
+        from kemu.agents.launcher import explore
 
         kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
         return explore.main(args.file, args.designs, kinds, args.victims, args.jobs,
                             args.report, args.out, not args.no_minimize, target=args.target)
+    if args.cmd == "report":
+        return cmd_report(args)
+    if args.cmd == "clean":
+        return cmd_clean(args)
     if args.cmd == "run":
         if args.target == "both":
             args.no_pids = True

@@ -5,7 +5,7 @@ point*: after each line, each actor alive there is killed (``!kill``), or stoppe
 just before its next line (``!stop`` ... ``!cont``), or held up for a while (``!delay``),
 or the kernel daemon is killed (``!kill kernel``).  In the fault variants the
 expectations are dropped (a fault changes them) and what is checked instead are the
-invariants (:mod:`agents.launcher.invariants`, ``docs/invariants.md``): no foreign
+invariants (:mod:`kemu.agents.launcher.invariants`, ``docs/invariants.md``): no foreign
 write where the design promises none, nothing left of dead processes, every pin
 attributable, no breaker past its deadline, the daemon answering.  Runs go in parallel
 on the local cores, with progress on the terminal.
@@ -27,19 +27,18 @@ import shlex
 import shutil
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from agents.launcher import designs, invariants
-from agents.launcher.invariants import Violation
-from agents.launcher.matrix import summarize
-from agents.launcher.runner import Outcome, default_jobs, run_scenario
-from agents.scenario import strace
-from agents.scenario.parse import (
+from kemu.agents.launcher import designs, invariants, runs
+from kemu.agents.launcher.invariants import Violation
+from kemu.agents.launcher.matrix import summarize
+from kemu.agents.launcher.runner import Outcome, default_jobs, run_scenario
+from kemu.agents.scenario import strace
+from kemu.agents.scenario.parse import (
     ACTOR_RE,
     ONLY_RE,
     Scenario,
@@ -47,7 +46,7 @@ from agents.scenario.parse import (
     _split_expectations,
     parse,
 )
-from protocol import linux
+from kemu.protocol import linux
 
 #: the kinds of fault, and what a variant inserts for each
 FAULT_KINDS = ("kill", "stop", "delay", "kernel")
@@ -269,7 +268,7 @@ def explore(path: str, design_specs: list[str] | None = None,
     if progress is not None:
         progress.write("\n")
     if minimize:
-        out_dir = out_dir or tempfile.mkdtemp(prefix="kemu-explore-", dir="/tmp")
+        out_dir = out_dir or runs.new_run_dir("explore-")
         os.makedirs(out_dir, exist_ok=True)
         seen: set[tuple[str, str]] = set()
         for r in exp.violations:
@@ -574,7 +573,7 @@ def main(path: str, design_specs: list[str] | None, kinds: list[str], victims: l
               f"(actors: {', '.join(sc.actors + sc.children)})", file=sys.stderr)
         return 2
     out_dir = out_dir or (os.path.join(report, "reproducers") if report else
-                          tempfile.mkdtemp(prefix="kemu-explore-", dir="/tmp"))
+                          runs.new_run_dir("explore-"))
     exp = explore(path, specs, kinds, victims, jobs, minimize=minimize, out_dir=out_dir,
                   target=target)
     print_summary(exp, dict(zip(names, specs, strict=True)), out, out_dir)

@@ -27,14 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
-from agents.launcher import designs
-from agents.launcher.runner import Outcome, default_jobs, run_scenario
-from agents.report import html, write_run
-from agents.scenario.parse import Scenario, load
-from protocol import linux
+import kemu
+from kemu.agents.launcher import designs
+from kemu.agents.launcher.runner import Outcome, default_jobs, run_scenario
+from kemu.agents.report import html, write_run
+from kemu.agents.scenario.parse import Scenario, load
+from kemu.protocol import linux
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-THREADS = os.path.join(ROOT, "scenarios", "threads")
+ROOT = kemu.HOME
+THREADS = os.path.join(kemu.SCENARIOS, "threads")
 #: shorter column heads for the table printed on the terminal
 SHORT = {"map-direct-sealed": "md-sealed", "layout-lease-exclusive-checked": "ll-checked"}
 
@@ -128,6 +129,11 @@ def main(out: IO[str] = sys.stdout, jobs: int | None = None, only: list[str] | N
     files = sorted(f for f in os.listdir(THREADS) if f.endswith(".scn"))
     scenarios = [load(os.path.join(THREADS, f)) for f in files
                  if only is None or any(f.startswith(x) for x in only)]
+    for x in only or []:
+        if not any(f.startswith(x) for f in files):
+            print(f"matrix: --only {x} matches no scenario (there are: "
+                  f"{', '.join(f.removesuffix('.scn') for f in files)})", file=sys.stderr)
+            return 2
     known = designs.builtin()
     if policies is None and extra:
         policies = []

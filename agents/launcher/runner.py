@@ -15,14 +15,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import math
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,33 +28,20 @@ from typing import IO, Any
 
 import psutil
 
-from agents import report
-from agents.launcher import designs, zygote
-from agents.launcher.daemon_process import DaemonProcess, start_daemon
-from agents.lib.api import HostSystem
-from agents.lib.runtime import Connection
-from agents.scenario import strace, transcript
-from agents.scenario.link import Link, LinkClosed
-from agents.scenario.parse import Expect, Scenario, Step, signal_number
-from protocol.config import SETTINGS as DAEMON_SETTINGS
-from protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
+import kemu
+from kemu.agents import report
+from kemu.agents.launcher import designs, hostsysctl, runs, zygote
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
+from kemu.agents.lib.api import HostSystem
+from kemu.agents.lib.runtime import Connection
+from kemu.agents.scenario import strace, transcript
+from kemu.agents.scenario.link import Link, LinkClosed
+from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
+from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
+from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HOST_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
+ROOT = kemu.HOME
 #: the host's own value while a run has changed it (survives the run being killed)
-SAVED_LEASE_BREAK_TIME = "/tmp/kemu-saved-lease-break-time"
-
-
-def restore_host_lease_break_time() -> None:
-    """Put back the host's lease-break-time saved by a run, if one is saved."""
-    try:
-        with open(SAVED_LEASE_BREAK_TIME) as fh:
-            value = fh.read().strip()
-    except FileNotFoundError:
-        return
-    with open(HOST_LEASE_BREAK_TIME, "w") as fh:
-        fh.write(value)
-    os.unlink(SAVED_LEASE_BREAK_TIME)
 
 
 @dataclass
@@ -200,7 +185,7 @@ class Runner:
         #: built in (known once it answers): design-dependent lines are shown unjudged
         self.judged = self.policy in scenario.designs_named() or target != "emulator"
         self.settings = dict(scenario.settings)
-        self.run_dir = run_dir or tempfile.mkdtemp(prefix="kemu-run-", dir="/tmp")
+        self.run_dir = run_dir or runs.new_run_dir()
         os.makedirs(self.run_dir, exist_ok=True)
         os.chmod(self.run_dir, 0o755)  # an actor that gave up root must still reach root/
         self.out = out
@@ -229,7 +214,8 @@ class Runner:
         self.listener.bind(self.director_path)
         self.listener.listen(64)
         self.unclaimed: dict[str, tuple[Link, dict[str, Any]]] = {}
-        self.saved_lease_break_time: str | None = None
+        #: the host's lease-break-time, while this run holds it
+        self.host_sysctl = hostsysctl.LeaseBreakTime()
         #: the line at which ``!kill kernel`` killed the daemon (0: it lives)
         self.kernel_killed = 0
         #: timers that resume actors held up by ``!delay``
@@ -365,7 +351,7 @@ class Runner:
                           0o644)
             try:
                 proc = zygote.spawn(
-                    "agents.scenario.scripted",
+                    "kemu.agents.scenario.scripted",
                     ["--name", name, "--run-dir", self.run_dir, "--target", self.target,
                      "--director", self.director_path],
                     env=self._env(), stdio=(log, log, log), nofile=USUAL_NOFILE)
@@ -565,7 +551,7 @@ class Runner:
         if int(hello["pid"]) != actor.pid:
             reply = {"error": f"exec'd image has pid {hello['pid']}, not {actor.pid}"}
         text = self._emit("call", actor=actor.name, pid=actor.pid,
-                          call='execve("agents.scenario.scripted")', result="0")
+                          call='execve("kemu.agents.scenario.scripted")', result="0")
         self._check(step, actor, text, reply)
 
     def fault(self, step: Step) -> None:
@@ -640,17 +626,12 @@ class Runner:
                        "the run ends")
 
     def _set_host_lease_break_time(self, seconds: float) -> None:
-        """Set /proc/sys/fs/lease-break-time (whole seconds) for this run; restored after.
-
-        Only one run at a time may do this: the setting is the whole host's.
-        """
-        restore_host_lease_break_time()  # left over by a run that was killed
-        with open(HOST_LEASE_BREAK_TIME) as fh:
-            self.saved_lease_break_time = fh.read().strip()
-        with open(SAVED_LEASE_BREAK_TIME, "w") as fh:
-            fh.write(self.saved_lease_break_time)
-        with open(HOST_LEASE_BREAK_TIME, "w") as fh:
-            fh.write(str(math.ceil(seconds)))
+        """Set /proc/sys/fs/lease-break-time (whole seconds) for this run; restored
+        after.  Host runs that set it take turns (:mod:`.hostsysctl`)."""
+        try:
+            self.host_sysctl.set(seconds)
+        except PermissionError as exc:
+            raise RunError(str(exc)) from None
 
     def finish(self) -> None:
         """Tell live actors to exit, stop the daemon, reap everything."""
@@ -665,9 +646,7 @@ class Runner:
                 self.audit = dict(self.kconn.call("pin_audit"))
             except Exception as exc:
                 self.failures.append(f"kernel daemon did not answer the pin audit: {exc}")
-        if self.saved_lease_break_time is not None:
-            restore_host_lease_break_time()
-            self.saved_lease_break_time = None
+        self.host_sysctl.restore()
         for actor in self.actors.values():
             if actor.alive and actor.stopped:
                 with contextlib.suppress(ProcessLookupError):
@@ -746,6 +725,7 @@ class Runner:
         self._log("end", failures=self.failures, deaths=self.deaths, stats=self.final_stats)
         self.events.close()
         self._write_folder()
+        runs.mark_done(self.run_dir)
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
                        self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign,
                        self.audit, time.monotonic() - self.t0, self.kernel_killed,

@@ -3,7 +3,7 @@
 Every actor and every daemon of a run used to be a fresh interpreter: tens of
 milliseconds idle, seconds under load, most of it importing (and, with
 ``PYTHONDONTWRITEBYTECODE``, compiling) the agent or daemon stack.  A *zygote* does that
-once: a process started with ``python -m agents.launcher.zygote`` imports both stacks,
+once: a process started with ``python -m kemu.agents.launcher.zygote`` imports both stacks,
 freezes its heap (``gc.freeze``, so children do not copy it by touching reference
 counts) and then forks a process per request, as ``multiprocessing``'s forkserver and
 Android's zygote do.  Each child is a real process with its own PID that runs the
@@ -28,8 +28,15 @@ The zygote is the child's parent: it reaps it and keeps its wait status until th
 launcher asks (``Child.wait``, once the child's pidfd says it has ended), so the
 launcher sees the ``returncode`` a ``Popen`` would give.  The launcher makes itself a
 child subreaper before it starts a zygote: orphans of its actors come to it, and so do
-the zygote's children should the zygote die.  The zygote dies with its launcher
-(``PR_SET_PDEATHSIG``).
+the zygote's children should the zygote die.
+
+The zygote ends with its launcher: when its socket reaches end of file (the launcher
+closed it, exited, or was killed by anything, SIGKILL included) it SIGKILLs every child
+still running, reaps them, removes the shared-memory segments they left
+(``/dev/shm/kemu-<pid>-*``, the names daemons give theirs) and exits.  So a test run
+that dies or times out leaves no daemon, actor or segment behind.  (Not
+``PR_SET_PDEATHSIG``: that follows the parent *thread*, and a launcher starts its zygote
+from whichever thread spawns first, a matrix's worker thread for one.)
 """
 
 from __future__ import annotations
@@ -49,12 +56,15 @@ from typing import Any, NoReturn, Protocol
 
 import msgpack
 
-from protocol.linux import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG
+from kemu.protocol import shm
+from kemu.protocol.linux import PR_SET_CHILD_SUBREAPER
 
 #: what a zygote imports before it serves: the actor and the daemon stacks
-PRELOAD = ("agents.scenario.scripted", "kernel_daemon.__main__", "kernel_daemon.daemon",
-           "kernel_daemon.boot", "kernel_daemon.designs")
+PRELOAD = ("kemu.agents.scenario.scripted", "kemu.kernel_daemon.__main__", "kemu.kernel_daemon.daemon",
+           "kemu.kernel_daemon.boot", "kemu.kernel_daemon.designs")
 MAX_FDS = 16
+#: ``spawn("path:FILE", argv)`` runs a script, as ``python FILE argv`` would
+PATH_PREFIX = "path:"
 #: set to a directory: every child leaves its cProfile statistics MODULE-PID.prof there
 PROFILE_ENV = "KEMU_ZYGOTE_PROFILE"
 #: one request (argv and environment): far more than any actor needs
@@ -177,7 +187,7 @@ class Zygote:
         self.lock = threading.Lock()
         self.owner = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.launcher.zygote", str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-m", "kemu.agents.launcher.zygote", str(theirs.fileno()), str(os.getpid())],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL)
         theirs.close()
@@ -279,7 +289,9 @@ def spawn(module: str, argv: list[str], *, env: dict[str, str], stdio: tuple[int
                 _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
                 resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
 
-        return subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
+        program = ([module.removeprefix(PATH_PREFIX)] if module.startswith(PATH_PREFIX)
+                   else ["-m", module])
+        return subprocess.Popen([sys.executable, *program, *argv], env=env,
                                 stdin=stdio[0], stdout=stdio[1], stderr=stdio[2],
                                 pass_fds=pass_fds, cwd=cwd, close_fds=True,
                                 preexec_fn=limits)
@@ -381,19 +393,36 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     os.environ.update(request["env"])
 
 
-def _run(request: dict[str, Any]) -> int:
-    """Run the module's ``main(argv)`` as ``python -m`` would; its exit status."""
-    module = importlib.import_module(str(request["module"]))
-    sys.argv = [str(getattr(module, "__file__", request["module"])), *request["argv"]]
+def _entry(request: dict[str, Any]) -> Any:
+    """What the child runs: the module's ``main(argv)`` as ``python -m`` would, or a
+    script (``path:FILE``) as ``python FILE`` would, with ``sys.argv`` and
+    ``sys.path[0]`` set as the interpreter sets them."""
+    spec = str(request["module"])
+    if spec.startswith(PATH_PREFIX):
+        path = os.path.abspath(spec.removeprefix(PATH_PREFIX))
+        sys.argv = [path, *request["argv"]]
+        sys.path[0:1] = [os.path.dirname(path)]
+        import runpy
+
+        return lambda argv: runpy.run_path(path, run_name="__main__") and None
+    module = importlib.import_module(spec)
+    sys.argv = [str(getattr(module, "__file__", spec)), *request["argv"]]
     if "" in sys.path[:1]:
         sys.path[0] = os.getcwd()
+    return module.main
+
+
+def _run(request: dict[str, Any]) -> int:
+    """Run the child's program (:func:`_entry`); its exit status."""
+    main = _entry(request)
     try:
         profile_dir = os.environ.get(PROFILE_ENV)
         if profile_dir:  # a developer's view of where a child's time goes
             import cProfile
 
             prof = cProfile.Profile()
-            where = os.path.join(profile_dir, f"{request['module']}-{os.getpid()}.prof")
+            label = str(request['module']).replace('/', '_').replace(':', '_')
+            where = os.path.join(profile_dir, f"{label}-{os.getpid()}.prof")
             real_exit = os._exit
 
             def _exit(status: int) -> NoReturn:  # an actor ends with os._exit
@@ -403,11 +432,11 @@ def _run(request: dict[str, Any]) -> int:
 
             os._exit = _exit
             try:
-                result = prof.runcall(module.main, list(request["argv"]))
+                result = prof.runcall(main, list(request["argv"]))
             finally:
                 prof.dump_stats(where)
         else:
-            result = module.main(list(request["argv"]))
+            result = main(list(request["argv"]))
         code = 0 if result is None else int(result)
     except SystemExit as exc:
         if exc.code is None:
@@ -497,21 +526,41 @@ def _spawn(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         raise ValueError("descriptor count does not match the request")
     # imported here, once, so the next child of the same module starts imported (an
     # import error is the child's: it shows on its stderr, as with python -m)
-    with contextlib.suppress(Exception):
-        importlib.import_module(str(request["module"]))
+    if not str(request["module"]).startswith(PATH_PREFIX):
+        with contextlib.suppress(Exception):
+            importlib.import_module(str(request["module"]))
     _reap()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pid = os.fork()
     if pid == 0:
         _child(request, fds)
+    _spawned.add(pid)
     return {"pid": pid}
+
+
+#: every child forked, for the sweep at the end
+_spawned: set[int] = set()
+
+
+def _sweep() -> None:
+    """The launcher is gone: kill what still runs, reap it, remove what it left."""
+    for pid in sorted(_spawned):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # our own unreaped child: its PID is not reused
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    for pid in _spawned:
+        shm.remove(f"{shm.PREFIX}{pid}-")
 
 
 #: run once in the zygote, output discarded, so that what every child would build
 #: anew (argparse's parsers and the regular expressions they compile, in ``re``'s
 #: cache) is built once and inherited
-WARM_UP = (("agents.scenario.scripted", ["--help"]), ("kernel_daemon.__main__", ["--help"]))
+WARM_UP = (("kemu.agents.scenario.scripted", ["--help"]), ("kemu.kernel_daemon.__main__", ["--help"]))
 
 
 def _warm_up() -> None:
@@ -524,12 +573,16 @@ def _warm_up() -> None:
 
 
 def serve(fd: int, parent: int) -> int:
-    """The zygote's loop: preload, then fork a process per request until EOF."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the launcher died before the death signal was set
-        return 0
+    """The zygote's loop: preload, then fork a process per request until EOF; then
+    sweep (see the module docstring)."""
     sock = socket.socket(fileno=fd)
+    try:
+        return _serve(sock)
+    finally:
+        _sweep()
+
+
+def _serve(sock: socket.socket) -> int:
     for name in PRELOAD:
         importlib.import_module(name)
     _warm_up()
@@ -550,7 +603,7 @@ def serve(fd: int, parent: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agents.launcher.zygote FD LAUNCHER_PID``."""
+    """``python -m kemu.agents.launcher.zygote FD LAUNCHER_PID``."""
     args = sys.argv[1:] if argv is None else argv
     return serve(int(args[0]), int(args[1]))
 

@@ -24,15 +24,16 @@ import select
 import struct
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from agents.lib.mm import AgentMM
-from agents.lib.runtime import Connection
-from agents.lib.sigrec import SigInfo, SignalRecorder, recorder
-from agents.lib.verbs import AgentQP
-from protocol import linux, wire
-from protocol.errors import os_error
-from protocol.linux import F_GETOWN_EX, F_SETOWN_EX, FICLONE
+from kemu.agents.lib.mm import AgentMM
+from kemu.agents.lib.runtime import Connection
+from kemu.agents.lib.sigrec import SigInfo, SignalRecorder, recorder
+from kemu.agents.lib.verbs import AgentQP
+from kemu.protocol import linux, wire
+from kemu.protocol.errors import os_error
+from kemu.protocol.linux import F_GETOWN_EX, F_SETOWN_EX, FICLONE
 
 #: host-target infrastructure descriptors live at or above this number
 INFRA_FD_BASE = 900
@@ -281,8 +282,11 @@ class System(ABC):
         out, self.recorded = list(getattr(self, "recorded", [])), []
         return out
 
-    def sigwait(self, signums: list[int], timeout: float | None = None) -> dict[str, Any] | None:
-        """Wait for a recorded signal among ``signums``; its siginfo, or None on timeout."""
+    def sigwait(self, signums: int | Iterable[int],
+                timeout: float | None = None) -> dict[str, Any] | None:
+        """Wait for a recorded signal among ``signums`` (one signal number or several);
+        its siginfo, or None on timeout."""
+        signums = {int(signums)} if isinstance(signums, int) else {int(s) for s in signums}
         rec = self._rec()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from protocol import linux
-from protocol.errors import os_error
+from kemu.protocol import linux
+from kemu.protocol.errors import os_error
 
 if TYPE_CHECKING:
-    from agents.scenario.scripted import Actor
+    from kemu.agents.scenario.scripted import Actor
 
 #: stat fields a transcript shows (the rest differ between any two runs)
 STAT_FIELDS = ("st_mode", "st_size", "st_nlink")
@@ -241,6 +241,24 @@ EMU_BACKGROUND: dict[str, Callable[[Any], Any]] = {
     "dup": int, "dup2": int, "dup3": int, "fallocate": lambda v: 0, "dio_read": int,
     "clone": lambda v: 0,
 }
+
+
+def render_calls(width: int = 88) -> str:
+    """The README's list of what a scenario line may call, every name of :data:`CALLS`
+    and :data:`PROCESS_CALLS` in the order the table has them (``tests/test_docs.py``
+    keeps the README equal to it)."""
+    names = [*CALLS, *sorted(PROCESS_CALLS - set(CALLS))]
+    lines: list[str] = []
+    line = ""
+    for name in names:
+        word = f"`{name}`"
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def known(name: str) -> bool:

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.scenario.expr import ExprError, check, evaluate
-from protocol import linux
-from protocol.config import SETTINGS as DAEMON_SETTINGS
+from kemu.agents.scenario.expr import ExprError, check, evaluate
+from kemu.protocol import linux
+from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")
@@ -53,6 +53,27 @@ TARGETS = frozenset({"host", "emulator"})
 #: mapped to the daemon's setting by the launcher) and the launcher's own
 SETTINGS: dict[str, type] = {**{name: kind for name, (_, kind) in DAEMON_SETTINGS.items()},
                              "policy": str, "step_timeout": float}
+
+
+def render_settings() -> str:
+    """docs/scenarios.md's table of ``set`` settings, from the daemon's configuration
+    (:mod:`kemu.protocol.config`) and the launcher's own (``tests/test_docs.py`` keeps the
+    page equal to it)."""
+    from dataclasses import fields
+
+    from kemu.protocol.config import DaemonConfig
+
+    rows = ["| setting | type | default | what |", "|---|---|---|---|"]
+    for f in fields(DaemonConfig):
+        name = f.metadata.get("scenario")
+        if name:
+            rows.append(f"| `{name}` | {DAEMON_SETTINGS[name][1].__name__} | {f.default} | "
+                        f"{f.metadata.get('help', '')} |")
+    rows.append("| `policy` | str | upstream | the design `kemu run` (and `kemu_run`) use "
+                "when none is given; the matrix and explore choose their own |")
+    rows.append("| `step_timeout` | float | 20.0 | seconds the launcher waits for a line's "
+                "answer before it gives the run up |")
+    return "\n".join(rows)
 
 
 class ScenarioError(Exception):
