@@ -20,6 +20,8 @@ unjudged   design                                 ``    ??? unjudged: no expecta
 trace      text                                   the text, indented by four spaces
 text       text                                   the text (``!locks`` output)
 waited     actor, pid, status                     ``+++ A (pid 12) killed by SIGIO +++``
+unexpected actor, line                            ``    ^^^ UNEXPECTED DEATH of A (during or after line 7)``
+asleep     actor, pid, call                       ``[B 13] <... open asleep>``
 sent       actor, pid, signal                     ``--- SIGUSR1 sent to A (pid 12) ---``
 lost       actor, pid, calls                      ``[A 12] <... truncate unfinished: killed>``
 fault      actor, pid, fault                      ``+++ killed by SIGKILL: A (pid 12) +++``
@@ -75,6 +77,11 @@ def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
         status = str(rec["status"])
         how = "killed by " + status if status.startswith("SIG") else status
         return f"+++ {who(actor, pid, show_pids)} {how} +++"
+    if kind == "unexpected":
+        return (f"    ^^^ UNEXPECTED DEATH of {rec['actor']} "
+                f"(during or after line {rec['line']})")
+    if kind == "asleep":
+        return f"{label(actor, pid, show_pids)} <... {rec['call']} asleep>"
     if kind == "sent":
         return f"--- {rec['signal']} sent to {who(actor, pid, show_pids)} ---"
     if kind == "lost":
@@ -107,3 +114,4 @@ def transcript(records: Iterable[dict[str, Any]], show_pids: bool | None = None)
         elif ev == "line" and rec.get("src", "launcher") == "launcher":
             lines.append(format_line(rec, True if show_pids is None else show_pids))
     return lines
+
