@@ -14,14 +14,18 @@ None of these scenarios sets ``lease_break_time`` on the host target.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+from contextlib import redirect_stdout
 
 import pytest
 from dual import same_on_both_targets
 
+from agents.launcher import cli
 from agents.launcher.runner import Outcome, run_scenario
+from agents.scenario import transcript
 from agents.scenario.parse import Expect, ScenarioError, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -251,3 +255,75 @@ A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
 B: join                                        => 3
 """)
     assert out.failures == ["line 8: B's open did not sleep in the kernel within 1.0 s"]
+
+
+# --- transcripts compared with what differs between runs normalised ----------------------
+
+
+def test_comparable_names_addresses_by_mapping() -> None:
+    """Addresses become mapping names (and offsets): host and emulator texts agree."""
+    lines = [
+        "=== x.scn [target=host policy=upstream] ===",
+        "[A] mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, 3, 0) = 0x7fa67073e000",
+        "[A] mmap(4096, PROT_READ, MAP_PRIVATE, 3, 4096) = 0x7fa67073d000",
+        '[A] store(0x7fa67073f000, "hello") = 5',
+        '[A] load(0x7fa67073d000, 5) = "hello"',
+        "[A] munmap(0x7fa67073e000, 8192) = 0",
+        "[A] signals() = [{si_signo=SIGSEGV, si_code=SEGV_MAPERR, si_addr=0x7fa600000000}]",
+        "[A] getpid() = <A>",
+        "=== PASS ===",
+    ]
+    assert transcript.comparable(lines) == [
+        "[A] mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, 3, 0) = ADDR1",
+        "[A] mmap(4096, PROT_READ, MAP_PRIVATE, 3, 4096) = ADDR2",
+        '[A] store(ADDR1+0x1000, "hello") = 5',
+        '[A] load(ADDR2, 5) = "hello"',
+        "[A] munmap(ADDR1, 8192) = 0",
+        "[A] signals() = [{si_signo=SIGSEGV, si_code=SEGV_MAPERR, si_addr=ADDR3}]",
+        "[A] getpid() = <A>",
+    ]
+    # the emulator's fixed addresses give the same text
+    emu = [line.replace("0x7fa67073e000", "0x7f0000000000")
+           .replace("0x7fa67073f000", "0x7f0000001000")
+           .replace("0x7fa67073d000", "0x7f0000003000")
+           .replace("0x7fa600000000", "0x7f1000000000") for line in lines]
+    assert transcript.comparable(emu) == transcript.comparable(lines)
+
+
+#: a file mapped twice, a store through one mapping seen through the other, PIDs shown
+MAPS_A_FILE = """
+# title: a file mapped on both targets
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: ftruncate(fd, 8192)                              => 0
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0) => ok
+A: q = mmap(4096, PROT_READ, MAP_SHARED, fd, 4096)  => ok
+A: store(p + 4096, "hello")                         => 5
+A: load(q, 5)                                       => b"hello"
+A: munmap(p, 8192)                                  => 0
+A: pread(fd, 5, 4096)                               => b"hello"
+A: getpid()                                         => ok
+A: fork() as C
+C: getpid()                                         => ok
+C: load(q, 5)                                       => b"hello"
+"""
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+def test_a_scenario_that_maps_a_file_is_the_same_on_both_targets() -> None:
+    """Mapping a file, storing and loading through it: one transcript on both targets."""
+    same_on_both_targets(parse(MAPS_A_FILE, "maps_a_file"))
+
+
+@pytest.mark.host
+@pytest.mark.timeout(180)
+def test_launch_run_target_both_finds_no_difference(tmp_path: os.PathLike[str]) -> None:
+    """``launch.py run --target both`` on that scenario: no difference, status 0."""
+    path = os.path.join(str(tmp_path), "maps_a_file.scn")
+    with open(path, "w") as fh:
+        fh.write(MAPS_A_FILE)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli.main(["run", path, "--target", "both"])
+    assert code == 0, out.getvalue()
+    assert "transcripts are identical" in out.getvalue()

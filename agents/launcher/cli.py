@@ -8,6 +8,7 @@ import sys
 
 from agents.launcher import designs
 from agents.launcher.runner import Outcome, run_scenario
+from agents.scenario import transcript
 from agents.scenario.parse import ScenarioError, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,8 +16,10 @@ DEFAULT_REPORT = "out"
 
 
 def normalised(outcome: Outcome) -> list[str]:
-    """The transcript without its header and verdict lines (PIDs already hidden)."""
-    return [line for line in outcome.transcript if not line.startswith("===")]
+    """The transcript as host and emulator runs compare: without its header and verdict
+    lines, PIDs as actor names, mapping addresses as ``ADDR1``... (see
+    :func:`agents.scenario.transcript.comparable`)."""
+    return transcript.comparable(outcome.transcript)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -54,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for line in difflib.unified_diff(a, b, "host", "emulator", lineterm=""):
                 print("  " + line)
             return 1
-        print("host and emulator transcripts are identical (PIDs aside)")
+        print("host and emulator transcripts are identical (PIDs and addresses aside)")
     return 1 if failed else 0
 
 

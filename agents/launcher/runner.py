@@ -324,6 +324,8 @@ class Runner:
         if call == "fcntl" and len(args) > 1 and args[1] == F_GETOWN \
                 and isinstance(reply.get("ok"), int):
             return str(self._pid_name(reply["ok"]))
+        if call in ("getpid", "getpgid") and isinstance(reply.get("ok"), int):
+            return self._pid_text(reply["ok"])
         if "skipped" in reply:
             return f"? <skipped: {reply['skipped']}>"
         if "killed" in reply:
@@ -345,6 +347,8 @@ class Runner:
                     return strace.Bare(f"<{a.name}>")
             if self.kconn is not None and value == self.kconn.daemon_pid:
                 return strace.Bare("<kernel>")
+            if value == os.getpid():
+                return strace.Bare("<launcher>")
         return value
 
     def _pid_text(self, value: int) -> str:

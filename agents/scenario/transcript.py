@@ -35,8 +35,15 @@ With ``show_pids`` false, labels and names leave the PIDs out (``[A]``, ``A``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
+
+#: an address of a mapping as the transcript shows it (hex, above 4 GiB: the host's are
+#: randomised by ASLR, the emulator's fixed)
+ADDRESS = re.compile(r"\b0x[0-9a-f]{9,}\b")
+#: a mmap line: its length and the address it returned
+_MMAP = re.compile(r"\bmmap\((\d+), .*\) = (0x[0-9a-f]+)$")
 
 
 def label(actor: str, pid: int, show_pids: bool) -> str:
@@ -115,3 +122,36 @@ def transcript(records: Iterable[dict[str, Any]], show_pids: bool | None = None)
             lines.append(format_line(rec, True if show_pids is None else show_pids))
     return lines
 
+
+def comparable(lines: Iterable[str]) -> list[str]:
+    """A transcript as two runs of one scenario can be compared (``--target both``, the
+    dual-target tests): without its header and verdict lines, and with what differs
+    between any two runs normalised.  PIDs are already actor names (a run with
+    ``show_pids`` false); each mapping's address becomes ``ADDR1``, ``ADDR2``... in the
+    order the mappings appear, an address inside a mapping ``ADDR1+0x1000``, any other
+    address a name of its own in order of first appearance.  A difference left is a real
+    difference."""
+    maps: list[tuple[int, int, str]] = []  # base, length, name; the latest first
+    loose: dict[int, str] = {}
+    count = 0
+
+    def name_of(addr: int) -> str:
+        nonlocal count
+        for base, length, name in maps:
+            if base <= addr < base + length:
+                return name if addr == base else f"{name}+{addr - base:#x}"
+        if addr not in loose:
+            count += 1
+            loose[addr] = f"ADDR{count}"
+        return loose[addr]
+
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("==="):
+            continue
+        m = _MMAP.search(line)
+        if m:
+            count += 1
+            maps.insert(0, (int(m.group(2), 16), int(m.group(1)), f"ADDR{count}"))
+        out.append(ADDRESS.sub(lambda a: name_of(int(a.group(0), 16)), line))
+    return out
