@@ -22,6 +22,7 @@ from contextlib import redirect_stdout
 
 import pytest
 from dual import same_on_both_targets
+from lease_cases import CASES
 
 from agents.launcher import cli
 from agents.launcher.runner import Outcome, run_scenario
@@ -327,3 +328,64 @@ def test_launch_run_target_both_finds_no_difference(tmp_path: os.PathLike[str]) 
         code = cli.main(["run", path, "--target", "both"])
     assert code == 0, out.getvalue()
     assert "transcripts are identical" in out.getvalue()
+
+
+# --- verdicts that do not depend on load -------------------------------------------------
+
+
+def held_up(case: str, after: str, fault: str) -> str:
+    """Case ``case``'s scenario with ``fault`` (``!delay A 0.5``) inserted after the line
+    that starts with ``after``: an actor held up there as load would hold it up."""
+    text = next(c.scenario for c in CASES if c.name == case)
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(after))
+    return "\n".join([*lines[: at + 1], fault, *lines[at + 1 :]]) + "\n"
+
+
+HELD_UP = {
+    # the holder takes its first notice late: the second must not merge with it
+    "two_sigio": ("two_sigio", "A: fcntl(g, F_SETLEASE, F_WRLCK)", "!delay A 0.5"),
+    # the breaker goes back to sleep late after the first holder's release
+    "several_holders": ("several_holders", "A: fcntl(a, F_SETLEASE, F_UNLCK)",
+                        "!delay C 0.5"),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", sorted(HELD_UP))
+def test_case_passes_with_an_actor_held_up(name: str, target: str) -> None:
+    """The cases that paused to order events pass with an actor held up where load would."""
+    out = run(held_up(*HELD_UP[name]), target, name)
+    assert out.passed, "\n".join(out.failures + out.transcript)
+
+
+@pytest.mark.timeout(60)
+def test_stale_downgrade_time_passes_when_the_holder_is_slow() -> None:
+    """The holder held up past the old deadline: the case still passes."""
+    # the old deadline passes before the holder takes the lease again (emulator only:
+    # the case sets lease_break_time)
+    text = held_up("stale_downgrade_time", "A: fcntl(fd, F_SETLEASE, F_RDLCK)", "!delay A 1.5")
+    out = run(text, "emulator", "stale_downgrade_time")
+    assert out.passed, "\n".join(out.failures + out.transcript)
+
+
+def test_every_pause_left_waits_for_a_deadline() -> None:
+    """``pause`` orders nothing: each one left lets a kernel deadline pass (or shows that
+    none comes), and says so in a comment line just above it."""
+    texts = [c.scenario for c in CASES]
+    for name in os.listdir(os.path.join(ROOT, "tests")):
+        if name.endswith(".py") and name != os.path.basename(__file__):
+            with open(os.path.join(ROOT, "tests", name)) as fh:
+                texts.append(fh.read())
+    for folder, _, files in os.walk(os.path.join(ROOT, "scenarios")):
+        for name in files:
+            with open(os.path.join(folder, name)) as fh:
+                texts.append(fh.read())
+    for text in texts:
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if re.match(r"^(\[[^]]*\]\s*)?[A-Z]\w*:\s*pause\(", line.strip()):
+                above = lines[i - 1].strip() if i else ""
+                assert above.startswith("#") and ("deadline" in above or "passes" in above), (
+                    f"a pause with no comment saying which deadline it waits for: {line}")
