@@ -126,6 +126,15 @@ A: getpid()                                    => ok
 
 
 @pytest.mark.timeout(60)
+def test_a_death_of_a_real_time_signal_is_named_as_scenarios_name_it() -> None:
+    """Killed by SIGRTMIN+1: named as a scenario names it, found and written down."""
+    text = "A: fork() as C\nA: kill(C.pid, SIGRTMIN+1) => 0\n"
+    out = run(text)
+    assert out.failures == ["line 2: actor C died unexpectedly: killed by SIGRTMIN+1"]
+    assert run(text + "!expect-death C SIGRTMIN+1\n").passed
+
+
+@pytest.mark.timeout(60)
 def test_a_death_under_a_call_that_does_not_expect_it() -> None:
     """Killed under a call expecting a value: the line mismatches and the death counts."""
     out = run("""

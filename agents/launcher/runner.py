@@ -977,7 +977,7 @@ def _describe_status(code: int | None) -> str:
     if code is None:
         return "running"
     if code < 0:
-        return signal.Signals(-code).name
+        return _signal_name(-code)
     return f"exited with {code}"
 
 
@@ -990,8 +990,18 @@ def _exit_status(actor: ActorState) -> str:
     except (OSError, ValueError, IndexError):
         return "gone"
     if code & 0x7F:
-        return signal.Signals(code & 0x7F).name
+        return _signal_name(code & 0x7F)
     return f"exited with {code >> 8}"
+
+
+def _signal_name(signo: int) -> str:
+    """``SIGIO``; ``SIGRTMIN+1`` (glibc's SIGRTMIN, as scenarios name them)."""
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        if signal.SIGRTMIN < signo <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{signo - signal.SIGRTMIN}"
+        return f"SIG{signo}"
 
 
 def _how(status: str) -> str:
