@@ -518,8 +518,8 @@ class Runner:
             actor.pending.clear()
         else:
             wait = 0.0 if actor.stopped else self.step_timeout
-            text = self._emit("text", text=f"+++ {transcript.who(actor.name, actor.pid, self.show_pids)}"
-                              f" still alive after {wait:g} s +++")
+            who = transcript.who(actor.name, actor.pid, self.show_pids)
+            text = self._emit("text", text=f"+++ {who} still alive after {wait:g} s +++")
             reply = {"error": f"{actor.name} did not die"
                               f"{' (it is stopped)' if actor.stopped else ''}"}
         self._check(step, actor, text, reply)
@@ -536,7 +536,8 @@ class Runner:
         call = actor.pending[0].call
         deadline = time.monotonic() + self.step_timeout
         while not self._sleeping(actor, call):
-            if time.monotonic() > deadline or self._gone(actor):
+            # a stopped actor is not continued by anyone while this line waits
+            if time.monotonic() > deadline or self._gone(actor) or actor.stopped:
                 self.failures.append(f"line {step.lineno}: {actor.name}'s {call} did not "
                                      f"sleep in the kernel within {self.step_timeout} s")
                 self._emit("mismatch", expected=f"{actor.name} asleep in {call}")
