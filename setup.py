@@ -1,3 +1,3 @@
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("agents.lib._sigrec", ["agents/lib/_sigrec.c"])])
+setup(ext_modules=[Extension("kemu.agents.lib._sigrec", ["agents/lib/_sigrec.c"])])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from agents.lib.runtime import Connection
+from kemu.agents.lib.runtime import Connection
 
 
 def main(argv: list[str]) -> int:

@@ -45,7 +45,7 @@ at p50 (1.0 = as fast as memcpy).
 Targets: stores (steady, whole and chunks) >= 0.8; RDMA WRITE (pinned) >= 0.5.
 
 ``--profile`` instead runs the store path under cProfile in this process and the daemon
-under ``python -m cProfile -o ... -m kernel_daemon`` (and the peer under cProfile),
+under ``python -m cProfile -o ... -m kemu.kernel_daemon`` (and the peer under cProfile),
 prints the top entries and keeps the ``.prof`` files in /tmp/kemu-dax-prof-*.
 """
 
@@ -75,8 +75,8 @@ from _common import (  # noqa: E402
     table,
 )
 
-from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
-from agents.lib.api import EmuSystem  # noqa: E402
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from kemu.agents.lib.api import EmuSystem  # noqa: E402
 
 MIB = 1 << 20
 SIZE = 64 * MIB  # the store benchmark's file and mapping
@@ -110,7 +110,7 @@ run_dir, pmem_name, base, size, small, daemon_pid = (
     int(sys.argv[6]))
 keys = json.loads(sys.argv[7])
 profile = sys.argv[8] if len(sys.argv) > 8 else ""
-from agents.lib.api import EmuSystem
+from kemu.agents.lib.api import EmuSystem
 peer_sys = EmuSystem(run_dir, name="rdma-peer")
 conn = peer_sys.conn
 shm = shared_memory.SharedMemory(name=pmem_name)
@@ -404,12 +404,12 @@ def gbps(nbytes: int, ns: float) -> float:
 
 
 def start_profiled_daemon(run_dir: str, prof_path: str) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m cProfile -o PROF -m kernel_daemon ...`` (policy legacy), once it serves;
+    """``python -m cProfile -o PROF -m kemu.kernel_daemon ...`` (policy legacy), once it serves;
     returns the process (its PID is the daemon's) and the pmem name."""
     import select
 
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "cProfile", "-o", prof_path, "-m", "kernel_daemon",
+    argv = [sys.executable, "-m", "cProfile", "-o", prof_path, "-m", "kemu.kernel_daemon",
             "--run-dir", run_dir, "--policy", "legacy", "--blocks", str(BLOCKS),
             "--block-size", str(BLOCK_SIZE), "--ready-fd", str(w)]
     proc = subprocess.Popen(argv, pass_fds=(w,), env=child_env(), stdin=subprocess.DEVNULL)

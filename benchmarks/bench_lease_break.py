@@ -5,7 +5,7 @@ One run measures, in interleaved blocks:
 
 * ``emulator/no_log`` and ``emulator/event_log``: a holder process (``python -c``,
   ``EmuSystem(run_dir, "holder")``) records SIGIO with the C recorder
-  (``system.signal(SIGIO, "record")``, i.e. ``agents.lib.sigrec.recorder().record(SIGIO)``
+  (``system.signal(SIGIO, "record")``, i.e. ``kemu.agents.lib.sigrec.recorder().record(SIGIO)``
   plus telling the daemon), opens a file ``O_RDONLY``, sets ``F_SETSIG`` SIGIO and takes
   ``F_SETLEASE F_WRLCK``.  This process is the breaker: it reads
   ``CLOCK_MONOTONIC`` right before ``EmuSystem.open(path, O_RDONLY | O_NONBLOCK)``, which
@@ -61,9 +61,9 @@ from _common import (  # noqa: E402
 )
 from bench_syscall import BareClient, start_bare_server  # noqa: E402  (the same baseline)
 
-from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
-from agents.lib.api import EmuSystem  # noqa: E402
-from agents.lib.runtime import Connection  # noqa: E402
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from kemu.agents.lib.api import EmuSystem  # noqa: E402
+from kemu.agents.lib.runtime import Connection  # noqa: E402
 
 TARGET = 1.5
 BLOCKS = 12  # interleaved blocks
@@ -77,12 +77,12 @@ READ_TIMEOUT = 10.0  # seconds to wait for a holder's line before giving up
 HOLDER = r"""
 import os, select, signal, sys, time
 target, run_dir, path = sys.argv[1:4]
-from agents.lib.sigrec import recorder
+from kemu.agents.lib.sigrec import recorder
 clock, MONO = time.clock_gettime_ns, time.CLOCK_MONOTONIC
 SIGIO = int(signal.SIGIO)
 F_SETSIG, F_SETLEASE, F_WRLCK, F_UNLCK = 10, 1024, 1, 2
 if target == "emulator":
-    from agents.lib.api import EmuSystem
+    from kemu.agents.lib.api import EmuSystem
     system = EmuSystem(run_dir, "holder")
     system.signal(SIGIO, "record")  # the C recorder, and the daemon told
     rec = recorder()

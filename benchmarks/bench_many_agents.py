@@ -49,8 +49,8 @@ from _common import (  # noqa: E402
     verdict,
 )
 
-from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
-from agents.lib.runtime import Connection  # noqa: E402
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from kemu.agents.lib.runtime import Connection  # noqa: E402
 
 TARGET = 1.5
 AGENTS = 200
@@ -63,7 +63,7 @@ BLOCK_WARMUP = 20  # untimed calls at the start of each block
 
 IDLE_AGENT = r"""
 import sys
-from agents.lib.runtime import Connection
+from kemu.agents.lib.runtime import Connection
 conn = Connection(sys.argv[1], name=sys.argv[2])
 conn.call("getpid")
 sys.stdout.write("ready\n")

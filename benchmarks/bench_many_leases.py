@@ -68,9 +68,9 @@ from _common import (  # noqa: E402
     verdict,
 )
 
-from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
-from agents.lib.api import EmuSystem  # noqa: E402
-from agents.lib.runtime import Connection  # noqa: E402
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from kemu.agents.lib.api import EmuSystem  # noqa: E402
+from kemu.agents.lib.runtime import Connection  # noqa: E402
 
 TARGET = 1.2
 HOLDERS = 100
@@ -85,8 +85,8 @@ FIRST_FD = 3  # a spawned agent has 0-2 (the console); its leases take 3, 4, ...
 HOLDER = r"""
 import os, select, signal, sys, time
 run_dir, name, nfiles = sys.argv[1], sys.argv[2], int(sys.argv[3])
-from agents.lib.api import EmuSystem
-from agents.lib.sigrec import recorder
+from kemu.agents.lib.api import EmuSystem
+from kemu.agents.lib.sigrec import recorder
 clock, MONO = time.clock_gettime_ns, time.CLOCK_MONOTONIC
 SIGIO = int(signal.SIGIO)
 F_SETSIG, F_SETLEASE, F_RDLCK, F_UNLCK = 10, 1024, 0, 2

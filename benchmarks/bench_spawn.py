@@ -4,7 +4,7 @@
 Two measurements, each against a baseline measured in the same run:
 
 * **spawn**: from just before ``subprocess.Popen`` of a ``python -c`` program that
-  imports ``agents.lib.runtime``, creates a ``Connection`` (registration over AF_UNIX,
+  imports ``kemu.agents.lib.runtime``, creates a ``Connection`` (registration over AF_UNIX,
   ZeroMQ context and DEALER) and makes a ``getpid`` call, until that call is answered
   (the child writes ``t_answered <ns>``).  Baseline: a bare ``python -c`` that does
   ``import zmq, msgpack`` and writes its first line (interpreter + import cost).
@@ -47,9 +47,9 @@ from _common import (  # noqa: E402
     table,
 )
 
-from agents.launcher import zygote  # noqa: E402
-from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
-from agents.lib.api import EmuSystem  # noqa: E402
+from kemu.agents.launcher import zygote  # noqa: E402
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from kemu.agents.lib.api import EmuSystem  # noqa: E402
 
 SPAWNS = 20  # timed spawns per kind
 SPAWN_WARMUP = 3
@@ -61,7 +61,7 @@ MONO = time.CLOCK_MONOTONIC
 
 EMU_CHILD = r"""
 import sys, time
-from agents.lib.runtime import Connection
+from kemu.agents.lib.runtime import Connection
 conn = Connection(sys.argv[1], name="spawned")
 conn.call("getpid")
 t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)

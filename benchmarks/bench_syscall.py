@@ -44,9 +44,9 @@ from _common import (  # noqa: E402
     verdict,
 )
 
-from agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
-from agents.lib.api import EmuSystem  # noqa: E402
-from agents.lib.runtime import Connection  # noqa: E402
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon  # noqa: E402
+from kemu.agents.lib.api import EmuSystem  # noqa: E402
+from kemu.agents.lib.runtime import Connection  # noqa: E402
 
 TARGET = 1.3
 ROUNDS = 20  # interleaved rounds

@@ -1,4 +1,4 @@
-"""``python -m kernel_daemon``: run the kernel daemon of one run directory."""
+"""``python -m kemu.kernel_daemon``: run the kernel daemon of one run directory."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import logging
 import sys
 from dataclasses import fields
 
-from kernel_daemon.boot import PolicyLoadError, describe, load_policy, promises_of
-from kernel_daemon.eventlog import convert
-from kernel_daemon.syscalls.table import render_markdown
-from protocol.config import DaemonConfig
+from kemu.kernel_daemon.boot import PolicyLoadError, describe, load_policy, promises_of
+from kemu.kernel_daemon.eventlog import convert
+from kemu.kernel_daemon.syscalls.table import render_markdown
+from kemu.protocol.config import DaemonConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The daemon's command line: one option per :class:`DaemonConfig` field, with its
     default and help text from there."""
-    p = argparse.ArgumentParser(prog="python -m kernel_daemon", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m kemu.kernel_daemon", description=__doc__)
     for f in fields(DaemonConfig):
         flag = f.metadata.get("flag")
         if flag is None:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, PolicyLoadError) as exc:
         print(f"kernel_daemon: {exc}", file=sys.stderr)
         return 2
-    from kernel_daemon.daemon import Daemon  # ZeroMQ only for a daemon that serves
+    from kemu.kernel_daemon.daemon import Daemon  # ZeroMQ only for a daemon that serves
 
     Daemon(config).serve(args.ready_fd)
     return 0

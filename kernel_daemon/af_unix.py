@@ -1,6 +1,6 @@
 """The receive queue of a bound datagram socket (``struct unix_sock``'s queue).
 
-The system calls that use it are in :mod:`kernel_daemon.syscalls.ipc`; the queues live
+The system calls that use it are in :mod:`kemu.kernel_daemon.syscalls.ipc`; the queues live
 in the kernel (:attr:`Kernel.mailboxes <kernel_daemon.kernel.Kernel.mailboxes>`), so a
 message sent is never lost when its sender is killed the next instant.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from kernel_daemon.sync import WaitQueue
+from kemu.kernel_daemon.sync import WaitQueue
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Inflight
+    from kemu.kernel_daemon.kernel import Inflight
 
 
 class Mailbox:

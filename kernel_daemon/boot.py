@@ -17,17 +17,17 @@ import traceback
 from types import ModuleType
 from typing import Any
 
-from kernel_daemon import locks, mm, qp, signals
-from kernel_daemon.designs import BUILTIN
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.eventlog import EventLog
-from kernel_daemon.kernel import Config, Kernel, KernelIO
-from kernel_daemon.policy import HOOKS, Policy
-from kernel_daemon.syscalls import ipc
-from kernel_daemon.syscalls import rdma as rdma_calls
-from kernel_daemon.task import Task
-from protocol import linux
-from protocol.config import FLAVOURS
+from kemu.kernel_daemon import locks, mm, qp, signals
+from kemu.kernel_daemon.designs import BUILTIN
+from kemu.kernel_daemon.errors import KernelError, MustWait
+from kemu.kernel_daemon.eventlog import EventLog
+from kemu.kernel_daemon.kernel import Config, Kernel, KernelIO
+from kemu.kernel_daemon.policy import HOOKS, Policy
+from kemu.kernel_daemon.syscalls import ipc
+from kemu.kernel_daemon.syscalls import rdma as rdma_calls
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux
+from kemu.protocol.config import FLAVOURS
 
 
 class PolicyLoadError(Exception):

@@ -29,15 +29,15 @@ from typing import Any
 
 import zmq
 
-from kernel_daemon.boot import boot, describe
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.eventlog import EventLog
-from kernel_daemon.kernel import Config, Timer, real_ppid
-from kernel_daemon.syscalls import SYSCALLS, BadArguments, Syscall
-from kernel_daemon.syscalls.proc import RegistrationRefused, register
-from kernel_daemon.task import Task
-from protocol import linux, wire
-from protocol.errors import ProtocolError
+from kemu.kernel_daemon.boot import boot, describe
+from kemu.kernel_daemon.errors import KernelError, MustWait
+from kemu.kernel_daemon.eventlog import EventLog
+from kemu.kernel_daemon.kernel import Config, Timer, real_ppid
+from kemu.kernel_daemon.syscalls import SYSCALLS, BadArguments, Syscall
+from kemu.kernel_daemon.syscalls.proc import RegistrationRefused, register
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux, wire
+from kemu.protocol.errors import ProtocolError
 
 log = logging.getLogger("kernel_daemon")
 

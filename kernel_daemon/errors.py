@@ -2,7 +2,7 @@
 
 ``KernelError`` is the daemon's one way to fail a system call with a Linux errno; the
 dispatcher turns it into an errno reply, and the agent raises the matching ``OSError``.
-A call that must wait sleeps on a wait queue (:mod:`kernel_daemon.sync`), which leaves
+A call that must wait sleeps on a wait queue (:mod:`kemu.kernel_daemon.sync`), which leaves
 the handler by :class:`MustWait`, an exception that never crosses the wire; bugs
 are never disguised as an errno: any other exception is a daemon bug, logged and
 answered with a protocol error.

@@ -4,7 +4,7 @@ Each event has ``seq`` (the global order), ``t`` (seconds since the daemon start
 the monotonic clock), ``ev`` (the event name) and the event's fields.  While the daemon
 runs, events are appended as msgpack records to ``<path>.msgpack`` (one cheap C call
 each, written in 64 KiB blocks); when it stops they are converted to JSON lines at
-``<path>``.  If the daemon was killed, ``python -m kernel_daemon --convert-log PATH``
+``<path>``.  If the daemon was killed, ``python -m kemu.kernel_daemon --convert-log PATH``
 (or :func:`convert`) does the conversion afterwards.
 """
 

@@ -2,7 +2,7 @@
 
 ``Kernel`` holds the pmem device, the filesystem, the tasks, descriptors in flight,
 pending forks, timers, the pin and shoot-down tables, the RDMA device and the design
-(``policy``).  It builds state only: the composition root (:mod:`kernel_daemon.boot`)
+(``policy``).  It builds state only: the composition root (:mod:`kemu.kernel_daemon.boot`)
 registers the system-call families' lifecycle hooks and gives it its design.  It knows
 nothing of sockets: replies to parked calls and events go out through a
 :class:`KernelIO` the daemon loop provides (and unit tests replace), so the kernel's
@@ -20,21 +20,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.eventlog import EventLog
-from kernel_daemon.pins import PinTable
-from kernel_daemon.pmem import Owner, Pmem
-from kernel_daemon.rdma import ForeignWrite, RdmaDevice
-from kernel_daemon.sync import WaitQueue
-from kernel_daemon.task import KEPT_FLAGS, File, Task
-from kernel_daemon.vfs import Filesystem, Inode
-from protocol import linux
-from protocol.config import DaemonConfig
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.eventlog import EventLog
+from kemu.kernel_daemon.pins import PinTable
+from kemu.kernel_daemon.pmem import Owner, Pmem
+from kemu.kernel_daemon.rdma import ForeignWrite, RdmaDevice
+from kemu.kernel_daemon.sync import WaitQueue
+from kemu.kernel_daemon.task import KEPT_FLAGS, File, Task
+from kemu.kernel_daemon.vfs import Filesystem, Inode
+from kemu.protocol import linux
+from kemu.protocol.config import DaemonConfig
 
 if TYPE_CHECKING:
-    from kernel_daemon.af_unix import Mailbox
-    from kernel_daemon.mm import MMSnapshot, Shootdown
-    from kernel_daemon.policy import Policy
+    from kemu.kernel_daemon.af_unix import Mailbox
+    from kemu.kernel_daemon.mm import MMSnapshot, Shootdown
+    from kemu.kernel_daemon.policy import Policy
 
 #: the daemon's settings (one dataclass, shared with the launcher: protocol.config)
 Config = DaemonConfig
@@ -105,7 +105,7 @@ def real_ppid(pid: int) -> int:
 
 
 class Kernel:
-    """All kernel state of one daemon.  Built by :func:`kernel_daemon.boot.boot`."""
+    """All kernel state of one daemon.  Built by :func:`kemu.kernel_daemon.boot.boot`."""
 
     def __init__(self, config: DaemonConfig, io: KernelIO, policy: Policy,
                  log: EventLog | None = None) -> None:

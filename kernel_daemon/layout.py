@@ -24,8 +24,8 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.locks import (
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.locks import (
     FL_LAYOUT,
     FL_UNLOCK_PENDING,
     Lease,
@@ -34,12 +34,12 @@ from kernel_daemon.locks import (
     sleep_on_lease,
     time_out_leases,
 )
-from kernel_daemon.task import Task
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon.task import Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.kernel import Kernel
 
 
 class LayoutChange(enum.Enum):

@@ -18,15 +18,15 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon import signals
-from kernel_daemon.errors import KernelError
-from kernel_daemon.sync import WaitQueue
-from kernel_daemon.task import File, Task
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon import signals
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.sync import WaitQueue
+from kemu.kernel_daemon.task import File, Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.kernel import Kernel
 
 FL_UNLOCK_PENDING = 0x1
 FL_DOWNGRADE_PENDING = 0x2
@@ -48,10 +48,10 @@ class Lease:
     """``struct file_lease``, with its ``lease_manager_operations`` as methods.
 
     An ordinary lease (``F_SETLEASE`` with ``F_RDLCK``/``F_WRLCK``) uses these
-    operations as they are; layout leases (:class:`kernel_daemon.layout.LayoutLease`)
+    operations as they are; layout leases (:class:`kemu.kernel_daemon.layout.LayoutLease`)
     and the leases designs define subclass it and override ``lm_break`` (how the holder
     is told) and ``lm_expire`` (what the kernel does when the break time passes).
-    Fields are changed only through this module and :mod:`kernel_daemon.layout`.
+    Fields are changed only through this module and :mod:`kemu.kernel_daemon.layout`.
     """
 
     file: File

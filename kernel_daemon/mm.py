@@ -19,15 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kernel_daemon import signals
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.pmem import Owner
-from kernel_daemon.task import File, Task
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon import signals
+from kemu.kernel_daemon.errors import KernelError, MustWait
+from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.task import File, Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.kernel import Kernel
 
 #: where a process's mappings start (a user-space address, as on x86-64)
 MMAP_BASE = 0x7F0000000000

@@ -13,12 +13,12 @@ a page reference); for file blocks the design decides (:meth:`Policy.busy_extent
 
 from __future__ import annotations
 
-from kernel_daemon.pmem import Pmem
-from kernel_daemon.sync import WaitQueue
+from kemu.kernel_daemon.pmem import Pmem
+from kemu.kernel_daemon.sync import WaitQueue
 
 
 class PinTable:
-    """Pin counts per block.  Changed by :mod:`kernel_daemon.rdma` (long-term) and the
+    """Pin counts per block.  Changed by :mod:`kemu.kernel_daemon.rdma` (long-term) and the
     direct-I/O path (short-term) only."""
 
     def __init__(self, pmem: Pmem) -> None:

@@ -1,6 +1,6 @@
 """The emulated persistent-memory device, its block allocator and the block ledger.
 
-The device is one POSIX shared-memory segment (:mod:`protocol.shm`) of ``nblocks`` blocks of
+The device is one POSIX shared-memory segment (:mod:`kemu.protocol.shm`) of ``nblocks`` blocks of
 ``block_size`` bytes, which agents attach to so that loads and stores through a DAX
 mapping touch it for real.  The allocator is deterministic: the free list is a stack,
 so the block freed last is the next one handed out, and a use-after-free of a block
@@ -16,8 +16,8 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kernel_daemon.errors import KernelError
-from protocol import shm
+from kemu.kernel_daemon.errors import KernelError
+from kemu.protocol import shm
 
 
 @dataclass(frozen=True)

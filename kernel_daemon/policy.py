@@ -22,9 +22,9 @@ from __future__ import annotations
 import enum
 from typing import ClassVar
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.layout import (
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.layout import (
     LayoutChange,
     LayoutLease,
     add_layout_lease,
@@ -32,14 +32,14 @@ from kernel_daemon.layout import (
     layout_leases,
     remove_lease,
 )
-from kernel_daemon.locks import FL_UNLOCK_PENDING, Lease, leases_of, may_lease
-from kernel_daemon.mm import Mapping, zap
-from kernel_daemon.pmem import Owner
-from kernel_daemon.rdma import MR, UContext, abort_context, async_event, revoke
-from kernel_daemon.signals import f_setown
-from kernel_daemon.task import File, Task
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon.locks import FL_UNLOCK_PENDING, Lease, leases_of, may_lease
+from kemu.kernel_daemon.mm import Mapping, zap
+from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.rdma import MR, UContext, abort_context, async_event, revoke
+from kemu.kernel_daemon.signals import f_setown
+from kemu.kernel_daemon.task import File, Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 __all__ = [
     "FL_UNLOCK_PENDING", "HOOKS", "MR", "File", "Inode", "Kernel", "KernelError",

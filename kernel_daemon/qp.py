@@ -8,7 +8,7 @@ and its completions are a small shared-memory ring the daemon creates per queue 
 the doorbell is a FIFO the daemon's epoll loop watches, and a second FIFO wakes a
 process that waits for a completion (``ibv_poll_cq`` on a completion channel).  The
 daemon, as the card, executes each work request with the same code as ``rdma_write`` /
-``rdma_read`` (:func:`kernel_daemon.rdma.rdma_write`): the same access checks, the same
+``rdma_read`` (:func:`kemu.kernel_daemon.rdma.rdma_write`): the same access checks, the same
 ledger check of every device write, the same event-log records.
 
 Ring layout (little endian), ``SLOTS`` slots of ``SLOT`` bytes after a 64-byte header::
@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon import rdma
-from kernel_daemon.errors import KernelError
-from kernel_daemon.task import Task
-from protocol import shm
-from protocol.ring import (
+from kemu.kernel_daemon import rdma
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import shm
+from kemu.protocol.ring import (
     HEADER,
     IBV_WR_RDMA_READ,
     IBV_WR_RDMA_WRITE,
@@ -48,7 +48,7 @@ from protocol.ring import (
 )
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.kernel import Kernel
 
 MAX_QPS_PER_TASK = 16
 #: how long the card keeps looking at a send queue after it emptied it (seconds)

@@ -26,22 +26,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon import mm
-from kernel_daemon.errors import KernelError
-from kernel_daemon.pmem import Owner
-from kernel_daemon.task import File, Task
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon import mm
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.task import File, Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Kernel
-    from kernel_daemon.locks import Lease
-    from kernel_daemon.qp import QP
+    from kemu.kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.locks import Lease
+    from kemu.kernel_daemon.qp import QP
 
 KNOWN_ACCESS = (linux.IBV_ACCESS_LOCAL_WRITE | linux.IBV_ACCESS_REMOTE_WRITE | linux.IBV_ACCESS_REMOTE_READ
                 | linux.IBV_ACCESS_REMOTE_ATOMIC | linux.IBV_ACCESS_ON_DEMAND)
 
-#: work-completion statuses as the card reports them (``protocol.linux.WcStatus`` names)
+#: work-completion statuses as the card reports them (``kemu.protocol.linux.WcStatus`` names)
 WC_SUCCESS: str = linux.WcStatus.IBV_WC_SUCCESS.name
 WC_REM_ACCESS_ERR = linux.WcStatus.IBV_WC_REM_ACCESS_ERR.name
 WC_REM_INV_REQ_ERR = linux.WcStatus.IBV_WC_REM_INV_REQ_ERR.name

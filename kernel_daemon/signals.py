@@ -19,12 +19,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.task import File, SigHand, Task
-from protocol import linux
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.task import File, SigHand, Task
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.kernel import Kernel
 
 #: si_band for each POLL_* reason (fs/fcntl.c band_table, mangle_poll on x86-64)
 BAND = {

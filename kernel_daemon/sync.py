@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
 
-from kernel_daemon.errors import MustWait
+from kemu.kernel_daemon.errors import MustWait
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from kernel_daemon.kernel import Kernel
-    from kernel_daemon.task import Task
+    from kemu.kernel_daemon.kernel import Kernel
+    from kemu.kernel_daemon.task import Task
 
 T = TypeVar("T")
 

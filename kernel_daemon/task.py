@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.mm import Mapping
-    from kernel_daemon.rdma import UContext
-    from kernel_daemon.signals import FOwner, Siginfo
+    from kemu.kernel_daemon.mm import Mapping
+    from kemu.kernel_daemon.rdma import UContext
+    from kemu.kernel_daemon.signals import FOwner, Siginfo
 
 #: status flags F_SETFL may change (fs/fcntl.c SETFL_MASK).  O_ASYNC is not among them:
 #: only a file's ->fasync sets it, and regular files have none (leases set it directly)
@@ -67,7 +67,7 @@ class File:
     #: a stable id, so introspection can show which descriptors share a description
     fid: int = field(default_factory=lambda: next(_file_ids))
     #: ``f_owner``: who SIGIO and lease-break signals of this file go to (F_SETOWN*,
-    #: F_SETLEASE); None until someone sets it.  Changed by :mod:`kernel_daemon.signals`
+    #: F_SETLEASE); None until someone sets it.  Changed by :mod:`kemu.kernel_daemon.signals`
     f_owner: FOwner | None = None
     #: ``f_owner.signum``: the F_SETSIG signal (0: plain SIGIO); cleared with the lease
     f_signum: int = 0
@@ -163,7 +163,7 @@ class FdTable:
 class MM:
     """``struct mm_struct``: a process's address space, as far as the kernel keeps it.
 
-    Changed by :mod:`kernel_daemon.mm` only.
+    Changed by :mod:`kemu.kernel_daemon.mm` only.
     """
 
     #: the mappings (``mm->mmap``) by id; a fork child's copies keep the parent's ids
@@ -181,7 +181,7 @@ class SigHand:
     ``action`` is the disposition the agent really installed (``default``, ``ignore``,
     ``handler``), recorded by ``rt_sigaction``; ``pending`` is, per signal, the siginfo
     queued for delivery (one for a standard signal, up to RLIMIT_SIGPENDING for a
-    real-time one).  Changed by :mod:`kernel_daemon.signals` only.
+    real-time one).  Changed by :mod:`kemu.kernel_daemon.signals` only.
     """
 
     action: dict[int, str] = field(default_factory=dict)

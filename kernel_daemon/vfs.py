@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.pmem import Owner, Pmem
-from kernel_daemon.sync import InvalidateLock, WaitQueue
-from protocol import linux
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.pmem import Owner, Pmem
+from kemu.kernel_daemon.sync import InvalidateLock, WaitQueue
+from kemu.protocol import linux
 
 if TYPE_CHECKING:
-    from kernel_daemon.locks import Lease
-    from kernel_daemon.mm import Mapping
+    from kemu.kernel_daemon.locks import Lease
+    from kemu.kernel_daemon.mm import Mapping
 
 
 @dataclass(eq=False)
@@ -54,9 +54,9 @@ class Inode:
     mtime: float = field(default_factory=time.time)
     ctime: float = field(default_factory=time.time)
     #: ``i_flctx->flc_lease``: the leases on the inode, in the order they were taken
-    #: (ordinary and layout leases).  Changed by :mod:`kernel_daemon.locks` only
+    #: (ordinary and layout leases).  Changed by :mod:`kemu.kernel_daemon.locks` only
     flc: list[Lease] = field(default_factory=list)
-    #: ``mapping->i_mmap``: every mapping of the file.  Changed by :mod:`kernel_daemon.mm`
+    #: ``mapping->i_mmap``: every mapping of the file.  Changed by :mod:`kemu.kernel_daemon.mm`
     i_mmap: list[Mapping] = field(default_factory=list)
     #: ``mapping->invalidate_lock``: held while pages of the file lose their blocks
     invalidate_lock: InvalidateLock = field(default_factory=InvalidateLock)

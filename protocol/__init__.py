@@ -3,8 +3,8 @@
 This is the only package both ``kernel_daemon`` and ``agents`` import.
 """
 
-from protocol import linux
-from protocol.errors import ProtocolError, VersionMismatch, os_error
-from protocol.wire import PROTOCOL_VERSION
+from kemu.protocol import linux
+from kemu.protocol.errors import ProtocolError, VersionMismatch, os_error
+from kemu.protocol.wire import PROTOCOL_VERSION
 
 __all__ = ["PROTOCOL_VERSION", "ProtocolError", "VersionMismatch", "linux", "os_error"]

@@ -1,7 +1,7 @@
 """The kernel daemon's settings: one dataclass, the single source of their defaults.
 
 Both sides read it: the daemon builds its command line from it
-(``python -m kernel_daemon --help``), the launcher's ``start_daemon`` turns a
+(``python -m kemu.kernel_daemon --help``), the launcher's ``start_daemon`` turns a
 :class:`DaemonConfig` into that command line, and a scenario's ``set NAME = VALUE``
 lines are checked against :data:`SETTINGS` before any process starts.  A setting
 added here appears in all three places.
@@ -72,7 +72,7 @@ class DaemonConfig:
                              f"not {self.flavour!r}")
 
     def argv(self) -> list[str]:
-        """The ``python -m kernel_daemon`` options that give this configuration."""
+        """The ``python -m kemu.kernel_daemon`` options that give this configuration."""
         out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)

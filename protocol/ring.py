@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from protocol.linux import IBV_WR_RDMA_READ, IBV_WR_RDMA_WRITE, WcStatus
+from kemu.protocol.linux import IBV_WR_RDMA_READ, IBV_WR_RDMA_WRITE, WcStatus
 
 HEADER = 64
 SLOT = 64

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import msgpack
 
-from protocol.errors import ProtocolError, VersionMismatch
+from kemu.protocol.errors import ProtocolError, VersionMismatch
 
 PROTOCOL_VERSION: Final[tuple[int, int]] = (1, 0)
 #: Largest control frame either side accepts, in bytes.

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.launcher.daemon_process import DaemonProcess, start_daemon
-from agents.lib.api import EmuSystem, HostSystem, System
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
+from kemu.agents.lib.api import EmuSystem, HostSystem, System
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

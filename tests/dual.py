@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 
-from agents.launcher.runner import run_scenario
-from agents.scenario import transcript
-from agents.scenario.parse import Scenario
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario import transcript
+from kemu.agents.scenario.parse import Scenario
 
 
 def same_on_both_targets(scenario: Scenario) -> None:

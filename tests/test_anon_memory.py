@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 from dual import same_on_both_targets
 
-from agents.launcher.runner import run_scenario
-from agents.scenario.parse import parse
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario.parse import parse
 
 BOTH = {
     "private_anonymous_pages_are_copied_at_fork_shared_ones_shared": """

@@ -20,11 +20,11 @@ import msgpack
 import pytest
 import zmq
 
-from agents.launcher.daemon_process import DaemonProcess
-from agents.lib.runtime import Connection
-from protocol import linux, wire
-from protocol.errors import ProtocolError
-from protocol.linux import MSG_DONTWAIT
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.lib.runtime import Connection
+from kemu.protocol import linux, wire
+from kemu.protocol.errors import ProtocolError
+from kemu.protocol.linux import MSG_DONTWAIT
 
 ANSWER_TIMEOUT_MS = 5000
 
@@ -522,8 +522,8 @@ def test_second_spawn_registration_of_a_pid_is_refused(
 
 
 def test_version_refusal_through_the_runtime(daemon: DaemonProcess) -> None:
-    from agents.lib.runtime import register
-    from protocol.errors import VersionMismatch
+    from kemu.agents.lib.runtime import register
+    from kemu.protocol.errors import VersionMismatch
 
     with pytest.raises(VersionMismatch) as info:
         register(daemon.run_dir, {"v": [9, 0], "kind": wire.SPAWN, "name": "x"})

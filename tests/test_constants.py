@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from protocol import linux, ring
+from kemu.protocol import linux, ring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,14 +13,14 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from agents.launcher.daemon_process import DaemonProcess
-from agents.lib.api import EmuSystem
-from kernel_daemon import mm
-from kernel_daemon.boot import boot
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.kernel import Config, Kernel
-from kernel_daemon.task import Task
-from protocol import linux
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.lib.api import EmuSystem
+from kemu.kernel_daemon import mm
+from kemu.kernel_daemon.boot import boot
+from kemu.kernel_daemon.errors import KernelError, MustWait
+from kemu.kernel_daemon.kernel import Config, Kernel
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux
 from tests.test_units import FakeIO, sc
 
 RW = linux.PROT_READ | linux.PROT_WRITE

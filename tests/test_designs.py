@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from kernel_daemon.boot import PolicyLoadError, describe, load_policy
-from kernel_daemon.designs import BUILTIN, render_hook_table
-from kernel_daemon.policy import HOOKS, Policy
+from kemu.kernel_daemon.boot import PolicyLoadError, describe, load_policy
+from kemu.kernel_daemon.designs import BUILTIN, render_hook_table
+from kemu.kernel_daemon.policy import HOOKS, Policy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "designs.md"
 
 
 def _daemon(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kernel_daemon", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "kemu.kernel_daemon", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=30, check=False)
 
 
@@ -165,7 +165,7 @@ def test_designs_import_only_the_interface() -> None:
         assert all(allowed.match(m) for m in ours), f"{path.name} imports {sorted(ours)}"
     busy = ROOT / "kernel_daemon" / "designs" / "busy_extent.py"
     assert {m for m in _runtime_imports(busy) if m.startswith("kernel_daemon")} <= {
-        "kernel_daemon.policy", *(f"kernel_daemon.policy.{n}" for n in
+        "kemu.kernel_daemon.policy", *(f"kernel_daemon.policy.{n}" for n in
                                   ("Kernel", "Owner", "Policy", "Promise"))}
 
 
@@ -184,7 +184,7 @@ def test_kernel_state_is_typed() -> None:
 
 
 def test_the_daemon_defaults_come_from_one_config() -> None:
-    from protocol.config import DaemonConfig, defaults
+    from kemu.protocol.config import DaemonConfig, defaults
 
     out = _daemon("--help")
     assert out.returncode == 0

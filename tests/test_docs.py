@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 import re
 
-from kernel_daemon.syscalls.table import render_markdown
-from protocol.wire import PROTOCOL_VERSION
+from kemu.kernel_daemon.syscalls.table import render_markdown
+from kemu.protocol.wire import PROTOCOL_VERSION
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_protocol_doc_version_matches_code() -> None:
-    with open(os.path.join(ROOT, "docs", "protocol.md")) as fh:
+    with open(os.path.join(ROOT, "docs", "kemu.protocol.md")) as fh:
         text = fh.read()
     m = re.search(r"Protocol version: \*\*(\d+)\.(\d+)\*\*", text)
     assert m is not None, "docs/protocol.md must state 'Protocol version: **X.Y**'"
@@ -23,5 +23,5 @@ def test_syscall_doc_is_generated_from_the_table() -> None:
     with open(os.path.join(ROOT, "docs", "syscalls.md")) as fh:
         text = fh.read()
     assert text.strip() == render_markdown().strip(), (
-        "docs/syscalls.md is stale: run python -m kernel_daemon --syscall-table > docs/syscalls.md"
+        "docs/syscalls.md is stale: run python -m kemu.kernel_daemon --syscall-table > docs/syscalls.md"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from dual import same_on_both_targets
 
-from agents.scenario.parse import parse
+from kemu.agents.scenario.parse import parse
 
 SCENARIOS: dict[str, str] = {
     "lowest_free_numbering": """

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.launcher import explore, matrix
-from agents.launcher.runner import run_scenario
-from agents.scenario.parse import load, parse
+from kemu.agents.launcher import explore, matrix
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario.parse import load, parse
 
 ROOT = Path(matrix.ROOT)
 S05 = os.path.join(matrix.THREADS, "S05_pin_truncate_reuse.scn")
@@ -47,7 +47,7 @@ def test_a_killed_kernel_ends_the_run_at_once_with_a_clear_error() -> None:
     assert outcome.kernel_killed == 2 and not outcome.passed
     assert any("kernel daemon was killed at line 2" in f for f in outcome.failures)
     assert outcome.wall < 15
-    from agents.launcher import invariants
+    from kemu.agents.launcher import invariants
 
     assert invariants.check(outcome, set()) == []  # the run ended as it must
 
@@ -121,8 +121,8 @@ def test_explore_on_the_host_kernel_leaks_nothing() -> None:
 
 def test_each_invariant_sees_what_breaks_it(tmp_path: Path) -> None:
     """The checks themselves, on made-up outcomes: each one fires on its evidence."""
-    from agents.launcher import invariants
-    from agents.launcher.runner import Outcome
+    from kemu.agents.launcher import invariants
+    from kemu.agents.launcher.runner import Outcome
 
     def outcome(**kw: object) -> Outcome:
         base: dict[str, object] = dict(scenario="t.scn", target="emulator", policy="x",

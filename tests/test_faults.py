@@ -1,7 +1,7 @@
 """Processes killed at awkward moments: nothing of a dead process may be left behind.
 
 Each test starts real agent processes (``python -c`` children running
-``agents.lib.api.EmuSystem``, never ``multiprocessing`` forks, which would carry this
+``kemu.agents.lib.api.EmuSystem``, never ``multiprocessing`` forks, which would carry this
 process's ZeroMQ state), lets them reach a point, which they report with a line on
 stdout, SIGKILLs them there, waits with the daemon's ``wait_exit`` until the daemon has
 finished the exit, and then checks the daemon's object counts and process list from
@@ -24,10 +24,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from agents.launcher.daemon_process import DaemonProcess
-from agents.lib.runtime import Connection
-from protocol import linux
-from protocol.linux import MSG_DONTWAIT
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.lib.runtime import Connection
+from kemu.protocol import linux
+from kemu.protocol.linux import MSG_DONTWAIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINE_TIMEOUT = 20.0
@@ -35,8 +35,8 @@ LINE_TIMEOUT = 20.0
 #: the start of every child program: argv is [-c, run_dir, name, *extra]
 PRELUDE = """\
 import os, sys
-from agents.lib.api import EmuSystem
-from protocol import linux
+from kemu.agents.lib.api import EmuSystem
+from kemu.protocol import linux
 run_dir, name = sys.argv[1], sys.argv[2]
 extra = sys.argv[3:]
 emu = EmuSystem(run_dir, name)
@@ -453,8 +453,8 @@ def test_fork_child_dead_before_registering(
 
 DAEMON_CODE = """\
 import resource, sys
-from kernel_daemon.daemon import Daemon
-from kernel_daemon.kernel import Config
+from kemu.kernel_daemon.daemon import Daemon
+from kemu.kernel_daemon.kernel import Config
 run_dir, claim, nofile, ready = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 if nofile:
     resource.setrlimit(resource.RLIMIT_NOFILE,
@@ -520,7 +520,7 @@ def test_fork_snapshot_expires_after_the_claim_timeout(run_dir: str) -> None:
 
 def test_fork_claim_timeout_is_a_command_line_option() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "kernel_daemon", "--fork-claim-timeout", "0.3",
+        [sys.executable, "-m", "kemu.kernel_daemon", "--fork-claim-timeout", "0.3",
          "--syscall-table"],
         env=child_env(), stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
     )

@@ -1,7 +1,7 @@
 """The four homes inside ``agents/`` import each other in one direction only.
 
-``agents.lib`` (the agent library), ``agents.scenario`` (the scenario language and the
-scripted agent), ``agents.launcher`` and ``agents.report`` (see ``agents/__init__.py``):
+``kemu.agents.lib`` (the agent library), ``kemu.agents.scenario`` (the scenario language and the
+scripted agent), ``kemu.agents.launcher`` and ``kemu.agents.report`` (see ``agents/__init__.py``):
 
 * the **agent library** imports only itself and ``protocol``: an agent program that is
   not a scenario actor gets nothing of scenarios, the launcher or the report;
@@ -9,11 +9,11 @@ scripted agent), ``agents.launcher`` and ``agents.report`` (see ``agents/__init_
   only itself and ``protocol``; the **scripted agent** (``scripted``, ``calls``,
   ``link``) may add the agent library, because it is an agent program: it makes its
   calls through ``System`` and its mailboxes, and moves its launcher link out of the
-  program's descriptor numbers with ``move_high``.  Nothing in ``agents.scenario``
+  program's descriptor numbers with ``move_high``.  Nothing in ``kemu.agents.scenario``
   imports the launcher or the report.  The launcher link lives here, not in the
   launcher, because both ends need it and the launcher may import the scenario side;
 * the **transcript formatter** (``transcript``, ``strace``) imports only ``protocol``;
-* the **report** imports only itself (its event-log format is ``agents.report.eventlog``),
+* the **report** imports only itself (its event-log format is ``kemu.agents.report.eventlog``),
   the transcript formatter and ``protocol``: it reads a run's event log and nothing else;
 * the **launcher** may import all of them (it is the composition root).
 
@@ -36,10 +36,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST_PARTY = ("agents", "protocol", "kernel_daemon", "launch")
 
-LANGUAGE = {"agents.scenario.parse", "agents.scenario.expr", "agents.scenario.transcript",
-            "agents.scenario.strace"}
-FORMATTER = {"agents.scenario.transcript", "agents.scenario.strace"}
-SCRIPTED = {"agents.scenario.scripted", "agents.scenario.calls", "agents.scenario.link"}
+LANGUAGE = {"kemu.agents.scenario.parse", "kemu.agents.scenario.expr", "kemu.agents.scenario.transcript",
+            "kemu.agents.scenario.strace"}
+FORMATTER = {"kemu.agents.scenario.transcript", "kemu.agents.scenario.strace"}
+SCRIPTED = {"kemu.agents.scenario.scripted", "kemu.agents.scenario.calls", "kemu.agents.scenario.link"}
 
 
 def _module_name(path: str) -> str:
@@ -102,41 +102,41 @@ def _violations(modules: dict[str, str], allowed: set[str]) -> dict[str, list[st
 
 
 def test_the_agent_library_imports_only_itself_and_protocol() -> None:
-    assert _violations(_modules("agents.lib"), {"agents.lib", "protocol"}) == {}
+    assert _violations(_modules("kemu.agents.lib"), {"kemu.agents.lib", "protocol"}) == {}
 
 
 def test_the_scenario_language_imports_only_itself_and_protocol() -> None:
-    language = {m: p for m, p in _modules("agents.scenario").items() if m in LANGUAGE}
+    language = {m: p for m, p in _modules("kemu.agents.scenario").items() if m in LANGUAGE}
     assert set(language) == LANGUAGE
     assert _violations(language, LANGUAGE | {"protocol"}) == {}
 
 
 def test_the_transcript_formatter_imports_only_protocol() -> None:
-    formatter = {m: p for m, p in _modules("agents.scenario").items() if m in FORMATTER}
+    formatter = {m: p for m, p in _modules("kemu.agents.scenario").items() if m in FORMATTER}
     assert _violations(formatter, FORMATTER | {"protocol"}) == {}
 
 
 def test_the_scripted_agent_adds_only_the_agent_library() -> None:
-    scenario = _modules("agents.scenario")
-    assert set(scenario) == LANGUAGE | SCRIPTED | {"agents.scenario"}, (
+    scenario = _modules("kemu.agents.scenario")
+    assert set(scenario) == LANGUAGE | SCRIPTED | {"kemu.agents.scenario"}, (
         "a new module of agents.scenario: put it in LANGUAGE or SCRIPTED (and the docstring)")
-    assert _violations(scenario, {"agents.scenario", "agents.lib", "protocol"}) == {}
+    assert _violations(scenario, {"kemu.agents.scenario", "kemu.agents.lib", "protocol"}) == {}
 
 
 def test_the_report_imports_only_its_log_format_and_the_transcript_formatter() -> None:
-    assert _violations(_modules("agents.report"),
-                       {"agents.report", "protocol"} | FORMATTER) == {}
+    assert _violations(_modules("kemu.agents.report"),
+                       {"kemu.agents.report", "protocol"} | FORMATTER) == {}
 
 
 def test_the_package_roots_import_nothing() -> None:
-    for module in ("agents", "agents.scenario", "agents.lib"):
+    for module in ("agents", "kemu.agents.scenario", "kemu.agents.lib"):
         path = os.path.join(ROOT, *module.split("."), "__init__.py")
         assert _imports(module, path) == set(), module
 
 
 def test_nothing_imports_the_launcher_but_the_launcher_and_launch_py() -> None:
-    outside = {m: p for m, p in _modules("agents").items() if not _within(m, {"agents.launcher"})}
-    users = {m for m, p in outside.items() if any(_within(i, {"agents.launcher"})
+    outside = {m: p for m, p in _modules("agents").items() if not _within(m, {"kemu.agents.launcher"})}
+    users = {m for m, p in outside.items() if any(_within(i, {"kemu.agents.launcher"})
                                                     for i in _imports(m, p))}
     assert users == set()
 
@@ -155,11 +155,11 @@ def _loaded_by(module: str) -> list[str]:
 #: module imported -> (packages whose __init__ may run, prefixes every other module
 #: loaded must fall under)
 LOADED = {
-    "agents.report": ({"agents", "agents.scenario"}, {"agents.report", "protocol"} | FORMATTER),
-    "agents.lib.api": ({"agents"}, {"agents.lib", "protocol"}),
-    "agents.lib.peer": ({"agents"}, {"agents.lib", "protocol"}),
-    "agents.scenario.parse": ({"agents", "agents.scenario"}, {"protocol"} | LANGUAGE),
-    "agents.scenario.scripted": ({"agents"}, {"agents.scenario", "agents.lib", "protocol"}),
+    "kemu.agents.report": ({"agents", "kemu.agents.scenario"}, {"kemu.agents.report", "protocol"} | FORMATTER),
+    "kemu.agents.lib.api": ({"agents"}, {"kemu.agents.lib", "protocol"}),
+    "kemu.agents.lib.peer": ({"agents"}, {"kemu.agents.lib", "protocol"}),
+    "kemu.agents.scenario.parse": ({"agents", "kemu.agents.scenario"}, {"protocol"} | LANGUAGE),
+    "kemu.agents.scenario.scripted": ({"agents"}, {"kemu.agents.scenario", "kemu.agents.lib", "protocol"}),
 }
 
 

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dual import same_on_both_targets
 from lease_cases import CASES, render
 
-from agents.scenario.parse import parse
+from kemu.agents.scenario.parse import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

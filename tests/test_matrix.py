@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.launcher import matrix
-from agents.scenario.parse import load
+from kemu.agents.launcher import matrix
+from kemu.agents.scenario.parse import load
 
 FILES = sorted(f for f in os.listdir(matrix.THREADS) if f.endswith(".scn"))
 
@@ -29,7 +29,7 @@ def test_thread_scenario_under_every_policy(name: str) -> None:
 
 
 def test_matrix_covers_every_policy_the_daemon_knows() -> None:
-    from kernel_daemon.designs import BUILTIN
+    from kemu.kernel_daemon.designs import BUILTIN
 
     assert matrix.policies() == list(BUILTIN)
 
@@ -37,7 +37,7 @@ def test_matrix_covers_every_policy_the_daemon_knows() -> None:
 DESIGN = '''"""A design of one file, outside the repository: DAX pins refused with EPERM."""
 import errno
 
-from kernel_daemon.policy import MR, Kernel, KernelError, Policy, Task
+from kemu.kernel_daemon.policy import MR, Kernel, KernelError, Policy, Task
 
 
 class NoPins(Policy):

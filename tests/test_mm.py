@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from agents.launcher.daemon_process import DaemonProcess
-from agents.launcher.runner import run_scenario
-from agents.lib.api import EmuSystem
-from agents.scenario.parse import parse
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.lib.api import EmuSystem
+from kemu.agents.scenario.parse import parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +101,7 @@ def test_mapping_scenario(name: str) -> None:
 STORER = """
 import os, sys
 sys.path.insert(0, {root!r})
-from agents.lib.api import EmuSystem
+from kemu.agents.lib.api import EmuSystem
 s = EmuSystem({run!r}, "storer")
 s.signal(7, "record")
 fd = s.open("/f", os.O_RDWR)

@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from agents.launcher import explore, matrix
+from kemu.agents.launcher import explore, matrix
 
 
 @pytest.mark.timeout(900)

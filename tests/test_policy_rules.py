@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.launcher.runner import run_scenario
-from agents.scenario.parse import parse
-from kernel_daemon.designs import BUILTIN
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario.parse import parse
+from kemu.kernel_daemon.designs import BUILTIN
 
 LEASE_POLICIES = ("layout-lease", "layout-lease-exclusive-checked")
 LL_ONLY = ("layout-lease",)

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from agents.launcher.daemon_process import DaemonProcess
-from agents.launcher.runner import run_scenario
-from agents.lib.api import EmuSystem
-from agents.scenario.parse import parse
-from protocol import ring
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.lib.api import EmuSystem
+from kemu.agents.scenario.parse import parse
+from kemu.protocol import ring
 
 SCENARIOS = {
     # verbs' data path: R posts work requests on a queue pair (a ring and a doorbell,

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import webdriver
 
-from agents.launcher import matrix
-from agents.launcher.runner import Outcome, run_scenario
-from agents.report import blockmap, build, eventlog, perfetto, sequence
-from agents.scenario import transcript
-from agents.scenario.parse import load, parse
+from kemu.agents.launcher import matrix
+from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.report import blockmap, build, eventlog, perfetto, sequence
+from kemu.agents.scenario import transcript
+from kemu.agents.scenario.parse import load, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts")

@@ -8,7 +8,7 @@ import os
 import pytest
 from dual import same_on_both_targets
 
-from agents.scenario.parse import load
+from kemu.agents.scenario.parse import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = sorted(f for f in os.listdir(os.path.join(ROOT, "scenarios")) if f.endswith(".scn"))

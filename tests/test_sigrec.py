@@ -1,4 +1,4 @@
-"""agents.lib.sigrec: real signals recorded with their full siginfo, checked on the host kernel.
+"""kemu.agents.lib.sigrec: real signals recorded with their full siginfo, checked on the host kernel.
 
 Processes are ordered with pipes, ``os.waitpid`` and, where a process must be asleep in a
 system call before it is signalled, ``/proc/<pid>/syscall``; never with sleeps.
@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from agents.lib.sigrec import FD_FLOOR, RING_SIZE, SigInfo, SignalRecorder, recorder
-from protocol.linux import POLL_MSG, SI_KERNEL, SI_TKILL, SI_USER
+from kemu.agents.lib.sigrec import FD_FLOOR, RING_SIZE, SigInfo, SignalRecorder, recorder
+from kemu.protocol.linux import POLL_MSG, SI_KERNEL, SI_TKILL, SI_USER
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,19 +18,19 @@ from typing import Any
 import msgpack
 import pytest
 
-from kernel_daemon import mm
-from kernel_daemon.boot import boot
-from kernel_daemon.errors import KernelError, MustWait
-from kernel_daemon.kernel import Config, Kernel
-from kernel_daemon.pmem import Owner, Pmem
-from kernel_daemon.syscalls import SYSCALLS
-from kernel_daemon.syscalls.ipc import MAX_MESSAGE, MAX_QLEN
-from kernel_daemon.syscalls.proc import RegistrationRefused, register
-from kernel_daemon.task import FdTable, File, Task
-from kernel_daemon.vfs import Filesystem, Inode
-from protocol import linux, wire
-from protocol.errors import ProtocolError, VersionMismatch
-from protocol.linux import MSG_DONTWAIT, SCM_MAX_FD
+from kemu.kernel_daemon import mm
+from kemu.kernel_daemon.boot import boot
+from kemu.kernel_daemon.errors import KernelError, MustWait
+from kemu.kernel_daemon.kernel import Config, Kernel
+from kemu.kernel_daemon.pmem import Owner, Pmem
+from kemu.kernel_daemon.syscalls import SYSCALLS
+from kemu.kernel_daemon.syscalls.ipc import MAX_MESSAGE, MAX_QLEN
+from kemu.kernel_daemon.syscalls.proc import RegistrationRefused, register
+from kemu.kernel_daemon.task import FdTable, File, Task
+from kemu.kernel_daemon.vfs import Filesystem, Inode
+from kemu.protocol import linux, wire
+from kemu.protocol.errors import ProtocolError, VersionMismatch
+from kemu.protocol.linux import MSG_DONTWAIT, SCM_MAX_FD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,10 +24,10 @@ import pytest
 from dual import same_on_both_targets
 from lease_cases import CASES
 
-from agents.launcher import cli
-from agents.launcher.runner import Outcome, run_scenario
-from agents.scenario import transcript
-from agents.scenario.parse import Expect, ScenarioError, parse
+from kemu.agents.launcher import cli
+from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.scenario import transcript
+from kemu.agents.scenario.parse import Expect, ScenarioError, parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = [pytest.param("host", marks=pytest.mark.host), "emulator"]

@@ -3,7 +3,7 @@
 Whatever a scenario can observe of how its actor was started (descriptors and their
 flags, signal mask and dispositions, pending signals, credentials, capabilities,
 umask, process group, session, environment, rlimits, working directory, argv[0]) is
-the same for ``python -m agents.launcher.probe`` started with ``subprocess.Popen`` (as
+the same for ``python -m kemu.agents.launcher.probe`` started with ``subprocess.Popen`` (as
 actors were) and forked from the launcher's zygote.  The host conformance tests check
 the rest: every scenario's transcript on the host is unchanged.
 """
@@ -19,9 +19,9 @@ import sys
 
 import pytest
 
-from agents.launcher import zygote
-from agents.launcher.daemon_process import start_daemon
-from agents.launcher.designs import daemon_env
+from kemu.agents.launcher import zygote
+from kemu.agents.launcher.daemon_process import start_daemon
+from kemu.agents.launcher.designs import daemon_env
 
 
 def _limits() -> None:
@@ -51,12 +51,12 @@ def test_a_zygote_child_inherits_what_a_fresh_process_does(tmp_path: object) -> 
         handler = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         try:
             if how == "popen":
-                proc = subprocess.Popen([sys.executable, "-m", "agents.launcher.probe"],
+                proc = subprocess.Popen([sys.executable, "-m", "kemu.agents.launcher.probe"],
                                         env=env, stdin=log, stdout=log, stderr=log,
                                         close_fds=True, preexec_fn=_limits)
                 code = proc.wait(30)
             else:
-                child = zygote.spawn("agents.launcher.probe", [], env=env,
+                child = zygote.spawn("kemu.agents.launcher.probe", [], env=env,
                                      stdio=(log, log, log), nofile=1024)
                 code = child.wait(30)
         finally:
@@ -84,9 +84,9 @@ def test_a_zygote_child_reports_how_it_died(run_dir: str) -> None:
     env = daemon_env()
     null = os.open(os.devnull, os.O_RDWR)
     try:
-        ok = zygote.spawn("kernel_daemon.__main__", ["--describe"], env=env,
+        ok = zygote.spawn("kemu.kernel_daemon.__main__", ["--describe"], env=env,
                           stdio=(null, null, null))
-        bad = zygote.spawn("kernel_daemon.__main__", ["--no-such-option"], env=env,
+        bad = zygote.spawn("kemu.kernel_daemon.__main__", ["--no-such-option"], env=env,
                            stdio=(null, null, null))
     finally:
         os.close(null)

@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
-from agents.launcher import designs
-from agents.launcher.runner import Outcome, run_scenario
-from agents.scenario import transcript
-from agents.scenario.parse import ScenarioError, load
+from kemu.agents.launcher import designs
+from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.scenario import transcript
+from kemu.agents.scenario.parse import ScenarioError, load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_REPORT = "out"
@@ -18,7 +18,7 @@ DEFAULT_REPORT = "out"
 def normalised(outcome: Outcome) -> list[str]:
     """The transcript as host and emulator runs compare: without its header and verdict
     lines, PIDs as actor names, mapping addresses as ``ADDR1``... (see
-    :func:`agents.scenario.transcript.comparable`)."""
+    :func:`kemu.agents.scenario.transcript.comparable`)."""
     return transcript.comparable(outcome.transcript)
 
 
@@ -105,12 +105,12 @@ def main(argv: list[str]) -> int:
         argv = ["matrix", "--report", DEFAULT_REPORT]
     args = p.parse_args(argv)
     if args.cmd == "matrix":
-        from agents.launcher import matrix
+        from kemu.agents.launcher import matrix
 
         return matrix.main(jobs=args.jobs, only=args.only, report=args.report,
                            policies=args.policies, extra=args.extra)
     if args.cmd == "explore":
-        from agents.launcher import explore
+        from kemu.agents.launcher import explore
 
         kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
         return explore.main(args.file, args.designs, kinds, args.victims, args.jobs,

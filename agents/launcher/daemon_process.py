@@ -11,15 +11,15 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.launcher import zygote
-from agents.launcher.designs import daemon_env
-from protocol import shm
-from protocol.config import DaemonConfig
+from kemu.agents.launcher import zygote
+from kemu.agents.launcher.designs import daemon_env
+from kemu.protocol import shm
+from kemu.protocol.config import DaemonConfig
 
 
 @dataclass
 class DaemonProcess:
-    """A running ``python -m kernel_daemon`` (forked from the launcher's zygote)."""
+    """A running ``python -m kemu.kernel_daemon`` (forked from the launcher's zygote)."""
 
     run_dir: str
     proc: zygote.Child
@@ -68,7 +68,7 @@ def start_daemon(run_dir: str, *, timeout: float = 20.0, blocks: int | None = No
     r, w = os.pipe()
     null = os.open(os.devnull, os.O_RDONLY)
     try:
-        proc = zygote.spawn("kernel_daemon.__main__", [*config.argv(), "--ready-fd", str(w)],
+        proc = zygote.spawn("kemu.kernel_daemon.__main__", [*config.argv(), "--ready-fd", str(w)],
                             env=daemon_env(), stdio=(null, 1, 2), pass_fds=(w,))
     finally:
         os.close(null)

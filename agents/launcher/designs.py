@@ -1,7 +1,7 @@
 """The kernel designs a daemon can run, as the launcher sees them.
 
-The launcher never imports the daemon: it asks ``python -m kernel_daemon --describe``
-(forked from its zygote, :mod:`agents.launcher.zygote`)
+The launcher never imports the daemon: it asks ``python -m kemu.kernel_daemon --describe``
+(forked from its zygote, :mod:`kemu.agents.launcher.zygote`)
 for the built-in designs and flavours (what a daemon's welcome advertises) and
 ``--check-policy SPEC`` to load a design from a user's file, so a bad file is refused
 with its file and line before any process of a run starts.
@@ -30,10 +30,10 @@ def daemon_env() -> dict[str, str]:
 
 
 def _ask(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m kernel_daemon ARGS``, forked from the launcher's zygote."""
-    from agents.launcher import zygote
+    """``python -m kemu.kernel_daemon ARGS``, forked from the launcher's zygote."""
+    from kemu.agents.launcher import zygote
 
-    return zygote.run("kernel_daemon.__main__", list(args), env=daemon_env())
+    return zygote.run("kemu.kernel_daemon.__main__", list(args), env=daemon_env())
 
 
 @functools.cache

@@ -5,7 +5,7 @@ point*: after each line, each actor alive there is killed (``!kill``), or stoppe
 just before its next line (``!stop`` ... ``!cont``), or held up for a while (``!delay``),
 or the kernel daemon is killed (``!kill kernel``).  In the fault variants the
 expectations are dropped (a fault changes them) and what is checked instead are the
-invariants (:mod:`agents.launcher.invariants`, ``docs/invariants.md``): no foreign
+invariants (:mod:`kemu.agents.launcher.invariants`, ``docs/invariants.md``): no foreign
 write where the design promises none, nothing left of dead processes, every pin
 attributable, no breaker past its deadline, the daemon answering.  Runs go in parallel
 on the local cores, with progress on the terminal.
@@ -34,12 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from agents.launcher import designs, invariants
-from agents.launcher.invariants import Violation
-from agents.launcher.matrix import summarize
-from agents.launcher.runner import Outcome, run_scenario
-from agents.scenario import strace
-from agents.scenario.parse import (
+from kemu.agents.launcher import designs, invariants
+from kemu.agents.launcher.invariants import Violation
+from kemu.agents.launcher.matrix import summarize
+from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.scenario import strace
+from kemu.agents.scenario.parse import (
     ACTOR_RE,
     ONLY_RE,
     Scenario,
@@ -47,7 +47,7 @@ from agents.scenario.parse import (
     _split_expectations,
     parse,
 )
-from protocol import linux
+from kemu.protocol import linux
 
 #: the kinds of fault, and what a variant inserts for each
 FAULT_KINDS = ("kill", "stop", "delay", "kernel")

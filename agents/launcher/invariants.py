@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agents.launcher.runner import Outcome
+from kemu.agents.launcher.runner import Outcome
 
 #: kernel objects that must all be gone once every actor is gone (``kernel_stats``)
 LEFT_EMPTY = ("parked", "inflight", "pending_forks", "leases", "mappings", "mrs",

@@ -27,11 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO
 
-from agents.launcher import designs
-from agents.launcher.runner import Outcome, run_scenario
-from agents.report import html, write_run
-from agents.scenario.parse import Scenario, load
-from protocol import linux
+from kemu.agents.launcher import designs
+from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.report import html, write_run
+from kemu.agents.scenario.parse import Scenario, load
+from kemu.protocol import linux
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 THREADS = os.path.join(ROOT, "scenarios", "threads")

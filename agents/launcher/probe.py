@@ -1,4 +1,4 @@
-"""``python -m agents.launcher.probe``: print what this process inherited, as JSON.
+"""``python -m kemu.agents.launcher.probe``: print what this process inherited, as JSON.
 
 The kernel's view of everything a started program can observe of how it was started:
 its descriptors (target and open flags from ``/proc/self/fdinfo``), signal mask,

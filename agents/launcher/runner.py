@@ -35,17 +35,17 @@ from typing import IO, Any
 
 import psutil
 
-from agents import report
-from agents.launcher import designs, zygote
-from agents.launcher.daemon_process import DaemonProcess, start_daemon
-from agents.lib.api import HostSystem
-from agents.lib.runtime import Connection
-from agents.scenario import strace, transcript
-from agents.scenario.calls import SLEEPS_IN
-from agents.scenario.link import Link, LinkClosed
-from agents.scenario.parse import Expect, Scenario, Step, signal_number
-from protocol.config import SETTINGS as DAEMON_SETTINGS
-from protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
+from kemu.agents import report
+from kemu.agents.launcher import designs, zygote
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
+from kemu.agents.lib.api import HostSystem
+from kemu.agents.lib.runtime import Connection
+from kemu.agents.scenario import strace, transcript
+from kemu.agents.scenario.calls import SLEEPS_IN
+from kemu.agents.scenario.link import Link, LinkClosed
+from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
+from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
+from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
@@ -390,7 +390,7 @@ class Runner:
                           0o644)
             try:
                 proc = zygote.spawn(
-                    "agents.scenario.scripted",
+                    "kemu.agents.scenario.scripted",
                     ["--name", name, "--run-dir", self.run_dir, "--target", self.target,
                      "--director", self.director_path],
                     env=self._env(), stdio=(log, log, log), nofile=USUAL_NOFILE)
@@ -725,7 +725,7 @@ class Runner:
         if int(hello["pid"]) != actor.pid:
             reply = {"error": f"exec'd image has pid {hello['pid']}, not {actor.pid}"}
         text = self._emit("call", actor=actor.name, pid=actor.pid,
-                          call='execve("agents.scenario.scripted")', result="0")
+                          call='execve("kemu.agents.scenario.scripted")', result="0")
         self._check(step, actor, text, reply)
 
     def fault(self, step: Step) -> None:

@@ -3,7 +3,7 @@
 Every actor and every daemon of a run used to be a fresh interpreter: tens of
 milliseconds idle, seconds under load, most of it importing (and, with
 ``PYTHONDONTWRITEBYTECODE``, compiling) the agent or daemon stack.  A *zygote* does that
-once: a process started with ``python -m agents.launcher.zygote`` imports both stacks,
+once: a process started with ``python -m kemu.agents.launcher.zygote`` imports both stacks,
 freezes its heap (``gc.freeze``, so children do not copy it by touching reference
 counts) and then forks a process per request, as ``multiprocessing``'s forkserver and
 Android's zygote do.  Each child is a real process with its own PID that runs the
@@ -48,11 +48,11 @@ from typing import Any
 
 import msgpack
 
-from protocol.linux import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG
+from kemu.protocol.linux import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG
 
 #: what a zygote imports before it serves: the actor and the daemon stacks
-PRELOAD = ("agents.scenario.scripted", "kernel_daemon.__main__", "kernel_daemon.daemon",
-           "kernel_daemon.boot", "kernel_daemon.designs")
+PRELOAD = ("kemu.agents.scenario.scripted", "kemu.kernel_daemon.__main__", "kemu.kernel_daemon.daemon",
+           "kemu.kernel_daemon.boot", "kemu.kernel_daemon.designs")
 MAX_FDS = 16
 #: set to a directory: every child that returns from ``main`` (a daemon; not an actor,
 #: which ends with ``os._exit``) leaves its cProfile statistics MODULE-PID.prof there
@@ -172,7 +172,7 @@ class Zygote:
         self.lock = threading.Lock()
         self.owner = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agents.launcher.zygote", str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-m", "kemu.agents.launcher.zygote", str(theirs.fileno()), str(os.getpid())],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL)
         theirs.close()
@@ -460,7 +460,7 @@ def serve(fd: int, parent: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m agents.launcher.zygote FD LAUNCHER_PID``."""
+    """``python -m kemu.agents.launcher.zygote FD LAUNCHER_PID``."""
     args = sys.argv[1:] if argv is None else argv
     return serve(int(args[0]), int(args[1]))
 

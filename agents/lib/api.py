@@ -26,13 +26,13 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NoReturn
 
-from agents.lib.mm import AgentMM
-from agents.lib.runtime import Connection
-from agents.lib.sigrec import SigInfo, SignalRecorder, recorder
-from agents.lib.verbs import AgentQP
-from protocol import linux, wire
-from protocol.errors import os_error
-from protocol.linux import F_GETOWN_EX, F_SETOWN_EX, FICLONE
+from kemu.agents.lib.mm import AgentMM
+from kemu.agents.lib.runtime import Connection
+from kemu.agents.lib.sigrec import SigInfo, SignalRecorder, recorder
+from kemu.agents.lib.verbs import AgentQP
+from kemu.protocol import linux, wire
+from kemu.protocol.errors import os_error
+from kemu.protocol.linux import F_GETOWN_EX, F_SETOWN_EX, FICLONE
 
 #: host-target infrastructure descriptors live at or above this number
 INFRA_FD_BASE = 900

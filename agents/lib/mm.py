@@ -1,6 +1,6 @@
 """The agent's MMU for DAX mappings: loads and stores straight into the pmem segment.
 
-The pmem device is a POSIX shared-memory segment (:mod:`protocol.shm`) the agent
+The pmem device is a POSIX shared-memory segment (:mod:`kemu.protocol.shm`) the agent
 attaches to; the daemon owns its lifetime.  Each mapping's translations (page -> block) are cached
 here, as a TLB; a miss faults into the daemon.  A shoot-down from the daemon drops
 translations and is acknowledged at once; the daemon frees no block before every
@@ -15,9 +15,9 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.lib.runtime import Connection
-from protocol import linux, shm
-from protocol.errors import os_error
+from kemu.agents.lib.runtime import Connection
+from kemu.protocol import linux, shm
+from kemu.protocol.errors import os_error
 
 ZERO_PAGE = -1
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import msgpack
 
-from agents.lib.api import EmuSystem, move_high
-from protocol.errors import os_error
-from protocol.linux import SCM_MAX_FD
+from kemu.agents.lib.api import EmuSystem, move_high
+from kemu.protocol.errors import os_error
+from kemu.protocol.linux import SCM_MAX_FD
 
 
 @dataclass

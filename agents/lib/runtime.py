@@ -21,8 +21,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from protocol import wire
-from protocol.errors import ProtocolError, VersionMismatch, os_error
+from kemu.protocol import wire
+from kemu.protocol.errors import ProtocolError, VersionMismatch, os_error
 
 #: objects of a ZeroMQ context inherited across fork; never touched, never collected
 _ABANDONED: list[Any] = []

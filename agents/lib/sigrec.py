@@ -3,12 +3,12 @@
 Python cannot show an agent the kernel's siginfo: ``signal.signal`` handlers get no
 siginfo at all, ``signal.sigwaitinfo``'s ``struct_siginfo`` has no ``si_fd``/``si_band``,
 and a ctypes callback cannot serve as a signal handler (it takes the GIL).  The C
-extension :mod:`agents.lib._sigrec` (``agents/lib/_sigrec.c``) therefore installs a real
+extension :mod:`kemu.agents.lib._sigrec` (``agents/lib/_sigrec.c``) therefore installs a real
 ``sigaction(SA_SIGINFO)`` handler that copies every delivered ``siginfo_t`` into a
 lock-free ring buffer (:data:`RING_SIZE` entries; overflow is counted, see
 :meth:`SignalRecorder.dropped`) and writes one byte, the signal number, to a
 non-blocking wake-up pipe.  :class:`SignalRecorder` wraps it: one per process, reached
-through :func:`recorder`.  The ``si_code`` values are named in :mod:`protocol.linux`
+through :func:`recorder`.  The ``si_code`` values are named in :mod:`kemu.protocol.linux`
 (``SI_*``, ``POLL_*``, ``BUS_*``, ``SEGV_*``).
 
 Building
@@ -62,7 +62,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from agents.lib import _sigrec
+from kemu.agents.lib import _sigrec
 
 #: the wake-up pipe's descriptors are moved to numbers at or above this one
 FD_FLOOR = 900

@@ -17,9 +17,9 @@ import struct
 import time
 from typing import Any
 
-from protocol import shm
-from protocol.errors import os_error
-from protocol.ring import HEADER, OPCODE_NAME, PENDING, SLOT, STATUS_AT, STATUS_NAME, WQE
+from kemu.protocol import shm
+from kemu.protocol.errors import os_error
+from kemu.protocol.ring import HEADER, OPCODE_NAME, PENDING, SLOT, STATUS_AT, STATUS_NAME, WQE
 
 #: how long :meth:`AgentQP.poll` busy-polls before it sleeps on the completion FIFO
 SPIN = 0.0002

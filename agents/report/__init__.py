@@ -17,9 +17,9 @@ import sys
 import traceback
 from typing import Any
 
-from agents.report import blockmap, eventlog, html, perfetto, sequence
-from agents.report.model import Run, build
-from agents.scenario import transcript
+from kemu.agents.report import blockmap, eventlog, html, perfetto, sequence
+from kemu.agents.report.model import Run, build
+from kemu.agents.scenario import transcript
 
 __all__ = ["Run", "build", "eventlog", "write_run"]
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.report import svg
-from agents.report.model import Run
-from agents.report.svg import RED, esc, fit
+from kemu.agents.report import svg
+from kemu.agents.report.model import Run
+from kemu.agents.report.svg import RED, esc, fit
 
 CELL = 28
 COLS = 32

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.scenario.transcript import format_line
+from kemu.agents.scenario.transcript import format_line
 
 
 @dataclass

@@ -23,8 +23,8 @@ import json
 from collections import deque
 from typing import Any
 
-from agents.report.model import Run
-from agents.scenario import strace
+from kemu.agents.report.model import Run
+from kemu.agents.scenario import strace
 
 #: trace PIDs of the tracks that are not processes (above any real pid_max)
 KERNEL_PID = 10_000_001

@@ -35,11 +35,11 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from agents.report import svg
-from agents.report.model import Line, Run
-from agents.report.svg import RED, esc, fit, width
-from agents.scenario import strace
-from protocol import linux
+from kemu.agents.report import svg
+from kemu.agents.report.model import Line, Run
+from kemu.agents.report.svg import RED, esc, fit, width
+from kemu.agents.scenario import strace
+from kemu.protocol import linux
 
 GUTTER = 340
 LANE_GAP = 150

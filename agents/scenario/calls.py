@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from protocol import linux
-from protocol.errors import os_error
+from kemu.protocol import linux
+from kemu.protocol.errors import os_error
 
 if TYPE_CHECKING:
-    from agents.scenario.scripted import Actor
+    from kemu.agents.scenario.scripted import Actor
 
 #: stat fields a transcript shows (the rest differ between any two runs)
 STAT_FIELDS = ("st_mode", "st_size", "st_nlink")

@@ -10,8 +10,8 @@ import select
 import socket
 from typing import Any
 
-from agents.lib.api import move_high
-from protocol import wire
+from kemu.agents.lib.api import move_high
+from kemu.protocol import wire
 
 
 class LinkClosed(ConnectionError):

@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agents.scenario.expr import ExprError, check, evaluate
-from protocol import linux
-from protocol.config import SETTINGS as DAEMON_SETTINGS
+from kemu.agents.scenario.expr import ExprError, check, evaluate
+from kemu.protocol import linux
+from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")

@@ -1,4 +1,4 @@
-"""``python -m agents.scenario.scripted``: the generic scripted agent, one per scenario actor.
+"""``python -m kemu.agents.scenario.scripted``: the generic scripted agent, one per scenario actor.
 
 It registers with the kernel daemon (emulator target) or uses the host kernel (host
 target), connects to the launcher, and executes the scenario lines the launcher sends
@@ -24,12 +24,12 @@ from typing import Any
 import msgpack
 import zmq
 
-from agents.lib.api import INFRA_FD_BASE, EmuSystem, System, make_system
-from agents.lib.peer import EmuMailbox, HostMailbox, Mailbox
-from agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
-from agents.scenario.expr import UNSET, ExprError, Unset, evaluate, is_unset
-from agents.scenario.link import Link, LinkClosed
-from protocol.linux import errno_name
+from kemu.agents.lib.api import INFRA_FD_BASE, EmuSystem, System, make_system
+from kemu.agents.lib.peer import EmuMailbox, HostMailbox, Mailbox
+from kemu.agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
+from kemu.agents.scenario.expr import UNSET, ExprError, Unset, evaluate, is_unset
+from kemu.agents.scenario.link import Link, LinkClosed
+from kemu.protocol.linux import errno_name
 
 
 class Actor:
@@ -221,7 +221,7 @@ class Actor:
 
     def exec(self) -> None:
         """execve(2) of a fresh scripted agent with this actor's variables."""
-        argv = [sys.executable, "-m", "agents.scenario.scripted", "--name", self.name, "--run-dir",
+        argv = [sys.executable, "-m", "kemu.agents.scenario.scripted", "--name", self.name, "--run-dir",
                 self.run_dir, "--target", self.target, "--director", self.director,
                 "--vars", msgpack.packb(self.vars, use_bin_type=True).hex(), "--exec"]
         self.system.execv(argv)
@@ -262,7 +262,7 @@ def _announce_when_asleep(proc_fd: int, nr: int | None, done: threading.Event,
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    p = argparse.ArgumentParser(prog="python -m agents.scenario.scripted")
+    p = argparse.ArgumentParser(prog="python -m kemu.agents.scenario.scripted")
     p.add_argument("--name", required=True)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--target", choices=("emulator", "host"), required=True)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from protocol import linux
+from kemu.protocol import linux
 
 _OPEN_FLAGS = [
     ("O_CREAT", linux.O_CREAT), ("O_EXCL", linux.O_EXCL), ("O_NOCTTY", linux.O_NOCTTY),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 
-from kernel_daemon.policy import (
+from kemu.kernel_daemon.policy import (
     Inode,
     Kernel,
     KernelError,

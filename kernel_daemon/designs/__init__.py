@@ -1,10 +1,10 @@
 """The built-in kernel designs, each in its own file written against
-:mod:`kernel_daemon.policy` alone.
+:mod:`kemu.kernel_daemon.policy` alone.
 
 Every module of this package is a design file: :data:`BUILTIN` collects the
 ``Policy`` subclasses they define (in file-name order, then in the order of their
 definition), so adding a built-in design is adding its file.
-:func:`kernel_daemon.boot.load_policy` also loads a design from a user's file by path.
+:func:`kemu.kernel_daemon.boot.load_policy` also loads a design from a user's file by path.
 ``docs/designs.md`` describes each one.
 """
 
@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 import sys
 
-from kernel_daemon.policy import HOOKS, Lease, Policy
+from kemu.kernel_daemon.policy import HOOKS, Lease, Policy
 
 
 def _discover() -> dict[str, type[Policy]]:

@@ -18,7 +18,7 @@ lets go makes them unusable until it does (ENOSPC for others).
 
 from __future__ import annotations
 
-from kernel_daemon.policy import Kernel, Owner, Policy, Promise
+from kemu.kernel_daemon.policy import Kernel, Owner, Policy, Promise
 
 
 class BusyExtent(Policy):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
-from kernel_daemon.policy import (
+from kemu.kernel_daemon.policy import (
     MR,
     File,
     Inode,

@@ -7,7 +7,7 @@ method is the Linux default.
 
 from __future__ import annotations
 
-from kernel_daemon.policy import Policy
+from kemu.kernel_daemon.policy import Policy
 
 
 class Legacy(Policy):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
-from kernel_daemon.policy import (
+from kemu.kernel_daemon.policy import (
     FL_UNLOCK_PENDING,
     MR,
     Inode,

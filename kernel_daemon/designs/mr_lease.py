@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kernel_daemon.designs.layout_lease import LayoutLeasePolicy, PinnedLease
-from kernel_daemon.policy import (
+from kemu.kernel_daemon.designs.layout_lease import LayoutLeasePolicy, PinnedLease
+from kemu.kernel_daemon.policy import (
     File,
     Kernel,
     Lease,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from kernel_daemon.policy import (
+from kemu.kernel_daemon.policy import (
     MR,
     Inode,
     Kernel,

@@ -12,11 +12,11 @@ import errno
 from collections.abc import Callable
 from typing import Any
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import SETFL_MASK, Task
-from protocol import linux
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import SETFL_MASK, Task
+from kemu.protocol import linux
 
 FcntlHandler = Callable[[Kernel, Task, int, Any], Any]
 #: fcntl commands by number; families register theirs here

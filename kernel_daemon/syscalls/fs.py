@@ -11,15 +11,15 @@ import bisect
 import errno
 from typing import Any
 
-from kernel_daemon import locks, mm
-from kernel_daemon.errors import KernelError, resume_at
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.layout import LayoutChange
-from kernel_daemon.pmem import Owner
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import File, Task
-from kernel_daemon.vfs import Inode
-from protocol import linux
+from kemu.kernel_daemon import locks, mm
+from kemu.kernel_daemon.errors import KernelError, resume_at
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.layout import LayoutChange
+from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import File, Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
 
 #: largest transfer one read/write message carries; longer calls return short, as
 #: Linux may (MAX_RW_COUNT is the kernel's own cap)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from kernel_daemon.af_unix import Mailbox
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Inflight, Kernel
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import Task
-from protocol import linux
+from kemu.kernel_daemon.af_unix import Mailbox
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Inflight, Kernel
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux
 
 #: messages a receive queue holds before senders get EAGAIN (net.unix.max_dgram_qlen)
 MAX_QLEN = 512

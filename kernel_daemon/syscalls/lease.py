@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from kernel_daemon import locks, signals
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.syscalls.fd import FCNTL_COMMANDS
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import Task
-from protocol import linux
+from kemu.kernel_daemon import locks, signals
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.syscalls.fd import FCNTL_COMMANDS
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux
 
 INT_MIN = -(1 << 31)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from kernel_daemon import mm
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import Task
-from protocol import linux
+from kemu.kernel_daemon import mm
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import linux
 
 #: flags MAP_SHARED_VALIDATE accepts (LEGACY_MAP_MASK plus MAP_SYNC); designs extend it
 KNOWN_MAP_FLAGS = linux.LEGACY_MAP_MASK | linux.MAP_TYPE | linux.MAP_SYNC
@@ -82,7 +82,7 @@ def sys_mm_fault(k: Kernel, t: Task, vma: int, index: int, write: int,
     Without ``around``: the page's block (ZERO_PAGE, -1, for the zero page).  With it:
     every translation the fault mapped, as ``[first page, first block, pages]`` runs
     (block -1: zero pages), the faulting page's run first (``dax_iomap_pmd_fault``,
-    else ``do_fault_around``; see :func:`kernel_daemon.mm.fault_run`).
+    else ``do_fault_around``; see :func:`kemu.kernel_daemon.mm.fault_run`).
     """
     mapping = mm.vmas(t).get(vma)
     if mapping is None or not 0 <= index < mapping.npages:

@@ -13,12 +13,12 @@ import errno
 import secrets
 from typing import Any
 
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel, PendingFork
-from kernel_daemon.sync import WaitQueue
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import Task
-from protocol import wire
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel, PendingFork
+from kemu.kernel_daemon.sync import WaitQueue
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import Task
+from kemu.protocol import wire
 
 
 class RegistrationRefused(Exception):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from kernel_daemon import mm, qp, rdma
-from kernel_daemon.errors import KernelError
-from kernel_daemon.kernel import Kernel
-from kernel_daemon.pmem import Owner
-from kernel_daemon.sync import WaitQueue
-from kernel_daemon.syscalls.table import syscall
-from kernel_daemon.task import File, Task
+from kemu.kernel_daemon import mm, qp, rdma
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.sync import WaitQueue
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import File, Task
 
 
 @syscall("ibv_open_device", linux="drivers/infiniband/core/uverbs_main.c ib_uverbs_open()",

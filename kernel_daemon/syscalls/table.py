@@ -148,7 +148,7 @@ def render_markdown() -> str:
         "# System calls the emulator answers",
         "",
         "Generated from `kernel_daemon/syscalls/table.py` by",
-        "`python -m kernel_daemon --syscall-table`; a test keeps this page equal to the table.",
+        "`python -m kemu.kernel_daemon --syscall-table`; a test keeps this page equal to the table.",
         "Support: **full** behaves as Linux does (and is checked against the host where the",
         "host has it); **partial** says what is missing; **emulator** is a call of the",
         "emulator's own (registration, introspection) with no Linux counterpart.",

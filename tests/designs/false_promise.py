@@ -4,7 +4,7 @@ block.  ``explore`` must catch the broken promise and cut it down to a reproduce
 
 from __future__ import annotations
 
-from kernel_daemon.policy import Policy, Promise
+from kemu.kernel_daemon.policy import Policy, Promise
 
 
 class FalsePromise(Policy):
