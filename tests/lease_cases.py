@@ -257,6 +257,7 @@ set lease_break_time = 0
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
 B: w = open("/f", O_RDWR) &
 A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+# time passes (no deadline to wait for: it never comes); more of it changes nothing
 A: pause(1.5)                                   => 0
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 A: locks()                                      => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE", "waiter": True}]
@@ -271,6 +272,7 @@ set lease_break_time = 1
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
 B: open("/f", O_RDWR|O_NONBLOCK)                => EWOULDBLOCK
 A: sigwait(SIGIO)                               => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+# the deadline (1 s after B's open) passes; a longer wait shows the same
 A: pause(1.5)                                   => 0
 B: locks()                                      => [{"state": "BREAKING", "type": "UNLCK", "path": "/f"}]
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
@@ -314,6 +316,8 @@ C: open("/f", O_WRONLY) &
 A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
 B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
 A: fcntl(a, F_SETLEASE, F_UNLCK)               => 0
+# A's release wakes C, which finds B's lease and sleeps again: wait for that
+!asleep C
 A: locks()                                     => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE"}]
 B: fcntl(b, F_SETLEASE, F_UNLCK)               => 0
 C: join                                        => 3
@@ -530,7 +534,9 @@ A: fcntl(fd, F_SETLEASE, F_WRLCK)              => EAGAIN
 A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
 B: join                                        => 3
 """),
-    Case('stale_downgrade_time', 'fl_downgrade_time survives a completed downgrade', 'time', """
+    Case('stale_downgrade_time', 'fl_downgrade_time survives a completed downgrade: '
+         'the lease taken again for writing is downgraded at the old deadline, with no '
+         'new break', 'time', """
 set lease_break_time = 1
 A: signal(SIGIO, "record")                     => 0
 A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
@@ -539,7 +545,8 @@ B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
 A: sigwait(SIGIO)                              => *
 A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
 A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
-A: fcntl(fd, F_GETLEASE)                       => F_WRLCK
+# what A sees before the old deadline depends on how fast the lines above ran: unchecked
+# the old deadline (1 s after B's open) passes
 A: pause(1.6)                                  => 0
 A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
 """),
@@ -567,16 +574,18 @@ A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
 A: fcntl(fd, F_SETFL, O_ASYNC)                 => 0
 A: fcntl(fd, F_GETFL)                          => O_RDONLY|O_LARGEFILE
 """),
-    Case('two_sigio', 'two notices to an unblocked handler are two signals', 'signals', """
+    Case('two_sigio', 'two notices to an unblocked handler, the second after the handler '
+         'took the first, are two signals', 'signals', """
 A: signal(SIGIO, "record")                     => 0
 A: f = open("/f", O_RDONLY|O_CREAT, 0o644)     => 3
 A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 4
 A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
 A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
 B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
 B: open("/g", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
-A: pause(0.3)                                  => 0
-A: signals()                                   => [{"si_signo": SIGIO}, {"si_signo": SIGIO}]
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: signals()                                   => []
 """),
     Case('accmode3', 'an accmode-3 open breaks as a writer but does not count', 'acquiring', """
 A: signal(SIGIO, "record")                     => 0
@@ -646,7 +655,10 @@ A: fd = open("/d/f", O_RDONLY|O_CREAT, 0o644)  => 3
 A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
 A: fcntl(fd, F_SETOWN, B.pid)                  => 0
 C: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
-B: pause(0.3)                                  => 0
+# a notice would have been sent during C's open; C's own SIGIO after it is the first B
+# takes only if there was none (had there been one, it is taken first or C's merges)
+C: kill(B.pid, SIGIO)                          => 0
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_USER}
 B: signals()                                   => []
 """),
     # --- lifetime --------------------------------------------------------------------

@@ -549,6 +549,7 @@ A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
 A: ftruncate(fd, 8192)                              => 0
 A: fcntl(fd, F_SETLEASE, F_LAYOUT|F_EXCLUSIVE)      => 0
 B: truncate("/f", 0)                                => ETXTBSY
+# the break time (0.2 s) passes; a longer wait shows the same
 B: pause(0.5)                                       => 0
 B: truncate("/f", 0)                                => ETXTBSY
 A: signals()                                        => []

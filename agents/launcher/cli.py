@@ -9,14 +9,17 @@ import sys
 
 from kemu.agents.launcher import designs
 from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.scenario import transcript
 from kemu.agents.scenario.parse import ScenarioError, load
 
 DEFAULT_REPORT = "out"
 
 
 def normalised(outcome: Outcome) -> list[str]:
-    """The transcript without its header and verdict lines (PIDs already hidden)."""
-    return [line for line in outcome.transcript if not line.startswith("===")]
+    """The transcript as host and emulator runs compare: without its header and verdict
+    lines, PIDs as actor names, mapping addresses as ``ADDR1``... (see
+    :func:`kemu.agents.scenario.transcript.comparable`)."""
+    return transcript.comparable(outcome.transcript)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -56,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for line in difflib.unified_diff(a, b, "host", "emulator", lineterm=""):
                 print("  " + line)
             return 1
-        print("host and emulator transcripts are identical (PIDs aside)")
+        print("host and emulator transcripts are identical (PIDs and addresses aside)")
     return 1 if failed else 0
 
 

@@ -8,6 +8,11 @@ PID), and prints an strace-like transcript.  After a kill it waits until the pro
 dead and, on the emulator, until the daemon has finished its exit, so the next line
 always sees the aftermath.  Every line's result is checked against its expectation for
 the run's policy and target.
+
+No death goes unnoticed: before every line and at the end of the run every actor (fork
+children included) is looked at, and one that died where no line expects it (``=>
+killed SIG``, ``!kill``, ``!wait``, ``!expect-death``, ``exit``) fails the run with the
+line during or after which it died and how it died.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.lib.api import HostSystem
 from kemu.agents.lib.runtime import Connection
 from kemu.agents.scenario import strace, transcript
+from kemu.agents.scenario.calls import SLEEPS_IN
 from kemu.agents.scenario.link import Link, LinkClosed
 from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
@@ -61,6 +67,9 @@ class ActorState:
     #: when the process was created (psutil's clock), to tell it from a later process
     #: that got its PID once it was gone
     created: float = 0.0
+    #: a pidfd of a fork child (a top-level actor has ``proc``), to see it die without
+    #: mistaking a later process that got its PID (-1: none)
+    pidfd: int = -1
 
 
 @dataclass
@@ -106,12 +115,15 @@ class Outcome:
     final_locks: list[dict[str, Any]] = field(default_factory=list)
     #: processes of the run (actors, the daemon) still alive after it
     leaked: list[int] = field(default_factory=list)
+    #: deaths shown but not judged (a design the scenario does not know, and what the
+    #: scenario says of the actor's death depends on the design)
+    unjudged_deaths: int = 0
 
     @property
     def unjudged(self) -> int:
-        """Lines whose outcome was shown but not judged (a design the scenario does not
-        know, on a line whose expectation differs between designs)."""
-        return sum(1 for line in self.lines if line.unjudged)
+        """Lines (and deaths) whose outcome was shown but not judged (a design the
+        scenario does not know, on a line whose expectation differs between designs)."""
+        return sum(1 for line in self.lines if line.unjudged) + self.unjudged_deaths
 
     @property
     def passed(self) -> bool:
@@ -226,6 +238,15 @@ class Runner:
         self.final_locks: list[dict[str, Any]] = []
         #: processes of the run still alive once it is over (PIDs)
         self.leaked: list[int] = []
+        #: the line that ran last (0: none yet): a death found before the next line
+        #: happened during or after it
+        self.last_line = 0
+        #: the line running now (0: none)
+        self.line_now = 0
+        #: the run was aborted (RunError): the launcher killed the actors itself
+        self.aborted = False
+        #: deaths shown unjudged (see ``Outcome.unjudged_deaths``)
+        self.unjudged_deaths = 0
 
     # --- output -----------------------------------------------------------------------
 
@@ -289,6 +310,8 @@ class Runner:
         if call == "fcntl" and len(args) > 1 and args[1] == F_GETOWN \
                 and isinstance(reply.get("ok"), int):
             return str(self._pid_name(reply["ok"]))
+        if call in ("getpid", "getpgid") and isinstance(reply.get("ok"), int):
+            return self._pid_text(reply["ok"])
         if "skipped" in reply:
             return f"? <skipped: {reply['skipped']}>"
         if "killed" in reply:
@@ -310,6 +333,8 @@ class Runner:
                     return strace.Bare(f"<{a.name}>")
             if self.kconn is not None and value == self.kconn.daemon_pid:
                 return strace.Bare("<kernel>")
+            if value == os.getpid():
+                return strace.Bare("<launcher>")
         return value
 
     def _pid_text(self, value: int) -> str:
@@ -388,25 +413,146 @@ class Runner:
 
     def _wait_dead(self, actor: ActorState) -> None:
         """Return once ``actor``'s process has died and, on the emulator, been cleaned up."""
+        if not self._gone(actor, self.step_timeout):
+            raise RunError(f"{actor.name} did not die within {self.step_timeout} s")
         if actor.proc is not None:
-            try:
-                code = actor.proc.wait(self.step_timeout)
-            except subprocess.TimeoutExpired:
-                raise RunError(f"{actor.name} did not die within {self.step_timeout} s") from None
-            actor.status = _describe_status(code)
-        else:
-            try:
-                pidfd = os.pidfd_open(actor.pid)
-            except ProcessLookupError:
-                pidfd = -1
-            if pidfd >= 0:
-                try:
-                    if not select.select([pidfd], [], [], self.step_timeout)[0]:
-                        raise RunError(f"{actor.name} did not die")
-                finally:
-                    os.close(pidfd)
+            actor.status = _describe_status(actor.proc.returncode)
         if self.kconn is not None:
             self.kconn.call("wait_exit", actor.pid)
+
+    def _gone(self, actor: ActorState, timeout: float = 0.0) -> bool:
+        """Has ``actor``'s process ended (waiting at most ``timeout`` seconds)?  A
+        top-level actor is reaped (its status kept in ``proc``); a fork child's zombie is
+        left for ``_exit_status`` to read."""
+        if actor.proc is not None:
+            if timeout <= 0:
+                return actor.proc.poll() is not None
+            try:
+                actor.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        if actor.pidfd < 0:
+            return True  # gone before it could be watched
+        return bool(select.select([actor.pidfd], [], [], max(timeout, 0.0))[0])
+
+    # --- deaths -----------------------------------------------------------------------
+
+    def _expects_death(self, step: Step, actor: ActorState) -> bool:
+        """Does ``step`` (about to run) expect ``actor`` to be dead or to die?"""
+        if step.actor != actor.name:
+            return False
+        if step.kind == "fault":
+            return step.fault in ("wait", "expect-death")
+        tags = {self.policy, self.target}
+        exp = step.expectation(tags)
+        if step.kind == "join" and not step.expects and actor.pending:
+            exp = actor.pending[0].expectation(tags)
+        return step.kind in ("call", "join") and exp is not None and exp.kind == "killed"
+
+    def _death_unjudged(self, name: str) -> bool:
+        """A design the scenario does not know, and the scenario's word on ``name``'s
+        death depends on the design: a death is shown, not judged."""
+        return not self.judged and any(
+            s.actor == name and s.design_dependent()
+            and ((s.kind == "fault" and s.fault in ("wait", "expect-death", "kill"))
+                 or any(e.kind == "killed" for e in s.expects))
+            for s in self.sc.steps)
+
+    def _unexpected_death(self, actor: ActorState, status: str, line: int) -> None:
+        """Fail the run: ``actor`` died (``status``) during or after ``line`` where no
+        line expects it."""
+        how = _how(status)
+        if self._death_unjudged(actor.name):
+            self.unjudged_deaths += 1
+            self.deaths.append(f"{actor.name} {how} (unjudged)")
+            self._emit("unjudged", design=self.policy)
+            return
+        self.failures.append(f"line {line}: actor {actor.name} died unexpectedly: {how}")
+        self.deaths.append(f"{actor.name} {how} (unexpected, line {line})")
+        self._emit("unexpected", actor=actor.name, pid=actor.pid, line=line)
+
+    def _check_deaths(self, step: Step | None) -> None:
+        """Look at every actor the run thinks alive: one that has died, unless ``step``
+        (the line about to run; None at the end of the run) expects it, died
+        unexpectedly during or after the line that ran last."""
+        for actor in list(self.actors.values()):
+            if not actor.alive or not self._gone(actor):
+                continue
+            if step is not None and self._expects_death(step, actor):
+                continue  # the line takes it
+            line = self.last_line or (step.lineno if step is not None else 0)
+            status = self._death(actor, "died unexpectedly")
+            self._emit("waited", actor=actor.name, pid=actor.pid, status=status)
+            lost = ", ".join(s.call for s in actor.pending)
+            if lost:
+                self._emit("lost", actor=actor.name, pid=actor.pid, calls=lost)
+            actor.pending.clear()
+            self._unexpected_death(actor, status, line)
+
+    def _expect_death(self, step: Step, actor: ActorState) -> None:
+        """``!expect-death A [HOW]``: wait (at most the step timeout) for A to be dead;
+        the line fails if A died otherwise or is still alive."""
+        self._log("step", line=step.lineno, kind="fault", actor=actor.name, pid=actor.pid,
+                  source=step.text.split("#", 1)[0].strip())
+        # a stopped process does not die of a signal until it is continued
+        if self._gone(actor, 0.0 if actor.stopped else self.step_timeout):
+            status = self._death(actor, "expected")
+            self.deaths.append(f"{actor.name} {_how(status)}")
+            text = self._emit("waited", actor=actor.name, pid=actor.pid, status=status)
+            reply: dict[str, Any] = {"killed": status}
+            actor.pending.clear()
+        else:
+            wait = 0.0 if actor.stopped else self.step_timeout
+            who = transcript.who(actor.name, actor.pid, self.show_pids)
+            text = self._emit("text", text=f"+++ {who} still alive after {wait:g} s +++")
+            reply = {"error": f"{actor.name} did not die"
+                              f"{' (it is stopped)' if actor.stopped else ''}"}
+        self._check(step, actor, text, reply)
+
+    def _asleep(self, step: Step, actor: ActorState) -> None:
+        """``!asleep B``: wait (at most the step timeout) until B's background call
+        sleeps in the kernel (host: its main thread blocked in the call's system call;
+        emulator: the daemon has the call parked)."""
+        self._log("step", line=step.lineno, kind="fault", actor=actor.name, pid=actor.pid,
+                  source=f"!asleep {actor.name}")
+        if not actor.pending:
+            self.failures.append(f"line {step.lineno}: !asleep {actor.name}: no background call")
+            return
+        call = actor.pending[0].call
+        deadline = time.monotonic() + self.step_timeout
+        while not self._sleeping(actor, call):
+            # a stopped actor is not continued by anyone while this line waits
+            if time.monotonic() > deadline or self._gone(actor) or actor.stopped:
+                self.failures.append(f"line {step.lineno}: {actor.name}'s {call} did not "
+                                     f"sleep in the kernel within {self.step_timeout} s")
+                self._emit("mismatch", expected=f"{actor.name} asleep in {call}")
+                return
+            time.sleep(0.001)  # polling the kernel's state of the process, not ordering
+        self._emit("asleep", actor=actor.name, pid=actor.pid, call=call)
+
+    def _sleeping(self, actor: ActorState, call: str) -> bool:
+        """Is ``actor``'s main thread asleep in the kernel in ``call`` now?"""
+        if self.kconn is not None:
+            for p in self.kconn.call("proc_list"):
+                if p["pid"] == actor.pid:
+                    return int(p["parked"]) > 0
+            return False
+        # The state first: a woken thread is R (TASK_WAKING or RUNNING) from the waker's
+        # wake-up on, until it sleeps again; stopped (T), its syscall file still names the
+        # call.  Then the call it sleeps in.
+        task = f"/proc/{actor.pid}/task/{actor.pid}"
+        try:
+            with open(f"{task}/stat", "rb") as fh:
+                stat = fh.read()
+            with open(f"{task}/syscall") as fh:
+                words = fh.read().split()
+        except OSError:
+            return False
+        if stat[stat.rindex(b")") + 2 :].split()[0] not in (b"S", b"D"):
+            return False
+        nr = SLEEPS_IN.get(call)
+        return bool(words) and words[0] != "running" and (nr is None or words[0] == str(nr))
 
     # --- driving ----------------------------------------------------------------------
 
@@ -454,6 +600,9 @@ class Runner:
                 self._emit("trace", text=str(reply["trace"]))
         elif unjudged:
             self._emit("unjudged", design=self.policy)
+        if "killed" in reply and not unjudged and (exp is None or exp.kind != "killed"):
+            # the actor died under a call that does not expect it
+            self._unexpected_death(actor, str(reply["killed"]), self.line_now or step.lineno)
 
     def show_locks(self) -> None:
         """``!locks``: the kernel's lease list in /proc/locks format (PIDs as actors,
@@ -478,9 +627,19 @@ class Runner:
         self._emit("text", text="---")
 
     def run_step(self, step: Step) -> None:
-        """Execute one line of the scenario."""
+        """Execute one line of the scenario, after looking for actors that died since the
+        last one."""
         if not step.runs_under({self.policy, self.target}):
             return  # a line of another design
+        self._check_deaths(step)
+        self.line_now = step.lineno
+        try:
+            self._run_step(step)
+        finally:
+            self.last_line, self.line_now = step.lineno, 0
+
+    def _run_step(self, step: Step) -> None:
+        """Execute one line of the scenario."""
         if step.kind == "locks":
             self._log("step", line=step.lineno, kind="locks", source="!locks")
             self.show_locks()
@@ -528,7 +687,8 @@ class Runner:
             child = step.child or f"{actor.name}.child"
             link, hello = self._await_hello(child)
             self.actors[child] = ActorState(child, int(hello["pid"]), link,
-                                            created=_created(int(hello["pid"])))
+                                            created=_created(int(hello["pid"])),
+                                            pidfd=_pidfd(int(hello["pid"])))
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
             res = self._pid_text(int(reply["ok"]))
         text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
@@ -563,6 +723,12 @@ class Runner:
         actor = self.actors.get(step.actor)
         if actor is None or not actor.alive:
             self.failures.append(f"line {step.lineno}: cannot {step.fault} {step.actor}: not alive")
+            return
+        if step.fault == "expect-death":
+            self._expect_death(step, actor)
+            return
+        if step.fault == "asleep":
+            self._asleep(step, actor)
             return
         self._log("fault", line=step.lineno, actor=actor.name, pid=actor.pid, fault=step.fault,
                   signal=step.signal or {"kill": "SIGKILL", "stop": "SIGSTOP",
@@ -634,7 +800,11 @@ class Runner:
             raise RunError(str(exc)) from None
 
     def finish(self) -> None:
-        """Tell live actors to exit, stop the daemon, reap everything."""
+        """Look for actors that died unexpectedly, tell the live ones to exit (one that
+        does not exit with status 0 died unexpectedly too), stop the daemon, reap
+        everything."""
+        if not self.aborted:
+            self._check_deaths(None)
         self._log("finish")
         for timer in self.timers:
             timer.cancel()
@@ -647,11 +817,13 @@ class Runner:
             except Exception as exc:
                 self.failures.append(f"kernel daemon did not answer the pin audit: {exc}")
         self.host_sysctl.restore()
+        told: list[ActorState] = []
         for actor in self.actors.values():
             if actor.alive and actor.stopped:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(actor.pid, signal.SIGCONT)
             if actor.alive and actor.link is not None:
+                told.append(actor)  # alive as far as the run knows: must exit with 0
                 with contextlib.suppress(LinkClosed, OSError):
                     actor.link.send({"op": "exit"})
         for actor in self.actors.values():
@@ -659,18 +831,30 @@ class Runner:
                 with contextlib.suppress(LinkClosed, TimeoutError, OSError):
                     actor.link.recv(timeout=5)
                 actor.link.close()
+            status: str | None = None  # how a told actor ended (None: killed here)
             if actor.proc is not None:
                 try:
-                    actor.proc.wait(10)
+                    status = _describe_status(actor.proc.wait(10))
                 except subprocess.TimeoutExpired:
                     actor.proc.kill()
                     actor.proc.wait()
             elif actor.alive:
-                with contextlib.suppress(ProcessLookupError):
-                    pidfd = os.pidfd_open(actor.pid)
-                    if not select.select([pidfd], [], [], 5)[0]:
+                if self._gone(actor, 5):
+                    status = _exit_status(actor)
+                else:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(actor.pid, signal.SIGKILL)
-                    os.close(pidfd)
+            if actor in told and status not in (None, "exited with 0", "gone") \
+                    and not self.aborted:
+                # it died before it could take the exit: a signal on its way at the end
+                actor.alive = False
+                actor.status = status
+                self._dead(actor, status, "died unexpectedly")
+                self._emit("waited", actor=actor.name, pid=actor.pid, status=status)
+                self._unexpected_death(actor, status, self.last_line)
+            if actor.pidfd >= 0:
+                os.close(actor.pidfd)
+                actor.pidfd = -1
         _reap_all()
         if self.target == "host":
             root = os.path.join(self.run_dir, "root")
@@ -714,6 +898,7 @@ class Runner:
         except RunError as exc:
             self.failures.append(str(exc))
             self._emit("aborted", reason=str(exc))
+            self.aborted = True
             for actor in self.actors.values():
                 if actor.alive:
                     with contextlib.suppress(ProcessLookupError):
@@ -721,7 +906,8 @@ class Runner:
         finally:
             self.finish()
         self._emit("verdict", failures=len(self.failures),
-                   unjudged=sum(1 for line in self.lines if line.unjudged))
+                   unjudged=sum(1 for line in self.lines if line.unjudged)
+                   + self.unjudged_deaths)
         self._log("end", failures=self.failures, deaths=self.deaths, stats=self.final_stats)
         self.events.close()
         self._write_folder()
@@ -729,7 +915,7 @@ class Runner:
         return Outcome(self.sc.name, self.target, self.policy, self.lines, self.transcript,
                        self.run_dir, self.failures, self.deaths, self.final_stats, self.foreign,
                        self.audit, time.monotonic() - self.t0, self.kernel_killed,
-                       self.final_locks, self.leaked)
+                       self.final_locks, self.leaked, self.unjudged_deaths)
 
 
     def _write_folder(self) -> None:
@@ -772,7 +958,7 @@ def _describe_status(code: int | None) -> str:
     if code is None:
         return "running"
     if code < 0:
-        return signal.Signals(-code).name
+        return _signal_name(-code)
     return f"exited with {code}"
 
 
@@ -785,8 +971,31 @@ def _exit_status(actor: ActorState) -> str:
     except (OSError, ValueError, IndexError):
         return "gone"
     if code & 0x7F:
-        return signal.Signals(code & 0x7F).name
+        return _signal_name(code & 0x7F)
     return f"exited with {code >> 8}"
+
+
+def _signal_name(signo: int) -> str:
+    """``SIGIO``; ``SIGRTMIN+1`` (glibc's SIGRTMIN, as scenarios name them)."""
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        if signal.SIGRTMIN < signo <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{signo - signal.SIGRTMIN}"
+        return f"SIG{signo}"
+
+
+def _how(status: str) -> str:
+    """``killed by SIGIO`` or ``exited with 1``: how a process died, in words."""
+    return f"killed by {status}" if status.startswith("SIG") else status
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd of process ``pid`` (-1 if it is gone already)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
 
 
 def _created(pid: int) -> float:

@@ -13,6 +13,9 @@ Syntax, one item a line (``#`` starts a comment)::
     [!map-direct] A: p = mmap(...)      # ... or under every policy but these
     !kill A                             # faults: kill, stop, cont, wait, signal A SIGUSR1
     !delay A 0.5                        # SIGSTOP A now, SIGCONT it 0.5 s later
+    !asleep B                           # wait until B's background call sleeps (again)
+    !expect-death A SIGIO               # A dies of SIGIO during or after the line before
+    !expect-death A exit 3              # ... exits with status 3; without how: any death
     !kill kernel                        # SIGKILL the kernel daemon: the run ends
     !locks                              # the lease list, as /proc/locks shows it
     expect: fds(B) ...                  # reserved for later checks
@@ -21,6 +24,19 @@ Each call line is ``ACTOR: [var =] call(args) [as CHILD] [&] [=> expectation [ta
 An expectation is a value, an errno name, ``ok`` (any success) or ``*`` (anything);
 its optional ``[tags]`` name the policies or targets (``host``, ``emulator``) it holds
 for; an untagged one holds wherever no tagged one matches.
+
+Deaths.  An actor may die only where a line says so: ``=> killed SIGNAME`` on the line
+whose call it dies under, ``!kill A``, ``!wait A`` (any death), an ``exit(N)`` line, or
+``!expect-death A [SIGNAME | exit N]`` for a death between lines (a signal sent while
+another actor's line ran): the line waits, at most the step timeout, for A to be dead
+and fails if A died otherwise or not at all.  Before every line and at the end of the
+run the launcher looks at every actor (fork children included); one found dead that no
+line expects fails the run: ``line 7: actor A died unexpectedly: killed by SIGIO`` (the
+line during or after which it died).
+
+``!asleep B`` waits, at most the step timeout, until B's background call (``&``) sleeps
+in the kernel: after a wake-up that sends a sleeper back to sleep (a breaker that finds
+another lease to break), the next line sees it asleep again, whatever the load.
 """
 
 from __future__ import annotations
@@ -38,6 +54,9 @@ from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")
 FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*|kernel)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
+EXPECT_DEATH_RE = re.compile(r"^!expect-death\s+([A-Z][A-Za-z0-9_]*)"
+                             r"(?:\s+(SIG[A-Z0-9+]+|exit\s+[0-9]+))?\s*$")
+ASLEEP_RE = re.compile(r"^!asleep\s+([A-Z][A-Za-z0-9_]*)\s*$")
 DELAY_RE = re.compile(r"^!delay\s+([A-Z][A-Za-z0-9_]*)\s+([0-9]*\.?[0-9]+)\s*$")
 #: the longest an actor may be held up by ``!delay`` (seconds)
 MAX_DELAY = 10.0
@@ -99,6 +118,8 @@ class Expect:
         if self.kind == "skipped":
             return "skipped"
         if self.kind == "killed":
+            if isinstance(self.value, str) and self.value.startswith("exited"):
+                return self.value
             return "killed" + (f" {self.value}" if self.value else "")
         return repr(self.value)
 
@@ -247,6 +268,17 @@ def parse_expect(text: str) -> Expect:
         raise ScenarioError(f"bad expectation {text!r}: {exc}") from None
 
 
+def _death_expect(how: str | None) -> Expect:
+    """The death ``!expect-death ACTOR HOW`` expects: ``SIGIO``, ``exit 3`` or (None) any."""
+    if how is None:
+        return Expect("killed", None)
+    if how.startswith("exit"):
+        return Expect("killed", f"exited with {int(how.split()[1])}")
+    if signal_number(how) is None:
+        raise ScenarioError(f"unknown signal {how}")
+    return Expect("killed", how)
+
+
 def _parse_call(body: str) -> tuple[str, str, str | None, str | None, bool]:
     """(call name, call source, bound variable, child actor, background)."""
     background = body.endswith("&")
@@ -344,6 +376,19 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                 steps.append(Step(lineno, line, "fault", who, fault="delay",
                                   delay=seconds))
                 continue
+            m = EXPECT_DEATH_RE.match(line.split("#", 1)[0].strip())
+            if m:
+                who, how = m.groups()
+                steps.append(Step(lineno, line, "fault", who, fault="expect-death",
+                                  expects=[_death_expect(how)]))
+                continue
+            m = ASLEEP_RE.match(line.split("#", 1)[0].strip())
+            if m:
+                steps.append(Step(lineno, line, "fault", m.group(1), fault="asleep"))
+                continue
+            if line.startswith(("!expect-death", "!asleep")):
+                raise ScenarioError("expected '!expect-death ACTOR [SIGNAME | exit N]' or "
+                                    "'!asleep ACTOR'")
             m = ACTOR_RE.match(line)
             if not m:
                 raise ScenarioError("expected 'ACTOR: call(...)', '!kill ACTOR' or 'set k = v'")

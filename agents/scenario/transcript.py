@@ -20,6 +20,8 @@ unjudged   design                                 ``    ??? unjudged: no expecta
 trace      text                                   the text, indented by four spaces
 text       text                                   the text (``!locks`` output)
 waited     actor, pid, status                     ``+++ A (pid 12) killed by SIGIO +++``
+unexpected actor, line                            ``    ^^^ UNEXPECTED DEATH of A (during or after line 7)``
+asleep     actor, pid, call                       ``[B 13] <... open asleep>``
 sent       actor, pid, signal                     ``--- SIGUSR1 sent to A (pid 12) ---``
 lost       actor, pid, calls                      ``[A 12] <... truncate unfinished: killed>``
 fault      actor, pid, fault                      ``+++ killed by SIGKILL: A (pid 12) +++``
@@ -33,8 +35,15 @@ With ``show_pids`` false, labels and names leave the PIDs out (``[A]``, ``A``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
+
+#: an address of a mapping as the transcript shows it (hex, above 4 GiB: the host's are
+#: randomised by ASLR, the emulator's fixed)
+ADDRESS = re.compile(r"\b0x[0-9a-f]{9,}\b")
+#: a mmap line: its length and the address it returned
+_MMAP = re.compile(r"\bmmap\((\d+), .*\) = (0x[0-9a-f]+)$")
 
 
 def label(actor: str, pid: int, show_pids: bool) -> str:
@@ -75,6 +84,11 @@ def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
         status = str(rec["status"])
         how = "killed by " + status if status.startswith("SIG") else status
         return f"+++ {who(actor, pid, show_pids)} {how} +++"
+    if kind == "unexpected":
+        return (f"    ^^^ UNEXPECTED DEATH of {rec['actor']} "
+                f"(during or after line {rec['line']})")
+    if kind == "asleep":
+        return f"{label(actor, pid, show_pids)} <... {rec['call']} asleep>"
     if kind == "sent":
         return f"--- {rec['signal']} sent to {who(actor, pid, show_pids)} ---"
     if kind == "lost":
@@ -107,3 +121,37 @@ def transcript(records: Iterable[dict[str, Any]], show_pids: bool | None = None)
         elif ev == "line" and rec.get("src", "launcher") == "launcher":
             lines.append(format_line(rec, True if show_pids is None else show_pids))
     return lines
+
+
+def comparable(lines: Iterable[str]) -> list[str]:
+    """A transcript as two runs of one scenario can be compared (``--target both``, the
+    dual-target tests): without its header and verdict lines, and with what differs
+    between any two runs normalised.  PIDs are already actor names (a run with
+    ``show_pids`` false); each mapping's address becomes ``ADDR1``, ``ADDR2``... in the
+    order the mappings appear, an address inside a mapping ``ADDR1+0x1000``, any other
+    address a name of its own in order of first appearance.  A difference left is a real
+    difference."""
+    maps: list[tuple[int, int, str]] = []  # base, length, name; the latest first
+    loose: dict[int, str] = {}
+    count = 0
+
+    def name_of(addr: int) -> str:
+        nonlocal count
+        for base, length, name in maps:
+            if base <= addr < base + length:
+                return name if addr == base else f"{name}+{addr - base:#x}"
+        if addr not in loose:
+            count += 1
+            loose[addr] = f"ADDR{count}"
+        return loose[addr]
+
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("==="):
+            continue
+        m = _MMAP.search(line)
+        if m:
+            count += 1
+            maps.insert(0, (int(m.group(2), 16), int(m.group(1)), f"ADDR{count}"))
+        out.append(ADDRESS.sub(lambda a: name_of(int(a.group(0), 16)), line))
+    return out
