@@ -48,7 +48,7 @@ import kemu
 from kemu.agents.launcher import runs, zygote
 from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.launcher.designs import builtin, daemon_env
-from kemu.agents.launcher.runner import Outcome, run_scenario
+from kemu.agents.launcher.runner import Outcome, needs_root, run_scenario
 from kemu.agents.lib.api import EmuSystem, HostSystem, System
 from kemu.agents.scenario.parse import Scenario, load, parse
 
@@ -175,8 +175,9 @@ def kemu_run(request: pytest.FixtureRequest) -> RunScenario:
         design = design or _param(request, "kemu_design",
                                   str(sc.settings.get("policy", "upstream")))
         sc.settings = {**sc.settings, **_settings(request), **(settings or {})}
-        if target == "host" and "lease_break_time" in sc.settings and not _is_root():
-            pytest.skip("the host target needs root to set /proc/sys/fs/lease-break-time")
+        reason = needs_root(sc, target)
+        if reason:
+            pytest.skip(reason)
         outcome = run_scenario(sc, target, design, show_pids=True)
         request.node.user_properties.append(("kemu_run_dir", outcome.run_dir))
         return outcome

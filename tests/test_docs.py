@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_protocol_doc_version_matches_code() -> None:
-    with open(os.path.join(ROOT, "docs", "kemu.protocol.md")) as fh:
+    with open(os.path.join(ROOT, "docs", "protocol.md")) as fh:
         text = fh.read()
     m = re.search(r"Protocol version: \*\*(\d+)\.(\d+)\*\*", text)
     assert m is not None, "docs/protocol.md must state 'Protocol version: **X.Y**'"

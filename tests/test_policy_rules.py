@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.launcher.runner import needs_root, run_scenario
 from kemu.agents.scenario.parse import parse
 from kemu.kernel_daemon.designs import BUILTIN
 
@@ -23,7 +23,11 @@ ALL_POLICIES = tuple(BUILTIN)
 
 def run(text: str, policy: str, name: str) -> None:
     """Run one scenario under ``policy``; every expectation must hold."""
-    outcome = run_scenario(parse(text, name), "emulator", policy, show_pids=False)
+    scenario = parse(text, name)
+    reason = needs_root(scenario, "emulator")
+    if reason:
+        pytest.skip(reason)
+    outcome = run_scenario(scenario, "emulator", policy, show_pids=False)
     assert outcome.passed, f"{outcome.failures}\n" + "\n".join(outcome.transcript)
 
 

@@ -1032,6 +1032,20 @@ def _reap_all() -> None:
                     os.waitpid(child.pid, os.WNOHANG)
 
 
+def needs_root(scenario: Scenario, target: str) -> str | None:
+    """Why ``scenario`` cannot run on ``target`` without root, or None: a host run that
+    sets ``lease_break_time`` writes /proc/sys/fs/lease-break-time, and ``setuid`` of
+    an actor (on either target: the emulator's actors change their credentials for
+    real) needs CAP_SETUID."""
+    if os.geteuid() == 0:
+        return None
+    if target == "host" and "lease_break_time" in scenario.settings:
+        return "needs root: the host target writes /proc/sys/fs/lease-break-time"
+    if any(step.call == "setuid" for step in scenario.steps):
+        return "needs root: an actor calls setuid (CAP_SETUID)"
+    return None
+
+
 def default_jobs() -> int:
     """Runs at once by default: a run's processes mostly wait for each other, so three
     runs per core keep the cores busy (at most 8)."""
