@@ -41,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcomes = []
     for target in targets:
         outcomes.append(run_scenario(scenario, target, args.policy, out=sys.stdout,
-                                     show_pids=not args.no_pids or len(targets) == 1))
+                                     show_pids=not args.no_pids))
         print()
     for o in outcomes:
         print(f"run folder ({o.target}): {o.run_dir}  (open {o.run_dir}/index.html)")

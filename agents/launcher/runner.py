@@ -563,6 +563,13 @@ class Runner:
             actor.link.send(body)
             return actor.link.recv(timeout=self.step_timeout)
         except TimeoutError:
+            if body.get("op") == "join":
+                started = body.get("source") or "its background call"
+                raise RunError(
+                    f"actor {actor.name}: {started} did not finish within "
+                    f"{self.step_timeout} s of its join (it still sleeps: what should wake "
+                    "it, a lease released, a pin dropped, comes on a line after the join?)"
+                ) from None
             raise RunError(
                 f"actor {actor.name} did not answer within {self.step_timeout} s "
                 "(a call that blocks must be started in the background with '&')") from None
@@ -659,7 +666,7 @@ class Runner:
             started = actor.pending.pop(0)
             self._log("step", line=step.lineno, kind="join", actor=actor.name, pid=actor.pid,
                       source="join", started=started.lineno)
-            reply = self._send(actor, {"op": "join"})
+            reply = self._send(actor, {"op": "join", "source": started.source})
             name = reply.get("call", started.call)
             reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
