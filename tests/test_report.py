@@ -131,8 +131,21 @@ def test_format_line_kinds() -> None:
     rec = {"kind": "call", "actor": "A", "pid": 12, "call": "close(3)", "result": "0"}
     assert transcript.format_line(rec) == "[A 12] close(3) = 0"
     assert transcript.format_line(rec, show_pids=False) == "[A] close(3) = 0"
+    # an actor's life in strace -f's words, in its own lane
     assert transcript.format_line({"kind": "fault", "actor": "A", "pid": 12,
-                                   "fault": "kill"}) == "+++ killed by SIGKILL: A (pid 12) +++"
+                                   "fault": "kill"}) == "[A 12] +++ killed by SIGKILL +++"
+    assert transcript.format_line({"kind": "exited", "actor": "A", "pid": 12,
+                                   "status": "exited with 0"}) == "[A 12] +++ exited with 0 +++"
+    assert transcript.format_line({"kind": "waited", "actor": "A", "pid": 12, "status": "SIGIO"},
+                                  show_pids=False) == "[A] +++ killed by SIGIO +++"
+    si = {"si_signo": 29, "si_code": 3, "si_band": 0x441, "si_fd": 3}
+    assert transcript.format_line({"kind": "signal", "actor": "A", "pid": 12, "siginfo": si}) \
+        == "[A 12] --- SIGIO {si_signo=SIGIO, si_code=POLL_MSG, si_band=1089, si_fd=3} ---"
+    assert transcript.format_line({"kind": "signal", "actor": "B", "pid": 13, "siginfo": {
+        "si_signo": 10, "si_code": 0, "si_pid": "<A>"}}) \
+        == "[B 13] --- SIGUSR1 {si_signo=SIGUSR1, si_code=SI_USER, si_pid=<A>} ---"
+    assert transcript.format_line({"kind": "lost", "actor": "A", "pid": 12,
+                                   "calls": "truncate"}) == "[A 12] <... truncate resumed> = ?"
     assert transcript.format_line({"kind": "verdict", "failures": 2}) == "=== FAIL (2) ==="
     with pytest.raises(ValueError):
         transcript.format_line({"kind": "nonsense"})
@@ -172,11 +185,31 @@ def test_sequence_diagram_has_every_event_of_the_log(which: str,
                "reg_mr", "rdma-write", "block-alloc", "block-free", "fault"):
         want = {r["seq"] for r in kernel if r["ev"] == ev
                 and (r.get("pid") in pids or ev not in ("call", "ret", "park", "fault"))}
-        assert want <= _seqs(root, ev), (ev, want - _seqs(root, ev))
+        # the agent's own calls are accounted for, not drawn
+        drawn = _seqs(root, ev) | _seqs(root, "internal")
+        assert want <= drawn, (ev, want - drawn)
     exits = {r["seq"] for r in kernel if r["ev"] == "exit" and r["pid"] in pids}
     assert exits <= _seqs(root, "exit")
     arrows = [e for e in root.iter(SVG + "line") if e.get("class") == "sq-arrow"]
-    assert len(arrows) >= 2 * sum(1 for r in kernel if r["ev"] == "call" and r["pid"] in pids)
+    hidden = _seqs(root, "internal")
+    assert len(arrows) >= 2 * sum(1 for r in kernel if r["ev"] == "call" and r["pid"] in pids
+                                  and r["seq"] not in hidden)
+
+
+@pytest.mark.timeout(60)
+def test_the_agents_own_calls_are_not_drawn_as_the_scenarios(s05: Outcome) -> None:
+    """Registration, signal bookkeeping, page-fault service, a background call's getpid:
+    in the log, never an arrow of the diagram nor a line of the transcript."""
+    recs = _records(s05)
+    root = _svg(s05, "sequence.svg")
+    own = {r["seq"]: r["call"] for r in recs if r["src"] == "kernel" and r["ev"] == "call"
+           and r["call"] in ("bind", "getpid", "mm_fault", "rt_sigaction", "sigdelivered")}
+    assert {"bind", "getpid"} <= set(own.values())
+    assert set(own) <= _seqs(root, "internal") and not set(own) & _seqs(root, "call")
+    labels = " ".join("".join(g.itertext()) for g in root.iter(SVG + "g")
+                      if g.get("data-ev") in ("call", "ret"))
+    for name in ("bind(", "getpid(", "mm_fault(", "sigdelivered(", "rt_sigaction("):
+        assert name not in labels and not any(name in x for x in s05.transcript), name
 
 
 @pytest.mark.timeout(60)
