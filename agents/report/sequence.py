@@ -26,7 +26,12 @@ What is drawn, and the ``data-ev`` of its ``<g>`` (``data-seq`` lists the merged
 - ``foreign-write``: a thick red arrow into the device, a red mark and a red band across
   the whole diagram;
 - ``user``: a line the actor answered without the kernel (``signals()``), or, on the
-  host target, the line's call as the launcher saw it.
+  host target, the line's call as the launcher saw it (with, from the transcript's
+  records, the signals the actor took and ``exit_group``, an ``exit_group`` group);
+- ``internal``: an empty group for each of the agent's own calls to the daemon
+  (:func:`kemu.agents.report.model.internal_call`: registration, signal bookkeeping,
+  page-fault service, a background call's ``getpid``), which are not the scenario's and
+  are not drawn.
 """
 
 from __future__ import annotations
