@@ -692,14 +692,15 @@ class Runner:
                     actor.proc.kill()
                     actor.proc.wait()
                     status = "SIGKILL"
-            if exiting:
-                self._emit("exited", actor=actor.name, pid=actor.pid, status=status)
             elif actor.alive:
                 with contextlib.suppress(ProcessLookupError):
                     pidfd = os.pidfd_open(actor.pid)
                     if not select.select([pidfd], [], [], 5)[0]:
                         os.kill(actor.pid, signal.SIGKILL)
+                        status = "SIGKILL"
                     os.close(pidfd)
+            if exiting:
+                self._emit("exited", actor=actor.name, pid=actor.pid, status=status)
         _reap_all()
         if self.target == "host":
             root = os.path.join(self.run_dir, "root")
