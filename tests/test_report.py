@@ -131,8 +131,21 @@ def test_format_line_kinds() -> None:
     rec = {"kind": "call", "actor": "A", "pid": 12, "call": "close(3)", "result": "0"}
     assert transcript.format_line(rec) == "[A 12] close(3) = 0"
     assert transcript.format_line(rec, show_pids=False) == "[A] close(3) = 0"
+    # an actor's life in strace -f's words, in its own lane
     assert transcript.format_line({"kind": "fault", "actor": "A", "pid": 12,
-                                   "fault": "kill"}) == "+++ killed by SIGKILL: A (pid 12) +++"
+                                   "fault": "kill"}) == "[A 12] +++ killed by SIGKILL +++"
+    assert transcript.format_line({"kind": "exited", "actor": "A", "pid": 12,
+                                   "status": "exited with 0"}) == "[A 12] +++ exited with 0 +++"
+    assert transcript.format_line({"kind": "waited", "actor": "A", "pid": 12, "status": "SIGIO"},
+                                  show_pids=False) == "[A] +++ killed by SIGIO +++"
+    si = {"si_signo": 29, "si_code": 3, "si_band": 0x441, "si_fd": 3}
+    assert transcript.format_line({"kind": "signal", "actor": "A", "pid": 12, "siginfo": si}) \
+        == "[A 12] --- SIGIO {si_signo=SIGIO, si_code=POLL_MSG, si_band=1089, si_fd=3} ---"
+    assert transcript.format_line({"kind": "signal", "actor": "B", "pid": 13, "siginfo": {
+        "si_signo": 10, "si_code": 0, "si_pid": "<A>"}}) \
+        == "[B 13] --- SIGUSR1 {si_signo=SIGUSR1, si_code=SI_USER, si_pid=<A>} ---"
+    assert transcript.format_line({"kind": "lost", "actor": "A", "pid": 12,
+                                   "calls": "truncate"}) == "[A 12] <... truncate resumed> = ?"
     assert transcript.format_line({"kind": "verdict", "failures": 2}) == "=== FAIL (2) ==="
     with pytest.raises(ValueError):
         transcript.format_line({"kind": "nonsense"})
@@ -149,6 +162,50 @@ def test_combine_aligns_the_clocks() -> None:
         ("launcher", "launch"), ("kernel", "boot"), ("launcher", "call"), ("kernel", "call"),
         ("kernel", "ret"), ("launcher", "ret")]
     assert merged[3]["t"] == pytest.approx(0.6) and merged[3]["kseq"] == 2
+
+
+def _lease_break(target: str) -> Outcome:
+    return run_scenario(load(os.path.join(ROOT, "scenarios", "lease_break_basic.scn")), target,
+                        show_pids=False)
+
+
+@pytest.mark.timeout(60)
+def test_transcript_speaks_strace(s06: Outcome) -> None:
+    """A delivery is strace's ``--- SIGIO {...} ---`` in the actor's lane before the line
+    that took it; an exit ``exit_group(0) = ?`` and ``+++ exited with 0 +++``; a kill
+    ``+++ killed by SIGKILL +++``; a mode is octal."""
+    out = _lease_break("emulator")
+    try:
+        lines = out.transcript
+        delivery = "[A] --- SIGIO {si_signo=SIGIO, si_code=POLL_MSG, si_band=1089, si_fd=3} ---"
+        i = lines.index(delivery)
+        assert lines[i + 1].startswith("[A] sigwait(SIGIO) = {si_signo=SIGIO")
+        assert lines.index('[B] open("/data", O_RDONLY) <unfinished ...>') < i
+        assert '[A] open("/data", O_RDONLY|O_CREAT, 0644) = 3' in lines
+        for actor in ("A", "B"):
+            j = lines.index(f"[{actor}] exit_group(0) = ?")
+            assert lines[j + 1] == f"[{actor}] +++ exited with 0 +++"
+        with open(os.path.join(out.run_dir, "transcript.txt")) as fh:
+            assert fh.read().splitlines() == lines
+    finally:
+        shutil.rmtree(out.run_dir, ignore_errors=True)
+    assert "[A] +++ killed by SIGKILL +++" in s06.transcript
+    assert not any("exit_group" in x for x in s06.transcript if x.startswith("[A]"))
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+def test_strace_lines_are_the_same_on_the_host() -> None:
+    """The host kernel delivers the same SIGIO, recorded by the actor's own handler: the
+    two transcripts are one, deliveries and exits included."""
+    host, emu = _lease_break("host"), _lease_break("emulator")
+    try:
+        assert host.passed and emu.passed, (host.failures, emu.failures)
+        assert any(x.startswith("[A] --- SIGIO {") for x in host.transcript)
+        assert host.transcript[1:] == emu.transcript[1:]  # the header names the target
+    finally:
+        for out in (host, emu):
+            shutil.rmtree(out.run_dir, ignore_errors=True)
 
 
 # --- the sequence diagram -------------------------------------------------------------------
@@ -172,11 +229,31 @@ def test_sequence_diagram_has_every_event_of_the_log(which: str,
                "reg_mr", "rdma-write", "block-alloc", "block-free", "fault"):
         want = {r["seq"] for r in kernel if r["ev"] == ev
                 and (r.get("pid") in pids or ev not in ("call", "ret", "park", "fault"))}
-        assert want <= _seqs(root, ev), (ev, want - _seqs(root, ev))
+        # the agent's own calls are accounted for, not drawn
+        drawn = _seqs(root, ev) | _seqs(root, "internal")
+        assert want <= drawn, (ev, want - drawn)
     exits = {r["seq"] for r in kernel if r["ev"] == "exit" and r["pid"] in pids}
     assert exits <= _seqs(root, "exit")
     arrows = [e for e in root.iter(SVG + "line") if e.get("class") == "sq-arrow"]
-    assert len(arrows) >= 2 * sum(1 for r in kernel if r["ev"] == "call" and r["pid"] in pids)
+    hidden = _seqs(root, "internal")
+    assert len(arrows) >= 2 * sum(1 for r in kernel if r["ev"] == "call" and r["pid"] in pids
+                                  and r["seq"] not in hidden)
+
+
+@pytest.mark.timeout(60)
+def test_the_agents_own_calls_are_not_drawn_as_the_scenarios(s05: Outcome) -> None:
+    """Registration, signal bookkeeping, page-fault service, a background call's getpid:
+    in the log, never an arrow of the diagram nor a line of the transcript."""
+    recs = _records(s05)
+    root = _svg(s05, "sequence.svg")
+    own = {r["seq"]: r["call"] for r in recs if r["src"] == "kernel" and r["ev"] == "call"
+           and r["call"] in ("bind", "getpid", "mm_fault", "rt_sigaction", "sigdelivered")}
+    assert {"bind", "getpid"} <= set(own.values())
+    assert set(own) <= _seqs(root, "internal") and not set(own) & _seqs(root, "call")
+    labels = " ".join("".join(g.itertext()) for g in root.iter(SVG + "g")
+                      if g.get("data-ev") in ("call", "ret"))
+    for name in ("bind(", "getpid(", "mm_fault(", "sigdelivered(", "rt_sigaction("):
+        assert name not in labels and not any(name in x for x in s05.transcript), name
 
 
 @pytest.mark.timeout(60)
@@ -244,6 +321,34 @@ def test_block_map_shows_busy_blocks_as_their_own_state() -> None:
         assert "busy (freed, held)" in ET.tostring(root, encoding="unicode")
     finally:
         shutil.rmtree(out.run_dir, ignore_errors=True)
+
+
+def _legend_colours(out: Outcome) -> dict[str, str]:
+    root = _svg(out, "blockmap.svg")
+    return {str(g.get("data-file")): str(g.get("data-colour")) for g in root.iter(SVG + "g")
+            if g.get("class") == "bm-legend"}
+
+
+@pytest.mark.timeout(60)
+def test_block_map_gives_a_file_one_colour_in_every_run(s05: Outcome) -> None:
+    """A file's colour comes from its path, not from the order the files appeared in, so
+    two maps of one scenario (here under two designs) can be compared side by side."""
+    other = _run("S05_pin_truncate_reuse.scn", "mr-lease")
+    try:
+        one, two = _legend_colours(s05), _legend_colours(other)
+        assert "/f" in one and "/f" in two
+        assert {f: one[f] for f in one.keys() & two.keys()} == \
+            {f: two[f] for f in one.keys() & two.keys()}
+        assert one["/f"] == blockmap.file_colour("/f")
+    finally:
+        shutil.rmtree(other.run_dir, ignore_errors=True)
+    # the order of appearance does not matter; colliding paths are still told apart
+    names = {7: "/g", 3: "/f", 9: "/data (deleted)"}
+    flipped = dict(reversed(list(names.items())))
+    assert blockmap.file_colours(names) == blockmap.file_colours(flipped)
+    assert blockmap.file_colours(names)[9] == blockmap.file_colour("/data")
+    many = {i: f"/file{i}" for i in range(1, 12)}
+    assert len(set(blockmap.file_colours(many).values())) == len(many)
 
 
 @pytest.mark.timeout(60)
@@ -372,6 +477,29 @@ def test_matrix_report_in_headless_chromium(tmp_path: Any) -> None:
             assert status == [200] * len(hrefs)
             b.screenshot(os.path.join(ARTIFACTS, "report-index.png"))
             print(f"\nscreenshots in {ARTIFACTS}")
+            # a 1400-pixel window: no horizontal scroll, no text spilling out of its cell
+            b.resize(1400, 1000)
+            b.get(base + "index.html")
+            fit = b.run("""const d = document.documentElement;
+                const spill = Array.from(document.querySelectorAll('th, td, .tag, .legend div'))
+                    .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.outerHTML);
+                return {width: d.scrollWidth, client: d.clientWidth, spill: spill,
+                        tags: Array.from(document.querySelectorAll('td.cell .tag')).map(t => [
+                            t.dataset.kind, t.innerText,
+                            getComputedStyle(t).backgroundColor])}""")
+            assert fit["width"] <= 1400 and fit["width"] <= fit["client"], fit["width"]
+            assert not fit["spill"], fit["spill"][:3]
+            b.screenshot(os.path.join(ARTIFACTS, "report-index-1400.png"), full_page=False)
+            colour = {kind: bg for kind, _, bg in fit["tags"]}
+            texts = {(kind, text) for kind, text, _ in fit["tags"]}
+            # a foreign write is corruption, a design's refusals are safety:
+            # in colours of their own, every errno with the call that gave it
+            assert ("corrupt", "foreign write") in texts
+            assert ("safe", "EPERM (ibv_reg_mr)") in texts
+            assert ("safe", "ETXTBSY (truncate)") in texts
+            assert colour["corrupt"] != colour["safe"]
+            assert all("(" in text for kind, text, _ in fit["tags"] if text.startswith("E"))
+            b.resize(1700, 1000)
             for c in cells:
                 folder = os.path.join(report, c["scenario"].removesuffix(".scn"), c["policy"])
                 recs = eventlog.load(folder)
@@ -382,7 +510,9 @@ def test_matrix_report_in_headless_chromium(tmp_path: Any) -> None:
                     const q = s => Array.from(svg.querySelectorAll(s));
                     return {lanes: q('g.sq-lane').map(g => g.dataset.lane),
                             arrows: q('line.sq-arrow').length,
-                            calls: q('g[data-ev="call"]').map(g => +g.dataset.seq),
+                            calls: q('g[data-ev="call"], g[data-ev="internal"]').map(
+                                g => +g.dataset.seq),
+                            internal: q('g[data-ev="internal"]').length,
                             bands: q('g.sq-line').length,
                             width: svg.getBoundingClientRect().width,
                             panels: document.querySelectorAll('svg.bm-map g.bm-panel').length,
@@ -394,7 +524,8 @@ def test_matrix_report_in_headless_chromium(tmp_path: Any) -> None:
                 calls = {r["seq"] for r in recs if r["src"] == "kernel" and r["ev"] == "call"
                          and r["pid"] in run.procs}
                 assert calls <= set(page["calls"])
-                assert page["arrows"] >= 2 * len(calls) and page["width"] > 800
+                assert page["arrows"] >= 2 * (len(calls) - page["internal"])
+                assert page["width"] > 800
                 assert page["bands"] == len(run.lines) and page["panels"] >= 1
                 with open(os.path.join(folder, "transcript.txt")) as fh:
                     assert page["transcript"].strip() == fh.read().strip()

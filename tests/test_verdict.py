@@ -89,7 +89,7 @@ def test_expect_death_writes_the_death_down(target: str) -> None:
     assert out.passed, "\n".join(out.failures + out.transcript)
     assert out.deaths == ["A killed by SIGIO"]
     assert end_record(out)["deaths"] == ["A killed by SIGIO"]
-    assert "+++ A killed by SIGIO +++" in out.transcript
+    assert "[A] +++ killed by SIGIO +++" in out.transcript
 
 
 @pytest.mark.host
@@ -191,7 +191,7 @@ def test_expect_death_fails_on_another_death() -> None:
     out = run(UNNOTICED + "!expect-death A SIGKILL\n")
     assert not out.passed
     assert len(out.failures) == 1
-    assert out.failures[0].startswith("line 4: +++ A killed by SIGIO +++")
+    assert out.failures[0].startswith("line 4: [A] +++ killed by SIGIO +++")
     assert out.failures[0].endswith("expected killed SIGKILL")
 
 

@@ -24,13 +24,14 @@ import stat
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 import kemu
 from kemu.agents.launcher import designs
 from kemu.agents.launcher.runner import Outcome, default_jobs, run_scenario
-from kemu.agents.report import html, write_run
+from kemu.agents.report import eventlog, html, write_run
+from kemu.agents.scenario import strace
 from kemu.agents.scenario.parse import Scenario, load
 from kemu.protocol import linux
 
@@ -53,6 +54,8 @@ class Cell:
     policy: str
     outcome: Outcome
     summary: str
+    #: what the report's cell shows: (text, kind) each, see :func:`outcome_tags`
+    tags: list[tuple[str, str]] = field(default_factory=list)
 
 
 def summarize(o: Outcome) -> str:
@@ -79,6 +82,67 @@ def summarize(o: Outcome) -> str:
     return f"? {text} ({o.unjudged} unjudged)" if o.unjudged else text
 
 
+def _call_name(line: Any) -> str:
+    name = str(line.reply.get("call") or line.step.call)
+    args = line.reply.get("args") or []
+    if name == "fcntl" and len(args) > 1 and isinstance(args[1], int):
+        return "fcntl " + strace.call("fcntl", list(args[:2])).split(", ")[1].rstrip(")")
+    return name
+
+
+def outcome_tags(o: Outcome, records: list[dict[str, Any]] | None = None
+                 ) -> list[tuple[str, str]]:
+    """The run in a few tagged words, each ``(text, kind)`` (kinds: :data:`kemu.agents.report.html.KINDS`).
+
+    An errno names the calls that gave it (``EAGAIN (open)``); it means safety when the
+    run's event log (``records``) shows the design refusing with it (a ``design`` or
+    ``layout-refused`` event of that process) or it is a breaker's ``EAGAIN`` while a
+    lease it broke is being given up.  An RDMA error (``IBV_WC_REM_ACCESS_ERR``: the card
+    refused the peer's access, the region being revoked or gone with its process) is
+    safety too; a foreign write is corruption.
+    """
+    records = records or []
+    refused = {(r.get("pid"), r.get("result")) for r in records if r.get("ev") == "design"}
+    refused |= {(r.get("by"), r.get("errno")) for r in records
+                if r.get("ev") == "layout-refused"}
+    breakers = {r.get("by") for r in records if r.get("ev") in ("lease-break", "layout-break")}
+    errnos: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    extra: list[tuple[str, str]] = []
+    rdma: list[str] = []
+    for line in o.lines:
+        reply = line.reply
+        if "errno" in reply:
+            name = linux.errno_name(reply["errno"])
+            calls = errnos.setdefault(name, [])
+            call = _call_name(line)
+            if call not in calls:
+                calls.append(call)
+            safe = (line.pid, name) in refused or (
+                name in ("EAGAIN", "EWOULDBLOCK") and line.pid in breakers)
+            if safe or name not in kinds:
+                kinds[name] = "safe" if safe else "error"
+        ok = reply.get("ok")
+        if line.step.call == "foreign_writes" and isinstance(ok, list) and ok \
+                and ("foreign write", "corrupt") not in extra:
+            extra.append(("foreign write", "corrupt"))
+        if ok == "IBV_WC_REM_ACCESS_ERR" and _call_name(line) not in rdma:
+            rdma.append(_call_name(line))
+        if line.step.call in ("signals", "sigwait") and ok and ("SIGIO", "signal") not in extra:
+            extra.append(("SIGIO", "signal"))
+        if "killed" in reply and (f"killed {reply['killed']}", "death") not in extra:
+            extra.append((f"killed {reply['killed']}", "death"))
+    tags = [(f"{name} ({', '.join(calls)})", kinds[name]) for name, calls in errnos.items()]
+    if rdma:
+        tags.append((f"RDMA error ({', '.join(rdma)})", "safe"))
+    tags += extra
+    tags += [(d, "death") for d in o.deaths]
+    tags = tags or [("no error", "none")]
+    if o.unjudged:
+        tags.insert(0, (f"? {o.unjudged} unjudged", "unjudged"))
+    return tags
+
+
 def cell_folder(scenario: str, policy: str) -> str:
     """A cell's run folder within a report, relative to the report's index.html."""
     return f"{scenario.removesuffix('.scn')}/{policy}"
@@ -100,14 +164,19 @@ def run_cell(sc: Scenario, policy: str, report: str | None = None) -> Cell:
         shutil.rmtree(outcome.run_dir, ignore_errors=True)
         outcome.run_dir = dest
         write_run(dest, up="../../index.html")
-    return Cell(sc.name, policy, outcome, summarize(outcome))
+    try:
+        records = eventlog.load(outcome.run_dir)
+    except (OSError, ValueError):
+        records = []
+    return Cell(sc.name, policy, outcome, summarize(outcome), outcome_tags(outcome, records))
 
 
 def write_report(report: str, scenarios: list[Scenario], policies: list[str],
                  cells: dict[tuple[str, str], Cell], wall: float) -> str:
     """``DIR/index.html``: the table of the matrix; returns its path."""
     shown = {k: html.MatrixCell(c.scenario, c.policy, c.summary, c.outcome.passed,
-                                cell_folder(c.scenario, c.policy), list(c.outcome.failures))
+                                cell_folder(c.scenario, c.policy), list(c.outcome.failures),
+                                c.tags)
              for k, c in cells.items()}
     page = html.matrix_page([(sc.name, sc.title) for sc in scenarios], policies, shown, wall)
     path = os.path.join(report, "index.html")

@@ -315,8 +315,7 @@ class Runner:
         if "skipped" in reply:
             return f"? <skipped: {reply['skipped']}>"
         if "killed" in reply:
-            return f"? <killed by {reply['killed']}>" if reply["killed"].startswith("SIG") \
-                else f"? <{reply['killed']}>"
+            return "?"  # the +++ line that follows says how it died
         if "ok" in reply:
             reply = {**reply, "ok": self._name_pids(reply["ok"])}
         return strace.result(call, args, reply)
@@ -561,7 +560,7 @@ class Runner:
             raise RunError(f"actor {actor.name} is dead")
         try:
             actor.link.send(body)
-            return actor.link.recv(timeout=self.step_timeout)
+            return self._delivered(actor, actor.link.recv(timeout=self.step_timeout))
         except TimeoutError:
             if body.get("op") == "join":
                 started = body.get("source") or "its background call"
@@ -576,6 +575,19 @@ class Runner:
         except LinkClosed:
             # the process died under the call (a signal with no handler, a kill)
             return {"killed": self._death(actor)}
+
+    def _delivered(self, actor: ActorState, reply: dict[str, Any]) -> dict[str, Any]:
+        """Show the signals the actor took before it answered (``--- SIGIO {...} ---``,
+        strace's line for a delivery); ``reply`` without them."""
+        for si in reply.pop("delivered", None) or []:
+            self._emit("signal", actor=actor.name, pid=actor.pid, siginfo=self._name_pids(si))
+        return reply
+
+    def _ended(self, actor: ActorState, reply: dict[str, Any]) -> None:
+        """strace's last line of an actor that died under its call (``+++ killed by SIGIO
+        +++``)."""
+        if "killed" in reply:
+            self._emit("exited", actor=actor.name, pid=actor.pid, status=reply["killed"])
 
     def _death(self, actor: ActorState, how: str = "died under a call") -> str:
         """Wait for ``actor`` to be dead and cleaned up; the signal that killed it."""
@@ -671,6 +683,7 @@ class Runner:
             reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
             text = self._emit("resumed", actor=actor.name, pid=actor.pid, call=name, result=res)
+            self._ended(actor, reply)
             # the expectation may sit on the join line or on the background line
             self._check(step if step.expects else started, actor, text, reply)
             return
@@ -699,11 +712,14 @@ class Runner:
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
             res = self._pid_text(int(reply["ok"]))
         text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
+        self._ended(actor, reply)
         self._check(step, actor, text, reply)
         if step.call == "exit" and "ok" in reply:
             actor.alive = False
             self._wait_dead(actor)
             self._dead(actor, actor.status or _exit_status(actor), "exit")
+            self._emit("exited", actor=actor.name, pid=actor.pid, status=actor.status
+                       or "exited with 0")
 
     def _exec(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
         assert actor.link is not None
@@ -834,10 +850,15 @@ class Runner:
                 with contextlib.suppress(LinkClosed, OSError):
                     actor.link.send({"op": "exit"})
         for actor in self.actors.values():
+            exiting = False
             if actor.link is not None:
                 with contextlib.suppress(LinkClosed, TimeoutError, OSError):
-                    actor.link.recv(timeout=5)
+                    self._delivered(actor, actor.link.recv(timeout=5))
+                    exiting = actor in told
                 actor.link.close()
+            if exiting:  # strace's last two lines of a process that exits
+                self._emit("call", actor=actor.name, pid=actor.pid, call="exit_group(0)",
+                           result="?")
             status: str | None = None  # how a told actor ended (None: killed here)
             if actor.proc is not None:
                 try:
@@ -859,6 +880,10 @@ class Runner:
                 self._dead(actor, status, "died unexpectedly")
                 self._emit("waited", actor=actor.name, pid=actor.pid, status=status)
                 self._unexpected_death(actor, status, self.last_line)
+            elif exiting:
+                self._emit("exited", actor=actor.name, pid=actor.pid,
+                           status=status if status not in (None, "gone") else
+                           ("SIGKILL" if status is None else "exited with 0"))
             if actor.pidfd >= 0:
                 os.close(actor.pidfd)
                 actor.pidfd = -1

@@ -223,6 +223,9 @@ class System(ABC):
 
     #: siginfo of signals taken, oldest first (what ``signals()`` returns)
     recorded: list[dict[str, Any]]
+    #: siginfo of every signal taken since :meth:`take_delivered` last ran (a log of the
+    #: deliveries, which ``signals()`` and ``sigwait()`` do not consume)
+    delivered: list[dict[str, Any]]
 
     def _rec(self) -> SignalRecorder:
         rec = getattr(self, "_recorder", None)
@@ -230,6 +233,7 @@ class System(ABC):
             rec = recorder()
             self._recorder: SignalRecorder | None = rec
             self.recorded = []
+            self.delivered = []
             self._restart: dict[int, bool] = {}
             self._attach_recorder(rec)
         return rec
@@ -271,7 +275,21 @@ class System(ABC):
             return
         rec.drain_wakeups()
         for raw in rec.take():
-            self.recorded.append(self._siginfo(raw))
+            self._took(self._siginfo(raw))
+
+    def _took(self, si: dict[str, Any]) -> None:
+        """A signal was delivered (its handler ran): keep its siginfo."""
+        self.recorded.append(si)
+        self.delivered.append(si)
+
+    def take_delivered(self) -> list[dict[str, Any]]:
+        """The siginfo of the signals delivered since the last call, oldest first (the
+        scripted agent reports them with each answer, for the transcript's
+        ``--- SIGIO {...} ---`` lines)."""
+        self.process_signals()
+        out = list(getattr(self, "delivered", []))
+        self.delivered = []
+        return out
 
     def _siginfo(self, raw: SigInfo) -> dict[str, Any]:
         return siginfo_view(raw.signo, raw.code, raw.fd, raw.band, raw.pid)
@@ -403,6 +421,7 @@ class EmuSystem(System):
             rec = getattr(self, "_recorder", None)
             if rec is not None:  # the handlers are inherited; hook them to the new channel
                 self.recorded = []
+                self.delivered = []
                 self._attach_recorder(rec)
             return 0
         self.conn.call("fork_done", token, pid)
@@ -473,7 +492,7 @@ class EmuSystem(System):
         rec.drain_wakeups()
         interrupt = False
         for raw in rec.take():
-            self.recorded.append(self._siginfo(raw))
+            self._took(self._siginfo(raw))
             if not self._restart.get(raw.signo, False):
                 interrupt = True
         if interrupt and rid is not None:

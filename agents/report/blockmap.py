@@ -5,7 +5,9 @@ The block ledger is replayed from the event log (``block-alloc``, ``block-free``
 ``mr-revoked``) and ``dio-start`` (released by ``dio-done``); foreign writes from
 ``foreign-write``.  A panel shows the device:
 
-- each block owned by a file in that file's colour, with its number;
+- each block owned by a file in that file's colour (its path hashed into the palette: one
+  file has one colour in every run, so maps of one scenario compare side by side),
+  with its number;
 - a pinned block hatched with a thick black outline (its pins in the tooltip); a block
   freed while still pinned, white with a red dashed outline: the hazard;
 - a *busy* block (``block-busy``: its file let go of it while a device pins it, so it is
@@ -24,6 +26,7 @@ Only the rows of the grid up to the highest block the run used are drawn.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,8 @@ CELL = 28
 COLS = 32
 #: a busy block: freed by its file, held for a device (not the hazard's red)
 BUSY = "#d6e2f0"
+#: anonymous memory (no file)
+ANON = "#bbbbbb"
 BUSY_EDGE = "#2f5f9a"
 
 
@@ -189,12 +194,11 @@ def render(run: Run, points: list[int] | None = None, max_panels: int = 24) -> s
     cols = min(COLS, max(nblocks, 1))
     rows = max(1, -(-(high + 1) // cols)) if nblocks else 0
     grid_w = cols * CELL
-    files: dict[int, str] = {}
     names: dict[int, str] = {}
     for p in panels:
         for ino in p.device.owner.values():
-            files.setdefault(ino, svg.colour(len(files)) if ino else "#bbbbbb")
             names[ino] = p.device.name(run, ino)
+    files = file_colours(names)
     width = max(grid_w + 40, 760)
     out: list[str] = []
     y = 26.0
@@ -205,30 +209,32 @@ def render(run: Run, points: list[int] | None = None, max_panels: int = 24) -> s
         out.append(f'<text x="10" y="{y + 20}">No pmem device: the run was on the host kernel.'
                    "</text>")
         return _doc(width, y + 40, "".join(out), 0)
-    # legend
+    # legend: the files by name, then the marks; an item that would cross the right
+    # edge starts a new row, so no two labels overlap
     y += 14
     x = 10.0
-    for ino, colour in files.items():
-        name = names[ino]
-        out.append(f'<g class="bm-legend" data-file="{esc(name)}"><rect x="{x:.1f}" y="{y:.1f}"'
-                   f' width="14" height="14" fill="{colour}"/><text x="{x + 19:.1f}"'
-                   f' y="{y + 11:.1f}">{esc(name)}</text></g>')
-        x += 40 + svg.width(name)
-    out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="14" height="14" fill="url(#bm-hatch)"'
-               f' stroke="#000" stroke-width="2.5"/><text x="{x + 19:.1f}" y="{y + 11:.1f}">'
-               "pinned</text>")
-    x += 80
-    out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="14" height="14" fill="url(#bm-hatch)"'
-               f' stroke="{RED}" stroke-width="2" stroke-dasharray="3 2"/><text x="{x + 19:.1f}"'
-               f' y="{y + 11:.1f}">freed while pinned</text>')
-    x += 160
-    out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="14" height="14" fill="{BUSY}"'
-               f' stroke="{BUSY_EDGE}" stroke-width="2"/><text x="{x + 19:.1f}"'
-               f' y="{y + 11:.1f}">busy (freed, held)</text>')
-    x += 150
-    out.append(f'<path d="M{x:.1f},{y:.1f} l14,14 m0,-14 l-14,14" stroke="{RED}"'
-               f' stroke-width="2.5"/><text x="{x + 19:.1f}" y="{y + 11:.1f}">foreign write'
-               "</text>")
+    items: list[tuple[str, str, str]] = [
+        (names[ino], f'<rect x="{{x:.1f}}" y="{{y:.1f}}" width="14" height="14" fill="{colour}"/>',
+         f' class="bm-legend" data-file="{esc(names[ino])}" data-colour="{colour}"')
+        for ino, colour in sorted(files.items(), key=lambda kv: names[kv[0]])]
+    items += [
+        ("pinned", '<rect x="{x:.1f}" y="{y:.1f}" width="14" height="14" fill="url(#bm-hatch)"'
+         ' stroke="#000" stroke-width="2.5"/>', ""),
+        ("freed while pinned", '<rect x="{x:.1f}" y="{y:.1f}" width="14" height="14"'
+         f' fill="url(#bm-hatch)" stroke="{RED}" stroke-width="2" stroke-dasharray="3 2"/>', ""),
+        ("busy (freed, held)", f'<rect x="{{x:.1f}}" y="{{y:.1f}}" width="14" height="14"'
+         f' fill="{BUSY}" stroke="{BUSY_EDGE}" stroke-width="2"/>', ""),
+        ("foreign write", '<path d="M{x:.1f},{y:.1f} l14,14 m0,-14 l-14,14"'
+         f' stroke="{RED}" stroke-width="2.5"/>', ""),
+    ]
+    for label, mark, attrs in items:
+        room = 19 + svg.width(label) + 24
+        if x > 10 and x + room > width - 10:
+            x, y = 10.0, y + 20
+        out.append(f"<g{attrs or ' class=' + chr(34) + 'bm-key' + chr(34)}>"
+                   + mark.format(x=x, y=y)
+                   + f'<text x="{x + 19:.1f}" y="{y + 11:.1f}">{esc(label)}</text></g>')
+        x += room
     y += 30
     shown = rows * cols
     if shown < nblocks:
@@ -240,17 +246,48 @@ def render(run: Run, points: list[int] | None = None, max_panels: int = 24) -> s
     return _doc(width, y + 10, "".join(out), len(panels))
 
 
+def _base_name(name: str) -> str:
+    return name.removesuffix(" (deleted)")
+
+
+def file_colour(path: str) -> str:
+    """A file's own colour: its path hashed into the palette (the same in every run,
+    whatever other files the run has and in whichever order they appeared)."""
+    return svg.PALETTE[zlib.crc32(_base_name(path).encode()) % len(svg.PALETTE)]
+
+
+def file_colours(names: dict[int, str]) -> dict[int, str]:
+    """Inode -> colour for the files of one map: each its :func:`file_colour`; where two
+    files' paths hash to one colour, the later path (in sorted order) takes the next
+    palette colour nobody has, so every file of a map is told apart."""
+    out: dict[int, str] = {}
+    taken: set[str] = set()
+    for ino in sorted(names, key=lambda i: (_base_name(names[i]), i)):
+        if not ino:
+            out[ino] = ANON
+            continue
+        i = svg.PALETTE.index(file_colour(names[ino]))
+        for step in range(len(svg.PALETTE)):
+            colour = svg.PALETTE[(i + step) % len(svg.PALETTE)]
+            if colour not in taken:
+                break
+        taken.add(colour)
+        out[ino] = colour
+    return out
+
+
 def _panel(out: list[str], run: Run, p: Panel, i: int, y: float, cols: int, rows: int,
            files: dict[int, str]) -> float:
     colour = RED if p.alarms else "#222"
+    room = max(cols * CELL + 30, 740)  # the map's width less its margins
     caption = ("\N{WARNING SIGN} " if p.alarms else "") + p.caption
     out.append(f'<g class="bm-panel" data-panel="{i}" data-seq="{p.seq}"'
                f' data-alarm="{"yes" if p.alarms else "no"}">')
     out.append(f'<text x="10" y="{y + 14:.1f}" fill="{colour}" font-weight="bold">'
-               f'<title>{esc(p.caption)}</title>{esc(fit(caption, cols * CELL + 200))}</text>')
+               f'<title>{esc(p.caption)}</title>{esc(fit(caption, room))}</text>')
     y += 20
     for a in p.alarms[:4]:
-        out.append(f'<text x="22" y="{y + 11:.1f}" fill="{RED}">{esc(fit(a, cols * CELL + 200))}'
+        out.append(f'<text x="22" y="{y + 11:.1f}" fill="{RED}">{esc(fit(a, room - 12))}'
                    "</text>")
         y += 14
     y += 4

@@ -20,22 +20,45 @@ nav a, .files a { margin-right: .9em; }
 .scroll { overflow: auto; border: 1px solid #ddd; max-height: 88vh; background: #fff; }
 pre { background: #f6f8fa; padding: .8em; overflow: auto; font-size: 12px; line-height: 1.35; }
 .failures { color: #d62728; }
-table.matrix { border-collapse: collapse; font-size: 13px; }
-table.matrix th, table.matrix td { border: 1px solid #ccc; padding: .35em .5em;
-                                   vertical-align: top; }
-table.matrix thead th { background: #f0f2f5; position: sticky; top: 0; }
-table.matrix tbody th { text-align: left; font-weight: normal; white-space: nowrap; }
-td.cell { min-width: 10em; max-width: 16em; }
+table.matrix { border-collapse: collapse; font-size: 12px; width: 100%;
+                table-layout: fixed; }
+table.matrix th, table.matrix td { border: 1px solid #ccc; padding: .3em .35em;
+                                   vertical-align: top; overflow-wrap: break-word; }
+table.matrix thead th { background: #f0f2f5; position: sticky; top: 0; font-size: 12px; }
+table.matrix thead th.scenario { width: 13em; }
+table.matrix tbody th { text-align: left; font-weight: normal; }
+table.matrix tbody th small { display: block; color: #555; font-size: 11px; line-height: 1.25; }
 td.cell.mismatch { background: #fde8e8; }
 td.cell .summary { margin-bottom: .25em; }
-td.cell .links { white-space: nowrap; }
-td.cell .links a { font-size: 12px; margin-right: .45em; }
-.tag { display: inline-block; padding: 0 .35em; border-radius: 3px; font-size: 12px;
-       margin: 0 .2em .15em 0; background: #eef1f5; }
-.tag.bad { background: #d62728; color: #fff; }
-.tag.warn { background: #fff1d6; color: #8a5a00; }
+td.cell .links a { font-size: 11px; margin-right: .4em; white-space: nowrap;
+                   display: inline-block; }
+.tag { display: inline-block; padding: 0 .3em; border-radius: 3px; font-size: 11px;
+       line-height: 1.35; margin: 0 .15em .15em 0; background: #eef1f5; color: #333; }
+.tag.corrupt { background: #d62728; color: #fff; font-weight: bold; }
+.tag.safe { background: #dcefe9; color: #135e4b; border: 1px solid #8cc5b4; }
+.tag.death { background: #ece3f5; color: #5b2a86; border: 1px solid #b99ad6; }
+.tag.signal { background: #f4effa; color: #6b4a8f; }
+.tag.error { background: #fff1d6; color: #8a5a00; }
+.tag.none { background: #f1f3f5; color: #666; }
+.tag.unjudged { background: #fff; color: #555; border: 1px dashed #999; }
+.legend { display: flex; flex-wrap: wrap; gap: .3em 1.2em; margin: .4em 0 .8em;
+          font-size: 12px; }
+.legend div { display: flex; align-items: baseline; gap: .4em; max-width: 40em; }
+.legend .tag { white-space: nowrap; flex: none; }
 .mark { color: #d62728; font-weight: bold; }
 """
+
+#: the kinds of outcome a matrix cell tags, and what their colours mean
+KINDS = [("corrupt", "foreign write", "data corruption: a device write landed in a block "
+          "another file owns now (the only red)"),
+         ("safe", "EPERM (ibv_reg_mr)", "safety: the design refused or fenced as it means "
+          "to (a refused layout change or pin, a revoked pin's RDMA error, a breaker told "
+          "to wait for the lease)"),
+         ("death", "A killed by SIGIO", "a process was killed (a signal with no handler)"),
+         ("signal", "SIGIO", "a lease break's signal was delivered"),
+         ("error", "EINVAL (fcntl F_SETLEASE)", "an error a call returned (an unknown "
+          "command, an unsupported call)"),
+         ("none", "no error", "nothing failed")]
 
 
 def _e(text: object) -> str:
@@ -105,23 +128,46 @@ class MatrixCell:
     #: the run folder, relative to the report's index.html
     folder: str
     failures: list[str] = field(default_factory=list)
+    #: the outcome as (text, kind) tags (kinds: :data:`KINDS`); empty: from ``summary``
+    tags: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _tags(summary: str) -> str:
-    out = []
-    for word in summary.split(", "):
-        cls = "bad" if word in ("foreign write", "RDMA error") or word.startswith(("killed",
-                                                                                   "BUG")) \
-            else "warn" if word.startswith("E") or word == "SIGIO" else ""
-        cls = "bad" if " killed by " in word else cls
-        out.append(f'<span class="tag {cls}">{_e(word)}</span>')
-    return "".join(out)
+def _guess(word: str) -> str:
+    """The kind of a word of a plain summary (a cell given without tags)."""
+    if word == "foreign write" or word.startswith("BUG"):
+        return "corrupt"
+    if word.startswith("killed") or " killed by " in word:
+        return "death"
+    if word == "RDMA error":
+        return "safe"
+    if word == "SIGIO":
+        return "signal"
+    return "error" if word.startswith("E") else "none"
+
+
+def _tags(cell: MatrixCell) -> str:
+    tags = cell.tags or [(w, _guess(w)) for w in cell.summary.split(", ")]
+    meaning = {k: m for k, _, m in KINDS}
+    return "".join(f'<span class="tag {_e(kind)}" data-kind="{_e(kind)}"'
+                   f' title="{_e(meaning.get(kind, kind))}">{_e(text)}</span>'
+                   for text, kind in tags)
+
+
+def _legend() -> str:
+    items = "".join(f'<div><span class="tag {k}">{_e(example)}</span>'
+                    f'<span>{_e(meaning)}</span></div>' for k, example, meaning in KINDS)
+    return f'<div class="legend" id="legend">{items}</div>'
+
+
+def _breakable(name: str) -> str:
+    """A name that may break after its hyphens and underscores in a narrow column."""
+    return "".join(_e(c) + ("<wbr>" if c in "-_" else "") for c in name)
 
 
 def matrix_page(scenarios: list[tuple[str, str]], policies: list[str],
                 cells: dict[tuple[str, str], MatrixCell], wall: float) -> str:
     """The report's ``index.html``: the scenario x policy table."""
-    head = "".join(f"<th>{_e(p)}</th>" for p in policies)
+    head = "".join(f'<th data-policy="{_e(p)}">{_breakable(p)}</th>' for p in policies)
     rows = []
     bad: list[MatrixCell] = []
     for name, title in scenarios:
@@ -140,13 +186,13 @@ def matrix_page(scenarios: list[tuple[str, str]], policies: list[str],
             tds.append(
                 f'<td class="cell {"pass" if c.passed else "mismatch"}" data-scenario="{_e(name)}"'
                 f' data-policy="{_e(p)}" data-passed="{"yes" if c.passed else "no"}"'
-                f' title="{_e(tip)}"><div class="summary">{mark}{_tags(c.summary)}</div>'
+                f' title="{_e(tip)}"><div class="summary">{mark}{_tags(c)}</div>'
                 f'<div class="links"><a class="diagram" href="{_e(base)}index.html">diagram</a>'
                 f'<a class="transcript" href="{_e(base)}transcript.txt">transcript</a>'
                 f'<a class="blockmap" href="{_e(base)}blockmap.svg">blocks</a>'
                 f'<a class="trace" href="{_e(base)}trace.json">trace</a></div></td>')
         rows.append(f'<tr data-scenario="{_e(name)}"><th title="{_e(title)}">'
-                    f'{_e(name.removesuffix(".scn"))}<br><small>{_e(title)}</small></th>'
+                    f'{_breakable(name.removesuffix(".scn"))}<small>{_e(title)}</small></th>'
                     + "".join(tds) + "</tr>")
     total = len(cells)
     mism = "".join(
@@ -159,12 +205,15 @@ def matrix_page(scenarios: list[tuple[str, str]], policies: list[str],
 <style>{CSS}</style></head>
 <body data-runs="{total}" data-mismatches="{len(bad)}">
 <h1>Thread scenarios under every policy</h1>
-<p>{total} runs in {wall:.1f} s; {status}.  Each cell: what the run met (errnos, signals,
-foreign writes, deaths); <span class="mark">!!</span> marks a cell that differs from the
-expectation the scenario states.  Links open the run's sequence diagram page, its
-transcript, its block map and its trace (for ui.perfetto.dev).</p>
+<p>{total} runs in {wall:.1f} s; {status}.  Each cell: what the run met (each errno with
+the calls that gave it, signals, foreign writes, deaths); <span class="mark">!!</span>
+marks a cell that differs from the expectation the scenario states.  Links open the
+run's sequence diagram page, its transcript, its block map and its trace (for
+ui.perfetto.dev).</p>
+{_legend()}
 {f"<ul class='failures'>{mism}</ul>" if mism else ""}
-<table class="matrix" id="matrix"><thead><tr><th>scenario</th>{head}</tr></thead>
+<table class="matrix" id="matrix"><thead><tr><th class="scenario">scenario</th>{head}</tr>
+</thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>

@@ -11,7 +11,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kemu.agents.scenario import strace
 from kemu.agents.scenario.transcript import format_line
+
+#: calls the agent library makes to the kernel daemon for itself, not for the scenario:
+#: registration (``bind``), the signal bookkeeping (``rt_sigaction`` tells the daemon a
+#: disposition the agent set for real, ``sigdelivered`` that a handler ran), page faults
+#: (``mm_fault``: a fault is no system call; its ``fault`` event is drawn), and the two
+#: halves of fork and exec (the ``fork`` arrow and the line stand for them)
+INTERNAL_CALLS = frozenset({"bind", "rt_sigaction", "sigdelivered", "mm_fault", "fork_prepare",
+                            "fork_done", "exec_prepare"})
+
+
+def internal_call(name: Any, line_source: str = "") -> bool:
+    """True for a call the agent made for itself while running the scenario line whose
+    source is ``line_source``: one of :data:`INTERNAL_CALLS`, or a ``getpid`` that is
+    not the line's own call (a background call's synchronisation, ``file_pins()``'s
+    default PID)."""
+    if name in INTERNAL_CALLS:
+        return True
+    return name == "getpid" and not line_source.startswith("getpid(")
 
 
 @dataclass
@@ -136,8 +155,8 @@ def build(records: list[dict[str, Any]]) -> Run:
                     run.procs[pid].name = str(rec["name"])
             elif ev in ("call", "step", "fault", "finish"):
                 current = Line(int(rec.get("line", 0)), str(rec.get("actor", "")),
-                               str(rec.get("source") or _fault_source(rec)), seq,
-                               str(rec.get("kind", ev)))
+                               strace.octal_modes(str(rec.get("source") or _fault_source(rec))),
+                               seq, str(rec.get("kind", ev)))
                 run.lines.append(current)
                 if ev == "fault":
                     run.faults.append(rec)

@@ -26,7 +26,12 @@ What is drawn, and the ``data-ev`` of its ``<g>`` (``data-seq`` lists the merged
 - ``foreign-write``: a thick red arrow into the device, a red mark and a red band across
   the whole diagram;
 - ``user``: a line the actor answered without the kernel (``signals()``), or, on the
-  host target, the line's call as the launcher saw it.
+  host target, the line's call as the launcher saw it (with, from the transcript's
+  records, the signals the actor took and ``exit_group``, an ``exit_group`` group);
+- ``internal``: an empty group for each of the agent's own calls to the daemon
+  (:func:`kemu.agents.report.model.internal_call`: registration, signal bookkeeping,
+  page-fault service, a background call's ``getpid``), which are not the scenario's and
+  are not drawn.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kemu.agents.report import svg
-from kemu.agents.report.model import Line, Run
+from kemu.agents.report.model import Line, Run, internal_call
 from kemu.agents.report.svg import RED, esc, fit, width
 from kemu.agents.scenario import strace
 from kemu.protocol import linux
@@ -112,6 +117,10 @@ class _Diagram:
         self.band_lines: list[dict[str, Any]] = []
         self.band_no = 0
         self.exit_row: tuple[float, set[int]] | None = None
+        #: processes whose end is drawn
+        self.ended: set[int] = set()
+        #: (pid, request id) of the agent's own calls (not drawn)
+        self.internal: set[tuple[int, int]] = set()
         self.counts: dict[str, int] = {}
         #: file names as they are at the point being drawn
         self.names: dict[int, str] = {}
@@ -223,11 +232,23 @@ class _Diagram:
             kind = rec.get("kind")
             pid = rec.get("pid")
             if not isinstance(pid, int) or pid not in self.x \
-                    or kind not in ("call", "unfinished", "resumed"):
+                    or kind not in ("call", "unfinished", "resumed", "signal", "exited",
+                                    "waited"):
                 continue
             seqs = [int(rec["seq"])]
-            if kind == "resumed" and self.run.emulator:
-                continue  # the kernel's reply is drawn where it happened
+            if kind in ("resumed", "signal", "exited", "waited") and self.run.emulator:
+                continue  # the kernel's reply, signal, exit are drawn where they happened
+            if kind == "signal":
+                self._ev_signal({**dict(rec.get("siginfo") or {}), "pid": pid,
+                                 "seq": rec["seq"]})
+                continue
+            if kind in ("exited", "waited"):
+                self._exit_mark(rec, pid, str(rec.get("status")))
+                continue
+            if kind == "call" and str(rec.get("call")).startswith("exit_group("):
+                if not self.run.emulator:  # the emulator draws it with the kernel's exit
+                    self._exit_call(pid, f"{rec['call']} = {rec['result']}", seqs)
+                continue
             if kind == "call":
                 text = f"{rec['call']} = {rec['result']}"
             elif kind == "unfinished":
@@ -273,6 +294,16 @@ class _Diagram:
                   "signal-merged", "shootdown") and pid not in self.run.procs:
             return  # the launcher's own calls (wait_exit, proc_locks ...)
         handler = getattr(self, "_ev_" + str(ev).replace("-", "_"), None)
+        if ev == "call" and internal_call(rec.get("call"), self.band.source
+                                          if self.band is not None else ""):
+            self.internal.add(self._key(rec))
+            self._hidden(rec)
+            return
+        if ev in ("ret", "park", "interrupted") and self._key(rec) in self.internal:
+            if ev == "ret":
+                self.internal.discard(self._key(rec))
+            self._hidden(rec)
+            return
         if ev == "call":
             self._flush()
             self.held, self.held_faults = rec, []
@@ -296,6 +327,13 @@ class _Diagram:
         else:
             self._note("kernel", f"{ev}", str(ev), [int(rec["seq"])],
                        title=_describe(rec))
+
+    def _hidden(self, rec: dict[str, Any]) -> None:
+        """An event of the agent's own bookkeeping: in the document (``data-ev="internal"``,
+        so every event of the log is accounted for), drawn nowhere."""
+        self.counts["internal"] = self.counts.get("internal", 0) + 1
+        self.body.append(f'<g class="sq-ev" data-ev="internal" data-seq="{rec["seq"]}"'
+                         f' data-call="{esc(rec.get("call", ""))}"></g>')
 
     def _launcher(self, rec: dict[str, Any], ev: str) -> None:
         if ev in ("launch", "call", "step", "fault", "finish"):
@@ -530,6 +568,7 @@ class _Diagram:
         self._group("fork", [int(rec["seq"])], f"{self.run.proc_name(ppid)} forks "
                     f"{self.run.proc_name(pid)}", inner)
         self.lane_start[pid] = y + 16
+        self.band_kernel = self.band_kernel or self._in_band(int(ppid))
 
     def _ev_exit(self, rec: dict[str, Any]) -> None:
         pid = rec.get("pid")
@@ -538,9 +577,22 @@ class _Diagram:
         for key in [k for k in self.bars if k[0] == pid]:
             self._end_bar(key, self.y, [int(rec["seq"])])
         proc = self.run.procs[int(pid)]
-        self._exit_mark(rec, int(pid), proc.death if proc.killed else None)
+        self._exit_mark(rec, int(pid), proc.death if proc.killed else proc.death
+                        or "exited with 0")
+
+    def _exit_call(self, pid: int, text: str, seqs: list[int]) -> None:
+        """``exit_group(0) = ?``: a call that does not return (no reply arrow)."""
+        x, kx = self.x[pid], self.x["kernel"]
+        y = self._row(24)
+        inner = (self._span_label(x, kx, y + 10, text)
+                 + self._arrow(x, y + 16, kx, y + 16, COLOURS["call"]))
+        self._group("exit_group", seqs, f"{self.run.proc_name(pid)}: {text}", inner,
+                    extra=f' data-pid="{pid}"')
 
     def _exit_mark(self, rec: dict[str, Any], pid: int, killed: str | None) -> None:
+        if pid in self.ended:
+            return  # the launcher and the kernel may both tell of one end
+        self.ended.add(pid)
         if self.exit_row is not None and pid not in self.exit_row[1]:
             y, used = self.exit_row
         else:
@@ -555,9 +607,10 @@ class _Diagram:
                      + self._label(x + 11, y + 17, f"killed by {killed}", RED, bold=True))
             title = f"{self.run.proc_name(pid)} killed by {killed}"
         else:
+            how = str(killed or "exited with 0")
             inner = (f'<line x1="{x - 8:.1f}" y1="{y + 13:.1f}" x2="{x + 8:.1f}" y2="{y + 13:.1f}"'
                      f' stroke="#555" stroke-width="3"/>'
-                     + self._label(x + 11, y + 17, "exit", "#777"))
+                     + self._label(x + 11, y + 17, how, "#777"))
             title = f"{self.run.proc_name(pid)} exits"
         self._group("exit", [int(rec["seq"])], title, inner, "sq-killed-g" if killed else "",
                     extra=f' data-pid="{pid}"')

@@ -88,14 +88,22 @@ class Actor:
                 os._exit(0)
             op = step.get("op")
             if op == "exit":
-                self.link.send({"ok": 0})
+                self.answer({"ok": 0})
                 os._exit(0)
             if op == "join":
-                self.link.send(self.join())
+                self.answer(self.join())
                 continue
             reply = self.execute(step)
             if reply is not None:
-                self.link.send(reply)
+                self.answer(reply)
+
+    def answer(self, reply: dict[str, Any]) -> None:
+        """Send the launcher ``reply`` with the signals delivered since the last answer
+        (``delivered``: their siginfo, for the transcript's ``--- SIGIO {...} ---``)."""
+        delivered = self.system.take_delivered()
+        if delivered:
+            reply = {**reply, "delivered": delivered}
+        self.link.send(reply)
 
     def evaluate_args(self, source: str, actors: list[str]) -> tuple[str, list[Any]]:
         """Evaluate the call's arguments in this actor's variables."""
@@ -123,7 +131,7 @@ class Actor:
         if name == "exec":
             self.exec()
         if name == "exit":
-            self.link.send({"ok": 0, "args": args})
+            self.answer({"ok": 0, "args": args})
             os._exit(int(args[0]) if args else 0)
         fn = CALLS.get(name)
         if fn is None:
@@ -210,6 +218,7 @@ class Actor:
         # the child: the parent's launcher link and mailbox are not ours
         self.mailbox.close()
         self.link.close()
+        self.system.delivered = []  # the parent's deliveries are the parent's to report
         self.name = child
         if bind:
             self.vars[bind] = 0

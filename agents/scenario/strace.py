@@ -7,6 +7,7 @@ modes are shown by name, as strace decodes them.
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Callable
 from typing import Any
@@ -150,7 +151,7 @@ def _field(key: str, v: Any) -> str:
     if key == "si_code" and isinstance(v, int):
         return _SI_CODES.get(v, str(v))
     if key == "si_band" and isinstance(v, int):
-        return hex(v)
+        return str(v)  # strace prints the band in decimal
     if key == "st_mode" and isinstance(v, int):
         kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR"}
         return f"{kind.get(v & linux.S_IFMT, oct(v & linux.S_IFMT))}|{v & 0o7777:04o}"
@@ -212,8 +213,15 @@ _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
 }
 
 
+#: calls strace knows by another name: the scenario's ``exit`` is the C library's
+#: ``exit``, which ends in ``exit_group(2)``
+_STRACE_NAMES = {"exit": "exit_group"}
+
+
 def call(name: str, args: list[Any]) -> str:
     """``name(arg, ...)`` decoded strace-style."""
+    if name == "exit":
+        return f"exit_group({value(args[0]) if args else 0})"
     try:
         shown = _ARGS[name](args) if name in _ARGS else [value(a) for a in args]
     except (IndexError, KeyError, TypeError):
@@ -228,6 +236,8 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
         return f"-1 {linux.errno_name(code)} ({os.strerror(code)})"
     if "error" in reply:
         return f"? <scenario error: {reply['error']}>"
+    if name in _STRACE_NAMES:
+        return "?"  # exit_group(2) does not return
     v = reply.get("ok")
     if name == "mmap" and isinstance(v, int):
         return hex(v)
@@ -242,3 +252,27 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
         if cmd == linux.F_GETSIG:
             return signal_name(v) if v else "0"
     return value(v)
+
+
+#: the argument that is a mode, by call
+_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0}
+
+
+def octal_modes(source: str) -> str:
+    """A scenario line's source with its mode argument in octal, as it was written
+    (``open('/f', O_RDWR | O_CREAT, 0o644)``, not ``420``); other text unchanged."""
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        return source
+    node = tree.body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+        return source
+    i = _MODE_ARG.get(node.func.id)
+    if i is None or len(node.args) <= i:
+        return source
+    arg = node.args[i]
+    if not isinstance(arg, ast.Constant) or type(arg.value) is not int:
+        return source
+    node.args[i] = ast.Name(id=f"0o{arg.value:o}")
+    return ast.unparse(tree)

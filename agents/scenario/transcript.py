@@ -19,16 +19,23 @@ mismatch   expected                               ``    ^^^ MISMATCH: expected 0
 unjudged   design                                 ``    ??? unjudged: no expectation for mine``
 trace      text                                   the text, indented by four spaces
 text       text                                   the text (``!locks`` output)
-waited     actor, pid, status                     ``+++ A (pid 12) killed by SIGIO +++``
+signal     actor, pid, siginfo                    ``[A 12] --- SIGIO {si_signo=SIGIO, si_code=POLL_MSG, si_band=1089, si_fd=3} ---``
+exited     actor, pid, status                     ``[A 12] +++ exited with 0 +++``, ``[A 12] +++ killed by SIGIO +++``
+waited     actor, pid, status                     as ``exited`` (``!wait A``, a death noticed between lines)
 unexpected actor, line                            ``    ^^^ UNEXPECTED DEATH of A (during or after line 7)``
 asleep     actor, pid, call                       ``[B 13] <... open asleep>``
 sent       actor, pid, signal                     ``--- SIGUSR1 sent to A (pid 12) ---``
-lost       actor, pid, calls                      ``[A 12] <... truncate unfinished: killed>``
-fault      actor, pid, fault                      ``+++ killed by SIGKILL: A (pid 12) +++``
+lost       actor, pid, calls                      ``[A 12] <... truncate resumed> = ?``
+fault      actor, pid, fault                      ``[A 12] +++ killed by SIGKILL +++``, ``[A 12] --- stopped by SIGSTOP ---``
 aborted    reason                                 ``!!! run aborted: ...``
 verdict    failures, unjudged                     ``=== PASS ===``, ``=== PASS (2 unjudged) ===``
                                                   or ``=== FAIL (2) ===``
 ========== ====================================== =============================================
+
+The lines of an actor's own life are strace's (``strace -f``): a signal delivered to
+it (its handler ran) ``--- SIGIO {...} ---`` before the line during which it was taken,
+its exit ``exit_group(0) = ?`` and ``+++ exited with 0 +++``, a death by a signal
+``+++ killed by SIGKILL +++``.
 
 With ``show_pids`` false, labels and names leave the PIDs out (``[A]``, ``A``).
 """
@@ -38,6 +45,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
+
+from kemu.agents.scenario import strace
 
 #: an address of a mapping as the transcript shows it (hex, above 4 GiB: the host's are
 #: randomised by ASLR, the emulator's fixed)
@@ -54,6 +63,11 @@ def label(actor: str, pid: int, show_pids: bool) -> str:
 def who(actor: str, pid: int, show_pids: bool) -> str:
     """``A (pid 1234)`` (or ``A``): a process named in a fault line."""
     return f"{actor} (pid {pid})" if show_pids else actor
+
+
+def status_text(status: str) -> str:
+    """``killed by SIGIO`` for a signal's name, else the status (``exited with 0``)."""
+    return "killed by " + status if status.startswith("SIG") else status
 
 
 def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
@@ -80,23 +94,37 @@ def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
         return "    " + str(rec["text"]).replace("\n", "\n    ")
     if kind == "text":
         return str(rec["text"])
-    if kind == "waited":
-        status = str(rec["status"])
-        how = "killed by " + status if status.startswith("SIG") else status
-        return f"+++ {who(actor, pid, show_pids)} {how} +++"
+    if kind in ("waited", "exited"):
+        return f"{label(actor, pid, show_pids)} +++ {status_text(str(rec['status']))} +++"
     if kind == "unexpected":
         return (f"    ^^^ UNEXPECTED DEATH of {rec['actor']} "
                 f"(during or after line {rec['line']})")
     if kind == "asleep":
         return f"{label(actor, pid, show_pids)} <... {rec['call']} asleep>"
+    if kind == "signal":
+        # PIDs come as actor names (``<A>``): shown bare, as the live line showed them
+        siginfo: dict[str, Any] = {k: strace.Bare(v) if isinstance(v, str) else v
+                                   for k, v in dict(rec.get("siginfo") or {}).items()}
+        signo = siginfo.get("si_signo")
+        name = strace.signal_name(signo) if isinstance(signo, int) else str(signo)
+        return f"{label(actor, pid, show_pids)} --- {name} {strace.value(siginfo)} ---"
     if kind == "sent":
         return f"--- {rec['signal']} sent to {who(actor, pid, show_pids)} ---"
     if kind == "lost":
-        return f"{label(actor, pid, show_pids)} <... {rec['calls']} unfinished: killed>"
+        return "\n".join(f"{label(actor, pid, show_pids)} <... {call} resumed> = ?"
+                         for call in str(rec["calls"]).split(", "))
     if kind == "fault":
-        if rec["fault"] == "kill":
-            return f"+++ killed by SIGKILL: {who(actor, pid, show_pids)} +++"
-        return f"+++ {rec['fault']} {who(actor, pid, show_pids)} +++"
+        fault = str(rec["fault"])
+        if fault == "kill":
+            return f"{label(actor, pid, show_pids)} +++ killed by SIGKILL +++"
+        if fault == "stop":
+            return f"{label(actor, pid, show_pids)} --- stopped by SIGSTOP ---"
+        if fault == "cont":
+            return f"{label(actor, pid, show_pids)} --- SIGCONT {{si_signo=SIGCONT, si_code=SI_USER}} ---"
+        if fault.startswith("delay"):
+            return (f"{label(actor, pid, show_pids)} --- stopped by SIGSTOP --- "
+                    f"(!{fault}, then SIGCONT)")
+        return f"{label(actor, pid, show_pids)} +++ {fault} +++"
     if kind == "aborted":
         return f"!!! run aborted: {rec['reason']}"
     if kind == "verdict":
