@@ -189,8 +189,6 @@ class Daemon:
         deadline = 0.0 if busy else self.kernel.next_deadline()
         if timeout is not None:
             deadline = timeout if deadline is None else min(deadline, timeout)
-        if not busy:
-            self.evlog.flush()
         for fd, _ in self.ep.poll(-1 if deadline is None else deadline + 0.0005):
             handler = self.fd_handlers.get(fd)
             if handler is not None:
