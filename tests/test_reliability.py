@@ -13,9 +13,11 @@ import contextlib
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import IO
@@ -114,16 +116,20 @@ class Launcher:
 
 
 @pytest.fixture
-def launcher(tmp_path: object) -> Iterator[Launcher]:
+def launcher() -> Iterator[object]:
+    """Start a :class:`Launcher` (in a short folder: a run folder's socket paths must
+    fit AF_UNIX's 108 bytes); killed at the end if still running."""
     made: list[Launcher] = []
+    tmp = tempfile.mkdtemp(prefix="kr", dir="/tmp")
 
     def start(scenario: str) -> Launcher:
-        made.append(Launcher(str(tmp_path), scenario))
+        made.append(Launcher(tmp, scenario))
         return made[-1]
 
-    yield start  # type: ignore[misc]
+    yield start
     for lch in made:
         lch.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.timeout(30)

@@ -40,7 +40,7 @@ from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.lib.api import HostSystem
 from kemu.agents.lib.runtime import Connection, DaemonGone
 from kemu.agents.scenario import strace, transcript
-from kemu.agents.scenario.calls import SLEEPS_IN
+from kemu.agents.scenario.calls import SLEEPS_IN, check_calls
 from kemu.agents.scenario.link import Link, LinkClosed, Watched
 from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
@@ -185,6 +185,7 @@ class Runner:
                  run_dir: str | None = None, out: IO[str] | None = None,
                  show_pids: bool = True, step_timeout: float | None = None,
                  render: bool = True) -> None:
+        check_calls(scenario)  # an unknown function: refused before any process starts
         self.sc = scenario
         self.target = target
         #: what the daemon is told (a name, or PATH.py[:Class] of a user's design)
