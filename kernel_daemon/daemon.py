@@ -406,7 +406,8 @@ class Daemon:
         try:
             body, payload, mac = wire.open_frame(frame)
         except ProtocolError as exc:
-            self._error(route, None, exc.reason, exc.detail)
+            rid = wire.request_id(frame) if exc.reason == wire.E_TOO_LARGE else None
+            self._error(route, rid, exc.reason, exc.detail)
             return
         rid = body.get("id")
         task = self.kernel.tasks.get(body["pid"])

@@ -209,3 +209,50 @@ def test_a_launcher_killed_leaves_nothing_behind(launcher: object) -> None:
     assert not left, f"left behind 10 s after the launcher's SIGKILL: {left}"
     with contextlib.suppress(FileNotFoundError):
         assert "register.sock" not in os.listdir(lch.run_dir()) or not _alive(daemon)
+
+
+# --- a call too large for one frame ---------------------------------------------------------
+
+BIG_WRITE = """\
+# title: a write larger than one call moves
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)   => 3
+A: write(fd, "x" * 5000000)                 => 1048576
+A: fstat(fd)                                => {"st_size": 1048576}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_write_over_the_per_call_limit_is_a_short_write(launcher: object) -> None:
+    """Before: the 5 MB frame was refused as too-large without its id, the actor waited
+    for ever and the line hit the step timeout.  Now it is a short write of MAX_IO
+    (1 MiB, docs/syscalls.md), at once."""
+    lch = launcher(BIG_WRITE)  # type: ignore[operator]
+    code = lch.proc.wait(50)
+    out = "\n".join(lch.lines) + lch.stdout.read().decode(errors="replace")
+    assert code == 0, out
+    assert "=== PASS ===" in out, out
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_frame_names_its_request(kemu_run_dir: str,
+                                           kemu_daemon: DaemonProcess) -> None:
+    """A frame over MAX_FRAME: the agent refuses to send it (ProtocolError at once), and
+    one sent anyway is refused by the daemon with the request's id, so the waiter wakes."""
+    from kemu.protocol import wire
+    from kemu.protocol.errors import ProtocolError
+
+    conn = Connection(kemu_run_dir, name="big")
+    try:
+        with pytest.raises(ProtocolError, match="too-large"):
+            conn.call("sendmsg", "nobody", b"x" * (wire.MAX_FRAME + 1))
+        # bypass the agent's check: the daemon itself must name request 77
+        conn._seq += 1
+        body = {"k": wire.CALL, "id": 77, "call": "write",
+                "args": [1, b"x" * (wire.MAX_FRAME + 1)], "v": list(wire.PROTOCOL_VERSION),
+                "pid": conn.pid, "seq": conn._seq}
+        conn.sock.send(wire.seal(body, conn.secret))
+        with pytest.raises(ProtocolError, match="too-large"):
+            conn.wait(77, timeout=10)
+        assert conn.call("getpid") == conn.pid  # still served
+    finally:
+        conn.close()

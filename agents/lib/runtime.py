@@ -164,7 +164,10 @@ class Connection:
         body["v"] = list(wire.PROTOCOL_VERSION)
         body["pid"] = self.pid
         body["seq"] = self._seq
-        self.sock.send(wire.seal(body, self.secret))
+        frame = wire.seal(body, self.secret)
+        if len(frame) > wire.MAX_FRAME:  # the daemon would refuse it: refused here, at once
+            raise ProtocolError(wire.E_TOO_LARGE, f"{len(frame)} bytes > {wire.MAX_FRAME}")
+        self.sock.send(frame)
 
     def submit(self, call: str, *args: Any) -> int:
         """Send a call without waiting; returns its request id for :meth:`wait`."""
