@@ -189,8 +189,6 @@ class Daemon:
         deadline = 0.0 if busy else self.kernel.next_deadline()
         if timeout is not None:
             deadline = timeout if deadline is None else min(deadline, timeout)
-        if not busy:
-            self.evlog.flush()
         for fd, _ in self.ep.poll(-1 if deadline is None else deadline + 0.0005):
             handler = self.fd_handlers.get(fd)
             if handler is not None:
@@ -408,7 +406,8 @@ class Daemon:
         try:
             body, payload, mac = wire.open_frame(frame)
         except ProtocolError as exc:
-            self._error(route, None, exc.reason, exc.detail)
+            rid = wire.request_id(frame) if exc.reason == wire.E_TOO_LARGE else None
+            self._error(route, rid, exc.reason, exc.detail)
             return
         rid = body.get("id")
         task = self.kernel.tasks.get(body["pid"])

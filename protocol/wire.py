@@ -33,6 +33,10 @@ from kemu.protocol.errors import ProtocolError, VersionMismatch
 PROTOCOL_VERSION: Final[tuple[int, int]] = (1, 0)
 #: Largest control frame either side accepts, in bytes.
 MAX_FRAME: Final[int] = 4 * 1024 * 1024
+#: Largest transfer one read or write call moves, in bytes: a longer one is a short
+#: write (or read) at once, as Linux returns short at MAX_RW_COUNT; it keeps every such
+#: call's frame well under MAX_FRAME.
+MAX_IO: Final[int] = 1 << 20
 #: Largest registration record, in bytes.
 MAX_RECORD: Final[int] = 64 * 1024
 MAC_LEN: Final[int] = 32
@@ -131,6 +135,26 @@ def open_frame(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
             or isinstance(seq, bool)):
         raise ProtocolError(E_MALFORMED, "header lacks integer pid/seq")
     return body, payload, mac
+
+
+def request_id(frame: bytes) -> int | None:
+    """The ``id`` field of a frame refused before it was decoded (too large), read
+    without building its other values, so the refusal names the request it refuses
+    and its caller stops waiting; None if there is none to be read."""
+    import io
+
+    try:
+        unpacker = msgpack.Unpacker(io.BytesIO(frame[:-MAC_LEN]), raw=False,
+                                    max_buffer_size=len(frame))
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "id":
+                rid = unpacker.unpack()
+                return rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+            unpacker.skip()
+    except Exception:  # garbage: msgpack raises many types
+        return None
+    return None
 
 
 def verify(payload: bytes, tag: bytes, secret: bytes) -> bool:

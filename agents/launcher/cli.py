@@ -10,6 +10,7 @@ import sys
 from kemu.agents.launcher import designs
 from kemu.agents.launcher.runner import Outcome, run_scenario
 from kemu.agents.scenario import transcript
+from kemu.agents.scenario.calls import check_calls
 from kemu.agents.scenario.parse import ScenarioError, load
 
 DEFAULT_REPORT = "out"
@@ -26,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run one scenario on the chosen targets; compare transcripts when both ran."""
     try:
         scenario = load(args.file)
+        check_calls(scenario)
     except (OSError, ScenarioError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

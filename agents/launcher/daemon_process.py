@@ -6,7 +6,9 @@ sleeps waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,27 @@ class DaemonProcess:
     pid: int
     pmem_name: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: a pidfd of the daemon, readable once it has ended (-1: none)
+    pidfd: int = -1
+
+    def __post_init__(self) -> None:
+        if self.pidfd < 0:
+            with contextlib.suppress(OSError):
+                # its parent (the zygote) reaps it only when asked: the PID is its own
+                self.pidfd = os.pidfd_open(self.pid)
+
+    def died(self) -> str | None:
+        """How the daemon ended (``killed by SIGKILL``, ``exited with 1``) if it has,
+        else None.  Its wait status comes from its parent (``wait(2)``)."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with {code}"
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM the daemon (it cleans up) and reap it; SIGKILL if it does not go."""
@@ -48,8 +71,15 @@ class DaemonProcess:
 
     def _remove_segments(self) -> None:
         """A daemon that is gone without its shutdown (killed) leaves its device and
-        queue-pair rings in /dev/shm: remove them, as its resource tracker once did."""
+        queue-pair rings in /dev/shm and its socket files in the run directory: remove
+        them, as its resource tracker once did."""
         shm.remove(self.pmem_name)
+        for name in ("register.sock", "kernel.ipc"):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.run_dir, name))
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 def start_daemon(run_dir: str, *, timeout: float = 20.0, blocks: int | None = None,

@@ -38,10 +38,10 @@ from kemu.agents import report
 from kemu.agents.launcher import designs, hostsysctl, runs, zygote
 from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.lib.api import HostSystem
-from kemu.agents.lib.runtime import Connection
+from kemu.agents.lib.runtime import Connection, DaemonGone
 from kemu.agents.scenario import strace, transcript
-from kemu.agents.scenario.calls import SLEEPS_IN
-from kemu.agents.scenario.link import Link, LinkClosed
+from kemu.agents.scenario.calls import SLEEPS_IN, check_calls
+from kemu.agents.scenario.link import Link, LinkClosed, Watched
 from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
 from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
@@ -185,6 +185,7 @@ class Runner:
                  run_dir: str | None = None, out: IO[str] | None = None,
                  show_pids: bool = True, step_timeout: float | None = None,
                  render: bool = True) -> None:
+        check_calls(scenario)  # an unknown function: refused before any process starts
         self.sc = scenario
         self.target = target
         #: what the daemon is told (a name, or PATH.py[:Class] of a user's design)
@@ -230,6 +231,8 @@ class Runner:
         self.host_sysctl = hostsysctl.LeaseBreakTime()
         #: the line at which ``!kill kernel`` killed the daemon (0: it lives)
         self.kernel_killed = 0
+        #: how the daemon died on its own ("killed by SIGKILL"; None: it lives)
+        self.kernel_died: str | None = None
         #: timers that resume actors held up by ``!delay``
         self.timers: list[threading.Timer] = []
         #: the pin audit of the kernel taken when the last line has run
@@ -397,8 +400,10 @@ class Runner:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RunError(f"actor {name} did not connect (see {self.run_dir}/actors/)")
-            ready, _, _ = select.select([self.listener], [], [], left)
-            if not ready:
+            listener = self.listener.fileno()
+            ready, _, _ = select.select([listener, *self._daemon_watch()], [], [], left)
+            if listener not in ready:
+                self._check_kernel()
                 continue
             conn, _ = self.listener.accept()
             link = Link(conn)
@@ -560,7 +565,13 @@ class Runner:
             raise RunError(f"actor {actor.name} is dead")
         try:
             actor.link.send(body)
-            return self._delivered(actor, actor.link.recv(timeout=self.step_timeout))
+            reply = actor.link.recv(timeout=self.step_timeout, watch=self._daemon_fd())
+            if "error" in reply:
+                self._check_kernel()  # an actor's DaemonGone: the kernel's death says more
+            return self._delivered(actor, reply)
+        except Watched:
+            self._check_kernel()
+            raise RunError("the kernel daemon ended while a line ran") from None
         except TimeoutError:
             if body.get("op") == "join":
                 started = body.get("source") or "its background call"
@@ -650,6 +661,7 @@ class Runner:
         last one."""
         if not step.runs_under({self.policy, self.target}):
             return  # a line of another design
+        self._check_kernel()
         self._check_deaths(step)
         self.line_now = step.lineno
         try:
@@ -814,6 +826,37 @@ class Runner:
         raise RunError(f"the kernel daemon was killed at line {step.lineno} (SIGKILL): "
                        "the run ends")
 
+    def _daemon_fd(self) -> int:
+        """The daemon's pidfd while it is expected to live (-1: none to watch)."""
+        if self.daemon is None or self.kernel_killed or self.kernel_died is not None:
+            return -1
+        return self.daemon.pidfd
+
+    def _daemon_watch(self) -> list[int]:
+        fd = self._daemon_fd()
+        return [fd] if fd >= 0 else []
+
+    def _check_kernel(self) -> None:
+        """The daemon died on its own (nobody's ``!kill kernel``: a crash, an outside
+        kill): every actor's next call would wait for it, so the run ends here, saying
+        how it died (its wait status, from its parent).  Its event log up to the death
+        stays in the run folder."""
+        if self._daemon_fd() < 0 or not select.select([self._daemon_fd()], [], [], 0)[0]:
+            return
+        assert self.daemon is not None
+        how = self.daemon.died() or "gone"
+        self.kernel_died = how
+        line = self.line_now or self.last_line
+        self._log("kernel-died", pid=self.daemon.pid, how=how, line=line)
+        self._dead_logged.add(self.daemon.pid)
+        if self.kconn is not None:
+            self.kconn.close()
+            self.kconn = None
+        where = f"during line {line}" if self.line_now else (
+            f"after line {line}" if line else "before the first line")
+        raise RunError(f"the kernel daemon (pid {self.daemon.pid}) died {where}: {how}: "
+                       "the run ends")
+
     def _set_host_lease_break_time(self, seconds: float) -> None:
         """Set /proc/sys/fs/lease-break-time (whole seconds) for this run; restored
         after.  Host runs that set it take turns (:mod:`.hostsysctl`)."""
@@ -903,8 +946,11 @@ class Runner:
             self.kconn.close()
         if self.daemon is not None:
             code = self.daemon.stop()
-            if code not in (0, -signal.SIGTERM) and not self.kernel_killed:
+            if code not in (0, -signal.SIGTERM) and not self.kernel_killed \
+                    and self.kernel_died is None:
                 self.failures.append(f"kernel daemon exited with status {code}")
+            if self.kernel_killed or self.kernel_died is not None:
+                self._convert_kernel_log()
         for link, _ in self.unclaimed.values():
             link.close()  # actors that said hello after the run gave up on them
         self.unclaimed.clear()
@@ -913,6 +959,16 @@ class Runner:
         if self.daemon is not None:
             known.append((self.daemon.pid, self.daemon_created))
         self.leaked = _leaked(known)
+
+    def _convert_kernel_log(self) -> None:
+        """A killed daemon left its event log as msgpack records: convert them to JSON
+        lines (``python -m kemu.kernel_daemon --convert-log``), as its shutdown would
+        have; the merge reads either."""
+        path = os.path.join(self.run_dir, "kernel.jsonl")
+        if os.path.exists(path + ".msgpack"):
+            with contextlib.suppress(Exception):
+                zygote.run("kemu.kernel_daemon.__main__", ["--convert-log", path],
+                           env=designs.daemon_env(), timeout=30)
 
     def run(self) -> Outcome:
         """Run the whole scenario and return its outcome."""
@@ -927,7 +983,12 @@ class Runner:
                     self.failures.append(
                         f"actor {actor.name}: background call never joined: "
                         f"{', '.join(s.source for s in actor.pending)}")
-        except RunError as exc:
+        except (RunError, DaemonGone) as exc:
+            if isinstance(exc, DaemonGone):  # the launcher's own call found it dead
+                try:
+                    self._check_kernel()
+                except RunError as known:
+                    exc = known
             self.failures.append(str(exc))
             self._emit("aborted", reason=str(exc))
             self.aborted = True

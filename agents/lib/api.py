@@ -346,13 +346,14 @@ class EmuSystem(System):
         return bytes(self.conn.call("read", fd, count))
 
     def write(self, fd: int, data: bytes) -> int:
-        return int(self.conn.call("write", fd, bytes(data)))
+        # at most MAX_IO a call, a short write at once (as the daemon would return)
+        return int(self.conn.call("write", fd, bytes(memoryview(data)[: wire.MAX_IO])))
 
     def pread(self, fd: int, count: int, offset: int) -> bytes:
         return bytes(self.conn.call("pread", fd, count, offset))
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        return int(self.conn.call("pwrite", fd, bytes(data), offset))
+        return int(self.conn.call("pwrite", fd, bytes(memoryview(data)[: wire.MAX_IO]), offset))
 
     def lseek(self, fd: int, offset: int, whence: int) -> int:
         return int(self.conn.call("lseek", fd, offset, whence))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import resource
+import signal
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +33,54 @@ EventHandler = Callable[[dict[str, Any]], None]
 
 
 class DaemonGone(ConnectionError):
-    """The kernel daemon died while this process waited for it."""
+    """The kernel daemon died while this process waited for it (or before it asked)."""
+
+
+#: the lowest descriptor number the daemon's pidfd takes: out of the numbers a
+#: program sees (``api.INFRA_FD_BASE``; not imported, api imports this module)
+_PIDFD_BASE = 900
+
+
+def _open_pidfd(pid: int) -> int:
+    """A close-on-exec pidfd of ``pid`` at a high number, or -1 if it cannot be had
+    (``pid`` 0: an old daemon that does not say its PID; gone already)."""
+    if pid <= 0:
+        return -1
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return -1
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _PIDFD_BASE)
+    except OSError:
+        return fd
+    os.close(fd)
+    return high
+
+
+def describe_death(pid: int) -> str:
+    """How process ``pid`` (which has ended) died, as far as this process can tell.
+
+    Not its parent, it cannot ``waitid`` it; while the process is a zombie (its parent
+    has not reaped it yet) ``/proc/PID/stat`` field 52, ``exit_code``, holds the wait
+    status ``wait(2)`` would give (Linux ``do_task_stat``).
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] not in (b"Z", b"X"):
+            raise ValueError("not a zombie")
+        code = int(fields[49])
+    except (OSError, ValueError, IndexError):
+        return "how is not known here (already reaped)"
+    if code & 0x7F:
+        try:
+            name = signal.Signals(code & 0x7F).name
+        except ValueError:
+            name = f"signal {code & 0x7F}"
+        return f"killed by {name}"
+    return f"exited with {code >> 8}"
 
 
 def register(run_dir: str, hello: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
@@ -91,6 +140,11 @@ class Connection:
         self.events: deque[dict[str, Any]] = deque()
         self.event_handlers: dict[str, EventHandler] = {}
         self.daemon_pid: int = int(welcome.get("daemon_pid", 0))
+        #: a pidfd of the daemon: readable once it has ended, however it ended (SIGKILL
+        #: leaves its socket files behind, so they say nothing); -1 without one
+        self.daemon_pidfd = _open_pidfd(self.daemon_pid)
+        self._poller: zmq.Poller | None = None
+        self._poller_key: int | None = None
         #: the designs the daemon has built in, as its welcome advertises them
         self.policies: list[str] = list(welcome.get("policies", []))
         #: a descriptor that becomes readable when a signal arrived, and what to do then
@@ -110,7 +164,10 @@ class Connection:
         body["v"] = list(wire.PROTOCOL_VERSION)
         body["pid"] = self.pid
         body["seq"] = self._seq
-        self.sock.send(wire.seal(body, self.secret))
+        frame = wire.seal(body, self.secret)
+        if len(frame) > wire.MAX_FRAME:  # the daemon would refuse it: refused here, at once
+            raise ProtocolError(wire.E_TOO_LARGE, f"{len(frame)} bytes > {wire.MAX_FRAME}")
+        self.sock.send(frame)
 
     def submit(self, call: str, *args: Any) -> int:
         """Send a call without waiting; returns its request id for :meth:`wait`."""
@@ -146,23 +203,19 @@ class Connection:
         """
         waited = 0.0
         while rid not in self._replies:
-            if self.signal_fd is not None and self.on_signal is not None:
+            poller, signal_fd = self._wait_set()
+            ready = dict(poller.poll(1000))
+            if signal_fd is not None and signal_fd in ready and self.on_signal is not None:
                 # a signal must be seen while the call sleeps (EINTR): wait on both
-                ready, _, _ = zmq.select([self.sock, self.signal_fd], [], [], 1.0)
-                if self.signal_fd in ready:
-                    self.on_signal(rid)
-                if self.sock in ready:
-                    with contextlib.suppress(zmq.Again):
-                        self._receive(zmq.NOBLOCK)
-                    continue
-                if ready:
-                    continue
-            else:
-                try:
-                    self._receive()  # blocks up to RCVTIMEO (1 s)
-                    continue
-                except zmq.Again:
-                    pass
+                self.on_signal(rid)
+            if self.sock in ready:
+                with contextlib.suppress(zmq.Again):
+                    self._receive(zmq.NOBLOCK)
+                continue
+            if self.daemon_pidfd in ready:
+                self._daemon_gone(rid)
+            if ready:
+                continue
             waited += 1.0
             if timeout is not None and waited >= timeout:
                 raise TimeoutError(f"no reply to request {rid}")
@@ -203,6 +256,30 @@ class Connection:
             if handler is not None:
                 handler(body)
 
+    def _wait_set(self) -> tuple[zmq.Poller, int | None]:
+        """What :meth:`wait` sleeps on: the socket, the signal descriptor (once the
+        signal layer set one) and the daemon's pidfd; built again when they change."""
+        signal_fd = self.signal_fd if self.on_signal is not None else None
+        if self._poller is None or self._poller_key != signal_fd:
+            poller = zmq.Poller()
+            poller.register(self.sock, zmq.POLLIN)
+            if signal_fd is not None:
+                poller.register(signal_fd, zmq.POLLIN)
+            if self.daemon_pidfd >= 0:
+                poller.register(self.daemon_pidfd, zmq.POLLIN)
+            self._poller, self._poller_key = poller, signal_fd
+        return self._poller, signal_fd
+
+    def _daemon_gone(self, rid: int) -> None:
+        """The daemon's pidfd is readable: it has ended.  A reply it sent before it died
+        is still taken; else :class:`DaemonGone`, saying how it died."""
+        with contextlib.suppress(zmq.Again):
+            while rid not in self._replies:
+                self._receive(zmq.NOBLOCK)
+        if rid not in self._replies:
+            raise DaemonGone(f"the kernel daemon (pid {self.daemon_pid}) died while "
+                             f"request {rid} waited for it: {describe_death(self.daemon_pid)}")
+
     def _check_daemon(self) -> None:
         path = os.path.join(self.run_dir, "register.sock")
         if not os.path.exists(path):
@@ -213,13 +290,20 @@ class Connection:
     def reconnect_after_fork(self, token: bytes, name: str) -> None:
         """In a fork child: abandon the parent's context and register with ``token``."""
         _ABANDONED.extend([self.sock, self.ctx])
+        inherited = self.daemon_pidfd
         fresh = Connection(self.run_dir, wire.FORK, token, name)
         self.__dict__.update(fresh.__dict__)
+        if inherited >= 0 and inherited != self.daemon_pidfd:
+            os.close(inherited)  # the parent's copy; the child has its own now
 
     def close(self) -> None:
         """Close the channel (the process is about to exit or exec)."""
         self.sock.close(linger=500)
         self.ctx.term()
+        if self.daemon_pidfd >= 0:
+            os.close(self.daemon_pidfd)
+            self.daemon_pidfd = -1
+        self._poller = None
 
 
 def _result(body: dict[str, Any]) -> Any:

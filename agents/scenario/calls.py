@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kemu.agents.scenario.parse import Scenario, ScenarioError
 from kemu.protocol import linux
 from kemu.protocol.errors import os_error
 
@@ -264,3 +265,16 @@ def render_calls(width: int = 88) -> str:
 def known(name: str) -> bool:
     """True if a scenario may call ``name``."""
     return name in CALLS or name in PROCESS_CALLS
+
+
+#: calls the scripted agent makes itself, not through :data:`CALLS`
+PROCESS_CALLS = frozenset({"fork", "exec", "exit"})
+
+
+def check_calls(scenario: Scenario) -> None:
+    """Refuse, before any process starts, a line that calls a function the scripted
+    agent does not have (it would fail only when its line runs)."""
+    for step in scenario.steps:
+        if step.kind == "call" and step.call not in CALLS and step.call not in PROCESS_CALLS:
+            raise ScenarioError(f"{scenario.name}:{step.lineno}: unknown function "
+                                f"{step.call!r}")

@@ -5,16 +5,29 @@ Linux constant names (``O_RDWR``), the actor's own variables, actor names, ``|``
 ``&``, ``+``, ``-``, ``<<``, ``~``, lists, tuples, subscripts and attribute access on
 maps (``mr.rkey`` reads ``mr["rkey"]``).  Nothing else is evaluated: no calls, no
 builtins.
+
+Whatever an expression does wrong is an :class:`ExprError` with a message, never a
+Python exception of its own: a division by zero, an unhashable map key, a shift or a
+repetition that would build a value no system call takes (more than ``MAX_SHIFT`` bits
+of shift, ``MAX_VALUE`` bytes or items), an expression nested deeper than ``MAX_DEPTH``.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from kemu.protocol import linux
+
+#: the largest shift count (``1 << 64`` is the largest a 64-bit argument needs)
+MAX_SHIFT = 4096
+#: the largest string, bytes or list a repetition (``"x" * n``) may build
+MAX_VALUE = 64 << 20
+#: the deepest an expression may nest (Python's parser allows 200 parentheses)
+MAX_DEPTH = 200
 
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.BitOr: operator.or_, ast.BitAnd: operator.and_, ast.BitXor: operator.xor,
@@ -43,15 +56,56 @@ def is_unset(value: Any) -> bool:
     """True for the marker a failed call leaves in its variable."""
     return isinstance(value, dict) and UNSET in value
 
+def _lshift(a: Any, b: Any) -> Any:
+    if isinstance(b, int) and b > MAX_SHIFT:
+        raise ExprError(f"shift count {b} is more than {MAX_SHIFT}")
+    return operator.lshift(a, b)
+
+
+def _mul(a: Any, b: Any) -> Any:
+    for seq, n in ((a, b), (b, a)):
+        if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int) \
+                and len(seq) * n > MAX_VALUE:
+            raise ExprError(f"a repetition of {len(seq) * n} items is more than {MAX_VALUE}")
+    return operator.mul(a, b)
+
+
+_BINOPS[ast.LShift] = _lshift
+_BINOPS[ast.Mult] = _mul
+
+
 def evaluate(node: ast.AST, names: Mapping[str, Any],
              actors: Mapping[str, int] | frozenset[str] = frozenset()) -> Any:
     """Evaluate ``node`` with ``names`` (variables) and Linux constants in scope.
 
     An actor's name evaluates to itself as a string, so ``sendfd(B, fd)`` names B;
-    ``B.pid`` is B's PID when ``actors`` maps names to PIDs.
+    ``B.pid`` is B's PID when ``actors`` maps names to PIDs.  What goes wrong is an
+    :class:`ExprError` (see the module docstring).
     """
+    _check_depth(node)
+    try:
+        return _evaluate(node, names, actors)
+    except (ArithmeticError, TypeError, ValueError, KeyError, IndexError) as exc:
+        raise ExprError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                        ) from None
+    except (RecursionError, MemoryError):
+        raise ExprError("the expression is too large to evaluate") from None
+
+
+def _check_depth(node: ast.AST) -> None:
+    """Refuse an expression nested deeper than ``MAX_DEPTH`` (without recursion)."""
+    todo = [(node, 1)]
+    while todo:
+        sub, depth = todo.pop()
+        if depth > MAX_DEPTH:
+            raise ExprError(f"the expression nests deeper than {MAX_DEPTH} levels")
+        todo.extend((child, depth + 1) for child in ast.iter_child_nodes(sub))
+
+
+def _evaluate(node: ast.AST, names: Mapping[str, Any],
+              actors: Mapping[str, int] | frozenset[str]) -> Any:
     if isinstance(node, ast.Expression):
-        return evaluate(node.body, names, actors)
+        return _evaluate(node.body, names, actors)
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
@@ -67,24 +121,24 @@ def evaluate(node: ast.AST, names: Mapping[str, Any],
             return {"None": None, "True": True, "False": False}[node.id]
         raise ExprError(f"unknown name {node.id!r}")
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _BINOPS[type(node.op)](evaluate(node.left, names, actors),
-                                      evaluate(node.right, names, actors))
+        return _BINOPS[type(node.op)](_evaluate(node.left, names, actors),
+                                      _evaluate(node.right, names, actors))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](evaluate(node.operand, names, actors))
+        return _UNARY[type(node.op)](_evaluate(node.operand, names, actors))
     if isinstance(node, ast.List | ast.Tuple):
-        return [evaluate(e, names, actors) for e in node.elts]
+        return [_evaluate(e, names, actors) for e in node.elts]
     if isinstance(node, ast.Dict):
-        return {evaluate(k, names, actors): evaluate(v, names, actors)
+        return {_evaluate(k, names, actors): _evaluate(v, names, actors)
                 for k, v in zip(node.keys, node.values, strict=True) if k is not None}
     if isinstance(node, ast.Subscript):
-        return evaluate(node.value, names, actors)[evaluate(node.slice, names, actors)]
+        return _evaluate(node.value, names, actors)[_evaluate(node.slice, names, actors)]
     if isinstance(node, ast.Attribute):
         if (node.attr == "pid" and isinstance(node.value, ast.Name)
                 and node.value.id in actors and node.value.id not in names):
             if not isinstance(actors, Mapping):
                 raise ExprError("actor PIDs are known only when the line runs")
             return actors[node.value.id]
-        base = evaluate(node.value, names, actors)
+        base = _evaluate(node.value, names, actors)
         if is_unset(base):
             raise Unset(str(base[UNSET]))
         if isinstance(base, dict) and node.attr in base:
@@ -93,8 +147,39 @@ def evaluate(node: ast.AST, names: Mapping[str, Any],
     raise ExprError(f"not allowed in a scenario: {ast.unparse(node)!r}")
 
 
+class _Dynamic(Exception):
+    """The expression reads a variable (or an actor): known only when its line runs."""
+
+
+class _Variables(Mapping[str, Any]):
+    """Every name that is not a constant, as a variable whose value is not known yet."""
+
+    def __contains__(self, key: object) -> bool:
+        return not (key in linux.CONSTANTS or key in linux.ERRNO_BY_NAME
+                    or key in ("None", "True", "False"))
+
+    def __getitem__(self, key: str) -> Any:
+        raise _Dynamic(key)
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def check_static(node: ast.AST) -> None:
+    """Evaluate, before a run starts, what of ``node`` needs no variable: ``1 // 0`` or
+    ``1 << (1 << 40)`` is refused when the file is read (:class:`ExprError`), not when
+    the actor runs the line.  What reads a variable is left to the line."""
+    check(node)
+    with contextlib.suppress(_Dynamic):
+        evaluate(node, _Variables())
+
+
 def check(node: ast.AST) -> None:
     """Refuse, before a run starts, any syntax :func:`evaluate` would refuse."""
+    _check_depth(node)
     allowed = (ast.Expression, ast.Constant, ast.Name, ast.BinOp, ast.UnaryOp, ast.List,
                ast.Tuple, ast.Dict, ast.Subscript, ast.Attribute, ast.Load, ast.operator,
                ast.unaryop)

@@ -18,6 +18,10 @@ class LinkClosed(ConnectionError):
     """The other end of a link went away (the actor died or exec'd)."""
 
 
+class Watched(Exception):
+    """The descriptor :meth:`Link.recv` was also told to watch became readable first."""
+
+
 class Link:
     """One end of a launcher-actor link."""
 
@@ -43,16 +47,21 @@ class Link:
         except OSError as exc:
             raise LinkClosed(str(exc)) from None
 
-    def recv(self, timeout: float | None = None) -> dict[str, Any]:
-        """Receive one record; ``TimeoutError`` after ``timeout`` s, ``LinkClosed`` at EOF."""
+    def recv(self, timeout: float | None = None, watch: int = -1) -> dict[str, Any]:
+        """Receive one record; ``TimeoutError`` after ``timeout`` s, ``LinkClosed`` at EOF,
+        :class:`Watched` if descriptor ``watch`` (a pidfd: the kernel daemon's) becomes
+        readable while nothing has come."""
         while True:
             rec = self.reader.next()
             if rec is not None:
                 return rec
-            if timeout is not None:
-                ready, _, _ = select.select([self.sock], [], [], timeout)
+            if timeout is not None or watch >= 0:
+                fds = [self.sock.fileno(), *([watch] if watch >= 0 else [])]
+                ready, _, _ = select.select(fds, [], [], timeout)
                 if not ready:
                     raise TimeoutError("no record")
+                if self.sock.fileno() not in ready:
+                    raise Watched(watch)
             try:
                 data = self.sock.recv(1 << 16)
             except OSError as exc:

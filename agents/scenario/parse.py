@@ -42,14 +42,16 @@ another lease to break), the next line sees it asleep again, whatever the load.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kemu.agents.scenario.expr import ExprError, check, evaluate
+from kemu.agents.scenario.expr import ExprError, check, check_static, evaluate
 from kemu.protocol import linux
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
+from kemu.protocol.config import DaemonConfig
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
 ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")
@@ -261,11 +263,50 @@ def parse_expect(text: str) -> Expect:
     if text in linux.ERRNO_BY_NAME:
         return Expect("errno", linux.ERRNO_BY_NAME[text], tags)
     try:
-        node = ast.parse(text, mode="eval")
+        node = _parse_expression(text, "eval")
         check(node)
         return Expect("value", evaluate(node, {}), tags)
     except (SyntaxError, ExprError) as exc:
-        raise ScenarioError(f"bad expectation {text!r}: {exc}") from None
+        raise ScenarioError(f"bad expectation {_short(text)}: {exc}") from None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` quoted, cut to ``limit`` characters for a message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _parse_expression(text: str, mode: str) -> ast.AST:
+    """``ast.parse``, with an expression too large for Python's parser (a sum of 40,000
+    terms overflows its recursion) refused as an :class:`ExprError`."""
+    try:
+        return ast.parse(text, mode=mode)
+    except (RecursionError, MemoryError):
+        raise ExprError("the expression is too large or too deeply nested") from None
+
+
+def setting_value(key: str, text: str) -> Any:
+    """The value of ``set KEY = TEXT``, of the setting's type and in its range (the
+    daemon's own check, :meth:`DaemonConfig.validate`, run now rather than when the
+    daemon starts); :class:`ScenarioError` saying what is wrong."""
+    kind = SETTINGS[key]
+    try:
+        value = kind(text)
+    except ValueError:
+        what = {int: "an integer", float: "a number", str: "a word"}[kind]
+        raise ScenarioError(f"{key} is {what}, not {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ScenarioError(f"{key} must be a finite number, not {text}")
+    if key == "step_timeout" and value <= 0:
+        raise ScenarioError(f"step_timeout must be more than 0, not {text}")
+    if key in DAEMON_SETTINGS:
+        name = DAEMON_SETTINGS[key][0]
+        try:
+            DaemonConfig(**{name: value}).validate()
+        except ValueError as exc:
+            msg = str(exc)  # the daemon's words, with the scenario's name of the setting
+            raise ScenarioError(key + msg[len(name):] if msg.startswith(name + " ")
+                                else f"{key}: {msg}") from None
+    return value
 
 
 def _death_expect(how: str | None) -> Expect:
@@ -289,9 +330,12 @@ def _parse_call(body: str) -> tuple[str, str, str | None, str | None, bool]:
     if m:
         body, child = m.group(1), m.group(2)
     try:
-        tree = ast.parse(body, mode="exec")
+        tree = _parse_expression(body, "exec")
     except SyntaxError as exc:
         raise ScenarioError(f"syntax: {exc.msg}") from None
+    except ExprError as exc:
+        raise ScenarioError(str(exc)) from None
+    assert isinstance(tree, ast.Module)
     if len(tree.body) != 1:
         raise ScenarioError("one call per line")
     stmt = tree.body[0]
@@ -311,9 +355,9 @@ def _parse_call(body: str) -> tuple[str, str, str | None, str | None, bool]:
         raise ScenarioError("keyword arguments are not supported")
     for arg in value.args:
         try:
-            check(ast.Expression(arg))
+            check_static(ast.Expression(arg))
         except ExprError as exc:
-            raise ScenarioError(str(exc)) from None
+            raise ScenarioError(f"argument {_short(ast.unparse(arg))}: {exc}") from None
     return value.func.id, ast.unparse(value), bind, child, background
 
 
@@ -352,7 +396,7 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                 key, value = m.groups()
                 if key not in SETTINGS:
                     raise ScenarioError(f"unknown setting {key!r}")
-                settings[key] = SETTINGS[key](value)
+                settings[key] = setting_value(key, value)
                 continue
             if LOCKS_RE.match(line.split("#", 1)[0].strip()):
                 steps.append(Step(lineno, line, "locks", ""))
@@ -427,6 +471,14 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
 
 
 def load(path: str | Path) -> Scenario:
-    """Parse a scenario file."""
+    """Parse a scenario file (UTF-8 text)."""
     p = Path(path)
-    return parse(p.read_text(), p.name)
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ScenarioError(f"{p.name}:{lineno}: not UTF-8 text: byte 0x{data[exc.start]:02x} "
+                            f"at column {column}") from None
+    return parse(text, p.name)

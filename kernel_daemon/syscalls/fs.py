@@ -19,11 +19,11 @@ from kemu.kernel_daemon.pmem import Owner
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import File, Task
 from kemu.kernel_daemon.vfs import Inode
-from kemu.protocol import linux
+from kemu.protocol import linux, wire
 
 #: largest transfer one read/write message carries; longer calls return short, as
 #: Linux may (MAX_RW_COUNT is the kernel's own cap)
-MAX_IO = 1 << 20
+MAX_IO = wire.MAX_IO
 MAX_FILE_SIZE = (1 << 63) - 1
 
 #: flags open(2) keeps with O_PATH (fs/open.c O_PATH_FLAGS)

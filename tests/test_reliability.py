@@ -1,0 +1,258 @@
+"""Reliability: a run ends, in bounded time and with its record, whatever dies under it.
+
+* the kernel daemon dies on its own (an outside ``kill -9``): every agent call notices
+  (its pidfd), the launcher ends the run within seconds saying how the kernel died, and
+  the run folder keeps the kernel's event log up to the death;
+* the launcher dies of SIGKILL: its zygote kills the daemon and the actors (fork
+  children included end with their launcher link) and removes the pmem segment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import IO
+
+import msgpack
+import pytest
+
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.lib.runtime import Connection, DaemonGone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch.py")
+
+#: B's open breaks A's lease and sleeps for the break time (100 s): the run is "mid-
+#: scenario" from B's <unfinished ...> line until long after any test has finished
+SLEEPING = """\
+# title: B sleeps in the kernel for a long time
+set lease_break_time = 100
+set step_timeout = 100
+A: signal(SIGIO, "record")                      => 0
+A: fd = open("/data", O_RDONLY|O_CREAT, 0o644)  => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
+A: fork() as C
+B: r = open("/data", O_RDONLY) &
+B: join                                         => 3
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` a process that has not ended (a zombie has ended)?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
+
+
+class Launcher:
+    """``python launch.py run FILE`` in a subprocess, its transcript read line by line."""
+
+    def __init__(self, tmp: str, scenario: str) -> None:
+        self.runs = os.path.join(tmp, "runs")
+        os.makedirs(self.runs)
+        path = os.path.join(tmp, "sleeping.scn")
+        with open(path, "w") as fh:
+            fh.write(scenario)
+        env = {**os.environ, "KEMU_RUNS": self.runs}
+        self.proc = subprocess.Popen([sys.executable, LAUNCH, "run", path], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, cwd=ROOT)
+        assert self.proc.stdout is not None
+        self.stdout: IO[bytes] = self.proc.stdout
+        self.lines: list[str] = []
+
+    def until(self, pattern: str, timeout: float = 30.0) -> str:
+        """Read the transcript until a line matches ``pattern``; that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line matching {pattern!r} in:\n" + "\n".join(self.lines)
+            ready, _, _ = select.select([self.stdout], [], [], left)
+            if not ready:
+                continue
+            raw = self.stdout.readline()
+            assert raw, f"launcher ended before {pattern!r}:\n" + "\n".join(self.lines)
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def run_dir(self) -> str:
+        (name,) = os.listdir(self.runs)
+        return os.path.join(self.runs, name)
+
+    def daemon_pid(self) -> int:
+        """The daemon's PID, from its boot event (written out before it sleeps)."""
+        with open(os.path.join(self.run_dir(), "kernel.jsonl.msgpack"), "rb") as fh:
+            for rec in msgpack.Unpacker(fh, raw=False):
+                if rec.get("ev") == "boot":
+                    return int(rec["pid"])
+        raise AssertionError("no boot event in the kernel's log")
+
+    def actor_pids(self) -> set[int]:
+        """Actors' PIDs as the transcript shows them (a fork child's in its parent's
+        ``fork() = PID <C>`` line)."""
+        pattern = re.compile(r"^\[\w+ (\d+)\]|= (\d+) <\w+>$")
+        return {int(p) for line in self.lines for m in pattern.finditer(line)
+                for p in m.groups() if p}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stdout.close()
+
+
+@pytest.fixture
+def launcher() -> Iterator[object]:
+    """Start a :class:`Launcher` (in a short folder: a run folder's socket paths must
+    fit AF_UNIX's 108 bytes); killed at the end if still running."""
+    made: list[Launcher] = []
+    tmp = tempfile.mkdtemp(prefix="kr", dir="/tmp")
+
+    def start(scenario: str) -> Launcher:
+        made.append(Launcher(tmp, scenario))
+        return made[-1]
+
+    yield start
+    for lch in made:
+        lch.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.timeout(30)
+def test_a_call_waiting_for_a_dead_daemon_raises_daemon_gone(
+        kemu_run_dir: str, kemu_daemon: DaemonProcess) -> None:
+    """Before: the agent looked only for register.sock, which a SIGKILLed daemon leaves
+    behind, and waited for ever.  Now its pidfd of the daemon ends the wait."""
+    conn = Connection(kemu_run_dir, name="waiter")
+    try:
+        assert conn.daemon_pid == kemu_daemon.pid
+        rid = conn.submit("wait_exit", os.getpid())  # parks: this process does not exit
+        conn.call("getpid")  # answered after the wait_exit was parked (one socket)
+        os.kill(kemu_daemon.pid, signal.SIGKILL)
+        assert os.path.exists(os.path.join(kemu_run_dir, "register.sock"))
+        start = time.monotonic()
+        with pytest.raises(DaemonGone, match=rf"pid {kemu_daemon.pid}\) died.*"
+                                             r"(killed by SIGKILL|already reaped)"):
+            conn.wait(rid)
+        assert time.monotonic() - start < 5.0
+        with pytest.raises(DaemonGone):  # and every later call too
+            conn.call("getpid")
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_killed_from_outside_ends_the_run(launcher: object) -> None:
+    """Before: "actor B ... did not finish within 20 s", then the launcher could hang in
+    its own calls.  Now the run ends at once, saying the kernel died and how."""
+    lch = launcher(SLEEPING)  # type: ignore[operator]
+    lch.until(r"open\(\"/data\", O_RDONLY\) <unfinished")
+    pid = lch.daemon_pid()
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    try:
+        code = lch.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the launcher did not end within 15 s of the kernel's death")
+    took = time.monotonic() - start
+    out = "\n".join(lch.lines) + lch.stdout.read().decode(errors="replace")
+    assert code == 1, out
+    assert took < 5.0, out
+    assert f"the kernel daemon (pid {pid}) died" in out and "killed by SIGKILL" in out, out
+    assert "Traceback" not in out
+    # the record up to the death: the kernel parked B's open before it died
+    run_dir = lch.run_dir()
+    with open(os.path.join(run_dir, "events.jsonl")) as fh:
+        text = fh.read()
+    assert '"src":"kernel","ev":"park"' in text and '"call":"open"' in text
+    assert '"ev":"kernel-died"' in text
+    assert os.path.exists(os.path.join(run_dir, "kernel.jsonl"))  # converted
+    assert not any(_alive(p) for p in lch.actor_pids())
+    assert not any(n.startswith(f"kemu-{pid}-") for n in os.listdir("/dev/shm"))
+
+
+@pytest.mark.timeout(60)
+def test_a_launcher_killed_leaves_nothing_behind(launcher: object) -> None:
+    """SIGKILL of ``launch.py run`` mid-run: its zygote (its socket at end of file) kills
+    the daemon and the actors and removes the daemon's segments; the fork child (not the
+    zygote's) ends with its launcher link."""
+    lch = launcher(SLEEPING)  # type: ignore[operator]
+    lch.until(r"open\(\"/data\", O_RDONLY\) <unfinished")
+    daemon = lch.daemon_pid()
+    pids = lch.actor_pids() | {daemon}
+    assert len(pids) == 4  # A, its child C, B, the daemon
+    assert any(n.startswith(f"kemu-{daemon}-") for n in os.listdir("/dev/shm"))
+    lch.proc.send_signal(signal.SIGKILL)
+    lch.proc.wait()
+    deadline = time.monotonic() + 10.0
+    left: list[str] = []
+    while time.monotonic() < deadline:  # polling process states, with a deadline
+        left = [f"pid {p}" for p in sorted(pids) if _alive(p)]
+        left += [n for n in os.listdir("/dev/shm") if n.startswith(f"kemu-{daemon}-")]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"left behind 10 s after the launcher's SIGKILL: {left}"
+    with contextlib.suppress(FileNotFoundError):
+        assert "register.sock" not in os.listdir(lch.run_dir()) or not _alive(daemon)
+
+
+# --- a call too large for one frame ---------------------------------------------------------
+
+BIG_WRITE = """\
+# title: a write larger than one call moves
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)   => 3
+A: write(fd, "x" * 5000000)                 => 1048576
+A: fstat(fd)                                => {"st_size": 1048576}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_write_over_the_per_call_limit_is_a_short_write(launcher: object) -> None:
+    """Before: the 5 MB frame was refused as too-large without its id, the actor waited
+    for ever and the line hit the step timeout.  Now it is a short write of MAX_IO
+    (1 MiB, docs/syscalls.md), at once."""
+    lch = launcher(BIG_WRITE)  # type: ignore[operator]
+    code = lch.proc.wait(50)
+    out = "\n".join(lch.lines) + lch.stdout.read().decode(errors="replace")
+    assert code == 0, out
+    assert "=== PASS ===" in out, out
+
+
+@pytest.mark.timeout(30)
+def test_a_refused_frame_names_its_request(kemu_run_dir: str,
+                                           kemu_daemon: DaemonProcess) -> None:
+    """A frame over MAX_FRAME: the agent refuses to send it (ProtocolError at once), and
+    one sent anyway is refused by the daemon with the request's id, so the waiter wakes."""
+    from kemu.protocol import wire
+    from kemu.protocol.errors import ProtocolError
+
+    conn = Connection(kemu_run_dir, name="big")
+    try:
+        with pytest.raises(ProtocolError, match="too-large"):
+            conn.call("sendmsg", "nobody", b"x" * (wire.MAX_FRAME + 1))
+        # bypass the agent's check: the daemon itself must name request 77
+        conn._seq += 1
+        body = {"k": wire.CALL, "id": 77, "call": "write",
+                "args": [1, b"x" * (wire.MAX_FRAME + 1)], "v": list(wire.PROTOCOL_VERSION),
+                "pid": conn.pid, "seq": conn._seq}
+        conn.sock.send(wire.seal(body, conn.secret))
+        with pytest.raises(ProtocolError, match="too-large"):
+            conn.wait(77, timeout=10)
+        assert conn.call("getpid") == conn.pid  # still served
+    finally:
+        conn.close()
