@@ -46,11 +46,14 @@ class EventLog:
             self._len = _length(self._fd)  # appended to, as a file opened "ab" would be
             self._size = _chunked(self._len + 1)
             os.ftruncate(self._fd, self._size)
+            _reserve(self._fd, self._len, self._size)
             self._map = mmap.mmap(self._fd, self._size)
         #: CLOCK_MONOTONIC when the log started: every ``t`` is relative to it (the boot
         #: event records it as ``clock``, so other processes' records can be aligned)
         self.t0 = time.monotonic()
         self._seq = 0
+        #: records dropped because the file system could not hold the log
+        self.dropped = 0
         self._pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
 
     def emit(self, ev: str, **fields: Any) -> None:
@@ -67,7 +70,15 @@ class EventLog:
             data = self._pack(_plain(fields))
         end = self._len + len(data)
         if end >= self._size:  # one zero byte always follows the last record
-            self._size = _chunked(max(end + 1, 2 * self._size))
+            size = _chunked(max(end + 1, 2 * self._size))
+            try:
+                # blocks are reserved before the mapping grows: a store into a page the
+                # file system cannot back would be SIGBUS, a full disk must not be
+                _reserve(self._fd, self._size, size)
+            except OSError:
+                self.dropped += 1  # the log is full: the kernel goes on without it
+                return
+            self._size = size
             self._map.resize(self._size)  # ftruncate + mremap
         self._map[self._len : end] = data
         self._len = end
@@ -84,6 +95,13 @@ class EventLog:
             os.close(self._fd)
             self._fd = -1
             convert(self.path)
+
+
+def _reserve(fd: int, start: int, end: int) -> None:
+    """Allocate the file's blocks from ``start`` to ``end`` (``fallocate``); ENOSPC is
+    raised here, where it can be handled, not as SIGBUS on a store into the mapping."""
+    if end > start:
+        os.posix_fallocate(fd, start, end - start)
 
 
 def _chunked(n: int) -> int:
