@@ -134,7 +134,7 @@ def test_an_expression_that_fails_at_run_time_is_a_line_error(short_tmp: str) ->
     for name, (code, out, _) in results.items():
         _, line, words = RUNTIME[name]
         assert code == 1, out
-        assert "Traceback" not in out and "exited with" not in out, out
+        assert "Traceback" not in out and "exited with 1" not in out, out
         assert f"line {line}: " in out and "cannot evaluate arguments" in out, out
         assert words in out, out
         assert "died unexpectedly" not in out, out  # the actor goes on to its next line
