@@ -128,6 +128,13 @@ class Connection:
         self.endpoint: str = welcome["endpoint"]
         self.pmem: dict[str, Any] = welcome["pmem"]
         self.config: dict[str, Any] = welcome["config"]
+        self.daemon_pid: int = int(welcome.get("daemon_pid", 0))
+        #: a pidfd of the daemon: readable once it has ended, however it ended (SIGKILL
+        #: leaves its socket files behind, so they say nothing); -1 without one.  Taken
+        #: before ZeroMQ starts its I/O thread: the first descriptor at a high number
+        #: grows the descriptor table, and growing the table of a process that has
+        #: threads waits for an RCU grace period (fs/file.c expand_fdtable), 15 ms here
+        self.daemon_pidfd = _open_pidfd(self.daemon_pid)
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
@@ -139,10 +146,6 @@ class Connection:
         self._replies: dict[int, dict[str, Any]] = {}
         self.events: deque[dict[str, Any]] = deque()
         self.event_handlers: dict[str, EventHandler] = {}
-        self.daemon_pid: int = int(welcome.get("daemon_pid", 0))
-        #: a pidfd of the daemon: readable once it has ended, however it ended (SIGKILL
-        #: leaves its socket files behind, so they say nothing); -1 without one
-        self.daemon_pidfd = _open_pidfd(self.daemon_pid)
         self._poller: zmq.Poller | None = None
         self._poller_key: int | None = None
         #: the designs the daemon has built in, as its welcome advertises them
