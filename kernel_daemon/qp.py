@@ -69,6 +69,10 @@ class QP:
     cq_path: str
     db_fd: int
     cq_fd: int
+    #: the daemon's own writer of the doorbell FIFO: a FIFO whose last writer closed
+    #: reads EOF and polls EPOLLHUP for ever (fs/pipe.c pipe_poll), which would spin
+    #: the loop; with this one open it is quiet until a process rings
+    db_keep: int = -1
     consumed: int = 0
     dead: bool = False
 
@@ -100,6 +104,7 @@ def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
             os.chown(base + suffix, task.uid, task.gid)
         fds.append(os.open(base + ".db", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
         fds.append(os.open(base + ".cq", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+        fds.append(os.open(base + ".db", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except OSError as exc:
         for fd in fds:
             os.close(fd)
@@ -110,7 +115,7 @@ def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
         ring.unlink()
         raise KernelError(exc.errno or errno.EIO) from None
     qp = QP(qpn=qpn, ctx=ctx, task=task, ring=ring, db_path=base + ".db",
-            cq_path=base + ".cq", db_fd=fds[0], cq_fd=fds[1])
+            cq_path=base + ".cq", db_fd=fds[0], cq_fd=fds[1], db_keep=fds[2])
     _qps(k)[qpn] = qp
     ctx.qps.append(qp)
     watch(qp.db_fd, lambda: doorbell(k, qp))
@@ -128,7 +133,7 @@ def destroy_qp(k: Kernel, qp: QP, why: str) -> None:
     unwatch = getattr(k.io, "unwatch_fd", None)
     if unwatch is not None:
         unwatch(qp.db_fd)
-    for fd in (qp.db_fd, qp.cq_fd):
+    for fd in (qp.db_fd, qp.cq_fd, qp.db_keep):
         with contextlib.suppress(OSError):
             os.close(fd)
     for path in (qp.db_path, qp.cq_path):
