@@ -406,7 +406,10 @@ class Daemon:
         try:
             body, payload, mac = wire.open_frame(frame)
         except ProtocolError as exc:
-            rid = wire.request_id(frame) if exc.reason == wire.E_TOO_LARGE else None
+            # the refusal names the request it refuses (read without decoding the rest),
+            # so its caller stops waiting: a frame too large, values nested too deep
+            named = exc.reason == wire.E_TOO_LARGE or exc.detail.startswith(wire.TOO_DEEP)
+            rid = wire.request_id(frame) if named else None
             self._error(route, rid, exc.reason, exc.detail)
             return
         rid = body.get("id")

@@ -82,13 +82,38 @@ def check_version(version: Any) -> None:
         )
 
 
+#: the deepest nesting of lists and maps a message may have (a call's arguments are a
+#: few levels deep at most; a thousand would break whatever walks them recursively,
+#: the event log's JSON conversion for one)
+MAX_DEPTH = 32
+#: how the refusal of a frame nested too deep begins (the daemon names its request)
+TOO_DEEP = "values nested deeper than"
+
+
 def _unpack(data: bytes) -> Any:
     try:
-        return msgpack.unpackb(
+        body = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True
         )
     except Exception as exc:  # msgpack raises many types for garbage
         raise ProtocolError(E_MALFORMED, f"undecodable msgpack ({type(exc).__name__})") from None
+    if _too_deep(body, MAX_DEPTH):
+        raise ProtocolError(E_MALFORMED, f"{TOO_DEEP} {MAX_DEPTH} levels")
+    return body
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Is ``value`` nested deeper than ``limit`` lists and maps?  (Iterative: the
+    check itself must not recurse on what it refuses.)"""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def pack(body: dict[str, Any]) -> bytes:
@@ -138,7 +163,7 @@ def open_frame(frame: bytes) -> tuple[dict[str, Any], bytes, bytes]:
 
 
 def request_id(frame: bytes) -> int | None:
-    """The ``id`` field of a frame refused before it was decoded (too large), read
+    """The ``id`` field of a frame refused before it was decoded (too large, too deep), read
     without building its other values, so the refusal names the request it refuses
     and its caller stops waiting; None if there is none to be read."""
     import io

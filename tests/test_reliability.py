@@ -256,3 +256,53 @@ def test_a_refused_frame_names_its_request(kemu_run_dir: str,
         assert conn.call("getpid") == conn.pid  # still served
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(30)
+def test_deeply_nested_arguments_are_refused_at_the_door(kemu_run_dir: str,
+                                                          kemu_daemon: DaemonProcess) -> None:
+    """A thousand nested lists in one authenticated call: refused as malformed at once,
+    the daemon goes on serving and stops cleanly (its event log converts)."""
+    from kemu.protocol.errors import ProtocolError
+
+    deep: list[object] = []
+    for _ in range(1000):
+        deep = [deep]
+    conn = Connection(kemu_run_dir, name="deep")
+    try:
+        with pytest.raises(ProtocolError, match="nested deeper"):
+            conn.call("fstat", deep)
+        assert conn.call("getpid") == conn.pid  # still served
+    finally:
+        conn.close()
+    assert kemu_daemon.stop() == 0  # a clean stop: the log converted, nothing left
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(kemu_daemon.pmem_name)]
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+@pytest.mark.timeout(30)
+def test_a_doorbell_without_writers_leaves_the_daemon_idle(kemu_run_dir: str,
+                                                           kemu_daemon: DaemonProcess) -> None:
+    """The agent closes its end of a queue pair's doorbell FIFO (its last writer): the
+    daemon must not spin on the FIFO's EPOLLHUP; idle means (almost) no CPU."""
+    from kemu.agents.lib.api import EmuSystem
+
+    s = EmuSystem(kemu_run_dir, name="qp-owner")
+    try:
+        ctx = s.call("ibv_open_device")
+        qpn = s.ibv_create_qp(ctx)
+        os.close(s._qps()[qpn].db)  # the only writer the process had
+        assert s.call("getpid") == s.conn.pid  # the loop has seen the hang-up by now
+        hz = os.sysconf("SC_CLK_TCK")
+        before, t0 = _cpu_ticks(kemu_daemon.pid), time.monotonic()
+        select.select([], [], [], 1.0)  # an interval to measure idleness over
+        used = (_cpu_ticks(kemu_daemon.pid) - before) / hz
+        assert used < 0.1 * (time.monotonic() - t0), f"the daemon used {used:.2f} s of CPU"
+        assert s.call("kernel_stats")["qps"] == 1
+    finally:
+        s.conn.close()
