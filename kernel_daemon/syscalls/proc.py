@@ -76,12 +76,34 @@ def register(
         task.exec_token = None
         task.name = name or task.name
     task.umask = umask & 0o777
-    nofile = hello.get("nofile")
-    if isinstance(nofile, int) and not isinstance(nofile, bool) and nofile > 0:
-        # the process's real RLIMIT_NOFILE soft limit (capped: the table is a dict)
-        task.fds.limit = min(nofile, 1 << 20)
+    task.fds.limit = nofile_limit(pid, hello.get("nofile"))
     k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)
     return task
+
+
+#: the most descriptors a process may have when its real limit cannot be read
+FALLBACK_NOFILE = 1024
+#: the table is a dict: no limit above this, whatever the process's
+MAX_NOFILE = 1 << 20
+
+
+def nofile_limit(pid: int, claimed: object) -> int:
+    """The descriptor limit of process ``pid``: its real ``RLIMIT_NOFILE`` soft limit,
+    read by the daemon (``prlimit(2)``), never what the process claims at registration
+    (a process could claim 2^20 and get as many descriptors); the claim only where the
+    real one cannot be read (a made-up PID), then no more than 1024."""
+    import resource
+
+    try:
+        soft, _ = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        soft = -1
+    if soft == resource.RLIM_INFINITY:
+        soft = MAX_NOFILE
+    elif soft < 0:
+        ok = isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0
+        soft = min(int(claimed), FALLBACK_NOFILE) if ok else FALLBACK_NOFILE  # type: ignore[call-overload]
+    return max(1, min(soft, MAX_NOFILE))
 
 
 @syscall("fork_prepare", linux="kernel/fork.c copy_process() dup_fd()", support="emulator",
