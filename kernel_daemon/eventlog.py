@@ -42,7 +42,8 @@ class EventLog:
         #: bytes of records in the file; its mapped size
         self._len = self._size = 0
         if path is not None:
-            self._fd = os.open(path + ".msgpack", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # the run's record is the user's alone (mode 0600, as every log of the run)
+            self._fd = os.open(path + ".msgpack", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._len = _length(self._fd)  # appended to, as a file opened "ab" would be
             self._size = _chunked(self._len + 1)
             os.ftruncate(self._fd, self._size)
@@ -149,7 +150,8 @@ def convert(path: str) -> int:
         return 0
     encoder = json.JSONEncoder(default=_default, separators=(",", ":"))
     n = 0
-    with open(path + ".tmp", "w") as out:
+    with os.fdopen(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                   "w") as out:
         for rec in records(path):
             try:
                 out.write(encoder.encode(rec) + "\n")

@@ -306,3 +306,48 @@ def test_a_doorbell_without_writers_leaves_the_daemon_idle(kemu_run_dir: str,
         assert s.call("kernel_stats")["qps"] == 1
     finally:
         s.conn.close()
+
+
+CLAIMS_MORE = r"""
+import errno, os, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from kemu.agents.lib import runtime
+real = runtime.register
+runtime.register = lambda run_dir, hello, timeout=10.0: real(run_dir, {**hello, "nofile": 1 << 20}, timeout)
+conn = runtime.Connection(sys.argv[1], name="claims")
+opened = 0
+try:
+    while opened < 5000:
+        conn.call("open", f"/f{opened}", os.O_CREAT | os.O_RDWR, 0o644)
+        opened += 1
+except OSError as exc:
+    print(errno.errorcode[exc.errno], opened)
+else:
+    print("none", opened)
+conn.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_descriptor_limit_is_the_processs_real_one(kemu_run_dir: str,
+                                                        kemu_daemon: DaemonProcess) -> None:
+    """A process whose RLIMIT_NOFILE is 64 claims 2^20 at registration: the daemon reads
+    the real limit (prlimit of its PID) and the 62nd open is EMFILE, as on Linux."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", CLAIMS_MORE, kemu_run_dir], env=env,
+                         capture_output=True, text=True, timeout=50, check=False)
+    assert out.returncode == 0, out.stderr
+    word, opened = out.stdout.split()
+    assert word == "EMFILE" and int(opened) == 64 - 3, out.stdout  # 0, 1, 2 are taken
+
+
+@pytest.mark.timeout(60)
+def test_a_runs_logs_are_readable_by_its_user_only(kemu_run: object) -> None:
+    """The kernel's, the launcher's and the merged event log of a run are mode 0600
+    (they were 0644 in a folder other users can traverse)."""
+    import stat as stat_mod
+
+    outcome = kemu_run('A: fd = open("/f", O_RDWR|O_CREAT, 0o644) => 3\n')  # type: ignore[operator]
+    for name in ("kernel.jsonl", "launcher.jsonl", "events.jsonl"):
+        mode = stat_mod.S_IMODE(os.stat(os.path.join(outcome.run_dir, name)).st_mode)
+        assert mode == 0o600, f"{name}: {oct(mode)}"

@@ -216,7 +216,10 @@ class Runner:
         self.deaths: list[str] = []
         self.final_stats: dict[str, int] = {}
         self.foreign: list[dict[str, Any]] = []
-        self.events: IO[str] = open(os.path.join(self.run_dir, "launcher.jsonl"), "w")  # noqa: SIM115
+        # the run's logs are the user's alone: mode 0600 in a folder others may traverse
+        self.events: IO[str] = os.fdopen(os.open(
+            os.path.join(self.run_dir, "launcher.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+            0o600), "w")
         self.t0 = time.monotonic()
         self._dead_logged: set[int] = set()
         # the launcher's clock origin, so its records and the daemon's line up

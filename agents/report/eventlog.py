@@ -111,8 +111,8 @@ def merge(run_dir: str) -> list[dict[str, Any]]:
     """Merge the run's logs into ``events.jsonl`` and return its records."""
     records = combine(kernel_records(run_dir), launcher_records(run_dir))
     encoder = json.JSONEncoder(separators=(",", ":"), default=repr)
-    with open(os.path.join(run_dir, EVENTS), "w", encoding="utf-8",
-              errors="surrogateescape") as fh:
+    fd = os.open(os.path.join(run_dir, EVENTS), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as fh:  # the user's
         for rec in records:
             fh.write(encoder.encode(rec) + "\n")
     return records
