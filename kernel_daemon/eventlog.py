@@ -84,9 +84,6 @@ class EventLog:
         self._map[self._len : end] = data
         self._len = end
 
-    def flush(self) -> None:
-        """Nothing to do: every record is in the page cache once written (see above)."""
-
     def close(self) -> None:
         """Cut the file to its records, close it, and convert it to JSON lines at ``path``."""
         if self._map is not None and self.path is not None:

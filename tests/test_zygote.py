@@ -38,7 +38,7 @@ def _read(path: str) -> dict[str, object]:
 @pytest.mark.timeout(60)
 def test_a_zygote_child_inherits_what_a_fresh_process_does(tmp_path: object) -> None:
     env = daemon_env()
-    env["KEMU_PROBE"] = "1"
+    env["KEMU_PROBE"] = "1"  # a variable of the caller's own: the child must see it
     states = []
     for how in ("popen", "zygote"):
         path = os.path.join(str(tmp_path), f"log-{how}")

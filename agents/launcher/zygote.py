@@ -187,7 +187,7 @@ class Zygote:
         self.lock = threading.Lock()
         self.owner = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kemu.agents.launcher.zygote", str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-m", "kemu.agents.launcher.zygote", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL)
         theirs.close()
@@ -572,7 +572,7 @@ def _warm_up() -> None:
             importlib.import_module(module).main(argv)
 
 
-def serve(fd: int, parent: int) -> int:
+def serve(fd: int) -> int:
     """The zygote's loop: preload, then fork a process per request until EOF; then
     sweep (see the module docstring)."""
     sock = socket.socket(fileno=fd)
@@ -603,9 +603,9 @@ def _serve(sock: socket.socket) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kemu.agents.launcher.zygote FD LAUNCHER_PID``."""
+    """``python -m kemu.agents.launcher.zygote FD`` (its end of the launcher's socket)."""
     args = sys.argv[1:] if argv is None else argv
-    return serve(int(args[0]), int(args[1]))
+    return serve(int(args[0]))
 
 
 if __name__ == "__main__":

@@ -114,17 +114,16 @@ def format_line(rec: dict[str, Any], show_pids: bool = True) -> str:
         return "\n".join(f"{label(actor, pid, show_pids)} <... {call} resumed> = ?"
                          for call in str(rec["calls"]).split(", "))
     if kind == "fault":
-        fault = str(rec["fault"])
+        fault, lane = str(rec["fault"]), label(actor, pid, show_pids)
         if fault == "kill":
-            return f"{label(actor, pid, show_pids)} +++ killed by SIGKILL +++"
+            return f"{lane} +++ killed by SIGKILL +++"
         if fault == "stop":
-            return f"{label(actor, pid, show_pids)} --- stopped by SIGSTOP ---"
+            return f"{lane} --- stopped by SIGSTOP ---"
         if fault == "cont":
-            return f"{label(actor, pid, show_pids)} --- SIGCONT {{si_signo=SIGCONT, si_code=SI_USER}} ---"
+            return f"{lane} --- SIGCONT {{si_signo=SIGCONT, si_code=SI_USER}} ---"
         if fault.startswith("delay"):
-            return (f"{label(actor, pid, show_pids)} --- stopped by SIGSTOP --- "
-                    f"(!{fault}, then SIGCONT)")
-        return f"{label(actor, pid, show_pids)} +++ {fault} +++"
+            return f"{lane} --- stopped by SIGSTOP --- (!{fault}, then SIGCONT)"
+        return f"{lane} +++ {fault} +++"
     if kind == "aborted":
         return f"!!! run aborted: {rec['reason']}"
     if kind == "verdict":
