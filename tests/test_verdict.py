@@ -25,6 +25,7 @@ from dual import same_on_both_targets
 from lease_cases import CASES
 
 from kemu.agents.launcher import cli
+from kemu.agents.launcher.matrix import summarize
 from kemu.agents.launcher.runner import Outcome, run_scenario
 from kemu.agents.scenario import transcript
 from kemu.agents.scenario.parse import Expect, ScenarioError, parse
@@ -90,6 +91,9 @@ def test_expect_death_writes_the_death_down(target: str) -> None:
     assert out.deaths == ["A killed by SIGIO"]
     assert end_record(out)["deaths"] == ["A killed by SIGIO"]
     assert "[A] +++ killed by SIGIO +++" in out.transcript
+    # the matrix cell says the death once, and the finished folder keeps no socket
+    assert summarize(out).count("SIGIO") == 1, summarize(out)
+    assert "director.sock" not in os.listdir(out.run_dir)
 
 
 @pytest.mark.host

@@ -75,7 +75,9 @@ def summarize(o: Outcome) -> str:
             words.append("RDMA error")
         if line.step.call in ("signals", "sigwait") and ok and "SIGIO" not in words:
             words.append("SIGIO")
-        if "killed" in reply and f"killed {reply['killed']}" not in words:
+        # an ``!expect-death`` line's death is one of ``o.deaths``: say it once
+        if "killed" in reply and line.step.fault != "expect-death" \
+                and f"killed {reply['killed']}" not in words:
             words.append(f"killed {reply['killed']}")
     words.extend(o.deaths)
     text = ", ".join(words) or "no error"

@@ -958,6 +958,8 @@ class Runner:
             link.close()  # actors that said hello after the run gave up on them
         self.unclaimed.clear()
         self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.director_path)  # a socket file is no use in a finished run
         known = [(a.pid, a.created) for a in self.actors.values()]
         if self.daemon is not None:
             known.append((self.daemon.pid, self.daemon_created))
