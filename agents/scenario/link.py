@@ -13,6 +13,26 @@ from typing import Any
 from kemu.agents.lib.api import move_high
 from kemu.protocol import wire
 
+#: the largest record either end accepts
+LINK_LIMIT = 16 * 1024 * 1024
+#: an echoed string or byte string keeps this many items (strace shows 32), a list
+#: or dict this many
+ECHO_CHARS = 64
+ECHO_ITEMS = 4096
+
+
+def echoed(value: Any, depth: int = 0) -> Any:
+    """``value`` as a reply echoes it back to the launcher: strings, byte strings and
+    lists cut (strings to :data:`ECHO_CHARS`: the transcript shows 32 and ``...``, as
+    ``strace -s 32`` does), so an argument of 20 MB never outgrows the link."""
+    if isinstance(value, str | bytes | bytearray):
+        return value if len(value) <= ECHO_CHARS else value[:ECHO_CHARS]
+    if isinstance(value, list | tuple) and depth < 32:
+        return [echoed(v, depth + 1) for v in value[:ECHO_ITEMS]]
+    if isinstance(value, dict) and depth < 32:
+        return {k: echoed(v, depth + 1) for k, v in list(value.items())[:ECHO_ITEMS]}
+    return value
+
 
 class LinkClosed(ConnectionError):
     """The other end of a link went away (the actor died or exec'd)."""
@@ -27,7 +47,7 @@ class Link:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.reader = wire.RecordReader(limit=16 * 1024 * 1024)
+        self.reader = wire.RecordReader(limit=LINK_LIMIT)
 
     @classmethod
     def connect(cls, path: str) -> Link:

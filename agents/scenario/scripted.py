@@ -28,7 +28,8 @@ from kemu.agents.lib.api import INFRA_FD_BASE, EmuSystem, System, make_system
 from kemu.agents.lib.peer import EmuMailbox, HostMailbox, Mailbox
 from kemu.agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
 from kemu.agents.scenario.expr import UNSET, ExprError, Unset, evaluate, is_unset
-from kemu.agents.scenario.link import Link, LinkClosed
+from kemu.agents.scenario.link import LINK_LIMIT, Link, LinkClosed, echoed
+from kemu.protocol import wire
 from kemu.protocol.linux import errno_name
 
 
@@ -103,6 +104,11 @@ class Actor:
         delivered = self.system.take_delivered()
         if delivered:
             reply = {**reply, "delivered": delivered}
+        if "args" in reply:
+            reply = {**reply, "args": echoed(reply["args"])}
+        if len(wire.encode_record(reply)) > LINK_LIMIT:
+            reply = {k: v for k, v in reply.items() if k not in ("ok", "args")}
+            reply["error"] = f"the call's result is larger than the launcher link's {LINK_LIMIT} bytes"
         self.link.send(reply)
 
     def evaluate_args(self, source: str, actors: list[str]) -> tuple[str, list[Any]]:
@@ -164,7 +170,7 @@ class Actor:
             with lock:
                 if not announced.is_set():
                     announced.set()
-                    self.link.send({"started": True, "args": args})
+                    self.link.send({"started": True, "args": echoed(args)})
 
         if isinstance(self.system, EmuSystem):
             if name not in EMU_BACKGROUND:
