@@ -21,6 +21,7 @@ import webdriver
 from kemu.agents.launcher import matrix
 from kemu.agents.launcher.runner import Outcome, run_scenario
 from kemu.agents.report import blockmap, build, eventlog, perfetto, sequence
+from kemu.agents.report.model import internal_call
 from kemu.agents.scenario import transcript
 from kemu.agents.scenario.parse import load, parse
 
@@ -375,8 +376,12 @@ def test_trace_events_match_the_log(s06: Outcome) -> None:
     names = {e["pid"]: e["args"]["name"] for e in events
              if e["ph"] == "M" and e["name"] == "process_name"}
     assert pids <= set(names)
+    # the scenario's calls, not the agent's own (registration, sigdelivered, mm_fault)
+    assert any(r["src"] == "kernel" and r["ev"] == "call" and internal_call(r["call"])
+               for r in recs)
     calls = {r["seq"] for r in recs if r["src"] == "kernel" and r["ev"] == "call"
-             and r["pid"] in pids and any(x["src"] == "kernel" and x["ev"] == "ret"
+             and r["pid"] in pids and not internal_call(r["call"], _source_of(recs, r))
+             and any(x["src"] == "kernel" and x["ev"] == "ret"
                                           and x["pid"] == r["pid"]
                                           and x["id"] == r["id"] for x in recs)}
     slices = {e["args"]["seq"] for e in events if e["ph"] == "X" and e.get("cat") == "syscall"}
@@ -389,6 +394,17 @@ def test_trace_events_match_the_log(s06: Outcome) -> None:
     assert any(e["ph"] == "i" and e.get("s") == "g" and e["name"] == "FOREIGN WRITE"
                for e in events)
     assert perfetto.trace(build(recs)) == doc
+
+
+def _source_of(recs: list[dict[str, Any]], rec: dict[str, Any]) -> str:
+    """The scenario line its process was running when the kernel logged ``rec``."""
+    source = ""
+    for r in recs:
+        if r is rec:
+            break
+        if r["src"] == "launcher" and r["ev"] in ("call", "step") and r.get("pid") == rec["pid"]:
+            source = str(r.get("source") or "")
+    return source
 
 
 # --- host runs and odd logs -------------------------------------------------------------

@@ -3,9 +3,11 @@
 
 - one trace process per actor (``A 1234``, its real PID), one for the kernel, the RDMA
   card and the launcher;
-- every system call a complete event (``"ph": "X"``) on its process, from its entry to
-  its reply, with its arguments and result; a call that slept has a nested ``blocked``
-  slice from the moment it parked;
+- every system call of the scenario a complete event (``"ph": "X"``) on its process,
+  from its entry to its reply, with its arguments and result; a call that slept has a
+  nested ``blocked`` slice from the moment it parked.  The agent's own calls
+  (registration, signal bookkeeping, fault service:
+  :func:`kemu.agents.report.model.internal_call`) are left out, as in the diagram;
 - each scenario line a slice on the launcher's track;
 - signals, shoot-downs, faults, exits, lease events and injected faults instant events
   (``"ph": "i"``); a foreign write a global instant (``"s": "g"``), so it shows on
@@ -23,7 +25,7 @@ import json
 from collections import deque
 from typing import Any
 
-from kemu.agents.report.model import Run
+from kemu.agents.report.model import Run, internal_call
 from kemu.agents.scenario import strace
 
 #: trace PIDs of the tracks that are not processes (above any real pid_max)
@@ -67,10 +69,14 @@ def trace(run: Run) -> dict[str, Any]:
     flow: int = 0
     used = 0
     line_start: dict[str, Any] | None = None
+    #: each actor's scenario line being run, to tell the agent's own calls apart
+    source: dict[int, str] = {}
     for rec in run.records:
         ev, t = rec.get("ev"), _us(rec.get("t"))
         pid = rec.get("pid")
         if rec.get("src") == "launcher":
+            if ev in ("call", "step") and isinstance(pid, int):
+                source[pid] = str(rec.get("source") or "")
             if ev in ("call", "step", "fault", "finish"):
                 if line_start is not None:
                     events.append(_line_slice(line_start, t))
@@ -92,6 +98,9 @@ def trace(run: Run) -> dict[str, Any]:
                 continue
             t0 = _us(call.get("t"))
             name = str(call.get("call"))
+            if internal_call(name, source.get(int(pid), "")):
+                parks.pop(key, None)  # the agent's own bookkeeping, as in the diagram
+                continue
             result = {"errno": rec["errno"]} if rec.get("errno") is not None else \
                 {"result": rec.get("result")}
             events.append({"ph": "X", "name": name, "cat": "syscall", "pid": pid, "tid": pid,
