@@ -122,6 +122,16 @@ def test_a_users_own_tests_run_scenarios_and_agents(user_folder: str) -> None:
     assert "7 passed" in done.stdout, done.stdout
 
 
+@pytest.mark.timeout(300)
+def test_a_users_own_tests_run_under_xdist(user_folder: str) -> None:
+    """``pytest -n 2`` (pytest-xdist): each worker process gets its own zygote, daemons
+    and run folders, and the same seven tests pass."""
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed")
+    done = _pytest(user_folder, "-n", "2", "-k", "not hangs")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 passed" in done.stdout, done.stdout
+
+
 @pytest.mark.timeout(120)
 def test_a_timed_out_test_leaves_nothing_behind(user_folder: str) -> None:
     pids = os.path.join(user_folder, "pids.json")
