@@ -21,6 +21,8 @@ class Case:
     scenario: str
     #: a divergence kept on purpose: (target it concerns, reason); empty when none
     divergence: str = ""
+    #: the issue whose work added the behaviour (shown in the table's "new" column)
+    new: str = ""
 
 
 HOLDER = """
@@ -220,33 +222,34 @@ A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
          "lease: SIGIO is sent before the open sleeps, so with a handler (no SA_RESTART) "
          "the open returns EINTR at once", "breaking", HOLDER + """
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
-A: open("/f", O_RDWR)                           => EINTR
+A: open("/f", O_RDWR)                           => EINTR within 0.5s
 A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 """),
     Case("own_open_with_sa_restart_waits_for_deadline", "with SA_RESTART the holder's own "
          "open restarts, does not signal again, sleeps until lease_break_time and then "
-         "opens: the lease was removed", "time", """
+         "opens (1 s after it began): the lease was removed", "time", """
 set lease_break_time = 1
 A: signal(SIGIO, "record-restart")             => 0
 A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
-A: open("/f", O_RDWR)                           => 4
+A: open("/f", O_RDWR)                           => 4 after 1s
 A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 A: locks()                                      => []
 """),
     Case("deadline_downgrades_or_removes", "a holder that ignores the notice: at the "
-         "deadline a reader breaker's lease is downgraded, a writer breaker's removed",
+         "deadline (each breaker waits lease_break_time) a reader breaker's lease is "
+         "downgraded, a writer breaker's removed",
          "time", """
 set lease_break_time = 1
 """ + HOLDER + """
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
 B: r = open("/f", O_RDONLY) &
-B: join                                         => 3
+B: join                                         => 3 after 1s
 A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
 C: w = open("/f", O_WRONLY) &
-C: join                                         => 3
+C: join                                         => 3 after 1s
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}, {"si_signo": SIGIO, "si_code": SI_KERNEL}]
 """),
@@ -487,7 +490,7 @@ A: fork() as C
 C: signal(SIGIO, "record")                     => 0
 !kill A
 B: open("/f", O_RDWR) &
-B: join                                        => 3
+B: join                                        => 3 after 1s
 C: signals()                                   => []
 C: fcntl(fd, F_GETLEASE)                       => F_UNLCK
 """),
@@ -741,15 +744,17 @@ def render() -> str:
         "expectation (written first for the host) and their transcripts to be identical,",
         "PIDs aside; a test keeps this page equal to the table.",
         "",
-        f"{len(CASES)} behaviours.",
+        f"{len(CASES)} behaviours; the \"new\" column names the issue whose work added a "
+        "behaviour.",
         "",
-        "| # | area | behaviour | test | host | emulator |",
-        "|---|---|---|---|---|---|",
+        "| # | area | behaviour | test | host | emulator | new |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, c in enumerate(CASES, 1):
         emu = f"diverges: {c.divergence}" if c.divergence else "pass"
         lines.append(f"| {i} | {c.area} | {c.behaviour} | "
-                     f"`test_leases.py::test_lease_behaviour[{c.name}]` | pass | {emu} |")
+                     f"`test_leases.py::test_lease_behaviour[{c.name}]` | pass | {emu} | "
+                     f"{'issue ' + c.new if c.new else ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -41,10 +41,11 @@ from kemu.agents.lib.api import HostSystem
 from kemu.agents.lib.runtime import Connection, DaemonGone
 from kemu.agents.scenario import strace, transcript
 from kemu.agents.scenario.calls import SLEEPS_IN, check_calls
+from kemu.agents.scenario.expr import UNSET, ExprError
 from kemu.agents.scenario.link import Link, LinkClosed, Watched
 from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
-from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
+from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER, errno_name
 
 ROOT = kemu.HOME
 #: the host's own value while a run has changed it (survives the run being killed)
@@ -131,6 +132,8 @@ class Outcome:
         return not self.failures
 
 
+#: seconds a time expectation (``after 1s``) may be off by default (``time_tolerance``)
+TIME_TOLERANCE = 0.5
 #: seconds a new actor (a fresh interpreter: spawn, exec) may take to say hello
 START_TIMEOUT = 30.0
 #: an actor's RLIMIT_NOFILE soft limit: the usual 1024 of a login shell
@@ -141,41 +144,13 @@ class RunError(Exception):
     """The run could not go on (an actor did not answer in time, a link broke)."""
 
 
-def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
-    """True when ``reply`` meets ``expect`` (no expectation: anything but a scenario error)."""
-    if "error" in reply:
-        return False
-    if "skipped" in reply or (expect is not None and expect.kind == "skipped"):
-        return "skipped" in reply and (expect is None or expect.kind in ("skipped", "any"))
-    if "killed" in reply or (expect is not None and expect.kind == "killed"):
-        if expect is None or expect.kind != "killed" or "killed" not in reply:
-            return False
-        return expect.value in (None, reply["killed"])
-    if expect is None or expect.kind == "any":
-        return True
-    if expect.kind == "errno":
-        return bool(reply.get("errno") == expect.value)
-    if "errno" in reply:
-        return False
-    if expect.kind == "ok":
-        return True
-    got = reply.get("ok")
-    want = expect.value
-    if isinstance(want, str) and isinstance(got, bytes | bytearray):
-        want = want.encode()
-    return _match_value(got, want)
-
-
-def _match_value(got: Any, want: Any) -> bool:
-    """Equality, except that an expected map needs only the keys it names (also inside
-    lists), so an expectation can leave out what differs between runs (PIDs)."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        return all(k in got and _match_value(got[k], v) for k, v in want.items())
-    if isinstance(want, list) and isinstance(got, list):
-        return len(want) == len(got) and all(_match_value(g, w) for g, w in zip(got, want, strict=True))
-    if isinstance(want, str) and isinstance(got, bytes | bytearray):
-        return got == want.encode()
-    return bool(got == want)
+def matches(expect: Expect | None, reply: dict[str, Any], env: dict[str, Any] | None = None,
+            pids: dict[str, int] | None = None, tolerance: float = 0.5) -> bool:
+    """True when ``reply`` meets ``expect`` (no expectation: any success; see
+    :meth:`Expect.matches` for ``env``, ``pids`` and ``tolerance``)."""
+    if expect is None:
+        return not ({"error", "skipped", "killed"} & set(reply))
+    return expect.matches(reply, env, pids, tolerance)
 
 
 class Runner:
@@ -253,6 +228,9 @@ class Runner:
         self.aborted = False
         #: deaths shown unjudged (see ``Outcome.unjudged_deaths``)
         self.unjudged_deaths = 0
+        #: each actor's variables as its lines bound them (the results the actor
+        #: reported), for expectations that name them
+        self.vars: dict[str, dict[str, Any]] = {}
 
     # --- output -----------------------------------------------------------------------
 
@@ -455,7 +433,7 @@ class Runner:
         exp = step.expectation(tags)
         if step.kind == "join" and not step.expects and actor.pending:
             exp = actor.pending[0].expectation(tags)
-        return step.kind in ("call", "join") and exp is not None and exp.kind == "killed"
+        return step.kind in ("call", "join") and exp is not None and exp.expects_death()
 
     def _death_unjudged(self, name: str) -> bool:
         """A design the scenario does not know, and the scenario's word on ``name``'s
@@ -463,7 +441,7 @@ class Runner:
         return not self.judged and any(
             s.actor == name and s.design_dependent()
             and ((s.kind == "fault" and s.fault in ("wait", "expect-death", "kill"))
-                 or any(e.kind == "killed" for e in s.expects))
+                 or any(e.expects_death() for e in s.expects))
             for s in self.sc.steps)
 
     def _unexpected_death(self, actor: ActorState, status: str, line: int) -> None:
@@ -615,7 +593,9 @@ class Runner:
 
     def _check(self, step: Step, actor: ActorState, text: str, reply: dict[str, Any]) -> None:
         exp = step.expectation({self.policy, self.target})
-        ok = matches(exp, reply)
+        ok = matches(exp, reply, self.vars.get(actor.name, {}),
+                     {a.name: a.pid for a in self.actors.values()},
+                     float(self.settings.get("time_tolerance", TIME_TOLERANCE)))
         unjudged = not self.judged and step.design_dependent() and "error" not in reply
         if unjudged:
             ok = True
@@ -626,6 +606,15 @@ class Runner:
                   expected=exp.describe() if exp else None)
         if not ok:
             want = exp.describe() if exp else "success"
+            if exp is not None and exp.source:
+                with contextlib.suppress(ExprError):
+                    value = exp.evaluate(self.vars.get(actor.name, {}),
+                                         {a.name: a.pid for a in self.actors.values()})
+                    want += " (= " + strace.value(self._pid_name(value) if type(value) is int
+                                                  else self._name_pids(value)) + ")"
+            if exp is not None and exp.time is not None:
+                took = reply.get("elapsed")
+                want += f" (took {took:.3f} s)" if isinstance(took, float) else " (not timed)"
             why = reply.get("error") or f"expected {want}"
             self.failures.append(f"line {step.lineno}: {text}: {why}")
             self._emit("mismatch", expected=want)
@@ -633,7 +622,7 @@ class Runner:
                 self._emit("trace", text=str(reply["trace"]))
         elif unjudged:
             self._emit("unjudged", design=self.policy)
-        if "killed" in reply and not unjudged and (exp is None or exp.kind != "killed"):
+        if "killed" in reply and not unjudged and (exp is None or not exp.expects_death()):
             # the actor died under a call that does not expect it
             self._unexpected_death(actor, str(reply["killed"]), self.line_now or step.lineno)
 
@@ -694,6 +683,7 @@ class Runner:
             self._log("step", line=step.lineno, kind="join", actor=actor.name, pid=actor.pid,
                       source="join", started=started.lineno)
             reply = self._send(actor, {"op": "join", "source": started.source})
+            self._bind(actor.name, started.bind, reply)
             name = reply.get("call", started.call)
             reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
@@ -710,7 +700,10 @@ class Runner:
         if step.call == "exec":
             self._exec(step, actor, body)
             return
-        reply = self._canonical(step.call, self._send(actor, body))
+        raw = self._send(actor, body)
+        if not raw.get("started") and step.call != "fork":
+            self._bind(actor.name, step.bind, raw)
+        reply = self._canonical(step.call, raw)
         shown = strace.call(step.call, self._display_args(step.call, reply.get("args", [])))
         if reply.get("started"):
             actor.pending.append(step)
@@ -725,6 +718,9 @@ class Runner:
                                             created=_created(int(hello["pid"])),
                                             pidfd=_pidfd(int(hello["pid"])))
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
+            self.vars[child] = dict(self.vars.get(actor.name, {}))
+            self._bind(child, step.bind, {"ok": 0})
+            self._bind(actor.name, step.bind, reply)
             res = self._pid_text(int(reply["ok"]))
         text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
         self._ended(actor, reply)
@@ -735,6 +731,17 @@ class Runner:
             self._dead(actor, actor.status or _exit_status(actor), "exit")
             self._emit("exited", actor=actor.name, pid=actor.pid, status=actor.status
                        or "exited with 0")
+
+    def _bind(self, actor: str, var: str | None, reply: dict[str, Any]) -> None:
+        """Keep what ``var = call(...)`` bound in ``actor``'s variables, as the actor
+        itself does (``scripted.Actor.execute``): the result, or a failed call's mark."""
+        if not var:
+            return
+        if "ok" in reply:
+            self.vars.setdefault(actor, {})[var] = reply["ok"]
+        elif "errno" in reply:
+            self.vars.setdefault(actor, {})[var] = {
+                UNSET: f"the call failed with {errno_name(int(reply['errno']))}"}
 
     def _exec(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
         assert actor.link is not None

@@ -18,6 +18,7 @@ import os
 import select
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -145,7 +146,9 @@ class Actor:
         if step.get("background"):
             self.background(name, args, bind)
             return None
+        began = time.monotonic()
         reply = _outcome(lambda: fn(self, *args))
+        reply["elapsed"] = time.monotonic() - began  # for time expectations (after 1s)
         if bind and "ok" in reply:
             self.vars[bind] = reply["ok"]
         elif bind and "errno" in reply:
@@ -165,6 +168,7 @@ class Actor:
         """
         announced = threading.Event()
         lock = threading.Lock()
+        began = time.monotonic()
 
         def announce() -> None:
             with lock:
@@ -200,7 +204,7 @@ class Actor:
             os.close(proc_fd)
         if bind and "ok" in result:
             self.vars[bind] = result["ok"]
-        self.done = {**result, "call": name, "args": args}
+        self.done = {**result, "call": name, "args": args, "elapsed": time.monotonic() - began}
 
     def join(self) -> dict[str, Any]:
         """The result of the background call that ran last."""

@@ -1,0 +1,169 @@
+"""The scenario language of issue 10, section 3: what an expectation can say.
+
+Alternatives (``EBUSY or EAGAIN``, ``not EAGAIN``), values known only when the line
+runs (``A.pid``, a variable, ``exactly {...}``, ``absent``), time (``after 1s``,
+``within 0.1s``), reactions in a signal handler (``on SIGIO: ...``), ``sigtimedwait``.
+Each feature is parsed here without a process, then run on the emulator (and, marked
+``host``, on both targets with identical transcripts); each run that should fail is
+checked to fail, so the feature cannot pass a run by mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import errno as E
+
+from dual import same_on_both_targets
+
+from kemu.agents.launcher.runner import run_scenario
+from kemu.agents.scenario.parse import ABSENT, Expect, ScenarioError, parse, parse_expect
+from kemu.protocol import linux
+
+# --- parsing and matching, no process ---------------------------------------------------
+
+
+def test_alternatives_parse_and_match() -> None:
+    e = parse_expect("EBUSY or EAGAIN")
+    assert e.kind == "alt" and e.describe() == "EBUSY or EAGAIN"
+    assert e.matches({"errno": E.EAGAIN}) and e.matches({"errno": E.EBUSY})
+    assert not e.matches({"errno": E.EINTR}) and not e.matches({"ok": 0})
+    # '|' between errno names only: elsewhere it stays the expression's bitwise or
+    assert parse_expect("EBUSY | EAGAIN") == e
+    v = parse_expect("O_RDWR | O_APPEND")
+    assert v.kind == "value" and v.value == linux.O_RDWR | linux.O_APPEND
+    mixed = parse_expect("3 or EINTR")
+    assert mixed.matches({"ok": 3}) and mixed.matches({"errno": E.EINTR})
+    assert not mixed.matches({"ok": 4})
+
+
+def test_negation_matches_anything_but_its_value() -> None:
+    e = parse_expect("not EAGAIN")
+    assert e.matches({"ok": 3}) and e.matches({"errno": E.EINTR})
+    assert not e.matches({"errno": E.EAGAIN})
+    z = parse_expect("not 0")
+    assert z.matches({"ok": 5}) and z.matches({"errno": E.ENOENT}) and not z.matches({"ok": 0})
+    # a death or a scenario error is never "anything but"
+    assert not z.matches({"killed": "SIGIO"}) and not z.matches({"error": "x"})
+    # Python's precedence: 'not' binds tighter than 'or'
+    assert parse_expect("not 0 or 0").matches({"ok": 0})
+
+
+def test_run_time_values() -> None:
+    pid = parse_expect("A.pid", frozenset())
+    assert pid.source == "A.pid" and pid.value is None
+    assert pid.matches({"ok": 123}, {}, {"A": 123}) and not pid.matches({"ok": 124}, {}, {"A": 123})
+    assert parse_expect("-A.pid", frozenset()).matches({"ok": -7}, {}, {"A": 7})
+    fd = parse_expect("fd + 1", frozenset({"fd"}))
+    assert fd.matches({"ok": 4}, {"fd": 3}) and not fd.matches({"ok": 3}, {"fd": 3})
+    with pytest.raises(ScenarioError, match="which no earlier line of this actor binds"):
+        parse_expect("fd", frozenset())
+    # a variable whose call failed: the expectation cannot hold
+    assert not fd.matches({"ok": 4}, {"fd": {"__unset__": "open failed"}})
+
+
+def test_dict_subset_exact_and_absent() -> None:
+    got = {"type": 1, "pid": 5}
+    assert parse_expect('{"type": 1}').matches({"ok": got})
+    assert not parse_expect('exactly {"type": 1}').matches({"ok": got})
+    assert parse_expect('exactly {"type": 1, "pid": 5}').matches({"ok": got})
+    absent = parse_expect('{"type": 1, "si_fd": absent}')
+    assert absent.value == {"type": 1, "si_fd": ABSENT}
+    assert absent.matches({"ok": got}) and not absent.matches({"ok": {**got, "si_fd": 3}})
+    # exactly, in a list of maps (locks()), holds at every depth
+    lst = parse_expect('exactly [{"type": 1, "pid": 5}]')
+    assert lst.matches({"ok": [got]}) and not lst.matches({"ok": [{**got, "x": 0}]})
+
+
+def test_time_bounds() -> None:
+    after = parse_expect("3 after 2s\u00b10.5")
+    assert after.time == ("after", 2.0, 0.5) and after.describe() == "3 after 2s\u00b10.5"
+    assert after.matches({"ok": 3, "elapsed": 1.6}) and after.matches({"ok": 3, "elapsed": 2.4})
+    assert not after.matches({"ok": 3, "elapsed": 1.4}) and not after.matches({"ok": 3, "elapsed": 2.6})
+    assert not after.matches({"ok": 3})  # not measured: cannot hold
+    default = parse_expect("ok after 1s")
+    assert default.matches({"ok": 0, "elapsed": 1.3}, tolerance=0.5)
+    assert not default.matches({"ok": 0, "elapsed": 1.3}, tolerance=0.1)
+    within = parse_expect("EINTR within 0.1s")
+    assert within.matches({"errno": E.EINTR, "elapsed": 0.05})
+    assert not within.matches({"errno": E.EINTR, "elapsed": 0.2})
+    assert parse_expect("after 1s").kind == "ok"
+    assert parse_expect("+-".join(["0 after 1s", "0.2"])).time == ("after", 1.0, 0.2)
+    # inside a string the words are data
+    assert parse_expect('b"after 1s"') == Expect("value", b"after 1s")
+
+
+@pytest.mark.parametrize("text", ["not *", "!= 0", "0 or", "killed SIGIO after 1s",
+                                  "0 within 1s\u00b10.5", "0 after 99999s", "not killed"])
+def test_bad_expectations_are_refused(text: str) -> None:
+    with pytest.raises(ScenarioError):
+        parse_expect(text, frozenset())
+
+
+def test_fork_child_inherits_bound_names_and_pid_needs_an_actor() -> None:
+    parse('A: fd = open("/f", O_RDWR|O_CREAT, 0o644)\nA: fork() as C\nC: dup(fd) => fd + 1\n')
+    with pytest.raises(ScenarioError, match=r"t:1: Z\.pid names no actor"):
+        parse("A: getpid() => Z.pid\n", "t")
+
+
+# --- runs -------------------------------------------------------------------------------
+
+RUNTIME = """
+set lease_break_time = 1
+A: signal(SIGIO, "record")                    => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_GETOWN)                         => A.pid
+A: fcntl(fd, F_GETOWN)                         => not B.pid
+A: fcntl(fd, F_GETOWN_EX)                      => exactly {"type": F_OWNER_PID, "pid": A.pid}
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID, "uid": absent}
+B: open("/f", O_RDWR|O_NONBLOCK)               => EBUSY | EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_fd": absent}
+B: w = open("/f", O_RDWR) &
+B: join                                        => 3 after 1s
+A: fcntl(fd, F_GETLEASE)                       => F_UNLCK within 1s
+A: g = dup(fd)                                 => fd + 1
+A: dup(fd)                                     => g + 1
+A: fork() as C
+C: fcntl(fd, F_GETOWN)                         => not C.pid
+C: dup(g)                                      => g + 2
+"""
+
+
+def test_runtime_values_and_time_on_the_emulator() -> None:
+    out = run_scenario(parse(RUNTIME, "runtime"), "emulator", show_pids=False, render=False)
+    assert out.passed, "\n".join([*out.failures, *out.transcript])
+
+
+#: a line that should fail -> the words its failure must say
+FAILING = {
+    "A: getpid() => B.pid\nB: getpid()\n": "expected B.pid (= <B>)",
+    "A: getpid() => not A.pid\n": "expected not A.pid",
+    "A: fd = open(\"/f\", O_RDWR|O_CREAT, 0o644)\nA: fcntl(fd, F_GETOWN_EX) => exactly {\"type\": 0}\n":
+        "expected exactly",
+    "A: fd = open(\"/f\", O_RDWR|O_CREAT, 0o644)\nA: fcntl(fd, F_GETOWN_EX) => {\"pid\": absent}\n":
+        "'pid': absent",
+    "A: open(\"/nope\", O_RDONLY) => EBUSY or EAGAIN\n": "expected EBUSY or EAGAIN",
+    "A: fd = open(\"/f\", O_RDWR|O_CREAT, 0o644)\nA: dup(fd) => fd\n": "expected fd (= 3)",
+    "A: pause(0.3) => 0 within 0.1s\n": "expected 0 within 0.1s (took 0.3",
+    "A: pause(0.05) => 0 after 1s\n": "expected 0 after 1s (took 0.0",
+    "set time_tolerance = 0.01\nA: pause(0.3) => 0 after 0.2s\n": "expected 0 after 0.2s",
+}
+
+
+@pytest.mark.parametrize("text", sorted(FAILING))
+def test_an_expectation_that_does_not_hold_fails_the_run(text: str) -> None:
+    out = run_scenario(parse(text, "failing"), "emulator", show_pids=False, render=False)
+    assert not out.passed, "\n".join(out.transcript)
+    assert FAILING[text] in "\n".join(out.failures), out.failures
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+def test_runtime_values_and_time_on_both_targets() -> None:
+    same_on_both_targets(parse(RUNTIME, "runtime"))
