@@ -733,6 +733,42 @@ B: locks()                                     => []
 ]
 
 
+# --- the scenario language of issue 10, section 3: behaviours it can now state --------
+CASES += [
+    Case("holder_answers_break_in_sigio_handler", "a holder that answers the break in its "
+         "SIGIO handler (as real programs do: release, munmap, deregister): the handler's "
+         "F_UNLCK lets a writer in at once, its F_RDLCK lets a reader in with the lease "
+         "kept; the breaker never waits lease_break_time", "signals", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: on SIGIO: fcntl(fd, F_GETLEASE) => F_UNLCK; fcntl(fd, F_SETLEASE, F_UNLCK) => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: w = open("/f", O_RDWR)                      => 3 within 5s
+A: fcntl(fd, F_GETLEASE)                       => F_UNLCK
+B: close(w)                                    => 0
+A: on SIGIO: fcntl(fd, F_GETLEASE) => F_RDLCK; fcntl(fd, F_SETLEASE, F_RDLCK) => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+C: r = open("/f", O_RDONLY) &
+C: join                                        => 3 within 5s
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+A: locks()                                     => exactly [{"state": "ACTIVE", "type": "READ", "pid": A.pid, "path": "/f", "waiter": False}]
+""", new="10"),
+    Case("sigtimedwait_takes_blocked_notice", "a holder that blocks the lease's signal "
+         "takes the notice with sigtimedwait: no handler runs, the siginfo is the "
+         "queued one (si_fd), and a second wait times out with EAGAIN", "signals", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETSIG, SIGIO)                  => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: sigblock(SIGIO)                             => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigtimedwait(SIGIO, 5)                      => exactly {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": fd}
+A: sigtimedwait(SIGIO, 0.2)                    => EAGAIN within 2s
+A: signals()                                   => []
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+""", new="10"),
+]
+
+
 def render() -> str:
     """docs/conformance.md."""
     lines = [

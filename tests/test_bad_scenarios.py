@@ -76,6 +76,13 @@ STATIC: dict[str, tuple[bytes | str, int]] = {
     "expect_within_tolerance": ("A: getpid() => 0 within 1s+-0.5\n", 1),
     "expect_time_huge": ("A: getpid() => 0 after 99999s\n", 1),
     "time_tolerance_negative": ("set time_tolerance = -1\nA: getpid()\n", 1),
+    "handler_sigkill": ("A: getpid()\nA: on SIGKILL: getpid()\n", 2),
+    "handler_unknown_signal": ("A: on SIGFOO: getpid()\n", 1),
+    "handler_fork": ("A: on SIGIO: getpid(); fork()\n", 1),
+    "handler_background": ('A: on SIGIO: open("/f", O_RDONLY) &\n', 1),
+    "handler_unknown_call": ("A: getpid()\nA: on SIGIO: frobnicate(1)\n", 2),
+    "handler_empty_call": ("A: on SIGIO: getpid(); ; getpid()\n", 1),
+    "handler_unbound_var": ("A: on SIGIO: close(fd)\nA: getpid() => fd\n", 2),
 }
 
 #: an error only the line can find (it reads a variable): the transcript says which

@@ -167,3 +167,107 @@ def test_an_expectation_that_does_not_hold_fails_the_run(text: str) -> None:
 @pytest.mark.timeout(120)
 def test_runtime_values_and_time_on_both_targets() -> None:
     same_on_both_targets(parse(RUNTIME, "runtime"))
+
+
+# --- reactions in a signal handler, sigtimedwait ----------------------------------------
+
+HANDLERS = """
+A: signal(SIGUSR2, "record")                   => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: on SIGIO: fcntl(fd, F_SETLEASE, F_RDLCK) => 0; fcntl(fd, F_GETLEASE) => F_RDLCK
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/f", O_RDONLY)                        => 3 within 5s
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+A: on SIGUSR1: n = getpid() => not B.pid; kill(B.pid, SIGUSR2)
+B: signal(SIGUSR2, "record")                   => 0
+!signal A SIGUSR1
+B: sigwait(SIGUSR2)                            => {"si_signo": SIGUSR2, "si_pid": A.pid}
+A: fork() as C
+!signal C SIGUSR1
+B: sigwait(SIGUSR2)                            => {"si_signo": SIGUSR2, "si_pid": C.pid}
+A: exec()
+!signal A SIGUSR1
+!expect-death A SIGUSR1
+"""
+
+
+def test_handler_calls_show_where_they_happen_on_the_emulator() -> None:
+    out = run_scenario(parse(HANDLERS, "handlers"), "emulator", show_pids=False, render=False)
+    assert out.passed, "\n".join([*out.failures, *out.transcript])
+    t = out.transcript
+    # the breaker's open is shown unfinished, the handler's calls that let it in, resumed
+    i = t.index('[B] open("/f", O_RDONLY) <unfinished ...>')
+    assert t[i + 1].startswith("[A] --- SIGIO {si_signo=SIGIO, si_code=SI_KERNEL}")
+    assert t[i + 2:i + 5] == ["[A] fcntl(3, F_SETLEASE, F_RDLCK) = 0",
+                              "[A] fcntl(3, F_GETLEASE) = F_RDLCK",
+                              "[B] <... open resumed> = 3"]
+    # a signal from the launcher: the handler's calls follow the line that sent it
+    j = t.index("--- SIGUSR1 sent to A ---")
+    assert t[j + 2:j + 4] == ["[A] getpid() = <A>", "[A] kill(<B>, SIGUSR2) = 0"]
+    # the fork child kept the handler; the exec'd image has none: SIGUSR1 kills it
+    assert "[C] kill(<B>, SIGUSR2) = 0" in t and "[A] +++ killed by SIGUSR1 +++" in t
+
+
+def test_a_handler_call_that_misses_its_expectation_fails_the_run() -> None:
+    text = """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: on SIGIO: fcntl(fd, F_SETLEASE, F_UNLCK) => EAGAIN
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/f", O_RDWR)                          => 3
+"""
+    out = run_scenario(parse(text, "handler_miss"), "emulator", show_pids=False, render=False)
+    assert not out.passed
+    assert any(f.startswith("line 3: [A] fcntl(3, F_SETLEASE, F_UNLCK) = 0: expected EAGAIN")
+               for f in out.failures), out.failures
+
+
+def test_without_the_handler_the_breaker_waits() -> None:
+    """The same break with a recording handler only: the breaker waits out
+    lease_break_time, so the 'within' bound of the handler case can fail."""
+    text = """
+set lease_break_time = 1
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/f", O_RDWR)                          => 3 within 0.5s
+"""
+    out = run_scenario(parse(text, "no_handler"), "emulator", show_pids=False, render=False)
+    assert not out.passed and "expected 3 within 0.5s (took 1." in out.failures[0], out.failures
+
+
+def test_sigtimedwait_times_out_then_takes_the_blocked_signal() -> None:
+    text = """
+A: sigblock(SIGUSR1)                           => 0
+A: sigtimedwait(SIGUSR1, 0.1)                  => EAGAIN
+B: kill(A.pid, SIGUSR1)                        => 0
+A: sigtimedwait(SIGUSR1, 5)                    => {"si_signo": SIGUSR1, "si_code": SI_USER, "si_pid": B.pid}
+"""
+    out = run_scenario(parse(text, "stw"), "emulator", show_pids=False, render=False)
+    assert out.passed, "\n".join([*out.failures, *out.transcript])
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+def test_handlers_on_both_targets() -> None:
+    same_on_both_targets(parse(HANDLERS, "handlers"))
+
+
+def test_recorder_sigtimedwait_returns_the_kernels_siginfo() -> None:
+    """The extension's sigtimedwait(2), in this process: a blocked SIGUSR1 sent to
+    itself comes back with SI_USER and its own PID; nothing pending: None at the
+    timeout."""
+    import signal
+
+    from kemu.agents.lib.sigrec import recorder
+
+    rec = recorder()
+    old = rec.block([signal.SIGUSR1])
+    try:
+        assert rec.sigtimedwait([signal.SIGUSR1], 0.05) is None
+        os.kill(os.getpid(), signal.SIGUSR1)
+        info = rec.sigtimedwait([signal.SIGUSR1], 5)
+        assert info is not None and info.signo == signal.SIGUSR1
+        assert info.code == 0 and info.pid == os.getpid()  # SI_USER
+    finally:
+        if signal.SIGUSR1 not in old:
+            rec.unblock([signal.SIGUSR1])

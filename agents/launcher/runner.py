@@ -231,6 +231,11 @@ class Runner:
         #: each actor's variables as its lines bound them (the results the actor
         #: reported), for expectations that name them
         self.vars: dict[str, dict[str, Any]] = {}
+        #: actors that have an ``on SIGNAME:`` handler installed: after a line, each is
+        #: asked what its handlers did (``_sync_handlers``)
+        self.handler_actors: set[str] = set()
+        #: the ``on`` lines, by line number (a handler's report names its line)
+        self.on_steps: dict[int, Step] = {s.lineno: s for s in scenario.steps if s.handler}
 
     # --- output -----------------------------------------------------------------------
 
@@ -541,6 +546,46 @@ class Runner:
 
     # --- driving ----------------------------------------------------------------------
 
+    def _sync_handlers(self, exclude: str | None) -> list[tuple[ActorState, dict[str, Any]]]:
+        """Ask every idle actor with an ``on`` handler (but ``exclude``) what its handlers
+        did: a signal sent to it during the line that just ran is pending before the
+        question is sent, so it is delivered, and its handler run, before the actor
+        reads it.  The answers that report something, in the actors' order."""
+        out: list[tuple[ActorState, dict[str, Any]]] = []
+        for actor in self.actors.values():
+            if actor.name not in self.handler_actors or actor.name == exclude \
+                    or not actor.alive or actor.stopped or actor.pending or actor.link is None:
+                continue
+            try:
+                actor.link.send({"op": "sync"})
+                reply = actor.link.recv(timeout=self.step_timeout, watch=self._daemon_fd())
+            except (LinkClosed, Watched):
+                continue  # it died (seen before the next line) or the kernel did
+            except TimeoutError:
+                raise RunError(f"actor {actor.name} did not answer within "
+                               f"{self.step_timeout} s (a handler call that blocks?)") from None
+            if reply.get("delivered") or reply.get("handled"):
+                out.append((actor, reply))
+        return out
+
+    def _handled(self, actor: ActorState, entries: list[dict[str, Any]]) -> None:
+        """Show what ``actor``'s ``on`` handlers did (the signal, then each call, as
+        strace shows calls), checking each call against its expectation."""
+        for entry in entries:
+            self._emit("signal", actor=actor.name, pid=actor.pid,
+                       siginfo=self._name_pids(entry.get("si") or {}))
+            on = self.on_steps.get(int(entry.get("line", 0)))
+            for i, reply in enumerate(entry.get("calls") or []):
+                if on is None or i >= len(on.handler):
+                    continue
+                hstep = on.handler[i]
+                args = reply.get("args", [])
+                shown = strace.call(hstep.call, self._display_args(hstep.call, args))
+                text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown,
+                                  result=self._result_text(hstep.call, args, reply))
+                self._bind(actor.name, hstep.bind, reply)
+                self._check(hstep, actor, text, reply)
+
     def _send(self, actor: ActorState, body: dict[str, Any]) -> dict[str, Any]:
         if not actor.alive or actor.link is None:
             raise RunError(f"actor {actor.name} is dead")
@@ -573,6 +618,7 @@ class Runner:
         strace's line for a delivery); ``reply`` without them."""
         for si in reply.pop("delivered", None) or []:
             self._emit("signal", actor=actor.name, pid=actor.pid, siginfo=self._name_pids(si))
+        self._handled(actor, reply.pop("handled", None) or [])
         return reply
 
     def _ended(self, actor: ActorState, reply: dict[str, Any]) -> None:
@@ -658,6 +704,9 @@ class Runner:
         self.line_now = step.lineno
         try:
             self._run_step(step)
+            if self.handler_actors:  # what handlers did after the line (a fault's signal)
+                for other, reply in self._sync_handlers(None):
+                    self._delivered(other, reply)
         finally:
             self.last_line, self.line_now = step.lineno, 0
 
@@ -687,15 +736,20 @@ class Runner:
             name = reply.get("call", started.call)
             reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
+            for other, answer in self._sync_handlers(actor.name):
+                self._delivered(other, answer)  # what woke it, shown before it resumes
             text = self._emit("resumed", actor=actor.name, pid=actor.pid, call=name, result=res)
             self._ended(actor, reply)
             # the expectation may sit on the join line or on the background line
             self._check(step if step.expects else started, actor, text, reply)
             return
-        body = {"op": "call", "source": step.source, "bind": step.bind,
+        body: dict[str, Any] = {"op": "call", "source": step.source, "bind": step.bind,
                 "background": step.background, "child": step.child,
                 "pids": {a.name: a.pid for a in self.actors.values()},
                 "step_timeout": self.step_timeout}
+        if step.handler:
+            body.update(handler=[{"source": h.source, "bind": h.bind} for h in step.handler],
+                        signal=signal_number(step.signal), line=step.lineno)
         self._log("call", line=step.lineno, actor=actor.name, pid=actor.pid, source=step.source)
         if step.call == "exec":
             self._exec(step, actor, body)
@@ -705,6 +759,12 @@ class Runner:
             self._bind(actor.name, step.bind, raw)
         reply = self._canonical(step.call, raw)
         shown = strace.call(step.call, self._display_args(step.call, reply.get("args", [])))
+        if step.handler:
+            shown = (f"rt_sigaction({step.signal}, {{sa_handler=<"
+                     + "; ".join(strace.octal_modes(h.source) for h in step.handler)
+                     + ">, sa_flags=SA_SIGINFO})")
+            if "ok" in reply:
+                self.handler_actors.add(actor.name)
         if reply.get("started"):
             actor.pending.append(step)
             self._emit("unfinished", actor=actor.name, pid=actor.pid, call=shown)
@@ -719,10 +779,20 @@ class Runner:
                                             pidfd=_pidfd(int(hello["pid"])))
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
             self.vars[child] = dict(self.vars.get(actor.name, {}))
+            if actor.name in self.handler_actors:  # fork(2) keeps the dispositions
+                self.handler_actors.add(child)
             self._bind(child, step.bind, {"ok": 0})
             self._bind(actor.name, step.bind, reply)
             res = self._pid_text(int(reply["ok"]))
-        text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
+        others = self._sync_handlers(actor.name) if step.call != "fork" else []
+        if others:  # handlers that ran while the call did: strace's unfinished/resumed
+            self._emit("unfinished", actor=actor.name, pid=actor.pid, call=shown)
+            for other, answer in others:
+                self._delivered(other, answer)
+            text = self._emit("resumed", actor=actor.name, pid=actor.pid, call=step.call,
+                              result=res)
+        else:
+            text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
         self._ended(actor, reply)
         self._check(step, actor, text, reply)
         if step.call == "exit" and "ok" in reply:
@@ -747,6 +817,7 @@ class Runner:
         assert actor.link is not None
         actor.link.send(body)
         old = actor.link
+        self.handler_actors.discard(actor.name)  # execve(2) resets caught signals
         # The old image's link closes at exec (close-on-exec); the new image says hello.
         link, hello = self._await_hello(actor.name)
         old.close()

@@ -277,10 +277,28 @@ class System(ABC):
         for raw in rec.take():
             self._took(self._siginfo(raw))
 
+    #: a program's own reaction to a delivered signal (the scripted agent's ``on SIG:``
+    #: handlers): called with the siginfo; True if it took the signal, which is then not
+    #: kept for ``signals()``/``sigwait()``
+    reaction: Any = None
+
     def _took(self, si: dict[str, Any]) -> None:
-        """A signal was delivered (its handler ran): keep its siginfo."""
+        """A signal was delivered (its handler ran): keep its siginfo, unless the
+        program's :attr:`reaction` takes it."""
+        if self.reaction is not None and self.reaction(si):
+            return
         self.recorded.append(si)
         self.delivered.append(si)
+
+    def sigtimedwait(self, signums: Iterable[int], timeout: float | None = None) -> dict[str, Any]:
+        """sigtimedwait(2): take one of ``signums``, which the caller has blocked, from
+        the pending signals without a handler running (Linux kernel/signal.c
+        do_sigtimedwait()); EAGAIN after ``timeout`` seconds (None: no limit), EINTR if
+        a handler of another signal ran meanwhile."""
+        raw = self._rec().sigtimedwait(signums, timeout)
+        if raw is None:
+            raise os_error(errno.EAGAIN)
+        return self._siginfo(raw)
 
     def take_delivered(self) -> list[dict[str, Any]]:
         """The siginfo of the signals delivered since the last call, oldest first (the

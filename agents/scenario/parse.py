@@ -74,6 +74,10 @@ LOCKS_RE = re.compile(r"^!locks\s*$")
 SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
 TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z][\w-]*(?:\s*,\s*[A-Za-z][\w-]*)*)\]\s*$")
 AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
+ON_RE = re.compile(r"^on\s+(SIG[A-Z0-9+]+)\s*:\s*(.*)$")
+#: what a signal handler may not call: what changes the process or waits for the launcher
+NOT_IN_HANDLER = frozenset({"fork", "exec", "exit", "recv", "recvfd", "sigwait", "pause",
+                            "sigtimedwait"})
 
 #: tags that name a target, not a design
 TARGETS = frozenset({"host", "emulator"})
@@ -273,6 +277,9 @@ class Step:
     #: ``[!policy, ...] LINE``: the line runs under every policy but these
     only_not: frozenset[str] = frozenset()
     expects: list[Expect] = field(default_factory=list)
+    #: ``ACTOR: on SIGNAME: call; call``: the calls the handler makes (``signal`` names
+    #: the signal), each a step of its own with its expectations
+    handler: list[Step] = field(default_factory=list)
 
     def runs_under(self, tags: set[str]) -> bool:
         """Does the line run under ``tags`` (the run's policy and target)?"""
@@ -288,7 +295,7 @@ class Step:
     def designs_named(self) -> set[str]:
         """The designs the line names."""
         named = set(self.only | self.only_not)
-        for e in self.expects:
+        for e in [*self.expects, *(x for h in self.handler for x in h.expects)]:
             named |= e.tags
         return named - TARGETS
 
@@ -643,6 +650,53 @@ def _parse_call(body: str) -> tuple[str, str, str | None, str | None, bool]:
     return value.func.id, ast.unparse(value), bind, child, background
 
 
+def _parse_handler(lineno: int, line: str, actor: str, sig: str, text: str,
+                   bound: set[str]) -> Step:
+    """``ACTOR: on SIGNAME: call [=> expectation]; call ...``: a handler that makes these
+    calls when the signal is delivered (``sigaction`` without ``SA_RESTART``)."""
+    signo = signal_number(sig)
+    if signo is None:
+        raise ScenarioError(f"unknown signal {sig}")
+    if signo in (linux.SIGKILL, linux.SIGSTOP):
+        raise ScenarioError(f"{sig} cannot be caught (sigaction(2) refuses it: EINVAL)")
+    calls: list[Step] = []
+    for part in _split_top(_strip_comment(text), ";"):
+        if not part:
+            raise ScenarioError("an empty call in a handler")
+        body, expect_texts = _split_expectations(part)
+        expects = [parse_expect(e, frozenset(bound)) for e in expect_texts]
+        if body == "join" or body.endswith("&"):
+            raise ScenarioError("a handler runs its calls to their end: no '&', no join")
+        call, source, bind, child, _ = _parse_call(body)
+        if child is not None or call in NOT_IN_HANDLER or call == "on":
+            raise ScenarioError(f"a signal handler cannot call {call}()")
+        if bind:
+            bound.add(bind)
+        calls.append(Step(lineno, line, "call", actor, call=call, source=source, bind=bind,
+                          expects=expects))
+    return Step(lineno, line, "call", actor, call="on", source=f"on {sig}", signal=sig,
+                handler=calls)
+
+
+def _strip_comment(text: str) -> str:
+    """``text`` up to a ``#`` outside string literals."""
+    quote: str | None = None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return text[:i]
+        i += 1
+    return text
+
+
 def parse(text: str, name: str = "<scenario>") -> Scenario:
     """Parse scenario ``text``; raises :class:`ScenarioError` naming the line."""
     steps: list[Step] = []
@@ -723,6 +777,13 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
             if not m:
                 raise ScenarioError("expected 'ACTOR: call(...)', '!kill ACTOR' or 'set k = v'")
             actor, rest = m.groups()
+            m_on = ON_RE.match(rest)
+            if m_on:
+                if actor not in actors and actor not in children:
+                    actors.append(actor)
+                steps.append(_parse_handler(lineno, line, actor, m_on.group(1),
+                                            m_on.group(2), bound.setdefault(actor, set())))
+                continue
             body, expect_texts = _split_expectations(rest)
             mine = bound.setdefault(actor, set())
             expects = [parse_expect(e, frozenset(mine)) for e in expect_texts]

@@ -53,6 +53,14 @@ class Actor:
         self.done: dict[str, Any] | None = None
         #: actor name -> PID, as the launcher last told
         self.pids: dict[str, int] = {}
+        #: ``on SIGNAME:`` handlers: signal -> (the line that installed it, its calls)
+        self.handlers: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+        #: handlers that ran since the last answer: the signal and each call's outcome
+        self.handled: list[dict[str, Any]] = []
+        #: a handler is running: a signal taken meanwhile waits for it to end
+        self.in_handler = False
+        self.deferred: list[dict[str, Any]] = []
+        self.system.reaction = self.react
 
     def _mailbox(self) -> Mailbox:
         if isinstance(self.system, EmuSystem):
@@ -95,6 +103,11 @@ class Actor:
             if op == "join":
                 self.answer(self.join())
                 continue
+            if op == "sync":
+                # the launcher asks, after another actor's line, what handlers ran: a
+                # signal sent during that line is delivered before this is read
+                self.answer({"ok": 0})
+                continue
             reply = self.execute(step)
             if reply is not None:
                 self.answer(reply)
@@ -105,10 +118,15 @@ class Actor:
         delivered = self.system.take_delivered()
         if delivered:
             reply = {**reply, "delivered": delivered}
+        if self.handled:
+            reply = {**reply, "handled": [
+                {**h, "calls": [{**c, "args": echoed(c.get("args", []))} for c in h["calls"]]}
+                for h in self.handled]}
+            self.handled = []
         if "args" in reply:
             reply = {**reply, "args": echoed(reply["args"])}
         if len(wire.encode_record(reply)) > LINK_LIMIT:
-            reply = {k: v for k, v in reply.items() if k not in ("ok", "args")}
+            reply = {k: v for k, v in reply.items() if k not in ("ok", "args", "handled")}
             reply["error"] = f"the call's result is larger than the launcher link's {LINK_LIMIT} bytes"
         self.link.send(reply)
 
@@ -123,6 +141,9 @@ class Actor:
         self.pids = dict(step.get("pids", {}))
         if "step_timeout" in step:
             self.step_timeout = float(step["step_timeout"])
+        if "handler" in step:
+            return self.install_handler(int(step["signal"]), int(step["line"]),
+                                        list(step["handler"]))
         try:
             name, args = self.evaluate_args(step["source"], list(self.pids))
         except Unset as exc:
@@ -149,6 +170,65 @@ class Actor:
         began = time.monotonic()
         reply = _outcome(lambda: fn(self, *args))
         reply["elapsed"] = time.monotonic() - began  # for time expectations (after 1s)
+        if bind and "ok" in reply:
+            self.vars[bind] = reply["ok"]
+        elif bind and "errno" in reply:
+            self.vars[bind] = {UNSET: f"{name} failed with {errno_name(reply['errno'])}"}
+        reply["args"] = args
+        return reply
+
+    # --- signal handlers --------------------------------------------------------------
+
+    def install_handler(self, signo: int, line: int,
+                        calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """``on SIGNAME: call; ...``: sigaction(2) with a real SA_SIGINFO handler (no
+        SA_RESTART: a call it interrupts returns EINTR), whose calls run when the
+        signal is taken, as a program's handler would make them."""
+        reply = _outcome(lambda: self.system.signal(signo, "record"))
+        if "ok" in reply:
+            self.handlers[signo] = (line, calls)
+            reply["ok"] = 0
+        reply["args"] = [signo]
+        return reply
+
+    def react(self, si: dict[str, Any]) -> bool:
+        """A signal was delivered: run its ``on`` handler's calls (True), or leave it to
+        ``signals()``/``sigwait()`` (False: no handler of the scenario's)."""
+        entry = self.handlers.get(int(si.get("si_signo", 0)))
+        if entry is None:
+            return False
+        if self.in_handler:  # Linux would run it when the handler returns
+            self.deferred.append(si)
+            return True
+        self.in_handler = True
+        try:
+            todo = [si]
+            while todo:
+                info = todo.pop(0)
+                line, calls = self.handlers.get(int(info["si_signo"]), entry)
+                self.handled.append({"line": line, "si": info,
+                                     "calls": [self._handler_call(c) for c in calls]})
+                todo.extend(self.deferred)
+                self.deferred = []
+        finally:
+            self.in_handler = False
+        return True
+
+    def _handler_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        """One call of a handler, with its outcome (as a line's reply)."""
+        try:
+            name, args = self.evaluate_args(str(call["source"]), list(self.pids))
+        except Unset as exc:
+            return {"skipped": str(exc), "args": []}
+        except (ExprError, KeyError, TypeError, IndexError) as exc:
+            return {"error": f"cannot evaluate arguments: {exc}", "args": []}
+        fn = CALLS.get(name)
+        if fn is None:
+            return {"error": f"unknown function {name}", "args": args}
+        began = time.monotonic()
+        reply = _outcome(lambda: fn(self, *args))
+        reply["elapsed"] = time.monotonic() - began
+        bind = call.get("bind")
         if bind and "ok" in reply:
             self.vars[bind] = reply["ok"]
         elif bind and "errno" in reply:
@@ -229,6 +309,7 @@ class Actor:
         self.mailbox.close()
         self.link.close()
         self.system.delivered = []  # the parent's deliveries are the parent's to report
+        self.handled, self.deferred = [], []
         self.name = child
         if bind:
             self.vars[bind] = 0
