@@ -219,6 +219,9 @@ class Kernel:
     def open_file(self, inode: Inode, flags: int, path: str) -> File:
         """A new open file description on ``inode`` (``alloc_file``), one reference."""
         file = File(inode=inode, flags=flags & KEPT_FLAGS, path=path)
+        if file.writable and inode.writecount < 0:
+            # get_write_access(): a running program's file (deny_write_access)
+            raise KernelError(errno.ETXTBSY)
         self.fs.get(inode)
         if file.writable:
             inode.writecount += 1

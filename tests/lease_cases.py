@@ -766,6 +766,30 @@ A: sigtimedwait(SIGIO, 0.2)                    => EAGAIN within 2s
 A: signals()                                   => []
 A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
 """, new="10"),
+    Case("running_executable_refuses_writers", "a file a process runs (execve of a "
+         "program file) is denied writers while it runs: an open for writing or a "
+         "truncate is ETXTBSY, F_WRLCK is EAGAIN, F_RDLCK is allowed; exec of a file "
+         "open for writing is ETXTBSY; the process's death gives write access back",
+         "acquiring", """
+A: fd = open("/prog", O_WRONLY|O_CREAT, 0o755)  => 3
+A: write(fd, ELF_PAUSE)                         => 129
+B: exec("/prog")                                => ETXTBSY
+A: close(fd)                                    => 0
+A: n = open("/plain", O_WRONLY|O_CREAT, 0o644)  => 3
+A: close(n)                                     => 0
+B: exec("/plain")                               => EACCES
+B: exec("/prog", "running")
+A: open("/prog", O_WRONLY)                      => ETXTBSY
+A: truncate("/prog", 0)                         => ETXTBSY
+A: r = open("/prog", O_RDONLY)                  => 3
+A: fcntl(r, F_SETLEASE, F_WRLCK)                => EAGAIN
+A: fcntl(r, F_SETLEASE, F_RDLCK)                => 0
+A: fcntl(r, F_SETLEASE, F_UNLCK)                => 0
+!kill B
+A: w = open("/prog", O_WRONLY)                  => 4
+A: close(w)                                     => 0
+A: fcntl(r, F_SETLEASE, F_WRLCK)                => 0
+""", new="10"),
 ]
 
 

@@ -271,3 +271,38 @@ def test_recorder_sigtimedwait_returns_the_kernels_siginfo() -> None:
     finally:
         if signal.SIGUSR1 not in old:
             rec.unblock([signal.SIGUSR1])
+
+
+# --- real executables --------------------------------------------------------------------
+
+PROGRAM = """
+A: fd = open("/prog", O_WRONLY|O_CREAT, 0o755)  => 3
+A: write(fd, ELF_PAUSE)                         => 129
+A: close(fd)                                    => 0
+"""
+
+
+def test_an_exec_d_program_runs_until_the_end_of_the_run() -> None:
+    out = run_scenario(parse(PROGRAM + 'B: exec("/prog", "x")\nA: open("/prog", O_RDWR) => ETXTBSY\n',
+                             "prog"), "emulator", show_pids=False, render=False)
+    assert out.passed, "\n".join([*out.failures, *out.transcript])
+    assert '[B] execve("/prog", ["/prog", "x"]) = 0' in out.transcript
+    assert "[B] +++ killed by SIGKILL +++" in out.transcript and not out.leaked
+
+
+def test_a_line_for_an_actor_running_a_program_fails() -> None:
+    out = run_scenario(parse(PROGRAM + 'B: exec("/prog")\nB: getpid()\n', "prog2"), "emulator",
+                       show_pids=False, render=False)
+    assert any("B runs /prog (it exec'd it): it takes no more lines" in f for f in out.failures)
+
+
+def test_the_emulator_runs_elf_programs_only() -> None:
+    text = """
+A: fd = open("/script", O_WRONLY|O_CREAT, 0o755) => 3
+A: write(fd, "#!/bin/sh\\n")                     => 10
+A: close(fd)                                    => 0
+B: exec("/script")                              => ENOEXEC
+B: getpid()                                     => B.pid
+"""
+    out = run_scenario(parse(text, "script"), "emulator", show_pids=False, render=False)
+    assert out.passed, "\n".join([*out.failures, *out.transcript])

@@ -17,6 +17,7 @@ line during or after which it died and how it died.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import json
@@ -71,6 +72,8 @@ class ActorState:
     #: a pidfd of a fork child (a top-level actor has ``proc``), to see it die without
     #: mistaking a later process that got its PID (-1: none)
     pidfd: int = -1
+    #: the program file it exec'd (``exec("/prog")``): it runs that, takes no lines
+    program: str | None = None
 
 
 @dataclass
@@ -724,6 +727,11 @@ class Runner:
             self.failures.append(f"line {step.lineno}: actor {step.actor} is not alive")
             self._emit("dead", actor=step.actor, source=step.source or step.text)
             return
+        if actor.program is not None:
+            self.failures.append(f"line {step.lineno}: actor {actor.name} runs "
+                                 f"{actor.program} (it exec'd it): it takes no more lines")
+            self._emit("dead", actor=step.actor, source=step.source or step.text)
+            return
         if step.kind == "join":
             if not actor.pending:
                 self.failures.append(f"line {step.lineno}: join without a background call")
@@ -813,7 +821,48 @@ class Runner:
             self.vars.setdefault(actor, {})[var] = {
                 UNSET: f"the call failed with {errno_name(int(reply['errno']))}"}
 
+    def _exec_program(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
+        """``A: exec("/prog", ...)``: execve(2) of a program file.  An error comes back
+        as the line's errno; on success the actor's link closes (close-on-exec) while
+        its process lives on, running the program: it takes no more lines, and is
+        SIGKILLed at the end of the run if nothing ended it before."""
+        assert actor.link is not None
+        try:
+            actor.link.send(body)
+            reply = actor.link.recv(timeout=self.step_timeout, watch=self._daemon_fd())
+            reply = self._delivered(actor, reply)
+        except LinkClosed:
+            actor.link.close()
+            actor.link = None
+            reply = {"ok": 0} if not self._gone(actor, 0.05) else {"killed": self._death(actor)}
+        except (TimeoutError, Watched):
+            self._check_kernel()
+            raise RunError(f"actor {actor.name} did not exec within {self.step_timeout} s"
+                           ) from None
+        args = reply.get("args") or self._static_args(step)
+        argv = strace.value([str(a) for a in args])
+        shown = f"execve({strace.value(str(args[0]) if args else '')}, {argv})"
+        if "ok" in reply:
+            actor.program = str(args[0]) if args else "?"
+            self.handler_actors.discard(actor.name)
+        text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown,
+                          result=self._result_text("exec", args, reply)
+                          if "ok" not in reply else "0")
+        self._ended(actor, reply)
+        self._check(step, actor, text, reply)
+
+    @staticmethod
+    def _static_args(step: Step) -> list[Any]:
+        """The literal arguments of a line's call (what the transcript shows when the
+        actor could not report them)."""
+        node = ast.parse(step.source, mode="eval").body
+        assert isinstance(node, ast.Call)
+        return [a.value if isinstance(a, ast.Constant) else ast.unparse(a) for a in node.args]
+
     def _exec(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
+        if step.source != "exec()":
+            self._exec_program(step, actor, body)
+            return
         assert actor.link is not None
         actor.link.send(body)
         old = actor.link
@@ -952,6 +1001,15 @@ class Runner:
         everything."""
         if not self.aborted:
             self._check_deaths(None)
+        for actor in self.actors.values():
+            if actor.alive and actor.program is not None:
+                # still running the program it exec'd: ended here, as a shell's kill -9
+                os.kill(actor.pid, signal.SIGKILL)
+                actor.alive = False
+                self._wait_dead(actor)
+                actor.status = "SIGKILL"
+                self._dead(actor, "SIGKILL", "end of run")
+                self._emit("fault", actor=actor.name, pid=actor.pid, fault="kill")
         self._log("finish")
         for timer in self.timers:
             timer.cancel()

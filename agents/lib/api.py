@@ -190,6 +190,10 @@ class System(ABC):
     def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
         """execve(2) of ``argv`` (a Python agent program) for real; never returns."""
 
+    def exec_program(self, path: str, argv: list[str]) -> NoReturn:
+        """execve(2) of the program file ``path`` with ``argv``; never returns."""
+        raise os_error(errno.ENOEXEC)
+
     @abstractmethod
     def fds(self) -> list[dict[str, Any]]:
         """This process's descriptors like /proc/self/fd + fdinfo: fd, path, pos, flags."""
@@ -456,6 +460,30 @@ class EmuSystem(System):
         finally:
             # Past exec_prepare there is no way back, as past begin_new_exec().
             os._exit(127)
+
+    def exec_program(self, path: str, argv: list[str]) -> NoReturn:
+        """execve(2) of the emulated program file ``path``: the daemon checks it and
+        denies it writers while this process lives (``exec_program``), and the process
+        then runs the file's bytes for real (from a memfd, ``fexecve``).  ENOEXEC,
+        before the point of no return, for a file that is not an ELF executable."""
+        self.conn.call("exec_program", path, 1)  # EACCES, ETXTBSY first
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            data = b""
+            while chunk := self.pread(fd, wire.MAX_IO, len(data)):
+                data += chunk
+        finally:
+            self.close(fd)
+        if not data.startswith(b"\x7fELF"):
+            raise os_error(errno.ENOEXEC)
+        self.conn.call("exec_program", path)
+        try:
+            mem = os.memfd_create("kemu-exec", os.MFD_CLOEXEC)
+            os.write(mem, data)
+            self.conn.close()
+            os.execve(mem, argv, dict(os.environ))
+        finally:
+            os._exit(127)  # past exec_program there is no way back, as past begin_new_exec()
 
     def fds(self) -> list[dict[str, Any]]:
         return list(self.conn.call("proc_fds", self.conn.pid))
@@ -744,6 +772,12 @@ class HostSystem(System):
 
     def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
         os.execve(argv[0], argv, dict(os.environ if env is None else env))
+
+    def exec_program(self, path: str, argv: list[str]) -> NoReturn:
+        """execve(2) of the program file ``path`` (under the root) with ``argv``: the
+        process runs it from now on; an error (ENOENT, EACCES, ETXTBSY, ENOEXEC) is
+        raised before the point of no return, as execve returns it."""
+        os.execve(self.path(path), argv, dict(os.environ))
 
     def setuid(self, uid: int) -> None:
         os.setuid(uid)

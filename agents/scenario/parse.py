@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kemu.agents.scenario.expr import ExprError, check, check_static, evaluate
+from kemu.agents.scenario.expr import BUILTINS, ExprError, check, check_static, evaluate
 from kemu.protocol import linux
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
 from kemu.protocol.config import DaemonConfig
@@ -552,7 +552,8 @@ def dynamic_names(node: ast.AST) -> set[str]:
     for sub in ast.walk(node):
         if isinstance(sub, ast.Name) and id(sub) not in pid_bases \
                 and sub.id not in linux.CONSTANTS and sub.id not in linux.ERRNO_BY_NAME \
-                and sub.id not in ("None", "True", "False", "absent"):
+                and sub.id not in ("None", "True", "False", "absent") \
+                and sub.id not in BUILTINS:
             out.add(sub.id)
     return out
 

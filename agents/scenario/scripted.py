@@ -156,6 +156,12 @@ class Actor:
         bind = step.get("bind")
         if name == "fork":
             return self.fork(step["child"] or f"{self.name}.child", bind)
+        if name == "exec" and args:
+            # a program file: on success the process runs it and never answers (its
+            # launcher link closes at exec); an error is the line's errno
+            reply = _outcome(lambda: self.system.exec_program(
+                str(args[0]), [str(a) for a in args]))
+            return {**reply, "args": args}
         if name == "exec":
             self.exec()
         if name == "exit":

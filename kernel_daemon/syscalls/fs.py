@@ -284,6 +284,8 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
         raise KernelError(errno.EISDIR)
     if not inode.is_reg:
         raise KernelError(errno.EINVAL)
+    if inode.writecount < 0:  # get_write_access(): a running program's file
+        raise KernelError(errno.ETXTBSY)
     k.fs.get(inode)
     inode.writecount += 1
     done = False
