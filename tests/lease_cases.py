@@ -790,6 +790,27 @@ A: w = open("/prog", O_WRONLY)                  => 4
 A: close(w)                                     => 0
 A: fcntl(r, F_SETLEASE, F_WRLCK)                => 0
 """, new="10"),
+    Case("reflink_on_xfs", "on XFS (host_fs xfs: a fresh XFS with reflink on a loop "
+         "device; skipped where mkfs.xfs or loop devices are missing) FICLONE shares the "
+         "source's data, a later write to the clone leaves the source as it was, and a "
+         "read lease on the source is not broken by the clone", "breaking", """
+set host_fs = xfs
+set flavour = xfs
+A: signal(SIGIO, "record")                     => 0
+A: f = open("/f", O_RDWR|O_CREAT, 0o644)       => 3
+A: write(f, "hello")                           => 5
+A: close(f)                                    => 0
+A: r = open("/f", O_RDONLY)                    => 3
+A: fcntl(r, F_SETLEASE, F_RDLCK)               => 0
+B: g = open("/g", O_RDWR|O_CREAT, 0o644)       => 3
+B: s = open("/f", O_RDONLY)                    => 4
+B: clone(s, g)                                 => 0
+B: pread(g, 5, 0)                              => b"hello"
+B: pwrite(g, "J", 0)                           => 1
+B: pread(s, 5, 0)                              => b"hello"
+A: signals()                                   => []
+A: fcntl(r, F_GETLEASE)                        => F_RDLCK
+""", new="10"),
 ]
 
 

@@ -83,6 +83,7 @@ STATIC: dict[str, tuple[bytes | str, int]] = {
     "handler_unknown_call": ("A: getpid()\nA: on SIGIO: frobnicate(1)\n", 2),
     "handler_empty_call": ("A: on SIGIO: getpid(); ; getpid()\n", 1),
     "handler_unbound_var": ("A: on SIGIO: close(fd)\nA: getpid() => fd\n", 2),
+    "host_fs_zfs": ("A: getpid()\nset host_fs = zfs\n", 2),
 }
 
 #: an error only the line can find (it reads a variable): the transcript says which

@@ -306,3 +306,67 @@ B: getpid()                                     => B.pid
 """
     out = run_scenario(parse(text, "script"), "emulator", show_pids=False, render=False)
     assert out.passed, "\n".join([*out.failures, *out.transcript])
+
+
+# --- the filesystem under the host target ------------------------------------------------
+
+from kemu.agents.launcher import hostfs  # noqa: E402
+
+REFLINK = """
+set host_fs = {fs}
+A: f = open("/f", O_RDWR|O_CREAT, 0o644)  => 3
+A: write(f, "hello")                      => 5
+A: g = open("/g", O_RDWR|O_CREAT, 0o644)  => 4
+A: clone(f, g)                            => {clone}
+"""
+
+
+def test_host_fs_choices_are_checked_here() -> None:
+    assert hostfs.fs_type("/dev/shm") == "tmpfs" and hostfs.fs_type("/proc/self") == "proc"
+    assert hostfs.unavailable("run") is None
+    assert "not one of" in str(hostfs.unavailable("zfs"))
+    with pytest.raises(ScenarioError, match="host_fs is one of run, ext4, tmpfs, xfs"):
+        parse("set host_fs = zfs\nA: getpid()\n")
+    why = hostfs.unavailable("ext4")
+    assert why is None or why.startswith("host_fs ext4: /tmp is ")
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("fs", "clone"), [("tmpfs", "EOPNOTSUPP"), ("ext4", "EOPNOTSUPP"),
+                                           ("xfs", "0")])
+def test_the_host_kernel_answers_for_the_filesystem_chosen(fs: str, clone: str) -> None:
+    """FICLONE is XFS's: the host's own answer on each filesystem (the oracle the
+    emulator's flavours are checked against), and nothing of the root left after."""
+    why = hostfs.unavailable(fs)
+    if why:
+        pytest.skip(why)
+    out = run_scenario(parse(REFLINK.format(fs=fs, clone=clone), f"reflink_{fs}"), "host",
+                       show_pids=False, render=False)
+    assert out.passed, "\n".join([*out.failures, *out.transcript])
+    assert not os.path.lexists(os.path.join(out.run_dir, "root"))
+    with open("/proc/self/mounts") as fh:
+        assert "kemu-xfs-" not in fh.read()
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+def test_an_xfs_root_is_a_fresh_mount_removed_after() -> None:
+    why = hostfs.unavailable("xfs")
+    if why:
+        pytest.skip(why)
+    import tempfile
+
+    run_dir = tempfile.mkdtemp(prefix="kemu-lang-")
+    root = hostfs.HostRoot("xfs", run_dir)
+    try:
+        path = root.make()
+        assert hostfs.fs_type(path) == "xfs" and os.path.realpath(os.path.join(run_dir, "root")) == path
+        image, loop, mountpoint = root.image, root.loop, root.mountpoint
+        assert image is not None and os.stat(image).st_blocks * 512 < hostfs.XFS_IMAGE_MB << 20
+    finally:
+        root.remove()
+    assert not os.path.exists(image) and not os.path.exists(str(mountpoint))
+    with open("/proc/self/mounts") as fh:
+        assert str(loop) not in fh.read()
+    os.rmdir(run_dir)

@@ -36,7 +36,7 @@ import psutil
 
 import kemu
 from kemu.agents import report
-from kemu.agents.launcher import designs, hostsysctl, runs, zygote
+from kemu.agents.launcher import designs, hostfs, hostsysctl, runs, zygote
 from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.lib.api import HostSystem
 from kemu.agents.lib.runtime import Connection, DaemonGone
@@ -237,6 +237,9 @@ class Runner:
         #: actors that have an ``on SIGNAME:`` handler installed: after a line, each is
         #: asked what its handlers did (``_sync_handlers``)
         self.handler_actors: set[str] = set()
+        #: host target: where the actors' root lives (``set host_fs``)
+        self.host_root = hostfs.HostRoot(str(self.settings.get("host_fs", "run")),
+                                         self.run_dir)
         #: the ``on`` lines, by line number (a handler's report names its line)
         self.on_steps: dict[int, Step] = {s.lineno: s for s in scenario.steps if s.handler}
 
@@ -355,8 +358,12 @@ class Runner:
             self.kconn = Connection(self.run_dir, name="launcher")
             self.judged = self.judged or self.policy in self.kconn.policies
         else:
-            os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
-            os.chmod(os.path.join(self.run_dir, "root"), 0o755)
+            try:
+                self.host_root.make()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                detail = getattr(exc, "stderr", "") or ""
+                raise RunError(f"host_fs {self.host_root.choice}: {exc} {detail}".strip()
+                               ) from None
             if "lease_break_time" in self.settings:
                 self._set_host_lease_break_time(float(self.settings["lease_break_time"]))
         logs = os.path.join(self.run_dir, "actors")
@@ -1074,6 +1081,7 @@ class Runner:
             root = os.path.join(self.run_dir, "root")
             with contextlib.suppress(OSError):
                 self.final_locks = HostSystem(root).locks()
+            self.host_root.remove()
         if self.kconn is not None:
             try:
                 for actor in self.actors.values():
@@ -1267,10 +1275,16 @@ def _reap_all() -> None:
 
 
 def needs_root(scenario: Scenario, target: str) -> str | None:
-    """Why ``scenario`` cannot run on ``target`` without root, or None: a host run that
+    """Why ``scenario`` cannot run on ``target`` here, or None: the filesystem its
+    ``host_fs`` setting asks for is not to be had (:func:`hostfs.unavailable`); or it
+    needs root and this is not root: a host run that
     sets ``lease_break_time`` writes /proc/sys/fs/lease-break-time, and ``setuid`` of
     an actor (on either target: the emulator's actors change their credentials for
     real) needs CAP_SETUID."""
+    if target == "host":
+        why = hostfs.unavailable(str(scenario.settings.get("host_fs", "run")))
+        if why:
+            return why
     if os.geteuid() == 0:
         return None
     if target == "host" and "lease_break_time" in scenario.settings:

@@ -79,12 +79,15 @@ ON_RE = re.compile(r"^on\s+(SIG[A-Z0-9+]+)\s*:\s*(.*)$")
 NOT_IN_HANDLER = frozenset({"fork", "exec", "exit", "recv", "recvfd", "sigwait", "pause",
                             "sigtimedwait"})
 
+#: the choices of the ``host_fs`` setting (kemu.agents.launcher.hostfs.CHOICES)
+HOST_FS = ("run", "ext4", "tmpfs", "xfs")
 #: tags that name a target, not a design
 TARGETS = frozenset({"host", "emulator"})
 #: settings a scenario may change, with their types: the daemon's (protocol.config,
 #: mapped to the daemon's setting by the launcher) and the launcher's own
 SETTINGS: dict[str, type] = {**{name: kind for name, (_, kind) in DAEMON_SETTINGS.items()},
-                             "policy": str, "step_timeout": float, "time_tolerance": float}
+                             "policy": str, "step_timeout": float, "time_tolerance": float,
+                             "host_fs": str}
 
 
 def render_settings() -> str:
@@ -105,6 +108,9 @@ def render_settings() -> str:
                 "when none is given; the matrix and explore choose their own |")
     rows.append("| `step_timeout` | float | 20.0 | seconds the launcher waits for a line's "
                 "answer before it gives the run up |")
+    rows.append("| `host_fs` | str | run | host target: where the actors' root lives: run "
+                "(the run folder), ext4 (under /tmp), tmpfs (under /dev/shm), xfs (a loop "
+                "image); skipped with the reason where it cannot be had |")
     rows.append("| `time_tolerance` | float | 0.5 | seconds a time expectation "
                 "(`=> 0 after 2s`) may be off, when it does not say (`after 2s±0.2`) |")
     return "\n".join(rows)
@@ -586,6 +592,8 @@ def setting_value(key: str, text: str) -> Any:
         raise ScenarioError(f"{key} must be a finite number, not {text}")
     if key == "step_timeout" and value <= 0:
         raise ScenarioError(f"step_timeout must be more than 0, not {text}")
+    if key == "host_fs" and value not in HOST_FS:
+        raise ScenarioError(f"host_fs is one of {', '.join(HOST_FS)}, not {text!r}")
     if key == "time_tolerance" and not 0 <= value <= MAX_TIME:
         raise ScenarioError(f"time_tolerance is 0 to {MAX_TIME:g} seconds, not {text}")
     if key in DAEMON_SETTINGS:
