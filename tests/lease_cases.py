@@ -811,6 +811,22 @@ B: pread(s, 5, 0)                              => b"hello"
 A: signals()                                   => []
 A: fcntl(r, F_GETLEASE)                        => F_RDLCK
 """, new="10"),
+    Case("unprivileged_breaker_sleeps", "a breaker that gave up root (setuid) and may "
+         "write the file breaks a root holder's lease and sleeps in the break like any "
+         "other until the holder releases it", "breaking", """
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+B: umask(0)                                    => *
+B: fd = open("/d/f", O_RDONLY|O_CREAT, 0o666)  => 3
+B: signal(SIGIO, "record")                     => 0
+B: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: setuid(65534)                               => 0
+A: w = open("/d/f", O_RDWR) &
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+B: locks()                                     => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE", "pid": A.pid}]
+B: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+A: join                                        => 3
+""", new="10"),
 ]
 
 

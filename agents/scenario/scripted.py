@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import ctypes
 import fcntl
 import os
 import select
@@ -31,7 +32,7 @@ from kemu.agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
 from kemu.agents.scenario.expr import UNSET, ExprError, Unset, evaluate, is_unset
 from kemu.agents.scenario.link import LINK_LIMIT, Link, LinkClosed, echoed
 from kemu.protocol import wire
-from kemu.protocol.linux import errno_name
+from kemu.protocol.linux import PR_GET_DUMPABLE, PR_SET_DUMPABLE, errno_name
 
 
 class Actor:
@@ -277,7 +278,7 @@ class Actor:
             fn = CALLS[name]
             # opened now, at a high number, so the watcher never takes a descriptor
             # number the call itself is about to get
-            raw = os.open(f"/proc/self/task/{threading.get_native_id()}/syscall", os.O_RDONLY)
+            raw = _open_task_syscall(threading.get_native_id())
             proc_fd = fcntl.fcntl(raw, fcntl.F_DUPFD_CLOEXEC, INFRA_FD_BASE)
             os.close(raw)
             watcher = threading.Thread(target=_announce_when_asleep,
@@ -349,6 +350,30 @@ def _outcome(fn: Any) -> dict[str, Any]:
     except Exception as exc:  # a scenario error or an agent bug: shown, never an errno
         return {"error": f"{type(exc).__name__}: {exc}",
                 "trace": traceback.format_exc(limit=4)}
+
+
+def _open_task_syscall(tid: int) -> int:
+    """Open this thread's ``/proc/self/task/<tid>/syscall`` (what the watcher reads).
+
+    After ``setuid`` the process is not dumpable (``commit_creds()`` sets
+    ``suid_dumpable``, 0), so its /proc files belong to root with their own modes
+    (``task_dump_owner()``: ``syscall`` is root's 0400) and the open is EACCES.  The
+    process is then made dumpable for the open only (``prctl(PR_SET_DUMPABLE)``) and
+    set back at once; the reads that follow need only ``ptrace_may_access()``, which a
+    thread of the same process always has.
+    """
+    path = f"/proc/self/task/{tid}/syscall"
+    try:
+        return os.open(path, os.O_RDONLY)
+    except PermissionError:
+        libc = ctypes.CDLL(None, use_errno=True)
+        was = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+        if was < 0 or libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0:
+            raise
+        try:
+            return os.open(path, os.O_RDONLY)
+        finally:
+            libc.prctl(PR_SET_DUMPABLE, was, 0, 0, 0)
 
 
 def _announce_when_asleep(proc_fd: int, nr: int | None, done: threading.Event,
