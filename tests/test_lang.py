@@ -105,6 +105,32 @@ def test_bad_expectations_are_refused(text: str) -> None:
         parse_expect(text, frozenset())
 
 
+#: malformed lines of the new language -> the line the message must name (the same
+#: refusal, through ``kemu run``, is checked for a few in tests/test_bad_scenarios.py)
+MALFORMED: dict[str, tuple[str, int]] = {
+    "expect_var_of_other_actor": ("B: fd = getpid()\nA: getpid() => fd\n", 2),
+    "expect_unknown_actor_pid": ("A: getpid() => Z.pid\n", 1),
+    "expect_not_any": ("A: getpid() => not *\n", 1),
+    "expect_empty_alternative": ("A: getpid() => 0 or\n", 1),
+    "expect_time_of_death": ("A: getpid() => killed SIGIO after 1s\n", 1),
+    "expect_within_tolerance": ("A: getpid() => 0 within 1s+-0.5\n", 1),
+    "expect_time_huge": ("A: getpid() => 0 after 99999s\n", 1),
+    "time_tolerance_negative": ("set time_tolerance = -1\nA: getpid()\n", 1),
+    "handler_unknown_signal": ("A: on SIGFOO: getpid()\n", 1),
+    "handler_fork": ("A: on SIGIO: getpid(); fork()\n", 1),
+    "handler_background": ('A: on SIGIO: open("/f", O_RDONLY) &\n', 1),
+    "handler_empty_call": ("A: on SIGIO: getpid(); ; getpid()\n", 1),
+    "handler_unbound_var": ("A: on SIGIO: close(fd)\nA: getpid() => fd\n", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_lines_are_refused_with_file_and_line(name: str) -> None:
+    text, line = MALFORMED[name]
+    with pytest.raises(ScenarioError, match=rf"^{name}\.scn:{line}: "):
+        parse(text, f"{name}.scn")
+
+
 def test_fork_child_inherits_bound_names_and_pid_needs_an_actor() -> None:
     parse('A: fd = open("/f", O_RDWR|O_CREAT, 0o644)\nA: fork() as C\nC: dup(fd) => fd + 1\n')
     with pytest.raises(ScenarioError, match=r"t:1: Z\.pid names no actor"):
