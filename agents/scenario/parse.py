@@ -18,6 +18,11 @@ Syntax, one item a line (``#`` starts a comment)::
     !expect-death A exit 3              # ... exits with status 3; without how: any death
     !kill kernel                        # SIGKILL the kernel daemon: the run ends
     !locks                              # the lease list, as /proc/locks shows it
+    A: on SIGIO: fcntl(fd, F_SETLEASE, F_UNLCK) => 0   # a handler that makes calls
+    B: open("/f", O_RDWR)               => 3 within 1s # ... so the breaker is let in
+    A: fcntl(fd, F_GETOWN)              => A.pid or 0  # run-time values, alternatives
+    B: exec("/prog")                    # execve(2) of a program file (ELF_PAUSE)
+    set host_fs = xfs                   # the host target's root on a fresh XFS
     expect: fds(B) ...                  # reserved for later checks
 
 Each call line is ``ACTOR: [var =] call(args) [as CHILD] [&] [=> expectation [tags]]...``.
