@@ -369,15 +369,15 @@ class Daemon:
         for _ in range(BATCH):
             if not int(router.get(_EVENTS)) & _POLLIN:
                 return False
-            route = router.recv(_NOBLOCK)
-            frames = [route]
+            first = router.recv(_NOBLOCK, copy=False)
+            frames = [first.bytes]
             while router.get(_RCVMORE):
                 frames.append(router.recv(_NOBLOCK))
             self.stats["messages"] += 1
             if len(frames) != 2:
                 self.stats["protocol_errors"] += 1
                 continue  # not a DEALER single-frame message: dropped
-            self._message(frames[0], frames[1])
+            self._message(frames[0], frames[1], sender_pid(first))
         return bool(int(router.get(_EVENTS)) & _POLLIN)
 
     def _error(self, route: bytes, rid: Any, reason: str, detail: str,
@@ -394,15 +394,24 @@ class Daemon:
             self.router.send(route, _SNDMORE)
             self.router.send(wire.pack(body) + bytes(wire.MAC_LEN))
 
-    def _message(self, route: bytes, frame: bytes) -> None:
+    def _message(self, route: bytes, frame: bytes, sender: int | None = None) -> None:
         try:
-            self._message_checked(route, frame)
+            self._message_checked(route, frame, sender)
         except Exception:  # a daemon bug: report it, keep serving
             detail = traceback.format_exc(limit=8)
             log.error("bug handling a message: %s", detail)
             self._error(route, None, "internal", detail)
 
-    def _message_checked(self, route: bytes, frame: bytes) -> None:
+    def _message_checked(self, route: bytes, frame: bytes, sender: int | None) -> None:
+        """Open, authenticate and dispatch one control frame.
+
+        A frame speaks for the process whose connection carries it, and only for it:
+        ``sender`` is the PID the host kernel recorded for the connection
+        (``SO_PEERCRED``, net/unix/af_unix.c ``init_peercred()``), which must be the
+        ``pid`` the frame claims before its secret or sequence number is looked at, so
+        a child made by a raw ``fork()`` that inherited its parent's secret, or a thief
+        of it, is refused without touching the process it names.
+        """
         try:
             body, payload, mac = wire.open_frame(frame)
         except ProtocolError as exc:
@@ -417,6 +426,10 @@ class Daemon:
         peer = self.peers.get(body["pid"]) if task is not None else None
         if task is None or peer is None or peer.secret is None:
             self._error(route, rid, wire.E_UNKNOWN_PROCESS, f"pid {body['pid']} not registered")
+            return
+        if sender != body["pid"]:
+            self._error(route, rid, wire.E_AUTH,
+                        f"a frame for pid {body['pid']} sent by pid {sender} (SO_PEERCRED)")
             return
         if not wire.verify(payload, mac, peer.secret):
             self._error(route, rid, wire.E_AUTH, "bad message authentication code")
@@ -591,6 +604,20 @@ class Daemon:
         msg = {"v": list(wire.PROTOCOL_VERSION), "k": wire.EVENT, "pid": task.pid}
         msg.update(body)
         self._send(task, msg)
+
+
+def sender_pid(frame: zmq.Frame) -> int | None:
+    """The PID of the process at the other end of the connection ``frame`` came on.
+
+    libzmq reads ``SO_PEERCRED`` of every ``ipc://`` connection when it is set up and
+    gives it as the message property ``Peer-Address`` (``host:uid:gid:pid``); the host
+    kernel recorded it at ``connect()``, so nothing the sender writes can change it.
+    None when there is none (a transport without credentials).
+    """
+    try:
+        return int(str(frame.get("Peer-Address")).rsplit(":", 1)[1])
+    except (zmq.ZMQError, ValueError, IndexError):
+        return None
 
 
 def _drain(sock: socket.socket) -> None:

@@ -123,6 +123,10 @@ class Connection:
                                      "nofile": nofile})
         self.run_dir = run_dir
         self.name = name
+        #: the process this channel belongs to: a child made by a raw ``fork()`` (not
+        #: :meth:`~agents.lib.api.EmuSystem.fork`) is another process the daemon does
+        #: not know, and may not speak through it
+        self.owner = os.getpid()
         self.pid: int = welcome["pid"]
         self.secret: bytes = welcome["secret"]
         self.endpoint: str = welcome["endpoint"]
@@ -163,6 +167,11 @@ class Connection:
     # --- sending ----------------------------------------------------------------------
 
     def _send(self, body: dict[str, Any]) -> None:
+        if os.getpid() != self.owner:
+            raise ProtocolError(
+                wire.E_UNKNOWN_PROCESS,
+                f"process {os.getpid()} was made by a fork() the kernel was not told of "
+                f"(use the API's fork): it may not speak as process {self.pid}")
         self._seq += 1
         body["v"] = list(wire.PROTOCOL_VERSION)
         body["pid"] = self.pid

