@@ -29,6 +29,7 @@ from typing import Any
 
 import zmq
 
+from kemu.kernel_daemon import qp
 from kemu.kernel_daemon.boot import boot, describe
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.eventlog import EventLog
@@ -276,12 +277,18 @@ class Daemon:
         if not data:
             self._drop_reg(fd)
             return
+        fds: list[int] = []
+        qpn: Any = None
         try:
             hello = reg.reader.feed(data)
             if hello is None:
                 return
             wire.check_version(hello.get("v"))
-            answer = self._register(reg.sock, hello)
+            if hello.get("kind") == wire.ATTACH_QP:
+                qpn = hello.get("qpn")
+                answer, fds = self._attach_qp(reg.sock, qpn)
+            else:
+                answer = self._register(reg.sock, hello)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
             answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
@@ -294,8 +301,25 @@ class Daemon:
             answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
                       "reason": wire.E_MALFORMED, "detail": "registration failed"}
         with contextlib.suppress(OSError):
-            reg.sock.send(wire.encode_record(answer))
+            if fds:
+                socket.send_fds(reg.sock, [wire.encode_record(answer)], fds)
+                qp.handed_out(self.kernel, int(qpn))
+            else:
+                reg.sock.send(wire.encode_record(answer))
         self._drop_reg(fd)
+
+    def _attach_qp(self, sock: socket.socket, qpn: Any) -> tuple[dict[str, Any], list[int]]:
+        """An ``attach-qp`` record: the creator of queue pair ``qpn`` (the caller as
+        ``SO_PEERCRED`` names it) takes its ring and pipes by descriptor."""
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, _, _ = _UCRED.unpack(creds)
+        try:
+            fds = qp.attach(self.kernel, pid, qpn)
+        except KernelError as exc:
+            return ({"v": list(wire.PROTOCOL_VERSION), "ok": False, "reason": "refused",
+                     "errno": exc.errno, "detail": exc.detail or os.strerror(exc.errno)}, [])
+        return {"v": list(wire.PROTOCOL_VERSION), "ok": True, "qpn": qpn,
+                "fds": ["ring", "db", "cq"]}, fds
 
     def _register(self, sock: socket.socket, hello: dict[str, Any]) -> dict[str, Any]:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)

@@ -54,6 +54,10 @@ SPAWN: Final = "spawn"  # a new process, with standard descriptors 0, 1, 2
 FORK: Final = "fork"  # the child of a fork announced by its parent (token)
 EXEC: Final = "exec"  # the new image after execve (token)
 KINDS_REGISTER: Final = frozenset({SPAWN, FORK, EXEC})
+#: not a registration: the creator of queue pair ``qpn`` takes its ring and FIFOs,
+#: passed with the answer by descriptor (``SCM_RIGHTS``); the daemon checks with
+#: ``SO_PEERCRED`` that the caller is the creator
+ATTACH_QP: Final = "attach-qp"
 
 # protocol-level error reasons (machine-readable)
 E_MALFORMED: Final = "malformed"

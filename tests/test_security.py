@@ -175,3 +175,115 @@ def test_a_stolen_secret_does_not_lock_its_owner_out(conn: Connection) -> None:
     for _ in range(3):
         assert conn.call("getpid") == os.getpid()
     assert answer.get("error") == wire.E_AUTH, answer
+
+
+# --- queue pairs: only the creator posts ----------------------------------------------
+
+#: an attacker that never registered: it looks for a queue pair's ring and doorbell
+#: where a same-user process can reach them (/dev/shm, FIFOs in the run directory),
+#: posts an RDMA WRITE whose source is the victim's lkey into the victim-exposed rkey,
+#: then asks the daemon for the queue pair's descriptors as if it were the creator
+ATTACK = r"""
+import errno, json, mmap, os, select, stat, sys, time
+from kemu.protocol import ring
+run_dir, qpn, lkey, addr, rkey = sys.argv[1], *map(int, sys.argv[2:])
+found = {"rings": [], "fifos": [], "posted": None, "attach": None}
+for n in os.listdir("/dev/shm"):
+    if n.startswith("kemu-") and os.stat("/dev/shm/" + n).st_size == ring.RING_SIZE:
+        found["rings"].append(n)
+for n in os.listdir(run_dir):
+    if stat.S_ISFIFO(os.stat(os.path.join(run_dir, n)).st_mode):
+        found["fifos"].append(n)
+dbs = [n for n in found["fifos"] if n.endswith(".db")]
+if found["rings"] and dbs:
+    fd = os.open("/dev/shm/" + found["rings"][0], os.O_RDWR)
+    buf = mmap.mmap(fd, ring.RING_SIZE)
+    ring.WQE.pack_into(buf, ring.HEADER, ring.IBV_WR_RDMA_WRITE, rkey, 0, lkey, 0, addr, 64, 1)
+    buf[ring.HEADER + ring.STATUS_AT : ring.HEADER + ring.STATUS_AT + 4] = bytes(4)
+    buf[0:8] = (int.from_bytes(buf[0:8], "little") + 1).to_bytes(8, "little")
+    os.write(os.open(os.path.join(run_dir, dbs[0]), os.O_WRONLY | os.O_NONBLOCK), b"d")
+    deadline = time.monotonic() + 5
+    while buf[ring.HEADER + ring.STATUS_AT] == 0 and time.monotonic() < deadline:
+        select.select([], [], [], 0.001)
+    found["posted"] = ring.STATUS_NAME.get(buf[ring.HEADER + ring.STATUS_AT])
+try:
+    from kemu.agents.lib.runtime import attach_qp
+    attach_qp(run_dir, qpn)
+    found["attach"] = "taken"
+except ImportError:
+    found["attach"] = "no such request"
+except OSError as exc:
+    found["attach"] = errno.errorcode[exc.errno]
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.kemu_settings(policy="legacy")  # a design that pins DAX memory long-term
+def test_a_stranger_cannot_drive_a_queue_pair(daemon: DaemonProcess, run_dir: str) -> None:
+    """A process that never registered looks for the queue pair's ring and doorbell
+    and, failing that, asks for them by number: it finds nothing and is refused
+    (EPERM), the victim's memory stays its own, and the creator's queue pair works."""
+    import json
+    import subprocess
+    import sys
+
+    from kemu.agents.lib.api import EmuSystem
+
+    v = EmuSystem(run_dir, name="victim")
+    try:
+        ctx = v.call("ibv_open_device")
+        secret = v.mmap(4096, linux.PROT_READ | linux.PROT_WRITE,
+                        linux.MAP_SHARED | linux.MAP_ANONYMOUS, -1, 0)
+        v.store(secret, b"the victim's secret" * 3)
+        local = v.call("ibv_reg_mr", ctx, secret, 4096, linux.IBV_ACCESS_LOCAL_WRITE)
+        fd = v.open("/loot", linux.O_RDWR | linux.O_CREAT, 0o644)
+        v.ftruncate(fd, 4096)
+        loot = v.mmap(4096, linux.PROT_READ | linux.PROT_WRITE, linux.MAP_SHARED, fd, 0)
+        remote = v.call("ibv_reg_mr", ctx, loot, 4096,
+                        linux.IBV_ACCESS_LOCAL_WRITE | linux.IBV_ACCESS_REMOTE_WRITE)
+        qpn = v.ibv_create_qp(ctx)
+        out = subprocess.run(
+            [sys.executable, "-c", ATTACK, run_dir, str(qpn), str(local["lkey"]),
+             str(secret), str(remote["rkey"])],
+            capture_output=True, text=True, timeout=30, check=True)
+        found = json.loads(out.stdout)
+        assert v.pread(fd, 64, 0) == bytes(64), f"the stranger's WRITE landed: {found}"
+        assert found == {"rings": [], "fifos": [], "posted": None, "attach": "EPERM"}
+        # the creator's own queue pair still works, and it is the one that posts
+        v.ibv_post_send(qpn, linux.IBV_WR_RDMA_WRITE, remote["rkey"], 0,
+                        {"lkey": local["lkey"], "addr": secret, "length": 19}, 5)
+        assert v.ibv_poll_cq(qpn, 5)["status"] == "IBV_WC_SUCCESS"
+        assert v.pread(fd, 19, 0) == b"the victim's secret"
+    finally:
+        v.conn.close()
+
+
+def test_a_fork_child_does_not_inherit_the_queue_pair(daemon: DaemonProcess,
+                                                      run_dir: str) -> None:
+    """The ring is not mapped in a child of the creator (MADV_DONTFORK, as uverbs maps
+    a doorbell VM_DONTCOPY), and the creator cannot take its descriptors twice."""
+    import ctypes
+
+    from kemu.agents.lib.api import EmuSystem
+    from kemu.agents.lib.runtime import attach_qp
+
+    v = EmuSystem(run_dir, name="creator")
+    try:
+        ctx = v.call("ibv_open_device")
+        qpn = v.ibv_create_qp(ctx)
+        ring_mmap = v._qps()[qpn].ring._mmap
+        assert ring_mmap is not None
+        cbuf = ctypes.c_char.from_buffer(ring_mmap)
+        address = ctypes.addressof(cbuf)
+        del cbuf
+
+        def child() -> bool:
+            with open("/proc/self/maps") as fh:
+                spans = [tuple(int(x, 16) for x in line.split()[0].split("-")) for line in fh]
+            return any(lo <= address < hi for lo, hi in spans)
+
+        assert in_raw_child(child) is False
+        with pytest.raises(PermissionError):
+            attach_qp(run_dir, qpn)
+    finally:
+        v.conn.close()

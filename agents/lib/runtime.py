@@ -111,6 +111,36 @@ def register(run_dir: str, hello: dict[str, Any], timeout: float = 10.0) -> dict
     return answer
 
 
+def attach_qp(run_dir: str, qpn: int, timeout: float = 10.0) -> list[int]:
+    """Take queue pair ``qpn``'s ring, doorbell and completion pipe from the daemon, by
+    descriptor (``SCM_RIGHTS`` over ``<run_dir>/register.sock``): ``[ring, db, cq]``.
+
+    The daemon gives them only to the queue pair's creator (it reads the caller's PID
+    with ``SO_PEERCRED``), once; a refusal raises ``OSError`` with its errno.
+    """
+    body = {"v": list(wire.PROTOCOL_VERSION), "kind": wire.ATTACH_QP, "qpn": qpn}
+    fds: list[int] = []
+    answer: dict[str, Any] | None = None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(os.path.join(run_dir, "register.sock"))
+        s.sendall(wire.encode_record(body))
+        reader = wire.RecordReader()
+        while answer is None:
+            data, got, _, _ = socket.recv_fds(s, 65536, 3, socket.MSG_CMSG_CLOEXEC)
+            fds += got
+            if not data:
+                break
+            answer = reader.feed(data)
+    if answer is None or not answer.get("ok") or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        if answer is not None and isinstance(answer.get("errno"), int):
+            raise os_error(answer["errno"])
+        raise ProtocolError(wire.E_MALFORMED, f"queue pair {qpn} was not handed over")
+    return fds
+
+
 class Connection:
     """This process's registration and control channel."""
 
