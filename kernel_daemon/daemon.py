@@ -94,6 +94,11 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         os.makedirs(config.run_dir, exist_ok=True)
+        # Everything of a run is its launcher's user's alone: the folder 0700 (whoever
+        # made it), the sockets 0600, the device a 0600 segment (protocol/shm.py), a
+        # queue pair's ring and pipes nameless (qp.py).  Another user cannot list the
+        # run, connect to its daemon or map its device.
+        os.chmod(config.run_dir, 0o700)
         self.endpoint = f"ipc://{os.path.join(config.run_dir, 'kernel.ipc')}"
         self.register_path = os.path.join(config.run_dir, "register.sock")
         self.ctx = zmq.Context()
@@ -101,10 +106,12 @@ class Daemon:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 16 * wire.MAX_FRAME)
         self.router.bind(self.endpoint)
+        os.chmod(os.path.join(config.run_dir, "kernel.ipc"), 0o600)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.register_path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.register_path)
+        os.chmod(self.register_path, 0o600)
         self.listener.listen(256)
         self.listener.setblocking(False)
         self.ep = select.epoll()

@@ -287,3 +287,73 @@ def test_a_fork_child_does_not_inherit_the_queue_pair(daemon: DaemonProcess,
             attach_qp(run_dir, qpn)
     finally:
         v.conn.close()
+
+
+# --- a run is its user's alone ----------------------------------------------------------
+
+NOBODY = 65534
+
+
+def test_another_user_reaches_nothing_of_a_run(kemu_run_dir: str) -> None:
+    """A process of another uid (root's fork child after setuid(65534)) cannot list the
+    run folder, open or connect to anything in it, map the device, or reach the queue
+    pair's descriptors through /proc; and when the run ends, its segments are gone.
+    The folder is made 0755, as the launcher made it for host actors."""
+    import socket
+    import stat
+
+    from kemu.agents.launcher.daemon_process import start_daemon
+    from kemu.agents.lib.api import EmuSystem
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a helper process must take another uid with setuid()")
+    os.chmod(kemu_run_dir, 0o755)
+    d = start_daemon(kemu_run_dir, event_log=os.path.join(kemu_run_dir, "kernel.jsonl"),
+                     policy="legacy", lease_break_time=0.5)
+    pmem = d.pmem_name
+    try:
+        s = EmuSystem(kemu_run_dir, name="owner")
+        try:
+            ctx = s.call("ibv_open_device")
+            s.ibv_create_qp(ctx)
+            fd = s.open("/f", linux.O_RDWR | linux.O_CREAT, 0o644)
+            s.ftruncate(fd, 4096)
+            s.store(s.mmap(4096, linux.PROT_READ | linux.PROT_WRITE, linux.MAP_SHARED, fd, 0),
+                    b"mine")
+            paths = [os.path.join(top, n) for top, dirs, files in os.walk(kemu_run_dir)
+                     for n in dirs + files]
+            shm = [os.path.join("/dev/shm", n) for n in os.listdir("/dev/shm")
+                   if n.startswith(pmem) or n.startswith(f"kemu-{d.pid}-")]
+            assert shm, "the device's segment is not where it should be"
+            mine = [f"/proc/{os.getpid()}/fd/{n}" for n in os.listdir("/proc/self/fd")]
+
+            def stranger() -> list[str]:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                reached: list[str] = []
+                try:
+                    os.listdir(kemu_run_dir)
+                    reached.append(f"listdir {kemu_run_dir}")
+                except PermissionError:
+                    pass
+                for path in [kemu_run_dir, *paths, *shm, *mine]:
+                    try:
+                        if stat.S_ISSOCK(os.stat(path).st_mode):
+                            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                                c.connect(path)
+                        else:
+                            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+                        reached.append(path)
+                    except (PermissionError, FileNotFoundError):
+                        pass
+                return reached
+
+            assert in_raw_child(stranger) == []
+        finally:
+            s.conn.close()
+    finally:
+        d.stop()
+    assert [n for n in os.listdir("/dev/shm") if n.startswith(pmem)] == []
+    assert not os.path.exists(os.path.join(kemu_run_dir, "register.sock"))
+    assert not os.path.exists(os.path.join(kemu_run_dir, "kernel.ipc"))
