@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from kemu.kernel_daemon import qp
+from kemu.kernel_daemon import mm, qp
 from kemu.kernel_daemon.boot import boot, describe
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.eventlog import EventLog
@@ -294,6 +294,8 @@ class Daemon:
             if hello.get("kind") == wire.ATTACH_QP:
                 qpn = hello.get("qpn")
                 answer, fds = self._attach_qp(reg.sock, qpn)
+            elif hello.get("kind") == wire.ATTACH_MM:
+                answer, fds = self._attach_mm(reg.sock)
             else:
                 answer = self._register(reg.sock, hello)
         except ProtocolError as exc:
@@ -310,7 +312,8 @@ class Daemon:
         with contextlib.suppress(OSError):
             if fds:
                 socket.send_fds(reg.sock, [wire.encode_record(answer)], fds)
-                qp.handed_out(self.kernel, int(qpn))
+                if qpn is not None:
+                    qp.handed_out(self.kernel, int(qpn))
             else:
                 reg.sock.send(wire.encode_record(answer))
         self._drop_reg(fd)
@@ -327,6 +330,18 @@ class Daemon:
                      "errno": exc.errno, "detail": exc.detail or os.strerror(exc.errno)}, [])
         return {"v": list(wire.PROTOCOL_VERSION), "ok": True, "qpn": qpn,
                 "fds": ["ring", "db", "cq"]}, fds
+
+    def _attach_mm(self, sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+        """An ``attach-mm`` record: the caller (``SO_PEERCRED``), a registered process,
+        takes its TLB word (``kernel_daemon/mm.py`` :class:`TlbWord`) by descriptor."""
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, _, _ = _UCRED.unpack(creds)
+        task = self.kernel.tasks.get(pid)
+        if task is None:
+            return ({"v": list(wire.PROTOCOL_VERSION), "ok": False, "reason": "refused",
+                     "errno": errno.ESRCH, "detail": f"pid {pid} is not registered"}, [])
+        return {"v": list(wire.PROTOCOL_VERSION), "ok": True, "fds": ["tlb"]}, \
+            [mm.tlb_word(self.kernel, task)]
 
     def _register(self, sock: socket.socket, hello: dict[str, Any]) -> dict[str, Any]:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)

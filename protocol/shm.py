@@ -15,6 +15,7 @@ to create, ``O_RDWR`` to attach, then ``mmap`` of the whole object.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import secrets
@@ -82,6 +83,15 @@ class Segment:
         if self._mmap is not None:
             self._mmap.madvise(mmap.MADV_DONTFORK)
 
+    def address(self) -> int:
+        """Where the object is mapped in this process."""
+        assert self._mmap is not None
+        cbuf = ctypes.c_char.from_buffer(self._mmap)
+        try:
+            return ctypes.addressof(cbuf)
+        finally:
+            del cbuf
+
     def close(self) -> None:
         """Unmap (the object stays until :meth:`unlink`)."""
         if self._mmap is not None:
@@ -93,6 +103,19 @@ class Segment:
         """Remove the object's name (``shm_unlink(3)``); nothing for a nameless one."""
         if self.name:
             os.unlink(os.path.join(SHM_DIR, self.name))
+
+
+def placeholder(address: int, size: int) -> None:
+    """Map an inaccessible anonymous placeholder at ``address`` where nothing is mapped
+    (a ``MADV_DONTFORK`` mapping in a fork child), so that unmapping that object later
+    cannot unmap memory that came to live there (``MAP_FIXED_NOREPLACE``)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    map_fixed_noreplace = 0x100000
+    libc.mmap(address, size, 0,  # PROT_NONE
+              mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | map_fixed_noreplace, -1, 0)
 
 
 def anonymous(label: str, size: int) -> tuple[Segment, int]:

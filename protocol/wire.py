@@ -58,6 +58,9 @@ KINDS_REGISTER: Final = frozenset({SPAWN, FORK, EXEC})
 #: passed with the answer by descriptor (``SCM_RIGHTS``); the daemon checks with
 #: ``SO_PEERCRED`` that the caller is the creator
 ATTACH_QP: Final = "attach-qp"
+#: not a registration: a registered process takes its TLB word (the generation the
+#: daemon bumps on every shoot-down, and the process's in-store mark), by descriptor
+ATTACH_MM: Final = "attach-mm"
 
 # protocol-level error reasons (machine-readable)
 E_MALFORMED: Final = "malformed"

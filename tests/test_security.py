@@ -357,3 +357,123 @@ def test_another_user_reaches_nothing_of_a_run(kemu_run_dir: str) -> None:
     assert [n for n in os.listdir("/dev/shm") if n.startswith(pmem)] == []
     assert not os.path.exists(os.path.join(kemu_run_dir, "register.sock"))
     assert not os.path.exists(os.path.join(kemu_run_dir, "kernel.ipc"))
+
+
+# --- a shoot-down needs nothing from its target ----------------------------------------
+
+MAPPER = r"""
+import errno, os, sys
+from kemu.agents.lib.api import EmuSystem
+from kemu.protocol import linux
+s = EmuSystem(sys.argv[1], name="mapper")
+s.signal(linux.SIGBUS, "record")
+fd = s.open("/f", os.O_RDWR | os.O_CREAT, 0o644)
+s.ftruncate(fd, 8192)
+p = s.mmap(8192, linux.PROT_READ | linux.PROT_WRITE, linux.MAP_SHARED, fd, 0)
+s.store(p, b"M" * 8192)            # every translation cached
+print("ready", flush=True)
+sys.stdin.readline()               # stopped here by the test, then told to go on
+try:
+    s.store(p, b"X" * 8192)
+    print("stored", flush=True)
+except OSError as exc:
+    print(errno.errorcode[exc.errno], [si["si_signo"] for si in s.signals()], flush=True)
+s.conn.close()
+"""
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def test_a_stopped_mapper_does_not_block_a_truncate(daemon: DaemonProcess,
+                                                    run_dir: str) -> None:
+    """A process that maps a file is stopped (SIGSTOP) with its translations cached;
+    another truncates the file and reuses its blocks for another file.  The truncate
+    returns at once; the stopped process, resumed, faults (SIGBUS, EFAULT) instead of
+    storing into the blocks that now belong to /g."""
+    import subprocess
+    import sys
+    import time
+
+    from kemu.agents.lib.api import EmuSystem
+
+    child = subprocess.Popen([sys.executable, "-c", MAPPER, run_dir], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    s = EmuSystem(run_dir, name="truncater")
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline() == "ready\n"
+        os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not _stopped(child.pid):
+            assert time.monotonic() < deadline, "the mapper did not stop"
+            select.select([], [], [], 0.001)
+        started = time.monotonic()
+        s.conn.wait(s.conn.submit("truncate", "/f", 0), timeout=5)
+        assert time.monotonic() - started < 2
+        g = s.open("/g", linux.O_RDWR | linux.O_CREAT, 0o644)
+        assert s.pwrite(g, b"G" * 65536, 0) == 65536  # the freed blocks, taken again
+        os.kill(child.pid, signal.SIGCONT)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        said = child.stdout.readline().split(" ", 1)
+        assert said[0] == "EFAULT", said
+        assert str(linux.SIGBUS) in said[1]
+        assert s.pread(g, 65536, 0) == b"G" * 65536
+        assert s.call("foreign_writes") == []
+    finally:
+        s.conn.close()
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+TRUNCATER = r"""
+import sys
+from kemu.agents.lib.api import EmuSystem
+s = EmuSystem(sys.argv[1], name="truncater")
+s.truncate("/f", 0)
+print("truncated", flush=True)
+s.conn.close()
+"""
+
+
+def test_a_store_in_progress_holds_the_blocks(daemon: DaemonProcess, run_dir: str) -> None:
+    """The daemon frees no block while a store that began under the old translations
+    is in progress (the in-store mark of the process's TLB word): a truncate waits for
+    the window to close, and only for that."""
+    import subprocess
+    import sys
+
+    from kemu.agents.lib.api import EmuSystem
+
+    a = EmuSystem(run_dir, name="storer")
+    try:
+        a.signal(linux.SIGBUS, "record")  # the store past EOF at the end gets one
+        fd = a.open("/f", linux.O_RDWR | linux.O_CREAT, 0o644)
+        a.ftruncate(fd, 4096)
+        p = a.mmap(4096, linux.PROT_READ | linux.PROT_WRITE, linux.MAP_SHARED, fd, 0)
+        a.store(p, b"a")
+        mmu = a._mm()
+        gen = mmu._generation()
+        mmu.wbuf[8:16] = gen.to_bytes(8, "little")  # as store() does around its copy
+        with subprocess.Popen([sys.executable, "-c", TRUNCATER, run_dir],
+                              stdout=subprocess.PIPE, text=True) as b:
+            assert b.stdout is not None
+            ready, _, _ = select.select([b.stdout], [], [], 1.5)
+            assert not ready, "the truncate freed blocks under a store in progress"
+            mmu.wbuf[8:16] = bytes(8)
+            ready, _, _ = select.select([b.stdout], [], [], 10)
+            assert ready and b.stdout.readline() == "truncated\n"
+            assert b.wait(10) == 0
+        with pytest.raises(OSError):
+            a.store(p, b"b")  # the page is past EOF now: it faults
+        assert [si["si_signo"] for si in a.signals()] == [linux.SIGBUS]
+    finally:
+        a.signal(linux.SIGBUS, "default")
+        a.conn.close()

@@ -415,15 +415,15 @@ class EmuSystem(System):
             self.conn.call("fork_done", token, -1)
             raise
         if pid == 0:
-            self.conn.reconnect_after_fork(token, name or self.conn.name)
-            mmu = getattr(self, "_mmu", None)
-            if mmu is not None:
-                mmu.after_fork(self.conn)
             # the parent's queue pairs are the parent's: their rings are not mapped
             # here (MADV_DONTFORK), their descriptors are copies the child lets go
             for agent_qp in self._qps().values():
                 agent_qp.forget()
             self._qps().clear()
+            self.conn.reconnect_after_fork(token, name or self.conn.name)
+            mmu = getattr(self, "_mmu", None)
+            if mmu is not None:
+                mmu.after_fork(self.conn)
             rec = getattr(self, "_recorder", None)
             if rec is not None:  # the handlers are inherited; hook them to the new channel
                 self.recorded = []

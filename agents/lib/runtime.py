@@ -118,7 +118,15 @@ def attach_qp(run_dir: str, qpn: int, timeout: float = 10.0) -> list[int]:
     The daemon gives them only to the queue pair's creator (it reads the caller's PID
     with ``SO_PEERCRED``), once; a refusal raises ``OSError`` with its errno.
     """
-    body = {"v": list(wire.PROTOCOL_VERSION), "kind": wire.ATTACH_QP, "qpn": qpn}
+    return take_fds(run_dir, {"kind": wire.ATTACH_QP, "qpn": qpn}, 3, timeout)
+
+
+def take_fds(run_dir: str, record: dict[str, Any], count: int,
+             timeout: float = 10.0) -> list[int]:
+    """Send ``record`` on ``<run_dir>/register.sock`` and take the ``count``
+    descriptors the daemon's answer carries (``SCM_RIGHTS``); a refusal raises
+    ``OSError`` with its errno."""
+    body = {"v": list(wire.PROTOCOL_VERSION), **record}
     fds: list[int] = []
     answer: dict[str, Any] | None = None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
@@ -127,17 +135,17 @@ def attach_qp(run_dir: str, qpn: int, timeout: float = 10.0) -> list[int]:
         s.sendall(wire.encode_record(body))
         reader = wire.RecordReader()
         while answer is None:
-            data, got, _, _ = socket.recv_fds(s, 65536, 3, socket.MSG_CMSG_CLOEXEC)
+            data, got, _, _ = socket.recv_fds(s, 65536, count, socket.MSG_CMSG_CLOEXEC)
             fds += got
             if not data:
                 break
             answer = reader.feed(data)
-    if answer is None or not answer.get("ok") or len(fds) != 3:
+    if answer is None or not answer.get("ok") or len(fds) != count:
         for fd in fds:
             os.close(fd)
         if answer is not None and isinstance(answer.get("errno"), int):
             raise os_error(answer["errno"])
-        raise ProtocolError(wire.E_MALFORMED, f"queue pair {qpn} was not handed over")
+        raise ProtocolError(wire.E_MALFORMED, f"{record.get('kind')}: nothing handed over")
     return fds
 
 

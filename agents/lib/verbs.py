@@ -41,6 +41,7 @@ class AgentQP:
         # not inherited by a child (ib_uverbs_mmap's VM_DONTCOPY): a fork child of the
         # creator cannot post to its queue pair
         self.ring.dontfork()
+        self.address = self.ring.address()
         self.buf: memoryview = self.ring.buf
         self.produced = 0
         self.polled = 0
@@ -98,8 +99,11 @@ class AgentQP:
                 "opcode": OPCODE_NAME.get(opcode, str(opcode))}
 
     def forget(self) -> None:
-        """In a fork child: close the inherited descriptors; the ring was not inherited
-        (``MADV_DONTFORK``), so it is not touched."""
+        """In a fork child, before anything else maps memory: the ring was not inherited
+        (``MADV_DONTFORK``), so its place is taken by an inaccessible placeholder (the
+        ring's object unmaps that, not whatever might come to live there), and the
+        inherited descriptors are closed."""
+        shm.placeholder(self.address, self.ring.size)
         for fd in (self.db, self.cq):
             with contextlib.suppress(OSError):
                 os.close(fd)
