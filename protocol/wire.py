@@ -30,7 +30,7 @@ import msgpack
 
 from kemu.protocol.errors import ProtocolError, VersionMismatch
 
-PROTOCOL_VERSION: Final[tuple[int, int]] = (1, 0)
+PROTOCOL_VERSION: Final[tuple[int, int]] = (2, 0)
 #: Largest control frame either side accepts, in bytes.
 MAX_FRAME: Final[int] = 4 * 1024 * 1024
 #: Largest transfer one read or write call moves, in bytes: a longer one is a short

@@ -132,7 +132,8 @@ MALFORMED_FRAMES = {
     "not-a-map": msgpack.packb([1, "call", 2]) + bytes(wire.MAC_LEN),
     "truncated": wire.pack(header(1, 1))[:-3] + bytes(wire.MAC_LEN),
     "unknown-kind": wire.pack(header(1, 1, k="shout")) + bytes(wire.MAC_LEN),
-    "no-seq": wire.pack({"v": [1, 0], "k": "call", "pid": 1}) + bytes(wire.MAC_LEN),
+    "no-seq": wire.pack({"v": list(wire.PROTOCOL_VERSION), "k": "call", "pid": 1})
+    + bytes(wire.MAC_LEN),
     "bad-version-field": wire.pack(header(1, 1, v="1.0")) + bytes(wire.MAC_LEN),
 }
 
@@ -166,7 +167,7 @@ def test_multi_frame_message_is_dropped_without_answer(
 def test_wrong_major_version(conn: Connection, raw: zmq.Socket[bytes],
                              daemon: DaemonProcess) -> None:
     before = state(conn)
-    raw.send(wire.seal(header(conn.pid, take_seq(conn), v=[2, 0]), conn.secret))
+    raw.send(wire.seal(header(conn.pid, take_seq(conn), v=[wire.PROTOCOL_VERSION[0] + 1, 0]), conn.secret))
     body = unsigned_error(raw)
     assert body["error"] == wire.E_VERSION
     still_serving(conn, daemon, before)
@@ -477,7 +478,7 @@ def hello(**fields: Any) -> bytes:
 
 
 REFUSALS: dict[str, tuple[bytes, str]] = {
-    "version": (hello(v=[2, 0]), wire.E_VERSION),
+    "version": (hello(v=[wire.PROTOCOL_VERSION[0] + 1, 0]), wire.E_VERSION),
     "version-missing": (wire.encode_record({"kind": "spawn"}), wire.E_MALFORMED),
     "garbage": (b"\x00\x00\x00\x08" + b"\xc1" * 8, wire.E_MALFORMED),
     "not-a-map": (wire.encode_record([1, 2]), wire.E_MALFORMED),  # type: ignore[arg-type]
@@ -556,7 +557,7 @@ def test_client_gone_before_the_answer(conn: Connection, daemon: DaemonProcess) 
     """Clients that hang up before reading the answer cost the daemon nothing."""
     stats, procs = state(conn)
     path = os.path.join(daemon.run_dir, "register.sock")
-    for data in (hello(), hello(v=[2, 0]), b"\x00\x00", b""):
+    for data in (hello(), hello(v=[wire.PROTOCOL_VERSION[0] + 1, 0]), b"\x00\x00", b""):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(path)
             s.sendall(data)
