@@ -412,7 +412,7 @@ def test_a_stopped_mapper_does_not_block_a_truncate(daemon: DaemonProcess,
             select.select([], [], [], 0.001)
         started = time.monotonic()
         s.conn.wait(s.conn.submit("truncate", "/f", 0), timeout=5)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 4  # at once (a loaded machine aside)
         g = s.open("/g", linux.O_RDWR | linux.O_CREAT, 0o644)
         assert s.pwrite(g, b"G" * 65536, 0) == 65536  # the freed blocks, taken again
         os.kill(child.pid, signal.SIGCONT)
@@ -449,6 +449,7 @@ def test_a_store_in_progress_holds_the_blocks(daemon: DaemonProcess, run_dir: st
     the window to close, and only for that."""
     import subprocess
     import sys
+    import time
 
     from kemu.agents.lib.api import EmuSystem
 
@@ -465,8 +466,14 @@ def test_a_store_in_progress_holds_the_blocks(daemon: DaemonProcess, run_dir: st
         with subprocess.Popen([sys.executable, "-c", TRUNCATER, run_dir],
                               stdout=subprocess.PIPE, text=True) as b:
             assert b.stdout is not None
-            ready, _, _ = select.select([b.stdout], [], [], 1.5)
+            deadline = time.monotonic() + 20
+            while a.call("kernel_stats")["shootdowns"] == 0:  # the truncate has zapped
+                assert time.monotonic() < deadline, "the truncate never shot A's TLB down"
+                assert b.poll() is None, "the truncater ended before its shoot-down"
+                select.select([], [], [], 0.005)
+            ready, _, _ = select.select([b.stdout], [], [], 0.5)
             assert not ready, "the truncate freed blocks under a store in progress"
+            assert a.call("kernel_stats")["shootdowns"] == 1
             mmu.wbuf[8:16] = bytes(8)
             ready, _, _ = select.select([b.stdout], [], [], 10)
             assert ready and b.stdout.readline() == "truncated\n"
