@@ -186,10 +186,11 @@ def test_a_stolen_secret_does_not_lock_its_owner_out(conn: Connection) -> None:
 ATTACK = r"""
 import errno, json, mmap, os, select, stat, sys, time
 from kemu.protocol import ring
-run_dir, qpn, lkey, addr, rkey = sys.argv[1], *map(int, sys.argv[2:])
+run_dir, pmem = sys.argv[1], sys.argv[2]
+qpn, lkey, addr, rkey = map(int, sys.argv[3:])
 found = {"rings": [], "fifos": [], "posted": None, "attach": None}
-for n in os.listdir("/dev/shm"):
-    if n.startswith("kemu-") and os.stat("/dev/shm/" + n).st_size == ring.RING_SIZE:
+for n in os.listdir("/dev/shm"):  # this run's: named after its device, if named at all
+    if n.startswith(pmem) and os.stat("/dev/shm/" + n).st_size == ring.RING_SIZE:
         found["rings"].append(n)
 for n in os.listdir(run_dir):
     if stat.S_ISFIFO(os.stat(os.path.join(run_dir, n)).st_mode):
@@ -243,8 +244,8 @@ def test_a_stranger_cannot_drive_a_queue_pair(daemon: DaemonProcess, run_dir: st
                         linux.IBV_ACCESS_LOCAL_WRITE | linux.IBV_ACCESS_REMOTE_WRITE)
         qpn = v.ibv_create_qp(ctx)
         out = subprocess.run(
-            [sys.executable, "-c", ATTACK, run_dir, str(qpn), str(local["lkey"]),
-             str(secret), str(remote["rkey"])],
+            [sys.executable, "-c", ATTACK, run_dir, daemon.pmem_name, str(qpn),
+             str(local["lkey"]), str(secret), str(remote["rkey"])],
             capture_output=True, text=True, timeout=30, check=True)
         found = json.loads(out.stdout)
         assert v.pread(fd, 64, 0) == bytes(64), f"the stranger's WRITE landed: {found}"
