@@ -33,7 +33,7 @@ from kemu.protocol.config import DaemonConfig
 
 if TYPE_CHECKING:
     from kemu.kernel_daemon.af_unix import Mailbox
-    from kemu.kernel_daemon.mm import MMSnapshot, Shootdown
+    from kemu.kernel_daemon.mm import MMSnapshot, Shootdown, TlbWord
     from kemu.kernel_daemon.policy import Policy
 
 #: the daemon's settings (one dataclass, shared with the launcher: protocol.config)
@@ -123,6 +123,10 @@ class Kernel:
         self.pins = PinTable(self.pmem)
         #: TLB shoot-downs pushed to processes and not yet acknowledged, by number
         self.shootdowns: dict[int, Shootdown] = {}
+        #: the TLB word of each process that took one (``attach-mm``), by PID, and
+        #: whether the timer that watches their store windows is set
+        self.tlb_words: dict[int, TlbWord] = {}
+        self.window_poll_armed = False
         #: the RDMA card: keys, queue pairs, the uverbs device
         self.rdma = RdmaDevice()
         #: bound datagram sockets by name (descriptor passing between processes)

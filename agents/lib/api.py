@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from kemu.agents.lib.mm import AgentMM
-from kemu.agents.lib.runtime import Connection
+from kemu.agents.lib.runtime import Connection, attach_qp
 from kemu.agents.lib.sigrec import SigInfo, SignalRecorder, recorder
 from kemu.agents.lib.verbs import AgentQP
 from kemu.protocol import linux, wire
@@ -437,6 +437,11 @@ class EmuSystem(System):
             self.conn.call("fork_done", token, -1)
             raise
         if pid == 0:
+            # the parent's queue pairs are the parent's: their rings are not mapped
+            # here (MADV_DONTFORK), their descriptors are copies the child lets go
+            for agent_qp in self._qps().values():
+                agent_qp.forget()
+            self._qps().clear()
             self.conn.reconnect_after_fork(token, name or self.conn.name)
             mmu = getattr(self, "_mmu", None)
             if mmu is not None:
@@ -572,7 +577,8 @@ class EmuSystem(System):
     # verbs' data path: queue pairs, posted to without a call (agents/lib/verbs.py)
     def ibv_create_qp(self, ctx: int) -> int:
         """``ibv_create_qp`` on the context behind ``ctx``: the queue pair's number."""
-        qp = AgentQP(self.conn.call("ibv_create_qp", ctx))
+        info = self.conn.call("ibv_create_qp", ctx)
+        qp = AgentQP(info, attach_qp(self.run_dir, int(info["qpn"])))
         self._qps()[qp.qpn] = qp
         return qp.qpn
 
