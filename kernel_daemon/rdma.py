@@ -232,6 +232,41 @@ def _new_key(k: Kernel) -> int:
             return key
 
 
+def user_range(task: Task, addr: int, length: int, page: int) -> list[mm.Mapping]:
+    """The mappings that cover ``[addr, addr + length)`` in address order, ``EFAULT``
+    at the first gap.  The cost follows the process's mappings, never the length the
+    caller chose (``mm/gup.c`` walks VMAs too; pages are listed only afterwards, by
+    :func:`user_pages`, as the caller takes them)."""
+    end = addr + length
+    out: list[mm.Mapping] = []
+    pos = addr - addr % page
+    for m in sorted(mm.vmas(task).values(), key=lambda m: m.start):
+        if pos >= end:
+            break
+        if m.start + m.length <= pos:
+            continue
+        if m.start > pos:
+            break
+        out.append(m)
+        pos = m.start + m.length
+    if pos < end:
+        raise KernelError(errno.EFAULT)
+    return out
+
+
+def user_pages(mappings: list[mm.Mapping], addr: int, length: int,
+               page: int) -> Iterator[tuple[mm.Mapping, int]]:
+    """(mapping, page index) of each page of ``[addr, addr + length)``, lazily, over
+    the mappings :func:`user_range` found: a caller that fails on a page stops the
+    walk there."""
+    end = addr + length
+    pos = addr - addr % page
+    for m in mappings:
+        while pos < end and pos < m.start + m.length:
+            yield m, (pos - m.start) // page
+            pos += page
+
+
 def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int,
            access: int) -> MR:
     """``ibv_reg_mr`` over the caller's memory ``[addr, addr + length)``.
@@ -250,14 +285,10 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     if pd not in ctx.pds:
         raise KernelError(errno.EINVAL)
     page = k.pmem.block_size
-    spans: list[tuple[mm.Mapping, int]] = []
-    for a in range(addr - addr % page, addr + length, page):
-        mapping = next((m for m in mm.vmas(task).values() if m.start <= a < m.start + m.length),
-                       None)
-        if mapping is None:
-            raise KernelError(errno.EFAULT)
-        spans.append((mapping, (a - mapping.start) // page))
-    mappings = list(dict.fromkeys(m for m, _ in spans))
+    # ib_umem_get(): a range that wraps is EINVAL, more than UINT_MAX pages too
+    if addr < 0 or addr + length + page > 1 << 64 or -(-length // page) > (1 << 32) - 1:
+        raise KernelError(errno.EINVAL)
+    mappings = user_range(task, addr, length, page)
     mr = MR(handle=ctx.next_handle, ctx=ctx, pd=pd, addr=addr, length=length, access=access,
             lkey=_new_key(k), rkey=0, task=task, mappings=mappings)
     mr.rkey = mr.lkey if access & (linux.IBV_ACCESS_REMOTE_WRITE | linux.IBV_ACCESS_REMOTE_READ) else 0
@@ -265,7 +296,7 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
     if not mr.odp:
         broken: dict[int, list[tuple[int, int]]] = {}
         try:
-            for mapping, index in spans:
+            for mapping, index in user_pages(mappings, addr, length, page):
                 block = mm.pin_page(k, task, mapping, index, broken.setdefault(mapping.vid, []))
                 owner = k.pmem.ledger[block]
                 assert owner is not None

@@ -24,6 +24,21 @@ if TYPE_CHECKING:
     from kemu.kernel_daemon.locks import Lease
     from kemu.kernel_daemon.mm import Mapping
 
+#: the largest ``loff_t`` (``include/linux/fs.h`` MAX_LFS_FILESIZE on 64-bit)
+MAX_LFS_FILESIZE = (1 << 63) - 1
+
+
+def s_maxbytes(flavour: str, block_size: int) -> int:
+    """The superblock's ``s_maxbytes``: the largest file size of the flavour.
+
+    ext4 (extent-mapped files): ``fs/ext4/super.c ext4_max_size()``, 2^32 - 1 logical
+    blocks, 16 TiB - 4 KiB with 4 KiB blocks (the host's ext4 says so too); xfs:
+    ``fs/xfs/xfs_super.c xfs_max_file_offset()``, MAX_LFS_FILESIZE on 64-bit.
+    """
+    if flavour == "ext4":
+        return min(((1 << 32) - 1) * block_size, MAX_LFS_FILESIZE)
+    return MAX_LFS_FILESIZE
+
 
 @dataclass(eq=False)
 class Inode:
@@ -354,11 +369,16 @@ class Filesystem:
         return done
 
     def truncate(self, inode: Inode, length: int) -> None:
-        """Set the size; blocks wholly past the end are freed, the tail page zeroed."""
+        """Set the size; blocks wholly past the end are freed, the tail page zeroed.
+
+        A size that does not grow frees every block past the new end, those a
+        ``FALLOC_FL_KEEP_SIZE`` allocation put beyond EOF too (``fs/ext4/inode.c
+        ext4_setattr()`` calls ``ext4_truncate()`` "even if i_size didn't change to
+        truncate possible preallocated blocks"; ``xfs_setattr_size()`` likewise)."""
         bs = self.block_size
+        if length <= inode.size:
+            self.free_range(inode, -(-length // bs))
         if length < inode.size:
-            first_free = -(-length // bs)
-            self.free_range(inode, first_free)
             page, inpage = divmod(length, bs)
             if inpage and page in inode.blocks:
                 self.pmem.view(inode.blocks[page])[inpage:] = bytes(bs - inpage)

@@ -18,13 +18,14 @@ from kemu.kernel_daemon.layout import LayoutChange
 from kemu.kernel_daemon.pmem import Owner
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import File, Task
-from kemu.kernel_daemon.vfs import Inode
+from kemu.kernel_daemon.vfs import MAX_LFS_FILESIZE, Inode, s_maxbytes
 from kemu.protocol import linux, wire
 
 #: largest transfer one read/write message carries; longer calls return short, as
 #: Linux may (MAX_RW_COUNT is the kernel's own cap)
 MAX_IO = wire.MAX_IO
-MAX_FILE_SIZE = (1 << 63) - 1
+#: the largest ``loff_t``: an offset or length past it is a negative one in C
+LOFF_MAX = MAX_LFS_FILESIZE
 
 #: flags open(2) keeps with O_PATH (fs/open.c O_PATH_FLAGS)
 O_PATH_FLAGS = linux.O_DIRECTORY | linux.O_NOFOLLOW | linux.O_PATH | linux.O_CLOEXEC
@@ -96,6 +97,25 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
     return resume_at(attempt, abort)
 
 
+def maxbytes(k: Kernel) -> int:
+    """``inode->i_sb->s_maxbytes`` of the emulated filesystem (its flavour's)."""
+    return s_maxbytes(k.config.flavour, k.fs.block_size)
+
+
+def _loff(value: int) -> None:
+    """An ``loff_t`` argument: a value past LOFF_MAX is negative in C, ``EINVAL``."""
+    if not 0 <= value <= LOFF_MAX:
+        raise KernelError(errno.EINVAL)
+
+
+def rw_verify_area(offset: int, count: int) -> None:
+    """``fs/read_write.c rw_verify_area()``: a negative position, or one whose end
+    passes LOFF_MAX, is ``EINVAL`` before anything else looks at the file."""
+    _loff(offset)
+    if offset + count > LOFF_MAX:
+        raise KernelError(errno.EINVAL)
+
+
 def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[Inode, bool]:
     """The path walk of open: the existing inode, or a new one with O_CREAT."""
     try:
@@ -139,14 +159,20 @@ def _read(k: Kernel, file: File, count: int, offset: int) -> bytes:
 
 
 def _write(k: Kernel, t: Task, file: File, data: bytes, offset: int) -> tuple[int, int]:
-    """Write at ``offset`` (or the end with O_APPEND); returns (written, new end)."""
+    """Write at ``offset`` (or the end with O_APPEND); returns (written, new end).
+
+    ``mm/filemap.c generic_write_check_limits()``: a write at or past ``s_maxbytes`` is
+    ``EFBIG``, one that would cross it is cut short there."""
     if file.inode.is_chr:
         return len(data), offset
     inode = file.inode
     if file.flags & linux.O_APPEND:
         offset = inode.size
-    if offset + len(data) > MAX_FILE_SIZE:
-        raise KernelError(errno.EFBIG)
+    if data:
+        limit = maxbytes(k)
+        if offset >= limit:
+            raise KernelError(errno.EFBIG)
+        data = data[: limit - offset]
     bs = k.fs.block_size
     change = LayoutChange.EXTEND if data and offset + len(data) > inode.size else LayoutChange.WRITE
     k.policy.layout_change(k, t, inode, change, offset // bs, -(-(offset + len(data)) // bs))
@@ -184,8 +210,7 @@ def sys_pread(k: Kernel, t: Task, fd: int, count: int, offset: int) -> bytes:
     file = _io_file(k, t, fd, write=False)
     if file.inode.is_chr:
         raise KernelError(errno.ESPIPE)
-    if offset < 0:
-        raise KernelError(errno.EINVAL)
+    rw_verify_area(offset, max(count, 0))
     return _read(k, file, count, offset)
 
 
@@ -196,8 +221,7 @@ def sys_pwrite(k: Kernel, t: Task, fd: int, data: bytes, offset: int) -> int:
     file = _io_file(k, t, fd, write=True)
     if file.inode.is_chr:
         raise KernelError(errno.ESPIPE)
-    if offset < 0:
-        raise KernelError(errno.EINVAL)
+    rw_verify_area(offset, len(data))
     return _write(k, t, file, data, offset)[0]
 
 
@@ -223,7 +247,7 @@ def sys_lseek(k: Kernel, t: Task, fd: int, offset: int, whence: int) -> int:
         new = _seek_data_hole(k, inode, offset, whence == linux.SEEK_DATA)
     else:
         raise KernelError(errno.EINVAL)
-    if new < 0 or new > MAX_FILE_SIZE:
+    if new < 0 or new > maxbytes(k):  # vfs_setpos() against s_maxbytes
         raise KernelError(errno.EINVAL)
     file.pos = new
     return new
@@ -250,10 +274,10 @@ def _seek_data_hole(k: Kernel, inode: Inode, offset: int, data: bool) -> int:
 
 
 def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:
-    """The size change shared by truncate and ftruncate (``do_truncate``)."""
-    if length < 0:
-        raise KernelError(errno.EINVAL)
-    if length > MAX_FILE_SIZE:
+    """The size change shared by truncate and ftruncate (``do_truncate``); a length
+    past ``s_maxbytes`` is ``EFBIG`` (``fs/attr.c inode_newsize_ok()``)."""
+    _loff(length)
+    if length > maxbytes(k):
         raise KernelError(errno.EFBIG)
     truncate_pages(k, t, inode, length)
 
@@ -262,8 +286,7 @@ def do_truncate(k: Kernel, t: Task, inode: Inode, length: int) -> None:
 def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
     """ftruncate(2): ``EINVAL`` unless a regular file open for writing; it breaks no
     lease (the caller's own open for writing already did)."""
-    if length < 0:
-        raise KernelError(errno.EINVAL)
+    _loff(length)
     file = k.file_of(t, fd)
     if file.flags & linux.O_PATH:
         raise KernelError(errno.EBADF)
@@ -277,8 +300,7 @@ def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
 def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
     """truncate(2) by path: holds write access (``get_write_access``) while it breaks
     leases, as an open for writing would."""
-    if length < 0:
-        raise KernelError(errno.EINVAL)
+    _loff(length)
     inode = k.fs.lookup(path)
     if inode.is_dir:
         raise KernelError(errno.EISDIR)
@@ -379,11 +401,21 @@ def unshare(k: Kernel, t: Task, inode: Inode, first: int, end: int) -> None:
 
 
 @syscall("fallocate", linux="fs/open.c vfs_fallocate(), xfs_file_fallocate()",
-         support="partial", note="modes 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE")
+         support="partial", note="modes 0, KEEP_SIZE, PUNCH_HOLE|KEEP_SIZE, ZERO_RANGE; "
+         "ENOSPC before taking a block (ext4 keeps what a failed call took)")
 def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: int) -> int:
-    """fallocate(2): allocate, punch a hole (a layout change) or zero a range."""
+    """fallocate(2): allocate, punch a hole (a layout change) or zero a range.
+
+    ``vfs_fallocate()``'s checks come first: a negative offset or length is ``EINVAL``,
+    a range ending past ``s_maxbytes`` (or wrapping through zero) ``EFBIG``.  What the
+    call costs follows the blocks that exist and the blocks it may take: a range with
+    more holes than the device has free blocks is ``ENOSPC`` before anything is
+    allocated, and an allocation that fails midway gives back what it took (as
+    ``ext4_alloc_file_blocks()`` leaves no blocks of a failed call behind)."""
     file = k.file_of(t, fd)
-    if offset < 0 or length <= 0:
+    _loff(offset)
+    _loff(length)
+    if length == 0:
         raise KernelError(errno.EINVAL)
     known = linux.FALLOC_FL_KEEP_SIZE | linux.FALLOC_FL_PUNCH_HOLE | linux.FALLOC_FL_ZERO_RANGE
     if mode & ~known:
@@ -401,6 +433,8 @@ def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: i
         raise KernelError(errno.ENODEV)
     bs = k.fs.block_size
     end = offset + length
+    if end > maxbytes(k):  # "Check for wrap through zero too": end > LOFF_MAX is EFBIG
+        raise KernelError(errno.EFBIG)
     if not mode & linux.FALLOC_FL_PUNCH_HOLE:
         # xfs_file_fallocate breaks the layouts for every mode (xfs_break_layouts): the
         # design first (layout leases; a sealed MAP_DIRECT file refuses, ETXTBSY)
@@ -416,27 +450,53 @@ def sys_fallocate(k: Kernel, t: Task, fd: int, mode: int, offset: int, length: i
             if last >= first:
                 _zero_bytes(k, inode, max(offset, last * bs), end)
         return 0
+    first, last = offset // bs, -(-end // bs)
+    if (last - first) - _blocks_in(inode, first, last) > k.pmem.free_blocks:
+        raise KernelError(errno.ENOSPC)  # nothing taken, nothing to give back
     if mode & linux.FALLOC_FL_ZERO_RANGE:
+        # the range reads as zeros and is allocated (ext4_zero_range(), xfs_zero_range()
+        # leave unwritten extents); reflinked blocks get copies of their own first
+        unshare(k, t, inode, first, last)
         _zero_bytes(k, inode, offset, end)
-    else:
-        for page in range(offset // bs, -(-end // bs)):
-            if page not in inode.blocks:
-                inode.blocks[page] = k.pmem.alloc(Owner(inode.ino, page))
+    _allocate(k, inode, first, last)
     if not mode & linux.FALLOC_FL_KEEP_SIZE and end > inode.size:
         inode.size = end
     return 0
 
 
+def _blocks_in(inode: Inode, first: int, end: int) -> int:
+    """How many pages of ``[first, end)`` have a block (cost: the file's blocks)."""
+    return sum(1 for p in inode.blocks if first <= p < end)
+
+
+def _allocate(k: Kernel, inode: Inode, first: int, end: int) -> None:
+    """Give every hole of pages ``[first, end)`` a block; on ``ENOSPC`` the blocks this
+    call took go back and the error stands.  The caller checked that the holes fit the
+    free blocks, so the walk is bounded by the device, not by the range."""
+    taken: list[int] = []
+    try:
+        for page in range(first, end):
+            if page not in inode.blocks:
+                inode.blocks[page] = k.pmem.alloc(Owner(inode.ino, page))
+                taken.append(page)
+    except KernelError:
+        for page in reversed(taken):
+            k.pmem.free(inode.blocks.pop(page))
+        raise
+    if taken:
+        k.log.emit("fallocate", ino=inode.ino, first=first, end=end, allocated=len(taken))
+
+
 def _zero_bytes(k: Kernel, inode: Inode, start: int, end: int) -> None:
+    """Zero bytes ``[start, end)`` of the file's blocks; holes already read as zeros,
+    so the cost follows the blocks in the range, not its length."""
     bs = k.fs.block_size
-    pos = start
-    while pos < end:
-        page, inpage = divmod(pos, bs)
-        n = min(bs - inpage, end - pos)
-        block = inode.blocks.get(page)
-        if block is not None:
-            k.pmem.view(block)[inpage : inpage + n] = bytes(n)
-        pos += n
+    if end <= start:
+        return
+    first, last = start // bs, -(-end // bs)
+    for page in sorted(p for p in inode.blocks if first <= p < last):
+        lo, hi = max(start, page * bs), min(end, (page + 1) * bs)
+        k.pmem.view(inode.blocks[page])[lo - page * bs : hi - page * bs] = bytes(hi - lo)
 
 
 @syscall("clone", linux="fs/remap_range.c vfs_clone_file_range() (ioctl FICLONE)",

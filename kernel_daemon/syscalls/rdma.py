@@ -19,6 +19,7 @@ from kemu.kernel_daemon.pmem import Owner
 from kemu.kernel_daemon.sync import WaitQueue
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import File, Task
+from kemu.protocol.wire import MAX_IO
 
 
 @syscall("ibv_open_device", linux="drivers/infiniband/core/uverbs_main.c ib_uverbs_open()",
@@ -105,18 +106,20 @@ def sys_rdma_read(k: Kernel, t: Task, rkey: int, offset: int,
          support="emulator",
          note="O_DIRECT read of fd into a mapped buffer; pinned for dio_time, then DMA")
 def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: int) -> Any:
-    """Read ``length`` bytes of ``fd`` at ``offset`` into memory at ``addr`` by DMA."""
+    """Read ``length`` bytes of ``fd`` at ``offset`` into memory at ``addr`` by DMA.
+
+    As ``vfs_read()``: a buffer outside the caller's mappings is ``EFAULT``, a read
+    moves at most one call's worth (MAX_IO, a short read) and stops at EOF; only the pages of what is transferred are faulted and pinned (``iomap_dio_rw()`` pins as
+    it goes), so the cost follows the file and the mappings, not the length asked."""
     file = k.file_of(t, fd)
     if not file.readable or length <= 0 or offset < 0:
         raise KernelError(errno.EINVAL if file.readable else errno.EBADF)
     page = k.pmem.block_size
+    mappings = rdma.user_range(t, addr, length, page)
+    length = min(length, MAX_IO, max(0, file.inode.size - offset))
     targets: list[tuple[int, Owner | None]] = []
-    for a in range(addr - addr % page, addr + length, page):
-        mapping = next((m for m in mm.vmas(t).values() if m.start <= a < m.start + m.length),
-                       None)
-        if mapping is None:
-            raise KernelError(errno.EFAULT)
-        block = mm.fault(k, t, mapping, (a - mapping.start) // page, write=True, user=False)
+    for mapping, index in rdma.user_pages(mappings, addr, length, page):
+        block = mm.fault(k, t, mapping, index, write=True, user=False)
         targets.append((block, k.pmem.ledger[block]))
     data = k.fs.read(file.inode, offset, length)
     for block, _ in targets:
