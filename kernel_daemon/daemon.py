@@ -55,6 +55,10 @@ _SNDMORE = int(zmq.SNDMORE)
 REGISTRATION_TIMEOUT = 5.0
 #: registration connections in progress at once; more wait in the listen backlog
 MAX_PENDING_REGISTRATIONS = 64
+#: calls one process may have sleeping in the kernel at once (each would be a thread of
+#: its own on Linux); the next one that must sleep is EAGAIN, as clone() past
+#: RLIMIT_NPROC
+MAX_PARKED = 1024
 
 
 class Stop(BaseException):
@@ -581,6 +585,10 @@ class Daemon:
     def _sleep(self, task: Task, rid: int, spec: Syscall, start: Callable[[], Any],
                wait: MustWait) -> None:
         """Park a call that sleeps; when woken it resumes (or runs again from the start)."""
+        if len(task.parked) >= MAX_PARKED:
+            wait.abort()
+            self.reply(task, rid, None, errno.EAGAIN)
+            return
         woken = False
 
         def wake() -> None:

@@ -29,6 +29,11 @@ import msgpack
 
 #: the file grows by at least this much at a time (bytes)
 CHUNK = 1 << 20
+#: bytes of a payload (a write's data, a datagram) a record keeps: the first 64, then
+#: ``...`` (what the JSON conversion showed of it anyway); a record packed larger than
+#: BIG_RECORD is looked through for such payloads, smaller ones cost nothing more
+PAYLOAD = 64
+BIG_RECORD = 4096
 
 
 class EventLog:
@@ -69,6 +74,8 @@ class EventLog:
             data = self._pack(fields)
         except (TypeError, ValueError, OverflowError):
             data = self._pack(_plain(fields))
+        if len(data) > BIG_RECORD:  # never a payload whole: 1 MiB datagrams, writes
+            data = self._pack(_plain(_capped(fields)))
         end = self._len + len(data)
         if end >= self._size:  # one zero byte always follows the last record
             size = _chunked(max(end + 1, 2 * self._size))
@@ -164,6 +171,21 @@ def _ordered(rec: dict[str, Any]) -> dict[str, Any]:
     head = {"seq": rec.pop("seq", None), "t": rec.pop("t", None), "ev": rec.pop("ev", None)}
     head.update(rec)
     return head
+
+
+def _capped(value: Any) -> Any:
+    """``value`` with every bytes payload longer than PAYLOAD cut to its first PAYLOAD
+    bytes and ``...``, and every string longer than BIG_RECORD likewise."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        b = bytes(value[: PAYLOAD + 1])
+        return b if len(b) <= PAYLOAD else b[:PAYLOAD] + b"..."
+    if isinstance(value, str):
+        return value if len(value) <= BIG_RECORD else value[:BIG_RECORD] + "..."
+    if isinstance(value, dict):
+        return {k: _capped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_capped(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -288,3 +288,108 @@ def test_a_failed_allocation_takes_nothing(conn: Connection) -> None:
     assert conn.call("fstat", fd)["st_size"] == 4096
     assert conn.call("fallocate", fd, 0, 0, 64 * 4096) == 0  # exactly what is free: fits
     assert conn.call("kernel_stats")["blocks_used"] == 64
+
+
+# --- 4. every queue a process can fill has Linux's limit -------------------------------------
+
+#: datagram sizes, and how many one sender queues on one bound name before EAGAIN
+#: (EMSGSIZE: larger than the send buffer less 32 bytes).  The host's answer: eleven
+#: small ones (max_dgram_qlen 10), fewer as the sender's 212992-byte send buffer fills
+DGRAM_SIZES = [1, 1000, 65536, 100000, 200000, 212960, 212961, 1 << 20]
+DGRAMS_QUEUED: list[int | str] = [11, 11, 4, 3, 2, 1, "EMSGSIZE", "EMSGSIZE"]
+
+
+@pytest.mark.host
+def test_datagram_queue_limits_on_the_host(tmp_path: Any) -> None:
+    """The oracle: one AF_UNIX datagram sender, one bound name, MSG_DONTWAIT."""
+    import socket
+
+    with open("/proc/sys/net/unix/max_dgram_qlen") as fh:
+        assert int(fh.read()) == 10
+    name = str(tmp_path / "r")
+    r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r.bind(name)
+    r.setblocking(False)
+    got: list[int | str] = []
+    try:
+        for size in DGRAM_SIZES:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                n = 0
+                try:
+                    while n < 100:
+                        s.sendto(b"x" * size, socket.MSG_DONTWAIT, name)
+                        n += 1
+                except OSError as exc:
+                    got.append(n if exc.errno == errno.EAGAIN else errno.errorcode[exc.errno])
+                with pytest.raises(BlockingIOError):
+                    while True:
+                        r.recv(1 << 21)
+    finally:
+        r.close()
+    assert got == DGRAMS_QUEUED
+
+
+def test_datagram_queue_limits(kemu_daemon: DaemonProcess, conn: Connection) -> None:
+    """Before: 512 datagrams of 1 MiB were all queued on one name (517 MiB more daemon
+    memory, 513 MiB more event log).  Now the queue and the sender's send buffer stop
+    it where Linux does, and the event log keeps 64 bytes of each payload."""
+    conn.call("bind", "r")
+    raw = os.path.join(kemu_daemon.run_dir, "kernel.jsonl.msgpack")
+    got: list[int | str] = []
+    for size in DGRAM_SIZES:
+        n = 0
+        try:
+            while n < 100:
+                conn.call("sendmsg", "r", b"x" * size, [])
+                n += 1
+        except OSError as exc:
+            got.append(n if exc.errno == errno.EAGAIN else errno.errorcode[exc.errno or 0])
+        for _ in range(n):
+            assert len(conn.call("recvmsg", "r", linux.MSG_DONTWAIT)["data"]) == size
+    assert got == DGRAMS_QUEUED
+    # 25 datagrams, 1.6 MB of payload went through; the log kept 64 bytes of each
+    assert os.path.getsize(raw) <= 1 << 20
+
+
+BINDS = r"""
+import errno, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from kemu.agents.lib.runtime import Connection
+conn = Connection(sys.argv[1], name="binder")
+n = 0
+try:
+    while n < 20000:
+        conn.call("bind", f"name-{n}")
+        n += 1
+except OSError as exc:
+    print(errno.errorcode[exc.errno], n)
+else:
+    print("none", n)
+conn.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_process_binds_at_most_its_descriptor_limit(kemu_daemon: DaemonProcess) -> None:
+    """Before: one process bound 20,000 names.  Each name is a socket, a descriptor on
+    Linux: a process with RLIMIT_NOFILE 64 binds 64 names, then EMFILE."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", BINDS, kemu_daemon.run_dir], env=env,
+                         capture_output=True, text=True, timeout=50, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["EMFILE", "64"], out.stdout
+
+
+@pytest.mark.timeout(60)
+def test_sleeping_calls_of_one_process_are_bounded(kemu_daemon: DaemonProcess,
+                                                   conn: Connection) -> None:
+    """Before: one process parked 50,000 sleeping calls.  Now at most MAX_PARKED (1024,
+    docs/protocol.md) sleep at once; the next call that must sleep is EAGAIN, and the
+    daemon serves everyone meanwhile."""
+    conn.call("bind", "me")
+    rids = [conn.submit("recvmsg", "me", 0) for _ in range(1024 + 1)]
+    with pytest.raises(BlockingIOError):
+        conn.wait(rids[-1], timeout=20)
+    assert conn.call("getpid") == conn.pid
+    conn.call("sendmsg", "me", b"one", [])
+    assert conn.wait(rids[0], timeout=20)["data"] == b"one"

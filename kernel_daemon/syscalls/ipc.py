@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from kemu.kernel_daemon import af_unix
 from kemu.kernel_daemon.af_unix import Mailbox
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.kernel import Inflight, Kernel
@@ -23,9 +24,11 @@ from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import Task
 from kemu.protocol import linux
 
-#: messages a receive queue holds before senders get EAGAIN (net.unix.max_dgram_qlen)
-MAX_QLEN = 512
-MAX_MESSAGE = 1 << 20
+#: messages a receive queue holds before senders get EAGAIN (net.unix.max_dgram_qlen
+#: is 10: the queue is full once it holds more than that)
+MAX_QLEN = af_unix.MAX_DGRAM_QLEN + 1
+#: the largest datagram: the send buffer less 32 bytes (``unix_dgram_sendmsg()``)
+MAX_MESSAGE = af_unix.SNDBUF - 32
 
 
 def _boxes(k: Kernel) -> dict[str, Mailbox]:
@@ -40,15 +43,22 @@ def release_task_mailboxes(k: Kernel, task: Task) -> None:
         if box is None:
             continue
         while box.queue:
-            for f in box.queue.popleft().files:
+            msg = box.queue.popleft()
+            af_unix.uncharge(k, msg)
+            for f in msg.files:
                 k.fput(f)
         box.wake()
+    af_unix.forget(k, task.pid)
 
 
 @syscall("bind", linux="net/unix/af_unix.c unix_bind()", support="emulator",
-         note="bind the caller's datagram socket to a name; EADDRINUSE if another has it")
+         note="bind the caller's datagram socket to a name; EADDRINUSE if another has it; "
+              "EMFILE past RLIMIT_NOFILE names (each stands for a socket)")
 def sys_bind(k: Kernel, t: Task, name: str) -> int:
-    """Name the caller's mailbox; binding a name it already holds is a no-op (exec)."""
+    """Name the caller's mailbox; binding a name it already holds is a no-op (exec).
+
+    Each name stands for a socket of its own, which on Linux is a descriptor: a
+    process binds at most its ``RLIMIT_NOFILE`` names (``EMFILE``, as ``socket()``)."""
     if not name or len(name) > 107:
         raise KernelError(errno.EINVAL)
     boxes = _boxes(k)
@@ -57,24 +67,36 @@ def sys_bind(k: Kernel, t: Task, name: str) -> int:
         if box.owner == t.pid:
             return 0
         raise KernelError(errno.EADDRINUSE)
+    if len(t.bound) >= t.fds.limit:
+        raise KernelError(errno.EMFILE)
     boxes[name] = Mailbox(name, t.pid)
     t.bound.append(name)
     return 0
 
 
 @syscall("sendmsg", linux="net/unix/af_unix.c unix_dgram_sendmsg()", support="emulator",
-         note="queue data and SCM_RIGHTS descriptors on a named socket; EAGAIN when full")
+         note="queue data and SCM_RIGHTS descriptors on a named socket; EAGAIN when the "
+              "receiver holds 11 (max_dgram_qlen 10) or the sender's 212992-byte send "
+              "buffer is spent, where a blocking sender on Linux would sleep")
 def sys_sendmsg(k: Kernel, t: Task, dest: str, data: bytes, fds: list[int]) -> int:
-    """Queue ``data`` and the files behind ``fds`` on socket ``dest``; returns len(data)."""
+    """Queue ``data`` and the files behind ``fds`` on socket ``dest``; returns len(data).
+
+    The limits are Linux's (``unix_dgram_sendmsg()``): a datagram larger than the send
+    buffer less 32 bytes is ``EMSGSIZE``; a receive queue holding more than
+    ``max_dgram_qlen`` (10) is full, and a sender whose queued datagrams fill its send
+    buffer (``sock_alloc_send_pskb()``) may send no more until they are received:
+    ``EAGAIN`` (as with ``MSG_DONTWAIT``; the emulator's sender never sleeps)."""
     if len(fds) > linux.SCM_MAX_FD or len(data) > MAX_MESSAGE:
         raise KernelError(errno.EINVAL if len(fds) > linux.SCM_MAX_FD else errno.EMSGSIZE)
     box = _boxes(k).get(dest)
     if box is None:
         raise KernelError(errno.ECONNREFUSED)
     files = [k.file_of(t, fd) for fd in fds]  # EBADF before any reference is taken
-    if len(box.queue) >= MAX_QLEN:
+    if len(box.queue) >= MAX_QLEN or af_unix.wmem(k, t.pid) >= af_unix.SNDBUF:
         raise KernelError(errno.EAGAIN)
-    box.queue.append(Inflight(t.pid, box.owner, [k.fget(f) for f in files], data))
+    msg = Inflight(t.pid, box.owner, [k.fget(f) for f in files], data)
+    box.queue.append(msg)
+    af_unix.charge(k, msg)
     if fds:
         k.log.emit("pass", pid=t.pid, dest=box.owner, fds=fds, files=[f.fid for f in files])
     box.wake()
@@ -98,7 +120,7 @@ def sys_recvmsg(k: Kernel, t: Task, name: str, flags: int = 0) -> dict[str, Any]
     msg = box.queue[0]
     if len(t.fds) + len(msg.files) > t.fds.limit:
         raise KernelError(errno.EMFILE)
-    box.queue.popleft()
+    af_unix.uncharge(k, box.queue.popleft())
     fds = [k.fd_install(t, f, bool(flags & linux.O_CLOEXEC)) for f in msg.files]
     if fds:
         k.log.emit("receive", pid=t.pid, sender=msg.sender, fds=fds,
