@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from kemu.kernel_daemon import mm, qp
+from kemu.kernel_daemon import conns, mm, qp
 from kemu.kernel_daemon.boot import boot, describe
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.eventlog import EventLog
@@ -97,6 +97,7 @@ class Daemon:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        conns.raise_nofile()  # every descriptor the hard limit allows (docs/protocol.md)
         os.makedirs(config.run_dir, exist_ok=True)
         # Everything of a run is its launcher's user's alone: the folder 0700 (whoever
         # made it), the sockets 0600, the device a 0600 segment (protocol/shm.py), a
@@ -139,6 +140,10 @@ class Daemon:
                         lease_break_time=config.lease_break_time, pmem=self.kernel.pmem.name,
                         clock=self.evlog.t0)
         self.stats = {"messages": 0, "protocol_errors": 0}
+        self.guard = conns.ConnectionGuard(
+            self.router, self.endpoint, lambda pid: pid in self.kernel.tasks,
+            self.kernel.add_timer, config.max_unregistered, REGISTRATION_TIMEOUT)
+        self._watch(self.guard.fd, self.guard.drain)
         self.kernel.notify_handlers["interrupt"] = self._interrupt
 
     # --- epoll registry ---------------------------------------------------------------
@@ -197,6 +202,7 @@ class Daemon:
         while self.restarts:
             self._guarded(self.restarts.pop(0))
         busy = self._drain_router() or bool(self.restarts)
+        self.guard.drain()  # edge-triggered like the ROUTER: looked at every time round
         # after the messages: handling them may have set timers (a breaker's deadline)
         deadline = 0.0 if busy else self.kernel.next_deadline()
         if timeout is not None:
@@ -224,6 +230,7 @@ class Daemon:
             reg.sock.close()
         for pidfd in list(self.pidfds):
             os.close(pidfd)
+        self.guard.close()
         self.router.close(0)
         self.ctx.term()
         self.listener.close()
@@ -351,6 +358,9 @@ class Daemon:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
         pid, uid, gid = _UCRED.unpack(creds)
         self._reap_if_dead(pid)
+        if hello.get("kind") != wire.EXEC and len(self.kernel.tasks) >= conns.max_processes():
+            raise RegistrationRefused(conns.E_TOO_MANY, f"{len(self.kernel.tasks)} processes "
+                                      "registered, a quarter of the daemon's RLIMIT_NOFILE")
         try:
             pidfd = os.pidfd_open(pid) if hello.get("kind") != wire.EXEC else -1
         except ProcessLookupError:

@@ -54,6 +54,9 @@ class DaemonConfig:
         flag="--fork-claim-timeout", scenario="fork_claim_timeout", minimum=0)
     dio_time: float = _setting(0.5, "seconds a direct-I/O transfer keeps its buffer pinned",
                                flag="--dio-time", scenario="dio_time", minimum=0)
+    max_unregistered: int = _setting(
+        64, "control connections held at once for processes that did not register "
+            "(more are shut down)", flag="--max-unregistered", minimum=1)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting that is out of range."""

@@ -393,3 +393,90 @@ def test_sleeping_calls_of_one_process_are_bounded(kemu_daemon: DaemonProcess,
     assert conn.call("getpid") == conn.pid
     conn.call("sendmsg", "me", b"one", [])
     assert conn.wait(rids[0], timeout=20)["data"] == b"one"
+
+
+# --- 5. connections that never register ------------------------------------------------------
+
+RAW_CONNECTS = 1200
+
+#: a process that never registers: RAW_CONNECTS plain connects to the control socket,
+#: "connected" once they are made, then how many the daemon shut down (end of file
+#: after libzmq's greeting) within 20 s
+FLOOD = r"""
+import os, select, socket, sys, time
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(os.path.join(sys.argv[1], "kernel.ipc"))
+    socks.append(s)
+print("connected", flush=True)
+open_ = {s.fileno(): s for s in socks}
+poller = select.poll()
+for fd in open_:
+    poller.register(fd, select.POLLIN)
+deadline = time.monotonic() + 20.0
+while open_ and time.monotonic() < deadline:
+    for fd, _ in poller.poll(1000):
+        if not open_[fd].recv(4096):
+            del open_[fd]
+            poller.unregister(fd)
+print(len(socks) - len(open_), flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_connections_that_never_register_do_not_kill_the_daemon() -> None:
+    """Before: about 1,100 plain connects to the control socket of a daemon whose
+    RLIMIT_NOFILE is 1024 made libzmq's accept fail with EMFILE and abort the daemon
+    (SIGABRT, "Too many open files (src/ipc_listener.cpp:297)").  Now the daemon raises
+    its soft limit to the hard one, holds at most ``max_unregistered`` connections of
+    processes that did not register (8 here) and shuts the others down, the idle ones
+    after REGISTRATION_TIMEOUT; the process it has keeps being served."""
+    import resource
+    import signal
+
+    from kemu.agents.launcher import runs
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4 * RAW_CONNECTS or soft < RAW_CONNECTS + 64:
+        pytest.skip(f"RLIMIT_NOFILE {soft}:{hard} is too low for this test")
+    run_dir = runs.new_run_dir()
+    r, w = os.pipe()
+
+    def limited() -> None:  # the daemon starts with the common default soft limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "kemu.kernel_daemon", "--run-dir", run_dir,
+                             "--max-unregistered", "8", "--ready-fd", str(w)],
+                            pass_fds=(w,), preexec_fn=limited, env=env)
+    os.close(w)
+    conn: Connection | None = None
+    flood: subprocess.Popen[str] | None = None
+    try:
+        with os.fdopen(r, "rb") as ready:
+            assert ready.readline().startswith(b"ready"), "the daemon did not start"
+        conn = Connection(run_dir, name="kept")
+        flood = subprocess.Popen([sys.executable, "-c", FLOOD, run_dir, str(RAW_CONNECTS)],
+                                 stdout=subprocess.PIPE, text=True)
+        assert flood.stdout is not None
+        assert flood.stdout.readline().strip() == "connected"
+        assert proc.poll() is None, f"the daemon died: status {proc.returncode}"
+        assert conn.call("getpid") == os.getpid()
+        # every raw connection is shut down: the surplus at once, the rest when idle
+        assert int(flood.stdout.readline()) == RAW_CONNECTS
+        assert proc.poll() is None
+        assert conn.call("getpid") == os.getpid()
+        assert conn.call("kernel_stats")["tasks"] == 1
+    finally:
+        if flood is not None:
+            flood.kill()
+            flood.wait()
+            assert flood.stdout is not None
+            flood.stdout.close()
+        if conn is not None:
+            conn.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        runs.mark_done(run_dir)
