@@ -131,7 +131,7 @@ class Daemon:
         #: pidfd -> pid of a registered process
         self.pidfds: dict[int, int] = {}
         self.restarts: list[Callable[[], None]] = []
-        self.evlog = EventLog(config.event_log)
+        self.evlog = EventLog(config.event_log, config.event_log_max)
         #: the wire-protocol record of every registered process, by PID
         self.peers: dict[int, Peer] = {}
         self.kernel = boot(config, self, self.evlog)

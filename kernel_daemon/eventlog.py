@@ -14,10 +14,17 @@ per record or per wake-up.  The file grows in ``CHUNK`` steps (``ftruncate`` and
 ``mremap``); until the daemon's clean stop cuts it to its length, the file ends with
 zero bytes, where a reader stops (a record is a msgpack map whose last field is the
 event's name: it neither starts nor ends with a zero byte).
+
+The log is bounded: past ``max_bytes`` (``--event-log-max``) one ``log-full`` record
+says where it stopped and later events are only counted; a file system that cannot
+hold it (ENOSPC, a file-size limit) stops it the same way, with ``log-full``'s
+``why``.  The clean stop appends ``log-dropped`` with the count.  The kernel runs on
+either way: a full disk is an error of the run's record, never of the kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -29,6 +36,10 @@ import msgpack
 
 #: the file grows by at least this much at a time (bytes)
 CHUNK = 1 << 20
+#: the default cap of one run's kernel log (bytes of msgpack records)
+MAX_BYTES = 64 << 20
+#: room kept past the cap for the ``log-full`` and ``log-dropped`` notes
+NOTE_ROOM = 4096
 #: bytes of a payload (a write's data, a datagram) a record keeps: the first 64, then
 #: ``...`` (what the JSON conversion showed of it anyway); a record packed larger than
 #: BIG_RECORD is looked through for such payloads, smaller ones cost nothing more
@@ -39,9 +50,11 @@ BIG_RECORD = 4096
 class EventLog:
     """Append-only event log; a no-op when ``path`` is None."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, max_bytes: int = MAX_BYTES) -> None:
         self.enabled = path is not None
         self.path = path
+        #: bytes of records the log holds at most (then ``log-full``, and events dropped)
+        self.max_bytes = max_bytes
         self._fd = -1
         self._map: mmap.mmap | None = None
         #: bytes of records in the file; its mapped size
@@ -58,13 +71,18 @@ class EventLog:
         #: event records it as ``clock``, so other processes' records can be aligned)
         self.t0 = time.monotonic()
         self._seq = 0
-        #: records dropped because the file system could not hold the log
+        #: records dropped: past ``max_bytes``, or the file system could not hold them
         self.dropped = 0
+        #: the ``log-full`` note was written (the log takes nothing more)
+        self.full = False
         self._pack = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape").pack
 
     def emit(self, ev: str, **fields: Any) -> None:
         """Record event ``ev`` with ``fields`` (ints, strings, bytes, lists, maps)."""
         if self._map is None:
+            return
+        if self.full:
+            self.dropped += 1
             return
         self._seq += 1
         fields["seq"] = self._seq
@@ -76,6 +94,15 @@ class EventLog:
             data = self._pack(_plain(fields))
         if len(data) > BIG_RECORD:  # never a payload whole: 1 MiB datagrams, writes
             data = self._pack(_plain(_capped(fields)))
+        if self._len + len(data) > self.max_bytes:
+            self._stop(f"the log reached its cap of {self.max_bytes} bytes")
+            return
+        if not self._append(data):
+            self._stop("the file system cannot hold more of it")
+
+    def _append(self, data: bytes) -> bool:
+        """Store one record; False when the file could not grow for it."""
+        assert self._map is not None
         end = self._len + len(data)
         if end >= self._size:  # one zero byte always follows the last record
             size = _chunked(max(end + 1, 2 * self._size))
@@ -83,23 +110,46 @@ class EventLog:
                 # blocks are reserved before the mapping grows: a store into a page the
                 # file system cannot back would be SIGBUS, a full disk must not be
                 _reserve(self._fd, self._size, size)
+                self._map.resize(size)  # ftruncate + mremap
             except OSError:
-                self.dropped += 1  # the log is full: the kernel goes on without it
-                return
+                return False
             self._size = size
-            self._map.resize(self._size)  # ftruncate + mremap
         self._map[self._len : end] = data
         self._len = end
+        return True
+
+    def _note(self, ev: str, **fields: Any) -> bool:
+        """Append a note of the log itself, past the cap (it is small)."""
+        self._seq += 1
+        fields.update(seq=self._seq, t=round(time.monotonic() - self.t0, 6), ev=ev)
+        return self._append(self._pack(fields))
+
+    def _stop(self, why: str) -> None:
+        """The log takes no more: say where it stopped (``log-full``), count the rest."""
+        self.full = True
+        self.dropped += 1
+        self._seq -= 1  # the event that did not fit has no number
+        self._note("log-full", why=why, bytes=self._len)
 
     def close(self) -> None:
-        """Cut the file to its records, close it, and convert it to JSON lines at ``path``."""
+        """Cut the file to its records, close it, and convert it to JSON lines at ``path``.
+
+        A log that dropped events ends with ``log-dropped`` (how many).  A conversion
+        the file system cannot hold leaves the msgpack file, which readers take as it
+        is (:func:`records`)."""
         if self._map is not None and self.path is not None:
+            if self.dropped:
+                self._note("log-dropped", dropped=self.dropped)
             self._map.close()
             self._map = None
             os.ftruncate(self._fd, self._len)
             os.close(self._fd)
             self._fd = -1
-            convert(self.path)
+            try:
+                convert(self.path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + ".tmp")
 
 
 def _reserve(fd: int, start: int, end: int) -> None:

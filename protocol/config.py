@@ -49,6 +49,10 @@ class DaemonConfig:
                                      flag="--pmem-name")
     event_log: str | None = _setting(None, "write the JSON-lines event log here",
                                      flag="--event-log")
+    event_log_max: int = _setting(
+        64 << 20, "bytes the run's kernel event log holds at most; then one log-full "
+                  "record says where it stopped, and later events are only counted",
+        flag="--event-log-max", scenario="event_log_max", minimum=4096)
     fork_claim_timeout: float = _setting(
         10.0, "seconds a fork snapshot waits for its child after the parent died",
         flag="--fork-claim-timeout", scenario="fork_claim_timeout", minimum=0)

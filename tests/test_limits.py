@@ -10,6 +10,7 @@ behaviour, a scenario runs on the host kernel (the oracle) and on the emulator.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -480,3 +481,118 @@ def test_connections_that_never_register_do_not_kill_the_daemon() -> None:
             proc.send_signal(signal.SIGTERM)
         proc.wait(20)
         runs.mark_done(run_dir)
+
+
+# --- 6. run folders are bounded --------------------------------------------------------------
+
+
+def _records(path: str) -> list[dict[str, Any]]:
+    from kemu.kernel_daemon import eventlog
+
+    return list(eventlog.records(path))
+
+
+def test_the_kernel_log_stops_at_its_cap_with_a_note(tmp_path: Any) -> None:
+    """Before: the event log grew without bound (513 MiB for 512 datagrams, tens of GB
+    over a campaign).  Now it stops at ``max_bytes`` with one ``log-full`` note where
+    it stopped, counts the rest and ends with ``log-dropped``."""
+    from kemu.kernel_daemon.eventlog import NOTE_ROOM, EventLog
+
+    path = str(tmp_path / "kernel.jsonl")
+    log = EventLog(path, max_bytes=8192)
+    for i in range(10000):
+        log.emit("tick", i=i, data=b"z" * 100)
+    assert os.path.getsize(path + ".msgpack") <= 1 << 20  # one chunk reserved, no more
+    log.close()
+    assert os.path.getsize(path) <= 2 * (8192 + NOTE_ROOM)  # JSON is a little larger
+    recs = _records(path)
+    ticks = [r for r in recs if r["ev"] == "tick"]
+    assert 0 < len(ticks) < 10000 and [r["i"] for r in ticks] == list(range(len(ticks)))
+    full, dropped = recs[-2:]
+    assert full["ev"] == "log-full" and "cap of 8192 bytes" in full["why"]
+    assert dropped == {**dropped, "ev": "log-dropped", "dropped": 10000 - len(ticks)}
+    assert [r["seq"] for r in recs] == list(range(1, len(recs) + 1))
+
+
+FULL_DISK = r"""
+import resource, sys
+from kemu.kernel_daemon import eventlog
+# a file system that cannot hold more than 3 MiB of this file: EFBIG (SIGXFSZ ignored)
+resource.setrlimit(resource.RLIMIT_FSIZE, (3 << 20, 3 << 20))
+log = eventlog.EventLog(sys.argv[1], max_bytes=1 << 30)
+for i in range(20000):
+    log.emit("tick", i=i, text="y" * 1000)
+log.close()
+recs = list(eventlog.records(sys.argv[1]))
+print(recs[-1]["ev"], recs[-2]["ev"], recs[-2]["why"], sep="|")
+"""
+
+
+def test_a_log_the_file_system_cannot_hold_is_noted_and_dropped(tmp_path: Any) -> None:
+    """The daemon whose event log cannot grow goes on: the log stops with a note, the
+    rest is counted, the conversion that cannot be written leaves the raw log."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "k.jsonl")],
+                         env=env, capture_output=True, text=True, timeout=50, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "log-dropped|log-full|the file system cannot hold more of it"
+
+
+def test_the_launcher_log_is_capped(tmp_path: Any) -> None:
+    """The launcher's log keeps 64 bytes of a payload and stops at its cap likewise."""
+    from kemu.agents.launcher.runs import RunLog
+
+    log = RunLog(str(tmp_path / "launcher.jsonl"), max_bytes=4096)
+    for i in range(1000):
+        log.record({"t": i, "ev": "line", "reply": {"ok": b"r" * (1 << 20)}})
+    log.close()
+    with open(tmp_path / "launcher.jsonl") as fh:
+        lines = [json.loads(line) for line in fh]
+    assert os.path.getsize(tmp_path / "launcher.jsonl") <= 4096 + 512
+    assert lines[0]["reply"]["ok"] == repr(b"r" * 64 + b"...")
+    assert [r["ev"] for r in lines[-2:]] == ["log-full", "log-dropped"]
+    assert lines[-1]["dropped"] == 1000 - (len(lines) - 2)
+
+
+def test_finished_run_folders_are_pruned_by_bytes_too(tmp_path: Any) -> None:
+    """Before: 50 finished folders of any size were kept (tens of GB).  Now the finished
+    ones beyond a byte budget go too, the newest always stays."""
+    from kemu.agents.launcher import runs
+
+    for i in range(6):
+        d = tmp_path / f"run-{i}"
+        d.mkdir()
+        (d / "events.jsonl").write_bytes(b"e" * 100_000)
+        (d / runs.DONE).write_bytes(b"")
+        os.utime(d, (1000 + i, 1000 + i))
+    removed = runs.prune(50, str(tmp_path), limit=250_000)
+    assert sorted(os.path.basename(p) for p in removed) == ["run-0", "run-1", "run-2", "run-3"]
+    assert runs.prune(50, str(tmp_path), limit=0) == [str(tmp_path / "run-4")]
+
+
+MANY_EVENTS = """\
+# title: more kernel events than the run's log may hold
+set event_log_max = 65536
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)        => 3
+A: fallocate(fd, 0, 0, 4194304)                   => 0
+A: ftruncate(fd, 0)                               => 0
+A: fallocate(fd, 0, 0, 4194304)                   => 0
+A: fstat(fd)                                      => {"st_size": 4194304}
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_run_whose_kernel_log_is_full_still_ends_well(kemu_run: Any) -> None:
+    """A run of 4,000 block events under a 64 KiB cap: the run passes, its folder stays
+    small, and the merged log says where the kernel's record stopped."""
+    outcome = kemu_run(MANY_EVENTS)
+    assert outcome.passed, outcome.failures
+    with open(os.path.join(outcome.run_dir, "events.jsonl")) as fh:
+        recs = [json.loads(line) for line in fh]
+    full = [r for r in recs if r.get("ev") == "log-full"]
+    assert len(full) == 1 and full[0]["src"] == "kernel", full
+    assert any(r.get("ev") == "log-dropped" and r["dropped"] > 1000 for r in recs)
+    assert os.path.getsize(os.path.join(outcome.run_dir, "kernel.jsonl")) < 2 * 65536 + 8192
+    total = sum(os.path.getsize(os.path.join(outcome.run_dir, n))
+                for n in os.listdir(outcome.run_dir))
+    assert total < 2 << 20, f"the run folder holds {total} bytes"

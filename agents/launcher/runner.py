@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import ctypes
-import json
 import os
 import select
 import signal
@@ -195,9 +194,7 @@ class Runner:
         self.final_stats: dict[str, int] = {}
         self.foreign: list[dict[str, Any]] = []
         # the run's logs are the user's alone: mode 0600 in a folder others may traverse
-        self.events: IO[str] = os.fdopen(os.open(
-            os.path.join(self.run_dir, "launcher.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-            0o600), "w")
+        self.events = runs.RunLog(os.path.join(self.run_dir, "launcher.jsonl"))
         self.t0 = time.monotonic()
         self._dead_logged: set[int] = set()
         # the launcher's clock origin, so its records and the daemon's line up
@@ -264,7 +261,7 @@ class Runner:
 
     def _log(self, ev: str, **fields: Any) -> None:
         rec = {"t": round(time.monotonic() - self.t0, 6), "ev": ev, **fields}
-        self.events.write(json.dumps(rec, default=repr) + "\n")
+        self.events.record(rec)
 
     def _canonical(self, call: str, reply: dict[str, Any]) -> dict[str, Any]:
         """Put results whose order the kernel does not define into a fixed order.
