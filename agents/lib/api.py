@@ -643,8 +643,45 @@ class _Libc:
         return ret
 
 
+#: openat2(2) (Linux 5.6) and its RESOLVE_IN_ROOT: ``..`` and absolute symlinks stop at
+#: the directory the walk starts from, as if it were ``/`` (fs/namei.c nd_jump_root())
+SYS_OPENAT2 = 437
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    """``struct open_how``."""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def resolve_in_root(root: str, path: str) -> str | None:
+    """The host path of directory ``path`` resolved beneath ``root`` as
+    ``openat2(RESOLVE_IN_ROOT)`` does, or None when the walk fails (ENOENT, ENOTDIR:
+    the call made with the path itself then fails the same way)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY, 0, RESOLVE_IN_ROOT)
+        fd = libc.syscall(SYS_OPENAT2, rootfd, (path or ".").encode(), ctypes.byref(how),
+                          ctypes.sizeof(how))
+        if fd < 0:
+            return None
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(rootfd)
+
+
 class HostSystem(System):
-    """System calls made on the host kernel, under ``root`` standing for ``/``."""
+    """System calls made on the host kernel, under ``root`` standing for ``/``.
+
+    The root is a real one for the scenario's paths: every path is resolved beneath it
+    (``..`` at the root stays there, as ``openat2(RESOLVE_IN_ROOT)``), so a host actor,
+    which may run as root, never reaches a file of the machine outside its run."""
 
     target = "host"
 
@@ -653,10 +690,32 @@ class HostSystem(System):
         self.libc = _Libc()
 
     def path(self, path: str) -> bytes:
-        """The host path of scenario path ``path`` (always inside the root)."""
+        """The host path of scenario path ``path``, always inside the root.
+
+        Every component but the last is resolved beneath the root
+        (:func:`resolve_in_root`); the last is kept as it is, so the call sees ``.``,
+        ``..`` or a trailing slash as Linux would (``rename("/d/sub/..")`` is EBUSY),
+        except ``..`` of the root itself, which is the root (``/.`` then).  A parent that
+        does not resolve keeps its components with ``..`` clamped at the root: the call
+        fails on it as it would on Linux."""
         parts = [p for p in path.split("/") if p]
-        out = os.path.join(self.root, *parts) if parts else self.root
-        if path.endswith("/") and parts:
+        if not parts:
+            return self.root.encode()
+        parent, last = parts[:-1], parts[-1]
+        real = resolve_in_root(self.root, "/".join(parent))
+        if real is None:
+            kept: list[str] = []
+            for p in parent:
+                if p == "..":
+                    if kept:
+                        kept.pop()
+                elif p != ".":
+                    kept.append(p)
+            real = os.path.join(self.root, *kept)
+        if last == ".." and real == self.root:
+            last = "."
+        out = os.path.join(real, last)
+        if path.endswith("/"):
             out += "/"
         return out.encode()
 

@@ -7,6 +7,7 @@ same function runs on both targets, through the actor's :class:`~agents.lib.api.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -108,11 +109,62 @@ def _sigunblock(a: Actor, *signums: int) -> int:
 
 
 def _kill(a: Actor, target: str | int, signum: int) -> int:
+    """kill(2) among the run's processes only, on either target: the run is the actor's
+    PID namespace.  A PID (or, negative, a process group) that is not one of the run's
+    actors is ESRCH, as a PID no process of a namespace has; 0 is the caller's group
+    and -1 every actor but the caller (``kernel/signal.c kill_something_info()``), each
+    only as far as they are the run's."""
     pid = a.pids.get(target, 0) if isinstance(target, str) else target
-    if not pid:
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise os_error(errno.EINVAL)
+    ours = {p for p in a.pids.values() if p > 0} | {os.getpid()}
+    if pid == -1:
+        others = sorted(ours - {os.getpid()})
+        if not others:
+            raise os_error(errno.ESRCH)
+        for p in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signum)
+        return 0
+    group = os.getpgid(0) if pid == 0 else -pid if pid < 0 else 0
+    if group:
+        members = [p for p in ours if _pgid(p) == group]
+        if not members:
+            raise os_error(errno.ESRCH)
+        if _foreign_in_group(group, ours):  # the launcher's group: its actors only
+            for p in members:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signum)
+        else:
+            os.kill(-group, signum)
+        return 0
+    if pid not in ours:
         raise os_error(errno.ESRCH)
     os.kill(pid, signum)
     return 0
+
+
+def _pgid(pid: int) -> int:
+    """The process group of ``pid`` (0 when it is gone)."""
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return 0
+
+
+def _foreign_in_group(group: int, ours: set[int]) -> bool:
+    """Does process group ``group`` hold a process that is not the run's?"""
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) not in ours:
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as fh:
+                        stat = fh.read()
+                except OSError:
+                    continue
+                if int(stat[stat.rindex(b")") + 2 :].split()[2]) == group:
+                    return True
+    return False
 
 
 def _setpgid(a: Actor, pid: int = 0, pgid: int = 0) -> int:
