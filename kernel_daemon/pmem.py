@@ -79,8 +79,11 @@ class Pmem:
         return len(self._free)
 
     def alloc(self, owner: Owner) -> int:
-        """Take the most recently freed block for ``owner``, zeroed.  ENOSPC when full."""
+        """Take the most recently freed block for ``owner``, zeroed.  ENOSPC when full;
+        ENOMEM for anonymous memory (inode 0), as the page allocator says."""
         if not self._free:
+            if owner.ino == 0:
+                raise KernelError(errno.ENOMEM, "pmem device full (anonymous memory)")
             raise KernelError(errno.ENOSPC, "pmem device full")
         block = self._free.pop()
         start = block * self.block_size

@@ -253,7 +253,7 @@ class Filesystem:
         oparent, oname = self.lookup_parent(old)
         nparent, nname = self.lookup_parent(new)
         if oname in ("", ".", "..") or nname in ("", ".", ".."):
-            raise KernelError(errno.EBUSY if oname == "" or nname == "" else errno.EINVAL)
+            raise KernelError(errno.EBUSY)  # "old_type != LAST_NORM": ., .. and / alike
         assert oparent.children is not None and nparent.children is not None
         node = oparent.children.get(oname)
         if node is None:

@@ -107,7 +107,7 @@ HUGE_CALLS: list[tuple[str, str, tuple[Any, ...], object]] = [
     ("reg_mr 2^40 on-demand", "ibv_reg_mr",
      ("ctx", "BIG", 1 << 40, linux.IBV_ACCESS_ON_DEMAND), "ok"),
     ("reg_mr 2^40 pinned", "ibv_reg_mr",
-     ("ctx", "BIG", 1 << 40, linux.IBV_ACCESS_LOCAL_WRITE), "ENOSPC"),
+     ("ctx", "BIG", 1 << 40, linux.IBV_ACCESS_LOCAL_WRITE), "ENOMEM"),
     ("reg_mr 2^64 wraps", "ibv_reg_mr", ("ctx", "BIG", (1 << 64) - 1, 0), "EINVAL"),
     ("dio_read 2^62", "dio_read", ("sparse", "ADDR", 1 << 62, 0), "EFAULT"),
     ("dio_read 2^40 of a sparse 2^40 file", "dio_read", ("sparse", "BIG", 1 << 40, 0),
@@ -634,3 +634,42 @@ def test_actors_are_confined_to_their_run() -> None:
     ``openat2(RESOLVE_IN_ROOT)`` and a PID outside the run is ESRCH, on both targets."""
     same_on_both_targets(parse(CONFINED, "confined"))
 
+
+# --- 8. two errnos ---------------------------------------------------------------------------
+
+RENAME_DOTS = """\
+# title: rename of ., .. or / is EBUSY, after both paths are walked
+A: mkdir("/d", 0o755)                      => 0
+A: mkdir("/d/sub", 0o755)                  => 0
+A: rename("/d/sub/..", "/x")               => EBUSY
+A: rename("/d/sub/.", "/x")                => EBUSY
+A: rename("/d/sub/../", "/x")              => EBUSY
+A: rename("/x", "/d/sub/..")               => EBUSY
+A: rename("/d/sub", "/d/.")                => EBUSY
+A: rename("/nope/..", "/x")                => ENOENT
+A: listdir("/d")                           => ["sub"]
+"""
+
+
+@pytest.mark.host
+@pytest.mark.timeout(120)
+def test_rename_of_dot_dot_is_ebusy() -> None:
+    """Before: rename("/d/sub/..", ...) was EINVAL on the emulator; Linux
+    (fs/namei.c do_renameat2(): ``old_type != LAST_NORM``) says EBUSY."""
+    same_on_both_targets(parse(RENAME_DOTS, "rename_dots"))
+
+
+@pytest.mark.kemu_settings(blocks=16)
+def test_anonymous_memory_exhausted_is_enomem(conn: Connection) -> None:
+    """Before: pinning anonymous memory past the device's blocks was ENOSPC; the page
+    allocator says ENOMEM (a file's blocks still say ENOSPC)."""
+    ctx = conn.call("ibv_open_device")
+    addr = conn.call("mmap", 32 * 4096, linux.PROT_READ | linux.PROT_WRITE,
+                     linux.MAP_PRIVATE | linux.MAP_ANONYMOUS, -1, 0)["addr"]
+    with pytest.raises(OSError) as exc:
+        conn.call("ibv_reg_mr", ctx, addr, 32 * 4096, linux.IBV_ACCESS_LOCAL_WRITE)
+    assert exc.value.errno == errno.ENOMEM
+    fd = conn.call("open", "/f", linux.O_RDWR | linux.O_CREAT, 0o644)
+    with pytest.raises(OSError) as exc:
+        conn.call("fallocate", fd, 0, 0, 17 * 4096)
+    assert exc.value.errno == errno.ENOSPC
