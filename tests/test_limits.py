@@ -673,3 +673,51 @@ def test_anonymous_memory_exhausted_is_enomem(conn: Connection) -> None:
     with pytest.raises(OSError) as exc:
         conn.call("fallocate", fd, 0, 0, 17 * 4096)
     assert exc.value.errno == errno.ENOSPC
+
+
+HOLDER = r"""
+import sys
+from kemu.protocol.errors import ProtocolError
+from kemu.agents.lib.runtime import Connection
+try:
+    conn = Connection(sys.argv[1], name="holder")
+except ProtocolError as exc:
+    print("refused", exc.reason, flush=True)
+    sys.exit(0)
+print("registered", flush=True)
+sys.stdin.read()
+conn.close()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_registration_past_a_quarter_of_the_descriptors_is_refused(
+        kemu_daemon: DaemonProcess, conn: Connection) -> None:
+    """About 510 real agents used to exhaust the daemon's 1024 descriptors (a pidfd and a
+    connection each) and libzmq aborted it.  Registration is refused past a quarter of
+    the descriptor limit (docs/protocol.md) and the processes it has keep being served."""
+    import resource
+
+    base = len(os.listdir(f"/proc/{kemu_daemon.pid}/fd"))
+    limit = max(64, 2 * base + 16) // 4 * 4
+    resource.prlimit(kemu_daemon.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    holders = [subprocess.Popen([sys.executable, "-c", HOLDER, kemu_daemon.run_dir], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(limit // 4 + 2)]
+    try:
+        said = []
+        for h in holders:
+            assert h.stdout is not None
+            said.append(h.stdout.readline().strip())
+        assert said.count("registered") == limit // 4 - 1, said  # and this test's process
+        assert said.count("refused too-many-processes") == 3, said
+        assert kemu_daemon.proc.poll() is None
+        assert conn.call("getpid") == conn.pid
+        assert conn.call("kernel_stats")["tasks"] == limit // 4
+    finally:
+        for h in holders:
+            assert h.stdin is not None and h.stdout is not None
+            h.stdin.close()
+            h.wait(20)
+            h.stdout.close()
