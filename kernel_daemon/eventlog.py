@@ -64,9 +64,13 @@ class EventLog:
             self._fd = os.open(path + ".msgpack", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             self._len = _length(self._fd)  # appended to, as a file opened "ab" would be
             self._size = _chunked(self._len + 1)
-            os.ftruncate(self._fd, self._size)
-            _reserve(self._fd, self._len, self._size)
-            self._map = mmap.mmap(self._fd, self._size)
+            try:
+                _reserve(self._fd, self._len, self._size)
+                os.ftruncate(self._fd, self._size)
+                self._map = mmap.mmap(self._fd, self._size)
+            except OSError:  # no room for even the first chunk: the kernel runs unlogged
+                os.close(self._fd)
+                self._fd = -1
         #: CLOCK_MONOTONIC when the log started: every ``t`` is relative to it (the boot
         #: event records it as ``clock``, so other processes' records can be aligned)
         self.t0 = time.monotonic()

@@ -721,3 +721,31 @@ def test_registration_past_a_quarter_of_the_descriptors_is_refused(
             h.stdin.close()
             h.wait(20)
             h.stdout.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_run_the_file_system_cannot_hold_still_ends_with_its_verdict(tmp_path: Any) -> None:
+    """A full disk is an error of the run's folder, never of the run: under a 100 kB
+    file-size limit (EFBIG where a full disk says ENOSPC; the daemon cannot reserve its
+    log's first chunk, the launcher's log and the merge stop at the limit) the daemon
+    runs unlogged, the scenario passes and the launcher says the folder is incomplete.
+    Before, the daemon died at start (its log's reservation raised)."""
+    import resource
+
+    lines = ["# title: a run whose folder the file system cannot hold whole",
+             "set blocks = 16", 'A: fd = open("/f", O_RDWR|O_CREAT, 0o644)  => 3']
+    lines += [f'A: pwrite(fd, "{"x" * 60}", {i % 8})  => 60' for i in range(300)]
+    lines += ['A: fstat(fd)  => {"st_size": 67}']
+    path = tmp_path / "small.scn"
+    path.write_text("\n".join(lines) + "\n")
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "KEMU_RUNS": str(tmp_path / "runs")}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "run", str(path)],
+                         preexec_fn=limited, env=env, capture_output=True, text=True,
+                         timeout=100, check=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "=== PASS ===" in out.stdout
+    assert "File too large" in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -1166,10 +1166,14 @@ class Runner:
             print(f"launcher: could not merge the event logs of {self.run_dir}: {exc!r}",
                   file=sys.stderr)
             return
-        with open(os.path.join(self.run_dir, "transcript.txt"), "w") as fh:
-            fh.writelines(line + "\n" for line in transcript.transcript(records))
-        if self.render:
-            report.write_run(self.run_dir, records)
+        try:
+            with open(os.path.join(self.run_dir, "transcript.txt"), "w") as fh:
+                fh.writelines(line + "\n" for line in transcript.transcript(records))
+            if self.render:
+                report.write_run(self.run_dir, records)
+        except OSError as exc:  # a full disk is the run folder's problem, not the run's
+            print(f"launcher: the run folder {self.run_dir} is incomplete: {exc}",
+                  file=sys.stderr)
 
 
 def _cont(pid: int) -> None:
