@@ -43,7 +43,9 @@ class DaemonConfig:
         flag="--lease-break-time", scenario="lease_break_time", minimum=0)
     policy: str = _setting(DEFAULT_POLICY, "the kernel design: a name, or PATH.py[:Class] "
                                            "of a Policy subclass", flag="--policy")
-    flavour: str = _setting("xfs", "filesystem flavour: " + ", ".join(FLAVOURS),
+    flavour: str = _setting("xfs", "filesystem flavour: " + ", ".join(FLAVOURS) + " (what "
+                            "breaks a layout lease; the largest file: xfs 2^63 - 1 bytes, "
+                            "ext4 (2^32 - 1) blocks)",
                             flag="--flavour", scenario="flavour")
     pmem_name: str | None = _setting(None, "shared-memory name of the device (default: random)",
                                      flag="--pmem-name")
