@@ -83,7 +83,7 @@ def test_my_own_agent_program(kemu_spawn, kemu_system, kemu_target):
     kemu_system.close(fd)
 
 
-@pytest.mark.timeout(3, method="thread")
+@pytest.mark.timeout(8, method="thread")
 def test_that_hangs(kemu_daemon, kemu_spawn):
     holder = kemu_spawn(os.path.join(HERE, "lease_holder.py"), "/h", name="hung")
     with open(os.environ["KEMU_PIDS"], "w") as fh:
