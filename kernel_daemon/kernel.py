@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kemu.kernel_daemon.cred import Cred
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.eventlog import EventLog
 from kemu.kernel_daemon.pins import PinTable
@@ -265,14 +266,15 @@ class Kernel:
 
     def new_task(
         self, pid: int, ppid: int, uid: int, gid: int, name: str,
-        inherit: list[tuple[int, File, bool]] | None,
+        inherit: list[tuple[int, File, bool]] | None, creds: Cred | None = None,
     ) -> Task:
         """Create the task of a freshly registered process.
 
         A spawned process gets descriptors 0, 1 and 2 on one O_RDWR open of the
         console, as a process started from a login shell has; a fork child gets the references of its snapshot.
+        ``creds`` are the process's real credentials (else every id is ``uid``/``gid``).
         """
-        task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name)
+        task = Task(pid=pid, ppid=ppid, name=name, cred=creds or Cred.of(uid, gid))
         if inherit is None:
             # one open file description shared by 0, 1 and 2, as a login terminal is
             console = self.open_file(self.fs.console, linux.O_RDWR | linux.O_LARGEFILE,

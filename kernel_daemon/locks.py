@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kemu.kernel_daemon import signals
+from kemu.kernel_daemon import cred, signals
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.sync import WaitQueue
 from kemu.kernel_daemon.task import File, Task
@@ -214,7 +214,7 @@ def sleep_on_lease(k: Kernel, task: Task, inode: Inode, first: Lease, want_write
 
 def may_lease(task: Task, file: File) -> None:
     """``generic_setlease``'s checks: owner or CAP_LEASE (EACCES), regular file (EINVAL)."""
-    if task.uid != 0 and task.uid != file.inode.uid:
+    if task.cred.fsuid != file.inode.uid and not cred.capable(task.cred, linux.CAP_LEASE):
         raise KernelError(errno.EACCES)
     if not file.inode.is_reg:
         raise KernelError(errno.EINVAL)

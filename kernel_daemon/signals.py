@@ -151,7 +151,7 @@ def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:
     signum = signum_of(file)
     for task in targets(k, owner):
         # sigio_perm(): the owner's setter must be root or the target's own user
-        if owner.uid == 0 or owner.uid == task.uid:
+        if owner.uid == 0 or owner.uid in (task.cred.uid, task.cred.suid):
             send_sigio_to_task(k, task, signum, fd, reason)
 
 

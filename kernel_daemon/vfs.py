@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kemu.kernel_daemon import cred as dac
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.pmem import Owner, Pmem
 from kemu.kernel_daemon.sync import InvalidateLock, WaitQueue
 from kemu.protocol import linux
 
 if TYPE_CHECKING:
+    from kemu.kernel_daemon.cred import Cred
     from kemu.kernel_daemon.locks import Lease
     from kemu.kernel_daemon.mm import Mapping
 
@@ -122,12 +124,17 @@ class Filesystem:
                 raise KernelError(errno.ENAMETOOLONG)
         return parts
 
-    def _walk(self, parts: list[str]) -> Inode:
+    def _walk(self, parts: list[str], cred: Cred | None = None) -> Inode:
+        """``link_path_walk``: each directory a name is looked up in must be a
+        directory (ENOTDIR) the walker may search (``may_lookup``, EACCES; no check
+        when ``cred`` is None: the kernel's own lookups)."""
         node = self.root
         for name in parts:
             children = node.children
             if not node.is_dir or children is None:
                 raise KernelError(errno.ENOTDIR)
+            if cred is not None:
+                dac.may_lookup(cred, node)
             if name == ".":
                 continue
             if name == "..":
@@ -140,17 +147,18 @@ class Filesystem:
             node = child
         return node
 
-    def lookup(self, path: str) -> Inode:
-        """Resolve ``path`` (relative paths start at ``/``, the only cwd) to its inode.
+    def lookup(self, path: str, cred: Cred | None = None) -> Inode:
+        """Resolve ``path`` (relative paths start at ``/``, the only cwd) to its inode,
+        with search permission for ``cred`` on every directory of the way.
 
         A trailing slash on a non-directory is ``ENOTDIR``, as in Linux.
         """
-        node = self._walk(self._components(path))
+        node = self._walk(self._components(path), cred)
         if path.endswith("/") and not node.is_dir:
             raise KernelError(errno.ENOTDIR)
         return node
 
-    def lookup_parent(self, path: str) -> tuple[Inode, str]:
+    def lookup_parent(self, path: str, cred: Cred | None = None) -> tuple[Inode, str]:
         """Resolve all but the last component: (directory inode, last name).
 
         The last name is ``""`` for ``/``; ``.`` and ``..`` are returned as they are and
@@ -159,31 +167,46 @@ class Filesystem:
         parts = self._components(path)
         if not parts:
             return self.root, ""
-        parent = self._walk(parts[:-1])
+        parent = self._walk(parts[:-1], cred)
         if not parent.is_dir:
             raise KernelError(errno.ENOTDIR)
+        if cred is not None:
+            dac.may_lookup(cred, parent)  # the last name is looked up in it too
         return parent, parts[-1]
 
     # --- namespace operations -------------------------------------------------------
 
+    @staticmethod
+    def _inherit_gid(parent: Inode, gid: int) -> int:
+        """``inode_init_owner``: a new inode in a set-group-ID directory takes the
+        directory's group (and a new directory the S_ISGID bit, in ``mkdir``)."""
+        return parent.gid if parent.mode & linux.S_ISGID else gid
+
     def create(self, parent: Inode, name: str, mode: int, uid: int, gid: int) -> Inode:
         """Create a regular file ``name`` in ``parent`` (``vfs_create``)."""
         assert parent.children is not None
+        gid = self._inherit_gid(parent, gid)
         inode = self._new_inode(linux.S_IFREG | (mode & 0o7777), uid, gid)
         parent.children[name] = inode
         parent.mtime = parent.ctime = time.time()
         self.inodes[inode.ino] = inode
         return inode
 
-    def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Inode:
-        """mkdir(2).  Linux: fs/namei.c do_mkdirat()."""
-        parent, name = self.lookup_parent(path)
+    def mkdir(self, path: str, mode: int, uid: int, gid: int,
+              cred: Cred | None = None) -> Inode:
+        """mkdir(2).  Linux: fs/namei.c do_mkdirat(); ``may_create`` after EEXIST."""
+        parent, name = self.lookup_parent(path, cred)
         if name in ("", ".", ".."):
             raise KernelError(errno.EEXIST)
         assert parent.children is not None
         if name in parent.children:
             raise KernelError(errno.EEXIST)
-        inode = self._new_inode(linux.S_IFDIR | (mode & 0o7777), uid, gid)
+        if cred is not None:
+            dac.may_create(cred, parent)
+        if parent.mode & linux.S_ISGID:
+            mode |= linux.S_ISGID
+        inode = self._new_inode(linux.S_IFDIR | (mode & 0o7777),
+                                uid, self._inherit_gid(parent, gid))
         inode.children = {}
         inode.parent = parent
         inode.nlink = 2
@@ -192,9 +215,9 @@ class Filesystem:
         self.inodes[inode.ino] = inode
         return inode
 
-    def rmdir(self, path: str) -> None:
-        """rmdir(2).  Linux: fs/namei.c do_rmdir()."""
-        parent, name = self.lookup_parent(path)
+    def rmdir(self, path: str, cred: Cred | None = None) -> None:
+        """rmdir(2).  Linux: fs/namei.c do_rmdir(); ``may_delete`` before the type."""
+        parent, name = self.lookup_parent(path, cred)
         if name == "":
             raise KernelError(errno.EBUSY)
         if name == ".":
@@ -205,6 +228,8 @@ class Filesystem:
         node = parent.children.get(name)
         if node is None:
             raise KernelError(errno.ENOENT)
+        if cred is not None:
+            dac.may_delete(cred, parent, node)
         if not node.is_dir:
             raise KernelError(errno.ENOTDIR)
         if node.children:
@@ -214,15 +239,18 @@ class Filesystem:
         node.nlink = 0
         self._maybe_release(node)
 
-    def unlink(self, path: str) -> Inode:
-        """unlink(2).  Linux: fs/namei.c do_unlinkat(); a directory is ``EISDIR``."""
-        parent, name = self.lookup_parent(path)
+    def unlink(self, path: str, cred: Cred | None = None) -> Inode:
+        """unlink(2).  Linux: fs/namei.c do_unlinkat(); a directory is ``EISDIR``,
+        after ``may_delete``."""
+        parent, name = self.lookup_parent(path, cred)
         if name in ("", ".", ".."):
             raise KernelError(errno.EISDIR)
         assert parent.children is not None
         node = parent.children.get(name)
         if node is None:
             raise KernelError(errno.ENOENT)
+        if cred is not None:
+            dac.may_delete(cred, parent, node)
         if node.is_dir:
             raise KernelError(errno.EISDIR)
         if path.endswith("/"):
@@ -233,10 +261,12 @@ class Filesystem:
         self._maybe_release(node)
         return node
 
-    def rename(self, old: str, new: str) -> Inode | None:
-        """rename(2).  Linux: fs/namei.c do_renameat2().  Returns the replaced inode."""
-        oparent, oname = self.lookup_parent(old)
-        nparent, nname = self.lookup_parent(new)
+    def rename(self, old: str, new: str, cred: Cred | None = None) -> Inode | None:
+        """rename(2).  Linux: fs/namei.c do_renameat2(), vfs_rename()'s
+        ``may_delete``/``may_create`` before the type checks.  Returns the replaced
+        inode."""
+        oparent, oname = self.lookup_parent(old, cred)
+        nparent, nname = self.lookup_parent(new, cred)
         if oname in ("", ".", "..") or nname in ("", ".", ".."):
             raise KernelError(errno.EBUSY if oname == "" or nname == "" else errno.EINVAL)
         assert oparent.children is not None and nparent.children is not None
@@ -257,6 +287,14 @@ class Filesystem:
                 if p is self.root:
                     break
                 p = p.parent
+        if cred is not None:
+            dac.may_delete(cred, oparent, node)
+            if target is None:
+                dac.may_create(cred, nparent)
+            else:
+                dac.may_delete(cred, nparent, target)
+            if node.is_dir and nparent is not oparent:
+                dac.inode_permission(cred, node, dac.MAY_WRITE)  # its ".." changes
         if target is not None:
             if node.is_dir and not target.is_dir:
                 raise KernelError(errno.ENOTDIR)
@@ -280,6 +318,18 @@ class Filesystem:
         if target is not None:
             self._maybe_release(target)
         return target
+
+    def setattr(self, inode: Inode, mode: int | None = None, uid: int = -1,
+                gid: int = -1) -> None:
+        """``notify_change`` of the mode bits and the owner (checked by the caller):
+        the permission bits change, not the file type; -1 leaves an id; ctime moves."""
+        if mode is not None:
+            inode.mode = inode.mode & linux.S_IFMT | mode & 0o7777
+        if uid != -1:
+            inode.uid = uid
+        if gid != -1:
+            inode.gid = gid
+        inode.ctime = time.time()
 
     # --- lifetime ---------------------------------------------------------------------
 

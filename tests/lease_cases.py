@@ -21,6 +21,8 @@ class Case:
     scenario: str
     #: a divergence kept on purpose: (target it concerns, reason); empty when none
     divergence: str = ""
+    #: the issue whose work added the behaviour (shown in the table's "new" column)
+    new: str = ""
 
 
 HOLDER = """
@@ -727,6 +729,122 @@ C: fcntl(fd, F_GETLEASE)                       => F_RDLCK
 C: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
 B: locks()                                     => []
 """),
+    # --- permissions (issue 10) --------------------------------------------------------
+    Case("permission_before_lease_break", "an open or truncate(2) the mode bits refuse is "
+         "EACCES at once and breaks no lease (fs/namei.c may_open() and vfs_truncate()'s "
+         "inode_permission() come before break_lease()); an allowed open does break it",
+         "permissions", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: setuid(65534)                               => 0
+B: open("/f", O_RDWR)                          => EACCES
+B: open("/f", O_WRONLY|O_NONBLOCK)             => EACCES
+B: open("/f", O_RDONLY|O_TRUNC)                => EACCES
+B: truncate("/f", 0)                           => EACCES
+A: signals()                                   => []
+A: locks()                                     => [{"state": "ACTIVE", "type": "WRITE", "path": "/f"}]
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+""", new="10"),
+    Case("dac_mode_bits", "owner, group (supplementary groups included) and other bits, "
+         "each class alone deciding; search permission on every directory of a path; "
+         "write and search on the directory to create, unlink, rename; root's "
+         "CAP_DAC_OVERRIDE but not to execute a file with no x bit; access(2); umask; "
+         "an unprivileged setuid(0) is EPERM", "permissions", """
+A: umask(0)                                    => *
+A: mkdir("/d", 0o700)                          => 0
+A: c = open("/d/f", O_RDWR|O_CREAT, 0o666)     => *
+A: close(c)                                    => 0
+A: c = open("/g", O_RDWR|O_CREAT, 0o640)       => *
+A: close(c)                                    => 0
+A: c = open("/k", O_RDWR|O_CREAT, 0o604)       => *
+A: close(c)                                    => 0
+A: c = open("/o", O_RDWR|O_CREAT, 0o044)       => *
+A: close(c)                                    => 0
+A: c = open("/z", O_RDWR|O_CREAT, 0o000)       => *
+A: close(c)                                    => 0
+A: chown("/g", -1, 100)                        => 0
+A: chown("/k", -1, 100)                        => 0
+A: chown("/o", 65534, -1)                      => 0
+A: open("/z", O_RDWR)                          => 3
+A: access("/z", R_OK|W_OK)                     => 0
+A: access("/z", X_OK)                          => EACCES
+A: access("/d", X_OK)                          => 0
+A: umask(0o077)                                => 0
+A: c = open("/u", O_RDWR|O_CREAT, 0o666)       => *
+A: close(c)                                    => 0
+A: stat("/u")                                  => {"st_mode": S_IFREG|0o600}
+B: setgroups(100)                              => 0
+B: setgid(65534)                               => 0
+B: setuid(65534)                               => 0
+B: setuid(0)                                   => EPERM
+B: stat("/d/f")                                => EACCES
+B: open("/d/f", O_RDONLY)                      => EACCES
+B: access("/d", F_OK)                          => 0
+B: access("/d", R_OK)                          => EACCES
+B: listdir("/d")                               => EACCES
+B: open("/g", O_RDONLY)                        => 3
+B: open("/g", O_WRONLY)                        => EACCES
+B: open("/k", O_RDONLY)                        => EACCES
+B: open("/o", O_RDONLY)                        => EACCES
+B: access("/o", R_OK)                          => EACCES
+B: access("/z", F_OK)                          => 0
+B: open("/z", O_RDONLY)                        => EACCES
+B: open("/n", O_WRONLY|O_CREAT, 0o644)         => EACCES
+B: open("/g", O_RDONLY|O_CREAT, 0o644)         => 4
+B: unlink("/g")                                => EACCES
+B: unlink("/nothing")                          => ENOENT
+B: mkdir("/e", 0o755)                          => EACCES
+B: mkdir("/d", 0o755)                          => EEXIST
+B: rename("/g", "/g2")                         => EACCES
+B: truncate("/g", 0)                           => EACCES
+""", new="10"),
+    Case("dac_attributes", "chmod/fchmod by the owner only (EPERM); chown/fchown: the "
+         "owner may give its file one of its own groups, anything else needs CAP_CHOWN; "
+         "chown clears set-user-ID and set-group-ID bits; the sticky bit keeps others "
+         "from unlinking or renaming; a file chowned to a user lets it take a lease",
+         "permissions", """
+A: umask(0)                                    => *
+A: mkdir("/t", 0o1777)                         => 0
+A: c = open("/t/a", O_RDWR|O_CREAT, 0o666)     => *
+A: close(c)                                    => 0
+A: c = open("/f", O_RDONLY|O_CREAT, 0o644)     => *
+A: close(c)                                    => 0
+A: c = open("/s", O_RDONLY|O_CREAT, 0o6755)    => *
+A: close(c)                                    => 0
+B: setgroups(100)                              => 0
+B: setgid(65534)                               => 0
+B: setuid(65534)                               => 0
+B: chmod("/f", 0o666)                          => EPERM
+B: chown("/f", 65534, -1)                      => EPERM
+B: fd = open("/t/b", O_RDWR|O_CREAT, 0o644)    => 3
+B: fchmod(fd, 0o600)                           => 0
+B: stat("/t/b")                                => {"st_mode": S_IFREG|0o600}
+B: chmod("/t/b", 0o2644)                       => 0
+B: stat("/t/b")                                => {"st_mode": S_IFREG|0o2644}
+B: fchown(fd, -1, 100)                         => 0
+B: fchown(fd, -1, 0)                           => EPERM
+B: fchown(fd, 0, -1)                           => EPERM
+B: fchown(fd, 65534, -1)                       => 0
+B: chmod("/t/b", 0o2644)                       => 0
+B: stat("/t/b")                                => {"st_mode": S_IFREG|0o2644}
+B: fcntl(fd, F_SETLEASE, F_RDLCK)              => EAGAIN
+B: r = open("/t/b", O_RDONLY)                  => 4
+B: close(fd)                                   => 0
+B: fcntl(r, F_SETLEASE, F_RDLCK)               => 0
+B: fcntl(r, F_SETLEASE, F_UNLCK)               => 0
+B: unlink("/t/a")                              => EPERM
+B: rename("/t/a", "/t/c")                      => EPERM
+A: chown("/s", 65534, -1)                      => 0
+A: stat("/s")                                  => {"st_mode": S_IFREG|0o755}
+A: chmod("/t/b", 0o4755)                       => 0
+A: stat("/t/b")                                => {"st_mode": S_IFREG|0o4755}
+B: unlink("/t/b")                              => 0
+B: close(r)                                    => 0
+A: unlink("/t/a")                              => 0
+""", new="10"),
 ]
 
 
@@ -741,15 +859,17 @@ def render() -> str:
         "expectation (written first for the host) and their transcripts to be identical,",
         "PIDs aside; a test keeps this page equal to the table.",
         "",
-        f"{len(CASES)} behaviours.",
+        f"{len(CASES)} behaviours; the \"new\" column names the issue whose work added a "
+        "behaviour.",
         "",
-        "| # | area | behaviour | test | host | emulator |",
-        "|---|---|---|---|---|---|",
+        "| # | area | behaviour | test | host | emulator | new |",
+        "|---|---|---|---|---|---|---|",
     ]
     for i, c in enumerate(CASES, 1):
         emu = f"diverges: {c.divergence}" if c.divergence else "pass"
         lines.append(f"| {i} | {c.area} | {c.behaviour} | "
-                     f"`test_leases.py::test_lease_behaviour[{c.name}]` | pass | {emu} |")
+                     f"`test_leases.py::test_lease_behaviour[{c.name}]` | pass | {emu} | "
+                     f"{'issue ' + c.new if c.new else ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -203,6 +203,37 @@ class System(ABC):
     def setuid(self, uid: int) -> None:
         """setuid(2) for real (and, on the emulator, the daemon told)."""
 
+    # --- credentials and file attributes (the real call first on both targets) ---
+
+    @abstractmethod
+    def setgid(self, gid: int) -> None:
+        """setgid(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
+    def setgroups(self, groups: list[int]) -> None:
+        """setgroups(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
+    def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
+        """faccessat2(2): raises the errno the permission check gives (access(2) is
+        ``faccessat(AT_FDCWD, path, mode, 0)``)."""
+
+    @abstractmethod
+    def chmod(self, path: str, mode: int) -> None:
+        """chmod(2)."""
+
+    @abstractmethod
+    def fchmod(self, fd: int, mode: int) -> None:
+        """fchmod(2)."""
+
+    @abstractmethod
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """chown(2); -1 leaves an id as it is."""
+
+    @abstractmethod
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        """fchown(2)."""
+
     def mmap(self, length: int, prot: int, flags: int, fd: int, offset: int = 0) -> int:
         """mmap(2) of a pmem (DAX) file; returns the address.  Emulator only."""
         raise os_error(errno.ENODEV)
@@ -471,6 +502,29 @@ class EmuSystem(System):
         os.setuid(uid)
         self.conn.call("setuid", uid)
 
+    def setgid(self, gid: int) -> None:
+        os.setgid(gid)
+        self.conn.call("setgid", gid)
+
+    def setgroups(self, groups: list[int]) -> None:
+        os.setgroups(groups)
+        self.conn.call("setgroups", list(groups))
+
+    def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
+        self.conn.call("faccessat", dirfd, path, mode, flags)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.conn.call("chmod", path, mode)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        self.conn.call("fchmod", fd, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.conn.call("chown", path, uid, gid)
+
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        self.conn.call("fchown", fd, uid, gid)
+
     # signals: the daemon queues the siginfo as an event, then sends the real signal
     def _attach_recorder(self, rec: SignalRecorder) -> None:
         self._events: dict[int, list[dict[str, Any]]] = {}
@@ -583,6 +637,11 @@ class _Libc:
         lib.mmap64.restype = ctypes.c_void_p
         lib.mmap64.argtypes = [ctypes.c_void_p, sz, i, i, i, i64]
         lib.munmap.argtypes = [ctypes.c_void_p, sz]
+        u32 = ctypes.c_uint32
+        lib.chmod.argtypes = [ctypes.c_char_p, u32]
+        lib.fchmod.argtypes = [i, u32]
+        lib.chown.argtypes = [ctypes.c_char_p, u32, u32]
+        lib.fchown.argtypes = [i, u32, u32]
 
     @staticmethod
     def check(ret: int, filename: str | None = None) -> int:
@@ -729,6 +788,29 @@ class HostSystem(System):
 
     def setuid(self, uid: int) -> None:
         os.setuid(uid)
+
+    def setgid(self, gid: int) -> None:
+        os.setgid(gid)
+
+    def setgroups(self, groups: list[int]) -> None:
+        os.setgroups(groups)
+
+    def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
+        # the raw system call: glibc's faccessat may answer some flags in user space
+        where = self.path(path) if path.startswith("/") or dirfd == linux.AT_FDCWD else path
+        self._c(self.libc.lib.syscall(linux.NR_faccessat2, dirfd, where, mode, flags))
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._c(self.libc.lib.chmod(self.path(path), mode))
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        self._c(self.libc.lib.fchmod(fd, mode))
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self._c(self.libc.lib.chown(self.path(path), uid, gid))
+
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        self._c(self.libc.lib.fchown(fd, uid, gid))
 
     def locks(self) -> list[dict[str, Any]]:
         paths: dict[int, str] = {}

@@ -222,6 +222,15 @@ CALLS: dict[str, Callable[..., Any]] = {
     "file_pins": lambda a, pid=None: _emu(a).call("file_pins", pid or a.system.getpid()),
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
     "pin_audit": lambda a: _emu(a).call("pin_audit"),
+    # --- credentials and file attributes (issue 10, section 2) ---
+    "setgid": _zero(lambda s, gid: s.setgid(gid)),
+    "setgroups": _zero(lambda s, *groups: s.setgroups(list(groups))),
+    "access": _zero(lambda s, p, mode: s.faccessat(linux.AT_FDCWD, p, mode, 0)),
+    "faccessat": _zero(lambda s, dirfd, p, mode, flags=0: s.faccessat(dirfd, p, mode, flags)),
+    "chmod": _zero(lambda s, p, mode: s.chmod(p, mode)),
+    "fchmod": _zero(lambda s, fd, mode: s.fchmod(fd, mode)),
+    "chown": _zero(lambda s, p, uid, gid: s.chown(p, uid, gid)),
+    "fchown": _zero(lambda s, fd, uid, gid: s.fchown(fd, uid, gid)),
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep

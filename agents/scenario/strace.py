@@ -194,10 +194,29 @@ def _fcntl_args(args: list[Any]) -> list[str]:
     return out
 
 
+def access_mode(mode: int) -> str:
+    """An access(2) mode as strace shows it: ``F_OK`` or ``R_OK|W_OK|X_OK``."""
+    if not isinstance(mode, int) or mode & ~0o7:
+        return value(mode)
+    names = [n for n, bit in (("R_OK", linux.R_OK), ("W_OK", linux.W_OK),
+                              ("X_OK", linux.X_OK)) if mode & bit]
+    return "|".join(names) or "F_OK"
+
+
+_DIRFD = {linux.AT_FDCWD: "AT_FDCWD"}
+_AT_FLAGS = {0: "0", linux.AT_EACCESS: "AT_EACCESS",
+             linux.AT_SYMLINK_NOFOLLOW: "AT_SYMLINK_NOFOLLOW"}
+
+
 _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "open": lambda a: [value(a[0]), open_flags(a[1])] + ([_octal(a[2])] if len(a) > 2 else []),
     "mkdir": lambda a: [value(a[0])] + ([_octal(a[1])] if len(a) > 1 else []),
     "umask": lambda a: [_octal(a[0])],
+    "chmod": lambda a: [value(a[0]), _octal(a[1])],
+    "fchmod": lambda a: [value(a[0]), _octal(a[1])],
+    "access": lambda a: [value(a[0]), access_mode(a[1])],
+    "faccessat": lambda a: [_DIRFD.get(a[0], value(a[0])), value(a[1]), access_mode(a[2])]
+    + ([_AT_FLAGS.get(a[3], value(a[3]))] if len(a) > 3 else []),
     "lseek": lambda a: [value(a[0]), value(a[1]), _WHENCE.get(a[2], str(a[2]))],
     "dup3": lambda a: [value(a[0]), value(a[1]), open_flags(a[2]) if a[2] else "0"],
     "fcntl": _fcntl_args,
@@ -255,7 +274,7 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
 
 
 #: the argument that is a mode, by call
-_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0}
+_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0, "chmod": 1, "fchmod": 1}
 
 
 def octal_modes(source: str) -> str:

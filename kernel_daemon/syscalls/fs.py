@@ -11,6 +11,7 @@ import bisect
 import errno
 from typing import Any
 
+from kemu.kernel_daemon import cred as dac
 from kemu.kernel_daemon import locks, mm
 from kemu.kernel_daemon.errors import KernelError, resume_at
 from kemu.kernel_daemon.kernel import Kernel
@@ -46,13 +47,14 @@ def truncate_pages(k: Kernel, task: Task, inode: Inode, length: int) -> None:
 
 
 @syscall("open", linux="fs/open.c do_sys_open()", support="partial",
-         note="no O_TMPFILE (EOPNOTSUPP); no symlinks; root credentials")
+         note="no O_TMPFILE (EOPNOTSUPP); no symlinks; DAC as fs/namei.c may_open()")
 def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
     """open(2).  Linux: fs/open.c build_open_flags(), fs/namei.c path_openat().
 
     As in Linux the descriptor number is taken first (EMFILE before any side effect),
-    the file is opened (and counts as an open) before ``break_lease``, and a breaker
-    that sleeps goes on with the file it already opened when woken.
+    the permission check (``may_open``) comes before the file is opened, the file is
+    opened (and counts as an open) before ``break_lease``, and a breaker that sleeps
+    goes on with the file it already opened when woken.
     """
     # x86-64 forces O_LARGEFILE (force_o_largefile()) before O_PATH masks it away again
     flags = (flags & 0xFFFFFFFF) | linux.O_LARGEFILE
@@ -72,6 +74,8 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
                     raise KernelError(errno.EISDIR)
             elif flags & linux.O_DIRECTORY:
                 raise KernelError(errno.ENOTDIR)
+            if not created:  # do_open(): a file the open created is not checked
+                dac.may_open(t.cred, inode, dac.acc_mode(flags), flags)
         elif flags & linux.O_DIRECTORY and not inode.is_dir:
             raise KernelError(errno.ENOTDIR)
         file = k.open_file(inode, flags, path)
@@ -97,16 +101,18 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
 
 
 def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[Inode, bool]:
-    """The path walk of open: the existing inode, or a new one with O_CREAT."""
+    """The path walk of open: the existing inode, or a new one with O_CREAT
+    (``may_o_create``: write and search permission on the directory)."""
     try:
-        inode = k.fs.lookup(path)
+        inode = k.fs.lookup(path, t.cred)
     except KernelError as exc:
         if exc.errno != errno.ENOENT or not flags & linux.O_CREAT:
             raise
-        parent, name = k.fs.lookup_parent(path)
+        parent, name = k.fs.lookup_parent(path, t.cred)
         if name in ("", ".", "..") or path.endswith("/"):
             raise KernelError(errno.EISDIR) from None
-        inode = k.fs.create(parent, name, mode & ~t.umask, t.uid, t.gid)
+        dac.may_create(t.cred, parent)
+        inode = k.fs.create(parent, name, mode & ~t.umask, t.cred.fsuid, t.cred.fsgid)
         k.log.emit("create", pid=t.pid, ino=inode.ino, path=path)
         return inode, True
     if flags & linux.O_CREAT and flags & linux.O_EXCL:
@@ -275,15 +281,17 @@ def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
 
 @syscall("truncate", linux="fs/open.c vfs_truncate()")
 def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
-    """truncate(2) by path: holds write access (``get_write_access``) while it breaks
-    leases, as an open for writing would."""
+    """truncate(2) by path (``vfs_truncate``): write permission (EACCES) before it
+    takes write access (``get_write_access``) and breaks leases, as an open for
+    writing would."""
     if length < 0:
         raise KernelError(errno.EINVAL)
-    inode = k.fs.lookup(path)
+    inode = k.fs.lookup(path, t.cred)
     if inode.is_dir:
         raise KernelError(errno.EISDIR)
     if not inode.is_reg:
         raise KernelError(errno.EINVAL)
+    dac.inode_permission(t.cred, inode, dac.MAY_WRITE)
     k.fs.get(inode)
     inode.writecount += 1
     done = False
@@ -307,7 +315,7 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
 @syscall("unlink", linux="fs/namei.c do_unlinkat()")
 def sys_unlink(k: Kernel, t: Task, path: str) -> int:
     """unlink(2): the inode lives on while open files hold it."""
-    inode = k.fs.unlink(path)
+    inode = k.fs.unlink(path, t.cred)
     k.log.emit("unlink", pid=t.pid, ino=inode.ino, path=path)
     return 0
 
@@ -316,7 +324,7 @@ def sys_unlink(k: Kernel, t: Task, path: str) -> int:
          note="no RENAME_* flags")
 def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
     """rename(2), replacing a target atomically."""
-    replaced = k.fs.rename(old, new)
+    replaced = k.fs.rename(old, new, t.cred)
     if k.log.enabled:
         k.log.emit("rename", pid=t.pid, ino=k.fs.lookup(new.rstrip("/") or "/").ino, old=old,
                    new=new, replaced=replaced.ino if replaced is not None else None)
@@ -326,21 +334,21 @@ def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
 @syscall("mkdir", linux="fs/namei.c do_mkdirat()")
 def sys_mkdir(k: Kernel, t: Task, path: str, mode: int = 0o777) -> int:
     """mkdir(2)."""
-    k.fs.mkdir(path, mode & ~t.umask, t.uid, t.gid)
+    k.fs.mkdir(path, mode & ~t.umask, t.cred.fsuid, t.cred.fsgid, t.cred)
     return 0
 
 
 @syscall("rmdir", linux="fs/namei.c do_rmdir()")
 def sys_rmdir(k: Kernel, t: Task, path: str) -> int:
     """rmdir(2)."""
-    k.fs.rmdir(path)
+    k.fs.rmdir(path, t.cred)
     return 0
 
 
 @syscall("stat", linux="fs/stat.c vfs_statx()")
 def sys_stat(k: Kernel, t: Task, path: str) -> dict[str, Any]:
     """stat(2), as a map of ``os.stat_result`` fields."""
-    return k.fs.stat(k.fs.lookup(path))
+    return k.fs.stat(k.fs.lookup(path, t.cred))
 
 
 @syscall("fstat", linux="fs/stat.c vfs_fstat()")
@@ -352,10 +360,12 @@ def sys_fstat(k: Kernel, t: Task, fd: int) -> dict[str, Any]:
 @syscall("listdir", linux="fs/readdir.c getdents64()", support="partial",
          note="whole directory in one call, by path (os.listdir)")
 def sys_listdir(k: Kernel, t: Task, path: str) -> list[str]:
-    """The names in a directory, as ``os.listdir`` returns them."""
-    inode = k.fs.lookup(path)
+    """The names in a directory, as ``os.listdir`` returns them (an O_RDONLY open of
+    the directory: read permission)."""
+    inode = k.fs.lookup(path, t.cred)
     if inode.children is None:
         raise KernelError(errno.ENOTDIR)
+    dac.may_open(t.cred, inode, dac.MAY_READ, linux.O_RDONLY)
     return sorted(inode.children)
 
 

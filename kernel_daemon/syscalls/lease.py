@@ -140,22 +140,6 @@ def sys_proc_locks(k: Kernel, t: Task) -> list[dict[str, Any]]:
     return locks.proc_locks(k)
 
 
-@syscall("setuid", linux="kernel/sys.c __sys_setuid()", support="partial",
-         note="after a real setuid(2): the daemon re-reads the uid from /proc and checks it")
-def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
-    """Adopt the process's new uid, once the host confirms it (/proc/<pid>/status)."""
-    try:
-        with open(f"/proc/{t.pid}/status") as fh:
-            line = next(x for x in fh if x.startswith("Uid:"))
-        effective = int(line.split()[2])
-    except (OSError, StopIteration, ValueError, IndexError):
-        raise KernelError(errno.ESRCH) from None
-    if effective != uid:
-        raise KernelError(errno.EPERM)
-    t.uid = uid
-    return 0
-
-
 @syscall("sigdelivered", linux="kernel/signal.c dequeue_signal()", support="emulator",
          note="the agent took a signal: its pending state ends (ours: one the daemon sent)")
 def sys_sigdelivered(k: Kernel, t: Task, signo: int, ours: int = 1) -> int:

@@ -13,6 +13,7 @@ import errno
 import secrets
 from typing import Any
 
+from kemu.kernel_daemon import cred
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.kernel import Kernel, PendingFork
 from kemu.kernel_daemon.sync import WaitQueue
@@ -50,7 +51,7 @@ def register(
         if pid in k.tasks:
             raise RegistrationRefused(wire.E_BAD_TOKEN, f"pid {pid} is already registered")
         ppid = real_ppid if real_ppid in k.tasks else 0
-        task = k.new_task(pid, ppid, uid, gid, name, None)
+        task = k.new_task(pid, ppid, uid, gid, name, None, cred.from_proc(pid))
     elif kind == wire.FORK:
         pending = k.pending_forks.get(token) if isinstance(token, bytes) else None
         if pending is None or not isinstance(token, bytes):
@@ -63,7 +64,8 @@ def register(
         if pending.timer:
             pending.timer.cancel()
         parent = k.tasks.get(pending.parent)
-        task = k.new_task(pid, pending.parent, uid, gid, name, pending.snapshot)
+        task = k.new_task(pid, pending.parent, uid, gid, name, pending.snapshot,
+                          cred.from_proc(pid))
         for hook in k.fork_hooks:
             hook(parent, task, pending)
     else:  # EXEC
@@ -75,6 +77,7 @@ def register(
         task = task_or_none
         task.exec_token = None
         task.name = name or task.name
+        task.cred = cred.from_proc(pid) or task.cred  # a set-user-ID image changes it
     task.umask = umask & 0o777
     task.fds.limit = nofile_limit(pid, hello.get("nofile"))
     k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)

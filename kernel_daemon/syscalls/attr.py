@@ -1,0 +1,134 @@
+"""Credentials and file attributes: setuid/setgid/setgroups, access/faccessat,
+chmod/fchmod and chown/fchown.
+
+The agent makes the real credential call first; the daemon then adopts the process's
+credentials as the host kernel has them (``/proc/<pid>/status``), so the real, effective,
+saved and filesystem ids and the capability sets are the host's own (see
+:mod:`kemu.kernel_daemon.cred`).  The attribute calls follow fs/open.c
+(``do_faccessat``, ``chmod_common``, ``chown_common``) and fs/attr.c
+(``setattr_prepare``).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from kemu.kernel_daemon import cred as dac
+from kemu.kernel_daemon.errors import KernelError
+from kemu.kernel_daemon.kernel import Kernel
+from kemu.kernel_daemon.syscalls.table import syscall
+from kemu.kernel_daemon.task import File, Task
+from kemu.kernel_daemon.vfs import Inode
+from kemu.protocol import linux
+
+
+def _adopt(t: Task) -> dac.Cred:
+    """Re-read the credentials of ``t`` from the host (ESRCH if they cannot be read)."""
+    new = dac.from_proc(t.pid)
+    if new is None:
+        raise KernelError(errno.ESRCH)
+    return new
+
+
+@syscall("setuid", linux="kernel/sys.c __sys_setuid()", support="partial",
+         note="after the agent's real setuid(2): the daemon adopts the ids and capabilities "
+              "/proc shows (EPERM if the effective uid is not the one asked for)")
+def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
+    """Adopt the process's credentials after a real setuid(2) (a privileged caller
+    sets the real, effective and saved uid and loses its capabilities; another only
+    the effective uid, to its real or saved one)."""
+    new = _adopt(t)
+    if new.euid != uid:
+        raise KernelError(errno.EPERM)
+    t.cred = new
+    return 0
+
+
+@syscall("setgid", linux="kernel/sys.c __sys_setgid()", support="partial",
+         note="after the agent's real setgid(2), as setuid")
+def sys_setgid(k: Kernel, t: Task, gid: int) -> int:
+    """Adopt the process's credentials after a real setgid(2)."""
+    new = _adopt(t)
+    if new.egid != gid:
+        raise KernelError(errno.EPERM)
+    t.cred = new
+    return 0
+
+
+@syscall("setgroups", linux="kernel/groups.c SYSCALL_DEFINE2(setgroups)", support="partial",
+         note="after the agent's real setgroups(2), as setuid")
+def sys_setgroups(k: Kernel, t: Task, groups: list[int]) -> int:
+    """Adopt the process's supplementary groups after a real setgroups(2)."""
+    new = _adopt(t)
+    if new.groups != tuple(sorted(set(groups))):
+        raise KernelError(errno.EPERM)
+    t.cred = new
+    return 0
+
+
+@syscall("faccessat", linux="fs/open.c do_faccessat()", support="partial",
+         note="dirfd AT_FDCWD only (the root is the only cwd); no symlinks, so "
+              "AT_SYMLINK_NOFOLLOW changes nothing")
+def sys_faccessat(k: Kernel, t: Task, dirfd: int, path: str, mode: int, flags: int = 0) -> int:
+    """access(2)/faccessat(2): the path walk and ``inode_permission`` with the real
+    uid and gid (``access_override_creds``: no capabilities unless the real uid is
+    root), or with the caller's own with AT_EACCESS."""
+    if mode & ~0o7:
+        raise KernelError(errno.EINVAL)
+    if flags & ~(linux.AT_EACCESS | linux.AT_SYMLINK_NOFOLLOW | linux.AT_EMPTY_PATH):
+        raise KernelError(errno.EINVAL)
+    if dirfd != linux.AT_FDCWD and not path.startswith("/"):
+        k.file_of(t, dirfd)
+        raise KernelError(errno.EOPNOTSUPP, "faccessat relative to a descriptor")
+    cred = dac.access_cred(t.cred, bool(flags & linux.AT_EACCESS))
+    inode = k.fs.lookup(path, cred)
+    dac.inode_permission(cred, inode, mode | dac.MAY_ACCESS)
+    return 0
+
+
+def _chmod(k: Kernel, t: Task, inode: Inode, mode: int) -> int:
+    """``chmod_common``: ``setattr_prepare`` then the new permission bits."""
+    k.fs.setattr(inode, mode=dac.chmod_ok(t.cred, inode, mode))
+    return 0
+
+
+def _chown(k: Kernel, t: Task, inode: Inode, uid: int, gid: int) -> int:
+    """``chown_common``: ``chown_ok``/``chgrp_ok``, then the owner, and a non-directory
+    loses its set-user-ID (and set-group-ID) bit."""
+    uid = -1 if uid in (-1, 0xFFFFFFFF) else uid
+    gid = -1 if gid in (-1, 0xFFFFFFFF) else gid
+    dac.chown_ok(t.cred, inode, uid, gid)
+    k.fs.setattr(inode, mode=dac.chown_kills_suid(inode) & 0o7777, uid=uid, gid=gid)
+    return 0
+
+
+def _fd_file(k: Kernel, t: Task, fd: int) -> File:
+    """``fdget`` for an attribute call: an O_PATH descriptor is EBADF."""
+    file = k.file_of(t, fd)
+    if file.flags & linux.O_PATH:
+        raise KernelError(errno.EBADF)
+    return file
+
+
+@syscall("chmod", linux="fs/open.c do_fchmodat() chmod_common()")
+def sys_chmod(k: Kernel, t: Task, path: str, mode: int) -> int:
+    """chmod(2): the owner or CAP_FOWNER (EPERM)."""
+    return _chmod(k, t, k.fs.lookup(path, t.cred), mode)
+
+
+@syscall("fchmod", linux="fs/open.c SYSCALL_DEFINE2(fchmod) chmod_common()")
+def sys_fchmod(k: Kernel, t: Task, fd: int, mode: int) -> int:
+    """fchmod(2) on a descriptor."""
+    return _chmod(k, t, _fd_file(k, t, fd).inode, mode)
+
+
+@syscall("chown", linux="fs/open.c do_fchownat() chown_common()")
+def sys_chown(k: Kernel, t: Task, path: str, uid: int, gid: int) -> int:
+    """chown(2): CAP_CHOWN, or the owner giving the file one of its own groups."""
+    return _chown(k, t, k.fs.lookup(path, t.cred), uid, gid)
+
+
+@syscall("fchown", linux="fs/open.c ksys_fchown() chown_common()")
+def sys_fchown(k: Kernel, t: Task, fd: int, uid: int, gid: int) -> int:
+    """fchown(2) on a descriptor."""
+    return _chown(k, t, _fd_file(k, t, fd).inode, uid, gid)
