@@ -120,6 +120,10 @@ class Kernel:
         self.pmem.hold = self.hold_block
         self.fs = Filesystem(self.pmem)
         self.tasks: dict[int, Task] = {}
+        #: processes that exited and that their (registered) parent has not reaped yet
+        #: (``EXIT_ZOMBIE``): they hold nothing but their PID, which F_GETOWN still
+        #: finds (``pid_task``); the parent's ``wait4`` or its own exit releases them
+        self.zombies: dict[int, Task] = {}
         #: long- and short-term pins of device blocks
         self.pins = PinTable(self.pmem)
         #: TLB shoot-downs pushed to processes and not yet acknowledged, by number
@@ -311,14 +315,31 @@ class Kernel:
                     self.config.fork_claim_timeout, functools.partial(self.drop_fork, pending.token)
                 )
         del self.tasks[task.pid]
+        if task.ppid in self.tasks:
+            # exit_notify(): a zombie until the parent reaps it (a parent outside the
+            # emulation, the launcher's zygote, reaps at once: no zombie kept)
+            task.exit_state = "zombie"
+            self.zombies[task.pid] = task
+        else:
+            task.exit_state = "dead"
         for child in self.tasks.values():
             if child.ppid == task.pid:
                 # reparented, as by forget_original_parent(): to whoever the host says
                 parent = self.host_ppid(child.pid)
                 child.ppid = parent if parent in self.tasks else 0
+        for zombie in [z for z in self.zombies.values() if z.ppid == task.pid]:
+            # reparented to a reaper outside the emulation, which reaps it
+            self.release_task(zombie)
         waiters = self.exit_waiters.pop(task.pid, None)
         if waiters is not None:
             waiters.wake_all()
+
+    def release_task(self, task: Task) -> None:
+        """``release_task``: a zombie is reaped; its PID names nobody any more."""
+        if self.zombies.get(task.pid) is task:
+            del self.zombies[task.pid]
+            task.exit_state = "dead"
+            self.log.emit("reap", pid=task.pid)
 
     def drop_fork(self, token: bytes) -> None:
         """Release a fork snapshot nobody will claim."""

@@ -120,7 +120,7 @@ def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
             raise KernelError(errno.ESRCH)
         file.f_owner = FOwner(kind, pid, None, setter_uid)
         return
-    task = k.tasks.get(pid)
+    task = k.tasks.get(pid) or k.zombies.get(pid)  # find_vpid() finds a zombie too
     if task is None:
         raise KernelError(errno.ESRCH)
     file.f_owner = FOwner(kind, pid, task, setter_uid)
@@ -141,6 +141,18 @@ def targets(k: Kernel, owner: FOwner) -> list[Task]:
     if task is not None and k.tasks.get(task.pid) is task:
         return [task]
     return []
+
+
+def owner_exists(k: Kernel, owner: FOwner) -> bool:
+    """``pid_task(f_owner.pid, type)`` is not NULL: the owner names a process that
+    runs or is a zombie not reaped yet (F_GETOWN answers its PID until the reaping)."""
+    if targets(k, owner):
+        return True
+    if owner.pid == 0:
+        return False
+    if owner.kind == linux.F_OWNER_PGRP:
+        return any(_pgid(z.pid) == owner.pid for z in k.zombies.values())
+    return owner.task is not None and k.zombies.get(owner.task.pid) is owner.task
 
 
 def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:

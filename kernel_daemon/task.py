@@ -222,6 +222,9 @@ class Task:
     exec_token: bytes | None = None
     #: names of the datagram sockets the process bound (released at exit)
     bound: list[str] = field(default_factory=list)
+    #: ``exit_state``: None while it runs, "zombie" once it exited and its registered
+    #: parent has not reaped it (``Kernel.zombies``), "dead" once nothing is left
+    exit_state: str | None = None
 
     @property
     def uid(self) -> int:

@@ -190,6 +190,10 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_EACCESS = 0x200
 AT_EMPTY_PATH = 0x1000
 
+# wait4(2) options (sys/wait.h)
+WNOHANG = 1
+WUNTRACED = 2
+
 # capabilities (linux/capability.h)
 CAP_CHOWN = 0
 CAP_DAC_OVERRIDE = 1
@@ -305,6 +309,7 @@ NR_fcntl = 72
 NR_truncate = 76
 NR_ftruncate = 77
 NR_openat = 257
+NR_wait4 = 61
 NR_faccessat2 = 439
 
 # resource limits the emulator applies

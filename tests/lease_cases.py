@@ -845,6 +845,30 @@ B: unlink("/t/b")                              => 0
 B: close(r)                                    => 0
 A: unlink("/t/a")                              => 0
 """, new="10"),
+    # --- processes (issue 10) ----------------------------------------------------------
+    Case("zombie_owner_until_reaped", "a fork child that exited is a zombie until its "
+         "parent reaps it: F_SETOWN still accepts it and F_GETOWN still names it "
+         "(pid_task() finds a zombie); waitpid gives its status (exit code or signal), "
+         "after which F_GETOWN is 0 and a second waitpid ECHILD", "lifetime", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fork() as C
+A: fork() as D
+A: waitpid(C.pid, WNOHANG)                     => 0
+A: fcntl(fd, F_SETOWN, C.pid)                  => 0
+C: exit(3)
+A: fcntl(fd, F_GETOWN)                         => *
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID}
+A: fcntl(fd, F_SETOWN, C.pid)                  => 0
+A: waitpid(C.pid)                              => {"status": "WIFEXITED(s) && WEXITSTATUS(s) == 3"}
+A: fcntl(fd, F_GETOWN)                         => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID, "pid": 0}
+A: waitpid(C.pid)                              => ECHILD
+A: fcntl(fd, F_SETOWN, D.pid)                  => 0
+!kill D
+A: fcntl(fd, F_GETOWN)                         => *
+A: waitpid(D.pid)                              => {"status": "WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL"}
+A: fcntl(fd, F_GETOWN)                         => 0
+""", new="10"),
 ]
 
 

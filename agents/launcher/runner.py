@@ -308,7 +308,7 @@ class Runner:
         if call == "fcntl" and len(shown) > 2 and isinstance(shown[2], int) \
                 and shown[1] == F_SETOWN:
             shown[2] = self._pid_name(shown[2])
-        if call == "kill" and shown and isinstance(shown[0], int):
+        if call in ("kill", "waitpid") and shown and isinstance(shown[0], int):
             shown[0] = self._pid_name(shown[0])
         return shown
 
@@ -1139,8 +1139,9 @@ def needs_root(scenario: Scenario, target: str) -> str | None:
         return None
     if target == "host" and "lease_break_time" in scenario.settings:
         return "needs root: the host target writes /proc/sys/fs/lease-break-time"
-    if any(step.call == "setuid" for step in scenario.steps):
-        return "needs root: an actor calls setuid (CAP_SETUID)"
+    for step in scenario.steps:
+        if step.call in ("setuid", "setgid", "setgroups"):
+            return f"needs root: an actor calls {step.call} (CAP_SETUID, CAP_SETGID)"
     return None
 
 

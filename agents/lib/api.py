@@ -219,6 +219,11 @@ class System(ABC):
         ``faccessat(AT_FDCWD, path, mode, 0)``)."""
 
     @abstractmethod
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        """wait4(2) for a child (the real call: the host reaps it): (pid, status),
+        (0, 0) with WNOHANG when no child has changed state."""
+
+    @abstractmethod
     def chmod(self, path: str, mode: int) -> None:
         """chmod(2)."""
 
@@ -513,6 +518,13 @@ class EmuSystem(System):
     def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
         self.conn.call("faccessat", dirfd, path, mode, flags)
 
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        rpid, status = os.waitpid(pid, options)
+        if rpid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            # reaped for real: the daemon's zombie goes too (release_task)
+            self.conn.call("wait4", rpid, status)
+        return rpid, status
+
     def chmod(self, path: str, mode: int) -> None:
         self.conn.call("chmod", path, mode)
 
@@ -799,6 +811,9 @@ class HostSystem(System):
         # the raw system call: glibc's faccessat may answer some flags in user space
         where = self.path(path) if path.startswith("/") or dirfd == linux.AT_FDCWD else path
         self._c(self.libc.lib.syscall(linux.NR_faccessat2, dirfd, where, mode, flags))
+
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        return os.waitpid(pid, options)
 
     def chmod(self, path: str, mode: int) -> None:
         self._c(self.libc.lib.chmod(self.path(path), mode))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kemu.agents.scenario import strace
 from kemu.agents.scenario.parse import Scenario, ScenarioError
 from kemu.protocol import linux
 from kemu.protocol.errors import os_error
@@ -36,6 +37,29 @@ def fd_view(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The comparable part of a descriptor listing: number, path, offset, flags."""
     return [{"fd": e["fd"], "path": e["path"], "pos": e["pos"], "flags": e["flags"]}
             for e in entries]
+
+
+def wait_status(status: int) -> str:
+    """A wait status as strace decodes it: ``WIFEXITED(s) && WEXITSTATUS(s) == 3``,
+    ``WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL`` (``&& WCOREDUMP(s)`` with a core)."""
+    if os.WIFEXITED(status):
+        return f"WIFEXITED(s) && WEXITSTATUS(s) == {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = strace.signal_name(sig)
+        core = " && WCOREDUMP(s)" if os.WCOREDUMP(status) else ""
+        return f"WIFSIGNALED(s) && WTERMSIG(s) == {name}{core}"
+    if os.WIFSTOPPED(status):
+        return f"WIFSTOPPED(s) && WSTOPSIG(s) == {os.WSTOPSIG(status)}"
+    return "WIFCONTINUED(s)" if os.WIFCONTINUED(status) else hex(status)
+
+
+def wait_view(pid: int, status: int) -> Any:
+    """waitpid's value: 0 (WNOHANG, nobody has changed state), else the PID and the
+    decoded status."""
+    if pid == 0:
+        return 0
+    return {"pid": pid, "status": wait_status(status)}
 
 
 def _data(value: Any) -> bytes:
@@ -231,6 +255,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     "fchmod": _zero(lambda s, fd, mode: s.fchmod(fd, mode)),
     "chown": _zero(lambda s, p, uid, gid: s.chown(p, uid, gid)),
     "fchown": _zero(lambda s, fd, uid, gid: s.fchown(fd, uid, gid)),
+    "waitpid": lambda a, pid, options=0: wait_view(*a.system.waitpid(pid, options)),
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep

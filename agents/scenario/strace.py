@@ -258,6 +258,8 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
     if name in _STRACE_NAMES:
         return "?"  # exit_group(2) does not return
     v = reply.get("ok")
+    if name == "waitpid" and isinstance(v, dict) and "status" in v:
+        return f"{value(v.get('pid'))} [{{{v['status']}}}]"  # wait4's status, decoded
     if name == "mmap" and isinstance(v, int):
         return hex(v)
     if name == "fcntl" and len(args) > 1 and isinstance(v, int):

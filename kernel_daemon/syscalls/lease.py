@@ -69,8 +69,8 @@ def f_setown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
 def f_getown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     """F_GETOWN: the PID, minus the group, or 0."""
     owner = signals.owner_of(k.file_of(t, fd))
-    if owner is None or not signals.targets(k, owner):
-        return 0  # no owner, or pid_task() finds nobody any more
+    if owner is None or not signals.owner_exists(k, owner):
+        return 0  # no owner, or pid_task() finds nobody any more (reaped)
     return -owner.pid if owner.kind == linux.F_OWNER_PGRP else owner.pid
 
 
@@ -96,7 +96,7 @@ def f_getown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> dict[str, int]:
     owner = signals.owner_of(k.file_of(t, fd))
     if owner is None:
         return {"type": 0, "pid": 0}
-    return {"type": owner.kind, "pid": owner.pid if signals.targets(k, owner) else 0}
+    return {"type": owner.kind, "pid": owner.pid if signals.owner_exists(k, owner) else 0}
 
 
 def f_setsig(k: Kernel, t: Task, fd: int, arg: Any) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import secrets
+import select
 from typing import Any
 
 from kemu.kernel_daemon import cred
@@ -78,6 +79,9 @@ def register(
         task.exec_token = None
         task.name = name or task.name
         task.cred = cred.from_proc(pid) or task.cred  # a set-user-ID image changes it
+    zombie = k.zombies.get(pid)
+    if zombie is not None and zombie is not task:
+        k.release_task(zombie)  # reaped behind the daemon's back; the PID is reused
     task.umask = umask & 0o777
     task.fds.limit = nofile_limit(pid, hello.get("nofile"))
     k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)
@@ -284,6 +288,31 @@ def sys_pin_audit(k: Kernel, t: Task) -> dict[str, Any]:
     short = sorted(k.pins.shortterm) if not waiting else []
     return {"longterm": len(k.pins.longterm), "shortterm": len(k.pins.shortterm),
             "unattributed": bad + short}
+
+
+@syscall("wait4", linux="kernel/exit.c do_wait() release_task()", support="partial",
+         note="after the agent's real wait4(2) reaped a child that exited: its zombie is "
+              "released (F_GETOWN stops finding it)")
+def sys_wait4(k: Kernel, t: Task, pid: int, status: int) -> int:
+    """The caller reaped child ``pid`` for real (``status`` is what wait4 gave): the
+    zombie goes (``release_task``).  A child whose death the daemon has not seen yet
+    (the wait overtook the pidfd) exits first; one that is not dead is EINVAL, another
+    process's child ECHILD."""
+    task = k.zombies.get(pid)
+    live = k.tasks.get(pid)
+    if task is None and live is not None:
+        if live.ppid != t.pid:
+            raise KernelError(errno.ECHILD)
+        if live.pidfd < 0 or not select.select([live.pidfd], [], [], 0)[0]:
+            raise KernelError(errno.EINVAL, "the child has not exited")
+        k.exit_task(live, "died")
+        task = k.zombies.get(pid)
+    if task is None:
+        return 0  # not a registered process's zombie (a child that never registered)
+    if task.ppid != t.pid:
+        raise KernelError(errno.ECHILD)
+    k.release_task(task)
+    return 0
 
 
 @syscall("wait_exit", linux="kernel/exit.c do_wait()", support="emulator",
