@@ -190,6 +190,10 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
         k.log.emit("lease-break", ino=inode.ino, file=lease.file.fid, by=task.pid,
                    to=_TYPE_NAME[target_leasetype(lease)], lbt=lbt if when else 0.0)
         lease.lm_break(k)
+        # A breaker already asleep on the lease with no fl_break_time polls (one jiffy
+        # at a time); its next look finds the new deadline and sleeps until that one
+        # (an escalation holds a reader until the lease is resolved for the writer)
+        lease.blocked.wake_all()
     # Linux sleeps on the first lease of the list and, if that one is not being broken
     # (a layout lease, which never conflicts here), wakes every jiffy to look again; the
     # breaker sleeps on the first conflicting lease instead, woken when it changes
@@ -202,13 +206,27 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
 
 
 def sleep_on_lease(k: Kernel, task: Task, inode: Inode, first: Lease, want_write: bool) -> None:
-    """The breaker sleeps on ``first`` (``locks_insert_block``) until it is released or
-    its break time passes; then the call looks again.  Never returns."""
+    """The breaker sleeps on ``first`` (``locks_insert_block``) until it is woken or
+    its timeout passes; then the call looks again.  Never returns.
+
+    The timeout is ``__break_lease``'s: ``fl_break_time`` of the lease slept on, and
+    only that (a pending downgrade's time does not shorten it: a reader whose break a
+    writer escalated sleeps until the unlock is forced).  With no ``fl_break_time``
+    Linux sleeps one jiffy and looks again (``time_out_leases`` each time), for as long
+    as it takes; that is the same as sleeping until the first deadline of any lease of
+    the inode, or until woken when there is none (``lease_break_time`` 0), and
+    :func:`break_lease` wakes such sleepers when it sets a new deadline.
+    """
     now = k.clock()
-    deadline = min((d for d in (first.break_time, first.downgrade_time) if d > now),
-                   default=0.0)
+    delay: float | None
+    if first.break_time:
+        delay = max(first.break_time - now, 0.0)
+    else:
+        future = [d for le in leases_of(inode) for d in (le.break_time, le.downgrade_time)
+                  if d > now]
+        delay = min(future) - now if future else None
     first.blocked.sleep(Breaker(task, want_write),
-                        timeout=(k, deadline - now) if deadline else None,
+                        timeout=(k, delay) if delay is not None else None,
                         on_timeout=lambda: time_out_leases(k, inode))
 
 

@@ -869,6 +869,24 @@ A: fcntl(fd, F_GETOWN)                         => *
 A: waitpid(D.pid)                              => {"status": "WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL"}
 A: fcntl(fd, F_GETOWN)                         => 0
 """, new="10"),
+    Case("escalated_break_holds_the_reader", "a writer escalating a break a reader "
+         "started holds the reader too: the reader's sleep is bounded by fl_break_time "
+         "alone (__break_lease), so it is let in when the lease is removed for the "
+         "writer, lease_break_time after the writer came, not at its own downgrade "
+         "deadline; the holder is told again", "time", """
+set lease_break_time = 2
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: r = open("/f", O_RDONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: w = open("/f", O_WRONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+B: join                                        => 3
+B: locks()                                     => []
+C: join                                        => 3
+A: fcntl(fd, F_GETLEASE)                       => F_UNLCK
+""", new="10"),
 ]
 
 
