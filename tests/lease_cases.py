@@ -887,6 +887,25 @@ B: locks()                                     => []
 C: join                                        => 3
 A: fcntl(fd, F_GETLEASE)                       => F_UNLCK
 """, new="10"),
+    # --- memory (issue 10) ------------------------------------------------------------
+    Case("truncate_unmaps_private_copies", "a truncate unmaps the copies a MAP_PRIVATE "
+         "mapping made on write past the new end, a fork child's inherited ones too "
+         "(truncate_pagecache(): unmap_mapping_range() with even_cows): their next access "
+         "is SIGBUS, pages before the end keep their copy", "lifetime", """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)      => 3
+A: ftruncate(fd, 12288)                        => 0
+A: p = mmap(12288, PROT_READ|PROT_WRITE, MAP_PRIVATE, fd, 0) => ok
+A: store(p, "head")                            => 4
+A: store(p + 4096, "private")                  => 7
+A: fork() as C
+C: load(p + 4096, 7)                           => b"private"
+A: load(p + 8192, 4)                           => b"\\0\\0\\0\\0"
+B: truncate("/f", 4096)                        => 0
+A: load(p, 4)                                  => b"head"
+C: load(p, 4)                                  => b"head"
+C: load(p + 4096, 7)                           => killed SIGBUS
+A: load(p + 4096, 7)                           => killed SIGBUS
+""", new="10"),
 ]
 
 

@@ -40,7 +40,8 @@ def truncate_pages(k: Kernel, task: Task, inode: Inode, length: int) -> None:
     k.policy.layout_change(k, task, inode, LayoutChange.TRUNCATE, first, None)
     if length < inode.size:
         with inode.invalidate_lock.hold(task, first, None):
-            mm.unmap_and_wait(k, inode, first, None)
+            # truncate_pagecache(): unmap_mapping_range(..., even_cows=1)
+            mm.unmap_and_wait(k, inode, first, None, even_cows=True)
             k.fs.truncate(inode, length)
     else:
         k.fs.truncate(inode, length)
