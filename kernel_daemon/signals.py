@@ -38,8 +38,6 @@ BAND = {
 #: signals whose si_code values are signal-specific (kernel/signal.c sig_specific_sicodes)
 SIG_SPECIFIC_SICODES = {linux.SIGILL, linux.SIGFPE, linux.SIGSEGV, linux.SIGBUS, linux.SIGTRAP,
                         linux.SIGCHLD, linux.SIGIO, linux.SIGSYS}
-#: real-time signals a process may have queued (RLIMIT_SIGPENDING, a usual default)
-RT_QUEUE_LIMIT = 1024
 
 # dispositions as the agent reports them (rt_sigaction)
 DEFAULT, IGNORE, HANDLER = "default", "ignore", "handler"
@@ -184,6 +182,14 @@ def _state(task: Task) -> tuple[dict[int, str], dict[int, deque[Siginfo]]]:
     return task.sighand.action, task.sighand.pending
 
 
+def sigpending(k: Kernel, uid: int) -> int:
+    """``ucounts[UCOUNT_RLIMIT_SIGPENDING]`` of real user ``uid``: the signals queued
+    for every process of that user (those the daemon queued; standard signals count
+    too, though they are always queued)."""
+    return sum(len(q) for t in k.tasks.values() if t.cred.uid == uid
+               for q in t.sighand.pending.values())
+
+
 def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
     """Queue ``si`` for ``task`` and send the real signal; False if it could not queue.
 
@@ -202,7 +208,10 @@ def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
         if queue:
             k.log.emit("signal-merged", pid=task.pid, **si.asdict())
             return True
-    elif len(queue) >= RT_QUEUE_LIMIT:
+    elif sigpending(k, task.cred.uid) + 1 > task.rlim_sigpending[0]:
+        # __sigqueue_alloc(): the receiver's user has RLIMIT_SIGPENDING signals queued
+        # (a real-time signal does not override the limit); the caller falls back
+        k.log.emit("signal-overflow", pid=task.pid, **si.asdict())
         return False
     queue.append(si)
     k.log.emit("signal", pid=task.pid, **si.asdict())

@@ -222,6 +222,10 @@ class Task:
     exec_token: bytes | None = None
     #: names of the datagram sockets the process bound (released at exit)
     bound: list[str] = field(default_factory=list)
+    #: ``signal->rlim[RLIMIT_SIGPENDING]``: (soft, hard), the process's real limit, read
+    #: at registration and after setrlimit (the descriptor limit is ``fds.limit``)
+    rlim_sigpending: tuple[int, int] = (linux.RLIMIT_SIGPENDING_DEFAULT,
+                                        linux.RLIMIT_SIGPENDING_DEFAULT)
     #: ``exit_state``: None while it runs, "zombie" once it exited and its registered
     #: parent has not reaped it (``Kernel.zombies``), "dead" once nothing is left
     exit_state: str | None = None

@@ -312,8 +312,12 @@ NR_openat = 257
 NR_wait4 = 61
 NR_faccessat2 = 439
 
-# resource limits the emulator applies
+# resource limits (asm-generic/resource.h) and the defaults the emulator applies
+RLIMIT_NOFILE = 7
+RLIMIT_SIGPENDING = 11
+RLIM_INFINITY = (1 << 64) - 1
 RLIMIT_NOFILE_DEFAULT = 1024
+RLIMIT_SIGPENDING_DEFAULT = 1024
 NAME_MAX = 255
 PATH_MAX = 4096
 

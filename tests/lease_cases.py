@@ -906,6 +906,40 @@ C: load(p, 4)                                  => b"head"
 C: load(p + 4096, 7)                           => killed SIGBUS
 A: load(p + 4096, 7)                           => killed SIGBUS
 """, new="10"),
+    Case("sigpending_limit_falls_back_to_sigio", "getrlimit/setrlimit of "
+         "RLIMIT_SIGPENDING and RLIMIT_NOFILE (an unprivileged raise of the hard limit is "
+         "EPERM, soft above hard EINVAL); with the receiver's user at its pending-signal "
+         "limit the F_SETSIG real-time notice cannot be queued and send_sigio_to_task() "
+         "falls back to a plain SIGIO (SI_KERNEL); a lowered descriptor limit gives EMFILE",
+         "signals", """
+A: signal(SIGIO, "record")                     => 0
+A: signal(SIGRTMIN+1, "record")                => 0
+A: getrlimit(RLIMIT_NOFILE)                    => *
+A: setrlimit(RLIMIT_SIGPENDING, 2, 2)          => 0
+A: getrlimit(RLIMIT_SIGPENDING)                => [2, 2]
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+A: setuid(64023)                               => 0
+A: setrlimit(RLIMIT_SIGPENDING, 2, 3)          => EPERM
+A: setrlimit(RLIMIT_SIGPENDING, 3, 2)          => EINVAL
+A: f = open("/d/f", O_RDONLY|O_CREAT, 0o644)   => 3
+A: g = open("/d/g", O_RDONLY|O_CREAT, 0o644)   => 4
+A: h = open("/d/h", O_RDONLY|O_CREAT, 0o644)   => 5
+A: fcntl(f, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(g, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(h, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(h, F_SETLEASE, F_WRLCK)               => 0
+A: sigblock(SIGIO, SIGRTMIN+1)                 => 0
+B: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: open("/d/g", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: open("/d/h", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+A: sigunblock(SIGIO, SIGRTMIN+1)               => 0
+A: signals()                                   => [{"si_signo": SIGRTMIN+1, "si_fd": 3}, {"si_signo": SIGRTMIN+1, "si_fd": 4}, {"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: setrlimit(RLIMIT_NOFILE, 6, 6)              => 0
+A: open("/d/f", O_RDONLY)                      => EMFILE
+""", new="10"),
 ]
 
 

@@ -224,6 +224,14 @@ class System(ABC):
         (0, 0) with WNOHANG when no child has changed state."""
 
     @abstractmethod
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        """getrlimit(2): (soft, hard); RLIM_INFINITY as the kernel's all-ones value."""
+
+    @abstractmethod
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        """setrlimit(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
     def chmod(self, path: str, mode: int) -> None:
         """chmod(2)."""
 
@@ -518,6 +526,14 @@ class EmuSystem(System):
     def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
         self.conn.call("faccessat", dirfd, path, mode, flags)
 
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        soft, hard = self.conn.call("getrlimit", resource)
+        return int(soft), int(hard)
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        _real_setrlimit(resource, soft, hard)
+        self.conn.call("setrlimit", resource, soft, hard)
+
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
         rpid, status = os.waitpid(pid, options)
         if rpid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
@@ -624,6 +640,27 @@ class EmuSystem(System):
             qps = {}
             self._qp_table = qps
         return qps
+
+
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("rlim_cur", ctypes.c_uint64), ("rlim_max", ctypes.c_uint64)]
+
+
+def _prlimit(resource: int, new: tuple[int, int] | None) -> tuple[int, int]:
+    """prlimit64(2) of this process, the raw call (Python's ``resource`` turns EPERM
+    into ValueError): sets ``new`` if given, returns the old (soft, hard)."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    old = _Rlimit()
+    want = None if new is None else ctypes.byref(
+        _Rlimit(new[0] & linux.RLIM_INFINITY, new[1] & linux.RLIM_INFINITY))
+    if lib.prlimit64(0, resource, want, ctypes.byref(old)) != 0:
+        raise os_error(ctypes.get_errno())
+    return int(old.rlim_cur), int(old.rlim_max)
+
+
+def _real_setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2) for real (-1 is RLIM_INFINITY, as the kernel's all-ones)."""
+    _prlimit(resource, (soft, hard))
 
 
 class _Libc:
@@ -814,6 +851,12 @@ class HostSystem(System):
 
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
         return os.waitpid(pid, options)
+
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        return _prlimit(resource, None)
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        _real_setrlimit(resource, soft, hard)
 
     def chmod(self, path: str, mode: int) -> None:
         self._c(self.libc.lib.chmod(self.path(path), mode))

@@ -256,6 +256,8 @@ CALLS: dict[str, Callable[..., Any]] = {
     "chown": _zero(lambda s, p, uid, gid: s.chown(p, uid, gid)),
     "fchown": _zero(lambda s, fd, uid, gid: s.fchown(fd, uid, gid)),
     "waitpid": lambda a, pid, options=0: wait_view(*a.system.waitpid(pid, options)),
+    "getrlimit": lambda a, res: list(a.system.getrlimit(res)),
+    "setrlimit": _zero(lambda s, res, soft, hard: s.setrlimit(res, soft, hard)),
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep

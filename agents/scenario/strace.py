@@ -204,6 +204,12 @@ def access_mode(mode: int) -> str:
 
 
 _DIRFD = {linux.AT_FDCWD: "AT_FDCWD"}
+_RLIMITS = {linux.RLIMIT_NOFILE: "RLIMIT_NOFILE", linux.RLIMIT_SIGPENDING: "RLIMIT_SIGPENDING"}
+
+
+def _rlim(v: Any) -> str:
+    """A limit as strace shows it (RLIM64_INFINITY by name)."""
+    return "RLIM64_INFINITY" if v in (-1, linux.RLIM_INFINITY) else value(v)
 _AT_FLAGS = {0: "0", linux.AT_EACCESS: "AT_EACCESS",
              linux.AT_SYMLINK_NOFOLLOW: "AT_SYMLINK_NOFOLLOW"}
 
@@ -217,6 +223,9 @@ _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "access": lambda a: [value(a[0]), access_mode(a[1])],
     "faccessat": lambda a: [_DIRFD.get(a[0], value(a[0])), value(a[1]), access_mode(a[2])]
     + ([_AT_FLAGS.get(a[3], value(a[3]))] if len(a) > 3 else []),
+    "getrlimit": lambda a: [_RLIMITS.get(a[0], value(a[0]))],
+    "setrlimit": lambda a: [_RLIMITS.get(a[0], value(a[0])),
+                            f"{{rlim_cur={_rlim(a[1])}, rlim_max={_rlim(a[2])}}}"],
     "lseek": lambda a: [value(a[0]), value(a[1]), _WHENCE.get(a[2], str(a[2]))],
     "dup3": lambda a: [value(a[0]), value(a[1]), open_flags(a[2]) if a[2] else "0"],
     "fcntl": _fcntl_args,

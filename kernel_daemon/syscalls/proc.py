@@ -20,7 +20,7 @@ from kemu.kernel_daemon.kernel import Kernel, PendingFork
 from kemu.kernel_daemon.sync import WaitQueue
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import Task
-from kemu.protocol import wire
+from kemu.protocol import linux, wire
 
 
 class RegistrationRefused(Exception):
@@ -84,6 +84,7 @@ def register(
         k.release_task(zombie)  # reaped behind the daemon's back; the PID is reused
     task.umask = umask & 0o777
     task.fds.limit = nofile_limit(pid, hello.get("nofile"))
+    task.rlim_sigpending = read_rlimit(pid, linux.RLIMIT_SIGPENDING) or task.rlim_sigpending
     k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)
     return task
 
@@ -111,6 +112,66 @@ def nofile_limit(pid: int, claimed: object) -> int:
         ok = isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0
         soft = min(int(claimed), FALLBACK_NOFILE) if ok else FALLBACK_NOFILE  # type: ignore[call-overload]
     return max(1, min(soft, MAX_NOFILE))
+
+
+def read_rlimit(pid: int, resource: int) -> tuple[int, int] | None:
+    """Process ``pid``'s real limit, RLIM_INFINITY as all ones, from
+    ``/proc/<pid>/limits`` (fs/proc/base.c proc_pid_limits(): one row per resource, in
+    resource order; readable whoever the process runs as, where prlimit(2) of another
+    user's process needs CAP_SYS_RESOURCE); None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/limits") as fh:
+            row = fh.read().splitlines()[1 + resource]
+        words = row[26:].split()
+        soft, hard = (linux.RLIM_INFINITY if w == "unlimited" else int(w) for w in words[:2])
+    except (OSError, IndexError, ValueError):
+        return None
+    return soft, hard
+
+
+#: the limits the emulator keeps (others are answered from the process's real ones)
+RLIMITS = (linux.RLIMIT_NOFILE, linux.RLIMIT_SIGPENDING)
+
+
+@syscall("getrlimit", linux="kernel/sys.c do_prlimit()", support="partial",
+         note="the descriptor and pending-signal limits the emulator applies; other "
+              "resources as the host has them")
+def sys_getrlimit(k: Kernel, t: Task, resource: int) -> list[int]:
+    """getrlimit(2): [soft, hard] (RLIM_INFINITY as all ones); EINVAL for an unknown
+    resource."""
+    if not 0 <= resource < 16:
+        raise KernelError(errno.EINVAL)
+    real = read_rlimit(t.pid, resource)
+    if resource == linux.RLIMIT_NOFILE:
+        return [t.fds.limit, real[1] if real else t.fds.limit]
+    if resource == linux.RLIMIT_SIGPENDING:
+        return list(t.rlim_sigpending)
+    if real is None:
+        raise KernelError(errno.ESRCH)
+    return list(real)
+
+
+@syscall("setrlimit", linux="kernel/sys.c do_prlimit()", support="partial",
+         note="after the agent's real setrlimit(2): the daemon adopts the limit prlimit(2) "
+              "shows (RLIMIT_NOFILE: the descriptor table; RLIMIT_SIGPENDING: the "
+              "real-time signal queue)")
+def sys_setrlimit(k: Kernel, t: Task, resource: int, soft: int, hard: int) -> int:
+    """Adopt the process's limit after a real setrlimit(2) (EPERM if it is not the
+    one asked for)."""
+    if not 0 <= resource < 16:
+        raise KernelError(errno.EINVAL)
+    real = read_rlimit(t.pid, resource)
+    if real is None:
+        raise KernelError(errno.ESRCH)
+    want = tuple(linux.RLIM_INFINITY if v == -1 else v for v in (soft, hard))
+    if real != want:
+        raise KernelError(errno.EPERM)
+    if resource == linux.RLIMIT_NOFILE:
+        t.fds.limit = MAX_NOFILE if real[0] == linux.RLIM_INFINITY else \
+            max(0, min(real[0], MAX_NOFILE))
+    elif resource == linux.RLIMIT_SIGPENDING:
+        t.rlim_sigpending = real
+    return 0
 
 
 @syscall("fork_prepare", linux="kernel/fork.c copy_process() dup_fd()", support="emulator",
