@@ -80,6 +80,10 @@ class FOwner:
     task: Task | None
     #: credentials of the process that set the owner (fown->uid, fown->euid)
     uid: int = 0
+    #: a process owner that exists on the machine but not in the emulation: its start
+    #: time (``/proc/<pid>/stat`` field 22), which pins its identity as the kernel's
+    #: ``struct pid`` does; 0 for an emulated owner
+    outside: int = 0
 
 
 def owner_of(file: File) -> FOwner | None:
@@ -103,9 +107,12 @@ def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
              setter_uid: int = 0) -> None:
     """``__f_setown``: set the owner (unless one is set and ``force`` is false).
 
-    ``pid`` 0 clears the owner.  A process owner must be a registered process and a
-    group owner a group some registered process is in, else ``ESRCH`` (the emulated
-    world has no other processes).
+    ``pid`` 0 clears the owner.  As ``find_vpid()`` the PID must name a process
+    (ESRCH): a registered one, a zombie of one, or a process of the machine outside
+    the emulation (PID 1, the launcher), which is accepted and named by F_GETOWN while
+    it lives but is never signalled (:func:`send_sigio` logs ``signal-outside``).
+    A group owner needs a registered process in the group or, outside, a process
+    whose PID the number is.
     """
     current = owner_of(file)
     if not force and current is not None and current.pid != 0:
@@ -114,14 +121,31 @@ def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
         file.f_owner = FOwner(linux.F_OWNER_PID, 0, None)
         return
     if kind == linux.F_OWNER_PGRP:
-        if not any(_pgid(t.pid) == pid for t in k.tasks.values()):
+        if not any(_pgid(t.pid) == pid for t in k.tasks.values()) and not _start_time(pid):
             raise KernelError(errno.ESRCH)
         file.f_owner = FOwner(kind, pid, None, setter_uid)
         return
     task = k.tasks.get(pid) or k.zombies.get(pid)  # find_vpid() finds a zombie too
     if task is None:
-        raise KernelError(errno.ESRCH)
+        start = _start_time(pid)
+        if not start:
+            raise KernelError(errno.ESRCH)
+        file.f_owner = FOwner(kind, pid, None, setter_uid, outside=start)
+        return
     file.f_owner = FOwner(kind, pid, task, setter_uid)
+
+
+def _start_time(pid: int) -> int:
+    """The start time of machine process ``pid`` (clock ticks since boot), 0 if there
+    is none.  Read from /proc, never by sending it anything."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def f_delown(file: File) -> None:
@@ -149,7 +173,10 @@ def owner_exists(k: Kernel, owner: FOwner) -> bool:
     if owner.pid == 0:
         return False
     if owner.kind == linux.F_OWNER_PGRP:
-        return any(_pgid(z.pid) == owner.pid for z in k.zombies.values())
+        return any(_pgid(z.pid) == owner.pid for z in k.zombies.values()) or (
+            _start_time(owner.pid) > 0 and _pgid(owner.pid) == owner.pid)
+    if owner.outside:
+        return _start_time(owner.pid) == owner.outside
     return owner.task is not None and k.zombies.get(owner.task.pid) is owner.task
 
 
@@ -159,6 +186,11 @@ def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:
     if owner is None or owner.pid == 0:
         return
     signum = signum_of(file)
+    if owner.outside and _start_time(owner.pid) == owner.outside:
+        # a process outside the emulation: Linux would signal it; the emulator never
+        # signals a process it does not run, and records that it did not
+        k.log.emit("signal-outside", pid=owner.pid, signo=signum or linux.SIGIO, fd=fd)
+        return
     for task in targets(k, owner):
         # sigio_perm(): the owner's setter must be root or the target's own user
         if owner.uid == 0 or owner.uid in (task.cred.uid, task.cred.suid):

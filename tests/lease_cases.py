@@ -940,6 +940,20 @@ A: signals()                                   => [{"si_signo": SIGRTMIN+1, "si_
 A: setrlimit(RLIMIT_NOFILE, 6, 6)              => 0
 A: open("/d/f", O_RDONLY)                      => EMFILE
 """, new="10"),
+    Case("setown_outside_the_emulation", "F_SETOWN and F_SETOWN_EX accept a process "
+         "that exists on the machine but runs outside the scenario (PID 1; find_vpid() "
+         "finds it) and F_GETOWN names it; a PID that names nobody is ESRCH (the "
+         "emulator never signals such an owner: its event log says signal-outside)",
+         "signals", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETOWN, 1)                      => 0
+A: fcntl(fd, F_GETOWN)                         => 1
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID, "pid": 1}
+A: fcntl(fd, F_SETOWN_EX, {"type": F_OWNER_TID, "pid": 1}) => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_TID, "pid": 1}
+A: fcntl(fd, F_SETOWN, 4000000)                => ESRCH
+A: fcntl(fd, F_GETOWN)                         => 1
+""", new="10"),
 ]
 
 
