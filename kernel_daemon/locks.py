@@ -310,8 +310,55 @@ def remove_file_leases(k: Kernel, file: File) -> None:
             lease_modify(k, lease, linux.F_UNLCK, "last close")
 
 
+def breakers_conflict(a: Breaker, b: Breaker) -> bool:
+    """``leases_conflict`` of two breakers' requests (``locks_conflict``): a writer
+    on either side."""
+    return a.want_write or b.want_write
+
+
+def blocked_tree(lease: Lease) -> list[tuple[Breaker, int]]:
+    """The breakers of ``lease`` as ``/proc/locks`` walks them, with their depth.
+
+    ``__locks_insert_block`` puts a new waiter beneath the first waiter it conflicts
+    with (and so on down), not beside it: two writers make a chain, a writer behind a
+    reader sits under the reader.  The tree is rebuilt here by inserting the sleepers in
+    the order they (last) went to sleep; ``locks_show`` prints it depth first, a
+    waiter's own waiters before its next sibling."""
+    roots: list[tuple[Breaker, list[Any]]] = []
+    for b in lease.blocked:
+        level = roots
+        while True:
+            under = next((node for node in level if breakers_conflict(node[0], b)), None)
+            if under is None:
+                break
+            level = under[1]
+        level.append((b, []))
+    out: list[tuple[Breaker, int]] = []
+
+    def walk(level: list[tuple[Breaker, list[Any]]], depth: int) -> None:
+        for b, children in level:
+            out.append((b, depth))
+            walk(children, depth + 1)
+
+    walk(roots, 1)
+    return out
+
+
+def file_locks(k: Kernel, file: File) -> list[dict[str, Any]]:
+    """The ``lock:`` lines of ``/proc/<pid>/fdinfo/<fd>`` for ``file``
+    (fs/locks.c ``show_fd_locks``: the leases taken through this description)."""
+    out = []
+    for lease in leases_of(file.inode):
+        if lease.file is file:
+            out.append({"kind": "LEASE",
+                        "state": "BREAKING" if lease_breaking(lease) else "ACTIVE",
+                        "type": _TYPE_NAME[target_leasetype(lease)], "pid": lease.pid})
+    return out
+
+
 def proc_locks(k: Kernel) -> list[dict[str, Any]]:
-    """``/proc/locks`` for leases: one entry per lease, then one per blocked breaker."""
+    """``/proc/locks`` for leases: one entry per lease, then one per blocked breaker
+    (``depth`` 1 waits on the lease, 2 behind a waiter, ...; 0 for the lease)."""
     all_leases = sorted((le for ino in k.fs.inodes.values() for le in ino.flc),
                         key=lambda le: le.order)
     out: list[dict[str, Any]] = []
@@ -324,12 +371,15 @@ def proc_locks(k: Kernel) -> list[dict[str, Any]]:
         dev = f"{k.fs.DEV >> 8:02x}:{k.fs.DEV & 0xFF:02x}"
         kind = "LEASE"
         out.append({"id": n, "waiter": False, "kind": kind, "state": state, "type": typ,
-                    "pid": pid, "ino": ino,
-                    "path": paths.get(ino, f"/#{ino} (deleted)"),
+                    "pid": pid, "ino": ino, "depth": 0,
+                    "path": paths.get(ino, f"{lease.file.path} (deleted)"),
                     "line": f"{n}: {kind}  {state:<9} {typ:<5} {pid} {dev}:{ino} 0 EOF"})
-        for b in lease.blocked:
+        for b, depth in blocked_tree(lease):
             btype = "WRITE" if b.want_write else "READ"
+            arrow = " " * (depth - 1) + "-> "
             out.append({"id": n, "waiter": True, "kind": kind, "state": "BREAKER",
                         "type": btype, "pid": b.task.pid, "ino": None, "path": None,
-                        "line": f"{n}: -> {kind}  BREAKER   {btype:<5} {b.task.pid} <none>:0 0 EOF"})
+                        "depth": depth,
+                        "line": f"{n}: {arrow}{kind}  BREAKER   {btype:<5} {b.task.pid} "
+                                "<none>:0 0 EOF"})
     return out

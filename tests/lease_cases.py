@@ -954,6 +954,44 @@ A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_TID, "pid": 1
 A: fcntl(fd, F_SETOWN, 4000000)                => ESRCH
 A: fcntl(fd, F_GETOWN)                         => 1
 """, new="10"),
+    Case("proc_views_nest_waiters_and_show_fd_locks", "/proc/locks nests a breaker "
+         "under the breaker it conflicts with (__locks_insert_block: three writers make a "
+         "chain, one level deeper each); fdinfo shows the lock: line of every descriptor "
+         "of the leased description, its state and type as the lease breaks; a lease on a "
+         "file unlinked or renamed over stays listed, under the name it had (deleted)",
+         "breaking", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: d = dup(fd)                                 => 4
+A: o = open("/f", O_PATH)                      => 5
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "locks": [{"kind": "LEASE", "state": "ACTIVE", "type": "WRITE"}]}, {"fd": 4, "locks": [{"state": "ACTIVE"}]}, {"fd": 5, "path": "/f"}]
+B: open("/f", O_RDWR) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: open("/f", O_WRONLY) &
+D: open("/f", O_WRONLY) &
+A: locks()                                     => [{"state": "BREAKING", "depth": 0}, {"depth": 1}, {"depth": 2}, {"depth": 3}]
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "locks": [{"state": "BREAKING", "type": "UNLCK"}]}, {"fd": 4}, {"fd": 5}]
+!locks
+A: close(o)                                    => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 3
+C: join                                        => 3
+D: join                                        => 3
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "path": "/f"}, {"fd": 4}]
+B: close(3)                                    => 0
+C: close(3)                                    => 0
+D: close(3)                                    => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: unlink("/f")                                => 0
+A: locks()                                     => [{"state": "ACTIVE", "type": "READ", "path": "/f (deleted)"}]
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 5
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+B: h = open("/h", O_WRONLY|O_CREAT, 0o644)     => 3
+B: close(h)                                    => 0
+B: rename("/h", "/g")                          => 0
+A: locks()                                     => [{"state": "ACTIVE", "type": "READ", "path": "/f (deleted)"}, {"state": "ACTIVE", "type": "WRITE", "path": "/g (deleted)"}]
+""", new="10"),
 ]
 
 

@@ -641,7 +641,7 @@ class Runner:
         """``!locks``: the kernel's lease list in /proc/locks format (PIDs as actors,
         devices and inodes as paths), read by the launcher itself on either target."""
         if self.kconn is not None:
-            entries = [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
+            entries = [{k: e[k] for k in ("state", "type", "pid", "path", "waiter", "depth")}
                        for e in self.kconn.call("proc_locks")]
         else:
             entries = HostSystem(os.path.join(self.run_dir, "root")).locks()
@@ -651,8 +651,9 @@ class Runner:
         for e in entries:
             who = strace.value(self._name_pids(e["pid"], "pid"))
             if e["waiter"]:
-                self._emit("text", text=f"{n}: -> LEASE  {e['state']:<9} {e['type']:<5} {who} "
-                           "<none>:0 0 EOF")
+                arrow = " " * (int(e.get("depth") or 1) - 1) + "-> "  # lock_get_status()
+                self._emit("text", text=f"{n}: {arrow}LEASE  {e['state']:<9} {e['type']:<5} "
+                           f"{who} <none>:0 0 EOF")
             else:
                 n += 1
                 self._emit("text", text=f"{n}: LEASE  {e['state']:<9} {e['type']:<5} {who} "

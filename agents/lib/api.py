@@ -487,7 +487,7 @@ class EmuSystem(System):
         return list(self.conn.call("proc_fds", self.conn.pid))
 
     def locks(self) -> list[dict[str, Any]]:
-        return [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
+        return [{k: e[k] for k in ("state", "type", "pid", "path", "waiter", "depth")}
                 for e in self.conn.call("proc_locks")]
 
     # DAX mappings: loads and stores go to the pmem segment through the agent's TLB
@@ -891,18 +891,42 @@ class HostSystem(System):
                     continue
                 if words[0] == "->":
                     if head in ours and len(words) >= 5 and words[1] in ("LEASE", "DELEG"):
+                        # lock_get_status(): "-> " indented by one space per level below 1
+                        depth = len(rest) - len(rest.lstrip(" ")) or 1
                         out.append({"state": words[2], "type": words[3], "pid": int(words[4]),
-                                    "path": None, "waiter": True})
+                                    "path": None, "waiter": True, "depth": depth})
                     continue
                 if words[0] != "LEASE" or len(words) < 5 or not words[4].startswith(want):
                     continue
                 ino = int(words[4].rsplit(":", 1)[1])
                 if ino not in paths:
-                    continue
+                    # unlinked, or renamed over: the name a descriptor of the lease's
+                    # holder still shows, "/f (deleted)" (only files of this root)
+                    gone = self._deleted_path(int(words[3]), dev, ino)
+                    if gone is None:
+                        continue
+                    paths[ino] = gone
                 ours.add(head)
                 out.append({"state": words[1], "type": words[2], "pid": int(words[3]),
-                            "path": paths[ino], "waiter": False})
+                            "path": paths[ino], "waiter": False, "depth": 0})
         return out
+
+    def _deleted_path(self, pid: int, dev: int, ino: int) -> str | None:
+        """The path, under this root, that a descriptor of process ``pid`` shows for
+        the unlinked inode ``dev:ino`` (``/proc/<pid>/fd`` links end in " (deleted)")."""
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return None
+        for name in names:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino) and target.startswith(self.root + "/"):
+                return target[len(self.root):]
+        return None
 
     def fds(self) -> list[dict[str, Any]]:
         out = []
@@ -913,10 +937,17 @@ class HostSystem(System):
             try:
                 target = os.readlink(f"/proc/self/fd/{fd}")
                 with open(f"/proc/self/fdinfo/{fd}") as fh:
-                    info = dict(line.split(":\t", 1) for line in fh.read().splitlines()
-                                if ":\t" in line)
+                    lines = fh.read().splitlines()
+                info = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
             except OSError:
                 continue  # the descriptor listdir itself used
+            held = []
+            for line in lines:  # show_fd_locks(): "lock:\t1: LEASE  ACTIVE    READ 12 ..."
+                if line.startswith("lock:"):
+                    words = line.split(":", 2)[2].split()
+                    if len(words) >= 4 and words[0] in ("LEASE", "DELEG"):
+                        held.append({"kind": words[0], "state": words[1], "type": words[2],
+                                     "pid": int(words[3])})
             pos = int(info.get("pos", "0"))
             if target.startswith(self.root + "/") or target == self.root:
                 target = target[len(self.root):] or "/"
@@ -924,8 +955,12 @@ class HostSystem(System):
                 # outside the scenario's root: the standard streams the launcher gave us,
                 # shown as the emulator shows its console
                 target, pos = "/dev/console", 0
-            out.append({"fd": fd, "path": target, "pos": pos,
-                        "flags": int(info.get("flags", "0"), 8), "ino": int(info.get("ino", "0"))})
+            entry: dict[str, Any] = {"fd": fd, "path": target, "pos": pos,
+                                     "flags": int(info.get("flags", "0"), 8),
+                                     "ino": int(info.get("ino", "0"))}
+            if held:
+                entry["locks"] = held
+            out.append(entry)
         return sorted(out, key=lambda d: d["fd"])
 
 

@@ -34,9 +34,16 @@ def stat_view(value: Any) -> dict[str, int]:
 
 
 def fd_view(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The comparable part of a descriptor listing: number, path, offset, flags."""
-    return [{"fd": e["fd"], "path": e["path"], "pos": e["pos"], "flags": e["flags"]}
-            for e in entries]
+    """The comparable part of a descriptor listing: number, path, offset, flags, and
+    the fdinfo ``lock:`` lines (kind, state, type, pid) of a leased description."""
+    out = []
+    for e in entries:
+        view = {"fd": e["fd"], "path": e["path"], "pos": e["pos"], "flags": e["flags"]}
+        if e.get("locks"):
+            view["locks"] = [{k: lk[k] for k in ("kind", "state", "type", "pid")}
+                             for lk in e["locks"]]
+        out.append(view)
+    return out
 
 
 def wait_status(status: int) -> str:

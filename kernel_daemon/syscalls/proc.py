@@ -14,7 +14,7 @@ import secrets
 import select
 from typing import Any
 
-from kemu.kernel_daemon import cred
+from kemu.kernel_daemon import cred, locks
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.kernel import Kernel, PendingFork
 from kemu.kernel_daemon.sync import WaitQueue
@@ -258,8 +258,15 @@ def sys_umask(k: Kernel, t: Task, mask: int) -> int:
 @syscall("proc_fds", linux="fs/proc/fd.c proc_readfd() seq_show()", support="emulator",
          note="/proc/<pid>/fd and fdinfo of any process (as root)")
 def sys_proc_fds(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
-    """The descriptors of process ``pid``: number, path, offset, flags, file id."""
-    return k.fdinfo(k.task_of(pid))
+    """The descriptors of process ``pid``: number, path, offset, flags, file id, and
+    the ``lock:`` lines of fdinfo (``show_fd_locks``) where the description has any."""
+    task = k.task_of(pid)
+    out = k.fdinfo(task)
+    for entry in out:
+        held = locks.file_locks(k, task.fds.get(entry["fd"]).file)
+        if held:
+            entry["locks"] = held
+    return out
 
 
 @syscall("proc_list", linux="fs/proc/root.c", support="emulator",
