@@ -27,6 +27,16 @@ if TYPE_CHECKING:
     from kemu.kernel_daemon.mm import Mapping
 
 
+def _protected_hardlinks() -> bool:
+    """``sysctl_protected_hardlinks``: the host's setting (1 when it cannot be read, the
+    usual default)."""
+    try:
+        with open("/proc/sys/fs/protected_hardlinks") as fh:
+            return fh.read().strip() != "0"
+    except OSError:
+        return True
+
+
 @dataclass(eq=False)
 class Inode:
     """``struct inode``.  Changed only by :class:`Filesystem` methods."""
@@ -66,6 +76,8 @@ class Inode:
     shootdown_wait: WaitQueue[None] = field(default_factory=WaitQueue)
     #: the file shares blocks with another (``XFS_DIFLAG2_REFLINK``, set by FICLONE)
     reflink: bool = False
+    #: a symbolic link's target (``i_link``), as symlink(2) was given it
+    target: str = ""
 
     @property
     def is_dir(self) -> bool:
@@ -76,6 +88,11 @@ class Inode:
     def is_reg(self) -> bool:
         """S_ISREG."""
         return self.mode & linux.S_IFMT == linux.S_IFREG
+
+    @property
+    def is_lnk(self) -> bool:
+        """S_ISLNK."""
+        return self.mode & linux.S_IFMT == linux.S_IFLNK
 
     @property
     def is_chr(self) -> bool:
@@ -124,12 +141,22 @@ class Filesystem:
                 raise KernelError(errno.ENAMETOOLONG)
         return parts
 
-    def _walk(self, parts: list[str], cred: Cred | None = None) -> Inode:
+    #: symbolic links one walk may follow (fs/namei.c MAXSYMLINKS)
+    MAXSYMLINKS = 40
+
+    def _walk(self, parts: list[str], cred: Cred | None = None,
+              follow: bool = True) -> Inode:
         """``link_path_walk``: each directory a name is looked up in must be a
         directory (ENOTDIR) the walker may search (``may_lookup``, EACCES; no check
-        when ``cred`` is None: the kernel's own lookups)."""
+        when ``cred`` is None: the kernel's own lookups).  A symbolic link met on the
+        way is followed (its target walked from the root if absolute, else from the
+        link's directory), the last one only with ``follow``; more than MAXSYMLINKS
+        is ELOOP, an empty target ENOENT."""
         node = self.root
-        for name in parts:
+        todo = list(reversed(parts))
+        links = 0
+        while todo:
+            name = todo.pop()
             children = node.children
             if not node.is_dir or children is None:
                 raise KernelError(errno.ENOTDIR)
@@ -144,16 +171,28 @@ class Filesystem:
             child = children.get(name)
             if child is None:
                 raise KernelError(errno.ENOENT)
+            if child.is_lnk and (todo or follow):
+                links += 1
+                if links > self.MAXSYMLINKS:
+                    raise KernelError(errno.ELOOP)
+                if not child.target:
+                    raise KernelError(errno.ENOENT)
+                if child.target.startswith("/"):
+                    node = self.root
+                todo.extend(reversed(self._components(child.target)))
+                continue
             node = child
         return node
 
-    def lookup(self, path: str, cred: Cred | None = None) -> Inode:
+    def lookup(self, path: str, cred: Cred | None = None, follow: bool = True) -> Inode:
         """Resolve ``path`` (relative paths start at ``/``, the only cwd) to its inode,
-        with search permission for ``cred`` on every directory of the way.
+        with search permission for ``cred`` on every directory of the way; a last
+        component that is a symbolic link is followed unless ``follow`` is false
+        (a trailing slash follows it anyway).
 
         A trailing slash on a non-directory is ``ENOTDIR``, as in Linux.
         """
-        node = self._walk(self._components(path), cred)
+        node = self._walk(self._components(path), cred, follow or path.endswith("/"))
         if path.endswith("/") and not node.is_dir:
             raise KernelError(errno.ENOTDIR)
         return node
@@ -191,6 +230,69 @@ class Filesystem:
         parent.mtime = parent.ctime = time.time()
         self.inodes[inode.ino] = inode
         return inode
+
+    def symlink(self, target: str, path: str, uid: int, gid: int,
+                cred: Cred | None = None) -> Inode:
+        """symlink(2).  Linux: fs/namei.c do_symlinkat(): EEXIST for a name that
+        exists (a dangling link included), then ``may_create``; the target is kept as
+        given (``ENOENT`` for an empty one)."""
+        if not target:
+            raise KernelError(errno.ENOENT)
+        self._components(target)  # ENAMETOOLONG, as strncpy_from_user of the target
+        parent, name = self.lookup_parent(path, cred)
+        if name in ("", ".", "..") or path.endswith("/"):
+            raise KernelError(errno.EEXIST)
+        assert parent.children is not None
+        if name in parent.children:
+            raise KernelError(errno.EEXIST)
+        if cred is not None:
+            dac.may_create(cred, parent)
+        inode = self._new_inode(linux.S_IFLNK | 0o777, uid, self._inherit_gid(parent, gid))
+        inode.target = target
+        inode.size = len(target.encode())
+        parent.children[name] = inode
+        parent.mtime = parent.ctime = time.time()
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def link(self, old: str, new: str, cred: Cred | None = None) -> Inode:
+        """link(2).  Linux: fs/namei.c do_linkat() without AT_SYMLINK_FOLLOW (a
+        symbolic link is linked itself), ``may_linkat`` (protected_hardlinks: the
+        owner, CAP_FOWNER, or read and write permission on a plain file), then
+        ``vfs_link``: EEXIST, ``may_create``, EPERM for a directory."""
+        inode = self.lookup(old, cred, follow=False)
+        parent, name = self.lookup_parent(new, cred)
+        if name in ("", ".", "..") or new.endswith("/"):
+            raise KernelError(errno.EEXIST if name else errno.ENOENT)
+        assert parent.children is not None
+        if name in parent.children:
+            raise KernelError(errno.EEXIST)
+        if cred is not None and _protected_hardlinks() and \
+                not dac.inode_owner_or_capable(cred, inode):
+            safe = inode.is_reg and not inode.mode & linux.S_ISUID and not (
+                inode.mode & linux.S_ISGID and inode.mode & linux.S_IXGRP)
+            try:
+                dac.inode_permission(cred, inode, dac.MAY_READ | dac.MAY_WRITE)
+            except KernelError:
+                safe = False
+            if not safe:
+                raise KernelError(errno.EPERM)
+        if cred is not None:
+            dac.may_create(cred, parent)
+        if inode.is_dir:
+            raise KernelError(errno.EPERM)
+        parent.children[name] = inode
+        inode.nlink += 1
+        inode.ctime = parent.mtime = parent.ctime = time.time()
+        return inode
+
+    def readlink(self, path: str, cred: Cred | None = None) -> str:
+        """readlink(2).  Linux: fs/stat.c do_readlinkat(): EINVAL for anything but a
+        symbolic link."""
+        inode = self.lookup(path, cred, follow=False)
+        if not inode.is_lnk:
+            raise KernelError(errno.EINVAL)
+        return inode.target
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int,
               cred: Cred | None = None) -> Inode:

@@ -992,6 +992,48 @@ B: close(h)                                    => 0
 B: rename("/h", "/g")                          => 0
 A: locks()                                     => [{"state": "ACTIVE", "type": "READ", "path": "/f (deleted)"}, {"state": "ACTIVE", "type": "WRITE", "path": "/g (deleted)"}]
 """, new="10"),
+    # --- names and file types (issue 10) ----------------------------------------------
+    Case("lease_through_other_names", "a lease is the inode's: taken through one name "
+         "it is broken through a hard link and through a symbolic link; link, symlink "
+         "(absolute, relative, dangling: O_CREAT creates the target), readlink (EINVAL "
+         "on a file), O_NOFOLLOW (ELOOP), O_CREAT|O_EXCL on a link (EEXIST), link of a "
+         "directory (EPERM), protected_hardlinks (EPERM for another user's file)",
+         "breaking", """
+A: signal(SIGIO, "record")                     => 0
+A: mkdir("/d", 0o755)                          => 0
+A: fd = open("/d/f", O_RDONLY|O_CREAT, 0o644)  => 3
+A: link("/d/f", "/hard")                       => 0
+A: symlink("/d/f", "/abs")                     => 0
+A: symlink("d", "/rel")                        => 0
+A: symlink("nowhere", "/dangling")             => 0
+A: readlink("/abs")                            => "/d/f"
+A: readlink("/rel")                            => "d"
+A: readlink("/hard")                           => EINVAL
+A: stat("/hard")                               => {"st_nlink": 2}
+A: stat("/rel/f")                              => {"st_mode": S_IFREG|0o644}
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/abs", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: w = open("/hard", O_WRONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 3
+B: open("/abs", O_RDONLY|O_NOFOLLOW)           => ELOOP
+B: open("/abs", O_RDONLY|O_CREAT|O_EXCL, 0o644) => EEXIST
+B: open("/rel/f", O_RDONLY)                    => 4
+B: link("/d/f", "/hard")                       => EEXIST
+B: link("/d", "/d2")                           => EPERM
+B: open("/dangling", O_WRONLY|O_CREAT, 0o600)  => 5
+B: stat("/nowhere")                            => {"st_mode": S_IFREG|0o600}
+B: unlink("/abs")                              => 0
+B: stat("/d/f")                                => {"st_nlink": 2}
+B: unlink("/hard")                             => 0
+B: stat("/d/f")                                => {"st_nlink": 1}
+B: setuid(65534)                               => 0
+B: link("/d/f", "/d/x")                        => EPERM
+""", new="10"),
 ]
 
 

@@ -219,6 +219,18 @@ class System(ABC):
         ``faccessat(AT_FDCWD, path, mode, 0)``)."""
 
     @abstractmethod
+    def link(self, old: str, new: str) -> None:
+        """link(2)."""
+
+    @abstractmethod
+    def symlink(self, target: str, path: str) -> None:
+        """symlink(2); ``target`` is a scenario path (or relative), kept as given."""
+
+    @abstractmethod
+    def readlink(self, path: str) -> str:
+        """readlink(2): the target as symlink was given it."""
+
+    @abstractmethod
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
         """wait4(2) for a child (the real call: the host reaps it): (pid, status),
         (0, 0) with WNOHANG when no child has changed state."""
@@ -525,6 +537,15 @@ class EmuSystem(System):
 
     def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
         self.conn.call("faccessat", dirfd, path, mode, flags)
+
+    def link(self, old: str, new: str) -> None:
+        self.conn.call("link", old, new)
+
+    def symlink(self, target: str, path: str) -> None:
+        self.conn.call("symlink", target, path)
+
+    def readlink(self, path: str) -> str:
+        return str(self.conn.call("readlink", path))
 
     def getrlimit(self, resource: int) -> tuple[int, int]:
         soft, hard = self.conn.call("getrlimit", resource)
@@ -851,6 +872,20 @@ class HostSystem(System):
 
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
         return os.waitpid(pid, options)
+
+    def link(self, old: str, new: str) -> None:
+        self._c(self.libc.lib.link(self.path(old), self.path(new)))
+
+    def symlink(self, target: str, path: str) -> None:
+        # an absolute target names a scenario path: it must point inside the root
+        where = self.path(target) if target.startswith("/") else target.encode()
+        self._c(self.libc.lib.symlink(where, self.path(path)))
+
+    def readlink(self, path: str) -> str:
+        target = os.readlink(self.path(path).decode())
+        if target == self.root or target.startswith(self.root + "/"):
+            target = target[len(self.root):] or "/"
+        return target
 
     def getrlimit(self, resource: int) -> tuple[int, int]:
         return _prlimit(resource, None)

@@ -264,6 +264,9 @@ CALLS: dict[str, Callable[..., Any]] = {
     "fchown": _zero(lambda s, fd, uid, gid: s.fchown(fd, uid, gid)),
     "waitpid": lambda a, pid, options=0: wait_view(*a.system.waitpid(pid, options)),
     "getrlimit": lambda a, res: list(a.system.getrlimit(res)),
+    "link": _zero(lambda s, old, new: s.link(old, new)),
+    "symlink": _zero(lambda s, target, path: s.symlink(target, path)),
+    "readlink": lambda a, p: a.system.readlink(p),
     "setrlimit": _zero(lambda s, res, soft, hard: s.setrlimit(res, soft, hard)),
 }
 

@@ -67,8 +67,7 @@ def sys_setgroups(k: Kernel, t: Task, groups: list[int]) -> int:
 
 
 @syscall("faccessat", linux="fs/open.c do_faccessat()", support="partial",
-         note="dirfd AT_FDCWD only (the root is the only cwd); no symlinks, so "
-              "AT_SYMLINK_NOFOLLOW changes nothing")
+         note="dirfd AT_FDCWD or an absolute path (the root is the only cwd)")
 def sys_faccessat(k: Kernel, t: Task, dirfd: int, path: str, mode: int, flags: int = 0) -> int:
     """access(2)/faccessat(2): the path walk and ``inode_permission`` with the real
     uid and gid (``access_override_creds``: no capabilities unless the real uid is
@@ -81,7 +80,7 @@ def sys_faccessat(k: Kernel, t: Task, dirfd: int, path: str, mode: int, flags: i
         k.file_of(t, dirfd)
         raise KernelError(errno.EOPNOTSUPP, "faccessat relative to a descriptor")
     cred = dac.access_cred(t.cred, bool(flags & linux.AT_EACCESS))
-    inode = k.fs.lookup(path, cred)
+    inode = k.fs.lookup(path, cred, follow=not flags & linux.AT_SYMLINK_NOFOLLOW)
     dac.inode_permission(cred, inode, mode | dac.MAY_ACCESS)
     return 0
 
@@ -132,3 +131,27 @@ def sys_chown(k: Kernel, t: Task, path: str, uid: int, gid: int) -> int:
 def sys_fchown(k: Kernel, t: Task, fd: int, uid: int, gid: int) -> int:
     """fchown(2) on a descriptor."""
     return _chown(k, t, _fd_file(k, t, fd).inode, uid, gid)
+
+
+@syscall("link", linux="fs/namei.c do_linkat()", support="partial",
+         note="no AT_SYMLINK_FOLLOW: a symbolic link is linked itself")
+def sys_link(k: Kernel, t: Task, old: str, new: str) -> int:
+    """link(2): a second name for the inode (leases, being the inode's, are reached
+    through either)."""
+    inode = k.fs.link(old, new, t.cred)
+    k.log.emit("link", pid=t.pid, ino=inode.ino, old=old, new=new)
+    return 0
+
+
+@syscall("symlink", linux="fs/namei.c do_symlinkat()")
+def sys_symlink(k: Kernel, t: Task, target: str, path: str) -> int:
+    """symlink(2): a symbolic link to ``target`` (kept as given)."""
+    inode = k.fs.symlink(target, path, t.cred.fsuid, t.cred.fsgid, t.cred)
+    k.log.emit("create", pid=t.pid, ino=inode.ino, path=path)
+    return 0
+
+
+@syscall("readlink", linux="fs/stat.c do_readlinkat()")
+def sys_readlink(k: Kernel, t: Task, path: str) -> str:
+    """readlink(2): the target of a symbolic link (EINVAL for anything else)."""
+    return k.fs.readlink(path, t.cred)

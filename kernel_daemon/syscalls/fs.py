@@ -101,23 +101,40 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
     return resume_at(attempt, abort)
 
 
-def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[Inode, bool]:
+def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int,
+                 links: int = 0) -> tuple[Inode, bool]:
     """The path walk of open: the existing inode, or a new one with O_CREAT
-    (``may_o_create``: write and search permission on the directory)."""
+    (``may_o_create``: write and search permission on the directory).
+
+    A symbolic link last is followed, except with O_NOFOLLOW (ELOOP, or the link
+    itself with O_PATH) and with O_CREAT|O_EXCL (EEXIST); O_CREAT through a dangling
+    link creates its target (``open_last_lookups``/``pick_link``)."""
+    excl = bool(flags & linux.O_CREAT and flags & linux.O_EXCL)
     try:
-        inode = k.fs.lookup(path, t.cred)
+        inode = k.fs.lookup(path, t.cred, follow=not (flags & linux.O_NOFOLLOW or excl))
     except KernelError as exc:
         if exc.errno != errno.ENOENT or not flags & linux.O_CREAT:
             raise
         parent, name = k.fs.lookup_parent(path, t.cred)
         if name in ("", ".", "..") or path.endswith("/"):
             raise KernelError(errno.EISDIR) from None
+        assert parent.children is not None
+        dangling = parent.children.get(name)
+        if dangling is not None and dangling.is_lnk:
+            if links >= k.fs.MAXSYMLINKS:
+                raise KernelError(errno.ELOOP) from None
+            base = path.rsplit("/", 1)[0] if "/" in path else ""
+            there = dangling.target if dangling.target.startswith("/") else \
+                base + "/" + dangling.target
+            return _lookup_open(k, t, there, flags, mode, links + 1)
         dac.may_create(t.cred, parent)
         inode = k.fs.create(parent, name, mode & ~t.umask, t.cred.fsuid, t.cred.fsgid)
         k.log.emit("create", pid=t.pid, ino=inode.ino, path=path)
         return inode, True
-    if flags & linux.O_CREAT and flags & linux.O_EXCL:
+    if excl:
         raise KernelError(errno.EEXIST)
+    if inode.is_lnk and not flags & linux.O_PATH:
+        raise KernelError(errno.ELOOP)  # O_NOFOLLOW on a symbolic link
     return inode, False
 
 
