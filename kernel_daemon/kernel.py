@@ -378,7 +378,9 @@ class Kernel:
         paths = self.fs.paths() if len(task.fds) > 8 else None
         for fd, entry in task.fds:
             f = entry.file
-            if f.inode.nlink or f.inode.is_chr:
+            if f.inode.anon:
+                path = f.path  # pipefs, sockfs: "pipe:", "socket:"
+            elif f.inode.nlink or f.inode.is_chr:
                 path = paths.get(f.inode.ino, f.path) if paths else self.fs.path_of(f.inode)
             else:
                 path = f"{f.path} (deleted)"

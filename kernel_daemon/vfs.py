@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from kemu.kernel_daemon.cred import Cred
     from kemu.kernel_daemon.locks import Lease
     from kemu.kernel_daemon.mm import Mapping
+    from kemu.kernel_daemon.syscalls.pipe import Pipe
 
 
 def _protected_hardlinks() -> bool:
@@ -78,6 +79,11 @@ class Inode:
     reflink: bool = False
     #: a symbolic link's target (``i_link``), as symlink(2) was given it
     target: str = ""
+    #: an inode of no directory (pipefs, sockfs): stat shows one link, as Linux's
+    anon: bool = False
+    #: ``i_pipe``: the buffer of a FIFO or pipe (None for other files); changed by
+    #: :mod:`kemu.kernel_daemon.syscalls.pipe` only
+    i_pipe: Pipe | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -88,6 +94,16 @@ class Inode:
     def is_reg(self) -> bool:
         """S_ISREG."""
         return self.mode & linux.S_IFMT == linux.S_IFREG
+
+    @property
+    def is_fifo(self) -> bool:
+        """S_ISFIFO: a named FIFO or a pipe."""
+        return self.mode & linux.S_IFMT == linux.S_IFIFO
+
+    @property
+    def is_sock(self) -> bool:
+        """S_ISSOCK."""
+        return self.mode & linux.S_IFMT == linux.S_IFSOCK
 
     @property
     def is_lnk(self) -> bool:
@@ -221,13 +237,23 @@ class Filesystem:
         directory's group (and a new directory the S_ISGID bit, in ``mkdir``)."""
         return parent.gid if parent.mode & linux.S_ISGID else gid
 
-    def create(self, parent: Inode, name: str, mode: int, uid: int, gid: int) -> Inode:
-        """Create a regular file ``name`` in ``parent`` (``vfs_create``)."""
+    def create(self, parent: Inode, name: str, mode: int, uid: int, gid: int,
+               kind: int = linux.S_IFREG) -> Inode:
+        """Create a regular file ``name`` in ``parent`` (``vfs_create``; ``vfs_mknod``
+        of a FIFO with ``kind`` S_IFIFO)."""
         assert parent.children is not None
         gid = self._inherit_gid(parent, gid)
-        inode = self._new_inode(linux.S_IFREG | (mode & 0o7777), uid, gid)
+        inode = self._new_inode(kind | (mode & 0o7777), uid, gid)
         parent.children[name] = inode
         parent.mtime = parent.ctime = time.time()
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def anon_inode(self, mode: int, uid: int, gid: int) -> Inode:
+        """An inode in no directory (pipefs, sockfs): it lives while files hold it."""
+        inode = self._new_inode(mode, uid, gid)
+        inode.nlink = 0  # freed with its last file; stat still shows 1 (``anon``)
+        inode.anon = True
         self.inodes[inode.ino] = inode
         return inode
 
@@ -536,7 +562,7 @@ class Filesystem:
             "st_mode": inode.mode,
             "st_ino": inode.ino,
             "st_dev": self.DEV,
-            "st_nlink": inode.nlink,
+            "st_nlink": 1 if inode.anon else inode.nlink,
             "st_uid": inode.uid,
             "st_gid": inode.gid,
             "st_size": inode.size if not inode.is_dir else self.block_size,

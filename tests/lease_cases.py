@@ -1034,6 +1034,47 @@ B: stat("/d/f")                                => {"st_nlink": 1}
 B: setuid(65534)                               => 0
 B: link("/d/f", "/d/x")                        => EPERM
 """, new="10"),
+    Case("no_lease_on_pipes_fifos_sockets", "a pipe, a FIFO and a socket are not "
+         "regular files: F_SETLEASE on them is EINVAL (generic_setlease, after the owner "
+         "check) and F_GETLEASE F_UNLCK; a pipe's data, EAGAIN, EOF, ESPIPE and a "
+         "blocking read; a FIFO's ENXIO for a lone non-blocking writer, a blocking "
+         "reader let in by the writer's open, EPIPE once the reader is gone", "acquiring",
+         """
+A: p = pipe()                                  => [3, 4]
+A: fstat(3)                                    => {"st_mode": S_IFIFO|0o600, "st_size": 0}
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "path": "pipe:", "flags": O_RDONLY}, {"fd": 4, "path": "pipe:", "flags": O_WRONLY}]
+A: fcntl(3, F_SETLEASE, F_RDLCK)               => EINVAL
+A: fcntl(4, F_SETLEASE, F_WRLCK)               => EINVAL
+A: fcntl(3, F_GETLEASE)                        => F_UNLCK
+A: write(4, "hello")                           => 5
+A: read(3, 10)                                 => b"hello"
+A: lseek(3, 0, SEEK_SET)                       => ESPIPE
+A: fork() as C
+C: r = read(3, 5) &
+A: write(4, "x")                               => 1
+C: join                                        => b"x"
+A: fcntl(3, F_SETFL, O_NONBLOCK)               => 0
+A: read(3, 10)                                 => EAGAIN
+A: close(4)                                    => 0
+C: close(4)                                    => 0
+A: read(3, 10)                                 => b""
+A: mkfifo("/fifo", 0o644)                      => 0
+A: stat("/fifo")                               => {"st_mode": S_IFIFO|0o644, "st_size": 0}
+A: open("/fifo", O_WRONLY|O_NONBLOCK)          => ENXIO
+B: r = open("/fifo", O_RDONLY) &
+A: w = open("/fifo", O_WRONLY)                 => 4
+B: join                                        => 3
+B: fcntl(r, F_SETLEASE, F_RDLCK)               => EINVAL
+A: fcntl(w, F_SETLEASE, F_WRLCK)               => EINVAL
+A: write(w, "via fifo")                        => 8
+B: read(r, 20)                                 => b"via fifo"
+B: close(r)                                    => 0
+A: write(w, "x")                               => EPIPE
+A: s = socketpair()                            => [5, 6]
+A: fstat(5)                                    => {"st_mode": S_IFSOCK|0o777}
+A: fcntl(5, F_SETLEASE, F_RDLCK)               => EINVAL
+A: fcntl(6, F_GETLEASE)                        => F_UNLCK
+""", new="10"),
 ]
 
 

@@ -219,6 +219,18 @@ class System(ABC):
         ``faccessat(AT_FDCWD, path, mode, 0)``)."""
 
     @abstractmethod
+    def pipe2(self, flags: int = 0) -> list[int]:
+        """pipe2(2): [read end, write end]."""
+
+    @abstractmethod
+    def socketpair(self, flags: int = 0) -> list[int]:
+        """socketpair(AF_UNIX, SOCK_STREAM | flags, 0)."""
+
+    @abstractmethod
+    def mkfifo(self, path: str, mode: int) -> None:
+        """mkfifo(3)."""
+
+    @abstractmethod
     def link(self, old: str, new: str) -> None:
         """link(2)."""
 
@@ -537,6 +549,15 @@ class EmuSystem(System):
 
     def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
         self.conn.call("faccessat", dirfd, path, mode, flags)
+
+    def pipe2(self, flags: int = 0) -> list[int]:
+        return [int(fd) for fd in self.conn.call("pipe2", flags)]
+
+    def socketpair(self, flags: int = 0) -> list[int]:
+        return [int(fd) for fd in self.conn.call("socketpair", flags)]
+
+    def mkfifo(self, path: str, mode: int) -> None:
+        self.conn.call("mkfifo", path, mode)
 
     def link(self, old: str, new: str) -> None:
         self.conn.call("link", old, new)
@@ -873,6 +894,19 @@ class HostSystem(System):
     def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
         return os.waitpid(pid, options)
 
+    def pipe2(self, flags: int = 0) -> list[int]:
+        fds = (ctypes.c_int * 2)()
+        self._c(self.libc.lib.pipe2(fds, flags))
+        return [fds[0], fds[1]]
+
+    def socketpair(self, flags: int = 0) -> list[int]:
+        fds = (ctypes.c_int * 2)()
+        self._c(self.libc.lib.socketpair(1, 1 | flags, 0, fds))  # AF_UNIX, SOCK_STREAM
+        return [fds[0], fds[1]]
+
+    def mkfifo(self, path: str, mode: int) -> None:
+        self._c(self.libc.lib.mkfifo(self.path(path), mode))
+
     def link(self, old: str, new: str) -> None:
         self._c(self.libc.lib.link(self.path(old), self.path(new)))
 
@@ -984,7 +1018,9 @@ class HostSystem(System):
                         held.append({"kind": words[0], "state": words[1], "type": words[2],
                                      "pid": int(words[3])})
             pos = int(info.get("pos", "0"))
-            if target.startswith(self.root + "/") or target == self.root:
+            if target.startswith(("pipe:[", "socket:[")):
+                target = target.split("[", 1)[0]  # pipefs, sockfs: "pipe:", "socket:"
+            elif target.startswith(self.root + "/") or target == self.root:
                 target = target[len(self.root):] or "/"
             else:
                 # outside the scenario's root: the standard streams the launcher gave us,

@@ -153,7 +153,8 @@ def _field(key: str, v: Any) -> str:
     if key == "si_band" and isinstance(v, int):
         return str(v)  # strace prints the band in decimal
     if key == "st_mode" and isinstance(v, int):
-        kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR"}
+        kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR",
+                linux.S_IFIFO: "S_IFIFO", linux.S_IFSOCK: "S_IFSOCK", linux.S_IFLNK: "S_IFLNK"}
         return f"{kind.get(v & linux.S_IFMT, oct(v & linux.S_IFMT))}|{v & 0o7777:04o}"
     if key == "flags" and isinstance(v, int):
         return open_flags(v)
@@ -219,6 +220,7 @@ _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "mkdir": lambda a: [value(a[0])] + ([_octal(a[1])] if len(a) > 1 else []),
     "umask": lambda a: [_octal(a[0])],
     "chmod": lambda a: [value(a[0]), _octal(a[1])],
+    "mkfifo": lambda a: [value(a[0])] + ([_octal(a[1])] if len(a) > 1 else []),
     "fchmod": lambda a: [value(a[0]), _octal(a[1])],
     "access": lambda a: [value(a[0]), access_mode(a[1])],
     "faccessat": lambda a: [_DIRFD.get(a[0], value(a[0])), value(a[1]), access_mode(a[2])]
@@ -285,7 +287,7 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
 
 
 #: the argument that is a mode, by call
-_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0, "chmod": 1, "fchmod": 1}
+_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0, "chmod": 1, "fchmod": 1, "mkfifo": 1}
 
 
 def octal_modes(source: str) -> str:

@@ -17,6 +17,7 @@ from kemu.kernel_daemon.errors import KernelError, resume_at
 from kemu.kernel_daemon.kernel import Kernel
 from kemu.kernel_daemon.layout import LayoutChange
 from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.syscalls import pipe
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import File, Task
 from kemu.kernel_daemon.vfs import Inode
@@ -91,6 +92,8 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
         k.fput(file)
 
     def attempt() -> int:
+        if inode.is_fifo and not flags & linux.O_PATH:
+            pipe.fifo_open(k, file)  # may sleep for the other end
         if leases:
             locks.break_lease(k, t, inode, flags)  # do_dentry_open()
         if truncate:
@@ -186,6 +189,8 @@ def _write(k: Kernel, t: Task, file: File, data: bytes, offset: int) -> tuple[in
 def sys_read(k: Kernel, t: Task, fd: int, count: int) -> bytes:
     """read(2): from the shared offset, which advances."""
     file = _io_file(k, t, fd, write=False)
+    if file.inode.is_fifo or file.inode.is_sock:
+        return pipe.pipe_read(k, file, count)
     data = _read(k, file, count, file.pos)
     file.pos += len(data)
     return data
@@ -196,6 +201,8 @@ def sys_read(k: Kernel, t: Task, fd: int, count: int) -> bytes:
 def sys_write(k: Kernel, t: Task, fd: int, data: bytes) -> int:
     """write(2): at the shared offset, or at the end with O_APPEND."""
     file = _io_file(k, t, fd, write=True)
+    if file.inode.is_fifo or file.inode.is_sock:
+        return pipe.pipe_write(k, file, data)
     n, end = _write(k, t, file, data, file.pos)
     if not file.inode.is_chr:
         file.pos = end
@@ -206,7 +213,7 @@ def sys_write(k: Kernel, t: Task, fd: int, data: bytes) -> int:
 def sys_pread(k: Kernel, t: Task, fd: int, count: int, offset: int) -> bytes:
     """pread(2): at ``offset``; the file offset does not move."""
     file = _io_file(k, t, fd, write=False)
-    if file.inode.is_chr:
+    if file.inode.is_chr or file.inode.is_fifo or file.inode.is_sock:
         raise KernelError(errno.ESPIPE)
     if offset < 0:
         raise KernelError(errno.EINVAL)
@@ -218,7 +225,7 @@ def sys_pread(k: Kernel, t: Task, fd: int, count: int, offset: int) -> bytes:
 def sys_pwrite(k: Kernel, t: Task, fd: int, data: bytes, offset: int) -> int:
     """pwrite(2): at ``offset``; the file offset does not move (O_APPEND: at the end)."""
     file = _io_file(k, t, fd, write=True)
-    if file.inode.is_chr:
+    if file.inode.is_chr or file.inode.is_fifo or file.inode.is_sock:
         raise KernelError(errno.ESPIPE)
     if offset < 0:
         raise KernelError(errno.EINVAL)
@@ -232,7 +239,7 @@ def sys_lseek(k: Kernel, t: Task, fd: int, offset: int, whence: int) -> int:
     if file.flags & linux.O_PATH:
         raise KernelError(errno.EBADF)
     inode = file.inode
-    if inode.is_chr:
+    if inode.is_chr or inode.is_fifo or inode.is_sock:
         raise KernelError(errno.ESPIPE)
     size = inode.size
     if whence == linux.SEEK_SET:
