@@ -447,6 +447,13 @@ class Filesystem:
             self._maybe_release(target)
         return target
 
+    def set_times(self, inode: Inode, atime: float | None, mtime: float | None) -> None:
+        """``notify_change`` of the times: the given ones, or now; ctime moves."""
+        now = time.time()
+        inode.atime = now if atime is None else atime
+        inode.mtime = now if mtime is None else mtime
+        inode.ctime = now
+
     def setattr(self, inode: Inode, mode: int | None = None, uid: int = -1,
                 gid: int = -1) -> None:
         """``notify_change`` of the mode bits and the owner (checked by the caller):

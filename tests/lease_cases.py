@@ -1075,6 +1075,26 @@ A: fstat(5)                                    => {"st_mode": S_IFSOCK|0o777}
 A: fcntl(5, F_SETLEASE, F_RDLCK)               => EINVAL
 A: fcntl(6, F_GETLEASE)                        => F_UNLCK
 """, new="10"),
+    Case("utime_permissions_break_no_lease", "utime(2) breaks no lease (a time change "
+         "breaks only delegations); setting the times to now needs the owner, CAP_FOWNER "
+         "or write permission (EACCES), setting given times the owner or CAP_FOWNER (EPERM "
+         "even with write permission)", "permissions", """
+A: signal(SIGIO, "record")                     => 0
+A: umask(0)                                    => *
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: w = open("/w", O_RDONLY|O_CREAT, 0o666)     => 4
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(w, F_SETLEASE, F_WRLCK)               => 0
+B: utime("/f")                                 => 0
+B: utime("/f", (1000, 2000))                   => 0
+B: setuid(65534)                               => 0
+B: utime("/f")                                 => EACCES
+B: utime("/f", (1000, 2000))                   => EPERM
+B: utime("/w")                                 => 0
+B: utime("/w", (1000, 2000))                   => EPERM
+A: signals()                                   => []
+A: locks()                                     => [{"state": "ACTIVE", "type": "WRITE", "path": "/f"}, {"state": "ACTIVE", "type": "WRITE", "path": "/w"}]
+""", new="10"),
 ]
 
 

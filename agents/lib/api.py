@@ -231,6 +231,10 @@ class System(ABC):
         """mkfifo(3)."""
 
     @abstractmethod
+    def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
+        """utime(2): (atime, mtime) in seconds, or None for now."""
+
+    @abstractmethod
     def link(self, old: str, new: str) -> None:
         """link(2)."""
 
@@ -558,6 +562,9 @@ class EmuSystem(System):
 
     def mkfifo(self, path: str, mode: int) -> None:
         self.conn.call("mkfifo", path, mode)
+
+    def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
+        self.conn.call("utime", path, None if times is None else [int(x) for x in times])
 
     def link(self, old: str, new: str) -> None:
         self.conn.call("link", old, new)
@@ -906,6 +913,9 @@ class HostSystem(System):
 
     def mkfifo(self, path: str, mode: int) -> None:
         self._c(self.libc.lib.mkfifo(self.path(path), mode))
+
+    def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
+        os.utime(self.path(path), None if times is None else (times[0], times[1]))
 
     def link(self, old: str, new: str) -> None:
         self._c(self.libc.lib.link(self.path(old), self.path(new)))

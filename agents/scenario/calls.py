@@ -267,6 +267,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     "pipe": lambda a, flags=0: a.system.pipe2(flags),
     "socketpair": lambda a, flags=0: a.system.socketpair(flags),
     "mkfifo": _zero(lambda s, p, mode=0o666: s.mkfifo(p, mode)),
+    "utime": _zero(lambda s, p, times=None: s.utime(p, times)),
     "link": _zero(lambda s, old, new: s.link(old, new)),
     "symlink": _zero(lambda s, target, path: s.symlink(target, path)),
     "readlink": lambda a, p: a.system.readlink(p),

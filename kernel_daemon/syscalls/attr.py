@@ -155,3 +155,23 @@ def sys_symlink(k: Kernel, t: Task, target: str, path: str) -> int:
 def sys_readlink(k: Kernel, t: Task, path: str) -> str:
     """readlink(2): the target of a symbolic link (EINVAL for anything else)."""
     return k.fs.readlink(path, t.cred)
+
+
+@syscall("utime", linux="fs/utimes.c vfs_utimes()", support="partial",
+         note="times in seconds, or None for now; no UTIME_OMIT")
+def sys_utime(k: Kernel, t: Task, path: str, times: list[int] | None = None) -> int:
+    """utime(2) (``notify_change`` of the times, which breaks no lease): setting
+    explicit times needs the owner or CAP_FOWNER (EPERM, ``setattr_prepare``); setting
+    them to now, the owner, CAP_FOWNER or write permission (EACCES, ATTR_TOUCH)."""
+    inode = k.fs.lookup(path, t.cred)
+    if times is not None:
+        if len(times) != 2:
+            raise KernelError(errno.EINVAL)
+        if not dac.inode_owner_or_capable(t.cred, inode):
+            raise KernelError(errno.EPERM)
+        k.fs.set_times(inode, float(times[0]), float(times[1]))
+        return 0
+    if not dac.inode_owner_or_capable(t.cred, inode):
+        dac.inode_permission(t.cred, inode, dac.MAY_WRITE)
+    k.fs.set_times(inode, None, None)
+    return 0
