@@ -81,6 +81,8 @@ class Inode:
     target: str = ""
     #: an inode of no directory (pipefs, sockfs): stat shows one link, as Linux's
     anon: bool = False
+    #: extended attributes of the ``user.`` namespace, name -> value
+    xattrs: dict[str, bytes] = field(default_factory=dict)
     #: ``i_pipe``: the buffer of a FIFO or pipe (None for other files); changed by
     #: :mod:`kemu.kernel_daemon.syscalls.pipe` only
     i_pipe: Pipe | None = None

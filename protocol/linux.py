@@ -193,6 +193,12 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_EACCESS = 0x200
 AT_EMPTY_PATH = 0x1000
 
+# setxattr(2) flags (linux/xattr.h)
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+
 # wait4(2) options (sys/wait.h)
 WNOHANG = 1
 WUNTRACED = 2

@@ -1095,6 +1095,24 @@ B: utime("/w", (1000, 2000))                   => EPERM
 A: signals()                                   => []
 A: locks()                                     => [{"state": "ACTIVE", "type": "WRITE", "path": "/f"}, {"state": "ACTIVE", "type": "WRITE", "path": "/w"}]
 """, new="10"),
+    Case("setxattr_breaks_no_lease", "setxattr/getxattr of user. attributes break no "
+         "lease (an attribute change breaks only delegations): XATTR_CREATE of an existing "
+         "name is EEXIST, XATTR_REPLACE or getxattr of a missing one ENODATA; reading "
+         "needs read permission, writing write permission (EACCES)", "permissions", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: setxattr("/f", "user.tag", "one")           => 0
+B: getxattr("/f", "user.tag")                  => b"one"
+B: setxattr("/f", "user.tag", "two", XATTR_CREATE) => EEXIST
+B: setxattr("/f", "user.new", "x", XATTR_REPLACE)  => ENODATA
+B: getxattr("/f", "user.none")                 => ENODATA
+A: signals()                                   => []
+A: fcntl(fd, F_GETLEASE)                       => F_WRLCK
+B: setuid(65534)                               => 0
+B: getxattr("/f", "user.tag")                  => b"one"
+B: setxattr("/f", "user.tag", "three")         => EACCES
+""", new="10"),
 ]
 
 

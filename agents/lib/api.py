@@ -235,6 +235,14 @@ class System(ABC):
         """utime(2): (atime, mtime) in seconds, or None for now."""
 
     @abstractmethod
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        """setxattr(2)."""
+
+    @abstractmethod
+    def getxattr(self, path: str, name: str) -> bytes:
+        """getxattr(2)."""
+
+    @abstractmethod
     def link(self, old: str, new: str) -> None:
         """link(2)."""
 
@@ -565,6 +573,12 @@ class EmuSystem(System):
 
     def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
         self.conn.call("utime", path, None if times is None else [int(x) for x in times])
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        self.conn.call("setxattr", path, name, bytes(value), flags)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return bytes(self.conn.call("getxattr", path, name))
 
     def link(self, old: str, new: str) -> None:
         self.conn.call("link", old, new)
@@ -916,6 +930,12 @@ class HostSystem(System):
 
     def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
         os.utime(self.path(path), None if times is None else (times[0], times[1]))
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        os.setxattr(self.path(path), name, bytes(value), flags)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return os.getxattr(self.path(path), name)
 
     def link(self, old: str, new: str) -> None:
         self._c(self.libc.lib.link(self.path(old), self.path(new)))

@@ -175,3 +175,57 @@ def sys_utime(k: Kernel, t: Task, path: str, times: list[int] | None = None) -> 
         dac.inode_permission(t.cred, inode, dac.MAY_WRITE)
     k.fs.set_times(inode, None, None)
     return 0
+
+
+def _xattr_name(name: str) -> str:
+    """``setxattr_copy``/``import_xattr_name``: an empty or too long name is ERANGE
+    (before the path walk)."""
+    if not name or len(name.encode()) > linux.XATTR_NAME_MAX:
+        raise KernelError(errno.ERANGE)
+    return name
+
+
+def _xattr_permission(t: Task, inode: Inode, name: str, mask: int) -> None:
+    """``xattr_permission`` then ``xattr_resolve_name``: only the ``user.``
+    namespace is kept (others EOPNOTSUPP); regular files and directories only (EPERM
+    for writing others, ENODATA for reading them), then ``inode_permission``."""
+    if not name.startswith("user.") or name == "user.":
+        raise KernelError(errno.EOPNOTSUPP)
+    if not inode.is_reg and not inode.is_dir:
+        raise KernelError(errno.EPERM if mask & dac.MAY_WRITE else errno.ENODATA)
+    dac.inode_permission(t.cred, inode, mask)
+
+
+@syscall("setxattr", linux="fs/xattr.c path_setxattr() vfs_setxattr()", support="partial",
+         note="the user. namespace only (others EOPNOTSUPP)")
+def sys_setxattr(k: Kernel, t: Task, path: str, name: str, value: bytes,
+                 flags: int = 0) -> int:
+    """setxattr(2): write permission; XATTR_CREATE of an existing name is EEXIST,
+    XATTR_REPLACE of a missing one ENODATA.  It breaks no lease (only delegations)."""
+    if flags & ~(linux.XATTR_CREATE | linux.XATTR_REPLACE):
+        raise KernelError(errno.EINVAL)
+    if len(value) > linux.XATTR_SIZE_MAX:
+        raise KernelError(errno.E2BIG)
+    name = _xattr_name(name)
+    inode = k.fs.lookup(path, t.cred)
+    _xattr_permission(t, inode, name, dac.MAY_WRITE)
+    if flags & linux.XATTR_CREATE and name in inode.xattrs:
+        raise KernelError(errno.EEXIST)
+    if flags & linux.XATTR_REPLACE and name not in inode.xattrs:
+        raise KernelError(errno.ENODATA)
+    inode.xattrs[name] = bytes(value)
+    k.fs.set_times(inode, inode.atime, inode.mtime)  # ctime moves
+    return 0
+
+
+@syscall("getxattr", linux="fs/xattr.c path_getxattr() vfs_getxattr()", support="partial",
+         note="the user. namespace only")
+def sys_getxattr(k: Kernel, t: Task, path: str, name: str) -> bytes:
+    """getxattr(2): read permission; ENODATA for a name that is not set."""
+    name = _xattr_name(name)
+    inode = k.fs.lookup(path, t.cred)
+    _xattr_permission(t, inode, name, dac.MAY_READ)
+    value = inode.xattrs.get(name)
+    if value is None:
+        raise KernelError(errno.ENODATA)
+    return value
