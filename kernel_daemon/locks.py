@@ -278,7 +278,7 @@ def generic_add_lease(k: Kernel, task: Task, file: File, fd: int, arg: int) -> N
     # owner unless the file has one already
     lease.fa_fd = fd
     file.flags |= linux.O_ASYNC
-    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False, setter_uid=task.uid)
+    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False, setter=task.cred)
 
 
 def generic_delete_lease(k: Kernel, file: File) -> None:

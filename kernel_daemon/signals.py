@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kemu.kernel_daemon.cred import Cred
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.task import File, SigHand, Task
 from kemu.protocol import linux
@@ -78,8 +79,10 @@ class FOwner:
     kind: int
     pid: int
     task: Task | None
-    #: credentials of the process that set the owner (fown->uid, fown->euid)
+    #: credentials of the process that set the owner: ``fown->uid`` (real) and
+    #: ``fown->euid`` (effective; None: the same as ``uid``)
     uid: int = 0
+    euid: int | None = None
     #: a process owner that exists on the machine but not in the emulation: its start
     #: time (``/proc/<pid>/stat`` field 22), which pins its identity as the kernel's
     #: ``struct pid`` does; 0 for an emulated owner
@@ -104,7 +107,7 @@ def _pgid(pid: int) -> int:
 
 
 def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
-             setter_uid: int = 0) -> None:
+             setter_uid: int = 0, setter: Cred | None = None) -> None:
     """``__f_setown``: set the owner (unless one is set and ``force`` is false).
 
     ``pid`` 0 clears the owner.  As ``find_vpid()`` the PID must name a process
@@ -117,22 +120,24 @@ def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
     current = owner_of(file)
     if not force and current is not None and current.pid != 0:
         return
+    # f_modown(): the setter's real and effective uid (``setter``, else ``setter_uid``)
+    ruid, euid = (setter.uid, setter.euid) if setter is not None else (setter_uid, setter_uid)
     if pid == 0:
         file.f_owner = FOwner(linux.F_OWNER_PID, 0, None)
         return
     if kind == linux.F_OWNER_PGRP:
         if not any(_pgid(t.pid) == pid for t in k.tasks.values()) and not _start_time(pid):
             raise KernelError(errno.ESRCH)
-        file.f_owner = FOwner(kind, pid, None, setter_uid)
+        file.f_owner = FOwner(kind, pid, None, ruid, euid)
         return
     task = k.tasks.get(pid) or k.zombies.get(pid)  # find_vpid() finds a zombie too
     if task is None:
         start = _start_time(pid)
         if not start:
             raise KernelError(errno.ESRCH)
-        file.f_owner = FOwner(kind, pid, None, setter_uid, outside=start)
+        file.f_owner = FOwner(kind, pid, None, ruid, euid, outside=start)
         return
-    file.f_owner = FOwner(kind, pid, task, setter_uid)
+    file.f_owner = FOwner(kind, pid, task, ruid, euid)
 
 
 def _start_time(pid: int) -> int:
@@ -192,9 +197,16 @@ def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:
         k.log.emit("signal-outside", pid=owner.pid, signo=signum or linux.SIGIO, fd=fd)
         return
     for task in targets(k, owner):
-        # sigio_perm(): the owner's setter must be root or the target's own user
-        if owner.uid == 0 or owner.uid in (task.cred.uid, task.cred.suid):
+        if sigio_perm(task, owner):
             send_sigio_to_task(k, task, signum, fd, reason)
+
+
+def sigio_perm(task: Task, owner: FOwner) -> bool:
+    """``sigio_perm``: the owner's setter had effective uid 0, or its effective or
+    real uid is the target's real or saved uid."""
+    euid = owner.uid if owner.euid is None else owner.euid
+    mine = (task.cred.uid, task.cred.suid)
+    return euid == 0 or euid in mine or owner.uid in mine
 
 
 def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int) -> None:

@@ -1113,6 +1113,39 @@ B: setuid(65534)                               => 0
 B: getxattr("/f", "user.tag")                  => b"one"
 B: setxattr("/f", "user.tag", "three")         => EACCES
 """, new="10"),
+    Case("access_checks_the_real_ids", "access(2) checks with the real uid (a root "
+         "real uid keeps its capabilities: access_override_creds), open and AT_EACCESS with "
+         "the effective one; setresuid back to a saved uid 0 restores the capabilities, "
+         "an unprivileged setresuid to 0 is EPERM; a bad mode or flag is EINVAL",
+         "permissions", """
+A: c = open("/secret", O_RDWR|O_CREAT, 0o600)  => 3
+A: close(c)                                    => 0
+A: setresuid(0, 65534, 0)                      => 0
+A: open("/secret", O_RDONLY)                   => EACCES
+A: access("/secret", R_OK)                     => 0
+A: faccessat(AT_FDCWD, "/secret", R_OK, AT_EACCESS) => EACCES
+A: faccessat(AT_FDCWD, "/secret", R_OK, 0x8)   => EINVAL
+A: access("/secret", 8)                        => EINVAL
+A: setresuid(-1, 0, -1)                        => 0
+A: open("/secret", O_RDONLY)                   => 3
+A: setresuid(65534, 65534, 65534)              => 0
+A: access("/secret", R_OK)                     => EACCES
+A: setresuid(-1, 0, -1)                        => EPERM
+""", new="10"),
+    Case("sigio_perm_real_and_effective", "sigio_perm(): a notice reaches the owner when "
+         "the F_SETOWN caller's effective or real uid is the owner's real or saved uid (here "
+         "only the setter's real uid matches)", "signals", """
+B: signal(SIGIO, "record")                     => 0
+B: setresuid(1000, 1000, 1000)                 => 0
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+A: setresuid(1000, 65534, 0)                   => 0
+A: fd = open("/d/f", O_RDONLY|O_CREAT, 0o644)  => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_SETOWN, B.pid)                  => 0
+C: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+""", new="10"),
 ]
 
 

@@ -1141,7 +1141,7 @@ def needs_root(scenario: Scenario, target: str) -> str | None:
     if target == "host" and "lease_break_time" in scenario.settings:
         return "needs root: the host target writes /proc/sys/fs/lease-break-time"
     for step in scenario.steps:
-        if step.call in ("setuid", "setgid", "setgroups"):
+        if step.call in ("setuid", "setresuid", "setgid", "setgroups"):
             return f"needs root: an actor calls {step.call} (CAP_SETUID, CAP_SETGID)"
     return None
 

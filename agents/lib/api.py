@@ -206,6 +206,10 @@ class System(ABC):
     # --- credentials and file attributes (the real call first on both targets) ---
 
     @abstractmethod
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        """setresuid(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
     def setgid(self, gid: int) -> None:
         """setgid(2) for real (and, on the emulator, the daemon told)."""
 
@@ -550,6 +554,10 @@ class EmuSystem(System):
     def setuid(self, uid: int) -> None:
         os.setuid(uid)
         self.conn.call("setuid", uid)
+
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        os.setresuid(ruid, euid, suid)
+        self.conn.call("setresuid", ruid, euid, suid)
 
     def setgid(self, gid: int) -> None:
         os.setgid(gid)
@@ -900,6 +908,9 @@ class HostSystem(System):
 
     def setuid(self, uid: int) -> None:
         os.setuid(uid)
+
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        os.setresuid(ruid, euid, suid)
 
     def setgid(self, gid: int) -> None:
         os.setgid(gid)

@@ -254,6 +254,7 @@ CALLS: dict[str, Callable[..., Any]] = {
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
     "pin_audit": lambda a: _emu(a).call("pin_audit"),
     # --- credentials and file attributes (issue 10, section 2) ---
+    "setresuid": _zero(lambda s, r, e, su: s.setresuid(r, e, su)),
     "setgid": _zero(lambda s, gid: s.setgid(gid)),
     "setgroups": _zero(lambda s, *groups: s.setgroups(list(groups))),
     "access": _zero(lambda s, p, mode: s.faccessat(linux.AT_FDCWD, p, mode, 0)),

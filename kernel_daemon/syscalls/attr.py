@@ -44,6 +44,19 @@ def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
     return 0
 
 
+@syscall("setresuid", linux="kernel/sys.c __sys_setresuid()", support="partial",
+         note="after the agent's real setresuid(2), as setuid (-1 leaves an id)")
+def sys_setresuid(k: Kernel, t: Task, ruid: int, euid: int, suid: int) -> int:
+    """Adopt the process's credentials after a real setresuid(2): the real,
+    effective and saved uids asked for (-1: unchanged) must be what /proc shows."""
+    new = _adopt(t)
+    for want, got in ((ruid, new.uid), (euid, new.euid), (suid, new.suid)):
+        if want != -1 and want != got:
+            raise KernelError(errno.EPERM)
+    t.cred = new
+    return 0
+
+
 @syscall("setgid", linux="kernel/sys.c __sys_setgid()", support="partial",
          note="after the agent's real setgid(2), as setuid")
 def sys_setgid(k: Kernel, t: Task, gid: int) -> int:

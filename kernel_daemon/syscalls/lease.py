@@ -60,9 +60,9 @@ def f_setown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if who == INT_MIN:
         raise KernelError(errno.EINVAL)
     if who < 0:
-        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True, setter_uid=t.uid)
+        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True, setter=t.cred)
     else:
-        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True, setter_uid=t.uid)
+        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True, setter=t.cred)
     return 0
 
 
@@ -85,9 +85,9 @@ def f_setown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise KernelError(errno.EINVAL)
     if pid == 0:
-        file.f_owner = signals.FOwner(kind, 0, None, t.uid)
+        file.f_owner = signals.FOwner(kind, 0, None, t.cred.uid, t.cred.euid)
         return 0
-    signals.f_setown(k, file, kind, pid, force=True, setter_uid=t.uid)
+    signals.f_setown(k, file, kind, pid, force=True, setter=t.cred)
     return 0
 
 
