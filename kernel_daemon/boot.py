@@ -23,7 +23,7 @@ from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.eventlog import EventLog
 from kemu.kernel_daemon.kernel import Config, Kernel, KernelIO
 from kemu.kernel_daemon.policy import HOOKS, Policy
-from kemu.kernel_daemon.syscalls import ipc
+from kemu.kernel_daemon.syscalls import ipc, proc
 from kemu.kernel_daemon.syscalls import pipe as pipe_calls
 from kemu.kernel_daemon.syscalls import rdma as rdma_calls
 from kemu.kernel_daemon.task import Task
@@ -158,6 +158,7 @@ def boot(config: Config, io: KernelIO, log: EventLog | None = None) -> Kernel:
     k.exit_hooks.append(lambda task: ipc.release_task_mailboxes(k, task))
     k.exit_hooks.append(lambda task: mm.drop_all(k, task, "exit"))
     k.exit_hooks.append(lambda task: qp.release_task(k, task))
+    k.exit_hooks.append(lambda task: proc.release_exe(k, task))
     # exec: the design first, then signal handlers reset, mappings and queue pairs go
     k.exec_hooks.append(lambda task: k.policy.exec(k, task))
     k.exec_hooks.append(signals.on_exec)

@@ -29,6 +29,7 @@ from typing import Any
 
 import zmq
 
+from kemu.kernel_daemon import mm, qp
 from kemu.kernel_daemon.boot import boot, describe
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.eventlog import EventLog
@@ -93,6 +94,11 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         os.makedirs(config.run_dir, exist_ok=True)
+        # Everything of a run is its launcher's user's alone: the folder 0700 (whoever
+        # made it), the sockets 0600, the device a 0600 segment (protocol/shm.py), a
+        # queue pair's ring and pipes nameless (qp.py).  Another user cannot list the
+        # run, connect to its daemon or map its device.
+        os.chmod(config.run_dir, 0o700)
         self.endpoint = f"ipc://{os.path.join(config.run_dir, 'kernel.ipc')}"
         self.register_path = os.path.join(config.run_dir, "register.sock")
         self.ctx = zmq.Context()
@@ -100,10 +106,12 @@ class Daemon:
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, 16 * wire.MAX_FRAME)
         self.router.bind(self.endpoint)
+        os.chmod(os.path.join(config.run_dir, "kernel.ipc"), 0o600)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.register_path)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.register_path)
+        os.chmod(self.register_path, 0o600)
         self.listener.listen(256)
         self.listener.setblocking(False)
         self.ep = select.epoll()
@@ -276,12 +284,20 @@ class Daemon:
         if not data:
             self._drop_reg(fd)
             return
+        fds: list[int] = []
+        qpn: Any = None
         try:
             hello = reg.reader.feed(data)
             if hello is None:
                 return
             wire.check_version(hello.get("v"))
-            answer = self._register(reg.sock, hello)
+            if hello.get("kind") == wire.ATTACH_QP:
+                qpn = hello.get("qpn")
+                answer, fds = self._attach_qp(reg.sock, qpn)
+            elif hello.get("kind") == wire.ATTACH_MM:
+                answer, fds = self._attach_mm(reg.sock)
+            else:
+                answer = self._register(reg.sock, hello)
         except ProtocolError as exc:
             self.stats["protocol_errors"] += 1
             answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
@@ -294,8 +310,38 @@ class Daemon:
             answer = {"v": list(wire.PROTOCOL_VERSION), "ok": False,
                       "reason": wire.E_MALFORMED, "detail": "registration failed"}
         with contextlib.suppress(OSError):
-            reg.sock.send(wire.encode_record(answer))
+            if fds:
+                socket.send_fds(reg.sock, [wire.encode_record(answer)], fds)
+                if qpn is not None:
+                    qp.handed_out(self.kernel, int(qpn))
+            else:
+                reg.sock.send(wire.encode_record(answer))
         self._drop_reg(fd)
+
+    def _attach_qp(self, sock: socket.socket, qpn: Any) -> tuple[dict[str, Any], list[int]]:
+        """An ``attach-qp`` record: the creator of queue pair ``qpn`` (the caller as
+        ``SO_PEERCRED`` names it) takes its ring and pipes by descriptor."""
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, _, _ = _UCRED.unpack(creds)
+        try:
+            fds = qp.attach(self.kernel, pid, qpn)
+        except KernelError as exc:
+            return ({"v": list(wire.PROTOCOL_VERSION), "ok": False, "reason": "refused",
+                     "errno": exc.errno, "detail": exc.detail or os.strerror(exc.errno)}, [])
+        return {"v": list(wire.PROTOCOL_VERSION), "ok": True, "qpn": qpn,
+                "fds": ["ring", "db", "cq"]}, fds
+
+    def _attach_mm(self, sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+        """An ``attach-mm`` record: the caller (``SO_PEERCRED``), a registered process,
+        takes its TLB word (``kernel_daemon/mm.py`` :class:`TlbWord`) by descriptor."""
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, _, _ = _UCRED.unpack(creds)
+        task = self.kernel.tasks.get(pid)
+        if task is None:
+            return ({"v": list(wire.PROTOCOL_VERSION), "ok": False, "reason": "refused",
+                     "errno": errno.ESRCH, "detail": f"pid {pid} is not registered"}, [])
+        return {"v": list(wire.PROTOCOL_VERSION), "ok": True, "fds": ["tlb"]}, \
+            [mm.tlb_word(self.kernel, task)]
 
     def _register(self, sock: socket.socket, hello: dict[str, Any]) -> dict[str, Any]:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
@@ -369,15 +415,15 @@ class Daemon:
         for _ in range(BATCH):
             if not int(router.get(_EVENTS)) & _POLLIN:
                 return False
-            route = router.recv(_NOBLOCK)
-            frames = [route]
+            first = router.recv(_NOBLOCK, copy=False)
+            frames = [first.bytes]
             while router.get(_RCVMORE):
                 frames.append(router.recv(_NOBLOCK))
             self.stats["messages"] += 1
             if len(frames) != 2:
                 self.stats["protocol_errors"] += 1
                 continue  # not a DEALER single-frame message: dropped
-            self._message(frames[0], frames[1])
+            self._message(frames[0], frames[1], sender_pid(first))
         return bool(int(router.get(_EVENTS)) & _POLLIN)
 
     def _error(self, route: bytes, rid: Any, reason: str, detail: str,
@@ -394,15 +440,24 @@ class Daemon:
             self.router.send(route, _SNDMORE)
             self.router.send(wire.pack(body) + bytes(wire.MAC_LEN))
 
-    def _message(self, route: bytes, frame: bytes) -> None:
+    def _message(self, route: bytes, frame: bytes, sender: int | None = None) -> None:
         try:
-            self._message_checked(route, frame)
+            self._message_checked(route, frame, sender)
         except Exception:  # a daemon bug: report it, keep serving
             detail = traceback.format_exc(limit=8)
             log.error("bug handling a message: %s", detail)
             self._error(route, None, "internal", detail)
 
-    def _message_checked(self, route: bytes, frame: bytes) -> None:
+    def _message_checked(self, route: bytes, frame: bytes, sender: int | None) -> None:
+        """Open, authenticate and dispatch one control frame.
+
+        A frame speaks for the process whose connection carries it, and only for it:
+        ``sender`` is the PID the host kernel recorded for the connection
+        (``SO_PEERCRED``, net/unix/af_unix.c ``init_peercred()``), which must be the
+        ``pid`` the frame claims before its secret or sequence number is looked at, so
+        a child made by a raw ``fork()`` that inherited its parent's secret, or a thief
+        of it, is refused without touching the process it names.
+        """
         try:
             body, payload, mac = wire.open_frame(frame)
         except ProtocolError as exc:
@@ -417,6 +472,10 @@ class Daemon:
         peer = self.peers.get(body["pid"]) if task is not None else None
         if task is None or peer is None or peer.secret is None:
             self._error(route, rid, wire.E_UNKNOWN_PROCESS, f"pid {body['pid']} not registered")
+            return
+        if sender != body["pid"]:
+            self._error(route, rid, wire.E_AUTH,
+                        f"a frame for pid {body['pid']} sent by pid {sender} (SO_PEERCRED)")
             return
         if not wire.verify(payload, mac, peer.secret):
             self._error(route, rid, wire.E_AUTH, "bad message authentication code")
@@ -591,6 +650,20 @@ class Daemon:
         msg = {"v": list(wire.PROTOCOL_VERSION), "k": wire.EVENT, "pid": task.pid}
         msg.update(body)
         self._send(task, msg)
+
+
+def sender_pid(frame: zmq.Frame) -> int | None:
+    """The PID of the process at the other end of the connection ``frame`` came on.
+
+    libzmq reads ``SO_PEERCRED`` of every ``ipc://`` connection when it is set up and
+    gives it as the message property ``Peer-Address`` (``host:uid:gid:pid``); the host
+    kernel recorded it at ``connect()``, so nothing the sender writes can change it.
+    None when there is none (a transport without credentials).
+    """
+    try:
+        return int(str(frame.get("Peer-Address")).rsplit(":", 1)[1])
+    except (zmq.ZMQError, ValueError, IndexError):
+        return None
 
 
 def _drain(sock: socket.socket) -> None:

@@ -34,7 +34,7 @@ from kemu.protocol.config import DaemonConfig
 
 if TYPE_CHECKING:
     from kemu.kernel_daemon.af_unix import Mailbox
-    from kemu.kernel_daemon.mm import MMSnapshot, Shootdown
+    from kemu.kernel_daemon.mm import MMSnapshot, Shootdown, TlbWord
     from kemu.kernel_daemon.policy import Policy
 
 #: the daemon's settings (one dataclass, shared with the launcher: protocol.config)
@@ -128,6 +128,10 @@ class Kernel:
         self.pins = PinTable(self.pmem)
         #: TLB shoot-downs pushed to processes and not yet acknowledged, by number
         self.shootdowns: dict[int, Shootdown] = {}
+        #: the TLB word of each process that took one (``attach-mm``), by PID, and
+        #: whether the timer that watches their store windows is set
+        self.tlb_words: dict[int, TlbWord] = {}
+        self.window_poll_armed = False
         #: the RDMA card: keys, queue pairs, the uverbs device
         self.rdma = RdmaDevice()
         #: bound datagram sockets by name (descriptor passing between processes)
@@ -224,6 +228,9 @@ class Kernel:
     def open_file(self, inode: Inode, flags: int, path: str) -> File:
         """A new open file description on ``inode`` (``alloc_file``), one reference."""
         file = File(inode=inode, flags=flags & KEPT_FLAGS, path=path)
+        if file.writable and inode.writecount < 0:
+            # get_write_access(): a running program's file (deny_write_access)
+            raise KernelError(errno.ETXTBSY)
         self.fs.get(inode)
         if file.writable:
             inode.writecount += 1

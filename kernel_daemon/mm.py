@@ -13,8 +13,10 @@ mapping, gets a genuine SIGBUS.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,7 +26,7 @@ from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.pmem import Owner
 from kemu.kernel_daemon.task import File, Task
 from kemu.kernel_daemon.vfs import Inode
-from kemu.protocol import linux
+from kemu.protocol import linux, shm
 
 if TYPE_CHECKING:
     from kemu.kernel_daemon.kernel import Kernel
@@ -126,10 +128,63 @@ class MMSnapshot:
 
 @dataclass(eq=False)
 class Shootdown:
-    """A TLB shoot-down pushed to a process and not yet acknowledged."""
+    """A TLB shoot-down pushed to a process and not yet known to be done: the process
+    may be inside a store under the translations it drops (its ``in_store`` word says
+    the generation ``old``).  Done when it acknowledges or, without an answer, when its
+    word shows it outside that store (:func:`_poll_windows`)."""
 
     task: Task
     inode: Inode
+    #: the process's TLB generation before this shoot-down (0: no word, ack only)
+    old: int = 0
+
+
+#: the TLB word of a process: u64 generation at 0 (the daemon bumps it on every
+#: shoot-down), u64 ``in_store`` at 8 (the agent: the generation it stores under, 0
+#: outside a store); ``agents/lib/mm.py`` checks it around every access
+GEN_AT = 0
+IN_STORE_AT = 8
+#: how long after a bump the daemon reads ``in_store`` for the first time: a store
+#: the agent began under the old generation is visible by then (x86 TSO lets a store
+#: sit in a store buffer for nanoseconds; there is no fence to be had from Python)
+WINDOW_GRACE = 0.001
+
+
+@dataclass(eq=False)
+class TlbWord:
+    """The shared word through which the daemon invalidates a process's TLB without
+    waiting for it (as a shoot-down IPI needs nothing from the target): a memfd the
+    process took by descriptor (``attach-mm``), mapped in both."""
+
+    seg: shm.Segment
+    fd: int
+
+    def gen(self) -> int:
+        return int.from_bytes(self.seg.buf[GEN_AT : GEN_AT + 8], "little")
+
+    def bump(self) -> int:
+        """A new generation; returns the old one."""
+        old = self.gen()
+        self.seg.buf[GEN_AT : GEN_AT + 8] = (old + 1).to_bytes(8, "little")
+        return old
+
+    def in_store(self) -> int:
+        return int.from_bytes(self.seg.buf[IN_STORE_AT : IN_STORE_AT + 8], "little")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.seg.close()
+
+
+def tlb_word(k: Kernel, task: Task) -> int:
+    """The descriptor of ``task``'s TLB word (made on first use), to pass to it."""
+    word = k.tlb_words.get(task.pid)
+    if word is None:
+        seg, fd = shm.anonymous(f"kemu-tlb-{task.pid}", 4096)
+        seg.buf[GEN_AT : GEN_AT + 8] = (1).to_bytes(8, "little")
+        word = k.tlb_words[task.pid] = TlbWord(seg, fd)
+    return word.fd
 
 
 def vmas(task: Task) -> dict[int, Mapping]:
@@ -297,6 +352,9 @@ def drop_all(k: Kernel, task: Task, why: str) -> None:
     for seq, entry in list(k.shootdowns.items()):
         if entry.task is task:
             _acked(k, seq)
+    word = k.tlb_words.pop(task.pid, None)
+    if word is not None:
+        word.close()
 
 
 def sigbus(k: Kernel, task: Task, addr: int) -> None:
@@ -545,7 +603,12 @@ def zap(k: Kernel, inode: Inode, first: int, end: int | None, even_cows: bool = 
         if k.tasks.get(task.pid) is not task:
             continue
         seq = next(_shootdown_seq)
-        pending[seq] = Shootdown(task, inode)
+        word = k.tlb_words.get(task.pid)
+        old = word.bump() if word is not None else 0
+        pending[seq] = Shootdown(task, inode, old)
+        if word is not None and not k.window_poll_armed:
+            k.window_poll_armed = True
+            k.add_timer(WINDOW_GRACE, lambda: _poll_windows(k))
         body: dict[str, object] = {"event": "shootdown", "sd": seq, "vma": mapping.vid,
                                    "pages": hit}
         if cows:
@@ -587,10 +650,36 @@ def _acked(k: Kernel, seq: int) -> None:
         inode.shootdown_wait.wake_all()
 
 
+def _in_window(k: Kernel, entry: Shootdown) -> bool:
+    """Is the process of ``entry`` inside a store it began before the shoot-down?"""
+    word = k.tlb_words.get(entry.task.pid)
+    if word is None or entry.old == 0:
+        return False
+    mark = word.in_store()
+    return mark != 0 and mark <= entry.old  # translations from before this zap
+
+
+def _poll_windows(k: Kernel) -> None:
+    """Timer: end every shoot-down whose process has a TLB word and is not inside a
+    store under the generation it invalidated.  A process that does not run (stopped,
+    or busy elsewhere) is not waited for: when it runs again its next access sees the
+    new generation and faults (x86's IPI needs nothing from the target either,
+    arch/x86/mm/tlb.c flush_tlb_mm_range()).  Re-armed while any shoot-down waits."""
+    k.window_poll_armed = False
+    for seq, entry in list(k.shootdowns.items()):
+        if entry.old != 0 and not _in_window(k, entry):
+            _acked(k, seq)
+    if any(entry.old != 0 for entry in k.shootdowns.values()):
+        k.window_poll_armed = True
+        k.add_timer(WINDOW_GRACE, lambda: _poll_windows(k))
+
+
 def shootdown_ack(k: Kernel, task: Task, body: dict[str, object]) -> None:
-    """NOTIFY ``tlb-ack``: the agent dropped the translations of shoot-down ``sd``."""
+    """NOTIFY ``tlb-ack``: the agent dropped the translations of shoot-down ``sd`` (a
+    signal handler may send it from inside a store: then the window decides)."""
     seq = body.get("sd")
-    if isinstance(seq, int) and seq in k.shootdowns and k.shootdowns[seq].task is task:
+    if isinstance(seq, int) and seq in k.shootdowns and k.shootdowns[seq].task is task \
+            and not _in_window(k, k.shootdowns[seq]):
         _acked(k, seq)
 
 

@@ -5,8 +5,10 @@ has mapped and rings a doorbell (an MMIO write); the card executes it and writes
 completion into a completion queue the process polls.  No system call is involved,
 which is why RDMA is fast.  The emulator does the same with what it has: the send queue
 and its completions are a small shared-memory ring the daemon creates per queue pair,
-the doorbell is a FIFO the daemon's epoll loop watches, and a second FIFO wakes a
-process that waits for a completion (``ibv_poll_cq`` on a completion channel).  The
+the doorbell is a pipe the daemon's epoll loop watches, and a second pipe wakes a
+process that waits for a completion (``ibv_poll_cq`` on a completion channel).  None of
+them has a name: the creator takes them by descriptor (:func:`attach`), so no other
+process can post to the queue pair (or see its completions).  The
 daemon, as the card, executes each work request with the same code as ``rdma_write`` /
 ``rdma_read`` (:func:`kemu.kernel_daemon.rdma.rdma_write`): the same access checks, the same
 ledger check of every device write, the same event-log records.
@@ -59,20 +61,29 @@ _qpns = itertools.count(1)
 
 @dataclass(eq=False)
 class QP:
-    """A queue pair of a context, posted to by the process that created it."""
+    """A queue pair of a context, posted to by the process that created it.
+
+    Its ring and its two pipes have no name anywhere (a ``memfd`` and ``pipe2``): the
+    creator takes them by descriptor once (:func:`attach`, ``SCM_RIGHTS`` over the
+    registration socket, the caller checked with ``SO_PEERCRED``), as only the holder
+    of a uverbs context reaches the doorbell page ``ib_uverbs_mmap()`` maps for it.
+    """
 
     qpn: int
     ctx: rdma.UContext
     task: Task
     ring: shm.Segment
-    db_path: str
-    cq_path: str
+    #: the card's end of the doorbell (read) and of the completion pipe (write)
     db_fd: int
     cq_fd: int
-    #: the daemon's own writer of the doorbell FIFO: a FIFO whose last writer closed
-    #: reads EOF and polls EPOLLHUP for ever (fs/pipe.c pipe_poll), which would spin
-    #: the loop; with this one open it is quiet until a process rings
+    #: the daemon's own writer of the doorbell: a pipe whose last writer closed reads
+    #: EOF and polls EPOLLHUP for ever (fs/pipe.c pipe_poll), which would spin the
+    #: loop; with this one open it is quiet until a process rings.  Also the end the
+    #: creator is handed (SCM_RIGHTS duplicates it)
     db_keep: int = -1
+    #: what the creator takes with :func:`attach` (the ring's memfd, the completion
+    #: pipe's read end), None once taken: only the creator, only once
+    handout: list[int] | None = None
     consumed: int = 0
     dead: bool = False
 
@@ -82,8 +93,8 @@ def _qps(k: Kernel) -> dict[int, QP]:
 
 
 def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
-    """``ibv_create_qp``: the ring, the doorbell and the completion FIFO, watched by the
-    loop; what the process needs to map and open them."""
+    """``ibv_create_qp``: the ring, the doorbell and the completion pipe, watched by the
+    loop; the creator takes them by descriptor with an ``attach-qp`` record."""
     if ctx.aborted:
         raise KernelError(errno.EIO)
     if sum(1 for q in _qps(k).values() if q.task is task) >= MAX_QPS_PER_TASK:
@@ -92,36 +103,53 @@ def create_qp(k: Kernel, task: Task, ctx: rdma.UContext) -> dict[str, Any]:
     if watch is None:
         raise KernelError(errno.EOPNOTSUPP, "no loop to watch a doorbell")
     qpn = next(_qpns)
-    base = os.path.join(k.config.run_dir, f"qp-{task.pid}-{qpn}")
-    # named after the device, so a launcher removes it with the device's segment
-    ring = shm.Segment(f"{k.pmem.name}-qp{qpn}", create=True, size=RING_SIZE)
-    made: list[str] = []
     fds: list[int] = []
     try:
-        for suffix in (".db", ".cq"):
-            os.mkfifo(base + suffix, 0o600)
-            made.append(base + suffix)
-            os.chown(base + suffix, task.uid, task.gid)
-        fds.append(os.open(base + ".db", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-        fds.append(os.open(base + ".cq", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
-        fds.append(os.open(base + ".db", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        ring, ring_fd = shm.anonymous(f"kemu-qp{qpn}", RING_SIZE)
+        fds.append(ring_fd)
+        db_r, db_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        fds += [db_r, db_w]
+        cq_r, cq_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        fds += [cq_r, cq_w]
     except OSError as exc:
         for fd in fds:
             os.close(fd)
-        for path in made:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        ring.close()
-        ring.unlink()
         raise KernelError(exc.errno or errno.EIO) from None
-    qp = QP(qpn=qpn, ctx=ctx, task=task, ring=ring, db_path=base + ".db",
-            cq_path=base + ".cq", db_fd=fds[0], cq_fd=fds[1], db_keep=fds[2])
+    qp = QP(qpn=qpn, ctx=ctx, task=task, ring=ring, db_fd=db_r, cq_fd=cq_w, db_keep=db_w,
+            handout=[ring_fd, cq_r])
     _qps(k)[qpn] = qp
     ctx.qps.append(qp)
     watch(qp.db_fd, lambda: doorbell(k, qp))
     k.log.emit("create_qp", pid=task.pid, ctx=ctx.cid, qpn=qpn)
-    return {"qpn": qpn, "ring": ring.name, "db": qp.db_path, "cq": qp.cq_path,
-            "slots": SLOTS}
+    return {"qpn": qpn, "slots": SLOTS}
+
+
+def attach(k: Kernel, pid: int, qpn: Any) -> list[int]:
+    """The descriptors of queue pair ``qpn`` for process ``pid`` (as the host kernel
+    vouches for it): the ring's memfd, the doorbell's write end, the completion pipe's
+    read end, in that order.  Only its creator may take them, once; the caller passes
+    them (``SCM_RIGHTS``) and then calls :func:`handed_out`.  EPERM otherwise, ENOENT
+    for no such queue pair."""
+    qp = _qps(k).get(qpn) if isinstance(qpn, int) and not isinstance(qpn, bool) else None
+    if qp is None or qp.dead:
+        raise KernelError(errno.ENOENT, f"no queue pair {qpn!r}")
+    if qp.task.pid != pid or k.tasks.get(pid) is not qp.task:
+        k.log.emit("qp-error", pid=pid, qpn=qp.qpn, why=f"attach by pid {pid}, not the creator")
+        raise KernelError(errno.EPERM, f"queue pair {qpn} is not pid {pid}'s")
+    if qp.handout is None:
+        raise KernelError(errno.EPERM, f"queue pair {qpn} was taken already")
+    ring_fd, cq_r = qp.handout
+    return [ring_fd, qp.db_keep, cq_r]
+
+
+def handed_out(k: Kernel, qpn: int) -> None:
+    """The creator has its descriptors: the daemon closes its copies of its ends."""
+    qp = _qps(k).get(qpn)
+    if qp is not None and qp.handout is not None:
+        for fd in qp.handout:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        qp.handout = None
 
 
 def destroy_qp(k: Kernel, qp: QP, why: str) -> None:
@@ -133,15 +161,11 @@ def destroy_qp(k: Kernel, qp: QP, why: str) -> None:
     unwatch = getattr(k.io, "unwatch_fd", None)
     if unwatch is not None:
         unwatch(qp.db_fd)
-    for fd in (qp.db_fd, qp.cq_fd, qp.db_keep):
+    for fd in (qp.db_fd, qp.cq_fd, qp.db_keep, *(qp.handout or ())):
         with contextlib.suppress(OSError):
             os.close(fd)
-    for path in (qp.db_path, qp.cq_path):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+    qp.handout = None
     qp.ring.close()
-    with contextlib.suppress(FileNotFoundError):
-        qp.ring.unlink()
     lst = qp.ctx.qps
     if qp in lst:
         lst.remove(qp)

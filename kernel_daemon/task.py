@@ -220,6 +220,9 @@ class Task:
     umask: int = 0o022
     #: the token the next image must register with, between exec_prepare and exec
     exec_token: bytes | None = None
+    #: the program file the process runs since it exec'd one (``mm->exe_file``), denied
+    #: writers while it runs (``deny_write_access``); None: the agent's own image
+    exe: Inode | None = None
     #: names of the datagram sockets the process bound (released at exit)
     bound: list[str] = field(default_factory=list)
     #: ``signal->rlim[RLIMIT_SIGPENDING]``: (soft, hard), the process's real limit, read

@@ -304,6 +304,8 @@ SCM_MAX_FD = 253  #: most descriptors one SCM_RIGHTS message carries (include/ne
 # prctl(2) (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 
 # x86-64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl), as the first
 # word of /proc/<pid>/syscall shows them; lower case, as __NR_read, so that they are no

@@ -30,7 +30,7 @@ import msgpack
 
 from kemu.protocol.errors import ProtocolError, VersionMismatch
 
-PROTOCOL_VERSION: Final[tuple[int, int]] = (1, 0)
+PROTOCOL_VERSION: Final[tuple[int, int]] = (2, 0)
 #: Largest control frame either side accepts, in bytes.
 MAX_FRAME: Final[int] = 4 * 1024 * 1024
 #: Largest transfer one read or write call moves, in bytes: a longer one is a short
@@ -54,6 +54,13 @@ SPAWN: Final = "spawn"  # a new process, with standard descriptors 0, 1, 2
 FORK: Final = "fork"  # the child of a fork announced by its parent (token)
 EXEC: Final = "exec"  # the new image after execve (token)
 KINDS_REGISTER: Final = frozenset({SPAWN, FORK, EXEC})
+#: not a registration: the creator of queue pair ``qpn`` takes its ring and FIFOs,
+#: passed with the answer by descriptor (``SCM_RIGHTS``); the daemon checks with
+#: ``SO_PEERCRED`` that the caller is the creator
+ATTACH_QP: Final = "attach-qp"
+#: not a registration: a registered process takes its TLB word (the generation the
+#: daemon bumps on every shoot-down, and the process's in-store mark), by descriptor
+ATTACH_MM: Final = "attach-mm"
 
 # protocol-level error reasons (machine-readable)
 E_MALFORMED: Final = "malformed"

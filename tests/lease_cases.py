@@ -222,33 +222,34 @@ A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
          "lease: SIGIO is sent before the open sleeps, so with a handler (no SA_RESTART) "
          "the open returns EINTR at once", "breaking", HOLDER + """
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
-A: open("/f", O_RDWR)                           => EINTR
+A: open("/f", O_RDWR)                           => EINTR within 0.5s
 A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 """),
     Case("own_open_with_sa_restart_waits_for_deadline", "with SA_RESTART the holder's own "
          "open restarts, does not signal again, sleeps until lease_break_time and then "
-         "opens: the lease was removed", "time", """
+         "opens (1 s after it began): the lease was removed", "time", """
 set lease_break_time = 1
 A: signal(SIGIO, "record-restart")             => 0
 A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
-A: open("/f", O_RDWR)                           => 4
+A: open("/f", O_RDWR)                           => 4 after 1s
 A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}]
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 A: locks()                                      => []
 """),
     Case("deadline_downgrades_or_removes", "a holder that ignores the notice: at the "
-         "deadline a reader breaker's lease is downgraded, a writer breaker's removed",
+         "deadline (each breaker waits lease_break_time) a reader breaker's lease is "
+         "downgraded, a writer breaker's removed",
          "time", """
 set lease_break_time = 1
 """ + HOLDER + """
 A: fcntl(fd, F_SETLEASE, F_WRLCK)               => 0
 B: r = open("/f", O_RDONLY) &
-B: join                                         => 3
+B: join                                         => 3 after 1s
 A: fcntl(fd, F_GETLEASE)                        => F_RDLCK
 C: w = open("/f", O_WRONLY) &
-C: join                                         => 3
+C: join                                         => 3 after 1s
 A: fcntl(fd, F_GETLEASE)                        => F_UNLCK
 A: signals()                                    => [{"si_signo": SIGIO, "si_code": SI_KERNEL}, {"si_signo": SIGIO, "si_code": SI_KERNEL}]
 """),
@@ -489,7 +490,7 @@ A: fork() as C
 C: signal(SIGIO, "record")                     => 0
 !kill A
 B: open("/f", O_RDWR) &
-B: join                                        => 3
+B: join                                        => 3 after 1s
 C: signals()                                   => []
 C: fcntl(fd, F_GETLEASE)                       => F_UNLCK
 """),
@@ -1145,6 +1146,103 @@ A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
 A: fcntl(fd, F_SETOWN, B.pid)                  => 0
 C: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
 B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+""", new="10"),
+]
+
+
+# --- the scenario language of issue 10, section 3: behaviours it can now state --------
+CASES += [
+    Case("holder_answers_break_in_sigio_handler", "a holder that answers the break in its "
+         "SIGIO handler (as real programs do: release, munmap, deregister): the handler's "
+         "F_UNLCK lets a writer in at once, its F_RDLCK lets a reader in with the lease "
+         "kept; the breaker never waits lease_break_time", "signals", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: on SIGIO: fcntl(fd, F_GETLEASE) => F_UNLCK; fcntl(fd, F_SETLEASE, F_UNLCK) => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: w = open("/f", O_RDWR)                      => 3 within 5s
+A: fcntl(fd, F_GETLEASE)                       => F_UNLCK
+B: close(w)                                    => 0
+A: on SIGIO: fcntl(fd, F_GETLEASE) => F_RDLCK; fcntl(fd, F_SETLEASE, F_RDLCK) => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+C: r = open("/f", O_RDONLY) &
+C: join                                        => 3 within 5s
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+A: locks()                                     => exactly [{"state": "ACTIVE", "type": "READ", "pid": A.pid, "path": "/f", "waiter": False, "depth": 0}]
+""", new="10"),
+    Case("sigtimedwait_takes_blocked_notice", "a holder that blocks the lease's signal "
+         "takes the notice with sigtimedwait: no handler runs, the siginfo is the "
+         "queued one (si_fd), and a second wait times out with EAGAIN", "signals", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETSIG, SIGIO)                  => 0
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: sigblock(SIGIO)                             => 0
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigtimedwait(SIGIO, 5)                      => exactly {"si_signo": SIGIO, "si_code": POLL_MSG, "si_band": 0x441, "si_fd": fd}
+A: sigtimedwait(SIGIO, 0.2)                    => EAGAIN within 2s
+A: signals()                                   => []
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+""", new="10"),
+    Case("running_executable_refuses_writers", "a file a process runs (execve of a "
+         "program file) is denied writers while it runs: an open for writing or a "
+         "truncate is ETXTBSY, F_WRLCK is EAGAIN, F_RDLCK is allowed; exec of a file "
+         "open for writing is ETXTBSY; the process's death gives write access back",
+         "acquiring", """
+A: fd = open("/prog", O_WRONLY|O_CREAT, 0o755)  => 3
+A: write(fd, ELF_PAUSE)                         => 129
+B: exec("/prog")                                => ETXTBSY
+A: close(fd)                                    => 0
+A: n = open("/plain", O_WRONLY|O_CREAT, 0o644)  => 3
+A: close(n)                                     => 0
+B: exec("/plain")                               => EACCES
+B: exec("/prog", "running")
+A: open("/prog", O_WRONLY)                      => ETXTBSY
+A: truncate("/prog", 0)                         => ETXTBSY
+A: r = open("/prog", O_RDONLY)                  => 3
+A: fcntl(r, F_SETLEASE, F_WRLCK)                => EAGAIN
+A: fcntl(r, F_SETLEASE, F_RDLCK)                => 0
+A: fcntl(r, F_SETLEASE, F_UNLCK)                => 0
+!kill B
+A: w = open("/prog", O_WRONLY)                  => 4
+A: close(w)                                     => 0
+A: fcntl(r, F_SETLEASE, F_WRLCK)                => 0
+""", new="10"),
+    Case("reflink_on_xfs", "on XFS (host_fs xfs: a fresh XFS with reflink on a loop "
+         "device; skipped where mkfs.xfs or loop devices are missing) FICLONE shares the "
+         "source's data, a later write to the clone leaves the source as it was, and a "
+         "read lease on the source is not broken by the clone", "breaking", """
+set host_fs = xfs
+set flavour = xfs
+A: signal(SIGIO, "record")                     => 0
+A: f = open("/f", O_RDWR|O_CREAT, 0o644)       => 3
+A: write(f, "hello")                           => 5
+A: close(f)                                    => 0
+A: r = open("/f", O_RDONLY)                    => 3
+A: fcntl(r, F_SETLEASE, F_RDLCK)               => 0
+B: g = open("/g", O_RDWR|O_CREAT, 0o644)       => 3
+B: s = open("/f", O_RDONLY)                    => 4
+B: clone(s, g)                                 => 0
+B: pread(g, 5, 0)                              => b"hello"
+B: pwrite(g, "J", 0)                           => 1
+B: pread(s, 5, 0)                              => b"hello"
+A: signals()                                   => []
+A: fcntl(r, F_GETLEASE)                        => F_RDLCK
+""", new="10"),
+    Case("unprivileged_breaker_sleeps", "a breaker that gave up root (setuid) and may "
+         "write the file breaks a root holder's lease and sleeps in the break like any "
+         "other until the holder releases it", "breaking", """
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+B: umask(0)                                    => *
+B: fd = open("/d/f", O_RDONLY|O_CREAT, 0o666)  => 3
+B: signal(SIGIO, "record")                     => 0
+B: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: setuid(65534)                               => 0
+A: w = open("/d/f", O_RDWR) &
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+B: locks()                                     => [{"state": "BREAKING", "type": "UNLCK"}, {"state": "BREAKER", "type": "WRITE", "pid": A.pid}]
+B: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+A: join                                        => 3
 """, new="10"),
 ]
 

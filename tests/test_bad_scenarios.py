@@ -65,6 +65,12 @@ STATIC: dict[str, tuple[bytes | str, int]] = {
     # not UTF-8
     "not_utf8": (b'A: getpid()\nA: open("/\xff\xfe", O_RDONLY)\n', 2),
     "latin1_comment": (b"# title: caf\xe9\nA: getpid()\n", 1),
+    # the scenario language of issue 10, section 3 (more in tests/test_lang.py, in-process)
+    "expect_unbound_var": ("A: getpid()\nA: getpid() => fd\n", 2),
+    "expect_neq": ("A: getpid() => != 0\n", 1),
+    "handler_sigkill": ("A: getpid()\nA: on SIGKILL: getpid()\n", 2),
+    "handler_unknown_call": ("A: getpid()\nA: on SIGIO: frobnicate(1)\n", 2),
+    "host_fs_zfs": ("A: getpid()\nset host_fs = zfs\n", 2),
 }
 
 #: an error only the line can find (it reads a variable): the transcript says which

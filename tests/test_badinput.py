@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -131,7 +132,8 @@ MALFORMED_FRAMES = {
     "not-a-map": msgpack.packb([1, "call", 2]) + bytes(wire.MAC_LEN),
     "truncated": wire.pack(header(1, 1))[:-3] + bytes(wire.MAC_LEN),
     "unknown-kind": wire.pack(header(1, 1, k="shout")) + bytes(wire.MAC_LEN),
-    "no-seq": wire.pack({"v": [1, 0], "k": "call", "pid": 1}) + bytes(wire.MAC_LEN),
+    "no-seq": wire.pack({"v": list(wire.PROTOCOL_VERSION), "k": "call", "pid": 1})
+    + bytes(wire.MAC_LEN),
     "bad-version-field": wire.pack(header(1, 1, v="1.0")) + bytes(wire.MAC_LEN),
 }
 
@@ -165,7 +167,7 @@ def test_multi_frame_message_is_dropped_without_answer(
 def test_wrong_major_version(conn: Connection, raw: zmq.Socket[bytes],
                              daemon: DaemonProcess) -> None:
     before = state(conn)
-    raw.send(wire.seal(header(conn.pid, take_seq(conn), v=[2, 0]), conn.secret))
+    raw.send(wire.seal(header(conn.pid, take_seq(conn), v=[wire.PROTOCOL_VERSION[0] + 1, 0]), conn.secret))
     body = unsigned_error(raw)
     assert body["error"] == wire.E_VERSION
     still_serving(conn, daemon, before)
@@ -476,7 +478,7 @@ def hello(**fields: Any) -> bytes:
 
 
 REFUSALS: dict[str, tuple[bytes, str]] = {
-    "version": (hello(v=[2, 0]), wire.E_VERSION),
+    "version": (hello(v=[wire.PROTOCOL_VERSION[0] + 1, 0]), wire.E_VERSION),
     "version-missing": (wire.encode_record({"kind": "spawn"}), wire.E_MALFORMED),
     "garbage": (b"\x00\x00\x00\x08" + b"\xc1" * 8, wire.E_MALFORMED),
     "not-a-map": (wire.encode_record([1, 2]), wire.E_MALFORMED),  # type: ignore[arg-type]
@@ -555,7 +557,7 @@ def test_client_gone_before_the_answer(conn: Connection, daemon: DaemonProcess) 
     """Clients that hang up before reading the answer cost the daemon nothing."""
     stats, procs = state(conn)
     path = os.path.join(daemon.run_dir, "register.sock")
-    for data in (hello(), hello(v=[2, 0]), b"\x00\x00", b""):
+    for data in (hello(), hello(v=[wire.PROTOCOL_VERSION[0] + 1, 0]), b"\x00\x00", b""):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(path)
             s.sendall(data)
@@ -579,3 +581,212 @@ def test_unhashable_registration_kind(conn: Connection, daemon: DaemonProcess) -
     before = state(conn)
     assert refused(daemon.run_dir, hello(kind=["spawn"])) == wire.E_MALFORMED
     still_serving(conn, daemon, before)
+
+
+# --- the campaign: random and mutated input on every channel, seeded, bounded ----------------
+
+#: seconds the campaign runs (``KEMU_FUZZ_SECONDS``; a long run: 300) and its seed
+FUZZ_SECONDS = float(os.environ.get("KEMU_FUZZ_SECONDS", "6"))
+FUZZ_SEED = int(os.environ.get("KEMU_FUZZ_SEED", "20261201"))
+#: inputs between two checks of the daemon's answers and state, and the most in all
+FUZZ_BATCH = 200
+FUZZ_MAX_FRAMES = int(os.environ.get("KEMU_FUZZ_MAX_FRAMES", "2000000"))
+#: authenticated calls the campaign may make with random arguments: those that change
+#: nothing (a random argument to any other would change state legitimately)
+READ_ONLY_CALLS = ("stat", "fstat", "listdir", "getpid", "getppid", "proc_fds", "proc_maps",
+                   "proc_locks", "proc_list", "kernel_stats", "foreign_writes", "pin_audit",
+                   "file_pins", "no_such_call")
+
+
+def _random_value(rng: Any, depth: int = 0) -> Any:
+    """A random msgpack value: what a confused or hostile sender might put anywhere."""
+    kind = rng.randrange(10 if depth < 3 else 7)
+    if kind == 0:
+        return rng.choice([0, 1, -1, 2**31, 2**63 - 1, -(2**63), rng.randrange(-1000, 1000)])
+    if kind == 1:
+        return rng.choice(["", "/", "/probe", "/..", "x" * rng.randrange(300), "\u00e9\u2603"])
+    if kind == 2:
+        return rng.randbytes(rng.randrange(40))
+    if kind == 3:
+        return rng.choice([None, True, False])
+    if kind == 4:
+        return rng.random() * 10 ** rng.randrange(-5, 20)
+    if kind == 5:
+        return rng.choice(list(wire.KINDS) + list(wire.KINDS_REGISTER)
+                          + [wire.ATTACH_QP, wire.ATTACH_MM, "call", "v", "pid", "seq"])
+    if kind == 6:
+        return rng.randrange(0, 2**64)
+    if kind in (7, 8):
+        return [_random_value(rng, depth + 1) for _ in range(rng.randrange(5))]
+    return {str(_random_value(rng, depth + 1)): _random_value(rng, depth + 1)
+            for _ in range(rng.randrange(5))}
+
+
+def _mutate(rng: Any, data: bytes) -> bytes:
+    """One to four byte-level mutations of ``data``: flips, cuts, insertions, splices,
+    repeats; never the same bytes back."""
+    out = bytearray(data)
+    for _ in range(rng.randrange(1, 5)):
+        op = rng.randrange(6)
+        at = rng.randrange(len(out) + 1)
+        if op == 0 and out:
+            out[min(at, len(out) - 1)] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            del out[at : at + rng.randrange(1, 16)]
+        elif op == 2:
+            out[at:at] = rng.randbytes(rng.randrange(1, 16))
+        elif op == 3 and out:
+            out[min(at, len(out) - 1)] = rng.choice([0x00, 0xFF, 0xC1, 0x80, 0xDF, 0xDD])
+        elif op == 4:
+            out = out[:at]
+        else:
+            out[at:at] = out[: rng.randrange(1, 64)]
+    if bytes(out) == data:
+        out.append(0xC1)
+    return bytes(out)
+
+
+def _control_input(rng: Any, conn: Connection) -> bytes:
+    """A frame for the control channel: random bytes, a random map, or a mutation of a
+    genuine frame of ``conn`` (sealed with its secret, so only the mutation stops it)."""
+    choice = rng.randrange(4)
+    if choice == 0:
+        return rng.randbytes(rng.randrange(0, 200))
+    if choice == 1:
+        body = {str(_random_value(rng)): _random_value(rng) for _ in range(rng.randrange(6))}
+        body.update(rng.choice([{}, header(conn.pid, rng.randrange(2**63))]))
+        return wire.pack(body) + rng.choice([bytes(wire.MAC_LEN), rng.randbytes(wire.MAC_LEN)])
+    call = rng.choice((*READ_ONLY_CALLS, "unlink", "close", "open", "ftruncate", "exec_prepare"))
+    args = [_random_value(rng) for _ in range(rng.randrange(4))]
+    genuine = wire.seal(header(conn.pid, conn._seq + 1 + rng.randrange(10**9), call=call,
+                               args=args, id=rng.randrange(2**31)), conn.secret)
+    return _mutate(rng, genuine)
+
+
+def _registration_input(rng: Any) -> bytes:
+    """Bytes for a registration connection: random, or a mutated hello or attach record."""
+    record = {"v": list(wire.PROTOCOL_VERSION),
+              "kind": rng.choice([wire.SPAWN, wire.FORK, wire.EXEC, wire.ATTACH_QP,
+                                  wire.ATTACH_MM, "x"]),
+              "name": "fuzz", "umask": 0o022, "token": rng.randbytes(16),
+              "qpn": _random_value(rng)}
+    data = wire.encode_record(record)
+    return rng.randbytes(rng.randrange(64)) if rng.randrange(4) == 0 else _mutate(rng, data)
+
+
+def _send_registration(run_dir: str, data: bytes) -> bool:
+    """One registration connection with ``data`` and a hang-up; True when the daemon
+    answered or closed within the timeout (any descriptors it passed are closed)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(ANSWER_TIMEOUT_MS / 1000)
+        s.connect(os.path.join(run_dir, "register.sock"))
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # a half record is ended at once, not by its timer
+        try:
+            while True:
+                chunk, fds, _, _ = socket.recv_fds(s, 65536, 4)
+                for fd in fds:
+                    os.close(fd)
+                if not chunk:
+                    return True
+        except TimeoutError:
+            return False
+
+
+def _digest(conn: Connection) -> Any:
+    """What the campaign must not change: object counts (registration timers aside:
+    connections being torn down), processes, this process's descriptors, the files."""
+    stats = conn.call("kernel_stats")
+    stats.pop("timers", None)
+    return (stats, conn.call("proc_list"), conn.call("proc_fds", conn.pid),
+            conn.call("listdir", "/"), conn.call("foreign_writes"))
+
+
+@pytest.mark.timeout(FUZZ_SECONDS + 90)
+def test_campaign_of_random_and_mutated_input(conn: Connection, raw: zmq.Socket[bytes],
+                                              daemon: DaemonProcess) -> None:
+    """Seeded, bounded in time and count: random and mutated frames on the control
+    channel (unauthenticated and mutations of genuine frames), authenticated calls
+    with random arguments that change nothing, random and mutated registration and
+    attach records, scribbles over a queue pair's ring and bytes into its doorbell.
+    After every batch the daemon answers correctly and its state is what it was.
+    Prints the counts (``-s``); ``KEMU_FUZZ_SECONDS=300`` for a long run."""
+    import random
+    import time
+
+    from kemu.agents.lib.runtime import attach_qp
+    from kemu.protocol import ring
+
+    rng = random.Random(FUZZ_SEED)
+    fd = conn.call("open", "/probe", linux.O_RDWR | linux.O_CREAT, 0o644)
+    conn.call("write", fd, b"the campaign must not change this")
+    ctx = conn.call("ibv_open_device")
+    qpn = conn.call("ibv_create_qp", ctx)["qpn"]
+    ring_fd, db, cq = attach_qp(daemon.run_dir, qpn)
+    import mmap
+
+    ring_map = mmap.mmap(ring_fd, ring.RING_SIZE)
+    os.close(ring_fd)
+    baseline = _digest(conn)
+    counts = {"control": 0, "authenticated": 0, "registration": 0, "ring": 0, "doorbell": 0,
+              "crashes": 0, "hangs": 0, "state_changes": 0, "batches": 0}
+    deadline = time.monotonic() + FUZZ_SECONDS
+    sent = 0
+    try:
+        while time.monotonic() < deadline and sent < FUZZ_MAX_FRAMES:
+            for _ in range(FUZZ_BATCH):
+                channel = rng.randrange(10)
+                if channel < 5:
+                    raw.send(_control_input(rng, conn))
+                    counts["control"] += 1
+                    if not raw.poll(ANSWER_TIMEOUT_MS):
+                        counts["hangs"] += 1
+                    else:
+                        raw.recv()
+                elif channel < 7:
+                    call = rng.choice(READ_ONLY_CALLS)
+                    args = [_random_value(rng) for _ in range(rng.randrange(4))]
+                    counts["authenticated"] += 1
+                    try:
+                        conn.wait(conn.submit(call, *args), timeout=5)
+                    except (OSError, ProtocolError):
+                        pass
+                    except TimeoutError:
+                        counts["hangs"] += 1
+                elif channel < 9:
+                    counts["registration"] += 1
+                    if not _send_registration(daemon.run_dir, _registration_input(rng)):
+                        counts["hangs"] += 1
+                else:
+                    at = rng.randrange(ring.RING_SIZE)
+                    junk = rng.randbytes(rng.randrange(1, 128))[: ring.RING_SIZE - at]
+                    ring_map[at : at + len(junk)] = junk
+                    counts["ring"] += 1
+                    with contextlib.suppress(BlockingIOError):
+                        os.write(db, rng.randbytes(rng.randrange(1, 64)))
+                    counts["doorbell"] += 1
+                sent += 1
+            counts["batches"] += 1
+            if daemon.proc.poll() is not None:
+                counts["crashes"] += 1
+                break
+            try:
+                assert conn.call("getpid") == os.getpid()
+                if _digest(conn) != baseline:
+                    counts["state_changes"] += 1
+            except TimeoutError:
+                counts["hangs"] += 1
+        print(f"\nfuzz campaign seed {FUZZ_SEED}, {FUZZ_SECONDS:g} s: "
+              + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        assert counts["crashes"] == counts["hangs"] == counts["state_changes"] == 0, counts
+        assert conn.call("pread", fd, 64, 0) == b"the campaign must not change this"
+        # registration connections torn down, the ring's queue pair still there
+        end = time.monotonic() + 10
+        while conn.call("kernel_stats")["timers"] != 0:
+            assert time.monotonic() < end, "registration timers left behind"
+            select.select([], [], [], 0.05)
+        assert conn.call("kernel_stats")["qps"] == 1
+    finally:
+        ring_map.close()
+        os.close(db)
+        os.close(cq)

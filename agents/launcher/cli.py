@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from kemu.agents.launcher import designs
+from kemu.agents.launcher import designs, hostfs
 from kemu.agents.launcher.runner import Outcome, run_scenario
 from kemu.agents.scenario import transcript
 from kemu.agents.scenario.calls import check_calls
@@ -41,7 +41,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 2
     outcomes = []
-    for target in targets:
+    for target in list(targets):
+        why = hostfs.unavailable(str(scenario.settings.get("host_fs", "run"))) \
+            if target == "host" else None
+        if why:  # the filesystem the scenario asks for is not to be had here
+            print(f"{PROG}: skipped on the host: {why}")
+            targets.remove(target)
+            continue
         outcomes.append(run_scenario(scenario, target, args.policy, out=sys.stdout,
                                      show_pids=not args.no_pids))
         print()

@@ -17,6 +17,7 @@ line during or after which it died and how it died.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import json
@@ -35,16 +36,17 @@ import psutil
 
 import kemu
 from kemu.agents import report
-from kemu.agents.launcher import designs, hostsysctl, runs, zygote
+from kemu.agents.launcher import designs, hostfs, hostsysctl, runs, zygote
 from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.lib.api import HostSystem
 from kemu.agents.lib.runtime import Connection, DaemonGone
 from kemu.agents.scenario import strace, transcript
 from kemu.agents.scenario.calls import SLEEPS_IN, check_calls
+from kemu.agents.scenario.expr import UNSET, ExprError
 from kemu.agents.scenario.link import Link, LinkClosed, Watched
 from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
-from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER
+from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER, errno_name
 
 ROOT = kemu.HOME
 #: the host's own value while a run has changed it (survives the run being killed)
@@ -70,6 +72,8 @@ class ActorState:
     #: a pidfd of a fork child (a top-level actor has ``proc``), to see it die without
     #: mistaking a later process that got its PID (-1: none)
     pidfd: int = -1
+    #: the program file it exec'd (``exec("/prog")``): it runs that, takes no lines
+    program: str | None = None
 
 
 @dataclass
@@ -131,6 +135,8 @@ class Outcome:
         return not self.failures
 
 
+#: seconds a time expectation (``after 1s``) may be off by default (``time_tolerance``)
+TIME_TOLERANCE = 0.5
 #: seconds a new actor (a fresh interpreter: spawn, exec) may take to say hello
 START_TIMEOUT = 30.0
 #: an actor's RLIMIT_NOFILE soft limit: the usual 1024 of a login shell
@@ -141,41 +147,13 @@ class RunError(Exception):
     """The run could not go on (an actor did not answer in time, a link broke)."""
 
 
-def matches(expect: Expect | None, reply: dict[str, Any]) -> bool:
-    """True when ``reply`` meets ``expect`` (no expectation: anything but a scenario error)."""
-    if "error" in reply:
-        return False
-    if "skipped" in reply or (expect is not None and expect.kind == "skipped"):
-        return "skipped" in reply and (expect is None or expect.kind in ("skipped", "any"))
-    if "killed" in reply or (expect is not None and expect.kind == "killed"):
-        if expect is None or expect.kind != "killed" or "killed" not in reply:
-            return False
-        return expect.value in (None, reply["killed"])
-    if expect is None or expect.kind == "any":
-        return True
-    if expect.kind == "errno":
-        return bool(reply.get("errno") == expect.value)
-    if "errno" in reply:
-        return False
-    if expect.kind == "ok":
-        return True
-    got = reply.get("ok")
-    want = expect.value
-    if isinstance(want, str) and isinstance(got, bytes | bytearray):
-        want = want.encode()
-    return _match_value(got, want)
-
-
-def _match_value(got: Any, want: Any) -> bool:
-    """Equality, except that an expected map needs only the keys it names (also inside
-    lists), so an expectation can leave out what differs between runs (PIDs)."""
-    if isinstance(want, dict) and isinstance(got, dict):
-        return all(k in got and _match_value(got[k], v) for k, v in want.items())
-    if isinstance(want, list) and isinstance(got, list):
-        return len(want) == len(got) and all(_match_value(g, w) for g, w in zip(got, want, strict=True))
-    if isinstance(want, str) and isinstance(got, bytes | bytearray):
-        return got == want.encode()
-    return bool(got == want)
+def matches(expect: Expect | None, reply: dict[str, Any], env: dict[str, Any] | None = None,
+            pids: dict[str, int] | None = None, tolerance: float = 0.5) -> bool:
+    """True when ``reply`` meets ``expect`` (no expectation: any success; see
+    :meth:`Expect.matches` for ``env``, ``pids`` and ``tolerance``)."""
+    if expect is None:
+        return not ({"error", "skipped", "killed"} & set(reply))
+    return expect.matches(reply, env, pids, tolerance)
 
 
 class Runner:
@@ -253,6 +231,17 @@ class Runner:
         self.aborted = False
         #: deaths shown unjudged (see ``Outcome.unjudged_deaths``)
         self.unjudged_deaths = 0
+        #: each actor's variables as its lines bound them (the results the actor
+        #: reported), for expectations that name them
+        self.vars: dict[str, dict[str, Any]] = {}
+        #: actors that have an ``on SIGNAME:`` handler installed: after a line, each is
+        #: asked what its handlers did (``_sync_handlers``)
+        self.handler_actors: set[str] = set()
+        #: host target: where the actors' root lives (``set host_fs``)
+        self.host_root = hostfs.HostRoot(str(self.settings.get("host_fs", "run")),
+                                         self.run_dir)
+        #: the ``on`` lines, by line number (a handler's report names its line)
+        self.on_steps: dict[int, Step] = {s.lineno: s for s in scenario.steps if s.handler}
 
     # --- output -----------------------------------------------------------------------
 
@@ -369,8 +358,12 @@ class Runner:
             self.kconn = Connection(self.run_dir, name="launcher")
             self.judged = self.judged or self.policy in self.kconn.policies
         else:
-            os.makedirs(os.path.join(self.run_dir, "root"), exist_ok=True)
-            os.chmod(os.path.join(self.run_dir, "root"), 0o755)
+            try:
+                self.host_root.make()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                detail = getattr(exc, "stderr", "") or ""
+                raise RunError(f"host_fs {self.host_root.choice}: {exc} {detail}".strip()
+                               ) from None
             if "lease_break_time" in self.settings:
                 self._set_host_lease_break_time(float(self.settings["lease_break_time"]))
         logs = os.path.join(self.run_dir, "actors")
@@ -455,7 +448,7 @@ class Runner:
         exp = step.expectation(tags)
         if step.kind == "join" and not step.expects and actor.pending:
             exp = actor.pending[0].expectation(tags)
-        return step.kind in ("call", "join") and exp is not None and exp.kind == "killed"
+        return step.kind in ("call", "join") and exp is not None and exp.expects_death()
 
     def _death_unjudged(self, name: str) -> bool:
         """A design the scenario does not know, and the scenario's word on ``name``'s
@@ -463,7 +456,7 @@ class Runner:
         return not self.judged and any(
             s.actor == name and s.design_dependent()
             and ((s.kind == "fault" and s.fault in ("wait", "expect-death", "kill"))
-                 or any(e.kind == "killed" for e in s.expects))
+                 or any(e.expects_death() for e in s.expects))
             for s in self.sc.steps)
 
     def _unexpected_death(self, actor: ActorState, status: str, line: int) -> None:
@@ -563,6 +556,46 @@ class Runner:
 
     # --- driving ----------------------------------------------------------------------
 
+    def _sync_handlers(self, exclude: str | None) -> list[tuple[ActorState, dict[str, Any]]]:
+        """Ask every idle actor with an ``on`` handler (but ``exclude``) what its handlers
+        did: a signal sent to it during the line that just ran is pending before the
+        question is sent, so it is delivered, and its handler run, before the actor
+        reads it.  The answers that report something, in the actors' order."""
+        out: list[tuple[ActorState, dict[str, Any]]] = []
+        for actor in self.actors.values():
+            if actor.name not in self.handler_actors or actor.name == exclude \
+                    or not actor.alive or actor.stopped or actor.pending or actor.link is None:
+                continue
+            try:
+                actor.link.send({"op": "sync"})
+                reply = actor.link.recv(timeout=self.step_timeout, watch=self._daemon_fd())
+            except (LinkClosed, Watched):
+                continue  # it died (seen before the next line) or the kernel did
+            except TimeoutError:
+                raise RunError(f"actor {actor.name} did not answer within "
+                               f"{self.step_timeout} s (a handler call that blocks?)") from None
+            if reply.get("delivered") or reply.get("handled"):
+                out.append((actor, reply))
+        return out
+
+    def _handled(self, actor: ActorState, entries: list[dict[str, Any]]) -> None:
+        """Show what ``actor``'s ``on`` handlers did (the signal, then each call, as
+        strace shows calls), checking each call against its expectation."""
+        for entry in entries:
+            self._emit("signal", actor=actor.name, pid=actor.pid,
+                       siginfo=self._name_pids(entry.get("si") or {}))
+            on = self.on_steps.get(int(entry.get("line", 0)))
+            for i, reply in enumerate(entry.get("calls") or []):
+                if on is None or i >= len(on.handler):
+                    continue
+                hstep = on.handler[i]
+                args = reply.get("args", [])
+                shown = strace.call(hstep.call, self._display_args(hstep.call, args))
+                text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown,
+                                  result=self._result_text(hstep.call, args, reply))
+                self._bind(actor.name, hstep.bind, reply)
+                self._check(hstep, actor, text, reply)
+
     def _send(self, actor: ActorState, body: dict[str, Any]) -> dict[str, Any]:
         if not actor.alive or actor.link is None:
             raise RunError(f"actor {actor.name} is dead")
@@ -595,6 +628,7 @@ class Runner:
         strace's line for a delivery); ``reply`` without them."""
         for si in reply.pop("delivered", None) or []:
             self._emit("signal", actor=actor.name, pid=actor.pid, siginfo=self._name_pids(si))
+        self._handled(actor, reply.pop("handled", None) or [])
         return reply
 
     def _ended(self, actor: ActorState, reply: dict[str, Any]) -> None:
@@ -615,7 +649,9 @@ class Runner:
 
     def _check(self, step: Step, actor: ActorState, text: str, reply: dict[str, Any]) -> None:
         exp = step.expectation({self.policy, self.target})
-        ok = matches(exp, reply)
+        ok = matches(exp, reply, self.vars.get(actor.name, {}),
+                     {a.name: a.pid for a in self.actors.values()},
+                     float(self.settings.get("time_tolerance", TIME_TOLERANCE)))
         unjudged = not self.judged and step.design_dependent() and "error" not in reply
         if unjudged:
             ok = True
@@ -626,6 +662,15 @@ class Runner:
                   expected=exp.describe() if exp else None)
         if not ok:
             want = exp.describe() if exp else "success"
+            if exp is not None and exp.source:
+                with contextlib.suppress(ExprError):
+                    value = exp.evaluate(self.vars.get(actor.name, {}),
+                                         {a.name: a.pid for a in self.actors.values()})
+                    want += " (= " + strace.value(self._pid_name(value) if type(value) is int
+                                                  else self._name_pids(value)) + ")"
+            if exp is not None and exp.time is not None:
+                took = reply.get("elapsed")
+                want += f" (took {took:.3f} s)" if isinstance(took, float) else " (not timed)"
             why = reply.get("error") or f"expected {want}"
             self.failures.append(f"line {step.lineno}: {text}: {why}")
             self._emit("mismatch", expected=want)
@@ -633,7 +678,7 @@ class Runner:
                 self._emit("trace", text=str(reply["trace"]))
         elif unjudged:
             self._emit("unjudged", design=self.policy)
-        if "killed" in reply and not unjudged and (exp is None or exp.kind != "killed"):
+        if "killed" in reply and not unjudged and (exp is None or not exp.expects_death()):
             # the actor died under a call that does not expect it
             self._unexpected_death(actor, str(reply["killed"]), self.line_now or step.lineno)
 
@@ -670,6 +715,9 @@ class Runner:
         self.line_now = step.lineno
         try:
             self._run_step(step)
+            if self.handler_actors:  # what handlers did after the line (a fault's signal)
+                for other, reply in self._sync_handlers(None):
+                    self._delivered(other, reply)
         finally:
             self.last_line, self.line_now = step.lineno, 0
 
@@ -687,6 +735,11 @@ class Runner:
             self.failures.append(f"line {step.lineno}: actor {step.actor} is not alive")
             self._emit("dead", actor=step.actor, source=step.source or step.text)
             return
+        if actor.program is not None:
+            self.failures.append(f"line {step.lineno}: actor {actor.name} runs "
+                                 f"{actor.program} (it exec'd it): it takes no more lines")
+            self._emit("dead", actor=step.actor, source=step.source or step.text)
+            return
         if step.kind == "join":
             if not actor.pending:
                 self.failures.append(f"line {step.lineno}: join without a background call")
@@ -695,24 +748,39 @@ class Runner:
             self._log("step", line=step.lineno, kind="join", actor=actor.name, pid=actor.pid,
                       source="join", started=started.lineno)
             reply = self._send(actor, {"op": "join", "source": started.source})
+            self._bind(actor.name, started.bind, reply)
             name = reply.get("call", started.call)
             reply = self._canonical(name, reply)
             res = self._result_text(name, reply.get("args", []), reply)
+            for other, answer in self._sync_handlers(actor.name):
+                self._delivered(other, answer)  # what woke it, shown before it resumes
             text = self._emit("resumed", actor=actor.name, pid=actor.pid, call=name, result=res)
             self._ended(actor, reply)
             # the expectation may sit on the join line or on the background line
             self._check(step if step.expects else started, actor, text, reply)
             return
-        body = {"op": "call", "source": step.source, "bind": step.bind,
+        body: dict[str, Any] = {"op": "call", "source": step.source, "bind": step.bind,
                 "background": step.background, "child": step.child,
                 "pids": {a.name: a.pid for a in self.actors.values()},
                 "step_timeout": self.step_timeout}
+        if step.handler:
+            body.update(handler=[{"source": h.source, "bind": h.bind} for h in step.handler],
+                        signal=signal_number(step.signal), line=step.lineno)
         self._log("call", line=step.lineno, actor=actor.name, pid=actor.pid, source=step.source)
         if step.call == "exec":
             self._exec(step, actor, body)
             return
-        reply = self._canonical(step.call, self._send(actor, body))
+        raw = self._send(actor, body)
+        if not raw.get("started") and step.call != "fork":
+            self._bind(actor.name, step.bind, raw)
+        reply = self._canonical(step.call, raw)
         shown = strace.call(step.call, self._display_args(step.call, reply.get("args", [])))
+        if step.handler:
+            shown = (f"rt_sigaction({step.signal}, {{sa_handler=<"
+                     + "; ".join(strace.octal_modes(h.source) for h in step.handler)
+                     + ">, sa_flags=SA_SIGINFO})")
+            if "ok" in reply:
+                self.handler_actors.add(actor.name)
         if reply.get("started"):
             actor.pending.append(step)
             self._emit("unfinished", actor=actor.name, pid=actor.pid, call=shown)
@@ -726,8 +794,21 @@ class Runner:
                                             created=_created(int(hello["pid"])),
                                             pidfd=_pidfd(int(hello["pid"])))
             self._log("actor", name=child, pid=hello["pid"], how="fork", parent=actor.name)
+            self.vars[child] = dict(self.vars.get(actor.name, {}))
+            if actor.name in self.handler_actors:  # fork(2) keeps the dispositions
+                self.handler_actors.add(child)
+            self._bind(child, step.bind, {"ok": 0})
+            self._bind(actor.name, step.bind, reply)
             res = self._pid_text(int(reply["ok"]))
-        text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
+        others = self._sync_handlers(actor.name) if step.call != "fork" else []
+        if others:  # handlers that ran while the call did: strace's unfinished/resumed
+            self._emit("unfinished", actor=actor.name, pid=actor.pid, call=shown)
+            for other, answer in others:
+                self._delivered(other, answer)
+            text = self._emit("resumed", actor=actor.name, pid=actor.pid, call=step.call,
+                              result=res)
+        else:
+            text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown, result=res)
         self._ended(actor, reply)
         self._check(step, actor, text, reply)
         if step.call == "exit" and "ok" in reply:
@@ -737,10 +818,63 @@ class Runner:
             self._emit("exited", actor=actor.name, pid=actor.pid, status=actor.status
                        or "exited with 0")
 
+    def _bind(self, actor: str, var: str | None, reply: dict[str, Any]) -> None:
+        """Keep what ``var = call(...)`` bound in ``actor``'s variables, as the actor
+        itself does (``scripted.Actor.execute``): the result, or a failed call's mark."""
+        if not var:
+            return
+        if "ok" in reply:
+            self.vars.setdefault(actor, {})[var] = reply["ok"]
+        elif "errno" in reply:
+            self.vars.setdefault(actor, {})[var] = {
+                UNSET: f"the call failed with {errno_name(int(reply['errno']))}"}
+
+    def _exec_program(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
+        """``A: exec("/prog", ...)``: execve(2) of a program file.  An error comes back
+        as the line's errno; on success the actor's link closes (close-on-exec) while
+        its process lives on, running the program: it takes no more lines, and is
+        SIGKILLed at the end of the run if nothing ended it before."""
+        assert actor.link is not None
+        try:
+            actor.link.send(body)
+            reply = actor.link.recv(timeout=self.step_timeout, watch=self._daemon_fd())
+            reply = self._delivered(actor, reply)
+        except LinkClosed:
+            actor.link.close()
+            actor.link = None
+            reply = {"ok": 0} if not self._gone(actor, 0.05) else {"killed": self._death(actor)}
+        except (TimeoutError, Watched):
+            self._check_kernel()
+            raise RunError(f"actor {actor.name} did not exec within {self.step_timeout} s"
+                           ) from None
+        args = reply.get("args") or self._static_args(step)
+        argv = strace.value([str(a) for a in args])
+        shown = f"execve({strace.value(str(args[0]) if args else '')}, {argv})"
+        if "ok" in reply:
+            actor.program = str(args[0]) if args else "?"
+            self.handler_actors.discard(actor.name)
+        text = self._emit("call", actor=actor.name, pid=actor.pid, call=shown,
+                          result=self._result_text("exec", args, reply)
+                          if "ok" not in reply else "0")
+        self._ended(actor, reply)
+        self._check(step, actor, text, reply)
+
+    @staticmethod
+    def _static_args(step: Step) -> list[Any]:
+        """The literal arguments of a line's call (what the transcript shows when the
+        actor could not report them)."""
+        node = ast.parse(step.source, mode="eval").body
+        assert isinstance(node, ast.Call)
+        return [a.value if isinstance(a, ast.Constant) else ast.unparse(a) for a in node.args]
+
     def _exec(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
+        if step.source != "exec()":
+            self._exec_program(step, actor, body)
+            return
         assert actor.link is not None
         actor.link.send(body)
         old = actor.link
+        self.handler_actors.discard(actor.name)  # execve(2) resets caught signals
         # The old image's link closes at exec (close-on-exec); the new image says hello.
         link, hello = self._await_hello(actor.name)
         old.close()
@@ -875,6 +1009,15 @@ class Runner:
         everything."""
         if not self.aborted:
             self._check_deaths(None)
+        for actor in self.actors.values():
+            if actor.alive and actor.program is not None:
+                # still running the program it exec'd: ended here, as a shell's kill -9
+                os.kill(actor.pid, signal.SIGKILL)
+                actor.alive = False
+                self._wait_dead(actor)
+                actor.status = "SIGKILL"
+                self._dead(actor, "SIGKILL", "end of run")
+                self._emit("fault", actor=actor.name, pid=actor.pid, fault="kill")
         self._log("finish")
         for timer in self.timers:
             timer.cancel()
@@ -939,6 +1082,7 @@ class Runner:
             root = os.path.join(self.run_dir, "root")
             with contextlib.suppress(OSError):
                 self.final_locks = HostSystem(root).locks()
+            self.host_root.remove()
         if self.kconn is not None:
             try:
                 for actor in self.actors.values():
@@ -1132,10 +1276,16 @@ def _reap_all() -> None:
 
 
 def needs_root(scenario: Scenario, target: str) -> str | None:
-    """Why ``scenario`` cannot run on ``target`` without root, or None: a host run that
+    """Why ``scenario`` cannot run on ``target`` here, or None: the filesystem its
+    ``host_fs`` setting asks for is not to be had (:func:`hostfs.unavailable`); or it
+    needs root and this is not root: a host run that
     sets ``lease_break_time`` writes /proc/sys/fs/lease-break-time, and ``setuid`` of
     an actor (on either target: the emulator's actors change their credentials for
     real) needs CAP_SETUID."""
+    if target == "host":
+        why = hostfs.unavailable(str(scenario.settings.get("host_fs", "run")))
+        if why:
+            return why
     if os.geteuid() == 0:
         return None
     if target == "host" and "lease_break_time" in scenario.settings:

@@ -40,6 +40,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define RING_SIZE 4096u /* a power of two */
@@ -333,7 +334,50 @@ sigrec_dropped(PyObject *module, PyObject *unused)
     return PyLong_FromUnsignedLong(atomic_load(&ndropped));
 }
 
+/* sigtimedwait(2) of a blocked signal: dequeue one of `signums` without running a
+ * handler.  The GIL is released while the thread sleeps.  Returns the raw fields as
+ * take() does, or None when `timeout` (seconds; negative: no limit) passes (EAGAIN);
+ * EINTR (a handler of another signal ran) and other errors raise OSError. */
+static PyObject *
+sigrec_sigtimedwait(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *seq;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Od:sigtimedwait", &seq, &timeout))
+        return NULL;
+    sigset_t set;
+    if (fill_sigset(seq, &set) < 0)
+        return NULL;
+    struct timespec ts, *tsp = NULL;
+    if (timeout >= 0) {
+        ts.tv_sec = (time_t)timeout;
+        ts.tv_nsec = (long)((timeout - (double)ts.tv_sec) * 1e9);
+        tsp = &ts;
+    }
+    siginfo_t info;
+    int sig, err;
+    memset(&info, 0, sizeof info);
+    Py_BEGIN_ALLOW_THREADS
+    sig = sigtimedwait(&set, &info, tsp);
+    err = errno;
+    Py_END_ALLOW_THREADS
+    if (sig < 0) {
+        if (err == EAGAIN)
+            Py_RETURN_NONE;
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return Py_BuildValue("(iiiiIil)", info.si_signo, info.si_code, info.si_errno,
+                         (int)info.si_pid, (unsigned int)info.si_uid, info.si_fd,
+                         info.si_band);
+}
+
 static PyMethodDef sigrec_methods[] = {
+    {"sigtimedwait", sigrec_sigtimedwait, METH_VARARGS,
+     "sigtimedwait(signums, timeout) -> tuple | None\n\nsigtimedwait(2) of blocked signals: "
+     "the raw (signo, code, errno, pid, uid, fd, band), None after timeout seconds "
+     "(negative: no limit)."},
     {"set_wakeup", sigrec_set_wakeup, METH_O,
      "set_wakeup(fd) -> None\n\nThe handler writes one byte (the signal number) to fd per "
      "signal; -1 disables."},

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from kemu.agents.lib.mm import AgentMM
-from kemu.agents.lib.runtime import Connection
+from kemu.agents.lib.runtime import Connection, attach_qp
 from kemu.agents.lib.sigrec import SigInfo, SignalRecorder, recorder
 from kemu.agents.lib.verbs import AgentQP
 from kemu.protocol import linux, wire
@@ -189,6 +189,10 @@ class System(ABC):
     @abstractmethod
     def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
         """execve(2) of ``argv`` (a Python agent program) for real; never returns."""
+
+    def exec_program(self, path: str, argv: list[str]) -> NoReturn:
+        """execve(2) of the program file ``path`` with ``argv``; never returns."""
+        raise os_error(errno.ENOEXEC)
 
     @abstractmethod
     def fds(self) -> list[dict[str, Any]]:
@@ -361,10 +365,28 @@ class System(ABC):
         for raw in rec.take():
             self._took(self._siginfo(raw))
 
+    #: a program's own reaction to a delivered signal (the scripted agent's ``on SIG:``
+    #: handlers): called with the siginfo; True if it took the signal, which is then not
+    #: kept for ``signals()``/``sigwait()``
+    reaction: Any = None
+
     def _took(self, si: dict[str, Any]) -> None:
-        """A signal was delivered (its handler ran): keep its siginfo."""
+        """A signal was delivered (its handler ran): keep its siginfo, unless the
+        program's :attr:`reaction` takes it."""
+        if self.reaction is not None and self.reaction(si):
+            return
         self.recorded.append(si)
         self.delivered.append(si)
+
+    def sigtimedwait(self, signums: Iterable[int], timeout: float | None = None) -> dict[str, Any]:
+        """sigtimedwait(2): take one of ``signums``, which the caller has blocked, from
+        the pending signals without a handler running (Linux kernel/signal.c
+        do_sigtimedwait()); EAGAIN after ``timeout`` seconds (None: no limit), EINTR if
+        a handler of another signal ran meanwhile."""
+        raw = self._rec().sigtimedwait(signums, timeout)
+        if raw is None:
+            raise os_error(errno.EAGAIN)
+        return self._siginfo(raw)
 
     def take_delivered(self) -> list[dict[str, Any]]:
         """The siginfo of the signals delivered since the last call, oldest first (the
@@ -499,6 +521,11 @@ class EmuSystem(System):
             self.conn.call("fork_done", token, -1)
             raise
         if pid == 0:
+            # the parent's queue pairs are the parent's: their rings are not mapped
+            # here (MADV_DONTFORK), their descriptors are copies the child lets go
+            for agent_qp in self._qps().values():
+                agent_qp.forget()
+            self._qps().clear()
             self.conn.reconnect_after_fork(token, name or self.conn.name)
             mmu = getattr(self, "_mmu", None)
             if mmu is not None:
@@ -522,6 +549,30 @@ class EmuSystem(System):
         finally:
             # Past exec_prepare there is no way back, as past begin_new_exec().
             os._exit(127)
+
+    def exec_program(self, path: str, argv: list[str]) -> NoReturn:
+        """execve(2) of the emulated program file ``path``: the daemon checks it and
+        denies it writers while this process lives (``exec_program``), and the process
+        then runs the file's bytes for real (from a memfd, ``fexecve``).  ENOEXEC,
+        before the point of no return, for a file that is not an ELF executable."""
+        self.conn.call("exec_program", path, 1)  # EACCES, ETXTBSY first
+        fd = self.open(path, os.O_RDONLY)
+        try:
+            data = b""
+            while chunk := self.pread(fd, wire.MAX_IO, len(data)):
+                data += chunk
+        finally:
+            self.close(fd)
+        if not data.startswith(b"\x7fELF"):
+            raise os_error(errno.ENOEXEC)
+        self.conn.call("exec_program", path)
+        try:
+            mem = os.memfd_create("kemu-exec", os.MFD_CLOEXEC)
+            os.write(mem, data)
+            self.conn.close()
+            os.execve(mem, argv, dict(os.environ))
+        finally:
+            os._exit(127)  # past exec_program there is no way back, as past begin_new_exec()
 
     def fds(self) -> list[dict[str, Any]]:
         return list(self.conn.call("proc_fds", self.conn.pid))
@@ -679,7 +730,8 @@ class EmuSystem(System):
     # verbs' data path: queue pairs, posted to without a call (agents/lib/verbs.py)
     def ibv_create_qp(self, ctx: int) -> int:
         """``ibv_create_qp`` on the context behind ``ctx``: the queue pair's number."""
-        qp = AgentQP(self.conn.call("ibv_create_qp", ctx))
+        info = self.conn.call("ibv_create_qp", ctx)
+        qp = AgentQP(info, attach_qp(self.run_dir, int(info["qpn"])))
         self._qps()[qp.qpn] = qp
         return qp.qpn
 
@@ -905,6 +957,12 @@ class HostSystem(System):
 
     def execv(self, argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
         os.execve(argv[0], argv, dict(os.environ if env is None else env))
+
+    def exec_program(self, path: str, argv: list[str]) -> NoReturn:
+        """execve(2) of the program file ``path`` (under the root) with ``argv``: the
+        process runs it from now on; an error (ENOENT, EACCES, ETXTBSY, ENOEXEC) is
+        raised before the point of no return, as execve returns it."""
+        os.execve(self.path(path), argv, dict(os.environ))
 
     def setuid(self, uid: int) -> None:
         os.setuid(uid)

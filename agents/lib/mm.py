@@ -3,9 +3,16 @@
 The pmem device is a POSIX shared-memory segment (:mod:`kemu.protocol.shm`) the agent
 attaches to; the daemon owns its lifetime.  Each mapping's translations (page -> block) are cached
 here, as a TLB; a miss faults into the daemon.  A shoot-down from the daemon drops
-translations and is acknowledged at once; the daemon frees no block before every
-process that may cache it has acknowledged, so a store here can never land in a freed
-block.  Shoot-downs are taken before every access and whenever the agent waits.
+translations and is acknowledged at once; but the daemon does not wait for that (a
+process that is stopped never answers, and Linux's IPI needs nothing from its target).
+It bumps the process's TLB generation in a shared word (:class:`TlbWord` in
+``kernel_daemon/mm.py``), which every access checks before it uses a cached
+translation: a new generation drops them all, so a process that resumes after a
+shoot-down it slept through faults instead of storing.  A store marks the generation
+it stores under (``in_store``) for the few microseconds of its copy, and the daemon
+frees no block while a store that began under an older generation is in progress, so
+a store here can never land in a freed block.  Shoot-downs are taken before every
+access and whenever the agent waits.
 """
 
 from __future__ import annotations
@@ -15,8 +22,8 @@ import errno
 from dataclasses import dataclass, field
 from typing import Any
 
-from kemu.agents.lib.runtime import Connection
-from kemu.protocol import linux, shm
+from kemu.agents.lib.runtime import Connection, take_fds
+from kemu.protocol import linux, shm, wire
 from kemu.protocol.errors import os_error
 
 ZERO_PAGE = -1
@@ -173,6 +180,26 @@ class AgentMM:
         self.zaps: list[tuple[int, int, frozenset[int]]] = []
         conn.event_handlers["shootdown"] = self._shootdown
         conn.event_handlers["cow-pin"] = self._cow_pin
+        self._attach_word()
+
+    def _attach_word(self) -> None:
+        """Take this process's TLB word from the daemon (by descriptor); a fork child
+        unmaps its parent's and takes one of its own."""
+        (fd,) = take_fds(self.conn.run_dir, {"kind": wire.ATTACH_MM}, 1)
+        self.word = shm.Segment(fd=fd)
+        self.wbuf: memoryview = self.word.buf
+        #: the TLB generation the cached translations belong to
+        self.seen_gen = int.from_bytes(self.wbuf[0:8], "little")
+
+    def _generation(self) -> int:
+        """The TLB generation now; when the daemon has bumped it, every cached
+        translation is dropped first (a shoot-down this process may not have read)."""
+        gen = int.from_bytes(self.wbuf[0:8], "little")
+        if gen != self.seen_gen:
+            for vma in self.vmas.values():
+                vma.tlb.clear()
+            self.seen_gen = gen
+        return gen
 
     # --- events -----------------------------------------------------------------------
 
@@ -210,12 +237,16 @@ class AgentMM:
         self.conn.pump(0)
 
     def after_fork(self, conn: Connection) -> None:
-        """In a fork child: a new channel, and no translations until faulted again."""
+        """In a fork child: a new channel, a TLB word of its own (the parent's is not
+        mapped here), and no translations until faulted again."""
         self.conn = conn
         for vma in self.vmas.values():
             vma.tlb.clear()
         conn.event_handlers["shootdown"] = self._shootdown
         conn.event_handlers["cow-pin"] = self._cow_pin
+        self.wbuf.release()
+        self.word.close()
+        self._attach_word()
 
     # --- mapping --------------------------------------------------------------------
 
@@ -272,13 +303,35 @@ class AgentMM:
     def store(self, addr: int, data: bytes | memoryview) -> int:
         """Store ``data`` at ``addr`` through the mapping (EFAULT after SIGBUS/SIGSEGV).
 
-        Each run of pages whose blocks are consecutive is copied with one slice."""
+        First every page is translated (faulting as needed), then, with the generation
+        those translations belong to marked in ``in_store`` and checked once more,
+        each run of pages whose blocks are consecutive is copied with one slice."""
         self.sync()
         view = memoryview(data).cast("B")
+        word = self.wbuf
+        while True:
+            gen = self._generation()
+            plan = self._plan_store(addr, view)
+            word[8:16] = gen.to_bytes(8, "little")
+            if int.from_bytes(word[0:8], "little") == gen:
+                break
+            word[8:16] = bytes(8)  # a shoot-down came meanwhile: translate again
+        try:
+            buf = self.buf
+            for start, lo, hi in plan:
+                buf[start : start + hi - lo] = view[lo:hi]
+        finally:
+            word[8:16] = bytes(8)
+        return len(view)
+
+    def _plan_store(self, addr: int, view: memoryview) -> list[tuple[int, int, int]]:
+        """The device copies of a store, ``(device offset, lo, hi)`` of ``view``,
+        faulting pages in; pages of this process's own memory (MAP_PRIVATE copies) are
+        written here at once."""
         total = len(view)
         done = 0
         page = self.page
-        buf = self.buf
+        plan: list[tuple[int, int, int]] = []
         while done < total:
             vma = self._find(addr + done)
             off = addr + done - vma.start
@@ -295,14 +348,21 @@ class AgentMM:
                 continue
             block, run = self._block(vma, index, write=True)
             n = min(run * page - inpage, limit)
-            start = block * page + inpage
-            buf[start : start + n] = view[done : done + n]
+            plan.append((block * page + inpage, done, done + n))
             done += n
-        return done
+        return plan
 
     def load(self, addr: int, count: int) -> bytes:
-        """Load ``count`` bytes at ``addr`` through the mapping."""
+        """Load ``count`` bytes at ``addr`` through the mapping (read again if a
+        shoot-down bumped the generation meanwhile: a block may have changed hands)."""
         self.sync()
+        while True:
+            gen = self._generation()
+            out = self._load(addr, count)
+            if int.from_bytes(self.wbuf[0:8], "little") == gen:
+                return out
+
+    def _load(self, addr: int, count: int) -> bytes:
         out = bytearray()
         page = self.page
         while len(out) < count:
@@ -342,3 +402,5 @@ class AgentMM:
         """Detach from the device."""
         self.buf.release()
         self.shm.close()
+        self.wbuf.release()
+        self.word.close()

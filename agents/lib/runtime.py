@@ -111,6 +111,44 @@ def register(run_dir: str, hello: dict[str, Any], timeout: float = 10.0) -> dict
     return answer
 
 
+def attach_qp(run_dir: str, qpn: int, timeout: float = 10.0) -> list[int]:
+    """Take queue pair ``qpn``'s ring, doorbell and completion pipe from the daemon, by
+    descriptor (``SCM_RIGHTS`` over ``<run_dir>/register.sock``): ``[ring, db, cq]``.
+
+    The daemon gives them only to the queue pair's creator (it reads the caller's PID
+    with ``SO_PEERCRED``), once; a refusal raises ``OSError`` with its errno.
+    """
+    return take_fds(run_dir, {"kind": wire.ATTACH_QP, "qpn": qpn}, 3, timeout)
+
+
+def take_fds(run_dir: str, record: dict[str, Any], count: int,
+             timeout: float = 10.0) -> list[int]:
+    """Send ``record`` on ``<run_dir>/register.sock`` and take the ``count``
+    descriptors the daemon's answer carries (``SCM_RIGHTS``); a refusal raises
+    ``OSError`` with its errno."""
+    body = {"v": list(wire.PROTOCOL_VERSION), **record}
+    fds: list[int] = []
+    answer: dict[str, Any] | None = None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        s.settimeout(timeout)
+        s.connect(os.path.join(run_dir, "register.sock"))
+        s.sendall(wire.encode_record(body))
+        reader = wire.RecordReader()
+        while answer is None:
+            data, got, _, _ = socket.recv_fds(s, 65536, count, socket.MSG_CMSG_CLOEXEC)
+            fds += got
+            if not data:
+                break
+            answer = reader.feed(data)
+    if answer is None or not answer.get("ok") or len(fds) != count:
+        for fd in fds:
+            os.close(fd)
+        if answer is not None and isinstance(answer.get("errno"), int):
+            raise os_error(answer["errno"])
+        raise ProtocolError(wire.E_MALFORMED, f"{record.get('kind')}: nothing handed over")
+    return fds
+
+
 class Connection:
     """This process's registration and control channel."""
 
@@ -123,6 +161,10 @@ class Connection:
                                      "nofile": nofile})
         self.run_dir = run_dir
         self.name = name
+        #: the process this channel belongs to: a child made by a raw ``fork()`` (not
+        #: :meth:`~agents.lib.api.EmuSystem.fork`) is another process the daemon does
+        #: not know, and may not speak through it
+        self.owner = os.getpid()
         self.pid: int = welcome["pid"]
         self.secret: bytes = welcome["secret"]
         self.endpoint: str = welcome["endpoint"]
@@ -163,6 +205,11 @@ class Connection:
     # --- sending ----------------------------------------------------------------------
 
     def _send(self, body: dict[str, Any]) -> None:
+        if os.getpid() != self.owner:
+            raise ProtocolError(
+                wire.E_UNKNOWN_PROCESS,
+                f"process {os.getpid()} was made by a fork() the kernel was not told of "
+                f"(use the API's fork): it may not speak as process {self.pid}")
         self._seq += 1
         body["v"] = list(wire.PROTOCOL_VERSION)
         body["pid"] = self.pid

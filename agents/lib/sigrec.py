@@ -274,6 +274,17 @@ class SignalRecorder:
         """``sigpending()``: signals pending for the calling thread or the process."""
         return set(_sigrec.pending())
 
+    def sigtimedwait(self, signums: Iterable[int],
+                     timeout: float | None = None) -> SigInfo | None:
+        """``sigtimedwait(2)``: dequeue one of ``signums`` (blocked by the calling thread)
+        from the pending signals, without a handler running; None after ``timeout``
+        seconds (None: no limit).  The siginfo is the kernel's own, ``si_fd`` included.
+        Raises ``InterruptedError`` when a handler of another signal ran meanwhile."""
+        self._current()
+        raw = _sigrec.sigtimedwait([_check_signum(s) for s in signums],
+                                   -1.0 if timeout is None else max(0.0, float(timeout)))
+        return None if raw is None else SigInfo(*raw)
+
     def dropped(self) -> int:
         """How many signals were delivered but not recorded because the ring was full.
 

@@ -2,9 +2,11 @@
 
 As with rdma-core, ``ibv_post_send`` is no system call: the work request goes into the
 send queue (a shared ring the kernel daemon created, see ``protocol/ring.py`` and
-``kernel_daemon/qp.py``) and a doorbell rings (one byte into a FIFO the daemon's loop
+``kernel_daemon/qp.py``) and a doorbell rings (one byte into a pipe the daemon's loop
 watches).  The card writes each completion's status into its slot and a byte into the
-completion FIFO, which :meth:`AgentQP.poll` waits on.
+completion pipe, which :meth:`AgentQP.poll` waits on.  Ring and pipes have no name:
+the creator took them by descriptor, and its fork children do not inherit the ring's
+mapping.
 """
 
 from __future__ import annotations
@@ -28,13 +30,19 @@ SPIN = 0.0002
 class AgentQP:
     """A queue pair this process created (``ibv_create_qp``), opened and mapped."""
 
-    def __init__(self, info: dict[str, Any]) -> None:
+    def __init__(self, info: dict[str, Any], fds: list[int]) -> None:
+        """``info`` is ``ibv_create_qp``'s answer, ``fds`` the ring's memfd, the
+        doorbell's write end and the completion pipe's read end, as
+        :func:`~agents.lib.runtime.attach_qp` took them."""
         self.qpn = int(info["qpn"])
         self.slots = int(info["slots"])
-        self.ring = shm.Segment(str(info["ring"]))  # the daemon owns its lifetime
+        ring_fd, self.db, self.cq = fds
+        self.ring = shm.Segment(fd=ring_fd)  # mapped; the descriptor is closed
+        # not inherited by a child (ib_uverbs_mmap's VM_DONTCOPY): a fork child of the
+        # creator cannot post to its queue pair
+        self.ring.dontfork()
+        self.address = self.ring.address()
         self.buf: memoryview = self.ring.buf
-        self.db = os.open(str(info["db"]), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.cq = os.open(str(info["cq"]), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.produced = 0
         self.polled = 0
 
@@ -90,8 +98,18 @@ class AgentQP:
         return {"wr_id": wr_id, "status": STATUS_NAME.get(code, str(code)),
                 "opcode": OPCODE_NAME.get(opcode, str(opcode))}
 
+    def forget(self) -> None:
+        """In a fork child, before anything else maps memory: the ring was not inherited
+        (``MADV_DONTFORK``), so its place is taken by an inaccessible placeholder (the
+        ring's object unmaps that, not whatever might come to live there), and the
+        inherited descriptors are closed."""
+        shm.placeholder(self.address, self.ring.size)
+        for fd in (self.db, self.cq):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def close(self) -> None:
-        """Close the FIFOs and unmap the ring (the daemon removes them)."""
+        """Close the pipes and unmap the ring (the daemon keeps its own ends)."""
         for fd in (self.db, self.cq):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -276,6 +276,9 @@ CALLS: dict[str, Callable[..., Any]] = {
     "symlink": _zero(lambda s, target, path: s.symlink(target, path)),
     "readlink": lambda a, p: a.system.readlink(p),
     "setrlimit": _zero(lambda s, res, soft, hard: s.setrlimit(res, soft, hard)),
+    # --- the scenario language of issue 10, section 3 ---
+    "sigtimedwait": lambda a, signum, timeout=None: a.system.sigtimedwait(
+        [signum], a.step_timeout if timeout is None else timeout),
 }
 
 #: the system call a background call sleeps in (x86-64 numbers), to know it is asleep
@@ -328,7 +331,8 @@ PROCESS_CALLS = frozenset({"fork", "exec", "exit"})
 def check_calls(scenario: Scenario) -> None:
     """Refuse, before any process starts, a line that calls a function the scripted
     agent does not have (it would fail only when its line runs)."""
-    for step in scenario.steps:
-        if step.kind == "call" and step.call not in CALLS and step.call not in PROCESS_CALLS:
+    for step in [*scenario.steps, *(h for s in scenario.steps for h in s.handler)]:
+        if step.kind == "call" and step.call not in CALLS and step.call not in PROCESS_CALLS \
+                and not (step.call == "on" and step.handler):
             raise ScenarioError(f"{scenario.name}:{step.lineno}: unknown function "
                                 f"{step.call!r}")

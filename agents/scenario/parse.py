@@ -18,12 +18,22 @@ Syntax, one item a line (``#`` starts a comment)::
     !expect-death A exit 3              # ... exits with status 3; without how: any death
     !kill kernel                        # SIGKILL the kernel daemon: the run ends
     !locks                              # the lease list, as /proc/locks shows it
+    A: on SIGIO: fcntl(fd, F_SETLEASE, F_UNLCK) => 0   # a handler that makes calls
+    B: open("/f", O_RDWR)               => 3 within 1s # ... so the breaker is let in
+    A: fcntl(fd, F_GETOWN)              => A.pid or 0  # run-time values, alternatives
+    B: exec("/prog")                    # execve(2) of a program file (ELF_PAUSE)
+    set host_fs = xfs                   # the host target's root on a fresh XFS
     expect: fds(B) ...                  # reserved for later checks
 
 Each call line is ``ACTOR: [var =] call(args) [as CHILD] [&] [=> expectation [tags]]...``.
 An expectation is a value, an errno name, ``ok`` (any success) or ``*`` (anything);
 its optional ``[tags]`` name the policies or targets (``host``, ``emulator``) it holds
-for; an untagged one holds wherever no tagged one matches.
+for; an untagged one holds wherever no tagged one matches.  Expectations combine:
+``EBUSY or EAGAIN`` (``EBUSY | EAGAIN`` between errno names), ``not EAGAIN``; a value
+may be known only when the line runs (``A.pid``, a variable the actor bound earlier);
+a map may need a key ``absent`` or match ``exactly``; a time bound follows the value
+(``=> 3 after 1s``, ``after 2s±0.5``, ``=> EINTR within 0.1s``), measured by the
+actor around the call, with ``set time_tolerance = SECONDS`` when no ``±`` is given.
 
 Deaths.  An actor may die only where a line says so: ``=> killed SIGNAME`` on the line
 whose call it dies under, ``!kill A``, ``!wait A`` (any death), an ``exit(N)`` line, or
@@ -44,16 +54,18 @@ from __future__ import annotations
 import ast
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kemu.agents.scenario.expr import ExprError, check, check_static, evaluate
+from kemu.agents.scenario.expr import BUILTINS, ExprError, check, check_static, evaluate
 from kemu.protocol import linux
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
 from kemu.protocol.config import DaemonConfig
 
 ACTOR_RE = re.compile(r"^([A-Z][A-Za-z0-9_]*)\s*:\s*(.*)$")
+ACTOR_NAME_RE = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
 ONLY_RE = re.compile(r"^\[(!?[a-z][\w-]*(?:\s*,\s*!?[a-z][\w-]*)*)\]\s+(.*)$")
 FAULT_RE = re.compile(r"^!(kill|stop|cont|wait|signal)\s+([A-Z][A-Za-z0-9_]*|kernel)(?:\s+(SIG[A-Z0-9+]+))?\s*$")
 EXPECT_DEATH_RE = re.compile(r"^!expect-death\s+([A-Z][A-Za-z0-9_]*)"
@@ -67,13 +79,20 @@ LOCKS_RE = re.compile(r"^!locks\s*$")
 SET_RE = re.compile(r"^set\s+([a-z_]+)\s*=\s*(\S+)\s*$")
 TAGS_RE = re.compile(r"^(.*?)\s*\[([A-Za-z][\w-]*(?:\s*,\s*[A-Za-z][\w-]*)*)\]\s*$")
 AS_RE = re.compile(r"^(.*\))\s+as\s+([A-Z][A-Za-z0-9_]*)$")
+ON_RE = re.compile(r"^on\s+(SIG[A-Z0-9+]+)\s*:\s*(.*)$")
+#: what a signal handler may not call: what changes the process or waits for the launcher
+NOT_IN_HANDLER = frozenset({"fork", "exec", "exit", "recv", "recvfd", "sigwait", "pause",
+                            "sigtimedwait"})
 
+#: the choices of the ``host_fs`` setting (kemu.agents.launcher.hostfs.CHOICES)
+HOST_FS = ("run", "ext4", "tmpfs", "xfs")
 #: tags that name a target, not a design
 TARGETS = frozenset({"host", "emulator"})
 #: settings a scenario may change, with their types: the daemon's (protocol.config,
 #: mapped to the daemon's setting by the launcher) and the launcher's own
 SETTINGS: dict[str, type] = {**{name: kind for name, (_, kind) in DAEMON_SETTINGS.items()},
-                             "policy": str, "step_timeout": float}
+                             "policy": str, "step_timeout": float, "time_tolerance": float,
+                             "host_fs": str}
 
 
 def render_settings() -> str:
@@ -94,6 +113,11 @@ def render_settings() -> str:
                 "when none is given; the matrix and explore choose their own |")
     rows.append("| `step_timeout` | float | 20.0 | seconds the launcher waits for a line's "
                 "answer before it gives the run up |")
+    rows.append("| `host_fs` | str | run | host target: where the actors' root lives: run "
+                "(the run folder), ext4 (under /tmp), tmpfs (under /dev/shm), xfs (a loop "
+                "image); skipped with the reason where it cannot be had |")
+    rows.append("| `time_tolerance` | float | 0.5 | seconds a time expectation "
+                "(`=> 0 after 2s`) may be off, when it does not say (`after 2s±0.2`) |")
     return "\n".join(rows)
 
 
@@ -101,16 +125,50 @@ class ScenarioError(Exception):
     """A scenario file does not parse; the message names the file and line."""
 
 
+class _Absent:
+    """``absent`` in an expected map: the key must not be there."""
+
+    def __repr__(self) -> str:
+        return "absent"
+
+
+#: the value of the name ``absent`` in an expectation
+ABSENT = _Absent()
+
+
 @dataclass(frozen=True)
 class Expect:
-    """An expected outcome of a line, for the given tags (empty: everywhere)."""
+    """An expected outcome of a line, for the given tags (empty: everywhere).
 
-    kind: Literal["value", "errno", "ok", "any", "killed", "skipped"]
+    ``alt``: one of several (``value`` is a tuple of expectations); ``not``: anything but
+    ``value`` (an expectation); a ``value`` with ``source`` is known only when the line
+    runs (it names an actor's PID or a variable); ``exact``: maps compared with every
+    key; ``time``: ``("after", T, D)`` (returned T seconds after the call began, give or
+    take D; None: the run's ``time_tolerance``) or ``("within", T, None)``.
+    """
+
+    kind: Literal["value", "errno", "ok", "any", "killed", "skipped", "alt", "not"]
     value: Any = None
     tags: frozenset[str] = frozenset()
+    #: the expression of a value known only when the line runs ("" for a literal)
+    source: str = ""
+    #: maps must have exactly the keys named, at every depth (``exactly {...}``)
+    exact: bool = False
+    time: tuple[str, float, float | None] | None = None
 
     def describe(self) -> str:
         """The expectation as the scenario wrote it."""
+        text = self._describe()
+        if self.time is not None:
+            mode, bound, tol = self.time
+            text += f" {mode} {bound:g}s" + (f"±{tol:g}" if tol is not None else "")
+        return text
+
+    def _describe(self) -> str:
+        if self.kind == "alt":
+            return " or ".join(e.describe() for e in self.value)
+        if self.kind == "not":
+            return "not " + str(self.value.describe())
         if self.kind == "errno":
             return linux.errno_name(self.value)
         if self.kind == "ok":
@@ -123,7 +181,87 @@ class Expect:
             if isinstance(self.value, str) and self.value.startswith("exited"):
                 return self.value
             return "killed" + (f" {self.value}" if self.value else "")
-        return repr(self.value)
+        return ("exactly " if self.exact else "") + (self.source or repr(self.value))
+
+    def expects_death(self) -> bool:
+        """Does this expectation (or one of its alternatives) expect a death?"""
+        if self.kind == "alt":
+            return any(e.expects_death() for e in self.value)
+        return self.kind == "killed"
+
+    def matches(self, reply: dict[str, Any], env: Mapping[str, Any] | None = None,
+                pids: Mapping[str, int] | None = None, tolerance: float = 0.5) -> bool:
+        """Does ``reply`` (an actor's answer: ``ok``, ``errno``, ``killed``, ``skipped``,
+        ``elapsed``) meet this expectation?  ``env`` and ``pids`` are the line's actor's
+        variables and the actors' PIDs, for a value known only at run time; ``tolerance``
+        the run's ``time_tolerance``.  A value that cannot be evaluated does not match."""
+        if self.time is not None:
+            elapsed = reply.get("elapsed")
+            if not isinstance(elapsed, int | float):
+                return False
+            mode, bound, tol = self.time
+            if mode == "within" and elapsed > bound:
+                return False
+            if mode == "after" and abs(elapsed - bound) > (tolerance if tol is None else tol):
+                return False
+        return self._matches(reply, env or {}, pids or {})
+
+    def _matches(self, reply: dict[str, Any], env: Mapping[str, Any],
+                 pids: Mapping[str, int]) -> bool:
+        if "error" in reply:
+            return False
+        if self.kind == "alt":
+            return any(e._matches(reply, env, pids) for e in self.value)
+        if self.kind == "not":
+            if "skipped" in reply or "killed" in reply:
+                return False
+            return not self.value._matches(reply, env, pids)
+        if "skipped" in reply or self.kind == "skipped":
+            return "skipped" in reply and self.kind in ("skipped", "any")
+        if "killed" in reply or self.kind == "killed":
+            if self.kind != "killed" or "killed" not in reply:
+                return False
+            return self.value in (None, reply["killed"])
+        if self.kind == "any":
+            return True
+        if self.kind == "errno":
+            return bool(reply.get("errno") == self.value)
+        if "errno" in reply:
+            return False
+        if self.kind == "ok":
+            return True
+        try:
+            want = self.evaluate(env, pids)
+        except ExprError:
+            return False
+        return match_value(reply.get("ok"), want, self.exact)
+
+    def evaluate(self, env: Mapping[str, Any], pids: Mapping[str, int]) -> Any:
+        """The expected value: the literal, or the expression evaluated with the line's
+        actor's variables ``env`` and the actors' PIDs; :class:`ExprError` if it cannot
+        be (a variable whose call failed)."""
+        if not self.source:
+            return self.value
+        return evaluate(ast.parse(self.source, mode="eval"),
+                        {**env, "absent": ABSENT}, pids)
+
+
+def match_value(got: Any, want: Any, exact: bool = False) -> bool:
+    """Equality, except that an expected map needs only the keys it names (also inside
+    lists), so an expectation can leave out what differs between runs (PIDs); a key
+    whose expected value is ``absent`` must not be there; with ``exact`` maps need every
+    key, at every depth."""
+    if isinstance(want, dict) and isinstance(got, dict):
+        if exact and set(got) != {k for k, v in want.items() if v is not ABSENT}:
+            return False
+        return all((k not in got) if v is ABSENT else
+                   (k in got and match_value(got[k], v, exact)) for k, v in want.items())
+    if isinstance(want, list) and isinstance(got, list):
+        return len(want) == len(got) and all(match_value(g, w, exact)
+                                             for g, w in zip(got, want, strict=True))
+    if isinstance(want, str) and isinstance(got, bytes | bytearray):
+        return got == want.encode()
+    return bool(got == want)
 
 
 @dataclass
@@ -150,6 +288,9 @@ class Step:
     #: ``[!policy, ...] LINE``: the line runs under every policy but these
     only_not: frozenset[str] = frozenset()
     expects: list[Expect] = field(default_factory=list)
+    #: ``ACTOR: on SIGNAME: call; call``: the calls the handler makes (``signal`` names
+    #: the signal), each a step of its own with its expectations
+    handler: list[Step] = field(default_factory=list)
 
     def runs_under(self, tags: set[str]) -> bool:
         """Does the line run under ``tags`` (the run's policy and target)?"""
@@ -165,7 +306,7 @@ class Step:
     def designs_named(self) -> set[str]:
         """The designs the line names."""
         named = set(self.only | self.only_not)
-        for e in self.expects:
+        for e in [*self.expects, *(x for h in self.handler for x in h.expects)]:
             named |= e.tags
         return named - TARGETS
 
@@ -244,30 +385,188 @@ def signal_number(name: str) -> int | None:
     return value if name.startswith("SIG") else None
 
 
-def parse_expect(text: str) -> Expect:
-    """Parse one expectation: ``3``, ``ENOENT``, ``ok``, ``*``, ``b"x"``, with ``[tags]``."""
+#: ``after 1s``, ``after 2s±0.5``, ``within 0.1s`` at the end of an expectation
+TIME_RE = re.compile(r"^(.*?)\s*\b(after|within)\s+([0-9]*\.?[0-9]+)\s*s"
+                     r"(?:\s*(?:±|\+-|\+/-)\s*([0-9]*\.?[0-9]+)\s*s?)?\s*$")
+#: the longest a time expectation may name (seconds)
+MAX_TIME = 3600.0
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` where it stands outside string literals and brackets
+    (``sep`` a word such as ``or`` is matched as a whole word)."""
+    parts: list[str] = []
+    buf: list[str] = []
+    quote: str | None = None
+    depth = 0
+    i = 0
+    word = sep.isalpha()
+    while i < len(text):
+        c = text[i]
+        if quote:
+            buf.append(c)
+            if c == "\\" and i + 1 < len(text):
+                buf.append(text[i + 1])
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+            buf.append(c)
+        elif c in "([{":
+            depth += 1
+            buf.append(c)
+        elif c in ")]}":
+            depth -= 1
+            buf.append(c)
+        elif depth == 0 and text.startswith(sep, i) and (not word or (
+                (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_"))
+                and (i + len(sep) >= len(text)
+                     or not (text[i + len(sep)].isalnum() or text[i + len(sep)] == "_")))):
+            parts.append("".join(buf))
+            buf = []
+            i += len(sep)
+            continue
+        else:
+            buf.append(c)
+        i += 1
+    parts.append("".join(buf))
+    return [p.strip() for p in parts]
+
+
+def parse_expect(text: str, bound: frozenset[str] | None = None) -> Expect:
+    """Parse one expectation: ``3``, ``ENOENT``, ``ok``, ``*``, ``b"x"``, ``EBUSY or
+    EAGAIN``, ``not EAGAIN``, ``exactly {...}``, ``A.pid``, a variable of ``bound`` (the
+    names the line's actor has bound on earlier lines; None: any name), with a time
+    bound (``after 1s``, ``within 0.1s``) and ``[tags]``."""
     tags: frozenset[str] = frozenset()
     m = TAGS_RE.match(text)
     if m:
         text = m.group(1).strip()
         tags = frozenset(t.strip() for t in m.group(2).split(",") if t.strip())
-    if text == "ok":
-        return Expect("ok", None, tags)
-    if text == "*":
-        return Expect("any", None, tags)
-    if text == "skipped":
-        return Expect("skipped", None, tags)
-    m = KILLED_RE.match(text)
+    when: tuple[str, float, float | None] | None = None
+    m = TIME_RE.match(text)
+    if m and not _inside_literal(text, m.start(2)):
+        text = m.group(1).strip()
+        bound_s = float(m.group(3))
+        tol = float(m.group(4)) if m.group(4) is not None else None
+        if m.group(2) == "within" and tol is not None:
+            raise ScenarioError("'within T' is a bound of its own: it takes no ±")
+        if bound_s > MAX_TIME:
+            raise ScenarioError(f"a time expectation is at most {MAX_TIME:g} s, not {bound_s:g}")
+        when = (m.group(2), bound_s, tol)
+    if not text:
+        if when is None:
+            raise ScenarioError("an empty expectation")
+        text = "ok"
+    exp = _parse_alternatives(text, bound)
+    if when is not None and (exp.expects_death() or exp.kind == "skipped"):
+        raise ScenarioError("a death or a skipped line has no time to measure")
+    return Expect(exp.kind, exp.value, tags, exp.source, exp.exact, when)
+
+
+def _inside_literal(text: str, pos: int) -> bool:
+    """Is ``text[pos]`` inside a string literal (``b"after 1s"`` is a value)?"""
+    quote: str | None = None
+    i = 0
+    while i < pos:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        i += 1
+    return quote is not None
+
+
+def _parse_alternatives(text: str, bound: frozenset[str] | None) -> Expect:
+    """``A or B or ...`` (``EBUSY | EAGAIN`` too, when every part is an errno name)."""
+    parts = _split_top(text, "or")
+    if len(parts) == 1:
+        bars = _split_top(text, "|")
+        if len(bars) > 1 and all(b in linux.ERRNO_BY_NAME for b in bars):
+            parts = bars
+    if len(parts) == 1:
+        return _parse_single(text, bound)
+    if any(not p for p in parts):
+        raise ScenarioError(f"an empty alternative in {_short(text)}")
+    return Expect("alt", tuple(_parse_single(p, bound) for p in parts))
+
+
+def _parse_single(text: str, bound: frozenset[str] | None) -> Expect:
+    """One expectation without alternatives, tags or time."""
+    if text.startswith("!="):
+        raise ScenarioError(f"write 'not {text[2:].strip()}' for anything but a value")
+    m = re.match(r"^not\s+(.*)$", text)
     if m:
-        return Expect("killed", m.group(1), tags)
-    if text in linux.ERRNO_BY_NAME:
-        return Expect("errno", linux.ERRNO_BY_NAME[text], tags)
+        inner = _parse_single(m.group(1).strip(), bound)
+        if inner.kind in ("not", "killed", "skipped", "any"):
+            raise ScenarioError(f"'not' takes a value, an errno or ok, not {_short(text)}")
+        return Expect("not", inner)
+    exact = False
+    m = re.match(r"^exactly\s+(.*)$", text)
+    if m:
+        exact, text = True, m.group(1).strip()
+    if text == "ok" and not exact:
+        return Expect("ok", None)
+    if text == "*" and not exact:
+        return Expect("any", None)
+    if text == "skipped" and not exact:
+        return Expect("skipped", None)
+    m = KILLED_RE.match(text)
+    if m and not exact:
+        return Expect("killed", m.group(1))
+    if text in linux.ERRNO_BY_NAME and not exact:
+        return Expect("errno", linux.ERRNO_BY_NAME[text])
     try:
         node = _parse_expression(text, "eval")
         check(node)
-        return Expect("value", evaluate(node, {}), tags)
+        dynamic = dynamic_names(node)
+        if not dynamic:
+            return Expect("value", evaluate(node, {"absent": ABSENT}), exact=exact)
     except (SyntaxError, ExprError) as exc:
         raise ScenarioError(f"bad expectation {_short(text)}: {exc}") from None
+    if bound is not None:
+        unknown = sorted(n for n in dynamic if "." not in n and n not in bound)
+        if unknown:
+            raise ScenarioError(f"expectation {_short(text)} names {unknown[0]!r}, which no "
+                                "earlier line of this actor binds")
+    return Expect("value", None, source=ast.unparse(node), exact=exact)
+
+
+def _pid_refs(e: Expect) -> set[str]:
+    """The ``X.pid`` names an expectation (or its alternatives) uses."""
+    if e.kind == "alt":
+        return set().union(*(_pid_refs(x) for x in e.value))
+    if e.kind == "not":
+        return _pid_refs(e.value)
+    if e.source:
+        return {n for n in dynamic_names(ast.parse(e.source, mode="eval")) if n.endswith(".pid")}
+    return set()
+
+
+def dynamic_names(node: ast.AST) -> set[str]:
+    """The names of ``node`` known only when its line runs: variables (``fd``) and actor
+    PIDs (``A.pid``, given as ``"A.pid"``); constants, errno names and ``absent`` are
+    not."""
+    out: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) \
+                and sub.attr == "pid" and ACTOR_NAME_RE.match(sub.value.id) \
+                and sub.value.id not in linux.CONSTANTS:
+            out.add(f"{sub.value.id}.pid")
+    pid_bases = {id(sub.value) for sub in ast.walk(node) if isinstance(sub, ast.Attribute)
+                 and isinstance(sub.value, ast.Name) and f"{sub.value.id}.pid" in out}
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and id(sub) not in pid_bases \
+                and sub.id not in linux.CONSTANTS and sub.id not in linux.ERRNO_BY_NAME \
+                and sub.id not in ("None", "True", "False", "absent") \
+                and sub.id not in BUILTINS:
+            out.add(sub.id)
+    return out
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -298,6 +597,10 @@ def setting_value(key: str, text: str) -> Any:
         raise ScenarioError(f"{key} must be a finite number, not {text}")
     if key == "step_timeout" and value <= 0:
         raise ScenarioError(f"step_timeout must be more than 0, not {text}")
+    if key == "host_fs" and value not in HOST_FS:
+        raise ScenarioError(f"host_fs is one of {', '.join(HOST_FS)}, not {text!r}")
+    if key == "time_tolerance" and not 0 <= value <= MAX_TIME:
+        raise ScenarioError(f"time_tolerance is 0 to {MAX_TIME:g} seconds, not {text}")
     if key in DAEMON_SETTINGS:
         name = DAEMON_SETTINGS[key][0]
         try:
@@ -361,12 +664,63 @@ def _parse_call(body: str) -> tuple[str, str, str | None, str | None, bool]:
     return value.func.id, ast.unparse(value), bind, child, background
 
 
+def _parse_handler(lineno: int, line: str, actor: str, sig: str, text: str,
+                   bound: set[str]) -> Step:
+    """``ACTOR: on SIGNAME: call [=> expectation]; call ...``: a handler that makes these
+    calls when the signal is delivered (``sigaction`` without ``SA_RESTART``)."""
+    signo = signal_number(sig)
+    if signo is None:
+        raise ScenarioError(f"unknown signal {sig}")
+    if signo in (linux.SIGKILL, linux.SIGSTOP):
+        raise ScenarioError(f"{sig} cannot be caught (sigaction(2) refuses it: EINVAL)")
+    calls: list[Step] = []
+    for part in _split_top(_strip_comment(text), ";"):
+        if not part:
+            raise ScenarioError("an empty call in a handler")
+        body, expect_texts = _split_expectations(part)
+        expects = [parse_expect(e, frozenset(bound)) for e in expect_texts]
+        if body == "join" or body.endswith("&"):
+            raise ScenarioError("a handler runs its calls to their end: no '&', no join")
+        call, source, bind, child, _ = _parse_call(body)
+        if child is not None or call in NOT_IN_HANDLER or call == "on":
+            raise ScenarioError(f"a signal handler cannot call {call}()")
+        if bind:
+            bound.add(bind)
+        calls.append(Step(lineno, line, "call", actor, call=call, source=source, bind=bind,
+                          expects=expects))
+    return Step(lineno, line, "call", actor, call="on", source=f"on {sig}", signal=sig,
+                handler=calls)
+
+
+def _strip_comment(text: str) -> str:
+    """``text`` up to a ``#`` outside string literals."""
+    quote: str | None = None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            return text[:i]
+        i += 1
+    return text
+
+
 def parse(text: str, name: str = "<scenario>") -> Scenario:
     """Parse scenario ``text``; raises :class:`ScenarioError` naming the line."""
     steps: list[Step] = []
     settings: dict[str, Any] = {}
     actors: list[str] = []
     children: list[str] = []
+    #: the variables each actor has bound so far (a fork child starts with its parent's)
+    bound: dict[str, set[str]] = {}
+    #: actors whose PID an expectation names, with the line
+    pid_refs: list[tuple[int, str]] = []
     title = ""
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -437,8 +791,17 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
             if not m:
                 raise ScenarioError("expected 'ACTOR: call(...)', '!kill ACTOR' or 'set k = v'")
             actor, rest = m.groups()
+            m_on = ON_RE.match(rest)
+            if m_on:
+                if actor not in actors and actor not in children:
+                    actors.append(actor)
+                steps.append(_parse_handler(lineno, line, actor, m_on.group(1),
+                                            m_on.group(2), bound.setdefault(actor, set())))
+                continue
             body, expect_texts = _split_expectations(rest)
-            expects = [parse_expect(e) for e in expect_texts]
+            mine = bound.setdefault(actor, set())
+            expects = [parse_expect(e, frozenset(mine)) for e in expect_texts]
+            pid_refs.extend((lineno, ref[:-4]) for e in expects for ref in _pid_refs(e))
             if actor not in actors and actor not in children:
                 actors.append(actor)
             if body == "join":
@@ -451,6 +814,9 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
                 if child in actors or child in children:
                     raise ScenarioError(f"actor {child} exists already")
                 children.append(child)
+                bound[child] = set(mine) | ({bind} if bind else set())
+            if bind:
+                mine.add(bind)
             steps.append(Step(lineno, line, "call", actor, call=call, source=source, bind=bind,
                               background=bg, child=child, expects=expects))
         except ScenarioError as exc:
@@ -465,6 +831,9 @@ def parse(text: str, name: str = "<scenario>") -> Scenario:
         if s.kind == "fault" and s.actor not in actors and s.actor not in children \
                 and s.actor != "kernel":
             raise ScenarioError(f"{name}:{s.lineno}: unknown actor {s.actor}")
+    for lineno, who in pid_refs:
+        if who not in actors and who not in children:
+            raise ScenarioError(f"{name}:{lineno}: {who}.pid names no actor of the scenario")
     # An actor first seen as a fork child is not started by the launcher.
     actors = [a for a in actors if a not in children]
     return Scenario(name, title, settings, steps, actors, children)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import ctypes
 import fcntl
 import os
 import select
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -30,7 +32,7 @@ from kemu.agents.scenario.calls import CALLS, EMU_BACKGROUND, SLEEPS_IN
 from kemu.agents.scenario.expr import UNSET, ExprError, Unset, evaluate, is_unset
 from kemu.agents.scenario.link import LINK_LIMIT, Link, LinkClosed, echoed
 from kemu.protocol import wire
-from kemu.protocol.linux import errno_name
+from kemu.protocol.linux import PR_GET_DUMPABLE, PR_SET_DUMPABLE, errno_name
 
 
 class Actor:
@@ -52,6 +54,14 @@ class Actor:
         self.done: dict[str, Any] | None = None
         #: actor name -> PID, as the launcher last told
         self.pids: dict[str, int] = {}
+        #: ``on SIGNAME:`` handlers: signal -> (the line that installed it, its calls)
+        self.handlers: dict[int, tuple[int, list[dict[str, Any]]]] = {}
+        #: handlers that ran since the last answer: the signal and each call's outcome
+        self.handled: list[dict[str, Any]] = []
+        #: a handler is running: a signal taken meanwhile waits for it to end
+        self.in_handler = False
+        self.deferred: list[dict[str, Any]] = []
+        self.system.reaction = self.react
 
     def _mailbox(self) -> Mailbox:
         if isinstance(self.system, EmuSystem):
@@ -94,6 +104,11 @@ class Actor:
             if op == "join":
                 self.answer(self.join())
                 continue
+            if op == "sync":
+                # the launcher asks, after another actor's line, what handlers ran: a
+                # signal sent during that line is delivered before this is read
+                self.answer({"ok": 0})
+                continue
             reply = self.execute(step)
             if reply is not None:
                 self.answer(reply)
@@ -104,10 +119,15 @@ class Actor:
         delivered = self.system.take_delivered()
         if delivered:
             reply = {**reply, "delivered": delivered}
+        if self.handled:
+            reply = {**reply, "handled": [
+                {**h, "calls": [{**c, "args": echoed(c.get("args", []))} for c in h["calls"]]}
+                for h in self.handled]}
+            self.handled = []
         if "args" in reply:
             reply = {**reply, "args": echoed(reply["args"])}
         if len(wire.encode_record(reply)) > LINK_LIMIT:
-            reply = {k: v for k, v in reply.items() if k not in ("ok", "args")}
+            reply = {k: v for k, v in reply.items() if k not in ("ok", "args", "handled")}
             reply["error"] = f"the call's result is larger than the launcher link's {LINK_LIMIT} bytes"
         self.link.send(reply)
 
@@ -122,6 +142,9 @@ class Actor:
         self.pids = dict(step.get("pids", {}))
         if "step_timeout" in step:
             self.step_timeout = float(step["step_timeout"])
+        if "handler" in step:
+            return self.install_handler(int(step["signal"]), int(step["line"]),
+                                        list(step["handler"]))
         try:
             name, args = self.evaluate_args(step["source"], list(self.pids))
         except Unset as exc:
@@ -134,6 +157,12 @@ class Actor:
         bind = step.get("bind")
         if name == "fork":
             return self.fork(step["child"] or f"{self.name}.child", bind)
+        if name == "exec" and args:
+            # a program file: on success the process runs it and never answers (its
+            # launcher link closes at exec); an error is the line's errno
+            reply = _outcome(lambda: self.system.exec_program(
+                str(args[0]), [str(a) for a in args]))
+            return {**reply, "args": args}
         if name == "exec":
             self.exec()
         if name == "exit":
@@ -145,7 +174,68 @@ class Actor:
         if step.get("background"):
             self.background(name, args, bind)
             return None
+        began = time.monotonic()
         reply = _outcome(lambda: fn(self, *args))
+        reply["elapsed"] = time.monotonic() - began  # for time expectations (after 1s)
+        if bind and "ok" in reply:
+            self.vars[bind] = reply["ok"]
+        elif bind and "errno" in reply:
+            self.vars[bind] = {UNSET: f"{name} failed with {errno_name(reply['errno'])}"}
+        reply["args"] = args
+        return reply
+
+    # --- signal handlers --------------------------------------------------------------
+
+    def install_handler(self, signo: int, line: int,
+                        calls: list[dict[str, Any]]) -> dict[str, Any]:
+        """``on SIGNAME: call; ...``: sigaction(2) with a real SA_SIGINFO handler (no
+        SA_RESTART: a call it interrupts returns EINTR), whose calls run when the
+        signal is taken, as a program's handler would make them."""
+        reply = _outcome(lambda: self.system.signal(signo, "record"))
+        if "ok" in reply:
+            self.handlers[signo] = (line, calls)
+            reply["ok"] = 0
+        reply["args"] = [signo]
+        return reply
+
+    def react(self, si: dict[str, Any]) -> bool:
+        """A signal was delivered: run its ``on`` handler's calls (True), or leave it to
+        ``signals()``/``sigwait()`` (False: no handler of the scenario's)."""
+        entry = self.handlers.get(int(si.get("si_signo", 0)))
+        if entry is None:
+            return False
+        if self.in_handler:  # Linux would run it when the handler returns
+            self.deferred.append(si)
+            return True
+        self.in_handler = True
+        try:
+            todo = [si]
+            while todo:
+                info = todo.pop(0)
+                line, calls = self.handlers.get(int(info["si_signo"]), entry)
+                self.handled.append({"line": line, "si": info,
+                                     "calls": [self._handler_call(c) for c in calls]})
+                todo.extend(self.deferred)
+                self.deferred = []
+        finally:
+            self.in_handler = False
+        return True
+
+    def _handler_call(self, call: dict[str, Any]) -> dict[str, Any]:
+        """One call of a handler, with its outcome (as a line's reply)."""
+        try:
+            name, args = self.evaluate_args(str(call["source"]), list(self.pids))
+        except Unset as exc:
+            return {"skipped": str(exc), "args": []}
+        except (ExprError, KeyError, TypeError, IndexError) as exc:
+            return {"error": f"cannot evaluate arguments: {exc}", "args": []}
+        fn = CALLS.get(name)
+        if fn is None:
+            return {"error": f"unknown function {name}", "args": args}
+        began = time.monotonic()
+        reply = _outcome(lambda: fn(self, *args))
+        reply["elapsed"] = time.monotonic() - began
+        bind = call.get("bind")
         if bind and "ok" in reply:
             self.vars[bind] = reply["ok"]
         elif bind and "errno" in reply:
@@ -165,6 +255,7 @@ class Actor:
         """
         announced = threading.Event()
         lock = threading.Lock()
+        began = time.monotonic()
 
         def announce() -> None:
             with lock:
@@ -187,7 +278,7 @@ class Actor:
             fn = CALLS[name]
             # opened now, at a high number, so the watcher never takes a descriptor
             # number the call itself is about to get
-            raw = os.open(f"/proc/self/task/{threading.get_native_id()}/syscall", os.O_RDONLY)
+            raw = _open_task_syscall(threading.get_native_id())
             proc_fd = fcntl.fcntl(raw, fcntl.F_DUPFD_CLOEXEC, INFRA_FD_BASE)
             os.close(raw)
             watcher = threading.Thread(target=_announce_when_asleep,
@@ -200,7 +291,7 @@ class Actor:
             os.close(proc_fd)
         if bind and "ok" in result:
             self.vars[bind] = result["ok"]
-        self.done = {**result, "call": name, "args": args}
+        self.done = {**result, "call": name, "args": args, "elapsed": time.monotonic() - began}
 
     def join(self) -> dict[str, Any]:
         """The result of the background call that ran last."""
@@ -225,6 +316,7 @@ class Actor:
         self.mailbox.close()
         self.link.close()
         self.system.delivered = []  # the parent's deliveries are the parent's to report
+        self.handled, self.deferred = [], []
         self.name = child
         if bind:
             self.vars[bind] = 0
@@ -258,6 +350,30 @@ def _outcome(fn: Any) -> dict[str, Any]:
     except Exception as exc:  # a scenario error or an agent bug: shown, never an errno
         return {"error": f"{type(exc).__name__}: {exc}",
                 "trace": traceback.format_exc(limit=4)}
+
+
+def _open_task_syscall(tid: int) -> int:
+    """Open this thread's ``/proc/self/task/<tid>/syscall`` (what the watcher reads).
+
+    After ``setuid`` the process is not dumpable (``commit_creds()`` sets
+    ``suid_dumpable``, 0), so its /proc files belong to root with their own modes
+    (``task_dump_owner()``: ``syscall`` is root's 0400) and the open is EACCES.  The
+    process is then made dumpable for the open only (``prctl(PR_SET_DUMPABLE)``) and
+    set back at once; the reads that follow need only ``ptrace_may_access()``, which a
+    thread of the same process always has.
+    """
+    path = f"/proc/self/task/{tid}/syscall"
+    try:
+        return os.open(path, os.O_RDONLY)
+    except PermissionError:
+        libc = ctypes.CDLL(None, use_errno=True)
+        was = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+        if was < 0 or libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0:
+            raise
+        try:
+            return os.open(path, os.O_RDONLY)
+        finally:
+            libc.prctl(PR_SET_DUMPABLE, was, 0, 0, 0)
 
 
 def _announce_when_asleep(proc_fd: int, nr: int | None, done: threading.Event,

@@ -233,6 +233,7 @@ _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "fcntl": _fcntl_args,
     "signal": lambda a: [signal_name(a[0])] + [value(x) for x in a[1:]],
     "sigwait": lambda a: [signal_name(a[0])] + [value(x) for x in a[1:]],
+    "sigtimedwait": lambda a: [signal_name(a[0])] + [value(x) for x in a[1:]],
     "sigblock": lambda a: [signal_name(x) for x in a],
     "sigunblock": lambda a: [signal_name(x) for x in a],
     "kill": lambda a: [value(a[0]), signal_name(a[1])],

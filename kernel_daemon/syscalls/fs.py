@@ -317,6 +317,8 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
     if not inode.is_reg:
         raise KernelError(errno.EINVAL)
     dac.inode_permission(t.cred, inode, dac.MAY_WRITE)
+    if inode.writecount < 0:  # get_write_access(): a running program's file
+        raise KernelError(errno.ETXTBSY)
     k.fs.get(inode)
     inode.writecount += 1
     done = False

@@ -394,3 +394,45 @@ def sys_wait_exit(k: Kernel, t: Task, pid: int) -> Any:
     if pid not in k.tasks:
         return 0
     k.exit_waiters.setdefault(pid, WaitQueue()).sleep()
+
+
+@syscall("exec_program", linux="fs/exec.c do_open_execat() deny_write_access(), "
+         "begin_new_exec()", support="emulator",
+         note="execve(2) of a program file: EACCES unless a regular file with an x bit, "
+              "ETXTBSY while open for writing; the file then refuses writers (ETXTBSY) "
+              "and write leases until the process ends; the agent runs the program itself")
+def sys_exec_program(k: Kernel, t: Task, path: str, check: int = 0) -> bytes:
+    """execve(2) of the program file ``path`` up to its point of no return.
+
+    Linux: ``do_open_execat()`` opens the file for execution (``may_open`` with
+    MAY_EXEC: a regular file with an execute bit, root included) and
+    ``deny_write_access()`` makes ``i_writecount`` negative (ETXTBSY if the file is
+    open for writing), so while the process runs it an open for writing or a
+    truncate is ETXTBSY and F_WRLCK is EAGAIN (``check_conflicting_open``); the
+    process's exit gives the write access back (``allow_write_access``, here an exit
+    hook).  Then as :func:`sys_exec_prepare`.  The process never registers again.
+    With ``check`` only the checks are made (the agent reads the file's bytes next,
+    and refuses with ENOEXEC what is not an executable, as the binary loaders do).
+    """
+    inode = k.fs.lookup(path)
+    if not inode.is_reg or not inode.mode & 0o111:
+        raise KernelError(errno.EACCES)
+    if inode.writecount > 0:
+        raise KernelError(errno.ETXTBSY)
+    if check:
+        return b""
+    k.fs.get(inode)
+    inode.writecount -= 1
+    t.exe = inode
+    k.log.emit("exec-program", pid=t.pid, path=path, ino=inode.ino)
+    token: bytes = sys_exec_prepare(k, t)
+    return token
+
+
+def release_exe(k: Kernel, task: Task) -> None:
+    """Exit hook: the program file the process ran gets its write access back
+    (``allow_write_access`` when ``mm->exe_file`` goes)."""
+    inode, task.exe = task.exe, None
+    if inode is not None:
+        inode.writecount += 1
+        k.fs.put(inode)

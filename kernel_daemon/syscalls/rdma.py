@@ -178,10 +178,12 @@ def sys_file_pins(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
 
 @syscall("ibv_create_qp", linux="drivers/infiniband/core/uverbs_cmd.c ib_uverbs_create_qp()",
          support="emulator",
-         note="a queue pair of the context behind ctx: a shared ring, a doorbell FIFO and a "
-              "completion FIFO; work requests posted there bypass the call channel")
+         note="a queue pair of the context behind ctx: a shared ring, a doorbell pipe and a "
+              "completion pipe, passed to the creator alone by descriptor; work requests "
+              "posted there bypass the call channel")
 def sys_ibv_create_qp(k: Kernel, t: Task, ctx: int) -> dict[str, Any]:
-    """Create a queue pair: ``{qpn, ring, db, cq, slots}`` for the process to open."""
+    """Create a queue pair: ``{qpn, slots}``; the creator takes its ring and pipes by
+    descriptor (``attach-qp`` on the registration socket, ``kernel_daemon/qp.py``)."""
     return qp.create_qp(k, t, rdma.context_of(k, t, ctx))
 
 
