@@ -24,6 +24,7 @@ from kemu.kernel_daemon.eventlog import EventLog
 from kemu.kernel_daemon.kernel import Config, Kernel, KernelIO
 from kemu.kernel_daemon.policy import HOOKS, Policy
 from kemu.kernel_daemon.syscalls import ipc, proc
+from kemu.kernel_daemon.syscalls import pipe as pipe_calls
 from kemu.kernel_daemon.syscalls import rdma as rdma_calls
 from kemu.kernel_daemon.task import Task
 from kemu.protocol import linux
@@ -152,6 +153,7 @@ def boot(config: Config, io: KernelIO, log: EventLog | None = None) -> Kernel:
     # files: leases and uverbs contexts go with a description's last reference
     k.file_release_hooks.append(lambda f: locks.remove_file_leases(k, f))
     k.file_release_hooks.append(lambda f: rdma_calls.release_file(k, f))
+    k.file_release_hooks.append(lambda f: pipe_calls.release_file(k, f))
     # exit: sockets, mappings (and their shoot-downs), queue pairs
     k.exit_hooks.append(lambda task: ipc.release_task_mailboxes(k, task))
     k.exit_hooks.append(lambda task: mm.drop_all(k, task, "exit"))

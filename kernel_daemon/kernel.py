@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kemu.kernel_daemon.cred import Cred
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.eventlog import EventLog
 from kemu.kernel_daemon.pins import PinTable
@@ -119,6 +120,10 @@ class Kernel:
         self.pmem.hold = self.hold_block
         self.fs = Filesystem(self.pmem)
         self.tasks: dict[int, Task] = {}
+        #: processes that exited and that their (registered) parent has not reaped yet
+        #: (``EXIT_ZOMBIE``): they hold nothing but their PID, which F_GETOWN still
+        #: finds (``pid_task``); the parent's ``wait4`` or its own exit releases them
+        self.zombies: dict[int, Task] = {}
         #: long- and short-term pins of device blocks
         self.pins = PinTable(self.pmem)
         #: TLB shoot-downs pushed to processes and not yet acknowledged, by number
@@ -272,14 +277,15 @@ class Kernel:
 
     def new_task(
         self, pid: int, ppid: int, uid: int, gid: int, name: str,
-        inherit: list[tuple[int, File, bool]] | None,
+        inherit: list[tuple[int, File, bool]] | None, creds: Cred | None = None,
     ) -> Task:
         """Create the task of a freshly registered process.
 
         A spawned process gets descriptors 0, 1 and 2 on one O_RDWR open of the
         console, as a process started from a login shell has; a fork child gets the references of its snapshot.
+        ``creds`` are the process's real credentials (else every id is ``uid``/``gid``).
         """
-        task = Task(pid=pid, ppid=ppid, uid=uid, gid=gid, name=name)
+        task = Task(pid=pid, ppid=ppid, name=name, cred=creds or Cred.of(uid, gid))
         if inherit is None:
             # one open file description shared by 0, 1 and 2, as a login terminal is
             console = self.open_file(self.fs.console, linux.O_RDWR | linux.O_LARGEFILE,
@@ -316,14 +322,31 @@ class Kernel:
                     self.config.fork_claim_timeout, functools.partial(self.drop_fork, pending.token)
                 )
         del self.tasks[task.pid]
+        if task.ppid in self.tasks:
+            # exit_notify(): a zombie until the parent reaps it (a parent outside the
+            # emulation, the launcher's zygote, reaps at once: no zombie kept)
+            task.exit_state = "zombie"
+            self.zombies[task.pid] = task
+        else:
+            task.exit_state = "dead"
         for child in self.tasks.values():
             if child.ppid == task.pid:
                 # reparented, as by forget_original_parent(): to whoever the host says
                 parent = self.host_ppid(child.pid)
                 child.ppid = parent if parent in self.tasks else 0
+        for zombie in [z for z in self.zombies.values() if z.ppid == task.pid]:
+            # reparented to a reaper outside the emulation, which reaps it
+            self.release_task(zombie)
         waiters = self.exit_waiters.pop(task.pid, None)
         if waiters is not None:
             waiters.wake_all()
+
+    def release_task(self, task: Task) -> None:
+        """``release_task``: a zombie is reaped; its PID names nobody any more."""
+        if self.zombies.get(task.pid) is task:
+            del self.zombies[task.pid]
+            task.exit_state = "dead"
+            self.log.emit("reap", pid=task.pid)
 
     def drop_fork(self, token: bytes) -> None:
         """Release a fork snapshot nobody will claim."""
@@ -362,7 +385,9 @@ class Kernel:
         paths = self.fs.paths() if len(task.fds) > 8 else None
         for fd, entry in task.fds:
             f = entry.file
-            if f.inode.nlink or f.inode.is_chr:
+            if f.inode.anon:
+                path = f.path  # pipefs, sockfs: "pipe:", "socket:"
+            elif f.inode.nlink or f.inode.is_chr:
                 path = paths.get(f.inode.ino, f.path) if paths else self.fs.path_of(f.inode)
             else:
                 path = f"{f.path} (deleted)"

@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kemu.kernel_daemon import signals
+from kemu.kernel_daemon import cred, signals
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.sync import WaitQueue
 from kemu.kernel_daemon.task import File, Task
@@ -190,6 +190,10 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
         k.log.emit("lease-break", ino=inode.ino, file=lease.file.fid, by=task.pid,
                    to=_TYPE_NAME[target_leasetype(lease)], lbt=lbt if when else 0.0)
         lease.lm_break(k)
+        # A breaker already asleep on the lease with no fl_break_time polls (one jiffy
+        # at a time); its next look finds the new deadline and sleeps until that one
+        # (an escalation holds a reader until the lease is resolved for the writer)
+        lease.blocked.wake_all()
     # Linux sleeps on the first lease of the list and, if that one is not being broken
     # (a layout lease, which never conflicts here), wakes every jiffy to look again; the
     # breaker sleeps on the first conflicting lease instead, woken when it changes
@@ -202,19 +206,33 @@ def break_lease(k: Kernel, task: Task, inode: Inode, mode: int, layout: bool = F
 
 
 def sleep_on_lease(k: Kernel, task: Task, inode: Inode, first: Lease, want_write: bool) -> None:
-    """The breaker sleeps on ``first`` (``locks_insert_block``) until it is released or
-    its break time passes; then the call looks again.  Never returns."""
+    """The breaker sleeps on ``first`` (``locks_insert_block``) until it is woken or
+    its timeout passes; then the call looks again.  Never returns.
+
+    The timeout is ``__break_lease``'s: ``fl_break_time`` of the lease slept on, and
+    only that (a pending downgrade's time does not shorten it: a reader whose break a
+    writer escalated sleeps until the unlock is forced).  With no ``fl_break_time``
+    Linux sleeps one jiffy and looks again (``time_out_leases`` each time), for as long
+    as it takes; that is the same as sleeping until the first deadline of any lease of
+    the inode, or until woken when there is none (``lease_break_time`` 0), and
+    :func:`break_lease` wakes such sleepers when it sets a new deadline.
+    """
     now = k.clock()
-    deadline = min((d for d in (first.break_time, first.downgrade_time) if d > now),
-                   default=0.0)
+    delay: float | None
+    if first.break_time:
+        delay = max(first.break_time - now, 0.0)
+    else:
+        future = [d for le in leases_of(inode) for d in (le.break_time, le.downgrade_time)
+                  if d > now]
+        delay = min(future) - now if future else None
     first.blocked.sleep(Breaker(task, want_write),
-                        timeout=(k, deadline - now) if deadline else None,
+                        timeout=(k, delay) if delay is not None else None,
                         on_timeout=lambda: time_out_leases(k, inode))
 
 
 def may_lease(task: Task, file: File) -> None:
     """``generic_setlease``'s checks: owner or CAP_LEASE (EACCES), regular file (EINVAL)."""
-    if task.uid != 0 and task.uid != file.inode.uid:
+    if task.cred.fsuid != file.inode.uid and not cred.capable(task.cred, linux.CAP_LEASE):
         raise KernelError(errno.EACCES)
     if not file.inode.is_reg:
         raise KernelError(errno.EINVAL)
@@ -260,7 +278,7 @@ def generic_add_lease(k: Kernel, task: Task, file: File, fd: int, arg: int) -> N
     # owner unless the file has one already
     lease.fa_fd = fd
     file.flags |= linux.O_ASYNC
-    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False, setter_uid=task.uid)
+    signals.f_setown(k, file, linux.F_OWNER_PID, task.pid, force=False, setter=task.cred)
 
 
 def generic_delete_lease(k: Kernel, file: File) -> None:
@@ -292,8 +310,55 @@ def remove_file_leases(k: Kernel, file: File) -> None:
             lease_modify(k, lease, linux.F_UNLCK, "last close")
 
 
+def breakers_conflict(a: Breaker, b: Breaker) -> bool:
+    """``leases_conflict`` of two breakers' requests (``locks_conflict``): a writer
+    on either side."""
+    return a.want_write or b.want_write
+
+
+def blocked_tree(lease: Lease) -> list[tuple[Breaker, int]]:
+    """The breakers of ``lease`` as ``/proc/locks`` walks them, with their depth.
+
+    ``__locks_insert_block`` puts a new waiter beneath the first waiter it conflicts
+    with (and so on down), not beside it: two writers make a chain, a writer behind a
+    reader sits under the reader.  The tree is rebuilt here by inserting the sleepers in
+    the order they (last) went to sleep; ``locks_show`` prints it depth first, a
+    waiter's own waiters before its next sibling."""
+    roots: list[tuple[Breaker, list[Any]]] = []
+    for b in lease.blocked:
+        level = roots
+        while True:
+            under = next((node for node in level if breakers_conflict(node[0], b)), None)
+            if under is None:
+                break
+            level = under[1]
+        level.append((b, []))
+    out: list[tuple[Breaker, int]] = []
+
+    def walk(level: list[tuple[Breaker, list[Any]]], depth: int) -> None:
+        for b, children in level:
+            out.append((b, depth))
+            walk(children, depth + 1)
+
+    walk(roots, 1)
+    return out
+
+
+def file_locks(k: Kernel, file: File) -> list[dict[str, Any]]:
+    """The ``lock:`` lines of ``/proc/<pid>/fdinfo/<fd>`` for ``file``
+    (fs/locks.c ``show_fd_locks``: the leases taken through this description)."""
+    out = []
+    for lease in leases_of(file.inode):
+        if lease.file is file:
+            out.append({"kind": "LEASE",
+                        "state": "BREAKING" if lease_breaking(lease) else "ACTIVE",
+                        "type": _TYPE_NAME[target_leasetype(lease)], "pid": lease.pid})
+    return out
+
+
 def proc_locks(k: Kernel) -> list[dict[str, Any]]:
-    """``/proc/locks`` for leases: one entry per lease, then one per blocked breaker."""
+    """``/proc/locks`` for leases: one entry per lease, then one per blocked breaker
+    (``depth`` 1 waits on the lease, 2 behind a waiter, ...; 0 for the lease)."""
     all_leases = sorted((le for ino in k.fs.inodes.values() for le in ino.flc),
                         key=lambda le: le.order)
     out: list[dict[str, Any]] = []
@@ -306,12 +371,15 @@ def proc_locks(k: Kernel) -> list[dict[str, Any]]:
         dev = f"{k.fs.DEV >> 8:02x}:{k.fs.DEV & 0xFF:02x}"
         kind = "LEASE"
         out.append({"id": n, "waiter": False, "kind": kind, "state": state, "type": typ,
-                    "pid": pid, "ino": ino,
-                    "path": paths.get(ino, f"/#{ino} (deleted)"),
+                    "pid": pid, "ino": ino, "depth": 0,
+                    "path": paths.get(ino, f"{lease.file.path} (deleted)"),
                     "line": f"{n}: {kind}  {state:<9} {typ:<5} {pid} {dev}:{ino} 0 EOF"})
-        for b in lease.blocked:
+        for b, depth in blocked_tree(lease):
             btype = "WRITE" if b.want_write else "READ"
+            arrow = " " * (depth - 1) + "-> "
             out.append({"id": n, "waiter": True, "kind": kind, "state": "BREAKER",
                         "type": btype, "pid": b.task.pid, "ino": None, "path": None,
-                        "line": f"{n}: -> {kind}  BREAKER   {btype:<5} {b.task.pid} <none>:0 0 EOF"})
+                        "depth": depth,
+                        "line": f"{n}: {arrow}{kind}  BREAKER   {btype:<5} {b.task.pid} "
+                                "<none>:0 0 EOF"})
     return out

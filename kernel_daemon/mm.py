@@ -73,6 +73,9 @@ class Mapping:
     shared_anon: SharedAnon | None = None
     #: private file pages whose copy-on-write a long-term pin broke: page -> own block
     cow: dict[int, int] = field(default_factory=dict)
+    #: private file pages the process wrote, whose copy lives in the agent (``mm_cow``,
+    #: the anon pages of a MAP_PRIVATE file mapping); a truncate unmaps them
+    anon: set[int] = field(default_factory=set)
     task_page: int = 4096
     #: mmu interval notifiers (``mmu_interval_notifier_insert``): called with file pages
     #: ``[first, end)`` (``end`` None: to the end) before they lose their translations
@@ -109,6 +112,8 @@ class VmaSnapshot:
     ptes: dict[int, int] = field(default_factory=dict)
     #: private file pages whose copy-on-write a pin broke: the child's copies
     cow: dict[int, int] = field(default_factory=dict)
+    #: private file pages with a copy in the agent (the child's memory has them too)
+    anon: set[int] = field(default_factory=set)
     shared_anon: SharedAnon | None = None
 
 
@@ -269,7 +274,7 @@ def snapshot_mappings(k: Kernel, parent: Task) -> MMSnapshot:
     for m in parent.mm.vmas.values():
         entry = VmaSnapshot(parent=m, start=m.start, length=m.length, prot=m.prot,
                             flags=m.flags, file=m.file, pgoff=m.pgoff, vid=m.vid,
-                            invalid=m.invalid)
+                            invalid=m.invalid, anon=set(m.anon))
         if m.file is not None:
             k.fget(m.file)
         if m.file is None and m.shared:
@@ -331,7 +336,7 @@ def copy_snapshot(k: Kernel, child: Task, snapshot: MMSnapshot | None) -> None:
         copy = Mapping(task=child, start=entry.start, length=entry.length, prot=entry.prot,
                        flags=entry.flags, file=entry.file, pgoff=entry.pgoff, vid=entry.vid,
                        invalid=entry.invalid, ptes=entry.ptes, cow=entry.cow,
-                       shared_anon=entry.shared_anon)
+                       anon=entry.anon, shared_anon=entry.shared_anon)
         add_mapping(k, child, copy)
         if entry.file is not None:
             k.fput(entry.file)  # add_mapping took the mapping's own reference
@@ -566,8 +571,12 @@ def _may_store(mapping: Mapping) -> bool:
     return mapping.shared and bool(mapping.prot & linux.PROT_WRITE)
 
 
-def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
+def zap(k: Kernel, inode: Inode, first: int, end: int | None, even_cows: bool = False) -> bool:
     """``unmap_mapping_range``: take file pages ``[first, end)`` out of every mapping.
+
+    With ``even_cows`` (a truncate: ``truncate_pagecache``) the copies a MAP_PRIVATE
+    mapping made on write go too (``zap_details.even_cows``): the agent drops its
+    private copies in the range, so the next access faults (SIGBUS past the end).
 
     Each process that may cache them gets a shoot-down, and each device that caches
     translations of a mapping (an on-demand MR, through ``Mapping.notifiers``) drops
@@ -581,7 +590,12 @@ def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
             notify(first, end)
         hit = [i for i in mapping.ptes
                if mapping.pgoff + i >= first and (end is None or mapping.pgoff + i < end)]
-        if not hit:
+        cows: list[int] = []
+        if even_cows and mapping.anon:
+            cows = sorted(i for i in mapping.anon if mapping.pgoff + i >= first
+                          and (end is None or mapping.pgoff + i < end))
+            mapping.anon.difference_update(cows)
+        if not hit and not cows:
             continue
         for i in hit:
             del mapping.ptes[i]
@@ -595,7 +609,11 @@ def zap(k: Kernel, inode: Inode, first: int, end: int | None) -> bool:
         if word is not None and not k.window_poll_armed:
             k.window_poll_armed = True
             k.add_timer(WINDOW_GRACE, lambda: _poll_windows(k))
-        k.io.event(task, {"event": "shootdown", "sd": seq, "vma": mapping.vid, "pages": hit})
+        body: dict[str, object] = {"event": "shootdown", "sd": seq, "vma": mapping.vid,
+                                   "pages": hit}
+        if cows:
+            body["cows"] = cows
+        k.io.event(task, body)
         k.log.emit("shootdown", pid=task.pid, vma=mapping.vid, pages=hit, sd=seq)
     return any(entry.inode is inode for entry in pending.values())
 
@@ -665,9 +683,10 @@ def shootdown_ack(k: Kernel, task: Task, body: dict[str, object]) -> None:
         _acked(k, seq)
 
 
-def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None) -> None:
-    """Zap pages ``[first, end)`` of the inode, then sleep until the shoot-downs are
-    done.  The caller holds the inode's invalidate lock over the range, so faults in
-    it wait meanwhile."""
-    zap(k, inode, first, end)
+def unmap_and_wait(k: Kernel, inode: Inode, first: int, end: int | None,
+                   even_cows: bool = False) -> None:
+    """Zap pages ``[first, end)`` of the inode (private copies too with
+    ``even_cows``), then sleep until the shoot-downs are done.  The caller holds the
+    inode's invalidate lock over the range, so faults in it wait meanwhile."""
+    zap(k, inode, first, end, even_cows)
     wait_for_shootdowns(k, inode)

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kemu.kernel_daemon.cred import Cred
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.task import File, SigHand, Task
 from kemu.protocol import linux
@@ -38,8 +39,6 @@ BAND = {
 #: signals whose si_code values are signal-specific (kernel/signal.c sig_specific_sicodes)
 SIG_SPECIFIC_SICODES = {linux.SIGILL, linux.SIGFPE, linux.SIGSEGV, linux.SIGBUS, linux.SIGTRAP,
                         linux.SIGCHLD, linux.SIGIO, linux.SIGSYS}
-#: real-time signals a process may have queued (RLIMIT_SIGPENDING, a usual default)
-RT_QUEUE_LIMIT = 1024
 
 # dispositions as the agent reports them (rt_sigaction)
 DEFAULT, IGNORE, HANDLER = "default", "ignore", "handler"
@@ -80,8 +79,14 @@ class FOwner:
     kind: int
     pid: int
     task: Task | None
-    #: credentials of the process that set the owner (fown->uid, fown->euid)
+    #: credentials of the process that set the owner: ``fown->uid`` (real) and
+    #: ``fown->euid`` (effective; None: the same as ``uid``)
     uid: int = 0
+    euid: int | None = None
+    #: a process owner that exists on the machine but not in the emulation: its start
+    #: time (``/proc/<pid>/stat`` field 22), which pins its identity as the kernel's
+    #: ``struct pid`` does; 0 for an emulated owner
+    outside: int = 0
 
 
 def owner_of(file: File) -> FOwner | None:
@@ -102,28 +107,50 @@ def _pgid(pid: int) -> int:
 
 
 def f_setown(k: Kernel, file: File, kind: int, pid: int, force: bool,
-             setter_uid: int = 0) -> None:
+             setter_uid: int = 0, setter: Cred | None = None) -> None:
     """``__f_setown``: set the owner (unless one is set and ``force`` is false).
 
-    ``pid`` 0 clears the owner.  A process owner must be a registered process and a
-    group owner a group some registered process is in, else ``ESRCH`` (the emulated
-    world has no other processes).
+    ``pid`` 0 clears the owner.  As ``find_vpid()`` the PID must name a process
+    (ESRCH): a registered one, a zombie of one, or a process of the machine outside
+    the emulation (PID 1, the launcher), which is accepted and named by F_GETOWN while
+    it lives but is never signalled (:func:`send_sigio` logs ``signal-outside``).
+    A group owner needs a registered process in the group or, outside, a process
+    whose PID the number is.
     """
     current = owner_of(file)
     if not force and current is not None and current.pid != 0:
         return
+    # f_modown(): the setter's real and effective uid (``setter``, else ``setter_uid``)
+    ruid, euid = (setter.uid, setter.euid) if setter is not None else (setter_uid, setter_uid)
     if pid == 0:
         file.f_owner = FOwner(linux.F_OWNER_PID, 0, None)
         return
     if kind == linux.F_OWNER_PGRP:
-        if not any(_pgid(t.pid) == pid for t in k.tasks.values()):
+        if not any(_pgid(t.pid) == pid for t in k.tasks.values()) and not _start_time(pid):
             raise KernelError(errno.ESRCH)
-        file.f_owner = FOwner(kind, pid, None, setter_uid)
+        file.f_owner = FOwner(kind, pid, None, ruid, euid)
         return
-    task = k.tasks.get(pid)
+    task = k.tasks.get(pid) or k.zombies.get(pid)  # find_vpid() finds a zombie too
     if task is None:
-        raise KernelError(errno.ESRCH)
-    file.f_owner = FOwner(kind, pid, task, setter_uid)
+        start = _start_time(pid)
+        if not start:
+            raise KernelError(errno.ESRCH)
+        file.f_owner = FOwner(kind, pid, None, ruid, euid, outside=start)
+        return
+    file.f_owner = FOwner(kind, pid, task, ruid, euid)
+
+
+def _start_time(pid: int) -> int:
+    """The start time of machine process ``pid`` (clock ticks since boot), 0 if there
+    is none.  Read from /proc, never by sending it anything."""
+    if pid <= 0:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def f_delown(file: File) -> None:
@@ -143,16 +170,43 @@ def targets(k: Kernel, owner: FOwner) -> list[Task]:
     return []
 
 
+def owner_exists(k: Kernel, owner: FOwner) -> bool:
+    """``pid_task(f_owner.pid, type)`` is not NULL: the owner names a process that
+    runs or is a zombie not reaped yet (F_GETOWN answers its PID until the reaping)."""
+    if targets(k, owner):
+        return True
+    if owner.pid == 0:
+        return False
+    if owner.kind == linux.F_OWNER_PGRP:
+        return any(_pgid(z.pid) == owner.pid for z in k.zombies.values()) or (
+            _start_time(owner.pid) > 0 and _pgid(owner.pid) == owner.pid)
+    if owner.outside:
+        return _start_time(owner.pid) == owner.outside
+    return owner.task is not None and k.zombies.get(owner.task.pid) is owner.task
+
+
 def send_sigio(k: Kernel, file: File, fd: int, reason: int) -> None:
     """``send_sigio``: signal the file's owner about ``fd`` with POLL_* ``reason``."""
     owner = owner_of(file)
     if owner is None or owner.pid == 0:
         return
     signum = signum_of(file)
+    if owner.outside and _start_time(owner.pid) == owner.outside:
+        # a process outside the emulation: Linux would signal it; the emulator never
+        # signals a process it does not run, and records that it did not
+        k.log.emit("signal-outside", pid=owner.pid, signo=signum or linux.SIGIO, fd=fd)
+        return
     for task in targets(k, owner):
-        # sigio_perm(): the owner's setter must be root or the target's own user
-        if owner.uid == 0 or owner.uid == task.uid:
+        if sigio_perm(task, owner):
             send_sigio_to_task(k, task, signum, fd, reason)
+
+
+def sigio_perm(task: Task, owner: FOwner) -> bool:
+    """``sigio_perm``: the owner's setter had effective uid 0, or its effective or
+    real uid is the target's real or saved uid."""
+    euid = owner.uid if owner.euid is None else owner.euid
+    mine = (task.cred.uid, task.cred.suid)
+    return euid == 0 or euid in mine or owner.uid in mine
 
 
 def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int) -> None:
@@ -170,6 +224,14 @@ def send_sigio_to_task(k: Kernel, task: Task, signum: int, fd: int, reason: int)
 
 def _state(task: Task) -> tuple[dict[int, str], dict[int, deque[Siginfo]]]:
     return task.sighand.action, task.sighand.pending
+
+
+def sigpending(k: Kernel, uid: int) -> int:
+    """``ucounts[UCOUNT_RLIMIT_SIGPENDING]`` of real user ``uid``: the signals queued
+    for every process of that user (those the daemon queued; standard signals count
+    too, though they are always queued)."""
+    return sum(len(q) for t in k.tasks.values() if t.cred.uid == uid
+               for q in t.sighand.pending.values())
 
 
 def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
@@ -190,7 +252,10 @@ def send_signal(k: Kernel, task: Task, si: Siginfo) -> bool:
         if queue:
             k.log.emit("signal-merged", pid=task.pid, **si.asdict())
             return True
-    elif len(queue) >= RT_QUEUE_LIMIT:
+    elif sigpending(k, task.cred.uid) + 1 > task.rlim_sigpending[0]:
+        # __sigqueue_alloc(): the receiver's user has RLIMIT_SIGPENDING signals queued
+        # (a real-time signal does not override the limit); the caller falls back
+        k.log.emit("signal-overflow", pid=task.pid, **si.asdict())
         return False
     queue.append(si)
     k.log.emit("signal", pid=task.pid, **si.asdict())

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kemu.kernel_daemon.cred import ROOT, Cred
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.vfs import Inode
 from kemu.protocol import linux
@@ -200,9 +201,10 @@ class Task:
 
     pid: int
     ppid: int
-    uid: int
-    gid: int
     name: str
+    #: ``task->cred``: the process's real credentials, read from the host at
+    #: registration and after each setuid/setgid/setgroups (:mod:`kemu.kernel_daemon.cred`)
+    cred: Cred = ROOT
     fds: FdTable = field(default_factory=FdTable)
     #: pidfd held in the daemon's poller, so death is seen at once
     pidfd: int = -1
@@ -223,3 +225,20 @@ class Task:
     exe: Inode | None = None
     #: names of the datagram sockets the process bound (released at exit)
     bound: list[str] = field(default_factory=list)
+    #: ``signal->rlim[RLIMIT_SIGPENDING]``: (soft, hard), the process's real limit, read
+    #: at registration and after setrlimit (the descriptor limit is ``fds.limit``)
+    rlim_sigpending: tuple[int, int] = (linux.RLIMIT_SIGPENDING_DEFAULT,
+                                        linux.RLIMIT_SIGPENDING_DEFAULT)
+    #: ``exit_state``: None while it runs, "zombie" once it exited and its registered
+    #: parent has not reaped it (``Kernel.zombies``), "dead" once nothing is left
+    exit_state: str | None = None
+
+    @property
+    def uid(self) -> int:
+        """The effective uid (what SO_PEERCRED reports, ``current_euid()``)."""
+        return self.cred.euid
+
+    @property
+    def gid(self) -> int:
+        """The effective gid (``current_egid()``)."""
+        return self.cred.egid

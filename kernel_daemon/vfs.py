@@ -15,14 +15,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kemu.kernel_daemon import cred as dac
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.pmem import Owner, Pmem
 from kemu.kernel_daemon.sync import InvalidateLock, WaitQueue
 from kemu.protocol import linux
 
 if TYPE_CHECKING:
+    from kemu.kernel_daemon.cred import Cred
     from kemu.kernel_daemon.locks import Lease
     from kemu.kernel_daemon.mm import Mapping
+    from kemu.kernel_daemon.syscalls.pipe import Pipe
+
+
+def _protected_hardlinks() -> bool:
+    """``sysctl_protected_hardlinks``: the host's setting (1 when it cannot be read, the
+    usual default)."""
+    try:
+        with open("/proc/sys/fs/protected_hardlinks") as fh:
+            return fh.read().strip() != "0"
+    except OSError:
+        return True
 
 #: the largest ``loff_t`` (``include/linux/fs.h`` MAX_LFS_FILESIZE on 64-bit)
 MAX_LFS_FILESIZE = (1 << 63) - 1
@@ -79,6 +92,15 @@ class Inode:
     shootdown_wait: WaitQueue[None] = field(default_factory=WaitQueue)
     #: the file shares blocks with another (``XFS_DIFLAG2_REFLINK``, set by FICLONE)
     reflink: bool = False
+    #: a symbolic link's target (``i_link``), as symlink(2) was given it
+    target: str = ""
+    #: an inode of no directory (pipefs, sockfs): stat shows one link, as Linux's
+    anon: bool = False
+    #: extended attributes of the ``user.`` namespace, name -> value
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    #: ``i_pipe``: the buffer of a FIFO or pipe (None for other files); changed by
+    #: :mod:`kemu.kernel_daemon.syscalls.pipe` only
+    i_pipe: Pipe | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -89,6 +111,21 @@ class Inode:
     def is_reg(self) -> bool:
         """S_ISREG."""
         return self.mode & linux.S_IFMT == linux.S_IFREG
+
+    @property
+    def is_fifo(self) -> bool:
+        """S_ISFIFO: a named FIFO or a pipe."""
+        return self.mode & linux.S_IFMT == linux.S_IFIFO
+
+    @property
+    def is_sock(self) -> bool:
+        """S_ISSOCK."""
+        return self.mode & linux.S_IFMT == linux.S_IFSOCK
+
+    @property
+    def is_lnk(self) -> bool:
+        """S_ISLNK."""
+        return self.mode & linux.S_IFMT == linux.S_IFLNK
 
     @property
     def is_chr(self) -> bool:
@@ -137,12 +174,27 @@ class Filesystem:
                 raise KernelError(errno.ENAMETOOLONG)
         return parts
 
-    def _walk(self, parts: list[str]) -> Inode:
+    #: symbolic links one walk may follow (fs/namei.c MAXSYMLINKS)
+    MAXSYMLINKS = 40
+
+    def _walk(self, parts: list[str], cred: Cred | None = None,
+              follow: bool = True) -> Inode:
+        """``link_path_walk``: each directory a name is looked up in must be a
+        directory (ENOTDIR) the walker may search (``may_lookup``, EACCES; no check
+        when ``cred`` is None: the kernel's own lookups).  A symbolic link met on the
+        way is followed (its target walked from the root if absolute, else from the
+        link's directory), the last one only with ``follow``; more than MAXSYMLINKS
+        is ELOOP, an empty target ENOENT."""
         node = self.root
-        for name in parts:
+        todo = list(reversed(parts))
+        links = 0
+        while todo:
+            name = todo.pop()
             children = node.children
             if not node.is_dir or children is None:
                 raise KernelError(errno.ENOTDIR)
+            if cred is not None:
+                dac.may_lookup(cred, node)
             if name == ".":
                 continue
             if name == "..":
@@ -152,20 +204,33 @@ class Filesystem:
             child = children.get(name)
             if child is None:
                 raise KernelError(errno.ENOENT)
+            if child.is_lnk and (todo or follow):
+                links += 1
+                if links > self.MAXSYMLINKS:
+                    raise KernelError(errno.ELOOP)
+                if not child.target:
+                    raise KernelError(errno.ENOENT)
+                if child.target.startswith("/"):
+                    node = self.root
+                todo.extend(reversed(self._components(child.target)))
+                continue
             node = child
         return node
 
-    def lookup(self, path: str) -> Inode:
-        """Resolve ``path`` (relative paths start at ``/``, the only cwd) to its inode.
+    def lookup(self, path: str, cred: Cred | None = None, follow: bool = True) -> Inode:
+        """Resolve ``path`` (relative paths start at ``/``, the only cwd) to its inode,
+        with search permission for ``cred`` on every directory of the way; a last
+        component that is a symbolic link is followed unless ``follow`` is false
+        (a trailing slash follows it anyway).
 
         A trailing slash on a non-directory is ``ENOTDIR``, as in Linux.
         """
-        node = self._walk(self._components(path))
+        node = self._walk(self._components(path), cred, follow or path.endswith("/"))
         if path.endswith("/") and not node.is_dir:
             raise KernelError(errno.ENOTDIR)
         return node
 
-    def lookup_parent(self, path: str) -> tuple[Inode, str]:
+    def lookup_parent(self, path: str, cred: Cred | None = None) -> tuple[Inode, str]:
         """Resolve all but the last component: (directory inode, last name).
 
         The last name is ``""`` for ``/``; ``.`` and ``..`` are returned as they are and
@@ -174,31 +239,119 @@ class Filesystem:
         parts = self._components(path)
         if not parts:
             return self.root, ""
-        parent = self._walk(parts[:-1])
+        parent = self._walk(parts[:-1], cred)
         if not parent.is_dir:
             raise KernelError(errno.ENOTDIR)
+        if cred is not None:
+            dac.may_lookup(cred, parent)  # the last name is looked up in it too
         return parent, parts[-1]
 
     # --- namespace operations -------------------------------------------------------
 
-    def create(self, parent: Inode, name: str, mode: int, uid: int, gid: int) -> Inode:
-        """Create a regular file ``name`` in ``parent`` (``vfs_create``)."""
+    @staticmethod
+    def _inherit_gid(parent: Inode, gid: int) -> int:
+        """``inode_init_owner``: a new inode in a set-group-ID directory takes the
+        directory's group (and a new directory the S_ISGID bit, in ``mkdir``)."""
+        return parent.gid if parent.mode & linux.S_ISGID else gid
+
+    def create(self, parent: Inode, name: str, mode: int, uid: int, gid: int,
+               kind: int = linux.S_IFREG) -> Inode:
+        """Create a regular file ``name`` in ``parent`` (``vfs_create``; ``vfs_mknod``
+        of a FIFO with ``kind`` S_IFIFO)."""
         assert parent.children is not None
-        inode = self._new_inode(linux.S_IFREG | (mode & 0o7777), uid, gid)
+        gid = self._inherit_gid(parent, gid)
+        inode = self._new_inode(kind | (mode & 0o7777), uid, gid)
         parent.children[name] = inode
         parent.mtime = parent.ctime = time.time()
         self.inodes[inode.ino] = inode
         return inode
 
-    def mkdir(self, path: str, mode: int, uid: int, gid: int) -> Inode:
-        """mkdir(2).  Linux: fs/namei.c do_mkdirat()."""
-        parent, name = self.lookup_parent(path)
+    def anon_inode(self, mode: int, uid: int, gid: int) -> Inode:
+        """An inode in no directory (pipefs, sockfs): it lives while files hold it."""
+        inode = self._new_inode(mode, uid, gid)
+        inode.nlink = 0  # freed with its last file; stat still shows 1 (``anon``)
+        inode.anon = True
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def symlink(self, target: str, path: str, uid: int, gid: int,
+                cred: Cred | None = None) -> Inode:
+        """symlink(2).  Linux: fs/namei.c do_symlinkat(): EEXIST for a name that
+        exists (a dangling link included), then ``may_create``; the target is kept as
+        given (``ENOENT`` for an empty one)."""
+        if not target:
+            raise KernelError(errno.ENOENT)
+        self._components(target)  # ENAMETOOLONG, as strncpy_from_user of the target
+        parent, name = self.lookup_parent(path, cred)
+        if name in ("", ".", "..") or path.endswith("/"):
+            raise KernelError(errno.EEXIST)
+        assert parent.children is not None
+        if name in parent.children:
+            raise KernelError(errno.EEXIST)
+        if cred is not None:
+            dac.may_create(cred, parent)
+        inode = self._new_inode(linux.S_IFLNK | 0o777, uid, self._inherit_gid(parent, gid))
+        inode.target = target
+        inode.size = len(target.encode())
+        parent.children[name] = inode
+        parent.mtime = parent.ctime = time.time()
+        self.inodes[inode.ino] = inode
+        return inode
+
+    def link(self, old: str, new: str, cred: Cred | None = None) -> Inode:
+        """link(2).  Linux: fs/namei.c do_linkat() without AT_SYMLINK_FOLLOW (a
+        symbolic link is linked itself), ``may_linkat`` (protected_hardlinks: the
+        owner, CAP_FOWNER, or read and write permission on a plain file), then
+        ``vfs_link``: EEXIST, ``may_create``, EPERM for a directory."""
+        inode = self.lookup(old, cred, follow=False)
+        parent, name = self.lookup_parent(new, cred)
+        if name in ("", ".", "..") or new.endswith("/"):
+            raise KernelError(errno.EEXIST if name else errno.ENOENT)
+        assert parent.children is not None
+        if name in parent.children:
+            raise KernelError(errno.EEXIST)
+        if cred is not None and _protected_hardlinks() and \
+                not dac.inode_owner_or_capable(cred, inode):
+            safe = inode.is_reg and not inode.mode & linux.S_ISUID and not (
+                inode.mode & linux.S_ISGID and inode.mode & linux.S_IXGRP)
+            try:
+                dac.inode_permission(cred, inode, dac.MAY_READ | dac.MAY_WRITE)
+            except KernelError:
+                safe = False
+            if not safe:
+                raise KernelError(errno.EPERM)
+        if cred is not None:
+            dac.may_create(cred, parent)
+        if inode.is_dir:
+            raise KernelError(errno.EPERM)
+        parent.children[name] = inode
+        inode.nlink += 1
+        inode.ctime = parent.mtime = parent.ctime = time.time()
+        return inode
+
+    def readlink(self, path: str, cred: Cred | None = None) -> str:
+        """readlink(2).  Linux: fs/stat.c do_readlinkat(): EINVAL for anything but a
+        symbolic link."""
+        inode = self.lookup(path, cred, follow=False)
+        if not inode.is_lnk:
+            raise KernelError(errno.EINVAL)
+        return inode.target
+
+    def mkdir(self, path: str, mode: int, uid: int, gid: int,
+              cred: Cred | None = None) -> Inode:
+        """mkdir(2).  Linux: fs/namei.c do_mkdirat(); ``may_create`` after EEXIST."""
+        parent, name = self.lookup_parent(path, cred)
         if name in ("", ".", ".."):
             raise KernelError(errno.EEXIST)
         assert parent.children is not None
         if name in parent.children:
             raise KernelError(errno.EEXIST)
-        inode = self._new_inode(linux.S_IFDIR | (mode & 0o7777), uid, gid)
+        if cred is not None:
+            dac.may_create(cred, parent)
+        if parent.mode & linux.S_ISGID:
+            mode |= linux.S_ISGID
+        inode = self._new_inode(linux.S_IFDIR | (mode & 0o7777),
+                                uid, self._inherit_gid(parent, gid))
         inode.children = {}
         inode.parent = parent
         inode.nlink = 2
@@ -207,9 +360,9 @@ class Filesystem:
         self.inodes[inode.ino] = inode
         return inode
 
-    def rmdir(self, path: str) -> None:
-        """rmdir(2).  Linux: fs/namei.c do_rmdir()."""
-        parent, name = self.lookup_parent(path)
+    def rmdir(self, path: str, cred: Cred | None = None) -> None:
+        """rmdir(2).  Linux: fs/namei.c do_rmdir(); ``may_delete`` before the type."""
+        parent, name = self.lookup_parent(path, cred)
         if name == "":
             raise KernelError(errno.EBUSY)
         if name == ".":
@@ -220,6 +373,8 @@ class Filesystem:
         node = parent.children.get(name)
         if node is None:
             raise KernelError(errno.ENOENT)
+        if cred is not None:
+            dac.may_delete(cred, parent, node)
         if not node.is_dir:
             raise KernelError(errno.ENOTDIR)
         if node.children:
@@ -229,15 +384,18 @@ class Filesystem:
         node.nlink = 0
         self._maybe_release(node)
 
-    def unlink(self, path: str) -> Inode:
-        """unlink(2).  Linux: fs/namei.c do_unlinkat(); a directory is ``EISDIR``."""
-        parent, name = self.lookup_parent(path)
+    def unlink(self, path: str, cred: Cred | None = None) -> Inode:
+        """unlink(2).  Linux: fs/namei.c do_unlinkat(); a directory is ``EISDIR``,
+        after ``may_delete``."""
+        parent, name = self.lookup_parent(path, cred)
         if name in ("", ".", ".."):
             raise KernelError(errno.EISDIR)
         assert parent.children is not None
         node = parent.children.get(name)
         if node is None:
             raise KernelError(errno.ENOENT)
+        if cred is not None:
+            dac.may_delete(cred, parent, node)
         if node.is_dir:
             raise KernelError(errno.EISDIR)
         if path.endswith("/"):
@@ -248,10 +406,12 @@ class Filesystem:
         self._maybe_release(node)
         return node
 
-    def rename(self, old: str, new: str) -> Inode | None:
-        """rename(2).  Linux: fs/namei.c do_renameat2().  Returns the replaced inode."""
-        oparent, oname = self.lookup_parent(old)
-        nparent, nname = self.lookup_parent(new)
+    def rename(self, old: str, new: str, cred: Cred | None = None) -> Inode | None:
+        """rename(2).  Linux: fs/namei.c do_renameat2(), vfs_rename()'s
+        ``may_delete``/``may_create`` before the type checks.  Returns the replaced
+        inode."""
+        oparent, oname = self.lookup_parent(old, cred)
+        nparent, nname = self.lookup_parent(new, cred)
         if oname in ("", ".", "..") or nname in ("", ".", ".."):
             raise KernelError(errno.EBUSY)  # "old_type != LAST_NORM": ., .. and / alike
         assert oparent.children is not None and nparent.children is not None
@@ -272,6 +432,14 @@ class Filesystem:
                 if p is self.root:
                     break
                 p = p.parent
+        if cred is not None:
+            dac.may_delete(cred, oparent, node)
+            if target is None:
+                dac.may_create(cred, nparent)
+            else:
+                dac.may_delete(cred, nparent, target)
+            if node.is_dir and nparent is not oparent:
+                dac.inode_permission(cred, node, dac.MAY_WRITE)  # its ".." changes
         if target is not None:
             if node.is_dir and not target.is_dir:
                 raise KernelError(errno.ENOTDIR)
@@ -295,6 +463,25 @@ class Filesystem:
         if target is not None:
             self._maybe_release(target)
         return target
+
+    def set_times(self, inode: Inode, atime: float | None, mtime: float | None) -> None:
+        """``notify_change`` of the times: the given ones, or now; ctime moves."""
+        now = time.time()
+        inode.atime = now if atime is None else atime
+        inode.mtime = now if mtime is None else mtime
+        inode.ctime = now
+
+    def setattr(self, inode: Inode, mode: int | None = None, uid: int = -1,
+                gid: int = -1) -> None:
+        """``notify_change`` of the mode bits and the owner (checked by the caller):
+        the permission bits change, not the file type; -1 leaves an id; ctime moves."""
+        if mode is not None:
+            inode.mode = inode.mode & linux.S_IFMT | mode & 0o7777
+        if uid != -1:
+            inode.uid = uid
+        if gid != -1:
+            inode.gid = gid
+        inode.ctime = time.time()
 
     # --- lifetime ---------------------------------------------------------------------
 
@@ -404,7 +591,7 @@ class Filesystem:
             "st_mode": inode.mode,
             "st_ino": inode.ino,
             "st_dev": self.DEV,
-            "st_nlink": inode.nlink,
+            "st_nlink": 1 if inode.anon else inode.nlink,
             "st_uid": inode.uid,
             "st_gid": inode.gid,
             "st_size": inode.size if not inode.is_dir else self.block_size,

@@ -174,6 +174,45 @@ S_IFMT = 0o170000
 S_IFDIR = 0o040000
 S_IFCHR = 0o020000
 S_IFREG = 0o100000
+S_IFLNK = 0o120000
+S_IFIFO = 0o010000
+S_IFSOCK = 0o140000
+# mode bits (sys/stat.h)
+S_ISUID = 0o4000
+S_ISGID = 0o2000
+S_ISVTX = 0o1000
+S_IXGRP = 0o010
+
+# access(2) modes and faccessat(2) flags (unistd.h, fcntl.h)
+F_OK = 0
+X_OK = 1
+W_OK = 2
+R_OK = 4
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EACCESS = 0x200
+AT_EMPTY_PATH = 0x1000
+
+# setxattr(2) flags (linux/xattr.h)
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+
+# wait4(2) options (sys/wait.h)
+WNOHANG = 1
+WUNTRACED = 2
+
+# capabilities (linux/capability.h)
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+CAP_FOWNER = 3
+CAP_FSETID = 4
+CAP_KILL = 5
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_LEASE = 28
 
 # signals (x86-64, asm/signal.h)
 SIGHUP = 1
@@ -281,9 +320,15 @@ NR_fcntl = 72
 NR_truncate = 76
 NR_ftruncate = 77
 NR_openat = 257
+NR_wait4 = 61
+NR_faccessat2 = 439
 
-# resource limits the emulator applies
+# resource limits (asm-generic/resource.h) and the defaults the emulator applies
+RLIMIT_NOFILE = 7
+RLIMIT_SIGPENDING = 11
+RLIM_INFINITY = (1 << 64) - 1
 RLIMIT_NOFILE_DEFAULT = 1024
+RLIMIT_SIGPENDING_DEFAULT = 1024
 NAME_MAX = 255
 PATH_MAX = 4096
 

@@ -730,6 +730,423 @@ C: fcntl(fd, F_GETLEASE)                       => F_RDLCK
 C: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
 B: locks()                                     => []
 """),
+    # --- permissions (issue 10) --------------------------------------------------------
+    Case("permission_before_lease_break", "an open or truncate(2) the mode bits refuse is "
+         "EACCES at once and breaks no lease (fs/namei.c may_open() and vfs_truncate()'s "
+         "inode_permission() come before break_lease()); an allowed open does break it",
+         "permissions", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: setuid(65534)                               => 0
+B: open("/f", O_RDWR)                          => EACCES
+B: open("/f", O_WRONLY|O_NONBLOCK)             => EACCES
+B: open("/f", O_RDONLY|O_TRUNC)                => EACCES
+B: truncate("/f", 0)                           => EACCES
+A: signals()                                   => []
+A: locks()                                     => [{"state": "ACTIVE", "type": "WRITE", "path": "/f"}]
+B: open("/f", O_RDONLY|O_NONBLOCK)             => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
+""", new="10"),
+    Case("dac_mode_bits", "owner, group (supplementary groups included) and other bits, "
+         "each class alone deciding; search permission on every directory of a path; "
+         "write and search on the directory to create, unlink, rename; root's "
+         "CAP_DAC_OVERRIDE but not to execute a file with no x bit; access(2); umask; "
+         "an unprivileged setuid(0) is EPERM", "permissions", """
+A: umask(0)                                    => *
+A: mkdir("/d", 0o700)                          => 0
+A: c = open("/d/f", O_RDWR|O_CREAT, 0o666)     => *
+A: close(c)                                    => 0
+A: c = open("/g", O_RDWR|O_CREAT, 0o640)       => *
+A: close(c)                                    => 0
+A: c = open("/k", O_RDWR|O_CREAT, 0o604)       => *
+A: close(c)                                    => 0
+A: c = open("/o", O_RDWR|O_CREAT, 0o044)       => *
+A: close(c)                                    => 0
+A: c = open("/z", O_RDWR|O_CREAT, 0o000)       => *
+A: close(c)                                    => 0
+A: chown("/g", -1, 100)                        => 0
+A: chown("/k", -1, 100)                        => 0
+A: chown("/o", 65534, -1)                      => 0
+A: open("/z", O_RDWR)                          => 3
+A: access("/z", R_OK|W_OK)                     => 0
+A: access("/z", X_OK)                          => EACCES
+A: access("/d", X_OK)                          => 0
+A: umask(0o077)                                => 0
+A: c = open("/u", O_RDWR|O_CREAT, 0o666)       => *
+A: close(c)                                    => 0
+A: stat("/u")                                  => {"st_mode": S_IFREG|0o600}
+B: setgroups(100)                              => 0
+B: setgid(65534)                               => 0
+B: setuid(65534)                               => 0
+B: setuid(0)                                   => EPERM
+B: stat("/d/f")                                => EACCES
+B: open("/d/f", O_RDONLY)                      => EACCES
+B: access("/d", F_OK)                          => 0
+B: access("/d", R_OK)                          => EACCES
+B: listdir("/d")                               => EACCES
+B: open("/g", O_RDONLY)                        => 3
+B: open("/g", O_WRONLY)                        => EACCES
+B: open("/k", O_RDONLY)                        => EACCES
+B: open("/o", O_RDONLY)                        => EACCES
+B: access("/o", R_OK)                          => EACCES
+B: access("/z", F_OK)                          => 0
+B: open("/z", O_RDONLY)                        => EACCES
+B: open("/n", O_WRONLY|O_CREAT, 0o644)         => EACCES
+B: open("/g", O_RDONLY|O_CREAT, 0o644)         => 4
+B: unlink("/g")                                => EACCES
+B: unlink("/nothing")                          => ENOENT
+B: mkdir("/e", 0o755)                          => EACCES
+B: mkdir("/d", 0o755)                          => EEXIST
+B: rename("/g", "/g2")                         => EACCES
+B: truncate("/g", 0)                           => EACCES
+""", new="10"),
+    Case("dac_attributes", "chmod/fchmod by the owner only (EPERM); chown/fchown: the "
+         "owner may give its file one of its own groups, anything else needs CAP_CHOWN; "
+         "chown clears set-user-ID and set-group-ID bits; the sticky bit keeps others "
+         "from unlinking or renaming; a file chowned to a user lets it take a lease",
+         "permissions", """
+A: umask(0)                                    => *
+A: mkdir("/t", 0o1777)                         => 0
+A: c = open("/t/a", O_RDWR|O_CREAT, 0o666)     => *
+A: close(c)                                    => 0
+A: c = open("/f", O_RDONLY|O_CREAT, 0o644)     => *
+A: close(c)                                    => 0
+A: c = open("/s", O_RDONLY|O_CREAT, 0o6755)    => *
+A: close(c)                                    => 0
+B: setgroups(100)                              => 0
+B: setgid(65534)                               => 0
+B: setuid(65534)                               => 0
+B: chmod("/f", 0o666)                          => EPERM
+B: chown("/f", 65534, -1)                      => EPERM
+B: fd = open("/t/b", O_RDWR|O_CREAT, 0o644)    => 3
+B: fchmod(fd, 0o600)                           => 0
+B: stat("/t/b")                                => {"st_mode": S_IFREG|0o600}
+B: chmod("/t/b", 0o2644)                       => 0
+B: stat("/t/b")                                => {"st_mode": S_IFREG|0o2644}
+B: fchown(fd, -1, 100)                         => 0
+B: fchown(fd, -1, 0)                           => EPERM
+B: fchown(fd, 0, -1)                           => EPERM
+B: fchown(fd, 65534, -1)                       => 0
+B: chmod("/t/b", 0o2644)                       => 0
+B: stat("/t/b")                                => {"st_mode": S_IFREG|0o2644}
+B: fcntl(fd, F_SETLEASE, F_RDLCK)              => EAGAIN
+B: r = open("/t/b", O_RDONLY)                  => 4
+B: close(fd)                                   => 0
+B: fcntl(r, F_SETLEASE, F_RDLCK)               => 0
+B: fcntl(r, F_SETLEASE, F_UNLCK)               => 0
+B: unlink("/t/a")                              => EPERM
+B: rename("/t/a", "/t/c")                      => EPERM
+A: chown("/s", 65534, -1)                      => 0
+A: stat("/s")                                  => {"st_mode": S_IFREG|0o755}
+A: chmod("/t/b", 0o4755)                       => 0
+A: stat("/t/b")                                => {"st_mode": S_IFREG|0o4755}
+B: unlink("/t/b")                              => 0
+B: close(r)                                    => 0
+A: unlink("/t/a")                              => 0
+""", new="10"),
+    # --- processes (issue 10) ----------------------------------------------------------
+    Case("zombie_owner_until_reaped", "a fork child that exited is a zombie until its "
+         "parent reaps it: F_SETOWN still accepts it and F_GETOWN still names it "
+         "(pid_task() finds a zombie); waitpid gives its status (exit code or signal), "
+         "after which F_GETOWN is 0 and a second waitpid ECHILD", "lifetime", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fork() as C
+A: fork() as D
+A: waitpid(C.pid, WNOHANG)                     => 0
+A: fcntl(fd, F_SETOWN, C.pid)                  => 0
+C: exit(3)
+A: fcntl(fd, F_GETOWN)                         => *
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID}
+A: fcntl(fd, F_SETOWN, C.pid)                  => 0
+A: waitpid(C.pid)                              => {"status": "WIFEXITED(s) && WEXITSTATUS(s) == 3"}
+A: fcntl(fd, F_GETOWN)                         => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID, "pid": 0}
+A: waitpid(C.pid)                              => ECHILD
+A: fcntl(fd, F_SETOWN, D.pid)                  => 0
+!kill D
+A: fcntl(fd, F_GETOWN)                         => *
+A: waitpid(D.pid)                              => {"status": "WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL"}
+A: fcntl(fd, F_GETOWN)                         => 0
+""", new="10"),
+    Case("escalated_break_holds_the_reader", "a writer escalating a break a reader "
+         "started holds the reader too: the reader's sleep is bounded by fl_break_time "
+         "alone (__break_lease), so it is let in when the lease is removed for the "
+         "writer, lease_break_time after the writer came, not at its own downgrade "
+         "deadline; the holder is told again", "time", """
+set lease_break_time = 2
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: r = open("/f", O_RDONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: w = open("/f", O_WRONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+B: join                                        => 3
+B: locks()                                     => []
+C: join                                        => 3
+A: fcntl(fd, F_GETLEASE)                       => F_UNLCK
+""", new="10"),
+    # --- memory (issue 10) ------------------------------------------------------------
+    Case("truncate_unmaps_private_copies", "a truncate unmaps the copies a MAP_PRIVATE "
+         "mapping made on write past the new end, a fork child's inherited ones too "
+         "(truncate_pagecache(): unmap_mapping_range() with even_cows): their next access "
+         "is SIGBUS, pages before the end keep their copy", "lifetime", """
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)      => 3
+A: ftruncate(fd, 12288)                        => 0
+A: p = mmap(12288, PROT_READ|PROT_WRITE, MAP_PRIVATE, fd, 0) => ok
+A: store(p, "head")                            => 4
+A: store(p + 4096, "private")                  => 7
+A: fork() as C
+C: load(p + 4096, 7)                           => b"private"
+A: load(p + 8192, 4)                           => b"\\0\\0\\0\\0"
+B: truncate("/f", 4096)                        => 0
+A: load(p, 4)                                  => b"head"
+C: load(p, 4)                                  => b"head"
+C: load(p + 4096, 7)                           => killed SIGBUS
+A: load(p + 4096, 7)                           => killed SIGBUS
+""", new="10"),
+    Case("sigpending_limit_falls_back_to_sigio", "getrlimit/setrlimit of "
+         "RLIMIT_SIGPENDING and RLIMIT_NOFILE (an unprivileged raise of the hard limit is "
+         "EPERM, soft above hard EINVAL); with the receiver's user at its pending-signal "
+         "limit the F_SETSIG real-time notice cannot be queued and send_sigio_to_task() "
+         "falls back to a plain SIGIO (SI_KERNEL); a lowered descriptor limit gives EMFILE",
+         "signals", """
+A: signal(SIGIO, "record")                     => 0
+A: signal(SIGRTMIN+1, "record")                => 0
+A: getrlimit(RLIMIT_NOFILE)                    => *
+A: setrlimit(RLIMIT_SIGPENDING, 2, 2)          => 0
+A: getrlimit(RLIMIT_SIGPENDING)                => [2, 2]
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+A: setuid(64023)                               => 0
+A: setrlimit(RLIMIT_SIGPENDING, 2, 3)          => EPERM
+A: setrlimit(RLIMIT_SIGPENDING, 3, 2)          => EINVAL
+A: f = open("/d/f", O_RDONLY|O_CREAT, 0o644)   => 3
+A: g = open("/d/g", O_RDONLY|O_CREAT, 0o644)   => 4
+A: h = open("/d/h", O_RDONLY|O_CREAT, 0o644)   => 5
+A: fcntl(f, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(g, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(h, F_SETSIG, SIGRTMIN+1)              => 0
+A: fcntl(f, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+A: fcntl(h, F_SETLEASE, F_WRLCK)               => 0
+A: sigblock(SIGIO, SIGRTMIN+1)                 => 0
+B: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: open("/d/g", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: open("/d/h", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+A: sigunblock(SIGIO, SIGRTMIN+1)               => 0
+A: signals()                                   => [{"si_signo": SIGRTMIN+1, "si_fd": 3}, {"si_signo": SIGRTMIN+1, "si_fd": 4}, {"si_signo": SIGIO, "si_code": SI_KERNEL}]
+A: setrlimit(RLIMIT_NOFILE, 6, 6)              => 0
+A: open("/d/f", O_RDONLY)                      => EMFILE
+""", new="10"),
+    Case("setown_outside_the_emulation", "F_SETOWN and F_SETOWN_EX accept a process "
+         "that exists on the machine but runs outside the scenario (PID 1; find_vpid() "
+         "finds it) and F_GETOWN names it; a PID that names nobody is ESRCH (the "
+         "emulator never signals such an owner: its event log says signal-outside)",
+         "signals", """
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETOWN, 1)                      => 0
+A: fcntl(fd, F_GETOWN)                         => 1
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_PID, "pid": 1}
+A: fcntl(fd, F_SETOWN_EX, {"type": F_OWNER_TID, "pid": 1}) => 0
+A: fcntl(fd, F_GETOWN_EX)                      => {"type": F_OWNER_TID, "pid": 1}
+A: fcntl(fd, F_SETOWN, 4000000)                => ESRCH
+A: fcntl(fd, F_GETOWN)                         => 1
+""", new="10"),
+    Case("proc_views_nest_waiters_and_show_fd_locks", "/proc/locks nests a breaker "
+         "under the breaker it conflicts with (__locks_insert_block: three writers make a "
+         "chain, one level deeper each); fdinfo shows the lock: line of every descriptor "
+         "of the leased description, its state and type as the lease breaks; a lease on a "
+         "file unlinked or renamed over stays listed, under the name it had (deleted)",
+         "breaking", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: d = dup(fd)                                 => 4
+A: o = open("/f", O_PATH)                      => 5
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "locks": [{"kind": "LEASE", "state": "ACTIVE", "type": "WRITE"}]}, {"fd": 4, "locks": [{"state": "ACTIVE"}]}, {"fd": 5, "path": "/f"}]
+B: open("/f", O_RDWR) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+C: open("/f", O_WRONLY) &
+D: open("/f", O_WRONLY) &
+A: locks()                                     => [{"state": "BREAKING", "depth": 0}, {"depth": 1}, {"depth": 2}, {"depth": 3}]
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "locks": [{"state": "BREAKING", "type": "UNLCK"}]}, {"fd": 4}, {"fd": 5}]
+!locks
+A: close(o)                                    => 0
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 3
+C: join                                        => 3
+D: join                                        => 3
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "path": "/f"}, {"fd": 4}]
+B: close(3)                                    => 0
+C: close(3)                                    => 0
+D: close(3)                                    => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: unlink("/f")                                => 0
+A: locks()                                     => [{"state": "ACTIVE", "type": "READ", "path": "/f (deleted)"}]
+A: g = open("/g", O_RDONLY|O_CREAT, 0o644)     => 5
+A: fcntl(g, F_SETLEASE, F_WRLCK)               => 0
+B: h = open("/h", O_WRONLY|O_CREAT, 0o644)     => 3
+B: close(h)                                    => 0
+B: rename("/h", "/g")                          => 0
+A: locks()                                     => [{"state": "ACTIVE", "type": "READ", "path": "/f (deleted)"}, {"state": "ACTIVE", "type": "WRITE", "path": "/g (deleted)"}]
+""", new="10"),
+    # --- names and file types (issue 10) ----------------------------------------------
+    Case("lease_through_other_names", "a lease is the inode's: taken through one name "
+         "it is broken through a hard link and through a symbolic link; link, symlink "
+         "(absolute, relative, dangling: O_CREAT creates the target), readlink (EINVAL "
+         "on a file), O_NOFOLLOW (ELOOP), O_CREAT|O_EXCL on a link (EEXIST), link of a "
+         "directory (EPERM), protected_hardlinks (EPERM for another user's file)",
+         "breaking", """
+A: signal(SIGIO, "record")                     => 0
+A: mkdir("/d", 0o755)                          => 0
+A: fd = open("/d/f", O_RDONLY|O_CREAT, 0o644)  => 3
+A: link("/d/f", "/hard")                       => 0
+A: symlink("/d/f", "/abs")                     => 0
+A: symlink("d", "/rel")                        => 0
+A: symlink("nowhere", "/dangling")             => 0
+A: readlink("/abs")                            => "/d/f"
+A: readlink("/rel")                            => "d"
+A: readlink("/hard")                           => EINVAL
+A: stat("/hard")                               => {"st_nlink": 2}
+A: stat("/rel/f")                              => {"st_mode": S_IFREG|0o644}
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: open("/abs", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+A: fcntl(fd, F_SETLEASE, F_RDLCK)              => 0
+B: w = open("/hard", O_WRONLY) &
+A: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+A: fcntl(fd, F_SETLEASE, F_UNLCK)              => 0
+B: join                                        => 3
+B: open("/abs", O_RDONLY|O_NOFOLLOW)           => ELOOP
+B: open("/abs", O_RDONLY|O_CREAT|O_EXCL, 0o644) => EEXIST
+B: open("/rel/f", O_RDONLY)                    => 4
+B: link("/d/f", "/hard")                       => EEXIST
+B: link("/d", "/d2")                           => EPERM
+B: open("/dangling", O_WRONLY|O_CREAT, 0o600)  => 5
+B: stat("/nowhere")                            => {"st_mode": S_IFREG|0o600}
+B: unlink("/abs")                              => 0
+B: stat("/d/f")                                => {"st_nlink": 2}
+B: unlink("/hard")                             => 0
+B: stat("/d/f")                                => {"st_nlink": 1}
+B: setuid(65534)                               => 0
+B: link("/d/f", "/d/x")                        => EPERM
+""", new="10"),
+    Case("no_lease_on_pipes_fifos_sockets", "a pipe, a FIFO and a socket are not "
+         "regular files: F_SETLEASE on them is EINVAL (generic_setlease, after the owner "
+         "check) and F_GETLEASE F_UNLCK; a pipe's data, EAGAIN, EOF, ESPIPE and a "
+         "blocking read; a FIFO's ENXIO for a lone non-blocking writer, a blocking "
+         "reader let in by the writer's open, EPIPE once the reader is gone", "acquiring",
+         """
+A: p = pipe()                                  => [3, 4]
+A: fstat(3)                                    => {"st_mode": S_IFIFO|0o600, "st_size": 0}
+A: fds()                                       => [{"fd": 0}, {"fd": 1}, {"fd": 2}, {"fd": 3, "path": "pipe:", "flags": O_RDONLY}, {"fd": 4, "path": "pipe:", "flags": O_WRONLY}]
+A: fcntl(3, F_SETLEASE, F_RDLCK)               => EINVAL
+A: fcntl(4, F_SETLEASE, F_WRLCK)               => EINVAL
+A: fcntl(3, F_GETLEASE)                        => F_UNLCK
+A: write(4, "hello")                           => 5
+A: read(3, 10)                                 => b"hello"
+A: lseek(3, 0, SEEK_SET)                       => ESPIPE
+A: fork() as C
+C: r = read(3, 5) &
+A: write(4, "x")                               => 1
+C: join                                        => b"x"
+A: fcntl(3, F_SETFL, O_NONBLOCK)               => 0
+A: read(3, 10)                                 => EAGAIN
+A: close(4)                                    => 0
+C: close(4)                                    => 0
+A: read(3, 10)                                 => b""
+A: mkfifo("/fifo", 0o644)                      => 0
+A: stat("/fifo")                               => {"st_mode": S_IFIFO|0o644, "st_size": 0}
+A: open("/fifo", O_WRONLY|O_NONBLOCK)          => ENXIO
+B: r = open("/fifo", O_RDONLY) &
+A: w = open("/fifo", O_WRONLY)                 => 4
+B: join                                        => 3
+B: fcntl(r, F_SETLEASE, F_RDLCK)               => EINVAL
+A: fcntl(w, F_SETLEASE, F_WRLCK)               => EINVAL
+A: write(w, "via fifo")                        => 8
+B: read(r, 20)                                 => b"via fifo"
+B: close(r)                                    => 0
+A: write(w, "x")                               => EPIPE
+A: s = socketpair()                            => [5, 6]
+A: fstat(5)                                    => {"st_mode": S_IFSOCK|0o777}
+A: fcntl(5, F_SETLEASE, F_RDLCK)               => EINVAL
+A: fcntl(6, F_GETLEASE)                        => F_UNLCK
+""", new="10"),
+    Case("utime_permissions_break_no_lease", "utime(2) breaks no lease (a time change "
+         "breaks only delegations); setting the times to now needs the owner, CAP_FOWNER "
+         "or write permission (EACCES), setting given times the owner or CAP_FOWNER (EPERM "
+         "even with write permission)", "permissions", """
+A: signal(SIGIO, "record")                     => 0
+A: umask(0)                                    => *
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: w = open("/w", O_RDONLY|O_CREAT, 0o666)     => 4
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(w, F_SETLEASE, F_WRLCK)               => 0
+B: utime("/f")                                 => 0
+B: utime("/f", (1000, 2000))                   => 0
+B: setuid(65534)                               => 0
+B: utime("/f")                                 => EACCES
+B: utime("/f", (1000, 2000))                   => EPERM
+B: utime("/w")                                 => 0
+B: utime("/w", (1000, 2000))                   => EPERM
+A: signals()                                   => []
+A: locks()                                     => [{"state": "ACTIVE", "type": "WRITE", "path": "/f"}, {"state": "ACTIVE", "type": "WRITE", "path": "/w"}]
+""", new="10"),
+    Case("setxattr_breaks_no_lease", "setxattr/getxattr of user. attributes break no "
+         "lease (an attribute change breaks only delegations): XATTR_CREATE of an existing "
+         "name is EEXIST, XATTR_REPLACE or getxattr of a missing one ENODATA; reading "
+         "needs read permission, writing write permission (EACCES)", "permissions", """
+A: signal(SIGIO, "record")                     => 0
+A: fd = open("/f", O_RDONLY|O_CREAT, 0o644)    => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+B: setxattr("/f", "user.tag", "one")           => 0
+B: getxattr("/f", "user.tag")                  => b"one"
+B: setxattr("/f", "user.tag", "two", XATTR_CREATE) => EEXIST
+B: setxattr("/f", "user.new", "x", XATTR_REPLACE)  => ENODATA
+B: getxattr("/f", "user.none")                 => ENODATA
+A: signals()                                   => []
+A: fcntl(fd, F_GETLEASE)                       => F_WRLCK
+B: setuid(65534)                               => 0
+B: getxattr("/f", "user.tag")                  => b"one"
+B: setxattr("/f", "user.tag", "three")         => EACCES
+""", new="10"),
+    Case("access_checks_the_real_ids", "access(2) checks with the real uid (a root "
+         "real uid keeps its capabilities: access_override_creds), open and AT_EACCESS with "
+         "the effective one; setresuid back to a saved uid 0 restores the capabilities, "
+         "an unprivileged setresuid to 0 is EPERM; a bad mode or flag is EINVAL",
+         "permissions", """
+A: c = open("/secret", O_RDWR|O_CREAT, 0o600)  => 3
+A: close(c)                                    => 0
+A: setresuid(0, 65534, 0)                      => 0
+A: open("/secret", O_RDONLY)                   => EACCES
+A: access("/secret", R_OK)                     => 0
+A: faccessat(AT_FDCWD, "/secret", R_OK, AT_EACCESS) => EACCES
+A: faccessat(AT_FDCWD, "/secret", R_OK, 0x8)   => EINVAL
+A: access("/secret", 8)                        => EINVAL
+A: setresuid(-1, 0, -1)                        => 0
+A: open("/secret", O_RDONLY)                   => 3
+A: setresuid(65534, 65534, 65534)              => 0
+A: access("/secret", R_OK)                     => EACCES
+A: setresuid(-1, 0, -1)                        => EPERM
+""", new="10"),
+    Case("sigio_perm_real_and_effective", "sigio_perm(): a notice reaches the owner when "
+         "the F_SETOWN caller's effective or real uid is the owner's real or saved uid (here "
+         "only the setter's real uid matches)", "signals", """
+B: signal(SIGIO, "record")                     => 0
+B: setresuid(1000, 1000, 1000)                 => 0
+A: umask(0)                                    => *
+A: mkdir("/d", 0o777)                          => 0
+A: setresuid(1000, 65534, 0)                   => 0
+A: fd = open("/d/f", O_RDONLY|O_CREAT, 0o644)  => 3
+A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
+A: fcntl(fd, F_SETOWN, B.pid)                  => 0
+C: open("/d/f", O_RDONLY|O_NONBLOCK)           => EWOULDBLOCK
+B: sigwait(SIGIO)                              => {"si_signo": SIGIO, "si_code": SI_KERNEL}
+""", new="10"),
 ]
 
 
@@ -750,7 +1167,7 @@ A: fcntl(fd, F_SETLEASE, F_WRLCK)              => 0
 C: r = open("/f", O_RDONLY) &
 C: join                                        => 3 within 5s
 A: fcntl(fd, F_GETLEASE)                       => F_RDLCK
-A: locks()                                     => exactly [{"state": "ACTIVE", "type": "READ", "pid": A.pid, "path": "/f", "waiter": False}]
+A: locks()                                     => exactly [{"state": "ACTIVE", "type": "READ", "pid": A.pid, "path": "/f", "waiter": False, "depth": 0}]
 """, new="10"),
     Case("sigtimedwait_takes_blocked_notice", "a holder that blocks the lease's signal "
          "takes the notice with sigtimedwait: no handler runs, the siginfo is the "

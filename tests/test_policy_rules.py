@@ -172,12 +172,14 @@ A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT|MAP_ANONYMOUS
     "mmap_by_neither_owner_nor_root_is_EACCES": (("map-direct", "map-direct-sealed"), """
 A: fd = open("/f", O_RDWR|O_CREAT, 0o666)           => 3
 A: ftruncate(fd, 8192)                              => 0
+A: mkdir("/d", 0o755)                               => 0
+A: chmod("/d", 0o777)                               => 0
 B: b = open("/f", O_RDWR)                           => 3
 B: mmap(4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) => ok
 B: setuid(1000)                                     => 0
 B: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, b, 0) => EACCES
 B: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED, b, 0) => ok
-B: own = open("/own", O_RDWR|O_CREAT, 0o644)        => 4
+B: own = open("/d/own", O_RDWR|O_CREAT, 0o644)      => 4
 B: ftruncate(own, 8192)                             => 0
 B: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, own, 0) => ok
 A: mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0) => ok

@@ -1232,3 +1232,27 @@ def test_an_unclaimed_fork_gives_back_its_copies(kernel: Kernel) -> None:
     assert kernel.pmem.nblocks - kernel.pmem.free_blocks == used + 1  # the child's copy
     kernel.drop_fork(token)
     assert kernel.pmem.nblocks - kernel.pmem.free_blocks == used
+
+
+def test_owner_outside_the_emulation_is_accepted_and_never_signalled(kernel: Kernel) -> None:
+    """F_SETOWN of a machine process the emulator does not run (this test process) is
+    accepted as Linux accepts any existing PID; F_GETOWN names it; a lease break's
+    notice is logged as ``signal-outside`` and not sent (SIGIO would kill this test)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    emit = kernel.log.emit
+
+    def record(ev: str, **fields: Any) -> None:
+        seen.append((ev, fields))
+        emit(ev, **fields)
+
+    kernel.log.emit = record  # type: ignore[method-assign]
+    a, b = spawn(kernel, 100, "a"), spawn(kernel, 200, "b")
+    fd = sc(kernel, a, "open", "/f", RDWR_CREAT, 0o644)
+    sc(kernel, a, "close", fd)
+    fd = sc(kernel, a, "open", "/f", linux.O_RDONLY)
+    sc(kernel, a, "fcntl", fd, linux.F_SETLEASE, linux.F_WRLCK)
+    assert sc(kernel, a, "fcntl", fd, linux.F_SETOWN, os.getpid()) == 0
+    assert sc(kernel, a, "fcntl", fd, linux.F_GETOWN) == os.getpid()
+    assert scerr(kernel, b, "open", "/f", linux.O_RDONLY | linux.O_NONBLOCK) == errno.EWOULDBLOCK
+    assert [f["pid"] for ev, f in seen if ev == "signal-outside"] == [os.getpid()]
+    assert not [ev for ev, _ in seen if ev == "signal"]

@@ -294,7 +294,7 @@ class Runner:
         if call == "fcntl" and len(shown) > 2 and isinstance(shown[2], int) \
                 and shown[1] == F_SETOWN:
             shown[2] = self._pid_name(shown[2])
-        if call == "kill" and shown and isinstance(shown[0], int):
+        if call in ("kill", "waitpid") and shown and isinstance(shown[0], int):
             shown[0] = self._pid_name(shown[0])
         return shown
 
@@ -683,7 +683,7 @@ class Runner:
         """``!locks``: the kernel's lease list in /proc/locks format (PIDs as actors,
         devices and inodes as paths), read by the launcher itself on either target."""
         if self.kconn is not None:
-            entries = [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
+            entries = [{k: e[k] for k in ("state", "type", "pid", "path", "waiter", "depth")}
                        for e in self.kconn.call("proc_locks")]
         else:
             entries = HostSystem(os.path.join(self.run_dir, "root")).locks()
@@ -693,8 +693,9 @@ class Runner:
         for e in entries:
             who = strace.value(self._name_pids(e["pid"], "pid"))
             if e["waiter"]:
-                self._emit("text", text=f"{n}: -> LEASE  {e['state']:<9} {e['type']:<5} {who} "
-                           "<none>:0 0 EOF")
+                arrow = " " * (int(e.get("depth") or 1) - 1) + "-> "  # lock_get_status()
+                self._emit("text", text=f"{n}: {arrow}LEASE  {e['state']:<9} {e['type']:<5} "
+                           f"{who} <none>:0 0 EOF")
             else:
                 n += 1
                 self._emit("text", text=f"{n}: LEASE  {e['state']:<9} {e['type']:<5} {who} "
@@ -1290,8 +1291,9 @@ def needs_root(scenario: Scenario, target: str) -> str | None:
         return None
     if target == "host" and "lease_break_time" in scenario.settings:
         return "needs root: the host target writes /proc/sys/fs/lease-break-time"
-    if any(step.call == "setuid" for step in scenario.steps):
-        return "needs root: an actor calls setuid (CAP_SETUID)"
+    for step in scenario.steps:
+        if step.call in ("setuid", "setresuid", "setgid", "setgroups"):
+            return f"needs root: an actor calls {step.call} (CAP_SETUID, CAP_SETGID)"
     return None
 
 

@@ -207,6 +207,90 @@ class System(ABC):
     def setuid(self, uid: int) -> None:
         """setuid(2) for real (and, on the emulator, the daemon told)."""
 
+    # --- credentials and file attributes (the real call first on both targets) ---
+
+    @abstractmethod
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        """setresuid(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
+    def setgid(self, gid: int) -> None:
+        """setgid(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
+    def setgroups(self, groups: list[int]) -> None:
+        """setgroups(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
+    def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
+        """faccessat2(2): raises the errno the permission check gives (access(2) is
+        ``faccessat(AT_FDCWD, path, mode, 0)``)."""
+
+    @abstractmethod
+    def pipe2(self, flags: int = 0) -> list[int]:
+        """pipe2(2): [read end, write end]."""
+
+    @abstractmethod
+    def socketpair(self, flags: int = 0) -> list[int]:
+        """socketpair(AF_UNIX, SOCK_STREAM | flags, 0)."""
+
+    @abstractmethod
+    def mkfifo(self, path: str, mode: int) -> None:
+        """mkfifo(3)."""
+
+    @abstractmethod
+    def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
+        """utime(2): (atime, mtime) in seconds, or None for now."""
+
+    @abstractmethod
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        """setxattr(2)."""
+
+    @abstractmethod
+    def getxattr(self, path: str, name: str) -> bytes:
+        """getxattr(2)."""
+
+    @abstractmethod
+    def link(self, old: str, new: str) -> None:
+        """link(2)."""
+
+    @abstractmethod
+    def symlink(self, target: str, path: str) -> None:
+        """symlink(2); ``target`` is a scenario path (or relative), kept as given."""
+
+    @abstractmethod
+    def readlink(self, path: str) -> str:
+        """readlink(2): the target as symlink was given it."""
+
+    @abstractmethod
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        """wait4(2) for a child (the real call: the host reaps it): (pid, status),
+        (0, 0) with WNOHANG when no child has changed state."""
+
+    @abstractmethod
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        """getrlimit(2): (soft, hard); RLIM_INFINITY as the kernel's all-ones value."""
+
+    @abstractmethod
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        """setrlimit(2) for real (and, on the emulator, the daemon told)."""
+
+    @abstractmethod
+    def chmod(self, path: str, mode: int) -> None:
+        """chmod(2)."""
+
+    @abstractmethod
+    def fchmod(self, fd: int, mode: int) -> None:
+        """fchmod(2)."""
+
+    @abstractmethod
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        """chown(2); -1 leaves an id as it is."""
+
+    @abstractmethod
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        """fchown(2)."""
+
     def mmap(self, length: int, prot: int, flags: int, fd: int, offset: int = 0) -> int:
         """mmap(2) of a pmem (DAX) file; returns the address.  Emulator only."""
         raise os_error(errno.ENODEV)
@@ -494,7 +578,7 @@ class EmuSystem(System):
         return list(self.conn.call("proc_fds", self.conn.pid))
 
     def locks(self) -> list[dict[str, Any]]:
-        return [{k: e[k] for k in ("state", "type", "pid", "path", "waiter")}
+        return [{k: e[k] for k in ("state", "type", "pid", "path", "waiter", "depth")}
                 for e in self.conn.call("proc_locks")]
 
     # DAX mappings: loads and stores go to the pmem segment through the agent's TLB
@@ -521,6 +605,75 @@ class EmuSystem(System):
     def setuid(self, uid: int) -> None:
         os.setuid(uid)
         self.conn.call("setuid", uid)
+
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        os.setresuid(ruid, euid, suid)
+        self.conn.call("setresuid", ruid, euid, suid)
+
+    def setgid(self, gid: int) -> None:
+        os.setgid(gid)
+        self.conn.call("setgid", gid)
+
+    def setgroups(self, groups: list[int]) -> None:
+        os.setgroups(groups)
+        self.conn.call("setgroups", list(groups))
+
+    def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
+        self.conn.call("faccessat", dirfd, path, mode, flags)
+
+    def pipe2(self, flags: int = 0) -> list[int]:
+        return [int(fd) for fd in self.conn.call("pipe2", flags)]
+
+    def socketpair(self, flags: int = 0) -> list[int]:
+        return [int(fd) for fd in self.conn.call("socketpair", flags)]
+
+    def mkfifo(self, path: str, mode: int) -> None:
+        self.conn.call("mkfifo", path, mode)
+
+    def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
+        self.conn.call("utime", path, None if times is None else [int(x) for x in times])
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        self.conn.call("setxattr", path, name, bytes(value), flags)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return bytes(self.conn.call("getxattr", path, name))
+
+    def link(self, old: str, new: str) -> None:
+        self.conn.call("link", old, new)
+
+    def symlink(self, target: str, path: str) -> None:
+        self.conn.call("symlink", target, path)
+
+    def readlink(self, path: str) -> str:
+        return str(self.conn.call("readlink", path))
+
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        soft, hard = self.conn.call("getrlimit", resource)
+        return int(soft), int(hard)
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        _real_setrlimit(resource, soft, hard)
+        self.conn.call("setrlimit", resource, soft, hard)
+
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        rpid, status = os.waitpid(pid, options)
+        if rpid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            # reaped for real: the daemon's zombie goes too (release_task)
+            self.conn.call("wait4", rpid, status)
+        return rpid, status
+
+    def chmod(self, path: str, mode: int) -> None:
+        self.conn.call("chmod", path, mode)
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        self.conn.call("fchmod", fd, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self.conn.call("chown", path, uid, gid)
+
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        self.conn.call("fchown", fd, uid, gid)
 
     # signals: the daemon queues the siginfo as an event, then sends the real signal
     def _attach_recorder(self, rec: SignalRecorder) -> None:
@@ -612,6 +765,27 @@ class EmuSystem(System):
         return qps
 
 
+class _Rlimit(ctypes.Structure):
+    _fields_ = [("rlim_cur", ctypes.c_uint64), ("rlim_max", ctypes.c_uint64)]
+
+
+def _prlimit(resource: int, new: tuple[int, int] | None) -> tuple[int, int]:
+    """prlimit64(2) of this process, the raw call (Python's ``resource`` turns EPERM
+    into ValueError): sets ``new`` if given, returns the old (soft, hard)."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    old = _Rlimit()
+    want = None if new is None else ctypes.byref(
+        _Rlimit(new[0] & linux.RLIM_INFINITY, new[1] & linux.RLIM_INFINITY))
+    if lib.prlimit64(0, resource, want, ctypes.byref(old)) != 0:
+        raise os_error(ctypes.get_errno())
+    return int(old.rlim_cur), int(old.rlim_max)
+
+
+def _real_setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2) for real (-1 is RLIM_INFINITY, as the kernel's all-ones)."""
+    _prlimit(resource, (soft, hard))
+
+
 class _Libc:
     """libc entry points with Linux's raw semantics, errno-checked."""
 
@@ -635,6 +809,11 @@ class _Libc:
         lib.mmap64.restype = ctypes.c_void_p
         lib.mmap64.argtypes = [ctypes.c_void_p, sz, i, i, i, i64]
         lib.munmap.argtypes = [ctypes.c_void_p, sz]
+        u32 = ctypes.c_uint32
+        lib.chmod.argtypes = [ctypes.c_char_p, u32]
+        lib.fchmod.argtypes = [i, u32]
+        lib.chown.argtypes = [ctypes.c_char_p, u32, u32]
+        lib.fchown.argtypes = [i, u32, u32]
 
     @staticmethod
     def check(ret: int, filename: str | None = None) -> int:
@@ -847,6 +1026,77 @@ class HostSystem(System):
     def setuid(self, uid: int) -> None:
         os.setuid(uid)
 
+    def setresuid(self, ruid: int, euid: int, suid: int) -> None:
+        os.setresuid(ruid, euid, suid)
+
+    def setgid(self, gid: int) -> None:
+        os.setgid(gid)
+
+    def setgroups(self, groups: list[int]) -> None:
+        os.setgroups(groups)
+
+    def faccessat(self, dirfd: int, path: str, mode: int, flags: int = 0) -> None:
+        # the raw system call: glibc's faccessat may answer some flags in user space
+        where = self.path(path) if path.startswith("/") or dirfd == linux.AT_FDCWD else path
+        self._c(self.libc.lib.syscall(linux.NR_faccessat2, dirfd, where, mode, flags))
+
+    def waitpid(self, pid: int, options: int = 0) -> tuple[int, int]:
+        return os.waitpid(pid, options)
+
+    def pipe2(self, flags: int = 0) -> list[int]:
+        fds = (ctypes.c_int * 2)()
+        self._c(self.libc.lib.pipe2(fds, flags))
+        return [fds[0], fds[1]]
+
+    def socketpair(self, flags: int = 0) -> list[int]:
+        fds = (ctypes.c_int * 2)()
+        self._c(self.libc.lib.socketpair(1, 1 | flags, 0, fds))  # AF_UNIX, SOCK_STREAM
+        return [fds[0], fds[1]]
+
+    def mkfifo(self, path: str, mode: int) -> None:
+        self._c(self.libc.lib.mkfifo(self.path(path), mode))
+
+    def utime(self, path: str, times: tuple[float, float] | None = None) -> None:
+        os.utime(self.path(path), None if times is None else (times[0], times[1]))
+
+    def setxattr(self, path: str, name: str, value: bytes, flags: int = 0) -> None:
+        os.setxattr(self.path(path), name, bytes(value), flags)
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        return os.getxattr(self.path(path), name)
+
+    def link(self, old: str, new: str) -> None:
+        self._c(self.libc.lib.link(self.path(old), self.path(new)))
+
+    def symlink(self, target: str, path: str) -> None:
+        # an absolute target names a scenario path: it must point inside the root
+        where = self.path(target) if target.startswith("/") else target.encode()
+        self._c(self.libc.lib.symlink(where, self.path(path)))
+
+    def readlink(self, path: str) -> str:
+        target = os.readlink(self.path(path).decode())
+        if target == self.root or target.startswith(self.root + "/"):
+            target = target[len(self.root):] or "/"
+        return target
+
+    def getrlimit(self, resource: int) -> tuple[int, int]:
+        return _prlimit(resource, None)
+
+    def setrlimit(self, resource: int, soft: int, hard: int) -> None:
+        _real_setrlimit(resource, soft, hard)
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._c(self.libc.lib.chmod(self.path(path), mode))
+
+    def fchmod(self, fd: int, mode: int) -> None:
+        self._c(self.libc.lib.fchmod(fd, mode))
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        self._c(self.libc.lib.chown(self.path(path), uid, gid))
+
+    def fchown(self, fd: int, uid: int, gid: int) -> None:
+        self._c(self.libc.lib.fchown(fd, uid, gid))
+
     def locks(self) -> list[dict[str, Any]]:
         paths: dict[int, str] = {}
         for top, dirs, files in os.walk(self.root):
@@ -868,18 +1118,42 @@ class HostSystem(System):
                     continue
                 if words[0] == "->":
                     if head in ours and len(words) >= 5 and words[1] in ("LEASE", "DELEG"):
+                        # lock_get_status(): "-> " indented by one space per level below 1
+                        depth = len(rest) - len(rest.lstrip(" ")) or 1
                         out.append({"state": words[2], "type": words[3], "pid": int(words[4]),
-                                    "path": None, "waiter": True})
+                                    "path": None, "waiter": True, "depth": depth})
                     continue
                 if words[0] != "LEASE" or len(words) < 5 or not words[4].startswith(want):
                     continue
                 ino = int(words[4].rsplit(":", 1)[1])
                 if ino not in paths:
-                    continue
+                    # unlinked, or renamed over: the name a descriptor of the lease's
+                    # holder still shows, "/f (deleted)" (only files of this root)
+                    gone = self._deleted_path(int(words[3]), dev, ino)
+                    if gone is None:
+                        continue
+                    paths[ino] = gone
                 ours.add(head)
                 out.append({"state": words[1], "type": words[2], "pid": int(words[3]),
-                            "path": paths[ino], "waiter": False})
+                            "path": paths[ino], "waiter": False, "depth": 0})
         return out
+
+    def _deleted_path(self, pid: int, dev: int, ino: int) -> str | None:
+        """The path, under this root, that a descriptor of process ``pid`` shows for
+        the unlinked inode ``dev:ino`` (``/proc/<pid>/fd`` links end in " (deleted)")."""
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return None
+        for name in names:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino) and target.startswith(self.root + "/"):
+                return target[len(self.root):]
+        return None
 
     def fds(self) -> list[dict[str, Any]]:
         out = []
@@ -890,19 +1164,32 @@ class HostSystem(System):
             try:
                 target = os.readlink(f"/proc/self/fd/{fd}")
                 with open(f"/proc/self/fdinfo/{fd}") as fh:
-                    info = dict(line.split(":\t", 1) for line in fh.read().splitlines()
-                                if ":\t" in line)
+                    lines = fh.read().splitlines()
+                info = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
             except OSError:
                 continue  # the descriptor listdir itself used
+            held = []
+            for line in lines:  # show_fd_locks(): "lock:\t1: LEASE  ACTIVE    READ 12 ..."
+                if line.startswith("lock:"):
+                    words = line.split(":", 2)[2].split()
+                    if len(words) >= 4 and words[0] in ("LEASE", "DELEG"):
+                        held.append({"kind": words[0], "state": words[1], "type": words[2],
+                                     "pid": int(words[3])})
             pos = int(info.get("pos", "0"))
-            if target.startswith(self.root + "/") or target == self.root:
+            if target.startswith(("pipe:[", "socket:[")):
+                target = target.split("[", 1)[0]  # pipefs, sockfs: "pipe:", "socket:"
+            elif target.startswith(self.root + "/") or target == self.root:
                 target = target[len(self.root):] or "/"
             else:
                 # outside the scenario's root: the standard streams the launcher gave us,
                 # shown as the emulator shows its console
                 target, pos = "/dev/console", 0
-            out.append({"fd": fd, "path": target, "pos": pos,
-                        "flags": int(info.get("flags", "0"), 8), "ino": int(info.get("ino", "0"))})
+            entry: dict[str, Any] = {"fd": fd, "path": target, "pos": pos,
+                                     "flags": int(info.get("flags", "0"), 8),
+                                     "ino": int(info.get("ino", "0"))}
+            if held:
+                entry["locks"] = held
+            out.append(entry)
         return sorted(out, key=lambda d: d["fd"])
 
 

@@ -211,6 +211,8 @@ class AgentMM:
         if vma is not None:
             for index in pages:
                 vma.tlb.drop(index)
+            for index in body.get("cows", []):  # a truncate: private copies go too
+                vma.private.pop(int(index), None)
         self.zaps.append((self.conn.arrivals, vid, pages))
         del self.zaps[:-64]
         self.conn.notify("tlb-ack", sd=body.get("sd"))
@@ -390,6 +392,8 @@ class AgentMM:
                 page = bytearray(self.page)
             else:
                 page = bytearray(self.buf[block * self.page : (block + 1) * self.page])
+            if not vma.flags & linux.MAP_ANONYMOUS:
+                self.conn.call("mm_cow", vma.vid, index)  # the kernel knows of the copy
             vma.private[index] = page
             vma.tlb.drop(index)
         return page

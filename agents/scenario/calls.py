@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from kemu.agents.scenario import strace
 from kemu.agents.scenario.parse import Scenario, ScenarioError
 from kemu.protocol import linux
 from kemu.protocol.errors import os_error
@@ -34,9 +35,39 @@ def stat_view(value: Any) -> dict[str, int]:
 
 
 def fd_view(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The comparable part of a descriptor listing: number, path, offset, flags."""
-    return [{"fd": e["fd"], "path": e["path"], "pos": e["pos"], "flags": e["flags"]}
-            for e in entries]
+    """The comparable part of a descriptor listing: number, path, offset, flags, and
+    the fdinfo ``lock:`` lines (kind, state, type, pid) of a leased description."""
+    out = []
+    for e in entries:
+        view = {"fd": e["fd"], "path": e["path"], "pos": e["pos"], "flags": e["flags"]}
+        if e.get("locks"):
+            view["locks"] = [{k: lk[k] for k in ("kind", "state", "type", "pid")}
+                             for lk in e["locks"]]
+        out.append(view)
+    return out
+
+
+def wait_status(status: int) -> str:
+    """A wait status as strace decodes it: ``WIFEXITED(s) && WEXITSTATUS(s) == 3``,
+    ``WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL`` (``&& WCOREDUMP(s)`` with a core)."""
+    if os.WIFEXITED(status):
+        return f"WIFEXITED(s) && WEXITSTATUS(s) == {os.WEXITSTATUS(status)}"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = strace.signal_name(sig)
+        core = " && WCOREDUMP(s)" if os.WCOREDUMP(status) else ""
+        return f"WIFSIGNALED(s) && WTERMSIG(s) == {name}{core}"
+    if os.WIFSTOPPED(status):
+        return f"WIFSTOPPED(s) && WSTOPSIG(s) == {os.WSTOPSIG(status)}"
+    return "WIFCONTINUED(s)" if os.WIFCONTINUED(status) else hex(status)
+
+
+def wait_view(pid: int, status: int) -> Any:
+    """waitpid's value: 0 (WNOHANG, nobody has changed state), else the PID and the
+    decoded status."""
+    if pid == 0:
+        return 0
+    return {"pid": pid, "status": wait_status(status)}
 
 
 def _data(value: Any) -> bytes:
@@ -274,6 +305,29 @@ CALLS: dict[str, Callable[..., Any]] = {
     "file_pins": lambda a, pid=None: _emu(a).call("file_pins", pid or a.system.getpid()),
     "kernel_stats": lambda a: a.system.call("kernel_stats"),
     "pin_audit": lambda a: _emu(a).call("pin_audit"),
+    # --- credentials and file attributes (issue 10, section 2) ---
+    "setresuid": _zero(lambda s, r, e, su: s.setresuid(r, e, su)),
+    "setgid": _zero(lambda s, gid: s.setgid(gid)),
+    "setgroups": _zero(lambda s, *groups: s.setgroups(list(groups))),
+    "access": _zero(lambda s, p, mode: s.faccessat(linux.AT_FDCWD, p, mode, 0)),
+    "faccessat": _zero(lambda s, dirfd, p, mode, flags=0: s.faccessat(dirfd, p, mode, flags)),
+    "chmod": _zero(lambda s, p, mode: s.chmod(p, mode)),
+    "fchmod": _zero(lambda s, fd, mode: s.fchmod(fd, mode)),
+    "chown": _zero(lambda s, p, uid, gid: s.chown(p, uid, gid)),
+    "fchown": _zero(lambda s, fd, uid, gid: s.fchown(fd, uid, gid)),
+    "waitpid": lambda a, pid, options=0: wait_view(*a.system.waitpid(pid, options)),
+    "getrlimit": lambda a, res: list(a.system.getrlimit(res)),
+    "pipe": lambda a, flags=0: a.system.pipe2(flags),
+    "socketpair": lambda a, flags=0: a.system.socketpair(flags),
+    "mkfifo": _zero(lambda s, p, mode=0o666: s.mkfifo(p, mode)),
+    "utime": _zero(lambda s, p, times=None: s.utime(p, times)),
+    "setxattr": _zero(lambda s, p, name, value, flags=0: s.setxattr(p, name, _data(value),
+                                                                    flags)),
+    "getxattr": lambda a, p, name: a.system.getxattr(p, name),
+    "link": _zero(lambda s, old, new: s.link(old, new)),
+    "symlink": _zero(lambda s, target, path: s.symlink(target, path)),
+    "readlink": lambda a, p: a.system.readlink(p),
+    "setrlimit": _zero(lambda s, res, soft, hard: s.setrlimit(res, soft, hard)),
     # --- the scenario language of issue 10, section 3 ---
     "sigtimedwait": lambda a, signum, timeout=None: a.system.sigtimedwait(
         [signum], a.step_timeout if timeout is None else timeout),

@@ -153,7 +153,8 @@ def _field(key: str, v: Any) -> str:
     if key == "si_band" and isinstance(v, int):
         return str(v)  # strace prints the band in decimal
     if key == "st_mode" and isinstance(v, int):
-        kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR"}
+        kind = {linux.S_IFREG: "S_IFREG", linux.S_IFDIR: "S_IFDIR", linux.S_IFCHR: "S_IFCHR",
+                linux.S_IFIFO: "S_IFIFO", linux.S_IFSOCK: "S_IFSOCK", linux.S_IFLNK: "S_IFLNK"}
         return f"{kind.get(v & linux.S_IFMT, oct(v & linux.S_IFMT))}|{v & 0o7777:04o}"
     if key == "flags" and isinstance(v, int):
         return open_flags(v)
@@ -194,10 +195,39 @@ def _fcntl_args(args: list[Any]) -> list[str]:
     return out
 
 
+def access_mode(mode: int) -> str:
+    """An access(2) mode as strace shows it: ``F_OK`` or ``R_OK|W_OK|X_OK``."""
+    if not isinstance(mode, int) or mode & ~0o7:
+        return value(mode)
+    names = [n for n, bit in (("R_OK", linux.R_OK), ("W_OK", linux.W_OK),
+                              ("X_OK", linux.X_OK)) if mode & bit]
+    return "|".join(names) or "F_OK"
+
+
+_DIRFD = {linux.AT_FDCWD: "AT_FDCWD"}
+_RLIMITS = {linux.RLIMIT_NOFILE: "RLIMIT_NOFILE", linux.RLIMIT_SIGPENDING: "RLIMIT_SIGPENDING"}
+
+
+def _rlim(v: Any) -> str:
+    """A limit as strace shows it (RLIM64_INFINITY by name)."""
+    return "RLIM64_INFINITY" if v in (-1, linux.RLIM_INFINITY) else value(v)
+_AT_FLAGS = {0: "0", linux.AT_EACCESS: "AT_EACCESS",
+             linux.AT_SYMLINK_NOFOLLOW: "AT_SYMLINK_NOFOLLOW"}
+
+
 _ARGS: dict[str, Callable[[list[Any]], list[str]]] = {
     "open": lambda a: [value(a[0]), open_flags(a[1])] + ([_octal(a[2])] if len(a) > 2 else []),
     "mkdir": lambda a: [value(a[0])] + ([_octal(a[1])] if len(a) > 1 else []),
     "umask": lambda a: [_octal(a[0])],
+    "chmod": lambda a: [value(a[0]), _octal(a[1])],
+    "mkfifo": lambda a: [value(a[0])] + ([_octal(a[1])] if len(a) > 1 else []),
+    "fchmod": lambda a: [value(a[0]), _octal(a[1])],
+    "access": lambda a: [value(a[0]), access_mode(a[1])],
+    "faccessat": lambda a: [_DIRFD.get(a[0], value(a[0])), value(a[1]), access_mode(a[2])]
+    + ([_AT_FLAGS.get(a[3], value(a[3]))] if len(a) > 3 else []),
+    "getrlimit": lambda a: [_RLIMITS.get(a[0], value(a[0]))],
+    "setrlimit": lambda a: [_RLIMITS.get(a[0], value(a[0])),
+                            f"{{rlim_cur={_rlim(a[1])}, rlim_max={_rlim(a[2])}}}"],
     "lseek": lambda a: [value(a[0]), value(a[1]), _WHENCE.get(a[2], str(a[2]))],
     "dup3": lambda a: [value(a[0]), value(a[1]), open_flags(a[2]) if a[2] else "0"],
     "fcntl": _fcntl_args,
@@ -240,6 +270,8 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
     if name in _STRACE_NAMES:
         return "?"  # exit_group(2) does not return
     v = reply.get("ok")
+    if name == "waitpid" and isinstance(v, dict) and "status" in v:
+        return f"{value(v.get('pid'))} [{{{v['status']}}}]"  # wait4's status, decoded
     if name == "mmap" and isinstance(v, int):
         return hex(v)
     if name == "fcntl" and len(args) > 1 and isinstance(v, int):
@@ -256,7 +288,7 @@ def result(name: str, args: list[Any], reply: dict[str, Any]) -> str:
 
 
 #: the argument that is a mode, by call
-_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0}
+_MODE_ARG = {"open": 2, "mkdir": 1, "umask": 0, "chmod": 1, "fchmod": 1, "mkfifo": 1}
 
 
 def octal_modes(source: str) -> str:

@@ -4,7 +4,8 @@ The families' lifecycle hooks (exit, exec, fork, file release, shutdown) are reg
 with a kernel by the composition root, :mod:`kemu.kernel_daemon.boot`.
 """
 
-from kemu.kernel_daemon.syscalls import fd, fs, ipc, lease, mm, proc, rdma
+from kemu.kernel_daemon.syscalls import attr, fd, fs, ipc, lease, mm, pipe, proc, rdma
 from kemu.kernel_daemon.syscalls.table import SYSCALLS, BadArguments, Syscall
 
-__all__ = ["SYSCALLS", "BadArguments", "Syscall", "fd", "fs", "ipc", "lease", "mm", "proc", "rdma"]
+__all__ = ["SYSCALLS", "BadArguments", "Syscall", "attr", "fd", "fs", "ipc", "lease", "mm", "pipe", "proc",
+           "rdma"]

@@ -11,11 +11,13 @@ import bisect
 import errno
 from typing import Any
 
+from kemu.kernel_daemon import cred as dac
 from kemu.kernel_daemon import locks, mm
 from kemu.kernel_daemon.errors import KernelError, resume_at
 from kemu.kernel_daemon.kernel import Kernel
 from kemu.kernel_daemon.layout import LayoutChange
 from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.syscalls import pipe
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import File, Task
 from kemu.kernel_daemon.vfs import MAX_LFS_FILESIZE, Inode, s_maxbytes
@@ -40,20 +42,22 @@ def truncate_pages(k: Kernel, task: Task, inode: Inode, length: int) -> None:
     k.policy.layout_change(k, task, inode, LayoutChange.TRUNCATE, first, None)
     if length < inode.size:
         with inode.invalidate_lock.hold(task, first, None):
-            mm.unmap_and_wait(k, inode, first, None)
+            # truncate_pagecache(): unmap_mapping_range(..., even_cows=1)
+            mm.unmap_and_wait(k, inode, first, None, even_cows=True)
             k.fs.truncate(inode, length)
     else:
         k.fs.truncate(inode, length)
 
 
 @syscall("open", linux="fs/open.c do_sys_open()", support="partial",
-         note="no O_TMPFILE (EOPNOTSUPP); no symlinks; root credentials")
+         note="no O_TMPFILE (EOPNOTSUPP); no symlinks; DAC as fs/namei.c may_open()")
 def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
     """open(2).  Linux: fs/open.c build_open_flags(), fs/namei.c path_openat().
 
     As in Linux the descriptor number is taken first (EMFILE before any side effect),
-    the file is opened (and counts as an open) before ``break_lease``, and a breaker
-    that sleeps goes on with the file it already opened when woken.
+    the permission check (``may_open``) comes before the file is opened, the file is
+    opened (and counts as an open) before ``break_lease``, and a breaker that sleeps
+    goes on with the file it already opened when woken.
     """
     # x86-64 forces O_LARGEFILE (force_o_largefile()) before O_PATH masks it away again
     flags = (flags & 0xFFFFFFFF) | linux.O_LARGEFILE
@@ -73,6 +77,8 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
                     raise KernelError(errno.EISDIR)
             elif flags & linux.O_DIRECTORY:
                 raise KernelError(errno.ENOTDIR)
+            if not created:  # do_open(): a file the open created is not checked
+                dac.may_open(t.cred, inode, dac.acc_mode(flags), flags)
         elif flags & linux.O_DIRECTORY and not inode.is_dir:
             raise KernelError(errno.ENOTDIR)
         file = k.open_file(inode, flags, path)
@@ -87,6 +93,8 @@ def sys_open(k: Kernel, t: Task, path: str, flags: int, mode: int = 0) -> Any:
         k.fput(file)
 
     def attempt() -> int:
+        if inode.is_fifo and not flags & linux.O_PATH:
+            pipe.fifo_open(k, file)  # may sleep for the other end
         if leases:
             locks.break_lease(k, t, inode, flags)  # do_dentry_open()
         if truncate:
@@ -116,21 +124,40 @@ def rw_verify_area(offset: int, count: int) -> None:
         raise KernelError(errno.EINVAL)
 
 
-def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int) -> tuple[Inode, bool]:
-    """The path walk of open: the existing inode, or a new one with O_CREAT."""
+def _lookup_open(k: Kernel, t: Task, path: str, flags: int, mode: int,
+                 links: int = 0) -> tuple[Inode, bool]:
+    """The path walk of open: the existing inode, or a new one with O_CREAT
+    (``may_o_create``: write and search permission on the directory).
+
+    A symbolic link last is followed, except with O_NOFOLLOW (ELOOP, or the link
+    itself with O_PATH) and with O_CREAT|O_EXCL (EEXIST); O_CREAT through a dangling
+    link creates its target (``open_last_lookups``/``pick_link``)."""
+    excl = bool(flags & linux.O_CREAT and flags & linux.O_EXCL)
     try:
-        inode = k.fs.lookup(path)
+        inode = k.fs.lookup(path, t.cred, follow=not (flags & linux.O_NOFOLLOW or excl))
     except KernelError as exc:
         if exc.errno != errno.ENOENT or not flags & linux.O_CREAT:
             raise
-        parent, name = k.fs.lookup_parent(path)
+        parent, name = k.fs.lookup_parent(path, t.cred)
         if name in ("", ".", "..") or path.endswith("/"):
             raise KernelError(errno.EISDIR) from None
-        inode = k.fs.create(parent, name, mode & ~t.umask, t.uid, t.gid)
+        assert parent.children is not None
+        dangling = parent.children.get(name)
+        if dangling is not None and dangling.is_lnk:
+            if links >= k.fs.MAXSYMLINKS:
+                raise KernelError(errno.ELOOP) from None
+            base = path.rsplit("/", 1)[0] if "/" in path else ""
+            there = dangling.target if dangling.target.startswith("/") else \
+                base + "/" + dangling.target
+            return _lookup_open(k, t, there, flags, mode, links + 1)
+        dac.may_create(t.cred, parent)
+        inode = k.fs.create(parent, name, mode & ~t.umask, t.cred.fsuid, t.cred.fsgid)
         k.log.emit("create", pid=t.pid, ino=inode.ino, path=path)
         return inode, True
-    if flags & linux.O_CREAT and flags & linux.O_EXCL:
+    if excl:
         raise KernelError(errno.EEXIST)
+    if inode.is_lnk and not flags & linux.O_PATH:
+        raise KernelError(errno.ELOOP)  # O_NOFOLLOW on a symbolic link
     return inode, False
 
 
@@ -188,6 +215,8 @@ def _write(k: Kernel, t: Task, file: File, data: bytes, offset: int) -> tuple[in
 def sys_read(k: Kernel, t: Task, fd: int, count: int) -> bytes:
     """read(2): from the shared offset, which advances."""
     file = _io_file(k, t, fd, write=False)
+    if file.inode.is_fifo or file.inode.is_sock:
+        return pipe.pipe_read(k, file, count)
     data = _read(k, file, count, file.pos)
     file.pos += len(data)
     return data
@@ -198,6 +227,8 @@ def sys_read(k: Kernel, t: Task, fd: int, count: int) -> bytes:
 def sys_write(k: Kernel, t: Task, fd: int, data: bytes) -> int:
     """write(2): at the shared offset, or at the end with O_APPEND."""
     file = _io_file(k, t, fd, write=True)
+    if file.inode.is_fifo or file.inode.is_sock:
+        return pipe.pipe_write(k, file, data)
     n, end = _write(k, t, file, data, file.pos)
     if not file.inode.is_chr:
         file.pos = end
@@ -208,7 +239,7 @@ def sys_write(k: Kernel, t: Task, fd: int, data: bytes) -> int:
 def sys_pread(k: Kernel, t: Task, fd: int, count: int, offset: int) -> bytes:
     """pread(2): at ``offset``; the file offset does not move."""
     file = _io_file(k, t, fd, write=False)
-    if file.inode.is_chr:
+    if file.inode.is_chr or file.inode.is_fifo or file.inode.is_sock:
         raise KernelError(errno.ESPIPE)
     rw_verify_area(offset, max(count, 0))
     return _read(k, file, count, offset)
@@ -219,7 +250,7 @@ def sys_pread(k: Kernel, t: Task, fd: int, count: int, offset: int) -> bytes:
 def sys_pwrite(k: Kernel, t: Task, fd: int, data: bytes, offset: int) -> int:
     """pwrite(2): at ``offset``; the file offset does not move (O_APPEND: at the end)."""
     file = _io_file(k, t, fd, write=True)
-    if file.inode.is_chr:
+    if file.inode.is_chr or file.inode.is_fifo or file.inode.is_sock:
         raise KernelError(errno.ESPIPE)
     rw_verify_area(offset, len(data))
     return _write(k, t, file, data, offset)[0]
@@ -232,7 +263,7 @@ def sys_lseek(k: Kernel, t: Task, fd: int, offset: int, whence: int) -> int:
     if file.flags & linux.O_PATH:
         raise KernelError(errno.EBADF)
     inode = file.inode
-    if inode.is_chr:
+    if inode.is_chr or inode.is_fifo or inode.is_sock:
         raise KernelError(errno.ESPIPE)
     size = inode.size
     if whence == linux.SEEK_SET:
@@ -298,14 +329,16 @@ def sys_ftruncate(k: Kernel, t: Task, fd: int, length: int) -> int:
 
 @syscall("truncate", linux="fs/open.c vfs_truncate()")
 def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
-    """truncate(2) by path: holds write access (``get_write_access``) while it breaks
-    leases, as an open for writing would."""
+    """truncate(2) by path (``vfs_truncate``): write permission (EACCES) before it
+    takes write access (``get_write_access``) and breaks leases, as an open for
+    writing would."""
     _loff(length)
-    inode = k.fs.lookup(path)
+    inode = k.fs.lookup(path, t.cred)
     if inode.is_dir:
         raise KernelError(errno.EISDIR)
     if not inode.is_reg:
         raise KernelError(errno.EINVAL)
+    dac.inode_permission(t.cred, inode, dac.MAY_WRITE)
     if inode.writecount < 0:  # get_write_access(): a running program's file
         raise KernelError(errno.ETXTBSY)
     k.fs.get(inode)
@@ -331,7 +364,7 @@ def sys_truncate(k: Kernel, t: Task, path: str, length: int) -> Any:
 @syscall("unlink", linux="fs/namei.c do_unlinkat()")
 def sys_unlink(k: Kernel, t: Task, path: str) -> int:
     """unlink(2): the inode lives on while open files hold it."""
-    inode = k.fs.unlink(path)
+    inode = k.fs.unlink(path, t.cred)
     k.log.emit("unlink", pid=t.pid, ino=inode.ino, path=path)
     return 0
 
@@ -340,7 +373,7 @@ def sys_unlink(k: Kernel, t: Task, path: str) -> int:
          note="no RENAME_* flags")
 def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
     """rename(2), replacing a target atomically."""
-    replaced = k.fs.rename(old, new)
+    replaced = k.fs.rename(old, new, t.cred)
     if k.log.enabled:
         k.log.emit("rename", pid=t.pid, ino=k.fs.lookup(new.rstrip("/") or "/").ino, old=old,
                    new=new, replaced=replaced.ino if replaced is not None else None)
@@ -350,21 +383,21 @@ def sys_rename(k: Kernel, t: Task, old: str, new: str) -> int:
 @syscall("mkdir", linux="fs/namei.c do_mkdirat()")
 def sys_mkdir(k: Kernel, t: Task, path: str, mode: int = 0o777) -> int:
     """mkdir(2)."""
-    k.fs.mkdir(path, mode & ~t.umask, t.uid, t.gid)
+    k.fs.mkdir(path, mode & ~t.umask, t.cred.fsuid, t.cred.fsgid, t.cred)
     return 0
 
 
 @syscall("rmdir", linux="fs/namei.c do_rmdir()")
 def sys_rmdir(k: Kernel, t: Task, path: str) -> int:
     """rmdir(2)."""
-    k.fs.rmdir(path)
+    k.fs.rmdir(path, t.cred)
     return 0
 
 
 @syscall("stat", linux="fs/stat.c vfs_statx()")
 def sys_stat(k: Kernel, t: Task, path: str) -> dict[str, Any]:
     """stat(2), as a map of ``os.stat_result`` fields."""
-    return k.fs.stat(k.fs.lookup(path))
+    return k.fs.stat(k.fs.lookup(path, t.cred))
 
 
 @syscall("fstat", linux="fs/stat.c vfs_fstat()")
@@ -376,10 +409,12 @@ def sys_fstat(k: Kernel, t: Task, fd: int) -> dict[str, Any]:
 @syscall("listdir", linux="fs/readdir.c getdents64()", support="partial",
          note="whole directory in one call, by path (os.listdir)")
 def sys_listdir(k: Kernel, t: Task, path: str) -> list[str]:
-    """The names in a directory, as ``os.listdir`` returns them."""
-    inode = k.fs.lookup(path)
+    """The names in a directory, as ``os.listdir`` returns them (an O_RDONLY open of
+    the directory: read permission)."""
+    inode = k.fs.lookup(path, t.cred)
     if inode.children is None:
         raise KernelError(errno.ENOTDIR)
+    dac.may_open(t.cred, inode, dac.MAY_READ, linux.O_RDONLY)
     return sorted(inode.children)
 
 

@@ -60,17 +60,17 @@ def f_setown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if who == INT_MIN:
         raise KernelError(errno.EINVAL)
     if who < 0:
-        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True, setter_uid=t.uid)
+        signals.f_setown(k, file, linux.F_OWNER_PGRP, -who, force=True, setter=t.cred)
     else:
-        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True, setter_uid=t.uid)
+        signals.f_setown(k, file, linux.F_OWNER_PID, who, force=True, setter=t.cred)
     return 0
 
 
 def f_getown(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     """F_GETOWN: the PID, minus the group, or 0."""
     owner = signals.owner_of(k.file_of(t, fd))
-    if owner is None or not signals.targets(k, owner):
-        return 0  # no owner, or pid_task() finds nobody any more
+    if owner is None or not signals.owner_exists(k, owner):
+        return 0  # no owner, or pid_task() finds nobody any more (reaped)
     return -owner.pid if owner.kind == linux.F_OWNER_PGRP else owner.pid
 
 
@@ -85,9 +85,9 @@ def f_setown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> int:
     if not isinstance(pid, int) or isinstance(pid, bool):
         raise KernelError(errno.EINVAL)
     if pid == 0:
-        file.f_owner = signals.FOwner(kind, 0, None, t.uid)
+        file.f_owner = signals.FOwner(kind, 0, None, t.cred.uid, t.cred.euid)
         return 0
-    signals.f_setown(k, file, kind, pid, force=True, setter_uid=t.uid)
+    signals.f_setown(k, file, kind, pid, force=True, setter=t.cred)
     return 0
 
 
@@ -96,7 +96,7 @@ def f_getown_ex(k: Kernel, t: Task, fd: int, arg: Any) -> dict[str, int]:
     owner = signals.owner_of(k.file_of(t, fd))
     if owner is None:
         return {"type": 0, "pid": 0}
-    return {"type": owner.kind, "pid": owner.pid if signals.targets(k, owner) else 0}
+    return {"type": owner.kind, "pid": owner.pid if signals.owner_exists(k, owner) else 0}
 
 
 def f_setsig(k: Kernel, t: Task, fd: int, arg: Any) -> int:
@@ -138,22 +138,6 @@ def sys_rt_sigaction(k: Kernel, t: Task, signo: int, action: str) -> str:
 def sys_proc_locks(k: Kernel, t: Task) -> list[dict[str, Any]]:
     """/proc/locks as maps (id, state, type, pid, inode, path) and as text lines."""
     return locks.proc_locks(k)
-
-
-@syscall("setuid", linux="kernel/sys.c __sys_setuid()", support="partial",
-         note="after a real setuid(2): the daemon re-reads the uid from /proc and checks it")
-def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
-    """Adopt the process's new uid, once the host confirms it (/proc/<pid>/status)."""
-    try:
-        with open(f"/proc/{t.pid}/status") as fh:
-            line = next(x for x in fh if x.startswith("Uid:"))
-        effective = int(line.split()[2])
-    except (OSError, StopIteration, ValueError, IndexError):
-        raise KernelError(errno.ESRCH) from None
-    if effective != uid:
-        raise KernelError(errno.EPERM)
-    t.uid = uid
-    return 0
 
 
 @syscall("sigdelivered", linux="kernel/signal.c dequeue_signal()", support="emulator",

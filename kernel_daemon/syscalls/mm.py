@@ -92,6 +92,22 @@ def sys_mm_fault(k: Kernel, t: Task, vma: int, index: int, write: int,
     return mm.fault(k, t, mapping, index, bool(write))
 
 
+@syscall("mm_cow", linux="mm/memory.c do_cow_fault() wp_page_copy()", support="emulator",
+         note="the agent copied page index of a MAP_PRIVATE file mapping for a store: the "
+              "kernel knows the copy exists, so a truncate unmaps it (even_cows)")
+def sys_mm_cow(k: Kernel, t: Task, vma: int, index: int) -> int:
+    """Record that page ``index`` of private file mapping ``vma`` has an anonymous
+    copy in the process (EFAULT for no such page, EINVAL for a shared or anonymous
+    mapping)."""
+    mapping = mm.vmas(t).get(vma)
+    if mapping is None or not 0 <= index < mapping.npages:
+        raise KernelError(errno.EFAULT)
+    if mapping.shared or mapping.file is None:
+        raise KernelError(errno.EINVAL)
+    mapping.anon.add(index)
+    return 0
+
+
 @syscall("proc_maps", linux="fs/proc/task_mmu.c show_map()", support="emulator",
          note="/proc/<pid>/maps of a process: address, length, protection, file, pages mapped")
 def sys_proc_maps(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import errno
 import secrets
+import select
 from typing import Any
 
+from kemu.kernel_daemon import cred, locks
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.kernel import Kernel, PendingFork
 from kemu.kernel_daemon.sync import WaitQueue
 from kemu.kernel_daemon.syscalls.table import syscall
 from kemu.kernel_daemon.task import Task
-from kemu.protocol import wire
+from kemu.protocol import linux, wire
 
 
 class RegistrationRefused(Exception):
@@ -50,7 +52,7 @@ def register(
         if pid in k.tasks:
             raise RegistrationRefused(wire.E_BAD_TOKEN, f"pid {pid} is already registered")
         ppid = real_ppid if real_ppid in k.tasks else 0
-        task = k.new_task(pid, ppid, uid, gid, name, None)
+        task = k.new_task(pid, ppid, uid, gid, name, None, cred.from_proc(pid))
     elif kind == wire.FORK:
         pending = k.pending_forks.get(token) if isinstance(token, bytes) else None
         if pending is None or not isinstance(token, bytes):
@@ -63,7 +65,8 @@ def register(
         if pending.timer:
             pending.timer.cancel()
         parent = k.tasks.get(pending.parent)
-        task = k.new_task(pid, pending.parent, uid, gid, name, pending.snapshot)
+        task = k.new_task(pid, pending.parent, uid, gid, name, pending.snapshot,
+                          cred.from_proc(pid))
         for hook in k.fork_hooks:
             hook(parent, task, pending)
     else:  # EXEC
@@ -75,8 +78,13 @@ def register(
         task = task_or_none
         task.exec_token = None
         task.name = name or task.name
+        task.cred = cred.from_proc(pid) or task.cred  # a set-user-ID image changes it
+    zombie = k.zombies.get(pid)
+    if zombie is not None and zombie is not task:
+        k.release_task(zombie)  # reaped behind the daemon's back; the PID is reused
     task.umask = umask & 0o777
     task.fds.limit = nofile_limit(pid, hello.get("nofile"))
+    task.rlim_sigpending = read_rlimit(pid, linux.RLIMIT_SIGPENDING) or task.rlim_sigpending
     k.log.emit("register", pid=pid, kind=kind, name=task.name, ppid=task.ppid)
     return task
 
@@ -104,6 +112,66 @@ def nofile_limit(pid: int, claimed: object) -> int:
         ok = isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > 0
         soft = min(int(claimed), FALLBACK_NOFILE) if ok else FALLBACK_NOFILE  # type: ignore[call-overload]
     return max(1, min(soft, MAX_NOFILE))
+
+
+def read_rlimit(pid: int, resource: int) -> tuple[int, int] | None:
+    """Process ``pid``'s real limit, RLIM_INFINITY as all ones, from
+    ``/proc/<pid>/limits`` (fs/proc/base.c proc_pid_limits(): one row per resource, in
+    resource order; readable whoever the process runs as, where prlimit(2) of another
+    user's process needs CAP_SYS_RESOURCE); None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/limits") as fh:
+            row = fh.read().splitlines()[1 + resource]
+        words = row[26:].split()
+        soft, hard = (linux.RLIM_INFINITY if w == "unlimited" else int(w) for w in words[:2])
+    except (OSError, IndexError, ValueError):
+        return None
+    return soft, hard
+
+
+#: the limits the emulator keeps (others are answered from the process's real ones)
+RLIMITS = (linux.RLIMIT_NOFILE, linux.RLIMIT_SIGPENDING)
+
+
+@syscall("getrlimit", linux="kernel/sys.c do_prlimit()", support="partial",
+         note="the descriptor and pending-signal limits the emulator applies; other "
+              "resources as the host has them")
+def sys_getrlimit(k: Kernel, t: Task, resource: int) -> list[int]:
+    """getrlimit(2): [soft, hard] (RLIM_INFINITY as all ones); EINVAL for an unknown
+    resource."""
+    if not 0 <= resource < 16:
+        raise KernelError(errno.EINVAL)
+    real = read_rlimit(t.pid, resource)
+    if resource == linux.RLIMIT_NOFILE:
+        return [t.fds.limit, real[1] if real else t.fds.limit]
+    if resource == linux.RLIMIT_SIGPENDING:
+        return list(t.rlim_sigpending)
+    if real is None:
+        raise KernelError(errno.ESRCH)
+    return list(real)
+
+
+@syscall("setrlimit", linux="kernel/sys.c do_prlimit()", support="partial",
+         note="after the agent's real setrlimit(2): the daemon adopts the limit prlimit(2) "
+              "shows (RLIMIT_NOFILE: the descriptor table; RLIMIT_SIGPENDING: the "
+              "real-time signal queue)")
+def sys_setrlimit(k: Kernel, t: Task, resource: int, soft: int, hard: int) -> int:
+    """Adopt the process's limit after a real setrlimit(2) (EPERM if it is not the
+    one asked for)."""
+    if not 0 <= resource < 16:
+        raise KernelError(errno.EINVAL)
+    real = read_rlimit(t.pid, resource)
+    if real is None:
+        raise KernelError(errno.ESRCH)
+    want = tuple(linux.RLIM_INFINITY if v == -1 else v for v in (soft, hard))
+    if real != want:
+        raise KernelError(errno.EPERM)
+    if resource == linux.RLIMIT_NOFILE:
+        t.fds.limit = MAX_NOFILE if real[0] == linux.RLIM_INFINITY else \
+            max(0, min(real[0], MAX_NOFILE))
+    elif resource == linux.RLIMIT_SIGPENDING:
+        t.rlim_sigpending = real
+    return 0
 
 
 @syscall("fork_prepare", linux="kernel/fork.c copy_process() dup_fd()", support="emulator",
@@ -190,8 +258,15 @@ def sys_umask(k: Kernel, t: Task, mask: int) -> int:
 @syscall("proc_fds", linux="fs/proc/fd.c proc_readfd() seq_show()", support="emulator",
          note="/proc/<pid>/fd and fdinfo of any process (as root)")
 def sys_proc_fds(k: Kernel, t: Task, pid: int) -> list[dict[str, Any]]:
-    """The descriptors of process ``pid``: number, path, offset, flags, file id."""
-    return k.fdinfo(k.task_of(pid))
+    """The descriptors of process ``pid``: number, path, offset, flags, file id, and
+    the ``lock:`` lines of fdinfo (``show_fd_locks``) where the description has any."""
+    task = k.task_of(pid)
+    out = k.fdinfo(task)
+    for entry in out:
+        held = locks.file_locks(k, task.fds.get(entry["fd"]).file)
+        if held:
+            entry["locks"] = held
+    return out
 
 
 @syscall("proc_list", linux="fs/proc/root.c", support="emulator",
@@ -281,6 +356,31 @@ def sys_pin_audit(k: Kernel, t: Task) -> dict[str, Any]:
     short = sorted(k.pins.shortterm) if not waiting else []
     return {"longterm": len(k.pins.longterm), "shortterm": len(k.pins.shortterm),
             "unattributed": bad + short}
+
+
+@syscall("wait4", linux="kernel/exit.c do_wait() release_task()", support="partial",
+         note="after the agent's real wait4(2) reaped a child that exited: its zombie is "
+              "released (F_GETOWN stops finding it)")
+def sys_wait4(k: Kernel, t: Task, pid: int, status: int) -> int:
+    """The caller reaped child ``pid`` for real (``status`` is what wait4 gave): the
+    zombie goes (``release_task``).  A child whose death the daemon has not seen yet
+    (the wait overtook the pidfd) exits first; one that is not dead is EINVAL, another
+    process's child ECHILD."""
+    task = k.zombies.get(pid)
+    live = k.tasks.get(pid)
+    if task is None and live is not None:
+        if live.ppid != t.pid:
+            raise KernelError(errno.ECHILD)
+        if live.pidfd < 0 or not select.select([live.pidfd], [], [], 0)[0]:
+            raise KernelError(errno.EINVAL, "the child has not exited")
+        k.exit_task(live, "died")
+        task = k.zombies.get(pid)
+    if task is None:
+        return 0  # not a registered process's zombie (a child that never registered)
+    if task.ppid != t.pid:
+        raise KernelError(errno.ECHILD)
+    k.release_task(task)
+    return 0
 
 
 @syscall("wait_exit", linux="kernel/exit.c do_wait()", support="emulator",
