@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
+import os
+import signal
 import sys
 from dataclasses import fields
 
 from kemu.kernel_daemon.boot import PolicyLoadError, describe, load_policy, promises_of
 from kemu.kernel_daemon.eventlog import convert
 from kemu.kernel_daemon.syscalls.table import render_markdown
-from kemu.protocol.config import DaemonConfig
+from kemu.protocol.config import STACKS_FILE, DaemonConfig
+
+
+def _private(path: str, flags: int) -> int:
+    """Open ``path`` 0600, as every file of a run folder."""
+    return os.open(path, flags, 0o600)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel_daemon: {exc}", file=sys.stderr)
         return 2
     from kemu.kernel_daemon.daemon import Daemon  # ZeroMQ only for a daemon that serves
+
+    # SIGUSR2 writes every thread's stack to the run folder: what the launcher asks for
+    # from a daemon that does not stop when told, before it kills it
+    stacks = open(os.path.join(args.run_dir, STACKS_FILE), "w", opener=_private)  # noqa: SIM115
+    faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True)
 
     Daemon(config).serve(args.ready_fd)
     return 0

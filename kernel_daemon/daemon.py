@@ -232,7 +232,7 @@ class Daemon:
             os.close(pidfd)
         self.guard.close()
         self.router.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # term() would wait for any socket left open
         self.listener.close()
         self.ep.close()
         with contextlib.suppress(FileNotFoundError):

@@ -17,6 +17,8 @@ from typing import Any
 FLAVOURS = ("xfs", "ext4")
 #: the design a daemon runs when none is named
 DEFAULT_POLICY = "upstream"
+#: where a daemon writes every thread's stack when sent SIGUSR2 (in its run folder)
+STACKS_FILE = "kernel-stacks.txt"
 
 
 def _setting(default: Any, help: str, *, flag: str | None = None,

@@ -25,8 +25,9 @@ from typing import IO
 import msgpack
 import pytest
 
-from kemu.agents.launcher.daemon_process import DaemonProcess
+from kemu.agents.launcher.daemon_process import DaemonProcess, start_daemon
 from kemu.agents.lib.runtime import Connection, DaemonGone
+from kemu.protocol.config import STACKS_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch.py")
@@ -354,3 +355,38 @@ def test_a_runs_logs_are_readable_by_its_user_only(kemu_run: object) -> None:
     for name in ("kernel.jsonl", "launcher.jsonl", "events.jsonl"):
         mode = stat_mod.S_IMODE(os.stat(os.path.join(outcome.run_dir, name)).st_mode)
         assert mode == 0o600, f"{name}: {oct(mode)}"
+
+
+# --- a daemon that does not stop when told ------------------------------------------------
+
+DEAF_DESIGN = '''
+"""A design whose daemon never sees SIGTERM: blocked at import, so stop() must kill it."""
+import signal
+
+from kemu.policy import Policy
+
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+class Deaf(Policy):
+    name = "deaf"
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_that_does_not_stop_leaves_its_stacks(tmp_path: object) -> None:
+    """A daemon that outlives its SIGTERM is killed, but first SIGUSR2 makes it write
+    every thread's stack into the run folder (faulthandler), so a hang at shutdown
+    says where it hung; the run's failure names the file."""
+    design = os.path.join(str(tmp_path), "deaf.py")
+    with open(design, "w") as fh:
+        fh.write(DEAF_DESIGN)
+    run_dir = os.path.join(str(tmp_path), "run")
+    daemon = start_daemon(run_dir, policy=design)
+    code = daemon.stop(timeout=1.0)
+    assert code == -signal.SIGKILL and daemon.hung
+    with open(os.path.join(run_dir, STACKS_FILE)) as fh:
+        stacks = fh.read()
+    assert "Current thread" in stacks or "Thread 0x" in stacks, stacks
+    assert "serve" in stacks, stacks  # the loop it was in
+    assert oct(os.stat(os.path.join(run_dir, STACKS_FILE)).st_mode & 0o777) == "0o600"

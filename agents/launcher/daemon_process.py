@@ -30,6 +30,9 @@ class DaemonProcess:
     options: dict[str, Any] = field(default_factory=dict)
     #: a pidfd of the daemon, readable once it has ended (-1: none)
     pidfd: int = -1
+    #: it did not stop within the timeout of :meth:`stop` and was killed; its stacks
+    #: at that moment are in ``STACKS_FILE`` of the run folder
+    hung: bool = False
 
     def __post_init__(self) -> None:
         if self.pidfd < 0:
@@ -51,12 +54,19 @@ class DaemonProcess:
         return f"exited with {code}"
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM the daemon (it cleans up) and reap it; SIGKILL if it does not go."""
+        """SIGTERM the daemon (it cleans up) and reap it; SIGKILL if it does not go,
+        after SIGUSR2 has made it write its threads' stacks to its run folder
+        (:data:`~kemu.protocol.config.STACKS_FILE`: see :attr:`hung`)."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.hung = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGUSR2)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(0.5)  # faulthandler writes at once; it does not exit
                 self.proc.kill()
                 self.proc.wait()
         self._remove_segments()

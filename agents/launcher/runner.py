@@ -45,6 +45,7 @@ from kemu.agents.scenario.expr import UNSET, ExprError
 from kemu.agents.scenario.link import Link, LinkClosed, Watched
 from kemu.agents.scenario.parse import Expect, Scenario, Step, signal_number
 from kemu.protocol.config import SETTINGS as DAEMON_SETTINGS
+from kemu.protocol.config import STACKS_FILE
 from kemu.protocol.linux import F_GETOWN, F_SETOWN, PR_SET_CHILD_SUBREAPER, errno_name
 
 ROOT = kemu.HOME
@@ -1093,7 +1094,9 @@ class Runner:
             code = self.daemon.stop()
             if code not in (0, -signal.SIGTERM) and not self.kernel_killed \
                     and self.kernel_died is None:
-                self.failures.append(f"kernel daemon exited with status {code}")
+                why = (f" (it did not stop within 10 s of SIGTERM; its stacks then: "
+                       f"{os.path.join(self.run_dir, STACKS_FILE)})" if self.daemon.hung else "")
+                self.failures.append(f"kernel daemon exited with status {code}{why}")
             if self.kernel_killed or self.kernel_died is not None:
                 self._convert_kernel_log()
         for link, _ in self.unclaimed.values():
