@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     fd.add_argument("--scheduler", metavar="ADDRESS", help="run the programs on the workers "
                     "of a Dask distributed scheduler (tcp://HOST:PORT; needs "
                     "kemu[distributed])")
+    fd.add_argument("--start-chunk", type=int, default=0, metavar="I",
+                    help="the first chunk of 16 programs to draw (go on where a campaign "
+                         "of the same seed stopped; a reproducer's title names its chunk)")
     fd.add_argument("--max-steps", type=int, default=24, metavar="N",
                     help="lines a program draws at most (default 24)")
     fd.add_argument("--promised-only", action="store_true",
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return find.main(args.designs, args.seed, args.programs, args.budget, args.jobs,
                          args.corpus, args.out, args.scheduler, args.promised_only,
-                         not args.no_minimize, args.max_steps)
+                         not args.no_minimize, args.max_steps, args.start_chunk)
     if args.cmd == "report":
         return cmd_report(args)
     if args.cmd == "clean":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 import shutil
 import stat
 import sys
@@ -275,10 +276,12 @@ def hypothesis_shrink(f: Found, seed: int, chunk: Chunk, examples: int, max_step
 
 
 def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
-              max_steps: int, promised_only: bool = False) -> Reproducer:
+              max_steps: int, promised_only: bool = False,
+              shrink_runs: int = SHRINK_RUNS) -> Reproducer:
     """Shrink ``f`` (Hypothesis, then ``explore``'s line cutting), write its ``.scn``
     into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
-    text = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only)
+    text = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only, shrink_runs)
+    text = drop_actors(text, f, promised_only)
     promised = designs.promises(f.spec)
     checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
     name = f"find-s{seed}"
@@ -286,6 +289,7 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
     shutil.rmtree(outcome.run_dir, ignore_errors=True)
     v = next((v for v in violations if v.invariant == f.invariant),
              Violation(f.invariant, f.evidence))
+    v = Violation(v.invariant, _actors_for_pids(v.evidence, outcome))
     result = explore.Result(f.design, explore.NO_FAULT, outcome, [v], text)
     what = "a broken promise" if f.promised else "the design's hazard"
     path = explore.write_reproducer(
@@ -305,6 +309,38 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
                       not run.passed)
 
 
+def drop_actors(text: str, f: Found, promised_only: bool = False) -> str:
+    """Remove every line of one actor at a time (its fork children's with it) while the
+    program still breaks ``f.invariant`` under ``f.spec``: the fewest actors, one run an
+    actor, before the line-by-line cutting."""
+    for actor in [*grammar.TOP, *grammar.CHILDREN]:
+        lines = text.splitlines()
+        gone = {actor}
+        for ln in lines:  # its children go with it
+            m = re.match(r"^(\w+): fork\(\) as (\w+)$", ln)
+            if m and m.group(1) in gone:
+                gone.add(m.group(2))
+        trial = [ln for ln in lines if not any(
+            ln.startswith(f"{a}:") or ln == f"!kill {a}" for a in gone)]
+        if len(trial) == len(lines) or not any(":" in ln for ln in trial):
+            continue
+        candidate = "\n".join(trial) + "\n"
+        try:
+            parse(candidate, "find-actors")
+        except ScenarioError:
+            continue
+        _, violations, _ = run_program(candidate, f.spec, "find-actors", promised_only)
+        if any(v.invariant == f.invariant for v in violations):
+            text = candidate
+    return text
+
+
+def _actors_for_pids(evidence: str, outcome: Outcome) -> str:
+    """``by pid 1234`` as ``by A``: the same program gives the same reproducer."""
+    names = {line.pid: line.actor for line in outcome.lines}
+    return re.sub(r"\bpid (\d+)", lambda m: names.get(int(m.group(1)), "pid N"), evidence)
+
+
 def _policy_line(path: str, spec: str) -> None:
     """Put ``set policy = DESIGN`` after the comments, so that ``kemu run FILE`` runs the
     reproducer under the design it broke."""
@@ -318,6 +354,64 @@ def _policy_line(path: str, spec: str) -> None:
 
 def _sockets(directory: str, names: list[str]) -> list[str]:
     return [n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(directory, n)).st_mode)]
+
+
+def _expect_text(call: str, reply: dict[str, Any]) -> str:
+    """What a recorded line expects: its errno, its death, ``skipped``, the foreign
+    writes (file and where they landed), or ``ok``."""
+    if "errno" in reply:
+        return linux.errno_name(int(reply["errno"]))
+    if "killed" in reply:
+        return f"killed {reply['killed']}"
+    if "skipped" in reply:
+        return "skipped"
+    if "error" in reply:
+        return "*"
+    if call == "foreign_writes":
+        writes = [{"file": w.get("file"), "into": w.get("into")} for w in reply.get("ok") or []]
+        return repr([dict(t) for t in dict.fromkeys(tuple(sorted(w.items())) for w in writes)])
+    return "ok"
+
+
+def record_expectations(text: str, specs: list[str]) -> str:
+    """``text`` (a reproducer) with every call line's expectations as the runs under
+    ``specs`` met them: the most common one untagged, the others tagged with their
+    designs, so that the scenario holds under every design (``scenarios/found/``)."""
+    from collections import Counter
+
+    plain = explore.strip_expectations(text)
+    sc = parse("\n".join(plain) + "\n", "record.scn")
+    seen: dict[int, dict[str, str]] = {}
+    for spec in specs:
+        outcome = run_scenario(sc, "emulator", spec, show_pids=False, render=False)
+        shutil.rmtree(outcome.run_dir, ignore_errors=True)
+        for line in outcome.lines:
+            seen.setdefault(line.step.lineno, {})[outcome.policy] = _expect_text(
+                line.step.call, line.reply)
+    out = []
+    started: dict[str, dict[str, str]] = {}  # actor -> what its background call met
+    for lineno, raw in enumerate(plain, 1):
+        got = seen.get(lineno)
+        step = next((s for s in sc.steps if s.lineno == lineno), None)
+        if step is not None and step.background:  # its result is the join's
+            started[step.actor] = got or {}
+            out.append(raw)
+            continue
+        if step is not None and step.kind == "join":
+            got = started.pop(step.actor, None) or got
+        if not got or step is None or step.kind not in ("call", "join"):
+            out.append(raw)
+            continue
+        common = Counter(got.values()).most_common(1)[0][0]
+        tagged: dict[str, list[str]] = {}
+        for design, want in got.items():
+            if want != common:
+                tagged.setdefault(want, []).append(design)
+        if len(got) < len(specs):  # a design that did not reach the line
+            common = "*"
+        tail = "".join(f" => {w} [{', '.join(sorted(d))}]" for w, d in tagged.items())
+        out.append(f"{raw.rstrip():<52}{tail} => {common}")
+    return "\n".join(out) + "\n"
 
 
 # --- the corpus ----------------------------------------------------------------------------
@@ -362,7 +456,27 @@ def bound(directory: str, suffix: str, limit: int) -> None:
 # --- the campaign --------------------------------------------------------------------------
 
 
-class _Local:
+class _Engine:
+    """Where chunks run: :meth:`submit` one, :meth:`done` waits for some to finish."""
+
+    slots = 1
+
+    def submit(self, fn: Callable[..., Chunk], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def done(self, pending: set[Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def result(fut: Any) -> Chunk:
+        chunk: Chunk = fut.result()
+        return chunk
+
+    def close(self) -> None:
+        """Let go of the threads or the scheduler."""
+
+
+class _Local(_Engine):
     """Chunks on threads of this process."""
 
     def __init__(self, jobs: int) -> None:
@@ -376,16 +490,11 @@ class _Local:
         finished, _ = wait(pending, return_when=FIRST_COMPLETED)
         yield from finished
 
-    @staticmethod
-    def result(fut: Any) -> Chunk:
-        chunk: Chunk = fut.result()
-        return chunk
-
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
 
-class _Dask:
+class _Dask(_Engine):
     """Chunks on the workers of a Dask distributed scheduler."""
 
     def __init__(self, address: str, jobs: int | None) -> None:
@@ -405,11 +514,6 @@ class _Dask:
     def done(self, pending: set[Any]) -> Iterator[Any]:
         finished, _ = self.dist.wait(list(pending), return_when="FIRST_COMPLETED")
         yield from finished
-
-    @staticmethod
-    def result(fut: Any) -> Chunk:
-        chunk: Chunk = fut.result()
-        return chunk
 
     def close(self) -> None:
         self.client.close()
@@ -440,18 +544,21 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
              corpus: str | None = None, out_dir: str | None = None,
              scheduler: str | None = None, promised_only: bool = False,
              minimize: bool = True, progress: IO[str] | None = sys.stderr,
-             until: Callable[[Campaign], bool] | None = None) -> Campaign:
+             until: Callable[[Campaign], bool] | None = None, start: int = 0,
+             shrink_runs: int = SHRINK_RUNS) -> Campaign:
     """Run a campaign: at most ``programs`` programs and at most ``budget`` seconds (one
     of them at least), chunk by chunk, then shrink the first violation of each
     (invariant, design) into ``out_dir``.  ``until``: stop drawing once it says so (the
-    chunks running then still finish)."""
+    chunks running then still finish).  ``start``: the first chunk drawn (a campaign
+    that goes on where another of the same seed stopped); ``shrink_runs``: runs the
+    Hypothesis shrink of each violation may spend."""
     if programs is None and budget is None:
         programs = 10 * chunk_size
     names = [designs.resolve(s) for s in specs]
     camp = Campaign(seed, names)
     t0 = time.monotonic()
     deadline = time.time() + budget if budget is not None else None
-    engine: _Local | _Dask = (_Dask(scheduler, jobs) if scheduler else
+    engine: _Engine = (_Dask(scheduler, jobs) if scheduler else
                               _Local(jobs or default_jobs()))
     chunks: dict[int, Chunk] = {}
     lock = threading.Lock()
@@ -461,7 +568,7 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
         if corpus_texts:
             pending.add(engine.submit(run_texts, corpus_texts, specs, promised_only))
         planned = 0  # programs handed out
-        index = 0
+        index = start
 
         def more() -> bool:
             if programs is not None and planned >= programs:
@@ -508,7 +615,7 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
         with ThreadPoolExecutor(max_workers=min(len(keys), jobs or default_jobs())) as pool:
             made = pool.map(lambda k: write_one(camp.first[k], seed, chunks.get(
                 camp.first[k].chunk, Chunk(-1, [], [], [], 0.0)), out_dir, chunk_size,
-                max_steps, promised_only), keys)
+                max_steps, promised_only, shrink_runs), keys)
             camp.reproducers = dict(zip(keys, made, strict=True))
         bound(out_dir, ".scn", OUT_MAX)
     return camp
@@ -548,7 +655,7 @@ def print_summary(camp: Campaign, out: IO[str]) -> None:
 
 def main(specs: list[str] | None, seed: int, programs: int | None, budget: str | None,
          jobs: int | None, corpus: str | None, out_dir: str | None, scheduler: str | None,
-         promised_only: bool, minimize: bool, max_steps: int,
+         promised_only: bool, minimize: bool, max_steps: int, start: int = 0,
          out: IO[str] = sys.stdout) -> int:
     """``kemu find``: 0 when nothing broke, 1 when something did, 2 for bad input."""
     try:
@@ -559,11 +666,12 @@ def main(specs: list[str] | None, seed: int, programs: int | None, budget: str |
     except (ValueError, designs.DesignError) as exc:
         print(f"find: {exc}", file=sys.stderr)
         return 2
-    if (programs is not None and programs < 1) or max_steps < 1:
-        print("find: --programs and --max-steps are at least 1", file=sys.stderr)
+    if (programs is not None and programs < 1) or max_steps < 1 or start < 0:
+        print("find: --programs and --max-steps are at least 1, --start-chunk at least 0",
+              file=sys.stderr)
         return 2
     camp = campaign(specs, seed, programs, seconds, jobs, max_steps=max_steps, corpus=corpus,
                     out_dir=out_dir, scheduler=scheduler, promised_only=promised_only,
-                    minimize=minimize)
+                    minimize=minimize, start=start)
     print_summary(camp, out)
     return 1 if camp.first else 0

@@ -525,13 +525,22 @@ def decode(genes: list[Gene]) -> Program:
     return Program(tuple(d.finish()))
 
 
+GENE = st.tuples(*[st.integers(0, GENE_MAX)] * GENE_LEN)
+
+
+def _n_genes(n: int) -> st.SearchStrategy[list[Gene]]:
+    """Exactly ``n`` genes.  A named function, not a lambda: Hypothesis describes a
+    lambda by parsing its source with ``ast``, which is not safe on two threads at once
+    in CPython 3.11 ("SystemError: AST constructor recursion depth mismatch", seen with
+    two chunks on one Dask worker)."""
+    return st.lists(GENE, min_size=n, max_size=n)
+
+
 def genes(max_steps: int = MAX_STEPS) -> st.SearchStrategy[list[Gene]]:
-    """Hypothesis's strategy for the genes of one program."""
-    gene = st.tuples(*[st.integers(0, GENE_MAX)] * GENE_LEN)
-    # the length first, uniformly (Hypothesis's lists average 6 items; the programs
-    # that matter are longer), then that many genes
-    return st.integers(1, max_steps).flatmap(
-        lambda n: st.lists(gene, min_size=n, max_size=n))
+    """Hypothesis's strategy for the genes of one program: the length first, uniformly
+    (Hypothesis's lists average 6 items; the programs that matter are longer), then
+    that many genes."""
+    return st.integers(1, max_steps).flatmap(_n_genes)
 
 
 def programs(max_steps: int = MAX_STEPS) -> st.SearchStrategy[Program]:
