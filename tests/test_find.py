@@ -94,7 +94,7 @@ def test_a_seeded_campaign_finds_the_s5_hazard_under_legacy(tmp_path: Path) -> N
     ``run``, with its run folder; the same seed finds the same reproducer."""
     with ThreadPoolExecutor(max_workers=2) as pool:  # the same seed twice, at once
         camp, again = pool.map(lambda name: _s5(tmp_path, name), ["one", "two"])
-    key = ("no-foreign-write", "legacy")
+    key = ("no-foreign-write:longterm", "legacy")
     assert key in camp.first, camp.first
     assert not camp.first[key].promised  # legacy promises nothing: its hazard
     rep = camp.reproducers[key]

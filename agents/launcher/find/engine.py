@@ -13,7 +13,9 @@ only where the design promises it: under a design that promises it, a foreign wr
 broken promise; under one that does not (``legacy``, ``map-direct-sealed``) it is the
 design's hazard, shown by the program.
 
-Violations are de-duplicated by (invariant, design); the first of each, in (chunk,
+Violations are de-duplicated by (invariant, design), a foreign write's by the pins it
+came through too (long-term, short-term: designs promise them apart, ``Promise``); the
+first of each, in (chunk,
 program) order, is shrunk by Hypothesis: its chunk is replayed with shrinking on, and a
 program counts as failing only if it breaks the same invariant under the same design
 (the programs of the chunk already run are not run again).  Then ``explore``'s
@@ -77,11 +79,15 @@ class Found:
     text: str
     chunk: int
     index: int
+    #: of a foreign write, the pins it came through (``longterm``: RDMA, ``shortterm``:
+    #: direct I/O), as the designs promise them apart; empty for other invariants
+    kind: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
-        """What de-duplicates violations: (invariant, design)."""
-        return self.invariant, self.design
+        """What de-duplicates violations: (invariant, design), the invariant with the
+        kind of pin for a foreign write (``no-foreign-write:longterm``)."""
+        return (f"{self.invariant}:{self.kind}" if self.kind else self.invariant), self.design
 
 
 @dataclass
@@ -153,12 +159,24 @@ def run_program(text: str, spec: str, name: str, promised_only: bool = False
     return outcome, violations, promised
 
 
-def _promised(v: Violation, promised: set[str]) -> bool:
+def kind_of(v: Violation) -> str:
+    """The pins a foreign write came through: ``shortterm`` (direct I/O), ``longterm``
+    (RDMA: an MR); empty for another invariant."""
     if v.invariant != "no-foreign-write":
+        return ""
+    return "shortterm" if v.evidence.startswith("direct I/O") else "longterm"
+
+
+def _promised(v: Violation, promised: set[str]) -> bool:
+    kind = kind_of(v)
+    if not kind:
         return True
-    kind = ("NO_FOREIGN_WRITE_SHORTTERM" if v.evidence.startswith("direct I/O") else
-            "NO_FOREIGN_WRITE_LONGTERM")
-    return kind in promised
+    return f"NO_FOREIGN_WRITE_{kind.upper()}" in promised
+
+
+def breaks(violations: list[Violation], f: Found) -> bool:
+    """Do ``violations`` include what ``f`` broke (the same invariant, the same kind)?"""
+    return any(v.invariant == f.invariant and kind_of(v) == f.kind for v in violations)
 
 
 def features(outcome: Outcome) -> set[str]:
@@ -211,7 +229,7 @@ def run_chunk(seed: int, index: int, specs: list[str], examples: int = CHUNK,
                 seen.update(fresh)
                 new = True
             found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
-                               text, index, len(texts) - 1) for v in violations)
+                               text, index, len(texts) - 1, kind_of(v)) for v in violations)
         if new:
             interesting.append(text)
 
@@ -229,7 +247,7 @@ def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -
             _, violations, promised = run_program(text, spec, f"find-corpus-{i}",
                                                   promised_only)
             found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
-                               text, -1, i) for v in violations)
+                               text, -1, i, kind_of(v)) for v in violations)
     return Chunk(-1, list(texts), found, [], time.monotonic() - t0)
 
 
@@ -263,7 +281,7 @@ def hypothesis_shrink(f: Found, seed: int, chunk: Chunk, examples: int, max_step
             return
         spent += 1
         _, violations, _ = run_program(text, f.spec, "find-shrink", promised_only)
-        if any(v.invariant == f.invariant for v in violations):
+        if breaks(violations, f):
             breaking.add(text)
             raise _Broke(text)
         passing.add(text)
@@ -284,10 +302,10 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
     text = drop_actors(text, f, promised_only)
     promised = designs.promises(f.spec)
     checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
-    name = f"find-s{seed}"
+    name = f"find-s{seed}" + (f"-{f.kind}" if f.kind else "")
     outcome, violations = explore.run_one(text, name, f.spec, keep=False, promises=checked)
     shutil.rmtree(outcome.run_dir, ignore_errors=True)
-    v = next((v for v in violations if v.invariant == f.invariant),
+    v = next((v for v in violations if v.invariant == f.invariant and kind_of(v) == f.kind),
              Violation(f.invariant, f.evidence))
     v = Violation(v.invariant, _actors_for_pids(v.evidence, outcome))
     result = explore.Result(f.design, explore.NO_FAULT, outcome, [v], text)
@@ -330,7 +348,7 @@ def drop_actors(text: str, f: Found, promised_only: bool = False) -> str:
         except ScenarioError:
             continue
         _, violations, _ = run_program(candidate, f.spec, "find-actors", promised_only)
-        if any(v.invariant == f.invariant for v in violations):
+        if breaks(violations, f):
             text = candidate
     return text
 
@@ -644,7 +662,7 @@ def print_summary(camp: Campaign, out: IO[str]) -> None:
         f = camp.first[key]
         n, t = camp.when[key]
         kind = "broken promise" if f.promised else "hazard"
-        out.write(f"!! {f.invariant} under {f.design} ({kind}; first seen after {n} "
+        out.write(f"!! {key[0]} under {f.design} ({kind}; first seen after {n} "
                   f"programs, {t:.1f} s): {f.evidence}\n")
         r = camp.reproducers.get(key)
         if r is not None:
