@@ -118,6 +118,7 @@ class Kernel:
         self.policy = policy
         self.pmem = Pmem(config.pmem_name, config.nblocks, config.block_size, self._on_block)
         self.pmem.hold = self.hold_block
+        self.pmem.reown = self.block_holder
         self.fs = Filesystem(self.pmem)
         self.tasks: dict[int, Task] = {}
         #: processes that exited and that their (registered) parent has not reaped yet
@@ -180,6 +181,15 @@ class Kernel:
                 f"block-{what}", block=block,
                 ino=owner.ino if owner else None, pgoff=owner.pgoff if owner else None,
             )
+
+    def block_holder(self, block: int) -> Owner | None:
+        """A file that still maps ``block`` (a reflinked extent one sharer let go of),
+        or None.  Only shared blocks ask, so the walk over the files is rare."""
+        for inode in self.fs.inodes.values():
+            for page, b in inode.blocks.items():
+                if b == block:
+                    return Owner(inode.ino, page)
+        return None
 
     def hold_block(self, block: int, owner: Owner) -> bool:
         """A block's last owner lets go of it: keep it busy (off the free list) while a

@@ -67,6 +67,9 @@ class Pmem:
         #: asked when a block's last owner lets go: True keeps it busy (the kernel
         #: answers from its pin table and the design)
         self.hold: Callable[[int, Owner], bool] | None = None
+        #: asked when a file lets go of a block other files still share (reflink): who
+        #: owns it now (the kernel looks for a file that still maps it)
+        self.reown: Callable[[int], Owner | None] | None = None
 
     @property
     def name(self) -> str:
@@ -105,6 +108,13 @@ class Pmem:
             raise AssertionError(f"double free of pmem block {block}")
         self.refs[block] -= 1
         if self.refs[block] > 0:
+            # a shared extent outlives the file that let go: the ledger names a file
+            # that still has it, as the remaining reference owns it on Linux
+            heir = self.reown(block) if self.reown is not None else None
+            if heir is not None and heir != owner:
+                self.ledger[block] = heir
+                if self._on_change:
+                    self._on_change("reown", block, heir)
             return
         self.ledger[block] = None
         if self.hold is not None and self.hold(block, owner):

@@ -150,6 +150,36 @@ def main(argv: list[str] | None = None) -> int:
                     help="host: the host kernel is the one design (runs one at a time)")
     ex.add_argument("--no-minimize", action="store_true",
                     help="do not cut violations down to reproducers")
+    fd = sub.add_parser("find", help="generate random multi-process programs, check the "
+                        "invariants after every run, shrink what breaks them to a "
+                        "reproducer (docs/find.md)")
+    fd.add_argument("--designs", nargs="*", metavar="DESIGN",
+                    help="designs to run every program under: names or PATH.py[:Class] "
+                         "(default: every built-in design)")
+    fd.add_argument("--seed", type=int, default=0, help="the campaign's seed (default 0): "
+                    "the same seed draws the same programs and finds the same reproducers")
+    fd.add_argument("--programs", type=int, metavar="N", help="stop after N programs")
+    fd.add_argument("--budget", metavar="TIME", help="stop drawing after TIME (90, 90s, "
+                    "10m, 2h); default, without --programs: 160 programs")
+    fd.add_argument("--jobs", type=int, help="programs at once (default: three per core, "
+                    "at most 8; with --scheduler: two per worker thread)")
+    fd.add_argument("--corpus", metavar="DIR", help="a corpus of interesting programs, "
+                    "run first and kept between campaigns (at most 200)")
+    fd.add_argument("--out", metavar="DIR", help="write every reproducer (and its run "
+                    "folder) into DIR")
+    fd.add_argument("--scheduler", metavar="ADDRESS", help="run the programs on the workers "
+                    "of a Dask distributed scheduler (tcp://HOST:PORT; needs "
+                    "kemu[distributed])")
+    fd.add_argument("--start-chunk", type=int, default=0, metavar="I",
+                    help="the first chunk of 16 programs to draw (go on where a campaign "
+                         "of the same seed stopped; a reproducer's title names its chunk)")
+    fd.add_argument("--max-steps", type=int, default=24, metavar="N",
+                    help="lines a program draws at most (default 24)")
+    fd.add_argument("--promised-only", action="store_true",
+                    help="check foreign writes only where the design promises none, as "
+                         "explore does (default: under every design)")
+    fd.add_argument("--no-minimize", action="store_true",
+                    help="do not shrink violations to reproducers")
     rp = sub.add_parser("report", help="write a run folder's pictures and page again from "
                         "its event logs")
     rp.add_argument("folder", help="a run folder (its path is printed after every run)")
@@ -171,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         kinds = [k.strip() for k in args.faults.split(",") if k.strip()]
         return explore.main(args.file, args.designs, kinds, args.victims, args.jobs,
                             args.report, args.out, not args.no_minimize, target=args.target)
+    if args.cmd == "find":
+        from kemu.agents.launcher import find
+
+        return find.main(args.designs, args.seed, args.programs, args.budget, args.jobs,
+                         args.corpus, args.out, args.scheduler, args.promised_only,
+                         not args.no_minimize, args.max_steps, args.start_chunk)
     if args.cmd == "report":
         return cmd_report(args)
     if args.cmd == "clean":

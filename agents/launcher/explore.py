@@ -207,12 +207,16 @@ def variant(text: str, sc: Scenario, fault: Fault) -> str:
 
 
 def run_one(text: str, name: str, design: str, keep: bool,
-            target: str = "emulator") -> tuple[Outcome, list[Violation]]:
+            target: str = "emulator", promises: set[str] | None = None
+            ) -> tuple[Outcome, list[Violation]]:
     """Run one variant under one design (on the host: the host kernel) and check the
-    invariants."""
+    invariants; ``promises``, if given, instead of what the design promises (``find``
+    checks every design for foreign writes)."""
     outcome = run_scenario(parse(text, name), target, design, show_pids=False,
                            render=False)
     promised = designs.promises(design) if target == "emulator" else set()
+    if promises is not None:
+        promised = promises
     violations = invariants.check(outcome, promised)
     if not violations and not keep:
         shutil.rmtree(outcome.run_dir, ignore_errors=True)
@@ -287,13 +291,13 @@ def explore(path: str, design_specs: list[str] | None = None,
 
 
 def _still_breaks(lines: list[str], name: str, spec: str, invariant: str,
-                  target: str = "emulator") -> bool:
+                  target: str = "emulator", promises: set[str] | None = None) -> bool:
     text = "\n".join(lines) + "\n"
     try:
         parse(text, name)
     except ScenarioError:
         return False
-    _, violations = run_one(text, name, spec, keep=False, target=target)
+    _, violations = run_one(text, name, spec, keep=False, target=target, promises=promises)
     return any(v.invariant == invariant for v in violations)
 
 
@@ -317,7 +321,8 @@ def _units(lines: list[str]) -> list[list[int]]:
 
 
 def shrink(text: str, name: str, spec: str, invariant: str,
-           keep: Callable[[str], bool], target: str = "emulator") -> list[str]:
+           keep: Callable[[str], bool], target: str = "emulator",
+           promises: set[str] | None = None) -> list[str]:
     """Remove lines (never those ``keep`` says; a background call goes with its join)
     while ``invariant`` still breaks under ``spec``: a greedy pass from the end, repeated
     until nothing more goes or the run budget is spent."""
@@ -333,7 +338,7 @@ def shrink(text: str, name: str, spec: str, invariant: str,
                 continue
             trial = [ln for i, ln in enumerate(lines) if i not in unit]
             runs += 1
-            if _still_breaks(trial, name, spec, invariant, target):
+            if _still_breaks(trial, name, spec, invariant, target, promises):
                 lines = trial
                 changed = True
                 break  # indices moved: group again
@@ -364,8 +369,11 @@ def _checks(invariant: str, violation: Violation, lines: list[str]) -> list[str]
 
 
 def write_reproducer(result: Result, violation: Violation, spec: str, out_dir: str,
-                     target: str = "emulator") -> str:
-    """Cut ``result``'s variant down and write it as a runnable, failing ``.scn``."""
+                     target: str = "emulator", promises: set[str] | None = None,
+                     found_by: str = "launch.py explore", where: str = "") -> str:
+    """Cut ``result``'s variant down and write it as a runnable, failing ``.scn``
+    (``promises`` as for :func:`run_one`; ``where`` says what the title says the run
+    was, by default its fault and scenario)."""
     name = f"{result.outcome.scenario.split(':')[0].removesuffix('.scn')}-{result.design}-" \
            f"{violation.invariant}"
 
@@ -375,13 +383,13 @@ def write_reproducer(result: Result, violation: Violation, spec: str, out_dir: s
 
     text = result.text
     if not result.fault.after:  # a run without a fault: its expectations go too
-        text = "\n".join([f"set step_timeout = {STEP_TIMEOUT}",
-                          *strip_expectations(result.text)]) + "\n"
-    lines = shrink(text, name, spec, violation.invariant, keep, target)
+        timeout = [] if "set step_timeout" in text else [f"set step_timeout = {STEP_TIMEOUT}"]
+        text = "\n".join([*timeout, *strip_expectations(result.text)]) + "\n"
+    lines = shrink(text, name, spec, violation.invariant, keep, target, promises)
     checks = _checks(violation.invariant, violation, lines)
-    title = (f"# title: {violation.invariant} broken under {result.design} "
-             f"({result.fault.describe()} in {result.outcome.scenario.split(':')[0]})")
-    body = [title, f"# found by: launch.py explore, design {spec}", f"# evidence: {violation}",
+    where = where or f"{result.fault.describe()} in {result.outcome.scenario.split(':')[0]}"
+    title = f"# title: {violation.invariant} broken under {result.design} ({where})"
+    body = [title, f"# found by: {found_by}, design {spec}", f"# evidence: {violation}",
             *lines, *checks]
     path = os.path.join(out_dir, f"{name}.scn")
     with open(path, "w", encoding="utf-8") as fh:

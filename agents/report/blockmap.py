@@ -147,6 +147,9 @@ def replay(run: Run, points: list[int] | None = None) -> tuple[list[Panel], int]
             dev.shared.discard(b)
             dev.busy.add(b)
             changed = True
+        elif ev == "block-reown":  # a sharer let go of a reflinked block: another owns it
+            dev.owner[int(rec["block"])] = int(rec.get("ino") or 0)
+            changed = True
         elif ev == "reflink":
             dev.shared.update(int(b) for b in rec.get("blocks") or [])
             changed = True

@@ -1,0 +1,695 @@
+"""``kemu find``: random multi-process programs, the invariants after every run, and
+what breaks them shrunk to a scenario a kernel developer reads.
+
+A campaign draws programs from :mod:`~kemu.agents.launcher.find.grammar` in *chunks*:
+chunk ``i`` of seed ``s`` is one Hypothesis run (``@seed``, ``max_examples`` programs,
+generation only), so the same seed draws the same programs wherever the chunk runs: on
+a thread of this process (the default, :func:`~kemu.agents.launcher.runner.default_jobs`
+chunks at once) or on a Dask worker (``--scheduler``).  Each program runs under every
+chosen design (:func:`kemu.agents.launcher.explore.run_one`) and the invariants of
+``explore`` are checked after each run (:mod:`kemu.agents.launcher.invariants`); a line's
+result never fails a program.  ``no-foreign-write`` is checked under every design, not
+only where the design promises it: under a design that promises it, a foreign write is a
+broken promise; under one that does not (``legacy``, ``map-direct-sealed``) it is the
+design's hazard, shown by the program.
+
+Violations are de-duplicated by (invariant, design), a foreign write's by the pins it
+came through too (long-term, short-term: designs promise them apart, ``Promise``); the
+first of each, in (chunk,
+program) order, is shrunk by Hypothesis: its chunk is replayed with shrinking on, and a
+program counts as failing only if it breaks the same invariant under the same design
+(the programs of the chunk already run are not run again).  Then ``explore``'s
+reproducer writer cuts lines further and writes the ``.scn`` with the invariant as its
+last lines' expectations, and the reproducer is run once more for its run folder
+(sequence diagram, block map) and to see that it fails on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+import shutil
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+from hypothesis import seed as hseed
+
+from kemu.agents.launcher import designs, explore, runs
+from kemu.agents.launcher.find import grammar
+from kemu.agents.launcher.invariants import INVARIANTS, Violation
+from kemu.agents.launcher.runner import Outcome, default_jobs, run_scenario
+from kemu.agents.scenario.parse import ScenarioError, parse
+from kemu.protocol import linux
+
+#: what ``find`` checks for foreign writes under every design (docs/find.md)
+EVERY_FOREIGN_WRITE = frozenset({"NO_FOREIGN_WRITE_LONGTERM", "NO_FOREIGN_WRITE_SHORTTERM"})
+#: programs one chunk draws (one Hypothesis run)
+CHUNK = 16
+#: runs the Hypothesis shrink of one violation may spend
+SHRINK_RUNS = 80
+#: at most this many programs are kept in a corpus directory
+CORPUS_MAX = 200
+#: at most this many reproducers are written into an --out directory
+OUT_MAX = 50
+
+
+class GeneratorBug(Exception):
+    """The grammar drew a line the scenario parser refuses: a bug of the grammar."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """One run that broke an invariant."""
+
+    invariant: str
+    design: str
+    spec: str
+    evidence: str
+    #: does the design promise what broke (False: the design's known hazard)
+    promised: bool
+    text: str
+    chunk: int
+    index: int
+    #: of a foreign write, the pins it came through (``longterm``: RDMA, ``shortterm``:
+    #: direct I/O), as the designs promise them apart; empty for other invariants
+    kind: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What de-duplicates violations: (invariant, design), the invariant with the
+        kind of pin for a foreign write (``no-foreign-write:longterm``)."""
+        return (f"{self.invariant}:{self.kind}" if self.kind else self.invariant), self.design
+
+
+@dataclass
+class Chunk:
+    """What one chunk ran and found."""
+
+    index: int
+    #: every program it ran, in order
+    texts: list[str]
+    found: list[Found]
+    #: programs that showed an outcome (call, result) the chunk had not seen before
+    interesting: list[str]
+    wall: float
+
+
+@dataclass
+class Reproducer:
+    """A shrunk violation, written out."""
+
+    found: Found
+    path: str
+    run_dir: str
+    lines: int
+    actors: int
+    #: the reproducer failed when run on its own
+    fails: bool
+
+
+@dataclass
+class Campaign:
+    """Everything a campaign ran and found."""
+
+    seed: int
+    designs: list[str]
+    programs: int = 0
+    wall: float = 0.0
+    #: the first violation of each (invariant, design)
+    first: dict[tuple[str, str], Found] = field(default_factory=dict)
+    #: (programs run, seconds) when each (invariant, design) was first seen
+    when: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
+    reproducers: dict[tuple[str, str], Reproducer] = field(default_factory=dict)
+    interesting: list[str] = field(default_factory=list)
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """The Hypothesis seed of chunk ``index`` of campaign ``seed``."""
+    return int.from_bytes(hashlib.sha256(f"kemu-find {seed} {index}".encode()).digest()[:8],
+                          "big")
+
+
+def check_text(text: str, name: str) -> None:
+    """Refuse a generated program the parser does not take (:class:`GeneratorBug`)."""
+    try:
+        parse(text, name)
+    except ScenarioError as exc:
+        raise GeneratorBug(f"the grammar drew a program the parser refuses: {exc}\n"
+                           f"{text}") from None
+
+
+def run_program(text: str, spec: str, name: str, promised_only: bool = False
+                ) -> tuple[Outcome, list[Violation], set[str]]:
+    """Run one program under ``spec``; its violations (the run folder removed) and the
+    promises that were checked."""
+    promised = designs.promises(spec)
+    checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
+    outcome, violations = explore.run_one(text, name, spec, keep=False, promises=checked)
+    shutil.rmtree(outcome.run_dir, ignore_errors=True)
+    violations = [v for v in violations if v.invariant in INVARIANTS]
+    return outcome, violations, promised
+
+
+def kind_of(v: Violation) -> str:
+    """The pins a foreign write came through: ``shortterm`` (direct I/O), ``longterm``
+    (RDMA: an MR); empty for another invariant."""
+    if v.invariant != "no-foreign-write":
+        return ""
+    return "shortterm" if v.evidence.startswith("direct I/O") else "longterm"
+
+
+def _promised(v: Violation, promised: set[str]) -> bool:
+    kind = kind_of(v)
+    if not kind:
+        return True
+    return f"NO_FOREIGN_WRITE_{kind.upper()}" in promised
+
+
+def breaks(violations: list[Violation], f: Found) -> bool:
+    """Do ``violations`` include what ``f`` broke (the same invariant, the same kind)?"""
+    return any(v.invariant == f.invariant and kind_of(v) == f.kind for v in violations)
+
+
+def features(outcome: Outcome) -> set[str]:
+    """What a run showed, coarsely: each call with its result kind, under the design."""
+    out = set()
+    for line in outcome.lines:
+        reply = line.reply
+        kind = ("errno " + linux.errno_name(int(reply["errno"])) if "errno" in reply else
+                "killed" if "killed" in reply else "skipped" if "skipped" in reply else "ok")
+        out.add(f"{outcome.policy} {line.step.call or line.step.kind} {kind}")
+    return out
+
+
+def _settings(examples: int, shrink: bool) -> Callable[[Any], Any]:
+    phases = (Phase.generate, Phase.shrink) if shrink else (Phase.generate,)
+    return settings(max_examples=examples, deadline=None, phases=phases, database=None,
+                    report_multiple_bugs=False, verbosity=Verbosity.quiet,
+                    suppress_health_check=list(HealthCheck))
+
+
+def run_chunk(seed: int, index: int, specs: list[str], examples: int = CHUNK,
+              max_steps: int = grammar.MAX_STEPS, promised_only: bool = False,
+              deadline: float | None = None) -> Chunk:
+    """Chunk ``index`` of campaign ``seed``: ``examples`` programs drawn by one
+    Hypothesis run, each run under every design of ``specs``.  ``deadline`` (a
+    ``time.time()``): programs drawn after it are not run.  Runs where it is called (a
+    thread here, or a Dask worker)."""
+    t0 = time.monotonic()
+    names = [designs.resolve(s) for s in specs]
+    texts: list[str] = []
+    found: list[Found] = []
+    seen: set[str] = set()
+    interesting: list[str] = []
+
+    @_settings(examples, shrink=False)
+    @hseed(chunk_seed(seed, index))
+    @given(grammar.programs(max_steps))
+    def body(prog: grammar.Program) -> None:
+        if deadline is not None and time.time() > deadline:
+            return
+        text = prog.text
+        name = f"find-s{seed}-c{index}-p{len(texts)}"
+        check_text(text, name)
+        texts.append(text)
+        new = False
+        for spec, design in zip(specs, names, strict=True):
+            outcome, violations, promised = run_program(text, spec, name, promised_only)
+            fresh = features(outcome) - seen
+            if fresh:
+                seen.update(fresh)
+                new = True
+            found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
+                               text, index, len(texts) - 1, kind_of(v)) for v in violations)
+        if new:
+            interesting.append(text)
+
+    body()
+    return Chunk(index, texts, found, interesting, time.monotonic() - t0)
+
+
+def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -> Chunk:
+    """The corpus's programs, run as chunk -1 (before anything is drawn)."""
+    t0 = time.monotonic()
+    found: list[Found] = []
+    names = [designs.resolve(s) for s in specs]
+    for i, text in enumerate(texts):
+        for spec, design in zip(specs, names, strict=True):
+            _, violations, promised = run_program(text, spec, f"find-corpus-{i}",
+                                                  promised_only)
+            found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
+                               text, -1, i, kind_of(v)) for v in violations)
+    return Chunk(-1, list(texts), found, [], time.monotonic() - t0)
+
+
+# --- shrinking ---------------------------------------------------------------------------
+
+
+class _Broke(Exception):
+    """The program breaks the invariant being shrunk (Hypothesis's failure)."""
+
+
+def hypothesis_shrink(f: Found, seed: int, chunk: Chunk, examples: int, max_steps: int,
+                      promised_only: bool = False, budget: int = SHRINK_RUNS) -> str:
+    """The smallest program Hypothesis finds that still breaks ``f.invariant`` under
+    ``f.design``: ``f``'s chunk replayed with shrinking on.  The chunk's programs before
+    ``f`` broke nothing of the kind and are not run again; at most ``budget`` runs."""
+    if f.chunk < 0:  # from the corpus: no draw to replay
+        return f.text
+    passing = set(chunk.texts[:f.index]) - {f.text}
+    breaking = {f.text}
+    spent = 0
+
+    @_settings(examples, shrink=True)
+    @hseed(chunk_seed(seed, f.chunk))
+    @given(grammar.programs(max_steps))
+    def body(prog: grammar.Program) -> None:
+        nonlocal spent
+        text = prog.text
+        if text in breaking:
+            raise _Broke(text)
+        if text in passing or spent >= budget:
+            return
+        spent += 1
+        _, violations, _ = run_program(text, f.spec, "find-shrink", promised_only)
+        if breaks(violations, f):
+            breaking.add(text)
+            raise _Broke(text)
+        passing.add(text)
+
+    try:
+        body()
+    except _Broke as exc:
+        return str(exc.args[0])
+    return f.text
+
+
+def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
+              max_steps: int, promised_only: bool = False,
+              shrink_runs: int = SHRINK_RUNS) -> Reproducer:
+    """Shrink ``f`` (Hypothesis, then ``explore``'s line cutting), write its ``.scn``
+    into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
+    text = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only, shrink_runs)
+    text = drop_actors(text, f, promised_only)
+    promised = designs.promises(f.spec)
+    checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
+    name = f"find-s{seed}" + (f"-{f.kind}" if f.kind else "")
+    outcome, violations = explore.run_one(text, name, f.spec, keep=False, promises=checked)
+    shutil.rmtree(outcome.run_dir, ignore_errors=True)
+    v = next((v for v in violations if v.invariant == f.invariant and kind_of(v) == f.kind),
+             Violation(f.invariant, f.evidence))
+    v = Violation(v.invariant, _actors_for_pids(v.evidence, outcome))
+    result = explore.Result(f.design, explore.NO_FAULT, outcome, [v], text)
+    what = "a broken promise" if f.promised else "the design's hazard"
+    path = explore.write_reproducer(
+        result, v, f.spec, out_dir, promises=checked,
+        found_by=f"launch.py find --seed {seed}",
+        where=f"{what}; found by find, seed {seed}, chunk {f.chunk}, program {f.index}")
+    _policy_line(path, f.spec)
+    with open(path, encoding="utf-8") as fh:
+        sc = parse(fh.read(), os.path.basename(path))
+    run = run_scenario(sc, "emulator", f.spec, show_pids=False, render=True)
+    dest = path.removesuffix(".scn") + ".run"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(run.run_dir, dest, ignore=_sockets)
+    shutil.rmtree(run.run_dir, ignore_errors=True)
+    steps = [s for s in sc.steps if s.kind in ("call", "join")]
+    return Reproducer(f, path, dest, len(steps), len(sc.actors) + len(sc.children),
+                      not run.passed)
+
+
+def drop_actors(text: str, f: Found, promised_only: bool = False) -> str:
+    """Remove every line of one actor at a time (its fork children's with it) while the
+    program still breaks ``f.invariant`` under ``f.spec``: the fewest actors, one run an
+    actor, before the line-by-line cutting."""
+    for actor in [*grammar.TOP, *grammar.CHILDREN]:
+        lines = text.splitlines()
+        gone = {actor}
+        for ln in lines:  # its children go with it
+            m = re.match(r"^(\w+): fork\(\) as (\w+)$", ln)
+            if m and m.group(1) in gone:
+                gone.add(m.group(2))
+        trial = [ln for ln in lines if not any(
+            ln.startswith(f"{a}:") or ln == f"!kill {a}" for a in gone)]
+        if len(trial) == len(lines) or not any(":" in ln for ln in trial):
+            continue
+        candidate = "\n".join(trial) + "\n"
+        try:
+            parse(candidate, "find-actors")
+        except ScenarioError:
+            continue
+        _, violations, _ = run_program(candidate, f.spec, "find-actors", promised_only)
+        if breaks(violations, f):
+            text = candidate
+    return text
+
+
+def _actors_for_pids(evidence: str, outcome: Outcome) -> str:
+    """``by pid 1234`` as ``by A``: the same program gives the same reproducer."""
+    names = {line.pid: line.actor for line in outcome.lines}
+    return re.sub(r"\bpid (\d+)", lambda m: names.get(int(m.group(1)), "pid N"), evidence)
+
+
+def _policy_line(path: str, spec: str) -> None:
+    """Put ``set policy = DESIGN`` after the comments, so that ``kemu run FILE`` runs the
+    reproducer under the design it broke."""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    at = next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))
+    lines.insert(at, f"set policy = {spec}")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def _sockets(directory: str, names: list[str]) -> list[str]:
+    return [n for n in names if stat.S_ISSOCK(os.lstat(os.path.join(directory, n)).st_mode)]
+
+
+def _expect_text(call: str, reply: dict[str, Any]) -> str:
+    """What a recorded line expects: its errno, its death, ``skipped``, the foreign
+    writes (file and where they landed), or ``ok``."""
+    if "errno" in reply:
+        return linux.errno_name(int(reply["errno"]))
+    if "killed" in reply:
+        return f"killed {reply['killed']}"
+    if "skipped" in reply:
+        return "skipped"
+    if "error" in reply:
+        return "*"
+    if call == "foreign_writes":
+        writes = [{"file": w.get("file"), "into": w.get("into")} for w in reply.get("ok") or []]
+        return repr([dict(t) for t in dict.fromkeys(tuple(sorted(w.items())) for w in writes)])
+    return "ok"
+
+
+def record_expectations(text: str, specs: list[str]) -> str:
+    """``text`` (a reproducer) with every call line's expectations as the runs under
+    ``specs`` met them: the most common one untagged, the others tagged with their
+    designs, so that the scenario holds under every design (``scenarios/found/``)."""
+    from collections import Counter
+
+    plain = explore.strip_expectations(text)
+    sc = parse("\n".join(plain) + "\n", "record.scn")
+    seen: dict[int, dict[str, str]] = {}
+    for spec in specs:
+        outcome = run_scenario(sc, "emulator", spec, show_pids=False, render=False)
+        shutil.rmtree(outcome.run_dir, ignore_errors=True)
+        for line in outcome.lines:
+            seen.setdefault(line.step.lineno, {})[outcome.policy] = _expect_text(
+                line.step.call, line.reply)
+    out = []
+    started: dict[str, dict[str, str]] = {}  # actor -> what its background call met
+    for lineno, raw in enumerate(plain, 1):
+        got = seen.get(lineno)
+        step = next((s for s in sc.steps if s.lineno == lineno), None)
+        if step is not None and step.background:  # its result is the join's
+            started[step.actor] = got or {}
+            out.append(raw)
+            continue
+        if step is not None and step.kind == "join":
+            got = started.pop(step.actor, None) or got
+        if not got or step is None or step.kind not in ("call", "join"):
+            out.append(raw)
+            continue
+        common = Counter(got.values()).most_common(1)[0][0]
+        tagged: dict[str, list[str]] = {}
+        for design, want in got.items():
+            if want != common:
+                tagged.setdefault(want, []).append(design)
+        if len(got) < len(specs):  # a design that did not reach the line
+            common = "*"
+        tail = "".join(f" => {w} [{', '.join(sorted(d))}]" for w, d in tagged.items())
+        out.append(f"{raw.rstrip():<52}{tail} => {common}")
+    return "\n".join(out) + "\n"
+
+
+# --- the corpus ----------------------------------------------------------------------------
+
+
+def load_corpus(corpus: str) -> list[str]:
+    """The programs of a corpus directory (``*.scn``), oldest first."""
+    if not os.path.isdir(corpus):
+        return []
+    paths = sorted((os.path.join(corpus, n) for n in os.listdir(corpus) if n.endswith(".scn")),
+                   key=lambda p: (os.path.getmtime(p), p))
+    out = []
+    for p in paths:
+        with open(p, encoding="utf-8") as fh:
+            out.append(fh.read())
+    return out
+
+
+def save_corpus(corpus: str, texts: list[str], limit: int = CORPUS_MAX) -> None:
+    """Add ``texts`` to the corpus directory (named by content) and remove the oldest
+    beyond ``limit``."""
+    os.makedirs(corpus, exist_ok=True)
+    for text in texts:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = os.path.join(corpus, f"{digest}.scn")
+        if not os.path.exists(path):
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+    bound(corpus, ".scn", limit)
+
+
+def bound(directory: str, suffix: str, limit: int) -> None:
+    """Remove the oldest ``*suffix`` entries of ``directory`` beyond ``limit`` (with a
+    reproducer its ``.run`` folder)."""
+    entries = sorted((os.path.join(directory, n) for n in os.listdir(directory)
+                      if n.endswith(suffix)), key=lambda p: (os.path.getmtime(p), p))
+    for p in entries[:max(0, len(entries) - limit)]:
+        os.remove(p)
+        shutil.rmtree(p.removesuffix(suffix) + ".run", ignore_errors=True)
+
+
+# --- the campaign --------------------------------------------------------------------------
+
+
+class _Engine:
+    """Where chunks run: :meth:`submit` one, :meth:`done` waits for some to finish."""
+
+    slots = 1
+
+    def submit(self, fn: Callable[..., Chunk], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def done(self, pending: set[Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def result(fut: Any) -> Chunk:
+        chunk: Chunk = fut.result()
+        return chunk
+
+    def close(self) -> None:
+        """Let go of the threads or the scheduler."""
+
+
+class _Local(_Engine):
+    """Chunks on threads of this process."""
+
+    def __init__(self, jobs: int) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=jobs)
+        self.slots = jobs
+
+    def submit(self, fn: Callable[..., Chunk], *args: Any) -> Future[Chunk]:
+        return self.pool.submit(fn, *args)
+
+    def done(self, pending: set[Any]) -> Iterator[Any]:
+        finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+        yield from finished
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class _Dask(_Engine):
+    """Chunks on the workers of a Dask distributed scheduler."""
+
+    def __init__(self, address: str, jobs: int | None) -> None:
+        try:
+            self.dist: Any = importlib.import_module("distributed")
+        except ImportError:
+            raise SystemExit("find: --scheduler needs Dask distributed: "
+                             "pip install 'kemu[distributed]'") from None
+        self.client = self.dist.Client(address, timeout=30)
+        workers = self.client.scheduler_info()["workers"]
+        threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+        self.slots = jobs or 2 * threads
+
+    def submit(self, fn: Callable[..., Chunk], *args: Any) -> Any:
+        return self.client.submit(_on_worker, fn, *args, pure=False)
+
+    def done(self, pending: set[Any]) -> Iterator[Any]:
+        finished, _ = self.dist.wait(list(pending), return_when="FIRST_COMPLETED")
+        yield from finished
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _on_worker(fn: Callable[..., Chunk], *args: Any) -> Chunk:
+    """``fn(*args)`` on a Dask worker.  The worker's own threads use the ``random``
+    module while a chunk draws; Hypothesis warns of it, though its draws come from its
+    own generator (the same seed gives the same programs: ``tests/test_find.py``)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Do not use the `random` module inside")
+    return fn(*args)
+
+
+def _progress(out: IO[str], camp: Campaign, t0: float) -> None:
+    elapsed = time.monotonic() - t0
+    rate = camp.programs / elapsed if elapsed else 0.0
+    keys = ", ".join(f"{i}@{d}" for i, d in sorted(camp.first))
+    out.write(f"\rfind: {camp.programs} programs, {rate:.1f}/s, {len(camp.first)} distinct "
+              f"violation(s){' (' + keys + ')' if keys else ''}, {elapsed:.0f} s ")
+    out.flush()
+
+
+def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
+             budget: float | None = None, jobs: int | None = None,
+             chunk_size: int = CHUNK, max_steps: int = grammar.MAX_STEPS,
+             corpus: str | None = None, out_dir: str | None = None,
+             scheduler: str | None = None, promised_only: bool = False,
+             minimize: bool = True, progress: IO[str] | None = sys.stderr,
+             until: Callable[[Campaign], bool] | None = None, start: int = 0,
+             shrink_runs: int = SHRINK_RUNS) -> Campaign:
+    """Run a campaign: at most ``programs`` programs and at most ``budget`` seconds (one
+    of them at least), chunk by chunk, then shrink the first violation of each
+    (invariant, design) into ``out_dir``.  ``until``: stop drawing once it says so (the
+    chunks running then still finish).  ``start``: the first chunk drawn (a campaign
+    that goes on where another of the same seed stopped); ``shrink_runs``: runs the
+    Hypothesis shrink of each violation may spend."""
+    if programs is None and budget is None:
+        programs = 10 * chunk_size
+    names = [designs.resolve(s) for s in specs]
+    camp = Campaign(seed, names)
+    t0 = time.monotonic()
+    deadline = time.time() + budget if budget is not None else None
+    engine: _Engine = (_Dask(scheduler, jobs) if scheduler else
+                              _Local(jobs or default_jobs()))
+    chunks: dict[int, Chunk] = {}
+    lock = threading.Lock()
+    try:
+        pending: set[Any] = set()
+        corpus_texts = load_corpus(corpus) if corpus else []
+        if corpus_texts:
+            pending.add(engine.submit(run_texts, corpus_texts, specs, promised_only))
+        planned = 0  # programs handed out
+        index = start
+
+        def more() -> bool:
+            if programs is not None and planned >= programs:
+                return False
+            if until is not None and until(camp):
+                return False
+            return deadline is None or time.time() < deadline
+
+        while True:
+            while len(pending) < engine.slots and more():
+                n = chunk_size if programs is None else min(chunk_size, programs - planned)
+                pending.add(engine.submit(run_chunk, seed, index, specs, n, max_steps,
+                                          promised_only, deadline))
+                planned += n
+                index += 1
+            if not pending:
+                break
+            for fut in engine.done(pending):
+                pending.discard(fut)
+                chunk = engine.result(fut)
+                with lock:
+                    chunks[chunk.index] = chunk
+                    camp.programs += len(chunk.texts)
+                    camp.interesting += chunk.interesting
+                    for f in chunk.found:
+                        old = camp.first.get(f.key)
+                        if old is None:
+                            camp.when[f.key] = (camp.programs, time.monotonic() - t0)
+                        if old is None or (f.chunk, f.index) < (old.chunk, old.index):
+                            camp.first[f.key] = f
+                if progress is not None:
+                    _progress(progress, camp, t0)
+    finally:
+        engine.close()
+    if progress is not None:
+        progress.write("\n")
+    camp.wall = time.monotonic() - t0
+    if corpus:
+        save_corpus(corpus, camp.interesting + [f.text for f in camp.first.values()])
+    if minimize and camp.first:
+        out_dir = out_dir or runs.new_run_dir("find-")
+        os.makedirs(out_dir, exist_ok=True)
+        keys = sorted(camp.first)
+        with ThreadPoolExecutor(max_workers=min(len(keys), jobs or default_jobs())) as pool:
+            made = pool.map(lambda k: write_one(camp.first[k], seed, chunks.get(
+                camp.first[k].chunk, Chunk(-1, [], [], [], 0.0)), out_dir, chunk_size,
+                max_steps, promised_only, shrink_runs), keys)
+            camp.reproducers = dict(zip(keys, made, strict=True))
+        bound(out_dir, ".scn", OUT_MAX)
+    return camp
+
+
+def parse_budget(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h``: seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        raise ValueError(f"a budget is a number of seconds, or with s, m or h: {text!r}"
+                         ) from None
+
+
+def print_summary(camp: Campaign, out: IO[str]) -> None:
+    """What the campaign ran and found, a line each, with the reproducers."""
+    rate = camp.programs / camp.wall if camp.wall else 0.0
+    out.write(f"find: seed {camp.seed}, {camp.programs} programs under "
+              f"{', '.join(camp.designs)} in {camp.wall:.1f} s ({rate:.1f} programs/s); "
+              f"{len(camp.first)} distinct violation(s)\n")
+    for key in sorted(camp.first):
+        f = camp.first[key]
+        n, t = camp.when[key]
+        kind = "broken promise" if f.promised else "hazard"
+        out.write(f"!! {key[0]} under {f.design} ({kind}; first seen after {n} "
+                  f"programs, {t:.1f} s): {f.evidence}\n")
+        r = camp.reproducers.get(key)
+        if r is not None:
+            out.write(f"   reproducer ({r.lines} lines, {r.actors} actors"
+                      f"{'' if r.fails else ', DOES NOT FAIL on its own'}): {r.path}\n"
+                      f"   run folder: {r.run_dir}/index.html\n")
+
+
+def main(specs: list[str] | None, seed: int, programs: int | None, budget: str | None,
+         jobs: int | None, corpus: str | None, out_dir: str | None, scheduler: str | None,
+         promised_only: bool, minimize: bool, max_steps: int, start: int = 0,
+         out: IO[str] = sys.stdout) -> int:
+    """``kemu find``: 0 when nothing broke, 1 when something did, 2 for bad input."""
+    try:
+        seconds = parse_budget(budget) if budget is not None else None
+        specs = specs or designs.builtin()
+        for s in specs:
+            designs.resolve(s)
+    except (ValueError, designs.DesignError) as exc:
+        print(f"find: {exc}", file=sys.stderr)
+        return 2
+    if (programs is not None and programs < 1) or max_steps < 1 or start < 0:
+        print("find: --programs and --max-steps are at least 1, --start-chunk at least 0",
+              file=sys.stderr)
+        return 2
+    camp = campaign(specs, seed, programs, seconds, jobs, max_steps=max_steps, corpus=corpus,
+                    out_dir=out_dir, scheduler=scheduler, promised_only=promised_only,
+                    minimize=minimize, start=start)
+    print_summary(camp, out)
+    return 1 if camp.first else 0

@@ -1,0 +1,548 @@
+"""The grammar ``find`` draws its programs from: the scenario language's calls, with
+typed resources that flow between lines and actors.
+
+As in syzkaller's descriptions, a call is only drawn where its inputs exist: a
+descriptor comes from ``open``, ``dup`` or ``recvfd`` and feeds ``fcntl``, ``mmap``,
+``ftruncate``, ``fallocate``, ``pwrite``, ``dio_read``, ``clone`` and ``sendfd``; a
+mapping comes from ``mmap`` and feeds ``ibv_reg_mr``, ``store``, ``dio_read``; a uverbs
+context comes from ``ibv_open_device`` (or ``recvfd`` of one) and feeds ``ibv_reg_mr``
+and ``sendfd``; a memory region's keys feed ``send``, and a received one the peer's
+``rdma_write``; actors fork, exec, exit and are killed.  Nothing in the grammar knows
+which sequences are dangerous: each call is drawn with the same chance among those
+whose inputs exist.
+
+A program is drawn by Hypothesis as a list of *genes*, each a tuple of small integers,
+and decoded here, deterministically, into scenario lines (:func:`decode`): the first
+integer picks the actor, the second the call among those the actor can make at that
+point (in a fixed order), the others its arguments.  Hypothesis shrinks the list (it
+deletes genes, that is lines) and the integers (towards the first choices), and the
+decoder keeps every shrunk program well typed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+from hypothesis import strategies as st
+
+#: the files programs use (few, so that freed blocks go to another file of the program)
+PATHS = ("/f", "/g")
+SIZES = (4096, 8192, 16384, 0)
+OFFSETS = (0, 4096)
+#: the actors started by the launcher, and the names fork children get
+TOP = ("A", "B", "R")
+CHILDREN = ("D", "E")
+#: at most this many lines are drawn (joins of background calls come on top)
+MAX_STEPS = 24
+#: a gene: this many integers, each in [0, GENE_MAX]
+GENE_LEN = 6
+GENE_MAX = 1 << 12
+#: the settings every generated program runs with: a line waiting for what a dead actor
+#: never sends gives up after 1 s, breaks and direct I/O are short, the device small
+HEADER = ("set step_timeout = 1.0", "set lease_break_time = 0.3", "set dio_time = 0.3",
+          "set blocks = 64")
+
+OPEN_FLAGS = ("O_RDWR|O_CREAT", "O_RDWR|O_CREAT", "O_RDWR|O_CREAT|O_TRUNC", "O_RDWR",
+              "O_RDONLY|O_CREAT", "O_WRONLY|O_CREAT")
+LEASES = ("F_WRLCK", "F_RDLCK", "F_UNLCK", "F_LAYOUT", "F_LAYOUT|F_EXCLUSIVE")
+MAP_FLAGS = ("MAP_SHARED", "MAP_SHARED_VALIDATE|MAP_DIRECT", "MAP_PRIVATE")
+ACCESS = ("IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE",
+          "IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE|IBV_ACCESS_ON_DEMAND",
+          "IBV_ACCESS_LOCAL_WRITE")
+FALLOC = ("0", "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE",
+          "FALLOC_FL_ZERO_RANGE")
+SIGIO_ACTIONS = ('"record"', '"ignore"', '"default"')
+#: calls that may be started in the background (``&``): they may sleep in the kernel
+BACKGROUND = frozenset({"open", "truncate", "ftruncate", "dio_read", "fallocate"})
+
+
+@dataclass(frozen=True)
+class Fd:
+    """A descriptor variable: of an open file (``path``) or of a uverbs context."""
+
+    var: str
+    path: str = ""
+
+    @property
+    def is_ctx(self) -> bool:
+        """Is it a uverbs context (``ibv_open_device``, or one received)?"""
+        return not self.path
+
+
+@dataclass(frozen=True)
+class Map:
+    """A mapping variable: ``length`` bytes of ``fd`` (``None``: anonymous)."""
+
+    var: str
+    length: int
+    fd: Fd | None
+
+
+@dataclass(frozen=True)
+class Mr:
+    """A memory region the actor registered itself: on ``ctx``, over ``map``."""
+
+    var: str
+    ctx: Fd
+    map: Map
+
+
+@dataclass(frozen=True)
+class Key:
+    """Keys of a memory region (``var.rkey``): an own region, or one received."""
+
+    var: str
+
+
+@dataclass(frozen=True)
+class Msg:
+    """A message in an actor's mailbox: a value (a region's keys) or a descriptor."""
+
+    key: Key | None = None
+    fd: Fd | None = None
+
+
+@dataclass
+class Qp:
+    """A queue pair variable and how many work requests it has outstanding."""
+
+    var: str
+    ctx: Fd
+    posted: int = 0
+
+
+@dataclass
+class Actor:
+    """What one actor has at a point of the program (its typed resources)."""
+
+    name: str
+    alive: bool = True
+    #: a background call (``&``) not yet joined: the actor can only be joined
+    pending: bool = False
+    fds: list[Fd] = field(default_factory=list)
+    maps: list[Map] = field(default_factory=list)
+    mrs: list[Mr] = field(default_factory=list)
+    keys: list[Key] = field(default_factory=list)
+    qps: list[Qp] = field(default_factory=list)
+    inbox: deque[Msg] = field(default_factory=deque)
+
+    def files(self) -> list[Fd]:
+        """Descriptors of open files."""
+        return [f for f in self.fds if not f.is_ctx]
+
+    def ctxs(self) -> list[Fd]:
+        """Descriptors of uverbs contexts."""
+        return [f for f in self.fds if f.is_ctx]
+
+    def copy(self, name: str) -> Actor:
+        """A fork child's view: the same descriptors, mappings, regions and variables;
+        an empty mailbox; no queue pair of its own."""
+        return Actor(name, fds=list(self.fds), maps=list(self.maps), mrs=list(self.mrs),
+                     keys=list(self.keys))
+
+
+@dataclass(frozen=True)
+class Program:
+    """A generated scenario: its lines (without the settings) and its text."""
+
+    lines: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        """The scenario file: the settings, then the lines."""
+        return "\n".join([*HEADER, *self.lines]) + "\n"
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+Gene = tuple[int, ...]
+T = TypeVar("T")
+
+
+def _newest(seq: Sequence[T], g: int) -> T:
+    """The item ``g`` picks, counting from the newest: small genes (what Hypothesis
+    draws most and shrinks towards) pick what the program made last."""
+    return seq[-1 - g % len(seq)]
+
+
+class _Decoder:
+    """Turns genes into lines, keeping every actor's resources."""
+
+    def __init__(self) -> None:
+        self.actors: dict[str, Actor] = {n: Actor(n) for n in TOP}
+        #: actors that have had a line (only they may be named in an argument)
+        self.seen: list[str] = []
+        self.lines: list[str] = []
+        self.counter = 0
+        #: the size each file has as far as the lines so far say (a mapping beyond
+        #: the end of its file faults, as Linux's do: ``mmap`` sizes the file first)
+        self.sizes: dict[str, int] = {}
+        #: drawing what a call needs: no background call (the call comes next)
+        self.producing = False
+
+    def fresh(self, stem: str) -> str:
+        self.counter += 1
+        return f"{stem}{self.counter}"
+
+    def emit(self, actor: Actor, text: str) -> None:
+        if actor.name not in self.seen:
+            self.seen.append(actor.name)
+        self.lines.append(f"{actor.name}: {text}")
+
+    def alive(self) -> list[Actor]:
+        return [a for a in self.actors.values() if a.alive]
+
+    def peers(self, actor: Actor) -> list[Actor]:
+        """Actors ``actor`` may send to: alive, named before, not itself."""
+        return [self.actors[n] for n in self.seen
+                if n != actor.name and self.actors[n].alive]
+
+    # --- the calls, in a fixed order; each says whether it applies -------------------
+
+    def options(self, a: Actor) -> list[tuple[Callable[[Actor, Gene], None], int]]:
+        """The calls ``a`` can make now, each with its weight, in a fixed order.  A call
+        whose input the actor does not have yet is still a choice: its producer is
+        drawn first (:meth:`ensure`), as syzkaller's generator creates the resource a
+        call needs.  Only what an actor cannot make itself (a message to receive, a
+        peer to send to, a started call to join) limits the choice."""
+        if a.pending:
+            return [(self.join, 1)]
+        out: list[tuple[Callable[[Actor, Gene], None], int]] = []
+        if a.inbox:
+            out.append((self.recv, 4))
+        out += [(self.rdma_write, 2), (self.rdma_read, 1), (self.reg_mr, 2)]
+        if self.peers(a):
+            out += [(self.send, 2), (self.sendfd, 2)]
+        out += [(self.post_send, 1), (self.poll_cq, 1), (self.dio_read, 2), (self.mmap, 2),
+                (self.ftruncate, 2), (self.pwrite, 2), (self.fcntl, 2), (self.fallocate, 1),
+                (self.pread, 1), (self.dup, 1), (self.clone, 1), (self.store, 1),
+                (self.munmap, 1), (self.dereg_mr, 1), (self.create_qp, 1), (self.close, 1),
+                (self.open, 2), (self.truncate, 2), (self.open_device, 1),
+                (self.unlink, 1), (self.signal, 1), (self.process, 1)]
+        return out
+
+    #: what each call needs before it can be drawn, and so what is made for it first
+    NEEDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "rdma_write": ("key",), "rdma_read": ("key",), "reg_mr": ("map", "ctx"),
+        "send": ("key",), "sendfd": ("fd",), "post_send": ("qp", "key", "mr"),
+        "poll_cq": ("posted",), "dio_read": ("file", "map"), "mmap": ("file",),
+        "ftruncate": ("file",), "pwrite": ("file",), "fcntl": ("file",),
+        "fallocate": ("file",), "pread": ("file",), "dup": ("file",),
+        "clone": ("file", "file2"), "store": ("map",), "munmap": ("map",),
+        "dereg_mr": ("mr",), "create_qp": ("ctx",), "close": ("fd",),
+    }
+
+    def has(self, a: Actor, need: str) -> bool:
+        return {"key": bool(a.keys), "map": bool(a.maps), "ctx": bool(a.ctxs()),
+                "fd": bool(a.fds), "file": bool(a.files()), "file2": len(a.files()) > 1,
+                "mr": bool(a.mrs), "qp": bool(a.qps),
+                "posted": any(q.posted for q in a.qps)}[need]
+
+    def ensure(self, a: Actor, need: str, g: Gene) -> None:
+        """Make what ``need`` names if ``a`` has none, with its own producer (which may
+        need something first in turn)."""
+        if self.has(a, need):
+            return
+        make: dict[str, Callable[[Actor, Gene], None]] = {
+            "key": self.reg_mr, "mr": self.reg_mr, "map": self.mmap, "ctx": self.open_device,
+            "fd": self.open, "file": self.open, "file2": self.open, "qp": self.create_qp,
+            "posted": self.post_send}
+        was, self.producing = self.producing, True
+        try:
+            self.call(a, make[need], g)
+        finally:
+            self.producing = was
+
+    def call(self, a: Actor, fn: Callable[[Actor, Gene], None], g: Gene) -> None:
+        """``fn`` once what it needs exists."""
+        for need in self.NEEDS.get(fn.__name__, ()):
+            self.ensure(a, need, g)
+        fn(a, g)
+
+    def process(self, a: Actor, g: Gene) -> None:
+        """What happens to the process itself: fork (while a child name is free), exec,
+        exit, or a SIGKILL from the launcher."""
+        calls = [self.exec, self.exit, self.kill]
+        if any(c not in self.actors for c in CHILDREN):
+            calls.insert(0, self.fork)
+        _newest(calls, g[2])(a, g)
+
+    @staticmethod
+    def pick(seq: tuple[str, ...] | list[str], g: int) -> str:
+        return seq[g % len(seq)]
+
+    def bg(self, a: Actor, call: str, g: int) -> str:
+        if call in BACKGROUND and g % 5 == 0 and not self.producing:
+            a.pending = True
+            return " &"
+        return ""
+
+    def join(self, a: Actor, g: Gene) -> None:
+        a.pending = False
+        self.emit(a, "join")
+
+    def open(self, a: Actor, g: Gene) -> None:
+        fd = Fd(self.fresh("fd"), self.pick(PATHS, g[2]))
+        flags = self.pick(OPEN_FLAGS, g[3])
+        self.emit(a, f'{fd.var} = open("{fd.path}", {flags}, 0o644)' + self.bg(a, "open", g[4]))
+        a.fds.append(fd)
+
+    def close(self, a: Actor, g: Gene) -> None:
+        fd = _newest(a.fds, g[2])
+        self.emit(a, f"close({fd.var})")
+        a.fds.remove(fd)
+
+    def dup(self, a: Actor, g: Gene) -> None:
+        old = self.pick_file(a, g[2])
+        fd = Fd(self.fresh("fd"), old.path)
+        self.emit(a, f"{fd.var} = dup({old.var})")
+        a.fds.append(fd)
+
+    def pick_file(self, a: Actor, g: int) -> Fd:
+        return _newest(a.files(), g)
+
+    def truncate(self, a: Actor, g: Gene) -> None:
+        path, size = self.path(a, g[2]), SIZES[g[3] % len(SIZES)]
+        self.emit(a, f'truncate("{path}", {size})' + self.bg(a, "truncate", g[4]))
+        self.sizes[path] = size
+
+    def ftruncate(self, a: Actor, g: Gene) -> None:
+        fd = self.pick_file(a, g[2])
+        size = SIZES[g[3] % len(SIZES)]
+        self.emit(a, f"ftruncate({fd.var}, {size})" + self.bg(a, "ftruncate", g[4]))
+        self.sizes[fd.path] = size
+
+    def unlink(self, a: Actor, g: Gene) -> None:
+        self.emit(a, f'unlink("{self.path(a, g[2])}")')
+
+    def path(self, a: Actor, g: int) -> str:
+        """A file name: half the time that of a file the actor has open (newest first),
+        as a path a program has used is the one it names again."""
+        files = a.files()
+        if files and g % 2 == 0:
+            return _newest(files, g // 2).path
+        return self.pick(PATHS, g // 2)
+
+    def pwrite(self, a: Actor, g: Gene) -> None:
+        fd = self.pick_file(a, g[2])
+        n = (4, 4096, 8192)[g[3] % 3]
+        self.emit(a, f'pwrite({fd.var}, "{a.name[0]}" * {n}, {OFFSETS[g[4] % 2]})')
+
+    def pread(self, a: Actor, g: Gene) -> None:
+        fd = self.pick_file(a, g[2])
+        self.emit(a, f"pread({fd.var}, {(4, 4096)[g[3] % 2]}, {OFFSETS[g[4] % 2]})")
+
+    def fallocate(self, a: Actor, g: Gene) -> None:
+        fd = self.pick_file(a, g[2])
+        self.emit(a, f"fallocate({fd.var}, {self.pick(FALLOC, g[3])}, {OFFSETS[g[4] % 2]}, "
+                  f"{SIZES[g[5] % 3]})" + self.bg(a, "fallocate", g[5] // 3))
+
+    def fcntl(self, a: Actor, g: Gene) -> None:
+        fd = self.pick_file(a, g[2])
+        if g[3] % 4 == 3:
+            self.emit(a, f"fcntl({fd.var}, F_SETSIG, SIGIO)")
+        else:
+            self.emit(a, f"fcntl({fd.var}, F_SETLEASE, {self.pick(LEASES, g[4])})")
+
+    def signal(self, a: Actor, g: Gene) -> None:
+        self.emit(a, f"signal(SIGIO, {self.pick(SIGIO_ACTIONS, g[2])})")
+
+    def clone(self, a: Actor, g: Gene) -> None:
+        files = a.files()
+        src, dst = _newest(files, g[2]), _newest(files, g[3])
+        self.emit(a, f"clone({src.var}, {dst.var})")
+
+    def mmap(self, a: Actor, g: Gene) -> None:
+        if g[5] % 4 == 3:
+            self.mmap_anon(a, g)
+            return
+        fd = self.pick_file(a, g[2])
+        m = Map(self.fresh("p"), SIZES[g[3] % 3], fd)
+        if self.sizes.get(fd.path, 0) < m.length and g[5] % 4 != 2:
+            self.emit(a, f"ftruncate({fd.var}, {m.length})")
+            self.sizes[fd.path] = m.length
+        self.emit(a, f"{m.var} = mmap({m.length}, PROT_READ|PROT_WRITE, "
+                  f"{self.pick(MAP_FLAGS, g[4])}, {fd.var}, 0)")
+        a.maps.append(m)
+
+    def mmap_anon(self, a: Actor, g: Gene) -> None:
+        m = Map(self.fresh("p"), SIZES[g[3] % 3], None)
+        self.emit(a, f"{m.var} = mmap({m.length}, PROT_READ|PROT_WRITE, "
+                  "MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)")
+        a.maps.append(m)
+
+    def munmap(self, a: Actor, g: Gene) -> None:
+        m = _newest(a.maps, g[2])
+        self.emit(a, f"munmap({m.var}, {m.length})")
+        a.maps.remove(m)
+
+    def store(self, a: Actor, g: Gene) -> None:
+        m = _newest(a.maps, g[2])
+        if g[3] % 2:
+            self.emit(a, f"load({m.var}, 4)")
+        else:
+            self.emit(a, f'store({m.var}, "{a.name[0].lower()}")')
+
+    def dio_read(self, a: Actor, g: Gene) -> None:
+        fd = self.pick_file(a, g[2])
+        m = _newest(a.maps, g[3])
+        self.emit(a, f"dio_read({fd.var}, {m.var}, {m.length}, 0)"
+                  + self.bg(a, "dio_read", g[4]))
+
+    def open_device(self, a: Actor, g: Gene) -> None:
+        ctx = Fd(self.fresh("ctx"))
+        self.emit(a, f"{ctx.var} = ibv_open_device()")
+        a.fds.append(ctx)
+
+    def reg_mr(self, a: Actor, g: Gene) -> None:
+        ctxs = a.ctxs()
+        ctx, m = _newest(ctxs, g[2]), _newest(a.maps, g[3])
+        mr = Mr(self.fresh("mr"), ctx, m)
+        self.emit(a, f"{mr.var} = ibv_reg_mr({ctx.var}, {m.var}, {m.length}, "
+                  f"{self.pick(ACCESS, g[4])})")
+        a.mrs.append(mr)
+        a.keys.append(Key(mr.var))
+
+    def dereg_mr(self, a: Actor, g: Gene) -> None:
+        mr = _newest(a.mrs, g[2])
+        self.emit(a, f"ibv_dereg_mr({mr.ctx.var}, {mr.var})")
+        a.mrs.remove(mr)
+
+    def rdma_write(self, a: Actor, g: Gene) -> None:
+        k = _newest(a.keys, g[2])
+        self.emit(a, f'rdma_write({k.var}.rkey, {OFFSETS[g[3] % 2]}, "XXXX")')
+
+    def rdma_read(self, a: Actor, g: Gene) -> None:
+        k = _newest(a.keys, g[2])
+        self.emit(a, f"rdma_read({k.var}.rkey, {OFFSETS[g[3] % 2]}, 4)")
+
+    def send(self, a: Actor, g: Gene) -> None:
+        keys = a.keys or [Key(m.var) for m in a.mrs]
+        k = _newest(keys, g[2])
+        to = _newest(self.peers(a), g[3])
+        self.emit(a, f"send({to.name}, {k.var})")
+        to.inbox.append(Msg(key=k))
+
+    def sendfd(self, a: Actor, g: Gene) -> None:
+        fd = _newest(a.fds, g[2])
+        to = _newest(self.peers(a), g[3])
+        self.emit(a, f"sendfd({to.name}, {fd.var})")
+        to.inbox.append(Msg(fd=fd))
+
+    def recv(self, a: Actor, g: Gene) -> None:
+        msg = a.inbox.popleft()
+        if msg.key is not None:
+            k = Key(self.fresh("m"))
+            self.emit(a, f"{k.var} = recv()")
+            a.keys.append(k)
+        else:
+            assert msg.fd is not None
+            fd = Fd(self.fresh("ctx" if msg.fd.is_ctx else "fd"), msg.fd.path)
+            self.emit(a, f"{fd.var} = recvfd()")
+            a.fds.append(fd)
+
+    def create_qp(self, a: Actor, g: Gene) -> None:
+        ctxs = a.ctxs()
+        qp = Qp(self.fresh("qp"), _newest(ctxs, g[2]))
+        self.emit(a, f"{qp.var} = ibv_create_qp({qp.ctx.var})")
+        a.qps.append(qp)
+
+    def post_send(self, a: Actor, g: Gene) -> None:
+        qp = _newest(a.qps, g[2])
+        k = _newest(a.keys, g[3])
+        mr = _newest(a.mrs, g[4])
+        op = ("IBV_WR_RDMA_WRITE", "IBV_WR_RDMA_READ")[g[5] % 2]
+        self.emit(a, f"ibv_post_send({qp.var}, {op}, {k.var}.rkey, 0, "
+                  f'{{"lkey": {mr.var}.lkey, "addr": {mr.map.var}, "length": 4}})')
+        qp.posted += 1
+
+    def poll_cq(self, a: Actor, g: Gene) -> None:
+        qp = next(q for q in a.qps if q.posted)
+        self.emit(a, f"ibv_poll_cq({qp.var})")
+        qp.posted -= 1
+
+    def fork(self, a: Actor, g: Gene) -> None:
+        name = next(c for c in CHILDREN if c not in self.actors)
+        self.emit(a, f"fork() as {name}")
+        self.actors[name] = a.copy(name)
+        self.seen.append(name)
+
+    def exec(self, a: Actor, g: Gene) -> None:
+        """A real execve: descriptors stay (none is close-on-exec), mappings and queue
+        pairs go, as Linux's ``exec_mmap()`` drops the old mm."""
+        self.emit(a, "exec()")
+        a.maps, a.mrs, a.qps = [], [], []
+
+    def exit(self, a: Actor, g: Gene) -> None:
+        self.emit(a, "exit(0)")
+        a.alive = False
+
+    def kill(self, a: Actor, g: Gene) -> None:
+        if a.name not in self.seen:  # an actor no line names does not exist
+            self.emit(a, "getpid()")
+        self.lines.append(f"!kill {a.name}")
+        a.alive = False
+
+    # --- the whole program ----------------------------------------------------------
+
+    def step(self, g: Gene) -> None:
+        actors = self.alive()
+        if not actors:
+            return
+        # three lines in four go to the actor of the line before (a program's calls build
+        # on each other's resources), the others to any actor alive
+        last = self.actors.get(self.lines[-1].split(":")[0]) if self.lines else None
+        if last is not None and last.alive and g[0] % 4 != 0:
+            a = last
+        else:
+            a = actors[(g[0] // 2) % len(actors)]
+        opts = self.options(a)
+        r = g[1] % sum(w for _, w in opts)
+        for fn, w in opts:
+            if r < w:
+                self.call(a, fn, g)
+                return
+            r -= w
+
+    def finish(self) -> list[str]:
+        """Join what is still in the background (an actor still alive)."""
+        for a in self.actors.values():
+            if a.alive and a.pending:
+                self.join(a, ())
+        return self.lines
+
+
+def decode(genes: list[Gene]) -> Program:
+    """The program ``genes`` stand for (a pure function: the same genes, the same
+    program)."""
+    d = _Decoder()
+    for g in genes:
+        d.step(g)
+    return Program(tuple(d.finish()))
+
+
+GENE = st.tuples(*[st.integers(0, GENE_MAX)] * GENE_LEN)
+
+
+def _n_genes(n: int) -> st.SearchStrategy[list[Gene]]:
+    """Exactly ``n`` genes.  A named function, not a lambda: Hypothesis describes a
+    lambda by parsing its source with ``ast``, which is not safe on two threads at once
+    in CPython 3.11 ("SystemError: AST constructor recursion depth mismatch", seen with
+    two chunks on one Dask worker)."""
+    return st.lists(GENE, min_size=n, max_size=n)
+
+
+def genes(max_steps: int = MAX_STEPS) -> st.SearchStrategy[list[Gene]]:
+    """Hypothesis's strategy for the genes of one program: the length first, uniformly
+    (Hypothesis's lists average 6 items; the programs that matter are longer), then
+    that many genes."""
+    return st.integers(1, max_steps).flatmap(_n_genes)
+
+
+def programs(max_steps: int = MAX_STEPS) -> st.SearchStrategy[Program]:
+    """Hypothesis's strategy for one program of at most ``max_steps`` drawn lines."""
+    return genes(max_steps).map(decode)
