@@ -544,7 +544,13 @@ _spawned: set[int] = set()
 
 
 def _sweep() -> None:
-    """The launcher is gone: kill what still runs, reap it, remove what it left."""
+    """The launcher is gone: kill what still runs, reap it, remove what it left.
+
+    The segments go first: whoever watches a child's pidfd sees it end before it is
+    reaped, and must find its segments gone by then.  A segment made between the
+    removal and the kill goes in the second pass."""
+    for pid in _spawned:
+        shm.remove(f"{shm.PREFIX}{pid}-")
     for pid in sorted(_spawned):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)  # our own unreaped child: its PID is not reused
