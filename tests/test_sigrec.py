@@ -269,8 +269,10 @@ def test_block_pending_unblock(rec: SignalRecorder) -> None:
     assert SIGUSR2 not in rec.block([SIGUSR2])
     try:
         assert SIGUSR2 in rec.blocked()
-        os.kill(os.getpid(), SIGUSR2)
-        os.kill(os.getpid(), SIGUSR2)  # a standard signal: coalesces with the pending one
+        # to this thread, which blocks it: kill(2) of the process could go to another
+        # thread of the test process, where the handler would take it at once
+        signal.pthread_kill(threading.get_ident(), SIGUSR2)
+        signal.pthread_kill(threading.get_ident(), SIGUSR2)  # a standard signal: coalesces
         assert SIGUSR2 in rec.pending()
         assert rec.take() == []
     finally:

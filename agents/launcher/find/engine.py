@@ -42,6 +42,7 @@ from typing import IO, Any
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as hseed
+from hypothesis.internal.conjecture import providers as _providers
 
 from kemu.agents.launcher import designs, explore, runs
 from kemu.agents.launcher.find import grammar
@@ -190,6 +191,41 @@ def features(outcome: Outcome) -> set[str]:
     return out
 
 
+def _no_local_constants() -> None:
+    """Make a chunk's draws a function of its seed alone.
+
+    Hypothesis (6.131 and later) mixes into its draws, now and then, the literals of
+    every *local* module in ``sys.modules`` (``providers._get_local_constants``): the
+    same seed then draws other programs in a process that imported other modules (a
+    test run after others, a Dask worker), and a campaign is no longer reproducible.
+    There is no setting for it; the pool is emptied here (the global constants, the
+    same everywhere, stay)."""
+    if hasattr(_providers, "_get_local_constants") \
+            and _providers._get_local_constants is not _empty_constants:
+        _providers._get_local_constants = _empty_constants
+
+
+def _empty_constants() -> Any:
+    """An empty pool, of the type the Hypothesis in use has."""
+    return type(_providers.GLOBAL_CONSTANTS)()
+
+
+def draw_texts(seed: int, index: int, examples: int = CHUNK,
+               max_steps: int = grammar.MAX_STEPS) -> list[str]:
+    """The programs chunk ``index`` of campaign ``seed`` draws, without running them."""
+    _no_local_constants()
+    texts: list[str] = []
+
+    @_settings(examples, shrink=False)
+    @hseed(chunk_seed(seed, index))
+    @given(grammar.programs(max_steps))
+    def body(prog: grammar.Program) -> None:
+        texts.append(prog.text)
+
+    body()
+    return texts
+
+
 def _settings(examples: int, shrink: bool) -> Callable[[Any], Any]:
     phases = (Phase.generate, Phase.shrink) if shrink else (Phase.generate,)
     return settings(max_examples=examples, deadline=None, phases=phases, database=None,
@@ -205,6 +241,7 @@ def run_chunk(seed: int, index: int, specs: list[str], examples: int = CHUNK,
     ``time.time()``): programs drawn after it are not run.  Runs where it is called (a
     thread here, or a Dask worker)."""
     t0 = time.monotonic()
+    _no_local_constants()
     names = [designs.resolve(s) for s in specs]
     texts: list[str] = []
     found: list[Found] = []
@@ -265,6 +302,7 @@ def hypothesis_shrink(f: Found, seed: int, chunk: Chunk, examples: int, max_step
     ``f`` broke nothing of the kind and are not run again; at most ``budget`` runs."""
     if f.chunk < 0:  # from the corpus: no draw to replay
         return f.text
+    _no_local_constants()
     passing = set(chunk.texts[:f.index]) - {f.text}
     breaking = {f.text}
     spent = 0
