@@ -61,10 +61,6 @@ MAX_PENDING_REGISTRATIONS = 64
 MAX_PARKED = 1024
 
 
-class Stop(BaseException):
-    """Raised from the SIGTERM/SIGINT handler to leave the loop."""
-
-
 @dataclass
 class _Registration:
     sock: socket.socket
@@ -170,8 +166,15 @@ class Daemon:
     def serve(self, ready_fd: int | None = None) -> None:
         """Run until SIGTERM or SIGINT; ``ready_fd`` gets a line once serving."""
 
+        # The handler only sets a flag, which the loop reads between steps.  It used to
+        # raise an exception to leave the loop, but a handler runs wherever the main
+        # thread is, and an exception raised inside a C-level finaliser (pyzmq's
+        # Frame.__dealloc__) is printed and dropped: the daemon went on serving, never
+        # stopped, and was killed after 10 s (seen in explore's S06 runs).
+        stopping: list[int] = []
+
         def stop(signum: int, frame: FrameType | None) -> None:
-            raise Stop()
+            stopping.append(signum)
 
         # A signal landing just before the poll sleeps would otherwise wait for the next
         # message: the wake-up fd makes the poll return so the handler runs at once.
@@ -186,10 +189,8 @@ class Daemon:
             os.write(ready_fd, f"ready {os.getpid()} {self.kernel.pmem.name}\n".encode())
             os.close(ready_fd)
         try:
-            while True:
+            while not stopping:
                 self.step()
-        except Stop:
-            pass
         finally:
             signal.set_wakeup_fd(-1)
             self._unwatch(wake_r.fileno())
