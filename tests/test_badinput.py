@@ -33,16 +33,6 @@ ANSWER_TIMEOUT_MS = 5000
 
 
 @pytest.fixture
-def conn(daemon: DaemonProcess) -> Iterator[Connection]:
-    """This test process, registered with the daemon."""
-    c = Connection(daemon.run_dir, name="pytest")
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
 def raw(conn: Connection) -> Iterator[zmq.Socket[bytes]]:
     """A DEALER socket of our own on the daemon's control endpoint."""
     ctx = zmq.Context()

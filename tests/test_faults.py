@@ -111,16 +111,6 @@ class Child:
 
 
 @pytest.fixture
-def conn(daemon: DaemonProcess) -> Iterator[Connection]:
-    """This test process, registered (before any child, so children have it as parent)."""
-    c = Connection(daemon.run_dir, name="pytest")
-    try:
-        yield c
-    finally:
-        c.close()
-
-
-@pytest.fixture
 def spawn(daemon: DaemonProcess, conn: Connection) -> Iterator[Callable[..., Child]]:
     """Start children on the fixture daemon; every one is killed and reaped at the end."""
     made: list[Child] = []

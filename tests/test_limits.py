@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -48,16 +47,6 @@ while not select.select([sys.stdin], [], [], 0)[0]:
 print(f"{worst:.3f}", flush=True)
 conn.close()
 """
-
-
-@pytest.fixture
-def conn(kemu_daemon: DaemonProcess) -> Iterator[Connection]:
-    """This test process, registered with the daemon."""
-    c = Connection(kemu_daemon.run_dir, name="pytest")
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 class Probe:

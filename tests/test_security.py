@@ -14,7 +14,7 @@ import os
 import pickle
 import select
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -27,16 +27,6 @@ from kemu.protocol import linux, wire
 from kemu.protocol.errors import ProtocolError
 
 CHILD_TIMEOUT = 10.0
-
-
-@pytest.fixture
-def conn(daemon: DaemonProcess) -> Iterator[Connection]:
-    """This test process, registered with the daemon (the victim)."""
-    c = Connection(daemon.run_dir, name="victim")
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def in_raw_child(fn: Callable[[], Any]) -> Any:

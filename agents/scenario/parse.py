@@ -344,34 +344,10 @@ class Scenario:
 
 
 def _split_expectations(line: str) -> tuple[str, list[str]]:
-    """Split ``call => e1 => e2`` outside string literals."""
-    parts: list[str] = []
-    buf = []
-    quote: str | None = None
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if quote:
-            buf.append(c)
-            if c == "\\" and i + 1 < len(line):
-                buf.append(line[i + 1])
-                i += 1
-            elif c == quote:
-                quote = None
-        elif c in "\"'":
-            quote = c
-            buf.append(c)
-        elif line.startswith("=>", i):
-            parts.append("".join(buf))
-            buf = []
-            i += 1
-        elif c == "#":
-            break
-        else:
-            buf.append(c)
-        i += 1
-    parts.append("".join(buf))
-    return parts[0].strip(), [p.strip() for p in parts[1:]]
+    """Split ``call => e1 => e2`` outside string literals; a ``#`` outside them ends
+    the line (a comment)."""
+    parts = _split_top(line, "=>", brackets=False, comments=True)
+    return parts[0], parts[1:]
 
 
 def signal_number(name: str) -> int | None:
@@ -392,9 +368,11 @@ TIME_RE = re.compile(r"^(.*?)\s*\b(after|within)\s+([0-9]*\.?[0-9]+)\s*s"
 MAX_TIME = 3600.0
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """``text`` split at ``sep`` where it stands outside string literals and brackets
-    (``sep`` a word such as ``or`` is matched as a whole word)."""
+def _split_top(text: str, sep: str, brackets: bool = True, comments: bool = False
+               ) -> list[str]:
+    """``text`` split at ``sep`` where it stands outside string literals (and, with
+    ``brackets``, outside brackets), each part stripped; ``sep`` a word such as ``or``
+    is matched as a whole word.  With ``comments`` a ``#`` outside strings ends it."""
     parts: list[str] = []
     buf: list[str] = []
     quote: str | None = None
@@ -413,10 +391,12 @@ def _split_top(text: str, sep: str) -> list[str]:
         elif c in "\"'":
             quote = c
             buf.append(c)
-        elif c in "([{":
+        elif comments and c == "#":
+            break
+        elif brackets and c in "([{":
             depth += 1
             buf.append(c)
-        elif c in ")]}":
+        elif brackets and c in ")]}":
             depth -= 1
             buf.append(c)
         elif depth == 0 and text.startswith(sep, i) and (not word or (

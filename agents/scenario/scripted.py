@@ -168,15 +168,21 @@ class Actor:
         if name == "exit":
             self.answer({"ok": 0, "args": args})
             os._exit(int(args[0]) if args else 0)
+        if step.get("background") and name in CALLS:
+            self.background(name, args, bind)
+            return None
+        return self.call(name, args, bind)
+
+    def call(self, name: str, args: list[Any], bind: str | None) -> dict[str, Any]:
+        """Make one call (a line's or a handler's), timed for the time expectations
+        (``after 1s``); its result is bound to ``bind``, or a failure is (the lines that
+        use it are then skipped)."""
         fn = CALLS.get(name)
         if fn is None:
             return {"error": f"unknown function {name}", "args": args}
-        if step.get("background"):
-            self.background(name, args, bind)
-            return None
         began = time.monotonic()
         reply = _outcome(lambda: fn(self, *args))
-        reply["elapsed"] = time.monotonic() - began  # for time expectations (after 1s)
+        reply["elapsed"] = time.monotonic() - began
         if bind and "ok" in reply:
             self.vars[bind] = reply["ok"]
         elif bind and "errno" in reply:
@@ -229,19 +235,7 @@ class Actor:
             return {"skipped": str(exc), "args": []}
         except (ExprError, KeyError, TypeError, IndexError) as exc:
             return {"error": f"cannot evaluate arguments: {exc}", "args": []}
-        fn = CALLS.get(name)
-        if fn is None:
-            return {"error": f"unknown function {name}", "args": args}
-        began = time.monotonic()
-        reply = _outcome(lambda: fn(self, *args))
-        reply["elapsed"] = time.monotonic() - began
-        bind = call.get("bind")
-        if bind and "ok" in reply:
-            self.vars[bind] = reply["ok"]
-        elif bind and "errno" in reply:
-            self.vars[bind] = {UNSET: f"{name} failed with {errno_name(reply['errno'])}"}
-        reply["args"] = args
-        return reply
+        return self.call(name, args, call.get("bind"))
 
     # --- background calls -------------------------------------------------------------
 

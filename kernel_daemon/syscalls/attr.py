@@ -12,6 +12,7 @@ saved and filesystem ids and the capability sets are the host's own (see
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from kemu.kernel_daemon import cred as dac
 from kemu.kernel_daemon.errors import KernelError
@@ -22,12 +23,17 @@ from kemu.kernel_daemon.vfs import Inode
 from kemu.protocol import linux
 
 
-def _adopt(t: Task) -> dac.Cred:
-    """Re-read the credentials of ``t`` from the host (ESRCH if they cannot be read)."""
+def _adopt(t: Task, took: Callable[[dac.Cred], bool]) -> int:
+    """Take the credentials of ``t`` as the host now has them, after its real call:
+    ``took(new)`` says whether the call did what was asked (EPERM otherwise, and the
+    old credentials stay); ESRCH if they cannot be read."""
     new = dac.from_proc(t.pid)
     if new is None:
         raise KernelError(errno.ESRCH)
-    return new
+    if not took(new):
+        raise KernelError(errno.EPERM)
+    t.cred = new
+    return 0
 
 
 @syscall("setuid", linux="kernel/sys.c __sys_setuid()", support="partial",
@@ -37,11 +43,7 @@ def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
     """Adopt the process's credentials after a real setuid(2) (a privileged caller
     sets the real, effective and saved uid and loses its capabilities; another only
     the effective uid, to its real or saved one)."""
-    new = _adopt(t)
-    if new.euid != uid:
-        raise KernelError(errno.EPERM)
-    t.cred = new
-    return 0
+    return _adopt(t, lambda new: new.euid == uid)
 
 
 @syscall("setresuid", linux="kernel/sys.c __sys_setresuid()", support="partial",
@@ -49,34 +51,22 @@ def sys_setuid(k: Kernel, t: Task, uid: int) -> int:
 def sys_setresuid(k: Kernel, t: Task, ruid: int, euid: int, suid: int) -> int:
     """Adopt the process's credentials after a real setresuid(2): the real,
     effective and saved uids asked for (-1: unchanged) must be what /proc shows."""
-    new = _adopt(t)
-    for want, got in ((ruid, new.uid), (euid, new.euid), (suid, new.suid)):
-        if want != -1 and want != got:
-            raise KernelError(errno.EPERM)
-    t.cred = new
-    return 0
+    return _adopt(t, lambda new: all(
+        want in (-1, got) for want, got in ((ruid, new.uid), (euid, new.euid), (suid, new.suid))))
 
 
 @syscall("setgid", linux="kernel/sys.c __sys_setgid()", support="partial",
          note="after the agent's real setgid(2), as setuid")
 def sys_setgid(k: Kernel, t: Task, gid: int) -> int:
     """Adopt the process's credentials after a real setgid(2)."""
-    new = _adopt(t)
-    if new.egid != gid:
-        raise KernelError(errno.EPERM)
-    t.cred = new
-    return 0
+    return _adopt(t, lambda new: new.egid == gid)
 
 
 @syscall("setgroups", linux="kernel/groups.c SYSCALL_DEFINE2(setgroups)", support="partial",
          note="after the agent's real setgroups(2), as setuid")
 def sys_setgroups(k: Kernel, t: Task, groups: list[int]) -> int:
     """Adopt the process's supplementary groups after a real setgroups(2)."""
-    new = _adopt(t)
-    if new.groups != tuple(sorted(set(groups))):
-        raise KernelError(errno.EPERM)
-    t.cred = new
-    return 0
+    return _adopt(t, lambda new: new.groups == tuple(sorted(set(groups))))
 
 
 @syscall("faccessat", linux="fs/open.c do_faccessat()", support="partial",
