@@ -177,9 +177,13 @@ class Kernel:
             for hook in self.block_alloc_hooks:
                 hook(owner)
         if self.log.enabled:
+            # a block freed while a device still pins it: where a foreign write can land
+            pinned = {"pinned": "longterm" if block in self.pins.longterm else "shortterm"
+                      } if what == "free" and self.pins.pinned(block) else {}
             self.log.emit(
                 f"block-{what}", block=block,
                 ino=owner.ino if owner else None, pgoff=owner.pgoff if owner else None,
+                **pinned,
             )
 
     def block_holder(self, block: int) -> Owner | None:
