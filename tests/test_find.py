@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kemu.agents.launcher import designs
 from kemu.agents.launcher.find import engine, grammar
@@ -26,9 +28,11 @@ FOUND = ROOT / "scenarios" / "found"
 #: a campaign seed and size that find the S5 hazard under legacy (measured: docs/find.md)
 S5_SEED = 1
 S5_PROGRAMS = 16
-#: the chunk of that seed where it first is (the campaign draws from there); seed 1's
-#: chunks 0-59 found it in 35 and 41 only
-S5_CHUNK = 35
+#: the chunk of that seed where it first is (the campaign draws from there; a chunk
+#: less than ``engine.LAG`` from the start mutates nothing, so chunk 15 drawn first is
+#: what an unguided campaign of seed 1 draws there): seed 1's chunks 0-42, unguided,
+#: have it in chunk 37 only
+S5_CHUNK = 37
 
 
 @pytest.mark.timeout(120)
@@ -70,6 +74,79 @@ def test_a_seed_draws_the_same_programs_whatever_is_imported(tmp_path: Path) -> 
                               capture_output=True, text=True, timeout=100, check=True,
                               cwd=ROOT).stdout for which in ("plain", "more")]
     assert digests[0] == digests[1] and digests[0]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.randoms(use_true_random=False), st.lists(grammar.genes(), min_size=1, max_size=6),
+       st.lists(st.integers(0, grammar.MASK_MAX), min_size=6, max_size=6))
+def test_mutants_are_programs_the_parser_takes(rng: random.Random,
+                                               parents: list[list[grammar.Gene]],
+                                               masks: list[int]) -> None:
+    """Whatever a mutation does to the genes (insert, copy, splice, redraw, delete) and
+    the mask, the decoder makes a program the parser takes, of at most MAX_STEPS genes."""
+    corpus = list(zip(masks, parents, strict=False))
+    mask, genes = grammar.mutate(rng, corpus, weights=[1.0] * len(corpus))
+    assert 1 <= len(genes) <= grammar.MAX_STEPS
+    prog = grammar.decode(genes, mask)
+    engine.check_text(prog.text, "mutant.scn")
+    assert prog.genes == tuple(genes) and prog.mask == mask
+
+
+def test_a_swarm_mask_leaves_calls_out() -> None:
+    """A mask bit leaves its kind of call out of what the actors draw (swarm testing),
+    except as the producer of what another call needs."""
+    genes = [(0, i * 37, i, i, i, i) for i in range(40)]
+    every = grammar.decode(genes).text
+    no_mmap = grammar.decode(genes, 1 << grammar.SWARM.index("mmap")).text
+    assert every != no_mmap
+    only_writes = grammar.MASK_MAX ^ (1 << grammar.SWARM.index("rdma_write"))
+    text = grammar.decode(genes, only_writes).text
+    assert "rdma_write(" in text and ": truncate(" not in text and ": fcntl(" not in text
+    assert "ibv_reg_mr(" in text  # the producer of the region's keys, though left out
+
+
+def test_corpus_files_keep_their_genes(tmp_path: Path) -> None:
+    genes = ((1, 2, 3, 4, 5, 6), (7, 8, 9, 10, 11, 12))
+    text = engine.corpus_text(5, genes)
+    assert engine.corpus_genes(text) == (5, genes)
+    parse(text, "corpus.scn")  # the genes line is a comment
+    assert engine.corpus_genes("A: getpid()\n") == (0, ())
+    assert engine.corpus_genes("# genes: [1, [[1, 2]]]\nA: getpid()\n") == (0, ())
+
+
+@pytest.mark.timeout(120)
+def test_a_block_freed_under_a_pin_is_a_feature() -> None:
+    """The kernel says when it frees a block a device still pins (``block-free
+    pinned=longterm``): the coverage a guided campaign grows, and the moment a hazard
+    became possible.  Under map-direct-sealed the seal goes with the mapping while the
+    region still pins the block."""
+    text = "\n".join([
+        *grammar.HEADER,
+        'A: fd = open("/f", O_RDWR|O_CREAT, 0o644)', "A: ftruncate(fd, 4096)",
+        "A: p = mmap(4096, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd, 0)",
+        "A: ctx = ibv_open_device()",
+        "A: mr = ibv_reg_mr(ctx, p, 4096, IBV_ACCESS_LOCAL_WRITE|IBV_ACCESS_REMOTE_WRITE)",
+        "A: munmap(p, 4096)", 'A: truncate("/f", 0)']) + "\n"
+    feats: set[str] = set()
+    engine.run_program(text, "map-direct-sealed", "pinned", feats=feats)
+    assert "map-direct-sealed block-free pinned=longterm" in feats, sorted(feats)
+    feats = set()
+    engine.run_program(text, "upstream", "pinned", feats=feats)  # no MAP_DIRECT, no pin
+    assert not any("pinned=" in f for f in feats)
+    assert "upstream mmap errno EOPNOTSUPP" in feats
+
+
+@pytest.mark.timeout(300)
+def test_a_guided_campaign_draws_the_same_programs_with_any_number_of_jobs() -> None:
+    """Chunks past ``engine.LAG`` mutate the corpus the earlier chunks grew; it grows in
+    chunk order, so one job and three draw the same programs."""
+    def run(jobs: int) -> engine.Campaign:
+        return engine.campaign(["legacy"], seed=4, programs=24, chunk_size=2, jobs=jobs,
+                               minimize=False, progress=None, max_steps=8)
+    one, three = run(1), run(3)
+    assert one.mutants > 0 and one.mutants == three.mutants
+    assert one.guide and one.guide == three.guide
+    assert one.covered == three.covered
 
 
 def test_a_generator_bug_is_reported_as_such() -> None:
@@ -154,7 +231,7 @@ def test_dask_workers_find_what_the_local_run_finds() -> None:
     (its event loop), and a process-directed signal a later test sends itself could go
     to one of them."""
     spec = str(ROOT / "tests" / "designs" / "false_promise.py")
-    # chunks 34 and 35 of seed 1: the second holds the S5 hazard (see S5_CHUNK)
+    # chunks 36 and 37 of seed 1: the second holds the S5 hazard (see S5_CHUNK)
     local = engine.campaign(["legacy", spec], seed=S5_SEED, programs=32, start=S5_CHUNK - 1,
                             minimize=False, progress=None)
     done = subprocess.run([sys.executable, "-c", ON_DASK, spec, str(S5_SEED),

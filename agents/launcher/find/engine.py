@@ -26,15 +26,19 @@ last lines' expectations, and the reproducer is run once more for its run folder
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
+import json
 import os
+import random
 import re
 import shutil
 import stat
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -61,6 +65,13 @@ SHRINK_RUNS = 80
 CORPUS_MAX = 200
 #: at most this many reproducers are written into an --out directory
 OUT_MAX = 50
+#: chunk ``i`` mutates the corpus made by the chunks before ``i - LAG`` (a constant, not
+#: the number of jobs, so that the same seed draws the same programs with any --jobs)
+LAG = 8
+#: at most this many programs in a campaign's own (in-memory) corpus
+GUIDE_MAX = 2000
+#: kernel events that are not features (every run has them)
+_PLAIN_EVENTS = frozenset({"call", "ret", "register", "boot", "shutdown", "launch"})
 
 
 class GeneratorBug(Exception):
@@ -83,6 +94,11 @@ class Found:
     #: of a foreign write, the pins it came through (``longterm``: RDMA, ``shortterm``:
     #: direct I/O), as the designs promise them apart; empty for other invariants
     kind: str = ""
+    #: the program's swarm mask and genes (a mutated program is shrunk on its genes)
+    mask: int = 0
+    genes: tuple[grammar.Gene, ...] = ()
+    #: made by mutating the corpus, not drawn by Hypothesis
+    mutated: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -102,6 +118,11 @@ class Chunk:
     #: programs that showed an outcome (call, result) the chunk had not seen before
     interesting: list[str]
     wall: float
+    #: each program's (mask, genes, features), in the order of ``texts``
+    programs: list[tuple[int, tuple[grammar.Gene, ...], frozenset[str]]] = \
+        field(default_factory=list)
+    #: how many of them were mutations of the corpus
+    mutants: int = 0
 
 
 @dataclass
@@ -124,6 +145,8 @@ class Campaign:
     seed: int
     designs: list[str]
     programs: int = 0
+    #: how many of them were mutations of the corpus
+    mutants: int = 0
     wall: float = 0.0
     #: the first violation of each (invariant, design)
     first: dict[tuple[str, str], Found] = field(default_factory=dict)
@@ -131,6 +154,20 @@ class Campaign:
     when: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)
     reproducers: dict[tuple[str, str], Reproducer] = field(default_factory=dict)
     interesting: list[str] = field(default_factory=list)
+    #: the campaign's corpus: programs (mask, genes) that showed a feature no program
+    #: before them (in chunk order) had, and the union of their features
+    guide: list[tuple[int, tuple[grammar.Gene, ...]]] = field(default_factory=list)
+    guide_texts: list[str] = field(default_factory=list)
+    guide_feats: list[frozenset[str]] = field(default_factory=list)
+    covered: set[str] = field(default_factory=set)
+    #: how many programs covered each feature
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def parents(self) -> list[tuple[int, tuple[grammar.Gene, ...], float]]:
+        """The corpus with each program's weight: one over the number of programs that
+        covered its rarest feature."""
+        return [(m, g, max(1.0 / self.counts[f] for f in feats))
+                for (m, g), feats in zip(self.guide, self.guide_feats, strict=True)]
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -148,13 +185,17 @@ def check_text(text: str, name: str) -> None:
                            f"{text}") from None
 
 
-def run_program(text: str, spec: str, name: str, promised_only: bool = False
+def run_program(text: str, spec: str, name: str, promised_only: bool = False,
+                feats: set[str] | None = None
                 ) -> tuple[Outcome, list[Violation], set[str]]:
     """Run one program under ``spec``; its violations (the run folder removed) and the
-    promises that were checked."""
+    promises that were checked.  ``feats``, if given, gets what the run covered
+    (:func:`features`, :func:`kernel_features`)."""
     promised = designs.promises(spec)
     checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
-    outcome, violations = explore.run_one(text, name, spec, keep=False, promises=checked)
+    outcome, violations = explore.run_one(text, name, spec, keep=True, promises=checked)
+    if feats is not None:
+        feats |= features(outcome) | kernel_features(outcome.run_dir, outcome.policy)
     shutil.rmtree(outcome.run_dir, ignore_errors=True)
     violations = [v for v in violations if v.invariant in INVARIANTS]
     return outcome, violations, promised
@@ -188,6 +229,42 @@ def features(outcome: Outcome) -> set[str]:
         kind = ("errno " + linux.errno_name(int(reply["errno"])) if "errno" in reply else
                 "killed" if "killed" in reply else "skipped" if "skipped" in reply else "ok")
         out.add(f"{outcome.policy} {line.step.call or line.step.kind} {kind}")
+    return out
+
+
+def _token(ev: dict[str, Any]) -> str:
+    """One kernel event as a feature: its name, with what the kernel decided where the
+    event says (a design hook's result, why a process or mapping went, a fault's or a
+    transfer's outcome)."""
+    name = str(ev.get("ev"))
+    for attr in ("hook", "result", "why", "status", "into", "via", "pinned"):
+        if attr in ev and isinstance(ev[attr], str | bool | int):
+            value = ev[attr] if attr != "into" else ev[attr] == "(free block)"
+            name += f" {attr}={value}"
+    return name
+
+
+def kernel_features(run_dir: str, policy: str) -> set[str]:
+    """What the kernel did in a run, as the coverage a guided campaign grows: each kind
+    of kernel event with what was decided in it (:func:`_token`), under the design.
+    Calls and returns are left out: :func:`features` has them.  Pairs of successive
+    events (AFL's edges) were tried and left out: nearly every program then covers a
+    pair no other did, the corpus grows by one program in two, and the few programs
+    that reached a rare state (a block freed while pinned) get no more of the mutations
+    than any other."""
+    out: set[str] = set()
+    try:
+        with open(os.path.join(run_dir, "kernel.jsonl"), encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(ev, dict) or ev.get("ev") in _PLAIN_EVENTS:
+                    continue
+                out.add(f"{policy} {_token(ev)}")
+    except OSError:
+        pass
     return out
 
 
@@ -235,43 +312,62 @@ def _settings(examples: int, shrink: bool) -> Callable[[Any], Any]:
 
 def run_chunk(seed: int, index: int, specs: list[str], examples: int = CHUNK,
               max_steps: int = grammar.MAX_STEPS, promised_only: bool = False,
-              deadline: float | None = None) -> Chunk:
-    """Chunk ``index`` of campaign ``seed``: ``examples`` programs drawn by one
-    Hypothesis run, each run under every design of ``specs``.  ``deadline`` (a
+              deadline: float | None = None,
+              parents: list[tuple[int, tuple[grammar.Gene, ...], float]] | None = None
+              ) -> Chunk:
+    """Chunk ``index`` of campaign ``seed``: ``examples`` programs, each run under every
+    design of ``specs``.  Without ``parents`` all are drawn by one Hypothesis run; with
+    them (the campaign's corpus) half are, and the other half are mutations of the
+    corpus (:func:`grammar.mutate`, seeded by the chunk).  ``deadline`` (a
     ``time.time()``): programs drawn after it are not run.  Runs where it is called (a
     thread here, or a Dask worker)."""
     t0 = time.monotonic()
     _no_local_constants()
     names = [designs.resolve(s) for s in specs]
-    texts: list[str] = []
-    found: list[Found] = []
+    chunk = Chunk(index, [], [], [], 0.0)
     seen: set[str] = set()
-    interesting: list[str] = []
 
-    @_settings(examples, shrink=False)
+    def one(prog: grammar.Program, mutated: bool) -> None:
+        text = prog.text
+        name = f"find-s{seed}-c{index}-p{len(chunk.texts)}"
+        check_text(text, name)
+        chunk.texts.append(text)
+        covered: set[str] = set()
+        for spec, design in zip(specs, names, strict=True):
+            feats: set[str] = set()
+            _, violations, promised = run_program(text, spec, name, promised_only, feats)
+            covered |= feats
+            chunk.found.extend(
+                Found(v.invariant, design, spec, v.evidence, _promised(v, promised), text,
+                      index, len(chunk.texts) - 1, kind_of(v), prog.mask, prog.genes,
+                      mutated) for v in violations)
+        if covered - seen:
+            seen.update(covered)
+            chunk.interesting.append(text)
+        chunk.programs.append((prog.mask, prog.genes, frozenset(covered)))
+
+    mutants = examples // 2 if parents else 0
+
+    @_settings(examples - mutants, shrink=False)
     @hseed(chunk_seed(seed, index))
     @given(grammar.programs(max_steps))
     def body(prog: grammar.Program) -> None:
         if deadline is not None and time.time() > deadline:
             return
-        text = prog.text
-        name = f"find-s{seed}-c{index}-p{len(texts)}"
-        check_text(text, name)
-        texts.append(text)
-        new = False
-        for spec, design in zip(specs, names, strict=True):
-            outcome, violations, promised = run_program(text, spec, name, promised_only)
-            fresh = features(outcome) - seen
-            if fresh:
-                seen.update(fresh)
-                new = True
-            found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
-                               text, index, len(texts) - 1, kind_of(v)) for v in violations)
-        if new:
-            interesting.append(text)
+        one(prog, False)
 
-    body()
-    return Chunk(index, texts, found, interesting, time.monotonic() - t0)
+    if examples - mutants > 0:
+        body()
+    rng = random.Random(chunk_seed(seed, index))
+    for _ in range(mutants):
+        if deadline is not None and time.time() > deadline:
+            break
+        mask, genes = grammar.mutate(rng, [(m, g) for m, g, _ in parents or []], max_steps,
+                                     [w for _, _, w in parents or []])
+        one(grammar.decode(genes, mask), True)
+        chunk.mutants += 1
+    chunk.wall = time.monotonic() - t0
+    return chunk
 
 
 def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -> Chunk:
@@ -279,13 +375,19 @@ def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -
     t0 = time.monotonic()
     found: list[Found] = []
     names = [designs.resolve(s) for s in specs]
+    programs = []
     for i, text in enumerate(texts):
+        mask, genes = corpus_genes(text)
+        covered: set[str] = set()
         for spec, design in zip(specs, names, strict=True):
+            feats: set[str] = set()
             _, violations, promised = run_program(text, spec, f"find-corpus-{i}",
-                                                  promised_only)
+                                                  promised_only, feats)
+            covered |= feats
             found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
                                text, -1, i, kind_of(v)) for v in violations)
-    return Chunk(-1, list(texts), found, [], time.monotonic() - t0)
+        programs.append((mask, genes, frozenset(covered)))
+    return Chunk(-1, list(texts), found, [], time.monotonic() - t0, programs)
 
 
 # --- shrinking ---------------------------------------------------------------------------
@@ -296,12 +398,12 @@ class _Broke(Exception):
 
 
 def hypothesis_shrink(f: Found, seed: int, chunk: Chunk, examples: int, max_steps: int,
-                      promised_only: bool = False, budget: int = SHRINK_RUNS) -> str:
+                      promised_only: bool = False, budget: int = SHRINK_RUNS) -> Found:
     """The smallest program Hypothesis finds that still breaks ``f.invariant`` under
     ``f.design``: ``f``'s chunk replayed with shrinking on.  The chunk's programs before
     ``f`` broke nothing of the kind and are not run again; at most ``budget`` runs."""
     if f.chunk < 0:  # from the corpus: no draw to replay
-        return f.text
+        return f
     _no_local_constants()
     passing = set(chunk.texts[:f.index]) - {f.text}
     breaking = {f.text}
@@ -314,21 +416,52 @@ def hypothesis_shrink(f: Found, seed: int, chunk: Chunk, examples: int, max_step
         nonlocal spent
         text = prog.text
         if text in breaking:
-            raise _Broke(text)
+            raise _Broke(prog)
         if text in passing or spent >= budget:
             return
         spent += 1
         _, violations, _ = run_program(text, f.spec, "find-shrink", promised_only)
         if breaks(violations, f):
             breaking.add(text)
-            raise _Broke(text)
+            raise _Broke(prog)
         passing.add(text)
 
     try:
         body()
     except _Broke as exc:
-        return str(exc.args[0])
-    return f.text
+        prog = exc.args[0]
+        return dataclasses.replace(f, text=prog.text, genes=prog.genes, mask=prog.mask)
+    return f
+
+
+def gene_shrink(f: Found, promised_only: bool = False, budget: int = SHRINK_RUNS) -> str:
+    """The smallest program found by deleting ``f``'s genes (halves, quarters, ... then
+    one at a time, as delta debugging does) while it still breaks ``f.invariant`` under
+    ``f.design``: for a program made by mutation, which Hypothesis cannot replay.  The
+    decoder keeps every candidate well typed; at most ``budget`` runs."""
+    genes = list(f.genes)
+    best = grammar.decode(genes, f.mask).text
+    tried = {best}
+    spent = 0
+    size = max(1, len(genes) // 2)
+    while genes and spent < budget:
+        cut = False
+        i = 0
+        while i < len(genes) and spent < budget:
+            trial = genes[:i] + genes[i + size:]
+            text = grammar.decode(trial, f.mask).text if trial else ""
+            if trial and text not in tried:
+                tried.add(text)
+                spent += 1
+                _, violations, _ = run_program(text, f.spec, "find-shrink", promised_only)
+                if breaks(violations, f):
+                    genes, best, cut = trial, text, True
+                    continue
+            i += size
+        if size == 1 and not cut:
+            break
+        size = max(1, size // 2) if not cut else size
+    return best
 
 
 def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
@@ -336,7 +469,10 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
               shrink_runs: int = SHRINK_RUNS) -> Reproducer:
     """Shrink ``f`` (Hypothesis, then ``explore``'s line cutting), write its ``.scn``
     into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
-    text = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only, shrink_runs)
+    if not (f.mutated or f.chunk < 0):  # a Hypothesis draw: Hypothesis shrinks it first
+        f = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only,
+                              shrink_runs)
+    text = gene_shrink(f, promised_only, shrink_runs) if f.genes else f.text
     text = drop_actors(text, f, promised_only)
     promised = designs.promises(f.spec)
     checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
@@ -473,6 +609,31 @@ def record_expectations(text: str, specs: list[str]) -> str:
 # --- the corpus ----------------------------------------------------------------------------
 
 
+GENES_HEADER = "# genes: "
+
+
+def corpus_genes(text: str) -> tuple[int, tuple[grammar.Gene, ...]]:
+    """The (mask, genes) a corpus file was decoded from (its ``# genes:`` line), or
+    ``(0, ())`` for a program written by hand or by an older ``find``."""
+    for line in text.splitlines():
+        if line.startswith(GENES_HEADER):
+            try:
+                mask, genes = json.loads(line[len(GENES_HEADER):])
+                out = tuple(tuple(int(x) for x in g) for g in genes)
+                if isinstance(mask, int) and all(len(g) == grammar.GENE_LEN for g in out):
+                    return mask, out
+            except (ValueError, TypeError):
+                pass
+            break
+    return 0, ()
+
+
+def corpus_text(mask: int, genes: tuple[grammar.Gene, ...]) -> str:
+    """A corpus file: the program, after a ``# genes:`` line the next campaign mutates."""
+    return (GENES_HEADER + json.dumps([mask, [list(g) for g in genes]], separators=(",", ":"))
+            + "\n" + grammar.decode(list(genes), mask).text)
+
+
 def load_corpus(corpus: str) -> list[str]:
     """The programs of a corpus directory (``*.scn``), oldest first."""
     if not os.path.isdir(corpus):
@@ -601,13 +762,19 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
              scheduler: str | None = None, promised_only: bool = False,
              minimize: bool = True, progress: IO[str] | None = sys.stderr,
              until: Callable[[Campaign], bool] | None = None, start: int = 0,
-             shrink_runs: int = SHRINK_RUNS) -> Campaign:
+             shrink_runs: int = SHRINK_RUNS,
+             on_found: Callable[[Found, int, float], None] | None = None,
+             guided: bool = True) -> Campaign:
     """Run a campaign: at most ``programs`` programs and at most ``budget`` seconds (one
     of them at least), chunk by chunk, then shrink the first violation of each
     (invariant, design) into ``out_dir``.  ``until``: stop drawing once it says so (the
     chunks running then still finish).  ``start``: the first chunk drawn (a campaign
     that goes on where another of the same seed stopped); ``shrink_runs``: runs the
-    Hypothesis shrink of each violation may spend."""
+    Hypothesis shrink of each violation may spend; ``on_found(f, programs, seconds)`` is
+    called for every violation of every chunk as its chunk comes back, not only the
+    first of each (invariant, design) (``benchmarks/bench_find.py`` times a shape).
+    ``guided``: half of each chunk's programs mutate the campaign's corpus (the programs
+    that covered something new, :func:`kernel_features`); else all are drawn afresh."""
     if programs is None and budget is None:
         programs = 10 * chunk_size
     names = [designs.resolve(s) for s in specs]
@@ -618,10 +785,39 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
                               _Local(jobs or default_jobs()))
     chunks: dict[int, Chunk] = {}
     lock = threading.Lock()
+    # the corpus grows in chunk order (the corpus directory's programs first), and the
+    # chunk handed out at position p of that order mutates the corpus as it was after
+    # position p - LAG - 1: the same in every run of the seed, with any number of jobs
+    order: list[int] = []
+    merged = 0  # order[:merged] are in camp.guide
+    snaps: dict[int, list[tuple[int, tuple[grammar.Gene, ...], float]] | None] = {}
+
+    def merge() -> None:
+        nonlocal merged
+        while merged < len(order) and order[merged] in chunks:
+            c = chunks[order[merged]]
+            for mask, genes, feats in c.programs:
+                if genes and not feats <= camp.covered and len(camp.guide) < GUIDE_MAX:
+                    camp.guide.append((mask, genes))
+                    camp.guide_texts.append(corpus_text(mask, genes))
+                    camp.guide_feats.append(feats)
+                camp.covered |= feats
+                camp.counts.update(feats)
+            snaps[merged] = camp.parents() if guided and camp.guide else None
+            merged += 1
+
+    def ready() -> bool:
+        """May the next chunk be handed out (its corpus merged)?"""
+        return merged >= len(order) - LAG
+
+    def parents_now() -> list[tuple[int, tuple[grammar.Gene, ...], float]] | None:
+        return snaps.pop(len(order) - LAG - 1, None)
+
     try:
         pending: set[Any] = set()
         corpus_texts = load_corpus(corpus) if corpus else []
         if corpus_texts:
+            order.append(-1)
             pending.add(engine.submit(run_texts, corpus_texts, specs, promised_only))
         planned = 0  # programs handed out
         index = start
@@ -634,10 +830,12 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
             return deadline is None or time.time() < deadline
 
         while True:
-            while len(pending) < engine.slots and more():
+            while len(pending) < engine.slots and more() and (not guided or ready()):
                 n = chunk_size if programs is None else min(chunk_size, programs - planned)
+                parents = parents_now() if guided else None
                 pending.add(engine.submit(run_chunk, seed, index, specs, n, max_steps,
-                                          promised_only, deadline))
+                                          promised_only, deadline, parents))
+                order.append(index)
                 planned += n
                 index += 1
             if not pending:
@@ -647,9 +845,13 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
                 chunk = engine.result(fut)
                 with lock:
                     chunks[chunk.index] = chunk
+                    merge()
                     camp.programs += len(chunk.texts)
+                    camp.mutants += chunk.mutants
                     camp.interesting += chunk.interesting
                     for f in chunk.found:
+                        if on_found is not None:
+                            on_found(f, camp.programs, time.monotonic() - t0)
                         old = camp.first.get(f.key)
                         if old is None:
                             camp.when[f.key] = (camp.programs, time.monotonic() - t0)
@@ -663,7 +865,9 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
         progress.write("\n")
     camp.wall = time.monotonic() - t0
     if corpus:
-        save_corpus(corpus, camp.interesting + [f.text for f in camp.first.values()])
+        firsts = [corpus_text(f.mask, f.genes) if f.genes else f.text
+                  for f in camp.first.values()]
+        save_corpus(corpus, (camp.guide_texts if guided else camp.interesting) + firsts)
     if minimize and camp.first:
         out_dir = out_dir or runs.new_run_dir("find-")
         os.makedirs(out_dir, exist_ok=True)
@@ -694,7 +898,8 @@ def print_summary(camp: Campaign, out: IO[str]) -> None:
     """What the campaign ran and found, a line each, with the reproducers."""
     rate = camp.programs / camp.wall if camp.wall else 0.0
     out.write(f"find: seed {camp.seed}, {camp.programs} programs under "
-              f"{', '.join(camp.designs)} in {camp.wall:.1f} s ({rate:.1f} programs/s); "
+              f"{', '.join(camp.designs)} in {camp.wall:.1f} s ({rate:.1f} programs/s; "
+              f"{camp.mutants} mutants of a corpus of {len(camp.guide)}); "
               f"{len(camp.first)} distinct violation(s)\n")
     for key in sorted(camp.first):
         f = camp.first[key]

@@ -17,10 +17,24 @@ integer picks the actor, the second the call among those the actor can make at t
 point (in a fixed order), the others its arguments.  Hypothesis shrinks the list (it
 deletes genes, that is lines) and the integers (towards the first choices), and the
 decoder keeps every shrunk program well typed.
+
+Two things make the rare multi-process sequences less rare, neither of which knows
+what is dangerous:
+
+* *Swarm testing* (Groce, Zhang, Eide, Chen and Regehr, "Swarm Testing", ISSTA 2012):
+  each program first draws a mask that leaves out about half of the kinds of call, so
+  that a program is long on a few kinds instead of thin on all of them.  A left-out
+  call can still be made as the producer of what another call needs.  The mask shrinks
+  towards 0, every call enabled.
+* *Resources from a peer*: what a call needs and the actor lacks (a region's keys, a
+  descriptor, a uverbs context) is, about one time in two, made by another actor and
+  passed (``send``/``recv``, ``sendfd``/``recvfd``) instead of made on the spot, as
+  processes get their resources in the programs the thread argued about.
 """
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +54,12 @@ MAX_STEPS = 24
 #: a gene: this many integers, each in [0, GENE_MAX]
 GENE_LEN = 6
 GENE_MAX = 1 << 12
+#: the swarm mask: one bit per kind of call (:data:`SWARM`); a set bit leaves it out
+MASK_MAX = (1 << 20) - 1
+#: the kinds of call a swarm mask may leave out, bit 0 first (the others: always in)
+SWARM = ("rdma_write", "rdma_read", "reg_mr", "send", "sendfd", "post_send", "dio_read",
+         "mmap", "ftruncate", "pwrite", "fcntl", "fallocate", "pread", "dup", "clone",
+         "store", "munmap", "dereg_mr", "truncate", "process")
 #: the settings every generated program runs with: a line waiting for what a dead actor
 #: never sends gives up after 1 s, breaks and direct I/O are short, the device small
 HEADER = ("set step_timeout = 1.0", "set lease_break_time = 0.3", "set dio_time = 0.3",
@@ -146,9 +166,12 @@ class Actor:
 
 @dataclass(frozen=True)
 class Program:
-    """A generated scenario: its lines (without the settings) and its text."""
+    """A generated scenario: its lines (without the settings) and its text, and the
+    genes and swarm mask it was decoded from (not part of its identity)."""
 
     lines: tuple[str, ...]
+    genes: tuple[tuple[int, ...], ...] = field(default=(), compare=False)
+    mask: int = field(default=0, compare=False)
 
     @property
     def text(self) -> str:
@@ -172,7 +195,9 @@ def _newest(seq: Sequence[T], g: int) -> T:
 class _Decoder:
     """Turns genes into lines, keeping every actor's resources."""
 
-    def __init__(self) -> None:
+    def __init__(self, mask: int = 0) -> None:
+        #: the kinds of call this program leaves out (swarm testing)
+        self.off = frozenset(k for i, k in enumerate(SWARM) if mask >> i & 1)
         self.actors: dict[str, Actor] = {n: Actor(n) for n in TOP}
         #: actors that have had a line (only they may be named in an argument)
         self.seen: list[str] = []
@@ -183,6 +208,8 @@ class _Decoder:
         self.sizes: dict[str, int] = {}
         #: drawing what a call needs: no background call (the call comes next)
         self.producing = False
+        #: a peer is making what another actor borrows
+        self.borrowing = False
 
     def fresh(self, stem: str) -> str:
         self.counter += 1
@@ -222,8 +249,9 @@ class _Decoder:
                 (self.pread, 1), (self.dup, 1), (self.clone, 1), (self.store, 1),
                 (self.munmap, 1), (self.dereg_mr, 1), (self.create_qp, 1), (self.close, 1),
                 (self.open, 2), (self.truncate, 2), (self.open_device, 1),
-                (self.unlink, 1), (self.signal, 1), (self.process, 1)]
-        return out
+                (self.unlink, 1), (self.signal, 1), (self.process, 3)]
+        kept = [(fn, w) for fn, w in out if fn.__name__ not in self.off]
+        return kept or out
 
     #: what each call needs before it can be drawn, and so what is made for it first
     NEEDS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -247,6 +275,8 @@ class _Decoder:
         need something first in turn)."""
         if self.has(a, need):
             return
+        if need in self.BORROW and self.borrow(a, need, g):
+            return
         make: dict[str, Callable[[Actor, Gene], None]] = {
             "key": self.reg_mr, "mr": self.reg_mr, "map": self.mmap, "ctx": self.open_device,
             "fd": self.open, "file": self.open, "file2": self.open, "qp": self.create_qp,
@@ -256,6 +286,34 @@ class _Decoder:
             self.call(a, make[need], g)
         finally:
             self.producing = was
+
+    #: what an actor may get from a peer instead of making it
+    BORROW: ClassVar[frozenset[str]] = frozenset({"key", "ctx", "file", "fd"})
+
+    def borrow(self, a: Actor, need: str, g: Gene) -> bool:
+        """About one time in two (``g[1]``'s high bits), have a peer make what ``need``
+        names (if it has none) and pass it to ``a``, which receives it: ``send`` and
+        ``recv`` of a region's keys, ``sendfd`` and ``recvfd`` of a descriptor.  Not
+        when ``a`` has messages waiting (it would receive those first) or no line yet
+        (a peer cannot name it)."""
+        if (g[1] >> 6) % 2 or a.inbox or a.name not in self.seen or self.borrowing:
+            return False
+        peers = [p for p in self.peers(a) if not p.pending]
+        if not peers:
+            return False
+        p = _newest(peers, g[1] >> 7)
+        self.borrowing = True  # the peer makes it itself: no borrowing in turn
+        try:
+            self.ensure(p, need, g)
+        finally:
+            self.borrowing = False
+        if need == "key":
+            self.send_to(p, _newest(p.keys, g[2]), a)
+        else:
+            fds = p.ctxs() if need == "ctx" else p.files() if need == "file" else p.fds
+            self.sendfd_to(p, _newest(fds, g[2]), a)
+        self.recv(a, g)
+        return True
 
     def call(self, a: Actor, fn: Callable[[Actor, Gene], None], g: Gene) -> None:
         """``fn`` once what it needs exists."""
@@ -422,14 +480,16 @@ class _Decoder:
 
     def send(self, a: Actor, g: Gene) -> None:
         keys = a.keys or [Key(m.var) for m in a.mrs]
-        k = _newest(keys, g[2])
-        to = _newest(self.peers(a), g[3])
+        self.send_to(a, _newest(keys, g[2]), _newest(self.peers(a), g[3]))
+
+    def send_to(self, a: Actor, k: Key, to: Actor) -> None:
         self.emit(a, f"send({to.name}, {k.var})")
         to.inbox.append(Msg(key=k))
 
     def sendfd(self, a: Actor, g: Gene) -> None:
-        fd = _newest(a.fds, g[2])
-        to = _newest(self.peers(a), g[3])
+        self.sendfd_to(a, _newest(a.fds, g[2]), _newest(self.peers(a), g[3]))
+
+    def sendfd_to(self, a: Actor, fd: Fd, to: Actor) -> None:
         self.emit(a, f"sendfd({to.name}, {fd.var})")
         to.inbox.append(Msg(fd=fd))
 
@@ -516,13 +576,52 @@ class _Decoder:
         return self.lines
 
 
-def decode(genes: list[Gene]) -> Program:
-    """The program ``genes`` stand for (a pure function: the same genes, the same
-    program)."""
-    d = _Decoder()
+def decode(genes: list[Gene], mask: int = 0) -> Program:
+    """The program ``genes`` stand for, with the kinds of call ``mask`` leaves out (a
+    pure function: the same genes and mask, the same program)."""
+    d = _Decoder(mask)
     for g in genes:
         d.step(g)
-    return Program(tuple(d.finish()))
+    return Program(tuple(d.finish()), tuple(genes), mask)
+
+
+def mutate(rng: random.Random, parents: Sequence[tuple[int, Sequence[Gene]]],
+           max_steps: int = MAX_STEPS, weights: Sequence[float] | None = None
+           ) -> tuple[int, list[Gene]]:
+    """A new program's (mask, genes) made from the corpus ``parents`` (each a mask and
+    its genes), as syzkaller mutates its corpus: insert fresh genes (a call or more),
+    more often towards the end, where the program's resources are; splice the head of
+    one parent onto the tail of another; redraw one integer of a gene; or delete a gene.
+    The parent is drawn by ``weights`` (the campaign gives more to programs that
+    covered what few others did, as AFL's and Entropic's schedules do).  At most
+    ``max_steps`` genes; the decoder keeps the result well typed."""
+    mask, genes = rng.choices(parents, weights=weights)[0]
+    out = list(genes)
+
+    def fresh() -> Gene:
+        return tuple(rng.randint(0, GENE_MAX) for _ in range(GENE_LEN))
+
+    for _ in range(1 + (rng.random() < 0.3)):
+        op = rng.random()
+        if op < 0.35 or not out:
+            at = len(out) - int(rng.random() ** 2 * (len(out) + 1))
+            out[at:at] = [fresh() for _ in range(rng.randint(1, 3))]
+        elif op < 0.55:  # the same call again, later: after what came between
+            i = rng.randrange(len(out))
+            out.insert(rng.randint(i + 1, len(out)), out[i])
+        elif op < 0.7 and len(parents) > 1:
+            _, other = rng.choice(parents)
+            out = out[:rng.randint(0, len(out))] + list(other)[rng.randint(0, len(other)):]
+        elif op < 0.9:
+            i, j = rng.randrange(len(out)), rng.randrange(GENE_LEN)
+            g = list(out[i])
+            g[j] = rng.randint(0, GENE_MAX)
+            out[i] = tuple(g)
+        else:
+            del out[rng.randrange(len(out))]
+    if rng.random() < 0.1:
+        mask ^= 1 << rng.randrange(len(SWARM))
+    return mask, (out or [fresh()])[:max_steps]
 
 
 GENE = st.tuples(*[st.integers(0, GENE_MAX)] * GENE_LEN)
@@ -543,6 +642,11 @@ def genes(max_steps: int = MAX_STEPS) -> st.SearchStrategy[list[Gene]]:
     return st.integers(1, max_steps).flatmap(_n_genes)
 
 
+def _decode_masked(drawn: tuple[int, list[Gene]]) -> Program:
+    return decode(drawn[1], drawn[0])
+
+
 def programs(max_steps: int = MAX_STEPS) -> st.SearchStrategy[Program]:
-    """Hypothesis's strategy for one program of at most ``max_steps`` drawn lines."""
-    return genes(max_steps).map(decode)
+    """Hypothesis's strategy for one program of at most ``max_steps`` drawn lines: a
+    swarm mask, then the genes."""
+    return st.tuples(st.integers(0, MASK_MAX), genes(max_steps)).map(_decode_masked)
