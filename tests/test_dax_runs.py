@@ -19,6 +19,7 @@ from kemu.kernel_daemon import mm
 from kemu.kernel_daemon.boot import boot
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.kernel import Config, Kernel
+from kemu.kernel_daemon.syscalls.proc import orphan_blocks
 from kemu.kernel_daemon.task import Task
 from kemu.protocol import linux
 from tests.test_units import FakeIO, sc
@@ -129,6 +130,38 @@ def test_fault_around_leaves_reflinked_blocks_to_their_own_fault(kernel: Kernel)
     # the faulting page got its copy; its reflinked neighbours are not handed out
     assert runs == [[3, mapping.ptes[3], 1]] and list(mapping.ptes) == [3]
     assert mapping.ptes[3] != shared[3]
+
+
+@pytest.mark.parametrize("sharers", [2, 3])
+def test_a_copy_on_write_fault_hands_the_shared_block_to_a_file_that_keeps_it(
+        kernel: Kernel, sharers: int) -> None:
+    """A write fault on a reflinked page gives the faulting file its copy; the shared
+    block stays with the files that still have it (F4): once the faulting file is
+    unlinked and closed, no block is left owned by nobody, and the other files read
+    what they had (the old extent's refcount drops as the COW fork is remapped,
+    ``fs/xfs/xfs_reflink.c xfs_reflink_end_cow_extent()``)."""
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    g = sc(kernel, a, "open", "/g", RDWR_CREAT, 0o644)
+    sc(kernel, a, "pwrite", g, b"G" * PAGE, 0)
+    others = [sc(kernel, a, "open", f"/f{i}", RDWR_CREAT, 0o644) for i in range(sharers - 1)]
+    for fd in others:
+        sc(kernel, a, "clone", g, fd)
+    ginode = kernel.file_of(a, g).inode
+    shared = ginode.blocks[0]
+    m = sc(kernel, a, "mmap", PAGE, RW, linux.MAP_SHARED, g, 0)
+    copy = sc(kernel, a, "mm_fault", m["vma"], 0, 1)
+    assert copy != shared and ginode.blocks[0] == copy
+    assert kernel.pmem.refs[shared] == sharers - 1
+    holders = {kernel.file_of(a, fd).inode.ino for fd in others}
+    owner = kernel.pmem.ledger[shared]
+    assert owner is not None and owner.ino in holders and owner.pgoff == 0
+    sc(kernel, a, "munmap", m["addr"], PAGE)
+    sc(kernel, a, "close", g)
+    sc(kernel, a, "unlink", "/g")
+    assert ginode.ino not in kernel.fs.inodes
+    assert orphan_blocks(kernel) == []
+    for fd in others:
+        assert sc(kernel, a, "pread", fd, PAGE, 0) == b"G" * PAGE
 
 
 def test_a_store_after_a_truncate_faults_instead_of_landing_in_a_freed_block(
