@@ -19,6 +19,7 @@ from kemu.kernel_daemon import mm
 from kemu.kernel_daemon.boot import boot
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.kernel import Config, Kernel
+from kemu.kernel_daemon.pmem import Owner
 from kemu.kernel_daemon.syscalls.proc import orphan_blocks
 from kemu.kernel_daemon.task import Task
 from kemu.protocol import linux
@@ -162,6 +163,29 @@ def test_a_copy_on_write_fault_hands_the_shared_block_to_a_file_that_keeps_it(
     assert orphan_blocks(kernel) == []
     for fd in others:
         assert sc(kernel, a, "pread", fd, PAGE, 0) == b"G" * PAGE
+
+
+def test_a_sharer_letting_go_leaves_the_ledger_with_the_owner_that_keeps_the_block(
+        kernel: Kernel) -> None:
+    """A reflinked block the ledger gives to /f1 stays /f1's when another sharer lets
+    go, though /f0 (an older file) shares it too: the ledger names the file a device
+    write aimed at it was checked against, not whichever sharer a walk meets first."""
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    f0 = sc(kernel, a, "open", "/f0", RDWR_CREAT, 0o644)
+    f1 = sc(kernel, a, "open", "/f1", RDWR_CREAT, 0o644)
+    g = sc(kernel, a, "open", "/g", RDWR_CREAT, 0o644)
+    sc(kernel, a, "pwrite", g, b"G" * PAGE, 0)
+    shared = kernel.file_of(a, g).inode.blocks[0]
+    sc(kernel, a, "clone", g, f1)
+    sc(kernel, a, "ftruncate", g, 0)  # the first owner lets go: /f1 has it
+    f1ino = kernel.file_of(a, f1).inode.ino
+    assert kernel.pmem.ledger[shared] == Owner(f1ino, 0)
+    sc(kernel, a, "clone", f1, f0)
+    h = sc(kernel, a, "open", "/h", RDWR_CREAT, 0o644)
+    sc(kernel, a, "clone", f1, h)
+    sc(kernel, a, "ftruncate", h, 0)  # a sharer that is not the owner lets go
+    assert kernel.pmem.ledger[shared] == Owner(f1ino, 0)
+    assert kernel.pmem.refs[shared] == 2
 
 
 def test_a_store_after_a_truncate_faults_instead_of_landing_in_a_freed_block(
