@@ -188,7 +188,17 @@ class Kernel:
 
     def block_holder(self, block: int) -> Owner | None:
         """A file that still maps ``block`` (a reflinked extent one sharer let go of),
-        or None.  Only shared blocks ask, so the walk over the files is rare."""
+        or None: the owner the ledger names while it still has the block, else the
+        first other file that has it.  The sharer that lets go has dropped its page
+        first (``inode.blocks`` no longer names the block), so it is never the answer;
+        on Linux the extent's remaining references hold it (``fs/xfs/xfs_refcount.c``),
+        nothing stays allocated to nobody.  Only shared blocks ask, so the walk over
+        the files is rare."""
+        owner = self.pmem.ledger[block]
+        if owner is not None:
+            inode = self.fs.inodes.get(owner.ino)
+            if inode is not None and inode.blocks.get(owner.pgoff) == block:
+                return owner
         for inode in self.fs.inodes.values():
             for page, b in inode.blocks.items():
                 if b == block:

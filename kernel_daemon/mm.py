@@ -422,8 +422,11 @@ def fault(k: Kernel, task: Task, mapping: Mapping, index: int, write: bool,
         wait_for_shootdowns(k, inode)
         new = k.pmem.alloc(Owner(inode.ino, fpage))
         k.pmem.view(new)[:] = k.pmem.view(block)
+        # the file lets go of the shared block only once its page names the copy: the
+        # ledger then passes the block to a sharer that still has it (Pmem.reown)
+        inode.blocks[fpage] = new
         k.pmem.free(block)
-        inode.blocks[fpage] = block = new
+        block = new
     mapping.ptes[index] = block
     if not quiet:
         k.log.emit("fault", pid=task.pid, vma=mapping.vid, page=index, ino=inode.ino,

@@ -102,7 +102,12 @@ class Pmem:
         self.refs[block] += 1
 
     def free(self, block: int) -> None:
-        """Let go of ``block``; the last user returns it (the next one handed out)."""
+        """Let go of ``block``; the last user returns it (the next one handed out).
+
+        A file lets go of a block only after its page no longer names it (the page is
+        gone or names its copy): while others share the block, :attr:`reown` looks
+        for the files that still have it, and the one letting go must not be among
+        them, or the ledger would keep naming it once it is gone."""
         owner = self.ledger[block]
         if owner is None:
             raise AssertionError(f"double free of pmem block {block}")

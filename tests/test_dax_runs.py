@@ -19,6 +19,8 @@ from kemu.kernel_daemon import mm
 from kemu.kernel_daemon.boot import boot
 from kemu.kernel_daemon.errors import KernelError, MustWait
 from kemu.kernel_daemon.kernel import Config, Kernel
+from kemu.kernel_daemon.pmem import Owner
+from kemu.kernel_daemon.syscalls.proc import orphan_blocks
 from kemu.kernel_daemon.task import Task
 from kemu.protocol import linux
 from tests.test_units import FakeIO, sc
@@ -129,6 +131,61 @@ def test_fault_around_leaves_reflinked_blocks_to_their_own_fault(kernel: Kernel)
     # the faulting page got its copy; its reflinked neighbours are not handed out
     assert runs == [[3, mapping.ptes[3], 1]] and list(mapping.ptes) == [3]
     assert mapping.ptes[3] != shared[3]
+
+
+@pytest.mark.parametrize("sharers", [2, 3])
+def test_a_copy_on_write_fault_hands_the_shared_block_to_a_file_that_keeps_it(
+        kernel: Kernel, sharers: int) -> None:
+    """A write fault on a reflinked page gives the faulting file its copy; the shared
+    block stays with the files that still have it (F4): once the faulting file is
+    unlinked and closed, no block is left owned by nobody, and the other files read
+    what they had (the old extent's refcount drops as the COW fork is remapped,
+    ``fs/xfs/xfs_reflink.c xfs_reflink_end_cow_extent()``)."""
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    g = sc(kernel, a, "open", "/g", RDWR_CREAT, 0o644)
+    sc(kernel, a, "pwrite", g, b"G" * PAGE, 0)
+    others = [sc(kernel, a, "open", f"/f{i}", RDWR_CREAT, 0o644) for i in range(sharers - 1)]
+    for fd in others:
+        sc(kernel, a, "clone", g, fd)
+    ginode = kernel.file_of(a, g).inode
+    shared = ginode.blocks[0]
+    m = sc(kernel, a, "mmap", PAGE, RW, linux.MAP_SHARED, g, 0)
+    copy = sc(kernel, a, "mm_fault", m["vma"], 0, 1)
+    assert copy != shared and ginode.blocks[0] == copy
+    assert kernel.pmem.refs[shared] == sharers - 1
+    holders = {kernel.file_of(a, fd).inode.ino for fd in others}
+    owner = kernel.pmem.ledger[shared]
+    assert owner is not None and owner.ino in holders and owner.pgoff == 0
+    sc(kernel, a, "munmap", m["addr"], PAGE)
+    sc(kernel, a, "close", g)
+    sc(kernel, a, "unlink", "/g")
+    assert ginode.ino not in kernel.fs.inodes
+    assert orphan_blocks(kernel) == []
+    for fd in others:
+        assert sc(kernel, a, "pread", fd, PAGE, 0) == b"G" * PAGE
+
+
+def test_a_sharer_letting_go_leaves_the_ledger_with_the_owner_that_keeps_the_block(
+        kernel: Kernel) -> None:
+    """A reflinked block the ledger gives to /f1 stays /f1's when another sharer lets
+    go, though /f0 (an older file) shares it too: the ledger names the file a device
+    write aimed at it was checked against, not whichever sharer a walk meets first."""
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    f0 = sc(kernel, a, "open", "/f0", RDWR_CREAT, 0o644)
+    f1 = sc(kernel, a, "open", "/f1", RDWR_CREAT, 0o644)
+    g = sc(kernel, a, "open", "/g", RDWR_CREAT, 0o644)
+    sc(kernel, a, "pwrite", g, b"G" * PAGE, 0)
+    shared = kernel.file_of(a, g).inode.blocks[0]
+    sc(kernel, a, "clone", g, f1)
+    sc(kernel, a, "ftruncate", g, 0)  # the first owner lets go: /f1 has it
+    f1ino = kernel.file_of(a, f1).inode.ino
+    assert kernel.pmem.ledger[shared] == Owner(f1ino, 0)
+    sc(kernel, a, "clone", f1, f0)
+    h = sc(kernel, a, "open", "/h", RDWR_CREAT, 0o644)
+    sc(kernel, a, "clone", f1, h)
+    sc(kernel, a, "ftruncate", h, 0)  # a sharer that is not the owner lets go
+    assert kernel.pmem.ledger[shared] == Owner(f1ino, 0)
+    assert kernel.pmem.refs[shared] == 2
 
 
 def test_a_store_after_a_truncate_faults_instead_of_landing_in_a_freed_block(
