@@ -54,6 +54,8 @@ MAX_STEPS = 24
 #: a gene: this many integers, each in [0, GENE_MAX]
 GENE_LEN = 6
 GENE_MAX = 1 << 12
+#: how much more likely a call is when the actor has its inputs already
+USE_WEIGHT = 3
 #: the swarm mask: one bit per kind of call (:data:`SWARM`); a set bit leaves it out
 MASK_MAX = (1 << 20) - 1
 #: the kinds of call a swarm mask may leave out, bit 0 first (the others: always in)
@@ -112,9 +114,12 @@ class Mr:
 
 @dataclass(frozen=True)
 class Key:
-    """Keys of a memory region (``var.rkey``): an own region, or one received."""
+    """Keys of a memory region (``var.rkey``): an own region, or one received; with the
+    region's length (a remote access is drawn inside it, as a peer that was told the
+    region's size makes it)."""
 
     var: str
+    length: int = 4096
 
 
 @dataclass(frozen=True)
@@ -250,8 +255,12 @@ class _Decoder:
                 (self.munmap, 1), (self.dereg_mr, 1), (self.create_qp, 1), (self.close, 1),
                 (self.open, 2), (self.truncate, 2), (self.open_device, 1),
                 (self.unlink, 1), (self.signal, 1), (self.process, 3)]
-        kept = [(fn, w) for fn, w in out if fn.__name__ not in self.off]
-        return kept or out
+        kept = [(fn, w) for fn, w in out if fn.__name__ not in self.off] or out
+        # a call that uses what the actor already has is three times as likely as one
+        # that must make its inputs first (syzkaller's static priorities: calls that
+        # consume the resources a program made)
+        return [(fn, w * USE_WEIGHT if fn.__name__ in self.NEEDS and all(
+            self.has(a, n) for n in self.NEEDS[fn.__name__]) else w) for fn, w in kept]
 
     #: what each call needs before it can be drawn, and so what is made for it first
     NEEDS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -463,7 +472,7 @@ class _Decoder:
         self.emit(a, f"{mr.var} = ibv_reg_mr({ctx.var}, {m.var}, {m.length}, "
                   f"{self.pick(ACCESS, g[4])})")
         a.mrs.append(mr)
-        a.keys.append(Key(mr.var))
+        a.keys.append(Key(mr.var, m.length))
 
     def dereg_mr(self, a: Actor, g: Gene) -> None:
         mr = _newest(a.mrs, g[2])
@@ -472,14 +481,20 @@ class _Decoder:
 
     def rdma_write(self, a: Actor, g: Gene) -> None:
         k = _newest(a.keys, g[2])
-        self.emit(a, f'rdma_write({k.var}.rkey, {OFFSETS[g[3] % 2]}, "XXXX")')
+        self.emit(a, f'rdma_write({k.var}.rkey, {self.offset(k, g[3])}, "XXXX")')
 
     def rdma_read(self, a: Actor, g: Gene) -> None:
         k = _newest(a.keys, g[2])
-        self.emit(a, f"rdma_read({k.var}.rkey, {OFFSETS[g[3] % 2]}, 4)")
+        self.emit(a, f"rdma_read({k.var}.rkey, {self.offset(k, g[3])}, 4)")
+
+    @staticmethod
+    def offset(k: Key, g: int) -> int:
+        """An offset inside the region ``k`` names."""
+        inside = [o for o in OFFSETS if o < k.length] or [0]
+        return inside[g % len(inside)]
 
     def send(self, a: Actor, g: Gene) -> None:
-        keys = a.keys or [Key(m.var) for m in a.mrs]
+        keys = a.keys or [Key(m.var, m.map.length) for m in a.mrs]
         self.send_to(a, _newest(keys, g[2]), _newest(self.peers(a), g[3]))
 
     def send_to(self, a: Actor, k: Key, to: Actor) -> None:
@@ -496,7 +511,7 @@ class _Decoder:
     def recv(self, a: Actor, g: Gene) -> None:
         msg = a.inbox.popleft()
         if msg.key is not None:
-            k = Key(self.fresh("m"))
+            k = Key(self.fresh("m"), msg.key.length)
             self.emit(a, f"{k.var} = recv()")
             a.keys.append(k)
         else:
