@@ -36,7 +36,7 @@ sys.path.insert(0, HERE)
 from _common import loadavg, result_line, table  # noqa: E402
 
 from kemu.agents.launcher import zygote  # noqa: E402
-from kemu.agents.launcher.find import engine  # noqa: E402
+from kemu.agents.launcher.find import engine, grammar  # noqa: E402
 
 
 def passed_then_died(text: str) -> bool:
@@ -78,9 +78,9 @@ def one(design: str, seed: int, kind: str, shape: str, limit: int, guided: bool,
     lines: int | None = None
     if shrink:
         with tempfile.TemporaryDirectory(prefix="kemu-bench-find-") as out:
-            chunk = engine.run_chunk(seed, f.chunk, [design]) if not f.mutated else \
-                engine.Chunk(f.chunk, [], [], [], 0.0)
-            rep = engine.write_one(f, seed, chunk, out, engine.CHUNK, 40)
+            # what the chunk drew before f broke nothing; a mutant is shrunk on its genes
+            chunk = engine.Chunk(f.chunk, [], [], [], 0.0)
+            rep = engine.write_one(f, seed, chunk, out, engine.CHUNK, grammar.MAX_STEPS)
             lines = rep.lines
     return {"seed": seed, "programs": programs, "seconds": round(seconds, 1),
             "lines": lines, "ran": camp.programs, "wall": round(camp.wall, 1),

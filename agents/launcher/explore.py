@@ -324,24 +324,29 @@ def shrink(text: str, name: str, spec: str, invariant: str,
            keep: Callable[[str], bool], target: str = "emulator",
            promises: set[str] | None = None) -> list[str]:
     """Remove lines (never those ``keep`` says; a background call goes with its join)
-    while ``invariant`` still breaks under ``spec``: a greedy pass from the end, repeated
-    until nothing more goes or the run budget is spent."""
+    while ``invariant`` still breaks under ``spec``: a greedy pass from the end to the
+    start (a removal does not send it back to the end, so a long program's first lines
+    are tried too), repeated until a pass removes nothing or the run budget is spent."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     runs = 0
-    changed = True
-    while changed and runs < MAX_SHRINK_RUNS:
-        changed = False
-        for unit in reversed(_units(lines)):
-            if any(keep(lines[i]) for i in unit) or runs >= MAX_SHRINK_RUNS:
-                continue
-            if max(unit) >= len(lines):
+    while runs < MAX_SHRINK_RUNS:
+        removed = False
+        bound = len(lines)  # this pass tries the units that start above this line
+        while runs < MAX_SHRINK_RUNS:
+            units = [u for u in _units(lines) if min(u) < bound]
+            if not units:
+                break
+            unit = units[-1]
+            bound = min(unit)  # what a removal takes is below: the lines above stay put
+            if any(keep(lines[i]) for i in unit) or max(unit) >= len(lines):
                 continue
             trial = [ln for i, ln in enumerate(lines) if i not in unit]
             runs += 1
             if _still_breaks(trial, name, spec, invariant, target, promises):
                 lines = trial
-                changed = True
-                break  # indices moved: group again
+                removed = True
+        if not removed:
+            break
     return lines
 
 
