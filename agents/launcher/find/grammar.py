@@ -254,7 +254,10 @@ class _Decoder:
                 (self.pread, 1), (self.dup, 1), (self.clone, 1), (self.store, 1),
                 (self.munmap, 1), (self.dereg_mr, 1), (self.create_qp, 1), (self.close, 1),
                 (self.open, 2), (self.truncate, 2), (self.open_device, 1),
-                (self.unlink, 1), (self.signal, 1), (self.process, 3)]
+                (self.unlink, 1), (self.signal, 1),
+                # what happens to the process itself (fork, exec, exit, SIGKILL) is
+                # what a pin or a passed context outlives: three times a plain call
+                (self.process, 3)]
         kept = [(fn, w) for fn, w in out if fn.__name__ not in self.off] or out
         # a call that uses what the actor already has is three times as likely as one
         # that must make its inputs first (syzkaller's static priorities: calls that
