@@ -8,8 +8,8 @@ mapping comes from ``mmap`` and feeds ``ibv_reg_mr``, ``store``, ``dio_read``; a
 context comes from ``ibv_open_device`` (or ``recvfd`` of one) and feeds ``ibv_reg_mr``
 and ``sendfd``; a memory region's keys feed ``send``, and a received one the peer's
 ``rdma_write``; actors fork, exec, exit and are killed.  Nothing in the grammar knows
-which sequences are dangerous: each call is drawn with the same chance among those
-whose inputs exist.
+which sequences are dangerous: a call's chance depends only on its kind (a fixed
+weight, :meth:`_Decoder.options`) and on whether the actor has its inputs already.
 
 A program is drawn by Hypothesis as a list of *genes*, each a tuple of small integers,
 and decoded here, deterministically, into scenario lines (:func:`decode`): the first
