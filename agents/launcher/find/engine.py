@@ -157,7 +157,6 @@ class Campaign:
     #: the campaign's corpus: programs (mask, genes) that showed a feature no program
     #: before them (in chunk order) had, and the union of their features
     guide: list[tuple[int, tuple[grammar.Gene, ...]]] = field(default_factory=list)
-    guide_texts: list[str] = field(default_factory=list)
     guide_feats: list[frozenset[str]] = field(default_factory=list)
     covered: set[str] = field(default_factory=set)
     #: how many programs covered each feature
@@ -385,7 +384,7 @@ def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -
                                                   promised_only, feats)
             covered |= feats
             found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
-                               text, -1, i, kind_of(v)) for v in violations)
+                               text, -1, i, kind_of(v), mask, genes) for v in violations)
         programs.append((mask, genes, frozenset(covered)))
     return Chunk(-1, list(texts), found, [], time.monotonic() - t0, programs)
 
@@ -467,7 +466,8 @@ def gene_shrink(f: Found, promised_only: bool = False, budget: int = SHRINK_RUNS
 def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
               max_steps: int, promised_only: bool = False,
               shrink_runs: int = SHRINK_RUNS) -> Reproducer:
-    """Shrink ``f`` (Hypothesis, then ``explore``'s line cutting), write its ``.scn``
+    """Shrink ``f`` (Hypothesis for a program it drew, then delta debugging on the
+    genes, then dropping actors and ``explore``'s line cutting), write its ``.scn``
     into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
     if not (f.mutated or f.chunk < 0):  # a Hypothesis draw: Hypothesis shrinks it first
         f = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only,
@@ -772,7 +772,7 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
     that goes on where another of the same seed stopped); ``shrink_runs``: runs the
     Hypothesis shrink of each violation may spend; ``on_found(f, programs, seconds)`` is
     called for every violation of every chunk as its chunk comes back, not only the
-    first of each (invariant, design) (``benchmarks/bench_find.py`` times a shape).
+    first of each (invariant, design) (``benchmarks/bench_find_hazards.py`` times a shape).
     ``guided``: half of each chunk's programs mutate the campaign's corpus (the programs
     that covered something new, :func:`kernel_features`); else all are drawn afresh."""
     if programs is None and budget is None:
@@ -799,7 +799,6 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
             for mask, genes, feats in c.programs:
                 if genes and not feats <= camp.covered and len(camp.guide) < GUIDE_MAX:
                     camp.guide.append((mask, genes))
-                    camp.guide_texts.append(corpus_text(mask, genes))
                     camp.guide_feats.append(feats)
                 camp.covered |= feats
                 camp.counts.update(feats)
@@ -867,7 +866,8 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
     if corpus:
         firsts = [corpus_text(f.mask, f.genes) if f.genes else f.text
                   for f in camp.first.values()]
-        save_corpus(corpus, (camp.guide_texts if guided else camp.interesting) + firsts)
+        kept = [corpus_text(m, g) for m, g in camp.guide] if guided else camp.interesting
+        save_corpus(corpus, kept + firsts)
     if minimize and camp.first:
         out_dir = out_dir or runs.new_run_dir("find-")
         os.makedirs(out_dir, exist_ok=True)
