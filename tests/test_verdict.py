@@ -343,6 +343,30 @@ def test_launch_run_target_both_finds_no_difference(tmp_path: os.PathLike[str]) 
     assert "transcripts are identical" in out.getvalue()
 
 
+@pytest.mark.timeout(120)
+def test_a_target_that_could_not_run_is_not_a_pass(tmp_path: os.PathLike[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``host_fs`` this machine cannot give skips the host run: ``run --target both``
+    then runs the emulator alone and exits 4 (``KSFT_SKIP``), not 0, and ``--target
+    host`` runs nothing and exits 4 too.  A failure on the target that ran still
+    exits 1."""
+    monkeypatch.setattr(cli.hostfs, "unavailable",
+                        lambda choice: None if choice == "run" else f"host_fs {choice}: no")
+    path = os.path.join(str(tmp_path), "on_xfs.scn")
+    with open(path, "w") as fh:
+        fh.write("set host_fs = xfs\nA: getpid()\n")
+    for target in ("both", "host"):
+        out = io.StringIO()
+        with redirect_stdout(out):
+            code = cli.main(["run", path, "--target", target])
+        assert code == cli.KSFT_SKIP == 4, out.getvalue()
+        assert "skipped on the host: host_fs xfs: no" in out.getvalue()
+    with open(path, "w") as fh:
+        fh.write("set host_fs = xfs\nA: getpid() => 1\n")
+    with redirect_stdout(io.StringIO()):
+        assert cli.main(["run", path, "--target", "both"]) == 1
+
+
 # --- verdicts that do not depend on load -------------------------------------------------
 
 

@@ -41,12 +41,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 2
     outcomes = []
+    skipped = False
     for target in list(targets):
         why = hostfs.unavailable(str(scenario.settings.get("host_fs", "run"))) \
             if target == "host" else None
         if why:  # the filesystem the scenario asks for is not to be had here
             print(f"{PROG}: skipped on the host: {why}")
             targets.remove(target)
+            skipped = True
             continue
         outcomes.append(run_scenario(scenario, target, args.policy, out=sys.stdout,
                                      show_pids=not args.no_pids))
@@ -68,7 +70,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print("  " + line)
             return 1
         print("host and emulator transcripts are identical (PIDs and addresses aside)")
-    return 1 if failed else 0
+    if failed:
+        return 1
+    if skipped:
+        # a target asked for did not run: not a pass (kselftest's KSFT_SKIP)
+        print(f"{PROG}: not every target ran: exit status {KSFT_SKIP} (skipped)")
+        return KSFT_SKIP
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -103,6 +111,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 PROG = "kemu"
+#: the exit status of a run a target asked for could not have (the kernel selftests'
+#: ``KSFT_SKIP``, tools/testing/selftests/kselftest.h): neither a pass nor a failure
+KSFT_SKIP = 4
 
 
 def main(argv: list[str] | None = None) -> int:
