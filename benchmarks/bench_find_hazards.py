@@ -111,8 +111,11 @@ def main() -> int:
     medians: dict[str, object] = {}
     for guided in modes:
         name = "guided" if guided else "unguided"
-        rows = [one(args.design, s, args.kind, args.shape, args.max_programs, guided,
-                    args.shrink) for s in args.seeds]
+        rows = []
+        for s in args.seeds:
+            rows.append(one(args.design, s, args.kind, args.shape, args.max_programs,
+                            guided, args.shrink))
+            print(f"  {name} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)
         print(f"bench_find_hazards: {name}, {args.kind} foreign write under {args.design}"
               f"{' (S6 shape)' if args.shape == 's6' else ''}, at most "
               f"{args.max_programs} programs a seed")

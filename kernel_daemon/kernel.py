@@ -177,9 +177,14 @@ class Kernel:
             for hook in self.block_alloc_hooks:
                 hook(owner)
         if self.log.enabled:
-            # a block freed while a device still pins it: where a foreign write can land
-            pinned = {"pinned": "longterm" if block in self.pins.longterm else "shortterm"
-                      } if what == "free" and self.pins.pinned(block) else {}
+            # a block freed while a device still pins it: where a foreign write can land;
+            # for a long-term pin, what became of the address space it was taken from
+            pinned: dict[str, str] = {}
+            if what == "free" and self.pins.pinned(block):
+                pinned["pinned"] = "longterm" if block in self.pins.longterm else "shortterm"
+                gone = self.rdma.pin_owner(block)
+                if gone is not None:
+                    pinned["owner"] = gone
             self.log.emit(
                 f"block-{what}", block=block,
                 ino=owner.ino if owner else None, pgoff=owner.pgoff if owner else None,

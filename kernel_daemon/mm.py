@@ -218,6 +218,9 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     """Tear a mapping down; the process unmaps it itself (or is gone), so no shoot-down."""
     if mapping.task.mm.vmas.pop(mapping.vid, None) is None:
         return
+    # pages a device still pins go with the mapping (``page_maybe_dma_pinned()``)
+    pinned = {"pinned": "longterm"} if any(
+        b in k.pins.longterm for b in (*mapping.ptes.values(), *mapping.cow.values())) else {}
     k.policy.munmap(k, mapping)
     for notify in list(mapping.notifiers):  # devices caching its translations drop them
         notify(0, None)
@@ -234,7 +237,7 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     for block in mapping.cow.values():
         k.pmem.free(block)  # a pinned page stays busy (Kernel.hold_block)
     mapping.cow = {}
-    k.log.emit("munmap", pid=mapping.task.pid, vma=mapping.vid, why=why)
+    k.log.emit("munmap", pid=mapping.task.pid, vma=mapping.vid, why=why, **pinned)
     if mapping.file is not None:
         lst = mapping.file.inode.i_mmap
         if mapping in lst:

@@ -111,11 +111,25 @@ class MR:
     #: layout leases that live as long as this region (the designs that tie a pin to a
     #: lease put them here; :meth:`Policy.dereg_mr` lets go of them)
     leases: list[Lease] = field(default_factory=list)
+    #: the registering process's exec count when it registered: the address space the
+    #: region was taken from (``ib_umem->owning_mm``) is gone once it differs
+    execs: int = 0
 
     @property
     def odp(self) -> bool:
         """On-demand paging: nothing pinned."""
         return bool(self.access & linux.IBV_ACCESS_ON_DEMAND)
+
+    @property
+    def owner(self) -> str:
+        """What became of the address space the region was registered from
+        (``ib_umem->owning_mm``, which ``ib_umem_get()`` grabs): ``"live"``, ``"exec"``
+        (the process exec'd: ``exec_mmap()`` dropped it) or ``"exit"`` (the process is
+        gone).  A long-term pin outlives both while the context's file is held, by
+        another process's descriptor or by the exec'd image's."""
+        if self.task.exit_state is not None:
+            return "exit"
+        return "exec" if self.task.execs != self.execs else "live"
 
 
 @dataclass(eq=False)
@@ -148,6 +162,15 @@ class RdmaDevice:
     lkeys: dict[int, MR] = field(default_factory=dict)
     #: every queue pair by number
     qps: dict[int, QP] = field(default_factory=dict)
+
+    def pin_owner(self, block: int) -> str | None:
+        """What became of the address spaces of the regions that pin ``block`` long
+        term (:attr:`MR.owner`), the furthest gone first (``"exit"``, ``"exec"``,
+        ``"live"``); None when no region pins it.  Asked only when a pinned block is
+        freed (for the event log), so a walk over the regions is cheap enough."""
+        found = {mr.owner for mr in self.lkeys.values()
+                 if mr.pins and any(p.block == block for p in mr.pins)}
+        return next((o for o in ("exit", "exec", "live") if o in found), None)
 
 
 @dataclass(frozen=True)
@@ -290,7 +313,7 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
         raise KernelError(errno.EINVAL)
     mappings = user_range(task, addr, length, page)
     mr = MR(handle=ctx.next_handle, ctx=ctx, pd=pd, addr=addr, length=length, access=access,
-            lkey=_new_key(k), rkey=0, task=task, mappings=mappings)
+            lkey=_new_key(k), rkey=0, task=task, mappings=mappings, execs=task.execs)
     mr.rkey = mr.lkey if access & (linux.IBV_ACCESS_REMOTE_WRITE | linux.IBV_ACCESS_REMOTE_READ) else 0
     k.policy.reg_mr(k, task, mr)  # may refuse (EOPNOTSUPP, EPERM, ENXIO)
     if not mr.odp:
@@ -659,6 +682,7 @@ def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[st
     if k.log.enabled:
         k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
                    status=status, via=via, mr=mr.handle if mr else None,
+                   owner=mr.owner if mr else None,
                    blocks=touched(k, mr, offset, len(payload)) if status == WC_SUCCESS else [])
     return status
 
@@ -686,7 +710,7 @@ def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str
         status, _ = device_access(k, t, sink, length["addr"] - sink.addr, data, n, "RDMA READ")
     if k.log.enabled:
         k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status,
-                   via=via, mr=mr.handle if mr else None,
+                   via=via, mr=mr.handle if mr else None, owner=mr.owner if mr else None,
                    blocks=touched(k, mr, offset, n) if status == WC_SUCCESS else [])
     if sink is not None:
         return {"status": status, "length": n if status == WC_SUCCESS else 0}

@@ -236,7 +236,7 @@ def _token(ev: dict[str, Any]) -> str:
     event says (a design hook's result, why a process or mapping went, a fault's or a
     transfer's outcome)."""
     name = str(ev.get("ev"))
-    for attr in ("hook", "result", "why", "status", "into", "via", "pinned"):
+    for attr in ("hook", "result", "why", "status", "into", "via", "pinned", "owner"):
         if attr in ev and isinstance(ev[attr], str | bool | int):
             value = ev[attr] if attr != "into" else ev[attr] == "(free block)"
             name += f" {attr}={value}"
