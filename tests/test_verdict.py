@@ -129,6 +129,21 @@ A: getpid()                                    => ok
     assert out.passed, "\n".join(out.failures + out.transcript)
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_fork_child_exit_status_is_shown(target: str) -> None:
+    """A fork child's ``exit(3)`` is shown as strace shows it, ``+++ exited with 3
+    +++`` (its zombie's status: the launcher is not its parent), not as 0."""
+    out = run("""
+A: fork() as C
+C: exit(3)
+A: waitpid(C.pid)                              => {"status": "WIFEXITED(s) && WEXITSTATUS(s) == 3"}
+""", target)
+    assert out.passed, "\n".join(out.failures + out.transcript)
+    assert any(re.search(r"\[C[^]]*\] \+\+\+ exited with 3 \+\+\+", line)
+               for line in out.transcript), out.transcript
+
+
 @pytest.mark.timeout(60)
 def test_a_death_of_a_real_time_signal_is_named_as_scenarios_name_it() -> None:
     """Killed by SIGRTMIN+1: named as a scenario names it, found and written down."""

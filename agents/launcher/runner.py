@@ -812,9 +812,13 @@ class Runner:
         if step.call == "exit" and "ok" in reply:
             actor.alive = False
             self._wait_dead(actor)
-            self._dead(actor, actor.status or _exit_status(actor), "exit")
-            self._emit("exited", actor=actor.name, pid=actor.pid, status=actor.status
-                       or "exited with 0")
+            # a fork child's status is its zombie's (the launcher is not its parent)
+            status = actor.status or _exit_status(actor)
+            if status == "gone":  # its parent reaped it first: the status it asked for
+                status = "exited with 0"
+            actor.status = status
+            self._dead(actor, status, "exit")
+            self._emit("exited", actor=actor.name, pid=actor.pid, status=status)
 
     def _bind(self, actor: str, var: str | None, reply: dict[str, Any]) -> None:
         """Keep what ``var = call(...)`` bound in ``actor``'s variables, as the actor
