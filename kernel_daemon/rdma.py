@@ -121,6 +121,15 @@ class MR:
         return bool(self.access & linux.IBV_ACCESS_ON_DEMAND)
 
     @property
+    def pin(self) -> str:
+        """What the region holds: ``"odp"`` (nothing pinned: on-demand paging),
+        ``"fsdax"`` (a long-term pin of file pages, the case ``vma_is_fsdax()`` guards
+        in ``check_vma_flags()``) or ``"anon"`` (a long-term pin of anonymous memory)."""
+        if self.odp:
+            return "odp"
+        return "fsdax" if self.files else "anon"
+
+    @property
     def owner(self) -> str:
         """What became of the address space the region was registered from
         (``ib_umem->owning_mm``, which ``ib_umem_get()`` grabs): ``"live"``, ``"exec"``
@@ -352,7 +361,7 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
         _rkeys(k)[mr.rkey] = mr
     _lkeys(k)[mr.lkey] = mr
     k.log.emit("reg_mr", pid=task.pid, ctx=ctx.cid, mr=mr.handle, addr=addr, length=length,
-               access=access, odp=mr.odp, blocks=[p.block for p in mr.pins],
+               access=access, odp=mr.odp, pin=mr.pin, blocks=[p.block for p in mr.pins],
                files=[k.fs.path_of(f.inode) for f in mr.files])
     return mr
 
@@ -682,7 +691,7 @@ def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[st
     if k.log.enabled:
         k.log.emit("rdma-write", pid=t.pid, rkey=rkey, offset=offset, length=len(payload),
                    status=status, via=via, mr=mr.handle if mr else None,
-                   owner=mr.owner if mr else None,
+                   pin=mr.pin if mr else None, owner=mr.owner if mr else None,
                    blocks=touched(k, mr, offset, len(payload)) if status == WC_SUCCESS else [])
     return status
 
@@ -710,7 +719,8 @@ def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str
         status, _ = device_access(k, t, sink, length["addr"] - sink.addr, data, n, "RDMA READ")
     if k.log.enabled:
         k.log.emit("rdma-read", pid=t.pid, rkey=rkey, offset=offset, length=n, status=status,
-                   via=via, mr=mr.handle if mr else None, owner=mr.owner if mr else None,
+                   via=via, mr=mr.handle if mr else None, pin=mr.pin if mr else None,
+                   owner=mr.owner if mr else None,
                    blocks=touched(k, mr, offset, n) if status == WC_SUCCESS else [])
     if sink is not None:
         return {"status": status, "length": n if status == WC_SUCCESS else 0}

@@ -136,6 +136,15 @@ def test_a_block_freed_under_a_pin_is_a_feature() -> None:
     assert "upstream mmap errno EOPNOTSUPP" in feats
 
 
+def test_a_queue_pairs_number_is_not_a_feature() -> None:
+    """Which queue pair carried a transfer is not the kernel's decision: ``via=qp 3``
+    and ``via=qp 1`` are one feature (they were a new one per queue pair)."""
+    ev = {"ev": "rdma-write", "status": "IBV_WC_SUCCESS", "via": "qp 3", "pin": "anon",
+          "owner": "live", "mr": 2}
+    assert engine._token(ev) == engine._token({**ev, "via": "qp 1"}) == \
+        "rdma-write status=IBV_WC_SUCCESS via=qp pin=anon owner=live"
+
+
 @pytest.mark.timeout(120)
 def test_what_became_of_the_registering_process_is_a_feature() -> None:
     """A region outlives the process that registered it when another process holds
@@ -156,8 +165,9 @@ def test_what_became_of_the_registering_process_is_a_feature() -> None:
     feats: set[str] = set()
     _, violations, _ = engine.run_program(text, "map-direct-sealed", "passed", feats=feats)
     for want in ("munmap why=exit pinned=longterm", "block-free pinned=longterm owner=exit",
-                 "rdma-write status=IBV_WC_SUCCESS via=call owner=live",
-                 "rdma-write status=IBV_WC_SUCCESS via=call owner=exit"):
+                 "reg_mr pin=fsdax",
+                 "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=live",
+                 "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=exit"):
         assert f"map-direct-sealed {want}" in feats, (want, sorted(feats))
     assert any(engine.kind_of(v) == "longterm" for v in violations), violations
     feats = set()

@@ -234,11 +234,17 @@ def features(outcome: Outcome) -> set[str]:
 def _token(ev: dict[str, Any]) -> str:
     """One kernel event as a feature: its name, with what the kernel decided where the
     event says (a design hook's result, why a process or mapping went, a fault's or a
-    transfer's outcome)."""
+    transfer's outcome; what a region pins and what became of its registrar).  A
+    queue pair's number is left out of ``via`` (``qp 3`` is ``qp``): which queue pair
+    carried a transfer is not a decision of the kernel's."""
     name = str(ev.get("ev"))
-    for attr in ("hook", "result", "why", "status", "into", "via", "pinned", "owner"):
+    for attr in ("hook", "result", "why", "status", "into", "via", "pin", "pinned", "owner"):
         if attr in ev and isinstance(ev[attr], str | bool | int):
-            value = ev[attr] if attr != "into" else ev[attr] == "(free block)"
+            value = ev[attr]
+            if attr == "into":
+                value = value == "(free block)"
+            elif attr == "via" and isinstance(value, str) and value.startswith("qp "):
+                value = "qp"
             name += f" {attr}={value}"
     return name
 
