@@ -376,7 +376,10 @@ def dereg_mr(k: Kernel, mr: MR, why: str = "ibv_dereg_mr") -> None:
     blocks = [p.block for p in mr.pins]
     _unpin(k, mr)
     mr.valid = False
-    k.log.emit("dereg_mr", pid=mr.task.pid, ctx=mr.ctx.cid, mr=mr.handle, blocks=blocks, why=why)
+    # owner=exit: the region held the last reference to its registrar's dead address
+    # space, which ib_umem_release() drops (mmdrop(umem->owning_mm))
+    k.log.emit("dereg_mr", pid=mr.task.pid, ctx=mr.ctx.cid, mr=mr.handle, blocks=blocks, why=why,
+               pin=mr.pin, owner=mr.owner)
     for f in mr.files:
         k.fput(f)
     mr.files.clear()
@@ -404,7 +407,7 @@ def revoke(k: Kernel, mr: MR, why: str) -> None:
     _unpin(k, mr)
     async_event(mr.ctx, {"event_type": "IBV_EVENT_MR_REVOKED", "mr": mr.handle, "why": why})
     k.log.emit("mr-revoked", pid=mr.task.pid, ctx=mr.ctx.cid, mr=mr.handle, blocks=blocks,
-               why=why)
+               why=why, pin=mr.pin, owner=mr.owner)
 
 
 def abort_context(k: Kernel, ctx: UContext, why: str) -> None:
