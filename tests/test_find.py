@@ -165,7 +165,7 @@ def test_what_became_of_the_registering_process_is_a_feature() -> None:
     feats: set[str] = set()
     _, violations, _ = engine.run_program(text, "map-direct-sealed", "passed", feats=feats)
     for want in ("munmap why=exit pinned=longterm", "block-free pinned=longterm owner=exit",
-                 "reg_mr pin=fsdax",
+                 "reg_mr pin=fsdax", "pass pin=fsdax", "receive pin=fsdax",
                  "dereg_mr why=last close of the uverbs context pin=fsdax owner=exit",
                  "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=live",
                  "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=exit"):

@@ -21,7 +21,7 @@ from kemu.kernel_daemon.af_unix import Mailbox
 from kemu.kernel_daemon.errors import KernelError
 from kemu.kernel_daemon.kernel import Inflight, Kernel
 from kemu.kernel_daemon.syscalls.table import syscall
-from kemu.kernel_daemon.task import Task
+from kemu.kernel_daemon.task import File, Task
 from kemu.protocol import linux
 
 #: messages a receive queue holds before senders get EAGAIN (net.unix.max_dgram_qlen
@@ -98,9 +98,19 @@ def sys_sendmsg(k: Kernel, t: Task, dest: str, data: bytes, fds: list[int]) -> i
     box.queue.append(msg)
     af_unix.charge(k, msg)
     if fds:
-        k.log.emit("pass", pid=t.pid, dest=box.owner, fds=fds, files=[f.fid for f in files])
+        k.log.emit("pass", pid=t.pid, dest=box.owner, fds=fds, files=[f.fid for f in files],
+                   **_regions(files))
     box.wake()
     return len(data)
+
+
+def _regions(files: list[File]) -> dict[str, str]:
+    """For the event log: what the memory regions of the uverbs contexts among
+    ``files`` hold (``pin=fsdax``, ``anon`` or ``odp``, the first that any has), as a
+    context passed to another process takes its regions' pins with it."""
+    kinds = {mr.pin for f in files if f.private_data is not None
+             for mr in f.private_data.mrs.values()}
+    return next(({"pin": kind} for kind in ("fsdax", "anon", "odp") if kind in kinds), {})
 
 
 @syscall("recvmsg", linux="net/unix/af_unix.c unix_dgram_recvmsg()", support="emulator",
@@ -124,5 +134,5 @@ def sys_recvmsg(k: Kernel, t: Task, name: str, flags: int = 0) -> dict[str, Any]
     fds = [k.fd_install(t, f, bool(flags & linux.O_CLOEXEC)) for f in msg.files]
     if fds:
         k.log.emit("receive", pid=t.pid, sender=msg.sender, fds=fds,
-                   files=[f.fid for f in msg.files])
+                   files=[f.fid for f in msg.files], **_regions(msg.files))
     return {"sender": msg.sender, "data": msg.data, "fds": fds}
