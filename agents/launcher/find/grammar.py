@@ -572,12 +572,15 @@ class _Decoder:
         if not actors:
             return
         # three lines in four go to the actor of the line before (a program's calls build
-        # on each other's resources), the others to any actor alive
+        # on each other's resources), the others to any actor alive: chosen by the gene's
+        # bits above the two that decided (``g[0] // 2`` would be even whenever
+        # ``g[0] % 4 == 0``, and with two or four actors alive the odd ones were never
+        # chosen: after A's death, R only ever went on from a line of its own)
         last = self.actors.get(self.lines[-1].split(":")[0]) if self.lines else None
         if last is not None and last.alive and g[0] % 4 != 0:
             a = last
         else:
-            a = actors[(g[0] // 2) % len(actors)]
+            a = actors[(g[0] // 4) % len(actors)]
         opts = self.options(a)
         r = g[1] % sum(w for _, w in opts)
         for fn, w in opts:
