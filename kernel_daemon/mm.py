@@ -218,8 +218,9 @@ def remove_mapping(k: Kernel, mapping: Mapping, why: str) -> None:
     """Tear a mapping down; the process unmaps it itself (or is gone), so no shoot-down."""
     if mapping.task.mm.vmas.pop(mapping.vid, None) is None:
         return
-    # pages a device still pins go with the mapping (``page_maybe_dma_pinned()``)
-    pinned = {"pinned": "longterm"} if any(
+    # for the event log: pages a device still pins go with the mapping
+    # (``page_maybe_dma_pinned()``); not looked for when nothing is logged
+    pinned = {"pinned": "longterm"} if k.log.enabled and k.pins.longterm and any(
         b in k.pins.longterm for b in (*mapping.ptes.values(), *mapping.cow.values())) else {}
     k.policy.munmap(k, mapping)
     for notify in list(mapping.notifiers):  # devices caching its translations drop them
