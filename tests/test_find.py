@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,52 @@ def test_any_actor_alive_can_have_the_next_line(dead: tuple[str, ...]) -> None:
         d.step((g0, 0, 0, 0, 0, 0))
         chosen.add(d.lines[-1].split(":")[0])
     assert chosen == {a for a in grammar.TOP if a not in dead}
+
+
+def test_a_directed_insertion_uses_what_the_program_made() -> None:
+    """A directed gene makes an actor alive at the insertion point use what the program
+    made for it (A: its descriptor, mapping, context, region; B and R, who hold nothing:
+    the path A opened), every actor alive and every such call among the choices, a
+    weight-1 call as well as a weight-2 one; no producer is drawn for it."""
+    prefix = grammar.decode([(0, 0, 0, 0, 0, 0)] * 3)  # A: open, mmap, ibv_reg_mr, write
+    rng = random.Random(7)
+    calls: dict[str, set[str]] = {n: set() for n in grammar.TOP}
+    for _ in range(600):
+        g = grammar.directed(rng, prefix.genes, 0, len(prefix.genes))
+        assert g is not None and len(g) == grammar.GENE_LEN
+        assert all(0 <= x <= grammar.GENE_MAX for x in g)
+        d = grammar._Decoder()
+        for x in prefix.genes:
+            d.step(x)
+        a = d.actors["A"]
+        mine = [r.var for r in (*a.fds, *a.maps, *a.mrs, *a.keys)]
+        n0 = len(d.lines)
+        d.step(g)
+        # nothing had to be made first (mmap sizes the file to the mapping first)
+        assert len(d.lines) == n0 + 1 or (len(d.lines) == n0 + 2
+                                          and ": ftruncate(" in d.lines[n0]), d.lines[n0:]
+        actor, text = d.lines[-1].split(": ", 1)
+        call = text.split(" = ")[-1].split("(")[0]
+        calls[actor].add(call)
+        if actor == "A" and call not in ("truncate", "unlink") \
+                and "MAP_ANONYMOUS" not in text:  # mmap's gene may draw an anonymous one
+            assert any(re.search(rf"\b{v}\b", text.split("(", 1)[1]) for v in mine), text
+    assert calls["B"] == calls["R"] == {"truncate", "unlink"}
+    assert {"pread", "pwrite", "fcntl", "munmap", "ibv_dereg_mr", "rdma_write",
+            "ibv_reg_mr", "close"} <= calls["A"], calls["A"]
+    assert "open" not in calls["A"] and "ibv_open_device" not in calls["A"]
+
+
+def test_mutation_keeps_inserted_genes_of_a_full_program() -> None:
+    """Inserting into a program of MAX_STEPS genes drops genes elsewhere, not the new
+    ones (they were cut off the end before)."""
+    full = [(0, i, 0, 0, 0, 0) for i in range(grammar.MAX_STEPS)]
+    kept = 0
+    for s in range(200):
+        _, genes = grammar.mutate(random.Random(s), [(0, full)])
+        assert len(genes) <= grammar.MAX_STEPS
+        kept += any(g not in full for g in genes)
+    assert kept > 100
 
 
 def test_a_swarm_mask_leaves_calls_out() -> None:

@@ -215,6 +215,8 @@ class _Decoder:
         self.producing = False
         #: a peer is making what another actor borrows
         self.borrowing = False
+        #: the paths the program has opened (what ``truncate`` and ``unlink`` name)
+        self.opened: set[str] = set()
 
     def fresh(self, stem: str) -> str:
         self.counter += 1
@@ -281,6 +283,17 @@ class _Decoder:
                 "fd": bool(a.fds), "file": bool(a.files()), "file2": len(a.files()) > 1,
                 "mr": bool(a.mrs), "qp": bool(a.qps),
                 "posted": any(q.posted for q in a.qps)}[need]
+
+    def consumes(self, a: Actor, fn: Callable[[Actor, Gene], None]) -> bool:
+        """Does ``fn`` use something ``a`` (or the program) already made: its inputs
+        (:data:`NEEDS`), a message in its mailbox (``recv``), a started call
+        (``join``), the path of a file the program opened (``truncate``, ``unlink``)?"""
+        name = fn.__name__
+        if name in ("recv", "join"):
+            return True  # offered only when there is a message, a started call
+        if name in ("truncate", "unlink"):
+            return bool(self.opened)
+        return name in self.NEEDS and all(self.has(a, n) for n in self.NEEDS[name])
 
     def ensure(self, a: Actor, need: str, g: Gene) -> None:
         """Make what ``need`` names if ``a`` has none, with its own producer (which may
@@ -360,6 +373,7 @@ class _Decoder:
         flags = self.pick(OPEN_FLAGS, g[3])
         self.emit(a, f'{fd.var} = open("{fd.path}", {flags}, 0o644)' + self.bg(a, "open", g[4]))
         a.fds.append(fd)
+        self.opened.add(fd.path)
 
     def close(self, a: Actor, g: Gene) -> None:
         fd = _newest(a.fds, g[2])
@@ -606,34 +620,85 @@ def decode(genes: list[Gene], mask: int = 0) -> Program:
     return Program(tuple(d.finish()), tuple(genes), mask)
 
 
+def _choose(rng: random.Random, count: int, index: int, top: int = GENE_MAX) -> int:
+    """A random ``x`` in [0, top] with ``x % count == index`` (``index < count``)."""
+    return index + count * rng.randrange((top - index) // count + 1)
+
+
+def directed(rng: random.Random, genes: Sequence[Gene], mask: int, at: int) -> Gene | None:
+    """A gene that, inserted at ``at``, has an actor alive there use one of the resources
+    the program made for it (syzkaller's insertion of a call over the resources of the
+    program's prefix, its choice table's bias to calls that consume them): the prefix
+    is decoded, an actor alive is chosen uniformly, then uniformly one of the calls
+    :meth:`_Decoder.consumes` allows it, whatever its weight; its arguments are drawn
+    at random.  Nothing here knows which call is dangerous.  ``None`` when no actor is
+    alive there or none can use anything."""
+    d = _Decoder(mask)
+    for g in genes[:at]:
+        d.step(g)
+    alive = d.alive()
+    if not alive:
+        return None
+    i = rng.randrange(len(alive))
+    opts = d.options(alive[i])
+    uses = [k for k, (fn, _) in enumerate(opts) if d.consumes(alive[i], fn)]
+    if not uses:
+        return None
+    k = rng.choice(uses)
+    total = sum(w for _, w in opts)
+    low = sum(w for _, w in opts[:k])
+    # g[0] % 4 == 0 and g[0] // 4 picks actor i (_Decoder.step); g[1] falls in call k's
+    # share of the weights (_Decoder.step); the arguments are free
+    g0 = 4 * _choose(rng, len(alive), i, GENE_MAX // 4)
+    g1 = _choose(rng, total, low + rng.randrange(opts[k][1]))
+    return (g0, g1, *(rng.randint(0, GENE_MAX) for _ in range(GENE_LEN - 2)))
+
+
 def mutate(rng: random.Random, parents: Sequence[tuple[int, Sequence[Gene]]],
            max_steps: int = MAX_STEPS, weights: Sequence[float] | None = None
            ) -> tuple[int, list[Gene]]:
     """A new program's (mask, genes) made from the corpus ``parents`` (each a mask and
     its genes), as syzkaller mutates its corpus: insert fresh genes (a call or more),
-    more often towards the end, where the program's resources are; splice the head of
-    one parent onto the tail of another; redraw one integer of a gene; or delete a gene.
-    The parent is drawn by ``weights`` (the campaign gives more to programs that
-    covered what few others did, as AFL's and Entropic's schedules do).  At most
-    ``max_steps`` genes; the decoder keeps the result well typed."""
+    more often towards the end, where the program's resources are; insert a call that
+    uses what the program made there (:func:`directed`); splice the head of one parent
+    onto the tail of another; redraw one integer of a gene; or delete a gene.  The
+    parent is drawn by ``weights`` (the campaign gives more to programs that covered
+    what few others did, as AFL's and Entropic's schedules do).  At most ``max_steps``
+    genes: a program that an insertion makes longer loses genes elsewhere, not the
+    inserted ones.  The decoder keeps the result well typed."""
     mask, genes = rng.choices(parents, weights=weights)[0]
     out = list(genes)
 
     def fresh() -> Gene:
         return tuple(rng.randint(0, GENE_MAX) for _ in range(GENE_LEN))
 
+    def insert(at: int, new: list[Gene]) -> int:
+        """Insert ``new`` at ``at``; where they end up."""
+        out[at:at] = new
+        while len(out) > max_steps:
+            j = rng.choice([x for x in range(len(out)) if not at <= x < at + len(new)])
+            del out[j]
+            at -= j < at
+        return at + len(new)
+
     for _ in range(1 + (rng.random() < 0.3)):
         op = rng.random()
-        if op < 0.35 or not out:
-            at = len(out) - int(rng.random() ** 2 * (len(out) + 1))
-            out[at:at] = [fresh() for _ in range(rng.randint(1, 3))]
+        at = len(out) - int(rng.random() ** 2 * (len(out) + 1))
+        if op < 0.2 or not out:
+            insert(at, [fresh() for _ in range(rng.randint(1, min(3, max_steps)))])
+        elif op < 0.4:  # one or two calls over what the program made by then
+            for _ in range(rng.randint(1, min(2, max_steps))):
+                made = directed(rng, out, mask, at)
+                if made is None:
+                    break
+                at = insert(at, [made])
         elif op < 0.55:  # the same call again, later: after what came between
             i = rng.randrange(len(out))
             out.insert(rng.randint(i + 1, len(out)), out[i])
-        elif op < 0.7 and len(parents) > 1:
+        elif op < 0.67 and len(parents) > 1:
             _, other = rng.choice(parents)
             out = out[:rng.randint(0, len(out))] + list(other)[rng.randint(0, len(other)):]
-        elif op < 0.9:
+        elif op < 0.88:
             i, j = rng.randrange(len(out)), rng.randrange(GENE_LEN)
             g = list(out[i])
             g[j] = rng.randint(0, GENE_MAX)
