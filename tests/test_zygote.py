@@ -99,3 +99,59 @@ def test_a_zygote_child_reports_how_it_died(run_dir: str) -> None:
     d.kill()
     assert d.proc.returncode == -signal.SIGKILL
     assert not os.path.exists(f"/dev/shm/{d.pmem_name}")
+
+
+REUSE = r"""
+import os, sys
+from kemu.agents.launcher import zygote
+from kemu.agents.launcher.designs import daemon_env
+env = daemon_env()
+null = os.open(os.devnull, os.O_RDWR)
+kids = [zygote.spawn("kemu.kernel_daemon.__main__", ["--describe"], env=env,
+                     stdio=(null, null, null)) for _ in range(5)]
+for k in kids:
+    assert k.wait(30) == 0  # ended and reaped by the zygote: their PIDs are free again
+print(" ".join(str(k.pid) for k in kids), flush=True)
+sys.stdin.readline()  # the test has started a process of its own under one of them
+zygote.shutdown()  # the launcher goes: the zygote sweeps what it forked
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_zygote_ending_spares_a_process_that_reuses_a_childs_pid() -> None:
+    """When its launcher goes, the zygote kills the children it has not reaped, and no
+    other process: a PID it reaped may name another process of the machine by then.
+    (It killed every PID it had ever forked, and a campaign script's next ``kemu find``,
+    which got one of them, died with SIGKILL as the previous campaign's zygote ended.)
+    The reuse is forced through ``/proc/sys/kernel/ns_last_pid``."""
+    last = "/proc/sys/kernel/ns_last_pid"
+    if not os.access(last, os.W_OK):
+        pytest.skip("needs a writable /proc/sys/kernel/ns_last_pid (root)")
+    bystander: subprocess.Popen[bytes] | None = None
+    with subprocess.Popen([sys.executable, "-c", REUSE], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as script:
+        try:
+            assert script.stdout is not None and script.stdin is not None
+            pids = [int(p) for p in script.stdout.readline().split()]
+            assert len(pids) == 5
+            for pid in pids:  # another process of the machine may take the PID first
+                with open(last, "w") as fh:
+                    fh.write(str(pid - 1))
+                proc = subprocess.Popen(["sleep", "60"])
+                if proc.pid == pid:
+                    bystander = proc
+                    break
+                proc.kill()
+                proc.wait()
+            if bystander is None:
+                pytest.skip("could not start a process under a reaped child's PID")
+            script.stdin.write("go\n")
+            script.stdin.flush()
+            assert script.wait(60) == 0  # shutdown() waits for the zygote to exit
+            assert bystander.poll() is None, "the zygote killed a process it did not start"
+        finally:
+            if bystander is not None:
+                bystander.kill()
+                bystander.wait()
+            if script.poll() is None:
+                script.kill()

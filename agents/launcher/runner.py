@@ -75,6 +75,19 @@ class ActorState:
     #: the program file it exec'd (``exec("/prog")``): it runs that, takes no lines
     program: str | None = None
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the actor's process through its pidfd where it has one: a
+        process already reaped (by the zygote, for a parallel run's spawn) is not
+        signalled, nor a later process of the machine that got its PID."""
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+        elif self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
 
 @dataclass
 class LineResult:
@@ -916,9 +929,9 @@ class Runner:
             return
         if step.fault == "delay":
             # SIGSTOP now, SIGCONT after the delay, whatever the lines do meanwhile
-            os.kill(actor.pid, signal.SIGSTOP)
+            actor.send_signal(signal.SIGSTOP)
             _wait_state(actor.pid, "T", self.step_timeout)
-            timer = threading.Timer(step.delay, _cont, (actor.pid,))
+            timer = threading.Timer(step.delay, actor.send_signal, (signal.SIGCONT,))
             timer.daemon = True
             timer.start()
             self.timers.append(timer)
@@ -927,11 +940,11 @@ class Runner:
         if step.fault == "signal":
             signo = signal_number(step.signal)
             assert signo is not None
-            os.kill(actor.pid, signo)
+            actor.send_signal(signo)
             self._emit("sent", actor=actor.name, pid=actor.pid, signal=step.signal)
             return
         sig = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[step.fault]
-        os.kill(actor.pid, sig)
+        actor.send_signal(sig)
         if step.fault == "kill":
             actor.alive = False
             self._wait_dead(actor)
@@ -1014,7 +1027,7 @@ class Runner:
         for actor in self.actors.values():
             if actor.alive and actor.program is not None:
                 # still running the program it exec'd: ended here, as a shell's kill -9
-                os.kill(actor.pid, signal.SIGKILL)
+                actor.send_signal(signal.SIGKILL)
                 actor.alive = False
                 self._wait_dead(actor)
                 actor.status = "SIGKILL"
@@ -1025,7 +1038,7 @@ class Runner:
             timer.cancel()
         for actor in self.actors.values():
             if actor.alive and not actor.stopped:
-                _cont(actor.pid)  # one held up by !delay whose timer did not fire yet
+                actor.send_signal(signal.SIGCONT)  # one held up by !delay whose timer did not fire yet
         if self.kconn is not None:
             try:
                 self.audit = dict(self.kconn.call("pin_audit"))
@@ -1035,8 +1048,7 @@ class Runner:
         told: list[ActorState] = []
         for actor in self.actors.values():
             if actor.alive and actor.stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(actor.pid, signal.SIGCONT)
+                actor.send_signal(signal.SIGCONT)
             if actor.alive and actor.link is not None:
                 told.append(actor)  # alive as far as the run knows: must exit with 0
                 with contextlib.suppress(LinkClosed, OSError):
@@ -1062,8 +1074,7 @@ class Runner:
                 if self._gone(actor, 5):
                     status = _exit_status(actor)
                 else:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(actor.pid, signal.SIGKILL)
+                    actor.send_signal(signal.SIGKILL)
             if actor in told and status not in (None, "exited with 0", "gone") \
                     and not self.aborted:
                 # it died before it could take the exit: a signal on its way at the end
@@ -1148,8 +1159,7 @@ class Runner:
             self.aborted = True
             for actor in self.actors.values():
                 if actor.alive:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(actor.pid, signal.SIGKILL)
+                    actor.send_signal(signal.SIGKILL)
         finally:
             self.finish()
         self._emit("verdict", failures=len(self.failures),
@@ -1182,12 +1192,6 @@ class Runner:
         except OSError as exc:  # a full disk is the run folder's problem, not the run's
             print(f"launcher: the run folder {self.run_dir} is incomplete: {exc}",
                   file=sys.stderr)
-
-
-def _cont(pid: int) -> None:
-    """SIGCONT ``pid`` (an actor held up by ``!delay``), if it is still there."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGCONT)
 
 
 def _wait_state(pid: int, state: str, timeout: float) -> None:

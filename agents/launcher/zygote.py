@@ -485,6 +485,7 @@ def _reap() -> None:
             return
         if pid == 0:
             return
+        _reaped(pid)
         if len(_statuses) >= MAX_STATUSES:
             _statuses.pop(next(iter(_statuses)))
         _statuses[pid] = status
@@ -507,6 +508,7 @@ def _serve_one(sock: socket.socket) -> bool:
             _reap()
             if pid not in _statuses:  # it has ended (its pidfd said so): reap it now
                 _, _statuses[pid] = os.waitpid(pid, 0)
+                _reaped(pid)
             answer: dict[str, Any] = {"status": _statuses.pop(pid)}
         else:
             answer = _spawn(request, fds)
@@ -539,16 +541,35 @@ def _spawn(request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     return {"pid": pid}
 
 
-#: every child forked, for the sweep at the end
+#: every child forked and not yet reaped, for the sweep at the end: only these PIDs are
+#: ours to kill (an unreaped child, running or a zombie, keeps its PID; a reaped one's
+#: PID may already name another process of the machine)
 _spawned: set[int] = set()
+#: children reaped whose shared-memory segments may be left (a daemon killed by SIGKILL)
+_gone: set[int] = set()
+#: at most this many of them are remembered (the launcher removes a run's segments)
+MAX_GONE = 65536
+
+
+def _reaped(pid: int) -> None:
+    """``pid`` was reaped: it is no longer ours to signal."""
+    _spawned.discard(pid)
+    if len(_gone) >= MAX_GONE:
+        _gone.pop()
+    _gone.add(pid)
 
 
 def _sweep() -> None:
     """The launcher is gone: kill what still runs, reap it, remove what it left.
 
-    The segments go first: whoever watches a child's pidfd sees it end before it is
+    Only children not reaped yet are signalled: their PIDs are still theirs.  (The
+    sweep used to SIGKILL every PID the zygote had ever forked, and a long campaign's
+    reaped PIDs, reused by then, named other processes of the machine: the next
+    ``kemu find`` a script started was killed as its predecessor's zygote ended.)  The
+    segments go first: whoever watches a child's pidfd sees it end before it is
     reaped, and must find its segments gone by then.  A segment made between the
-    removal and the kill goes in the second pass."""
+    removal and the kill goes in the second pass.  Those of a child reaped earlier are
+    removed only while no process has its PID (a reused PID's segments are not ours)."""
     for pid in _spawned:
         shm.remove(f"{shm.PREFIX}{pid}-")
     for pid in sorted(_spawned):
@@ -561,6 +582,9 @@ def _sweep() -> None:
             break
     for pid in _spawned:
         shm.remove(f"{shm.PREFIX}{pid}-")
+    for pid in _gone:
+        if not os.path.exists(f"/proc/{pid}"):
+            shm.remove(f"{shm.PREFIX}{pid}-")
 
 
 #: run once in the zygote, output discarded, so that what every child would build
