@@ -344,6 +344,14 @@ class Kernel:
             hook(task)
         for fd, _ in list(task.fds):
             self.close_fd(task, fd)
+        if self.log.enabled:
+            # regions it registered that outlive it, their context held by another process
+            # (or passed and not yet received): ib_umem_get() took a reference to the
+            # address space (umem->owning_mm), which is kept, pinned, after the exit
+            held = sorted({mr.pin for mr in self.rdma.lkeys.values()
+                           if mr.task is task and not mr.odp})
+            if held:
+                self.log.emit("mm-held", pid=task.pid, by="ib_umem", pin=",".join(held))
         for pending in list(self.pending_forks.values()):
             if pending.parent == task.pid and pending.child is None:
                 # The child may still register; give it a while, then drop the snapshot.

@@ -211,8 +211,9 @@ def test_a_queue_pairs_number_is_not_a_feature() -> None:
 def test_what_became_of_the_registering_process_is_a_feature() -> None:
     """A region outlives the process that registered it when another process holds
     its context: the kernel says so where it matters (``owner=``, the fate of
-    ``ib_umem->owning_mm``), in a mapping torn down under a pin, a block freed under
-    it and a device access through it.  These are states a guided campaign keeps
+    ``ib_umem->owning_mm``), at the death (``mm-held``), in a mapping torn down under
+    a pin, a block freed under it and a device access through it; what the teardown
+    after the lines does is marked ``at=end``.  These are states a guided campaign keeps
     programs for; under upstream none of them is reached."""
     text = "\n".join([
         *grammar.HEADER,
@@ -228,14 +229,23 @@ def test_what_became_of_the_registering_process_is_a_feature() -> None:
     _, violations, _ = engine.run_program(text, "map-direct-sealed", "passed", feats=feats)
     for want in ("munmap why=exit pinned=longterm", "block-free pinned=longterm owner=exit",
                  "reg_mr pin=fsdax", "pass pin=fsdax", "receive pin=fsdax",
-                 "dereg_mr why=last close of the uverbs context pin=fsdax owner=exit",
+                 "mm-held pin=fsdax",  # A's exit: its pinned address space is kept
+                 # the teardown (after the lines) is told apart from the program
+                 "dereg_mr why=last close of the uverbs context pin=fsdax owner=exit at=end",
+                 "exit why=died", "exit why=died at=end",
                  "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=live",
                  "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=exit"):
         assert f"map-direct-sealed {want}" in feats, (want, sorted(feats))
     assert any(engine.kind_of(v) == "longterm" for v in violations), violations
     feats = set()
     engine.run_program(text, "upstream", "passed", feats=feats)
-    assert not any("owner=" in f for f in feats), sorted(feats)
+    assert not any("owner=" in f or "mm-held" in f for f in feats), sorted(feats)
+    # the registrar's death without a context held elsewhere keeps nothing pinned
+    alone = "\n".join(ln for ln in text.splitlines() if "sendfd" not in ln
+                      and "recvfd" not in ln) + "\n"
+    feats = set()
+    engine.run_program(alone, "map-direct-sealed", "alone", feats=feats)
+    assert not any("mm-held" in f or "owner=exit" in f for f in feats), sorted(feats)
 
 
 @pytest.mark.timeout(300)

@@ -252,12 +252,17 @@ def _token(ev: dict[str, Any]) -> str:
 def kernel_features(run_dir: str, policy: str) -> set[str]:
     """What the kernel did in a run, as the coverage a guided campaign grows: each kind
     of kernel event with what was decided in it (:func:`_token`), under the design.
-    Calls and returns are left out: :func:`features` has them.  Pairs of successive
+    Calls and returns are left out: :func:`features` has them.  What the kernel does
+    once the lines are over (from the launcher's ``pin_audit`` on: the actors told to
+    exit, what their deaths release) is marked ``at=end``: a region let go of at the
+    teardown, after its registrar, is not the state of a program whose registrar died
+    while the others went on (``mm-held``, then whatever they do).  Pairs of successive
     events (AFL's edges) were tried and left out: nearly every program then covers a
     pair no other did, the corpus grows by one program in two, and the few programs
     that reached a rare state (a block freed while pinned) get no more of the mutations
     than any other."""
     out: set[str] = set()
+    launcher, end = None, ""
     try:
         with open(os.path.join(run_dir, "kernel.jsonl"), encoding="utf-8") as fh:
             for line in fh:
@@ -265,9 +270,16 @@ def kernel_features(run_dir: str, policy: str) -> set[str]:
                     ev = json.loads(line)
                 except ValueError:
                     continue
-                if not isinstance(ev, dict) or ev.get("ev") in _PLAIN_EVENTS:
+                if not isinstance(ev, dict):
                     continue
-                out.add(f"{policy} {_token(ev)}")
+                if ev.get("ev") == "register" and ev.get("name") == "launcher":
+                    launcher = ev.get("pid")
+                elif ev.get("ev") == "call" and ev.get("call") == "pin_audit" \
+                        and launcher is not None and ev.get("pid") == launcher:
+                    end = " at=end"  # the lines are over: what follows is the teardown
+                if ev.get("ev") in _PLAIN_EVENTS:
+                    continue
+                out.add(f"{policy} {_token(ev)}{end}")
     except OSError:
         pass
     return out
