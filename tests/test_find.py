@@ -167,6 +167,25 @@ def test_a_swarm_mask_leaves_calls_out() -> None:
     assert "ibv_reg_mr(" in text  # the producer of the region's keys, though left out
 
 
+def test_a_parents_weight_decays_with_its_mutants() -> None:
+    """A corpus program's weight is one over the count of its rarest feature, halved for
+    every DECAY mutants it has had: a program that has just reached a rare state gets
+    more of the next mutants than one mutated for long without result."""
+    camp = engine.Campaign(0, ["legacy"])
+    camp.guide = [(0, ((1, 2, 3, 4, 5, 6),)), (0, ((6, 5, 4, 3, 2, 1),))]
+    camp.guide_feats = [frozenset({"a", "b"}), frozenset({"c"})]
+    camp.counts.update({"a": 4, "b": 2, "c": 2})
+    assert [w for _, _, w in camp.parents()] == [0.5, 0.5]
+    camp.chosen.update([0] * engine.DECAY)
+    assert [w for _, _, w in camp.parents()] == [0.25, 0.5]
+    # the mutants a chunk drew are counted against the parents it was given
+    corpus = [(m, g) for m, g, _ in camp.parents()]
+    chosen: list[int] = []
+    for s in range(50):
+        grammar.mutate(random.Random(s), corpus, weights=[0.0, 1.0], chosen=chosen)
+    assert chosen == [1] * 50
+
+
 def test_corpus_files_keep_their_genes(tmp_path: Path) -> None:
     genes = ((1, 2, 3, 4, 5, 6), (7, 8, 9, 10, 11, 12))
     text = engine.corpus_text(5, genes)

@@ -70,6 +70,8 @@ OUT_MAX = 50
 LAG = 8
 #: at most this many programs in a campaign's own (in-memory) corpus
 GUIDE_MAX = 2000
+#: a corpus program's weight halves with every this many mutants it has had
+DECAY = 16
 #: kernel events that are not features (every run has them)
 _PLAIN_EVENTS = frozenset({"call", "ret", "register", "boot", "shutdown", "launch"})
 
@@ -123,6 +125,8 @@ class Chunk:
         field(default_factory=list)
     #: how many of them were mutations of the corpus
     mutants: int = 0
+    #: the parent of each mutant: its index in the corpus the chunk was given
+    chosen: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -161,12 +165,20 @@ class Campaign:
     covered: set[str] = field(default_factory=set)
     #: how many programs covered each feature
     counts: Counter[str] = field(default_factory=Counter)
+    #: how many mutants each corpus program (by its index in ``guide``) has had
+    chosen: Counter[int] = field(default_factory=Counter)
 
     def parents(self) -> list[tuple[int, tuple[grammar.Gene, ...], float]]:
         """The corpus with each program's weight: one over the number of programs that
-        covered its rarest feature."""
-        return [(m, g, max(1.0 / self.counts[f] for f in feats))
-                for (m, g), feats in zip(self.guide, self.guide_feats, strict=True)]
+        covered its rarest feature, halved for every :data:`DECAY` mutants it has had
+        already.  Without the decay, a program whose rare feature its mutants seldom
+        cover again (a result that needs a race, say) kept the weight of a program that
+        had just reached a new state, for the whole campaign; AFL++'s power schedules
+        lower the energy of a seed by how often it was fuzzed for the same reason."""
+        return [(m, g, max(1.0 / self.counts[f] for f in feats)
+                 * 0.5 ** (self.chosen[i] / DECAY))
+                for i, ((m, g), feats) in enumerate(zip(self.guide, self.guide_feats,
+                                                        strict=True))]
 
 
 def chunk_seed(seed: int, index: int) -> int:
@@ -380,7 +392,7 @@ def run_chunk(seed: int, index: int, specs: list[str], examples: int = CHUNK,
         if deadline is not None and time.time() > deadline:
             break
         mask, genes = grammar.mutate(rng, [(m, g) for m, g, _ in parents or []], max_steps,
-                                     [w for _, _, w in parents or []])
+                                     [w for _, _, w in parents or []], chunk.chosen)
         one(grammar.decode(genes, mask), True)
         chunk.mutants += 1
     chunk.wall = time.monotonic() - t0
@@ -814,6 +826,7 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
         nonlocal merged
         while merged < len(order) and order[merged] in chunks:
             c = chunks[order[merged]]
+            camp.chosen.update(c.chosen)
             for mask, genes, feats in c.programs:
                 if genes and not feats <= camp.covered and len(camp.guide) < GUIDE_MAX:
                     camp.guide.append((mask, genes))

@@ -655,8 +655,8 @@ def directed(rng: random.Random, genes: Sequence[Gene], mask: int, at: int) -> G
 
 
 def mutate(rng: random.Random, parents: Sequence[tuple[int, Sequence[Gene]]],
-           max_steps: int = MAX_STEPS, weights: Sequence[float] | None = None
-           ) -> tuple[int, list[Gene]]:
+           max_steps: int = MAX_STEPS, weights: Sequence[float] | None = None,
+           chosen: list[int] | None = None) -> tuple[int, list[Gene]]:
     """A new program's (mask, genes) made from the corpus ``parents`` (each a mask and
     its genes), as syzkaller mutates its corpus: insert fresh genes (a call or more),
     more often towards the end, where the program's resources are; insert a call that
@@ -665,8 +665,13 @@ def mutate(rng: random.Random, parents: Sequence[tuple[int, Sequence[Gene]]],
     parent is drawn by ``weights`` (the campaign gives more to programs that covered
     what few others did, as AFL's and Entropic's schedules do).  At most ``max_steps``
     genes: a program that an insertion makes longer loses genes elsewhere, not the
-    inserted ones.  The decoder keeps the result well typed."""
-    mask, genes = rng.choices(parents, weights=weights)[0]
+    inserted ones.  The decoder keeps the result well typed.  The parent's index is
+    appended to ``chosen``, if given (the campaign counts each parent's mutants)."""
+    # drawn by index: the same draw as of the parents themselves, the index known
+    index = rng.choices(range(len(parents)), weights=weights)[0]
+    if chosen is not None:
+        chosen.append(index)
+    mask, genes = parents[index]
     out = list(genes)
 
     def fresh() -> Gene:
