@@ -315,6 +315,23 @@ def test_corpus_and_out_directories_stay_bounded(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["r3.run", "r3.scn", "r4.run", "r4.scn"]
 
 
+@pytest.mark.timeout(120)
+def test_a_corpus_runs_first_in_chunks_side_by_side(tmp_path: Path) -> None:
+    """The programs of a corpus directory run before anything is drawn, in chunks of
+    CHUNK programs side by side (as one task they held up the guided chunks), each
+    once, and all join the campaign's corpus in their order."""
+    corpus = tmp_path / "corpus"
+    genes = [((i * 4, 7 * i, i, i, 0, 0), (0, 3, 0, 0, 0, 0)) for i in range(20)]
+    engine.save_corpus(str(corpus), [engine.corpus_text(0, g) for g in genes])
+    texts = engine.load_corpus(str(corpus))
+    camp = engine.campaign(["legacy"], seed=0, programs=1, jobs=3, corpus=str(corpus),
+                           progress=None, minimize=False, chunk_size=8)
+    assert camp.programs == 21  # 20 from the corpus (3 chunks), 1 drawn
+    kept = [engine.corpus_text(m, g) for m, g in camp.guide]
+    assert [t for t in kept if t in texts] == [t for t in texts if t in kept]
+    assert kept and kept[0] in texts
+
+
 def _s5(tmp_path: Path, name: str) -> engine.Campaign:
     return engine.campaign(["legacy"], seed=S5_SEED, programs=S5_PROGRAMS, start=S5_CHUNK,
                            out_dir=str(tmp_path / name), progress=None, shrink_runs=30)

@@ -399,8 +399,10 @@ def run_chunk(seed: int, index: int, specs: list[str], examples: int = CHUNK,
     return chunk
 
 
-def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -> Chunk:
-    """The corpus's programs, run as chunk -1 (before anything is drawn)."""
+def run_texts(texts: list[str], specs: list[str], promised_only: bool = False,
+              index: int = -1, first: int = 0) -> Chunk:
+    """Programs of the corpus, run as chunk ``index`` (a negative one: before anything
+    is drawn); ``first``: the place of ``texts[0]`` in the corpus."""
     t0 = time.monotonic()
     found: list[Found] = []
     names = [designs.resolve(s) for s in specs]
@@ -410,13 +412,14 @@ def run_texts(texts: list[str], specs: list[str], promised_only: bool = False) -
         covered: set[str] = set()
         for spec, design in zip(specs, names, strict=True):
             feats: set[str] = set()
-            _, violations, promised = run_program(text, spec, f"find-corpus-{i}",
+            _, violations, promised = run_program(text, spec, f"find-corpus-{first + i}",
                                                   promised_only, feats)
             covered |= feats
             found.extend(Found(v.invariant, design, spec, v.evidence, _promised(v, promised),
-                               text, -1, i, kind_of(v), mask, genes) for v in violations)
+                               text, index, first + i, kind_of(v), mask, genes)
+                         for v in violations)
         programs.append((mask, genes, frozenset(covered)))
-    return Chunk(-1, list(texts), found, [], time.monotonic() - t0, programs)
+    return Chunk(index, list(texts), found, [], time.monotonic() - t0, programs)
 
 
 # --- shrinking ---------------------------------------------------------------------------
@@ -846,9 +849,12 @@ def campaign(specs: list[str], seed: int = 0, programs: int | None = None,
     try:
         pending: set[Any] = set()
         corpus_texts = load_corpus(corpus) if corpus else []
-        if corpus_texts:
-            order.append(-1)
-            pending.add(engine.submit(run_texts, corpus_texts, specs, promised_only))
+        # the corpus first, in chunks -1, -2, ... of chunk_size programs each, run side by
+        # side (as one task it held up every guided chunk after the first LAG)
+        for k in range(0, len(corpus_texts), chunk_size):
+            order.append(-1 - k // chunk_size)
+            pending.add(engine.submit(run_texts, corpus_texts[k:k + chunk_size], specs,
+                                      promised_only, order[-1], k))
         planned = 0  # programs handed out
         index = start
 
