@@ -9,9 +9,10 @@ of the shrunk reproducer (``--shrink``), then the median and the worst.  ``--ung
 draws every program afresh (no corpus mutation): the baseline of the guided search,
 measured in the same way, is the ratio printed with ``--compare``.
 
-``--shape s6`` counts only a foreign write whose program passed the region's uverbs
-context to another process (``sendfd`` or ``fork``) before the process that registered
-it died (``exit`` or ``!kill``): the S6 thread scenario, rather than the shorter ways a
+``--shape s6`` counts only a foreign write whose program shared the region's uverbs
+context with another process (the registrar passed it, ``sendfd`` or ``fork``, or had
+received it, ``recvfd``) before the process that registered it died (``exit`` or
+``!kill``): the S6 thread scenario, rather than the shorter ways a
 design may have to the same hazard (under ``map-direct-sealed``, ``munmap`` or ``exec``
 of the mapping with the region still registered: the seal goes with the mapping).
 
@@ -40,8 +41,10 @@ from kemu.agents.launcher.find import engine, grammar  # noqa: E402
 
 
 def passed_then_died(text: str) -> bool:
-    """Did the program pass a registering process's uverbs context on (``sendfd`` of it,
-    or a ``fork``) and then end that process (``exit``, ``!kill``)?"""
+    """Was a registering process's uverbs context shared with another process (the
+    registrar passed it on, ``sendfd`` or ``fork``, or had received it, ``recvfd``)
+    before that process ended (``exit``, ``!kill``)?  Either way the context, and the
+    pins with it, outlive the process that mapped the file."""
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith(("#", "set "))]
     for i, ln in enumerate(lines):
         m = re.match(r"^(\w+): mr\d+ = ibv_reg_mr\((ctx\d+),", ln)
@@ -49,12 +52,16 @@ def passed_then_died(text: str) -> bool:
             continue
         actor, ctx = m.groups()
         rest = lines[i + 1:]
+        died = next((j for j, x in enumerate(rest)
+                     if x in (f"!kill {actor}", f"{actor}: exit(0)")), None)
+        if died is None:
+            continue
+        if f"{actor}: {ctx} = recvfd()" in lines[:i]:
+            return True
         gave = next((j for j, x in enumerate(rest) if x.startswith(f"{actor}: fork()")
                      or (x.startswith(f"{actor}: sendfd(") and x.endswith(f", {ctx})"))),
                     None)
-        died = next((j for j, x in enumerate(rest)
-                     if x in (f"!kill {actor}", f"{actor}: exit(0)")), None)
-        if gave is not None and died is not None and gave < died:
+        if gave is not None and gave < died:
             return True
     return False
 
