@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kemu.agents.launcher import designs
+from kemu.agents.launcher import designs, explore
 from kemu.agents.launcher.find import engine, grammar
 from kemu.agents.launcher.runner import run_scenario
 from kemu.agents.scenario.calls import check_calls
@@ -330,6 +330,33 @@ def test_a_corpus_runs_first_in_chunks_side_by_side(tmp_path: Path) -> None:
     kept = [engine.corpus_text(m, g) for m, g in camp.guide]
     assert [t for t in kept if t in texts] == [t for t in texts if t in kept]
     assert kept and kept[0] in texts
+
+
+def test_merging_an_actor_takes_out_what_it_was_passed() -> None:
+    """Merging R into A makes R's lines A's and takes out what A would pass itself: the
+    send, its receipt, and the received name is the sent one from there on.  An actor
+    killed, forking or forked is not merged."""
+    text = "\n".join([
+        'A: fd1 = open("/f", O_RDWR|O_CREAT, 0o644)', "A: sendfd(R, fd1)",
+        "B: ctx2 = ibv_open_device()", "B: sendfd(R, ctx2)", "R: fd3 = recvfd()",
+        "R: ftruncate(fd3, 4096)", "R: ctx4 = recvfd()", 'R: pwrite(fd3, "R" * 4, 0)'])
+    merged = engine.merge_actor(text + "\n", "A", "R")
+    assert merged == "\n".join([
+        'A: fd1 = open("/f", O_RDWR|O_CREAT, 0o644)',
+        "B: ctx2 = ibv_open_device()", "B: sendfd(A, ctx2)",
+        "A: ftruncate(fd1, 4096)", "A: ctx4 = recvfd()", 'A: pwrite(fd1, "R" * 4, 0)']) + "\n"
+    parse(merged, "merged.scn")
+    assert engine.merge_actor(text + "\n!kill R\n", "A", "R") is None
+    assert engine.merge_actor(text + "\nR: fork() as D\n", "A", "R") is None
+    assert engine.merge_actor(text, "A", "C") is None
+
+
+def test_a_message_and_its_receipt_are_cut_together() -> None:
+    """explore's line cutting removes a message with the receipt that takes it: either
+    alone would hand the receiver another message."""
+    lines = ["A: send(R, mr1)", "B: sendfd(R, fd2)", "R: m3 = recv()", "R: fd4 = recvfd()",
+             "R: m5 = recv()", "A: x &", "A: join"]
+    assert explore._units(lines) == [[0, 2], [1, 3], [4], [5, 6]]
 
 
 def _s5(tmp_path: Path, name: str) -> engine.Campaign:

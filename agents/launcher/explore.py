@@ -301,20 +301,37 @@ def _still_breaks(lines: list[str], name: str, spec: str, invariant: str,
     return any(v.invariant == invariant for v in violations)
 
 
+#: ``send(B, v)``, ``sendfd(B, v)``: a message to ``B``; ``v = recv()``, ``recvfd()``: one taken
+_SEND_RE = re.compile(r"^(?:send|sendfd)\((\w+),")
+_RECV_RE = re.compile(r"^(?:\w+ = )?(?:recv|recvfd)\(\)")
+
+
 def _units(lines: list[str]) -> list[list[int]]:
     """Line indices grouped into what can be removed together: a background call
-    (``&``) with the ``join`` of the same actor that ends it; any other line alone."""
+    (``&``) with the ``join`` of the same actor that ends it; a message (``send``,
+    ``sendfd``) with the ``recv`` or ``recvfd`` that takes it (an actor's mailbox is
+    first in, first out: a message removed alone would hand its receiver the next one
+    in its place, and its ``recv`` removed alone would leave it for the next ``recv``);
+    any other line alone."""
     units: list[list[int]] = []
     pending: dict[str, list[int]] = {}  # actor -> the unit of its unjoined background call
+    mail: dict[str, list[list[int]]] = {}  # actor -> units of the messages it has not taken
     for i, line in enumerate(lines):
         _, body, _ = _split(line)
         actor, _, call = body.partition(":")
         actor, call = actor.strip(), call.strip()
+        sent = _SEND_RE.match(call)
         if call.endswith("&"):
             pending[actor] = [i]
             units.append(pending[actor])
         elif call == "join" and actor in pending:
             pending.pop(actor).append(i)
+        elif sent:
+            unit = [i]
+            mail.setdefault(sent.group(1), []).append(unit)
+            units.append(unit)
+        elif _RECV_RE.match(call) and mail.get(actor):
+            mail[actor].pop(0).append(i)
         else:
             units.append([i])
     return units
@@ -323,8 +340,8 @@ def _units(lines: list[str]) -> list[list[int]]:
 def shrink(text: str, name: str, spec: str, invariant: str,
            keep: Callable[[str], bool], target: str = "emulator",
            promises: set[str] | None = None) -> list[str]:
-    """Remove lines (never those ``keep`` says; a background call goes with its join)
-    while ``invariant`` still breaks under ``spec``: a greedy pass from the end to the
+    """Remove lines (never those ``keep`` says; a background call goes with its join,
+    a message with its receipt) while ``invariant`` still breaks under ``spec``: a greedy pass from the end to the
     start (a removal does not send it back to the end, so a long program's first lines
     are tried too), repeated until a pass removes nothing or the run budget is spent."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]

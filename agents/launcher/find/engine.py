@@ -500,13 +500,13 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
               max_steps: int, promised_only: bool = False,
               shrink_runs: int = SHRINK_RUNS) -> Reproducer:
     """Shrink ``f`` (Hypothesis for a program it drew, then delta debugging on the
-    genes, then dropping actors and ``explore``'s line cutting), write its ``.scn``
+    genes, then merging and dropping actors and ``explore``'s line cutting), write its ``.scn``
     into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
     if not (f.mutated or f.chunk < 0):  # a Hypothesis draw: Hypothesis shrinks it first
         f = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only,
                               shrink_runs)
     text = gene_shrink(f, promised_only, shrink_runs) if f.genes else f.text
-    text = drop_actors(text, f, promised_only)
+    text = drop_actors(merge_actors(text, f, promised_only), f, promised_only)
     promised = designs.promises(f.spec)
     checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
     name = f"find-s{seed}" + (f"-{f.kind}" if f.kind else "")
@@ -532,6 +532,65 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
     steps = [s for s in sc.steps if s.kind in ("call", "join")]
     return Reproducer(f, path, dest, len(steps), len(sc.actors) + len(sc.children),
                       not run.passed)
+
+
+def merge_actor(text: str, into: str, gone: str) -> str | None:
+    """The program with actor ``gone``'s lines made ``into``'s (messages to ``gone`` go to
+    ``into``), and what ``into`` would then send itself taken out: ``into: send(into,
+    v)`` and the ``w = recv()`` that takes it go, and ``w`` is ``v`` from there on.
+    ``None`` when there is nothing to merge (``gone`` has no line, is killed, forks or is
+    a fork child)."""
+    lines = text.splitlines()
+    if not any(ln.startswith(f"{gone}:") for ln in lines) or any(
+            ln == f"!kill {gone}" or re.match(rf"^\w+: fork\(\) as {gone}$", ln)
+            or ln.startswith(f"{gone}: fork()") for ln in lines):
+        return None
+    out: list[str] = []
+    for ln in lines:
+        if ln.startswith(f"{gone}:"):
+            ln = into + ln[len(gone):]
+        ln = re.sub(rf"^(\w+: (?:send|sendfd)\(){gone},", rf"\g<1>{into},", ln)
+        out.append(ln)
+    # a message to oneself: the value is at hand, no message and no receipt
+    lines, out = out, []
+    subst: dict[str, str] = {}
+    own: list[str] = []  # values into sent itself, not yet taken
+    for ln in lines:
+        for old, new in subst.items():
+            ln = re.sub(rf"\b{old}\b", new, ln)
+        m = re.match(rf"^{into}: (?:send|sendfd)\({into}, (\w+)\)$", ln)
+        r = re.match(rf"^{into}: (\w+) = (?:recv|recvfd)\(\)$", ln)
+        if m:
+            own.append(m.group(1))
+            continue
+        if r and own:
+            subst[r.group(1)] = own.pop(0)
+            continue
+        out.append(ln)
+    return "\n".join(out) + "\n" if not own else None
+
+
+def merge_actors(text: str, f: Found, promised_only: bool = False) -> str:
+    """Merge one actor into another while the program still breaks ``f.invariant``
+    under ``f.spec`` (:func:`merge_actor`, one run a pair): a value passed between two
+    actors is often not what breaks it, and the line cutting cannot remove a pass whose
+    value a later line uses."""
+    for gone in reversed(grammar.TOP):
+        for into in grammar.TOP:
+            if into == gone:
+                continue
+            candidate = merge_actor(text, into, gone)
+            if candidate is None:
+                continue
+            try:
+                parse(candidate, "find-merge")
+            except ScenarioError:
+                continue
+            _, violations, _ = run_program(candidate, f.spec, "find-merge", promised_only)
+            if breaks(violations, f):
+                text = candidate
+                break
+    return text
 
 
 def drop_actors(text: str, f: Found, promised_only: bool = False) -> str:
