@@ -580,14 +580,7 @@ def merge_actors(text: str, f: Found, promised_only: bool = False) -> str:
             if into == gone:
                 continue
             candidate = merge_actor(text, into, gone)
-            if candidate is None:
-                continue
-            try:
-                parse(candidate, "find-merge")
-            except ScenarioError:
-                continue
-            _, violations, _ = run_program(candidate, f.spec, "find-merge", promised_only)
-            if breaks(violations, f):
+            if candidate is not None and _still_breaks(candidate, f, promised_only):
                 text = candidate
                 break
     return text
@@ -609,14 +602,19 @@ def drop_actors(text: str, f: Found, promised_only: bool = False) -> str:
         if len(trial) == len(lines) or not any(":" in ln for ln in trial):
             continue
         candidate = "\n".join(trial) + "\n"
-        try:
-            parse(candidate, "find-actors")
-        except ScenarioError:
-            continue
-        _, violations, _ = run_program(candidate, f.spec, "find-actors", promised_only)
-        if breaks(violations, f):
+        if _still_breaks(candidate, f, promised_only):
             text = candidate
     return text
+
+
+def _still_breaks(candidate: str, f: Found, promised_only: bool) -> bool:
+    """Does the program ``candidate`` parse, and still break what ``f`` broke?"""
+    try:
+        parse(candidate, "find-shrink")
+    except ScenarioError:
+        return False
+    _, violations, _ = run_program(candidate, f.spec, "find-shrink", promised_only)
+    return breaks(violations, f)
 
 
 def _actors_for_pids(evidence: str, outcome: Outcome) -> str:
