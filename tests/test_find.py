@@ -13,6 +13,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -316,7 +317,8 @@ def test_corpus_and_out_directories_stay_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_corpus_runs_first_in_chunks_side_by_side(tmp_path: Path) -> None:
+def test_a_corpus_runs_first_in_chunks_side_by_side(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The programs of a corpus directory run before anything is drawn, in chunks of
     CHUNK programs side by side (as one task they held up the guided chunks), each
     once, and all join the campaign's corpus in their order."""
@@ -324,9 +326,18 @@ def test_a_corpus_runs_first_in_chunks_side_by_side(tmp_path: Path) -> None:
     genes = [((i * 4, 7 * i, i, i, 0, 0), (0, 3, 0, 0, 0, 0)) for i in range(20)]
     engine.save_corpus(str(corpus), [engine.corpus_text(0, g) for g in genes])
     texts = engine.load_corpus(str(corpus))
+    sizes: list[int] = []
+    run_texts = engine.run_texts
+
+    def recording(texts: list[str], *args: Any) -> engine.Chunk:
+        sizes.append(len(texts))
+        return run_texts(texts, *args)
+
+    monkeypatch.setattr(engine, "run_texts", recording)
     camp = engine.campaign(["legacy"], seed=0, programs=1, jobs=3, corpus=str(corpus),
                            progress=None, minimize=False, chunk_size=8)
-    assert camp.programs == 21  # 20 from the corpus (3 chunks), 1 drawn
+    assert sorted(sizes) == [4, 8, 8]  # three tasks, not one of 20
+    assert camp.programs == 21  # 20 from the corpus, 1 drawn
     kept = [engine.corpus_text(m, g) for m, g in camp.guide]
     assert [t for t in kept if t in texts] == [t for t in texts if t in kept]
     assert kept and kept[0] in texts

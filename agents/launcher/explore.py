@@ -341,9 +341,10 @@ def shrink(text: str, name: str, spec: str, invariant: str,
            keep: Callable[[str], bool], target: str = "emulator",
            promises: set[str] | None = None) -> list[str]:
     """Remove lines (never those ``keep`` says; a background call goes with its join,
-    a message with its receipt) while ``invariant`` still breaks under ``spec``: a greedy pass from the end to the
-    start (a removal does not send it back to the end, so a long program's first lines
-    are tried too), repeated until a pass removes nothing or the run budget is spent."""
+    a message with its receipt) while ``invariant`` still breaks under ``spec``: a
+    greedy pass from the end to the start (a removal does not send it back to the end,
+    so a long program's first lines are tried too), repeated until a pass removes
+    nothing or the run budget is spent."""
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     runs = 0
     while runs < MAX_SHRINK_RUNS:

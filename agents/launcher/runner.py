@@ -1038,7 +1038,8 @@ class Runner:
             timer.cancel()
         for actor in self.actors.values():
             if actor.alive and not actor.stopped:
-                actor.send_signal(signal.SIGCONT)  # one held up by !delay whose timer did not fire yet
+                # one held up by !delay whose timer did not fire yet
+                actor.send_signal(signal.SIGCONT)
         if self.kconn is not None:
             try:
                 self.audit = dict(self.kconn.call("pin_audit"))

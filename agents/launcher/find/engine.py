@@ -500,8 +500,8 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
               max_steps: int, promised_only: bool = False,
               shrink_runs: int = SHRINK_RUNS) -> Reproducer:
     """Shrink ``f`` (Hypothesis for a program it drew, then delta debugging on the
-    genes, then merging and dropping actors and ``explore``'s line cutting), write its ``.scn``
-    into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
+    genes, then merging and dropping actors and ``explore``'s line cutting), write its
+    ``.scn`` into ``out_dir``, and run it once for its run folder (``NAME.run/``)."""
     if not (f.mutated or f.chunk < 0):  # a Hypothesis draw: Hypothesis shrinks it first
         f = hypothesis_shrink(f, seed, chunk, examples, max_steps, promised_only,
                               shrink_runs)
