@@ -347,11 +347,13 @@ class Kernel:
         if self.log.enabled:
             # regions it registered that outlive it, their context held by another process
             # (or passed and not yet received): ib_umem_get() took a reference to the
-            # address space (umem->owning_mm), which is kept, pinned, after the exit
-            held = sorted({mr.pin for mr in self.rdma.lkeys.values()
-                           if mr.task is task and not mr.odp})
-            if held:
-                self.log.emit("mm-held", pid=task.pid, by="ib_umem", pin=",".join(held))
+            # address space (umem->owning_mm), which is kept, pinned, after the exit;
+            # remote: one of them has a remote key (a peer can still reach the pages)
+            mrs = [mr for mr in self.rdma.lkeys.values() if mr.task is task and not mr.odp]
+            if mrs:
+                self.log.emit("mm-held", pid=task.pid, by="ib_umem",
+                              pin=",".join(sorted({mr.pin for mr in mrs})),
+                              remote=any(mr.rkey for mr in mrs))
         for pending in list(self.pending_forks.values()):
             if pending.parent == task.pid and pending.child is None:
                 # The child may still register; give it a while, then drop the snapshot.

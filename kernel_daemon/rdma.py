@@ -361,7 +361,8 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
         _rkeys(k)[mr.rkey] = mr
     _lkeys(k)[mr.lkey] = mr
     k.log.emit("reg_mr", pid=task.pid, ctx=ctx.cid, mr=mr.handle, addr=addr, length=length,
-               access=access, odp=mr.odp, pin=mr.pin, blocks=[p.block for p in mr.pins],
+               access=access, odp=mr.odp, pin=mr.pin, remote=bool(mr.rkey),
+               blocks=[p.block for p in mr.pins],
                files=[k.fs.path_of(f.inode) for f in mr.files])
     return mr
 

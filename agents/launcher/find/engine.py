@@ -169,14 +169,24 @@ class Campaign:
     chosen: Counter[int] = field(default_factory=Counter)
 
     def parents(self) -> list[tuple[int, tuple[grammar.Gene, ...], float]]:
-        """The corpus with each program's weight: one over the number of programs that
-        covered its rarest feature, halved for every :data:`DECAY` mutants it has had
-        already.  Without the decay, a program whose rare feature its mutants seldom
-        cover again (a result that needs a race, say) kept the weight of a program that
-        had just reached a new state, for the whole campaign; AFL++'s power schedules
-        lower the energy of a seed by how often it was fuzzed for the same reason."""
-        return [(m, g, max(1.0 / self.counts[f] for f in feats)
-                 * 0.5 ** (self.chosen[i] / DECAY))
+        """The corpus with each program's weight: every feature the corpus covers has
+        the same share of the mutations, split evenly among the corpus programs that
+        cover it, and a program's weight is the sum of its shares, halved for every
+        :data:`DECAY` mutants it has had already.  A state one corpus program reached
+        (a registrar dead while another process holds its pins) gets as many mutants
+        as one every program reaches, all of them its program's; a program that reached
+        several such states in a row gets the shares of all of them.  The count of
+        *corpus* programs is what matters, not of every program run: the mutants of
+        the one program that reached a rare state, which reach it again and add
+        nothing, made its state look common and its program worth less the more it
+        was mutated (with one over the number of programs run that covered the rarest
+        feature, the one program that had passed a context and ended its registrar got
+        one mutant in eighty).  Without the decay, a program whose rare feature its
+        mutants seldom cover again kept its weight for the whole campaign; AFL++'s
+        power schedules lower the energy of a seed by how often it was fuzzed for the
+        same reason."""
+        held = Counter(f for feats in self.guide_feats for f in feats)
+        return [(m, g, sum(1.0 / held[f] for f in feats) * 0.5 ** (self.chosen[i] / DECAY))
                 for i, ((m, g), feats) in enumerate(zip(self.guide, self.guide_feats,
                                                         strict=True))]
 
@@ -246,11 +256,13 @@ def features(outcome: Outcome) -> set[str]:
 def _token(ev: dict[str, Any]) -> str:
     """One kernel event as a feature: its name, with what the kernel decided where the
     event says (a design hook's result, why a process or mapping went, a fault's or a
-    transfer's outcome; what a region pins and what became of its registrar).  A
+    transfer's outcome; what a region pins, whether a peer can reach it by a remote key,
+    and what became of its registrar).  A
     queue pair's number is left out of ``via`` (``qp 3`` is ``qp``): which queue pair
     carried a transfer is not a decision of the kernel's."""
     name = str(ev.get("ev"))
-    for attr in ("hook", "result", "why", "status", "into", "via", "pin", "pinned", "owner"):
+    for attr in ("hook", "result", "why", "status", "into", "via", "pin", "pinned", "owner",
+                 "remote"):
         if attr in ev and isinstance(ev[attr], str | bool | int):
             value = ev[attr]
             if attr == "into":

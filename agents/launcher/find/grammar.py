@@ -287,10 +287,15 @@ class _Decoder:
     def consumes(self, a: Actor, fn: Callable[[Actor, Gene], None]) -> bool:
         """Does ``fn`` use something ``a`` (or the program) already made: its inputs
         (:data:`NEEDS`), a message in its mailbox (``recv``), a started call
-        (``join``), the path of a file the program opened (``truncate``, ``unlink``)?"""
+        (``join``), the path of a file the program opened (``truncate``, ``unlink``),
+        the process itself when it holds anything (``process``: its fork, exec, exit or
+        SIGKILL is what the descriptors, mappings and regions it holds outlive, or do
+        not)?"""
         name = fn.__name__
         if name in ("recv", "join"):
             return True  # offered only when there is a message, a started call
+        if name == "process":
+            return bool(a.fds or a.maps or a.mrs or a.keys or a.qps)
         if name in ("truncate", "unlink"):
             return bool(self.opened)
         return name in self.NEEDS and all(self.has(a, n) for n in self.NEEDS[name])
@@ -405,11 +410,12 @@ class _Decoder:
 
     def path(self, a: Actor, g: int) -> str:
         """A file name: half the time that of a file the actor has open (newest first),
-        as a path a program has used is the one it names again."""
+        else one the program has opened (a path a program has used is the one it names
+        again, as syzkaller's file names come from those its program made), else any."""
         files = a.files()
         if files and g % 2 == 0:
             return _newest(files, g // 2).path
-        return self.pick(PATHS, g // 2)
+        return self.pick(sorted(self.opened) or PATHS, g // 2)
 
     def pwrite(self, a: Actor, g: Gene) -> None:
         fd = self.pick_file(a, g[2])
