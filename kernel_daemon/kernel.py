@@ -137,8 +137,12 @@ class Kernel:
         self.rdma = RdmaDevice()
         #: bound datagram sockets by name (descriptor passing between processes)
         self.mailboxes: dict[str, Mailbox] = {}
-        #: every device write that landed in a block another file owns, or nobody
+        #: device writes that landed in a block another file owns, or nobody: the first
+        #: ``rdma.FOREIGN_MAX`` (a region written in a loop after its blocks went would
+        #: grow the list, and every reply of ``foreign_writes()``, without end); the
+        #: others are counted, and each is still in the event log
         self.foreign_writes: list[ForeignWrite] = []
+        self.foreign_dropped = 0
         self.pending_forks: dict[bytes, PendingFork] = {}
         #: callers of wait_exit sleeping until a process's exit is done, by PID
         self.exit_waiters: dict[int, WaitQueue[None]] = {}

@@ -182,6 +182,10 @@ class RdmaDevice:
         return next((o for o in ("exit", "exec", "live") if o in found), None)
 
 
+#: foreign writes a kernel keeps for ``foreign_writes()`` (the rest are counted)
+FOREIGN_MAX = 256
+
+
 @dataclass(frozen=True)
 class ForeignWrite:
     """A device write that landed in a block no longer owned by the file page it was
@@ -787,7 +791,10 @@ def check_device_write(k: Kernel, writer: Task | None, block: int, expected: Own
         into_offset=now.pgoff * k.pmem.block_size if now is not None else None,
         mr=mr.handle if mr else None,
     )
-    k.foreign_writes.append(fw)
+    if len(k.foreign_writes) < FOREIGN_MAX:
+        k.foreign_writes.append(fw)
+    else:
+        k.foreign_dropped += 1
     k.log.emit("foreign-write", **fw.asdict())
 
 

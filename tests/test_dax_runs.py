@@ -281,3 +281,26 @@ def test_an_odp_mr_caches_nothing_through_a_mapping_that_is_gone(kernel: Kernel)
     assert mr.odp_extents == []
     sc(kernel, a, "ibv_dereg_mr", ctx, reg["handle"])
     assert sc(kernel, a, "foreign_writes") == []
+
+
+def test_the_foreign_write_record_is_bounded(tmp_path: Path, io: FakeIO) -> None:
+    """A region written again and again after its blocks went (a loop in a user's agent)
+    keeps the first FOREIGN_MAX foreign writes for ``foreign_writes()`` and counts the
+    others in ``kernel_stats``: the list, and its reply, do not grow without end."""
+    from kemu.kernel_daemon.rdma import FOREIGN_MAX
+    kernel = boot(Config(run_dir=str(tmp_path), nblocks=64, policy="legacy"), io)
+    a = kernel.new_task(100, 0, 0, 0, "a", None)
+    r = kernel.new_task(200, 0, 0, 0, "remote", None)
+    fd = sc(kernel, a, "open", "/f", RDWR_CREAT, 0o644)
+    sc(kernel, a, "ftruncate", fd, PAGE)
+    m = sc(kernel, a, "mmap", PAGE, RW, linux.MAP_SHARED, fd, 0)
+    ctx = sc(kernel, a, "ibv_open_device")
+    reg = sc(kernel, a, "ibv_reg_mr", ctx, m["addr"], PAGE,
+             linux.IBV_ACCESS_LOCAL_WRITE | linux.IBV_ACCESS_REMOTE_WRITE)
+    truncate_acked(kernel, io, a, fd, 0)  # legacy: freed under the pin
+    for _ in range(FOREIGN_MAX + 5):
+        sc(kernel, r, "rdma_write", reg["rkey"], 0, b"X")
+    got = sc(kernel, a, "foreign_writes")
+    assert len(got) == FOREIGN_MAX and got[0]["into"] == "(free block)"
+    assert sc(kernel, a, "kernel_stats")["foreign_dropped"] == 5
+    kernel.shutdown()

@@ -328,6 +328,7 @@ def sys_kernel_stats(k: Kernel, t: Task) -> dict[str, int]:
         "shootdowns": len(k.shootdowns),
         "mailboxes": len(k.mailboxes),
         "qps": len(k.rdma.qps),
+        "foreign_dropped": k.foreign_dropped,
     }
 
 
