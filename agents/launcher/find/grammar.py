@@ -631,13 +631,29 @@ def _choose(rng: random.Random, count: int, index: int, top: int = GENE_MAX) -> 
     return index + count * rng.randrange((top - index) // count + 1)
 
 
+#: the kind of thing each need is (a descriptor is one, whatever the call wants of it)
+_KIND = {"fd": "fd", "file": "fd", "file2": "fd", "key": "region", "mr": "region",
+         "map": "map", "ctx": "ctx", "qp": "qp", "posted": "qp"}
+
+
+def _kinds(call: str) -> set[str]:
+    """What ``call`` uses, by kind (:func:`directed`)."""
+    special = {"recv": "message", "join": "started call", "truncate": "path",
+               "unlink": "path", "process": "process"}
+    if call in special:
+        return {special[call]}
+    return {_KIND[n] for n in _Decoder.NEEDS[call]}
+
+
 def directed(rng: random.Random, genes: Sequence[Gene], mask: int, at: int) -> Gene | None:
     """A gene that, inserted at ``at``, has an actor alive there use one of the resources
     the program made for it (syzkaller's insertion of a call over the resources of the
     program's prefix, its choice table's bias to calls that consume them): the prefix
-    is decoded, an actor alive is chosen uniformly, then uniformly one of the calls
-    :meth:`_Decoder.consumes` allows it, whatever its weight; its arguments are drawn
-    at random.  Nothing here knows which call is dangerous.  ``None`` when no actor is
+    is decoded, an actor alive is chosen uniformly, then uniformly a kind of thing it
+    holds (a descriptor, a mapping, a context, a region, a queue pair, a message, a
+    started call, a path the program opened, its process), then uniformly one of the
+    calls :meth:`_Decoder.consumes` allows it that use that kind, whatever its weight;
+    its arguments are drawn at random.  Nothing here knows which call is dangerous.  ``None`` when no actor is
     alive there or none can use anything."""
     d = _Decoder(mask)
     for g in genes[:at]:
@@ -650,7 +666,14 @@ def directed(rng: random.Random, genes: Sequence[Gene], mask: int, at: int) -> G
     uses = [k for k, (fn, _) in enumerate(opts) if d.consumes(alive[i], fn)]
     if not uses:
         return None
-    k = rng.choice(uses)
+    # what to use first, uniformly (a descriptor, a mapping, a context, a region, ...),
+    # then a call that uses it: an actor holding much is as likely to end its process
+    # as to use its descriptor, though the descriptor has eight calls and the process one
+    by_kind: dict[str, list[int]] = {}
+    for k in uses:
+        for kind in _kinds(opts[k][0].__name__):
+            by_kind.setdefault(kind, []).append(k)
+    k = rng.choice(by_kind[rng.choice(sorted(by_kind))])
     total = sum(w for _, w in opts)
     low = sum(w for _, w in opts[:k])
     # g[0] % 4 == 0 and g[0] // 4 picks actor i (_Decoder.step); g[1] falls in call k's
@@ -695,21 +718,21 @@ def mutate(rng: random.Random, parents: Sequence[tuple[int, Sequence[Gene]]],
     for _ in range(1 + (rng.random() < 0.3)):
         op = rng.random()
         at = len(out) - int(rng.random() ** 2 * (len(out) + 1))
-        if op < 0.2 or not out:
+        if op < 0.15 or not out:
             insert(at, [fresh() for _ in range(rng.randint(1, min(3, max_steps)))])
-        elif op < 0.4:  # one or two calls over what the program made by then
+        elif op < 0.6:  # one or two calls over what the program made by then
             for _ in range(rng.randint(1, min(2, max_steps))):
                 made = directed(rng, out, mask, at)
                 if made is None:
                     break
                 at = insert(at, [made])
-        elif op < 0.55:  # the same call again, later: after what came between
+        elif op < 0.7:  # the same call again, later: after what came between
             i = rng.randrange(len(out))
             out.insert(rng.randint(i + 1, len(out)), out[i])
-        elif op < 0.67 and len(parents) > 1:
+        elif op < 0.8 and len(parents) > 1:
             _, other = rng.choice(parents)
             out = out[:rng.randint(0, len(out))] + list(other)[rng.randint(0, len(other)):]
-        elif op < 0.88:
+        elif op < 0.92:
             i, j = rng.randrange(len(out)), rng.randrange(GENE_LEN)
             g = list(out[i])
             g[j] = rng.randint(0, GENE_MAX)
