@@ -114,6 +114,9 @@ class MR:
     #: the registering process's exec count when it registered: the address space the
     #: region was taken from (``ib_umem->owning_mm``) is gone once it differs
     execs: int = 0
+    #: processes other than the registering one that reached it by its rkey (a peer's
+    #: RDMA READ or WRITE), for the event log
+    peers: set[int] = field(default_factory=set)
 
     @property
     def odp(self) -> bool:
@@ -694,6 +697,8 @@ def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[st
         payload = data
     mr = _rkeys(k).get(rkey)
     status = WC_REM_ACCESS_ERR
+    if mr is not None and t is not mr.task:
+        mr.peers.add(t.pid)
     if mr is not None and mr.valid and mr.access & linux.IBV_ACCESS_REMOTE_WRITE:
         status, _ = device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
     if k.log.enabled:
@@ -720,6 +725,8 @@ def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str
         n = length
     mr = _rkeys(k).get(rkey)
     status, data = WC_REM_ACCESS_ERR, b""
+    if mr is not None and t is not mr.task:
+        mr.peers.add(t.pid)
     if mr is not None and mr.valid and mr.access & linux.IBV_ACCESS_REMOTE_READ:
         status, data = device_access(k, t, mr, offset, None, n, "RDMA READ")
     if sink is not None and status == WC_SUCCESS:

@@ -266,8 +266,12 @@ def test_what_became_of_the_registering_process_is_a_feature() -> None:
                  "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=live",
                  "rdma-write status=IBV_WC_SUCCESS via=call pin=fsdax owner=exit"):
         assert f"map-direct-sealed {want}" in feats, (want, sorted(feats))
-    # nothing of the teardown (the deaths the launcher tells, its reaping) is a feature
+    # nothing of the teardown (the deaths the launcher tells, its reaping) is a feature;
+    # what the audit says of the region that lives on when the lines are over is: A's,
+    # its context held by B, its key reached by R
     assert not any("at=end" in f or "reap" in f for f in feats), sorted(feats)
+    assert [f for f in feats if "mr-state" in f] == [
+        "map-direct-sealed mr-state pin=fsdax owner=exit shared=True peer=True remote=True"]
     assert any(engine.kind_of(v) == "longterm" for v in violations), violations
     feats = set()
     engine.run_program(text, "upstream", "passed", feats=feats)

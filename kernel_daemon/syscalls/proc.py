@@ -355,8 +355,36 @@ def sys_pin_audit(k: Kernel, t: Task) -> dict[str, Any]:
                  if expected.get(b, 0) != k.pins.longterm.get(b, 0))
     waiting = any(p.parked for p in k.tasks.values())
     short = sorted(k.pins.shortterm) if not waiting else []
+    if k.log.enabled:
+        _log_regions(k, contexts)
     return {"longterm": len(k.pins.longterm), "shortterm": len(k.pins.shortterm),
             "unattributed": bad + short}
+
+
+def _log_regions(k: Kernel, contexts: list[Any]) -> None:
+    """For the event log, at the audit: each kind of region that lives on, once: what it
+    pins, what became of its registrar (``owner``), whether a process other than the
+    registrar holds its context (``shared``: a descriptor, a pass in flight, a fork not
+    yet claimed) and has reached it by its rkey (``peer``), and whether it has an rkey
+    (``remote``).  A guided ``find`` campaign counts these as the state its program
+    left: a region over a DAX file whose registrar is gone, its context held and its
+    key in a peer's hands, is one step from a foreign write."""
+    holders: dict[int, set[int]] = {}
+    for p in k.tasks.values():
+        for _, e in p.fds:
+            if e.file.private_data is not None:
+                holders.setdefault(id(e.file.private_data), set()).add(p.pid)
+    elsewhere = {id(f.private_data) for box in k.mailboxes.values() for msg in box.queue
+                 for f in msg.files if f.private_data is not None}
+    elsewhere |= {id(f.private_data) for pf in k.pending_forks.values()
+                  for _, f, _ in pf.snapshot if f.private_data is not None}
+    kinds = set()
+    for ctx in contexts:
+        for mr in ctx.mrs.values():
+            shared = id(ctx) in elsewhere or bool(holders.get(id(ctx), set()) - {mr.task.pid})
+            kinds.add((mr.pin, mr.owner, shared, bool(mr.peers), bool(mr.rkey)))
+    for pin, owner, shared, peer, remote in sorted(kinds):
+        k.log.emit("mr-state", pin=pin, owner=owner, shared=shared, peer=peer, remote=remote)
 
 
 @syscall("wait4", linux="kernel/exit.c do_wait() release_task()", support="partial",

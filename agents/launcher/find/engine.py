@@ -262,7 +262,7 @@ def _token(ev: dict[str, Any]) -> str:
     carried a transfer is not a decision of the kernel's."""
     name = str(ev.get("ev"))
     for attr in ("hook", "result", "why", "status", "into", "via", "pin", "pinned", "owner",
-                 "remote"):
+                 "shared", "peer", "remote"):
         if attr in ev and isinstance(ev[attr], str | bool | int):
             value = ev[attr]
             if attr == "into":
@@ -283,13 +283,18 @@ def kernel_features(run_dir: str, policy: str) -> set[str]:
     it (a region let go of after its registrar or before; measured: 20 of 96 programs
     showed another set of teardown events in one of three runs, and a campaign run
     twice grew two corpora).  A registrar that died while the others went on is the
-    program's (``mm-held``, then whatever they do).  Pairs of successive events (AFL's
+    program's (``mm-held``, then whatever they do).  What the audit says of the regions
+    that live on when the lines are over (``mr-state``: what each kind pins, its
+    registrar's fate, whether another process holds its context and has reached it by
+    its rkey) is kept: it is the state the program left, and a state no event names (a
+    dead registrar's region, its context held and its key in a peer's hands, is one
+    truncate and one write from a foreign write).  Pairs of successive events (AFL's
     edges) were tried and left out: nearly every program then covers a pair no other
     did, the corpus grows by one program in two, and the few programs that reached a
     rare state (a block freed while pinned) get no more of the mutations than any
     other."""
     out: set[str] = set()
-    launcher = None
+    launcher, end = None, False
     try:
         with open(os.path.join(run_dir, "kernel.jsonl"), encoding="utf-8") as fh:
             for line in fh:
@@ -299,13 +304,16 @@ def kernel_features(run_dir: str, policy: str) -> set[str]:
                     continue
                 if not isinstance(ev, dict):
                     continue
-                if ev.get("ev") == "register" and ev.get("name") == "launcher":
+                name = ev.get("ev")
+                if name == "register" and ev.get("name") == "launcher":
                     launcher = ev.get("pid")
-                elif ev.get("ev") == "call" and ev.get("call") == "pin_audit" \
+                elif name == "call" and ev.get("call") == "pin_audit" \
                         and launcher is not None and ev.get("pid") == launcher:
-                    break  # the lines are over: what follows is the teardown
-                if ev.get("ev") in _PLAIN_EVENTS:
+                    end = True  # the lines are over: the audit, then the teardown
+                if name in _PLAIN_EVENTS:
                     continue
+                if end and name != "mr-state":
+                    break
                 out.add(f"{policy} {_token(ev)}")
     except OSError:
         pass
