@@ -182,13 +182,14 @@ class Kernel:
                 hook(owner)
         if self.log.enabled:
             # a block freed while a device still pins it: where a foreign write can land;
-            # for a long-term pin, what became of the address space it was taken from
-            pinned: dict[str, str] = {}
+            # for a long-term pin, what became of the address space it was taken from,
+            # and whether a peer has reached the region (it may write there next)
+            pinned: dict[str, str | bool] = {}
             if what == "free" and self.pins.pinned(block):
                 pinned["pinned"] = "longterm" if block in self.pins.longterm else "shortterm"
                 gone = self.rdma.pin_owner(block)
                 if gone is not None:
-                    pinned["owner"] = gone
+                    pinned["owner"], pinned["peer"] = gone
             self.log.emit(
                 f"block-{what}", block=block,
                 ino=owner.ino if owner else None, pgoff=owner.pgoff if owner else None,

@@ -175,14 +175,18 @@ class RdmaDevice:
     #: every queue pair by number
     qps: dict[int, QP] = field(default_factory=dict)
 
-    def pin_owner(self, block: int) -> str | None:
+    def pin_owner(self, block: int) -> tuple[str, bool] | None:
         """What became of the address spaces of the regions that pin ``block`` long
         term (:attr:`MR.owner`), the furthest gone first (``"exit"``, ``"exec"``,
-        ``"live"``); None when no region pins it.  Asked only when a pinned block is
-        freed (for the event log), so a walk over the regions is cheap enough."""
-        found = {mr.owner for mr in self.lkeys.values()
-                 if mr.pins and any(p.block == block for p in mr.pins)}
-        return next((o for o in ("exit", "exec", "live") if o in found), None)
+        ``"live"``), and whether a process other than its registrar has reached one of
+        them by its rkey (:attr:`MR.peers`); None when no region pins it.  Asked only
+        when a pinned block is freed (for the event log), so a walk over the regions is
+        cheap enough."""
+        mrs = [mr for mr in self.lkeys.values()
+               if mr.pins and any(p.block == block for p in mr.pins)]
+        found = {mr.owner for mr in mrs}
+        owner = next((o for o in ("exit", "exec", "live") if o in found), None)
+        return None if owner is None else (owner, any(mr.peers for mr in mrs))
 
 
 #: foreign writes a kernel keeps for ``foreign_writes()`` (the rest are counted)

@@ -71,7 +71,7 @@ LAG = 8
 #: at most this many programs in a campaign's own (in-memory) corpus
 GUIDE_MAX = 2000
 #: a corpus program's weight halves with every this many mutants it has had
-DECAY = 16
+DECAY = 32
 #: kernel events that are not features (every run has them)
 _PLAIN_EVENTS = frozenset({"call", "ret", "register", "boot", "shutdown", "launch"})
 
@@ -169,24 +169,21 @@ class Campaign:
     chosen: Counter[int] = field(default_factory=Counter)
 
     def parents(self) -> list[tuple[int, tuple[grammar.Gene, ...], float]]:
-        """The corpus with each program's weight: every feature the corpus covers has
-        the same share of the mutations, split evenly among the corpus programs that
-        cover it, and a program's weight is the sum of its shares, halved for every
-        :data:`DECAY` mutants it has had already.  A state one corpus program reached
-        (a registrar dead while another process holds its pins) gets as many mutants
-        as one every program reaches, all of them its program's; a program that reached
-        several such states in a row gets the shares of all of them.  The count of
-        *corpus* programs is what matters, not of every program run: the mutants of
-        the one program that reached a rare state, which reach it again and add
-        nothing, made its state look common and its program worth less the more it
-        was mutated (with one over the number of programs run that covered the rarest
-        feature, the one program that had passed a context and ended its registrar got
-        one mutant in eighty).  Without the decay, a program whose rare feature its
+        """The corpus with each program's weight: one over the number of programs run
+        that covered its rarest feature, squared, halved for every :data:`DECAY`
+        mutants it has had already.  The square: a state 10 programs in 3,000 reached
+        gets nine times the mutants of one 30 reached, where the plain inverse gave it
+        three times and most mutants went to the many programs of middling rarity (and
+        every feature one share, split among the corpus programs that cover it, gave
+        the few that reached a deep state no more than any other).  Measured on seed 1
+        under map-direct-sealed, 3,000 programs: with the shares, no program's
+        registrar died holding a passed DAX region; with the squared inverse, 15 did and
+        10 freed its blocks.  Without the decay, a program whose rare feature its
         mutants seldom cover again kept its weight for the whole campaign; AFL++'s
         power schedules lower the energy of a seed by how often it was fuzzed for the
         same reason."""
-        held = Counter(f for feats in self.guide_feats for f in feats)
-        return [(m, g, sum(1.0 / held[f] for f in feats) * 0.5 ** (self.chosen[i] / DECAY))
+        return [(m, g, max(1.0 / self.counts[f] for f in feats) ** 2
+                 * 0.5 ** (self.chosen[i] / DECAY))
                 for i, ((m, g), feats) in enumerate(zip(self.guide, self.guide_feats,
                                                         strict=True))]
 
