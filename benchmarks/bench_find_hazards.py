@@ -80,7 +80,7 @@ def death_needed(f: engine.Found) -> bool:
 
 
 def one(design: str, seed: int, kind: str, shape: str, limit: int, guided: bool,
-        shrink: bool) -> dict[str, object]:
+        shrink: bool, out: str | None = None) -> dict[str, object]:
     """One seed's campaign until the hazard: programs, seconds, reproducer size."""
     hit: list[tuple[engine.Found, int, float]] = []
 
@@ -96,11 +96,16 @@ def one(design: str, seed: int, kind: str, shape: str, limit: int, guided: bool,
                 "ran": camp.programs, "wall": round(camp.wall, 1)}
     f, programs, seconds = min(hit, key=lambda h: (h[0].chunk, h[0].index))
     lines: int | None = None
+    if out is not None:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"found-s{seed}-{design}.scn"), "w", encoding="utf-8") as fh:
+            fh.write(f.text)
     if shrink:
-        with tempfile.TemporaryDirectory(prefix="kemu-bench-find-") as out:
+        with tempfile.TemporaryDirectory(prefix="kemu-bench-find-") as tmp:
             # what the chunk drew before f broke nothing; a mutant is shrunk on its genes
             chunk = engine.Chunk(f.chunk, [], [], [], 0.0)
-            rep = engine.write_one(f, seed, chunk, out, engine.CHUNK, grammar.MAX_STEPS)
+            rep = engine.write_one(f, seed, chunk, out or tmp, engine.CHUNK,
+                                   grammar.MAX_STEPS)
             lines = rep.lines
     return {"seed": seed, "programs": programs, "seconds": round(seconds, 1),
             "lines": lines, "ran": camp.programs, "wall": round(camp.wall, 1),
@@ -125,6 +130,7 @@ def main() -> int:
     ap.add_argument("--unguided", action="store_true")
     ap.add_argument("--compare", action="store_true", help="guided and unguided both")
     ap.add_argument("--shrink", action="store_true", help="shrink what is found")
+    ap.add_argument("--out", help="keep what is found (and its reproducer) in this directory")
     args = ap.parse_args()
     started, load0 = time.monotonic(), loadavg()
     modes = [True, False] if args.compare else [not args.unguided]
@@ -134,7 +140,7 @@ def main() -> int:
         rows = []
         for s in args.seeds:
             rows.append(one(args.design, s, args.kind, args.shape, args.max_programs,
-                            guided, args.shrink))
+                            guided, args.shrink, args.out))
             print(f"  {name} seed {s}: {rows[-1]}", file=sys.stderr, flush=True)
         print(f"bench_find_hazards: {name}, {args.kind} foreign write under {args.design}"
               f"{' (S6 shape)' if args.shape == 's6' else ''}, at most "
