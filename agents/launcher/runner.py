@@ -843,6 +843,8 @@ class Runner:
         elif "errno" in reply:
             self.vars.setdefault(actor, {})[var] = {
                 UNSET: f"the call failed with {errno_name(int(reply['errno']))}"}
+        elif "skipped" in reply:  # skipped for an unset input: unset in turn
+            self.vars.setdefault(actor, {})[var] = {UNSET: str(reply["skipped"])}
 
     def _exec_program(self, step: Step, actor: ActorState, body: dict[str, Any]) -> None:
         """``A: exec("/prog", ...)``: execve(2) of a program file.  An error comes back

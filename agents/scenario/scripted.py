@@ -145,16 +145,16 @@ class Actor:
         if "handler" in step:
             return self.install_handler(int(step["signal"]), int(step["line"]),
                                         list(step["handler"]))
+        bind = step.get("bind")
         try:
             name, args = self.evaluate_args(step["source"], list(self.pids))
         except Unset as exc:
-            return {"skipped": str(exc), "args": []}
+            return self.skip(bind, str(exc), [])
         except (ExprError, KeyError, TypeError, IndexError) as exc:
             return {"error": f"cannot evaluate arguments: {exc}"}
         if name not in ("send", "signals", "fds") and any(is_unset(a) for a in args):
             reason = next(a[UNSET] for a in args if is_unset(a))
-            return {"skipped": str(reason), "args": args}
-        bind = step.get("bind")
+            return self.skip(bind, str(reason), args)
         if name == "fork":
             return self.fork(step["child"] or f"{self.name}.child", bind)
         if name == "exec" and args:
@@ -172,6 +172,14 @@ class Actor:
             self.background(name, args, bind)
             return None
         return self.call(name, args, bind)
+
+    def skip(self, bind: str | None, reason: str, args: list[Any]) -> dict[str, Any]:
+        """A line skipped for an unset input: its own variable is unset in turn, with the
+        same reason, so that the lines that use it are skipped too (not scenario errors
+        over an unknown name)."""
+        if bind:
+            self.vars[bind] = {UNSET: reason}
+        return {"skipped": reason, "args": args}
 
     def call(self, name: str, args: list[Any], bind: str | None) -> dict[str, Any]:
         """Make one call (a line's or a handler's), timed for the time expectations
