@@ -217,7 +217,8 @@ def test_a_block_freed_under_a_pin_is_a_feature() -> None:
         "A: munmap(p, 4096)", 'A: truncate("/f", 0)']) + "\n"
     feats: set[str] = set()
     engine.run_program(text, "map-direct-sealed", "pinned", feats=feats)
-    assert "map-direct-sealed block-free pinned=longterm owner=live peer=False" in feats, sorted(feats)
+    want = "map-direct-sealed block-free pinned=longterm owner=live peer=False"
+    assert want in feats, sorted(feats)
     feats = set()
     engine.run_program(text, "upstream", "pinned", feats=feats)  # no MAP_DIRECT, no pin
     assert not any("pinned=" in f for f in feats)

@@ -653,8 +653,8 @@ def directed(rng: random.Random, genes: Sequence[Gene], mask: int, at: int) -> G
     holds (a descriptor, a mapping, a context, a region, a queue pair, a message, a
     started call, a path the program opened, its process), then uniformly one of the
     calls :meth:`_Decoder.consumes` allows it that use that kind, whatever its weight;
-    its arguments are drawn at random.  Nothing here knows which call is dangerous.  ``None`` when no actor is
-    alive there or none can use anything."""
+    its arguments are drawn at random.  Nothing here knows which call is dangerous.
+    ``None`` when no actor is alive there or none can use anything."""
     d = _Decoder(mask)
     for g in genes[:at]:
         d.step(g)
