@@ -114,9 +114,9 @@ class MR:
     #: the registering process's exec count when it registered: the address space the
     #: region was taken from (``ib_umem->owning_mm``) is gone once it differs
     execs: int = 0
-    #: processes other than the registering one that reached it by its rkey (a peer's
+    #: a process other than the registering one has reached it by its rkey (a peer's
     #: RDMA READ or WRITE), for the event log
-    peers: set[int] = field(default_factory=set)
+    peer: bool = False
 
     @property
     def odp(self) -> bool:
@@ -179,14 +179,14 @@ class RdmaDevice:
         """What became of the address spaces of the regions that pin ``block`` long
         term (:attr:`MR.owner`), the furthest gone first (``"exit"``, ``"exec"``,
         ``"live"``), and whether a process other than its registrar has reached one of
-        them by its rkey (:attr:`MR.peers`); None when no region pins it.  Asked only
+        them by its rkey (:attr:`MR.peer`); None when no region pins it.  Asked only
         when a pinned block is freed (for the event log), so a walk over the regions is
         cheap enough."""
         mrs = [mr for mr in self.lkeys.values()
                if mr.pins and any(p.block == block for p in mr.pins)]
         found = {mr.owner for mr in mrs}
         owner = next((o for o in ("exit", "exec", "live") if o in found), None)
-        return None if owner is None else (owner, any(mr.peers for mr in mrs))
+        return None if owner is None else (owner, any(mr.peer for mr in mrs))
 
 
 #: foreign writes a kernel keeps for ``foreign_writes()`` (the rest are counted)
@@ -702,7 +702,7 @@ def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[st
     mr = _rkeys(k).get(rkey)
     status = WC_REM_ACCESS_ERR
     if mr is not None and t is not mr.task:
-        mr.peers.add(t.pid)
+        mr.peer = True
     if mr is not None and mr.valid and mr.access & linux.IBV_ACCESS_REMOTE_WRITE:
         status, _ = device_access(k, t, mr, offset, payload, len(payload), "RDMA WRITE")
     if k.log.enabled:
@@ -730,7 +730,7 @@ def rdma_read(k: Kernel, t: Task, rkey: int, offset: int, length: int | dict[str
     mr = _rkeys(k).get(rkey)
     status, data = WC_REM_ACCESS_ERR, b""
     if mr is not None and t is not mr.task:
-        mr.peers.add(t.pid)
+        mr.peer = True
     if mr is not None and mr.valid and mr.access & linux.IBV_ACCESS_REMOTE_READ:
         status, data = device_access(k, t, mr, offset, None, n, "RDMA READ")
     if sink is not None and status == WC_SUCCESS:

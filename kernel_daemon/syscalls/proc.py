@@ -340,10 +340,13 @@ def sys_pin_audit(k: Kernel, t: Task) -> dict[str, Any]:
     to a transfer a live process waits for.  ``unattributed`` lists the blocks whose pin
     counts disagree."""
     contexts = []
-    holders = [e.file for p in k.tasks.values() for _, e in p.fds]
-    holders += [f for box in k.mailboxes.values() for msg in box.queue for f in msg.files]
-    holders += [f for pf in k.pending_forks.values() for _, f, _ in pf.snapshot]
-    for f in holders:
+    # (holding process, file); None: a message in flight, a fork not yet claimed
+    holders: list[tuple[int | None, Any]] = [(p.pid, e.file) for p in k.tasks.values()
+                                             for _, e in p.fds]
+    holders += [(None, f) for box in k.mailboxes.values() for msg in box.queue
+                for f in msg.files]
+    holders += [(None, f) for pf in k.pending_forks.values() for _, f, _ in pf.snapshot]
+    for _, f in holders:
         if f.private_data is not None and f.private_data not in contexts:
             contexts.append(f.private_data)
     expected: dict[int, int] = {}
@@ -356,33 +359,30 @@ def sys_pin_audit(k: Kernel, t: Task) -> dict[str, Any]:
     waiting = any(p.parked for p in k.tasks.values())
     short = sorted(k.pins.shortterm) if not waiting else []
     if k.log.enabled:
-        _log_regions(k, contexts)
+        _log_regions(k, contexts, holders)
     return {"longterm": len(k.pins.longterm), "shortterm": len(k.pins.shortterm),
             "unattributed": bad + short}
 
 
-def _log_regions(k: Kernel, contexts: list[Any]) -> None:
+def _log_regions(k: Kernel, contexts: list[Any], holders: list[tuple[int | None, Any]]
+                 ) -> None:
     """For the event log, at the audit: each kind of region that lives on, once: what it
-    pins, what became of its registrar (``owner``), whether a process other than the
-    registrar holds its context (``shared``: a descriptor, a pass in flight, a fork not
-    yet claimed) and has reached it by its rkey (``peer``), and whether it has an rkey
+    pins, what became of its registrar (``owner``), whether something other than the
+    registrar holds its context (``shared``: another process's descriptor, a pass in
+    flight, a fork not yet claimed; ``holders`` as :func:`sys_pin_audit` found them)
+    and a peer has reached it by its rkey (``peer``), and whether it has an rkey
     (``remote``).  A guided ``find`` campaign counts these as the state its program
     left: a region over a DAX file whose registrar is gone, its context held and its
     key in a peer's hands, is one step from a foreign write."""
-    holders: dict[int, set[int]] = {}
-    for p in k.tasks.values():
-        for _, e in p.fds:
-            if e.file.private_data is not None:
-                holders.setdefault(id(e.file.private_data), set()).add(p.pid)
-    elsewhere = {id(f.private_data) for box in k.mailboxes.values() for msg in box.queue
-                 for f in msg.files if f.private_data is not None}
-    elsewhere |= {id(f.private_data) for pf in k.pending_forks.values()
-                  for _, f, _ in pf.snapshot if f.private_data is not None}
+    held: dict[int, set[int | None]] = {}
+    for pid, f in holders:
+        if f.private_data is not None:
+            held.setdefault(id(f.private_data), set()).add(pid)
     kinds = set()
     for ctx in contexts:
         for mr in ctx.mrs.values():
-            shared = id(ctx) in elsewhere or bool(holders.get(id(ctx), set()) - {mr.task.pid})
-            kinds.add((mr.pin, mr.owner, shared, bool(mr.peers), bool(mr.rkey)))
+            shared = bool(held.get(id(ctx), set()) - {mr.task.pid})
+            kinds.add((mr.pin, mr.owner, shared, mr.peer, bool(mr.rkey)))
     for pin, owner, shared, peer, remote in sorted(kinds):
         k.log.emit("mr-state", pin=pin, owner=owner, shared=shared, peer=peer, remote=remote)
 

@@ -159,7 +159,7 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
 
 @syscall("foreign_writes", linux="(the emulator's ledger check)", support="emulator",
          note="the device writes that landed in a block owned by another file, or free "
-              "(the first 256; kernel_stats counts the rest)")
+              f"(the first {rdma.FOREIGN_MAX}; kernel_stats counts the rest)")
 def sys_foreign_writes(k: Kernel, t: Task) -> list[dict[str, Any]]:
     """The foreign writes recorded so far: the first :data:`~kemu.kernel_daemon.rdma.
     FOREIGN_MAX` (``kernel_stats()["foreign_dropped"]`` counts the others)."""
