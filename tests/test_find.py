@@ -32,9 +32,9 @@ S5_SEED = 1
 S5_PROGRAMS = 16
 #: the chunk of that seed where it first is (the campaign draws from there; a chunk
 #: less than ``engine.LAG`` from the start mutates nothing, so chunk 15 drawn first is
-#: what an unguided campaign of seed 1 draws there): of seed 1's chunks, unguided, 22
-#: is the first that has it (with the decoder that lets any actor alive take a line)
-S5_CHUNK = 22
+#: what an unguided campaign of seed 1 draws there): of seed 1's chunks, unguided, 13
+#: is the first that has it (with the producers' own genes, ``grammar.sub_gene``)
+S5_CHUNK = 13
 
 
 @pytest.mark.timeout(120)
@@ -430,7 +430,7 @@ def test_dask_workers_find_what_the_local_run_finds() -> None:
     (its event loop), and a process-directed signal a later test sends itself could go
     to one of them."""
     spec = str(ROOT / "tests" / "designs" / "false_promise.py")
-    # chunks 65 and 66 of seed 1: the second holds the S5 hazard (see S5_CHUNK)
+    # chunks S5_CHUNK - 1 and S5_CHUNK of seed 1: the second holds the S5 hazard
     local = engine.campaign(["legacy", spec], seed=S5_SEED, programs=32, start=S5_CHUNK - 1,
                             minimize=False, progress=None)
     done = subprocess.run([sys.executable, "-c", ON_DASK, spec, str(S5_SEED),
