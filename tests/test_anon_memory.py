@@ -50,6 +50,28 @@ A: pread(fd, 8, 0)                                  => b"original"
 }
 
 EMULATOR = {
+    # an O_DIRECT read into a private file mapping: pin_user_pages(FOLL_WRITE) breaks
+    # copy-on-write, the data lands in the process's copy and the file keeps its own
+    "direct_io_into_a_private_file_mapping_lands_in_the_processs_copy": """
+set dio_time = 0.05
+A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3
+A: pwrite(fd, "a" * 8192, 0)                        => 8192
+A: src = open("/g", O_RDWR|O_CREAT, 0o644)          => 4
+A: pwrite(src, "b" * 8192, 0)                       => 8192
+A: p = mmap(8192, PROT_READ|PROT_WRITE, MAP_PRIVATE, fd, 0) => ok
+A: store(p + 4096, "mine")                          => 4
+A: dio_read(src, p, 8192, 0)                        => 8192
+A: load(p, 4)                                       => b"bbbb"
+A: load(p + 4096, 4)                                => b"bbbb"
+A: pread(fd, 4, 0)                                  => b"aaaa"
+A: pread(fd, 4, 4096)                               => b"aaaa"
+A: fork() as C
+C: load(p, 4)                                       => b"bbbb"
+A: foreign_writes()                                 => []
+A: q = mmap(4096, PROT_READ, MAP_PRIVATE, fd, 0)    => ok
+A: dio_read(src, q, 4096, 0)                        => EFAULT
+A: pread(fd, 4, 0)                                  => b"aaaa"
+""",
     # reg_mr of a private file mapping: the card writes into the process's copy
     "pin_of_a_private_file_page_breaks_copy_on_write": """
 A: fd = open("/f", O_RDWR|O_CREAT, 0o644)           => 3

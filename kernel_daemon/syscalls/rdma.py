@@ -109,8 +109,12 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
     """Read ``length`` bytes of ``fd`` at ``offset`` into memory at ``addr`` by DMA.
 
     As ``vfs_read()``: a buffer outside the caller's mappings is ``EFAULT``, a read
-    moves at most one call's worth (MAX_IO, a short read) and stops at EOF; only the pages of what is transferred are faulted and pinned (``iomap_dio_rw()`` pins as
-    it goes), so the cost follows the file and the mappings, not the length asked."""
+    moves at most one call's worth (MAX_IO, a short read) and stops at EOF; only the
+    pages of what is transferred are faulted and pinned (``iomap_dio_rw()`` pins as it
+    goes), so the cost follows the file and the mappings, not the length asked.  The
+    pages are pinned for writing (``FOLL_WRITE``): a page of a private file mapping
+    breaks copy-on-write first, as a write fault does, and the data lands in the
+    process's copy, not in the file."""
     file = k.file_of(t, fd)
     if not file.readable or length <= 0 or offset < 0:
         raise KernelError(errno.EINVAL if file.readable else errno.EBADF)
@@ -118,9 +122,17 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
     mappings = rdma.user_range(t, addr, length, page)
     length = min(length, MAX_IO, max(0, file.inode.size - offset))
     targets: list[tuple[int, Owner | None]] = []
-    for mapping, index in rdma.user_pages(mappings, addr, length, page):
-        block = mm.fault(k, t, mapping, index, write=True, user=False)
-        targets.append((block, k.pmem.ledger[block]))
+    # pin_user_pages(FOLL_WRITE): a page of a private file mapping gets its own copy
+    # first (the read lands in the process's page, never in the file behind it)
+    broken: dict[int, list[tuple[int, int]]] = {}
+    try:
+        for mapping, index in rdma.user_pages(mappings, addr, length, page):
+            block = mm.pin_page(k, t, mapping, index, broken.setdefault(mapping.vid, []))
+            targets.append((block, k.pmem.ledger[block]))
+    finally:
+        for vid, pages in broken.items():
+            if pages:  # the private copies move into their blocks in the agent's TLB
+                k.io.event(t, {"event": "cow-pin", "vma": vid, "pages": pages})
     data = k.fs.read(file.inode, offset, length)
     for block, _ in targets:
         k.pins.pin(block, longterm=False)
