@@ -527,6 +527,7 @@ def write_one(f: Found, seed: int, chunk: Chunk, out_dir: str, examples: int,
                               shrink_runs)
     text = gene_shrink(f, promised_only, shrink_runs) if f.genes else f.text
     text = drop_actors(merge_actors(text, f, promised_only), f, promised_only)
+    text = unify_fds(text, f, promised_only)
     promised = designs.promises(f.spec)
     checked = promised if promised_only else promised | EVERY_FOREIGN_WRITE
     name = f"find-s{seed}" + (f"-{f.kind}" if f.kind else "")
@@ -558,15 +559,20 @@ def merge_actor(text: str, into: str, gone: str) -> str | None:
     """The program with actor ``gone``'s lines made ``into``'s (messages to ``gone`` go to
     ``into``), and what ``into`` would then send itself taken out: ``into: send(into,
     v)`` and the ``w = recv()`` that takes it go, and ``w`` is ``v`` from there on.
-    ``None`` when there is nothing to merge (``gone`` has no line, is killed, forks or is
-    a fork child)."""
+    A fork child merges into its parent only: its ``fork() as gone`` line goes, and
+    what it inherited is the parent's own.  ``None`` when there is nothing to merge
+    (``gone`` has no line, is killed, forks, or is the child of another actor)."""
     lines = text.splitlines()
+    born = f"{into}: fork() as {gone}"
     if not any(ln.startswith(f"{gone}:") for ln in lines) or any(
-            ln == f"!kill {gone}" or re.match(rf"^\w+: fork\(\) as {gone}$", ln)
+            ln == f"!kill {gone}" or (re.match(rf"^\w+: fork\(\) as {gone}$", ln)
+                                      and ln != born)
             or ln.startswith(f"{gone}: fork()") for ln in lines):
         return None
     out: list[str] = []
     for ln in lines:
+        if ln == born:
+            continue
         if ln.startswith(f"{gone}:"):
             ln = into + ln[len(gone):]
         ln = re.sub(rf"^(\w+: (?:send|sendfd)\(){gone},", rf"\g<1>{into},", ln)
@@ -594,11 +600,12 @@ def merge_actors(text: str, f: Found, promised_only: bool = False) -> str:
     """Merge one actor into another while the program still breaks ``f.invariant``
     under ``f.spec`` (:func:`merge_actor`, one run a pair): a value passed between two
     actors is often not what breaks it, and the line cutting cannot remove a pass whose
-    value a later line uses."""
-    for gone in reversed(grammar.TOP):
-        for into in grammar.TOP:
-            if into == gone:
-                continue
+    value a later line uses.  Fork children first, each into its parent: a child that
+    opens a file and passes it back is often only a way to a second descriptor."""
+    for gone in (*reversed(grammar.CHILDREN), *reversed(grammar.TOP)):
+        for into in (*grammar.TOP, *grammar.CHILDREN):
+            if into == gone or not re.search(rf"^{into}:", text, re.M):
+                continue  # into an actor the program has (A stays A)
             candidate = merge_actor(text, into, gone)
             if candidate is not None and _still_breaks(candidate, f, promised_only):
                 text = candidate
@@ -625,6 +632,43 @@ def drop_actors(text: str, f: Found, promised_only: bool = False) -> str:
         if _still_breaks(candidate, f, promised_only):
             text = candidate
     return text
+
+
+def unify_fd(text: str, later: str, earlier: str) -> str:
+    """The program with ``later`` (a descriptor variable) replaced by ``earlier`` from
+    the line after the one that made ``later``, and that line gone."""
+    out: list[str] = []
+    made = re.compile(rf"^\w+: {later} = ")
+    for ln in text.splitlines():
+        if made.match(ln):
+            continue
+        out.append(re.sub(rf"\b{later}\b", earlier, ln))
+    return "\n".join(out) + "\n"
+
+
+def unify_fds(text: str, f: Found, promised_only: bool = False) -> str:
+    """Use one descriptor where a program opened the same file twice in one actor,
+    while it still breaks ``f.invariant`` under ``f.spec`` (:func:`unify_fd`, one run a
+    pair): the second ``open`` goes and its descriptor's uses take the first.  A
+    program made by mutation often reaches a file by a descriptor of its own where one
+    it had would do, and neither the gene cutting nor the line cutting can rename a
+    variable.  The newest pair first; at most one run per pair."""
+    opens = re.compile(r'^(\w+): (fd\d+) = open\("([^"]*)"')
+    while True:
+        seen: dict[tuple[str, str], list[str]] = {}
+        for ln in text.splitlines():
+            m = opens.match(ln)
+            if m:
+                seen.setdefault((m.group(1), m.group(3)), []).append(m.group(2))
+        pairs = [(later, earlier) for vs in seen.values() for i, later in enumerate(vs)
+                 for earlier in reversed(vs[:i])]
+        for later, earlier in reversed(pairs):
+            candidate = unify_fd(text, later, earlier)
+            if _still_breaks(candidate, f, promised_only):
+                text = candidate
+                break
+        else:
+            return text
 
 
 def _still_breaks(candidate: str, f: Found, promised_only: bool) -> bool:
