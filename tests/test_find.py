@@ -419,6 +419,29 @@ def test_a_fork_child_merges_into_its_parent_and_a_file_is_opened_once() -> None
     assert engine.breaks(violations, f)
 
 
+@pytest.mark.timeout(120)
+def test_a_dup_gives_way_to_the_descriptor_it_copies() -> None:
+    """What seed 2 found under map-direct-sealed (F7) came with ``fd2 = dup(fd1)``, the
+    mapping made through the copy: the copy goes, and the program still breaks."""
+    text = (FOUND / "F7_mapper_exits_after_registering_through_a_passed_context.scn"
+            ).read_text()
+    body = [re.sub(r"\s+=>.*", "", ln) for ln in text.splitlines()
+            if not ln.startswith(("#", "Z:"))]
+    at = body.index('B: fd1 = open("/f", O_RDWR|O_CREAT, 0o644)') + 1
+    assert body[at:at + 2] == [
+        "B: ftruncate(fd1, 8192)",
+        "B: p4 = mmap(8192, PROT_READ|PROT_WRITE, MAP_SHARED_VALIDATE|MAP_DIRECT, fd1, 0)"]
+    duped = "\n".join([*body[:at], "B: fd2 = dup(fd1)", "B: ftruncate(fd2, 8192)",
+                       "B: p4 = mmap(8192, PROT_READ|PROT_WRITE, "
+                       "MAP_SHARED_VALIDATE|MAP_DIRECT, fd2, 0)", *body[at + 2:]]) + "\n"
+    f = engine.Found("no-foreign-write", "map-direct-sealed", "map-direct-sealed", "",
+                     False, duped, 0, 0, "longterm")
+    _, violations, _ = engine.run_program(duped, f.spec, "duped")
+    assert engine.breaks(violations, f), duped
+    assert "dup(" in duped
+    assert engine.unify_fds(duped, f) == "\n".join(body) + "\n"
+
+
 def test_a_message_and_its_receipt_are_cut_together() -> None:
     """explore's line cutting removes a message with the receipt that takes it: either
     alone would hand the receiver another message."""

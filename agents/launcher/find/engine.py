@@ -647,19 +647,27 @@ def unify_fd(text: str, later: str, earlier: str) -> str:
 
 
 def unify_fds(text: str, f: Found, promised_only: bool = False) -> str:
-    """Use one descriptor where a program opened the same file twice in one actor,
-    while it still breaks ``f.invariant`` under ``f.spec`` (:func:`unify_fd`, one run a
-    pair): the second ``open`` goes and its descriptor's uses take the first.  A
+    """Use one descriptor where a program opened (or ``dup``-ed) the same file twice in
+    one actor, while it still breaks ``f.invariant`` under ``f.spec`` (:func:`unify_fd`,
+    one run a pair): the second ``open`` goes and its descriptor's uses take the first.  A
     program made by mutation often reaches a file by a descriptor of its own where one
     it had would do, and neither the gene cutting nor the line cutting can rename a
     variable.  The newest pair first; at most one run per pair."""
     opens = re.compile(r'^(\w+): (fd\d+) = open\("([^"]*)"')
+    dups = re.compile(r"^(\w+): (fd\d+) = dup\((fd\d+)\)")
     while True:
         seen: dict[tuple[str, str], list[str]] = {}
+        path: dict[str, str] = {}
         for ln in text.splitlines():
             m = opens.match(ln)
+            d = dups.match(ln)
             if m:
-                seen.setdefault((m.group(1), m.group(3)), []).append(m.group(2))
+                path[m.group(2)] = m.group(3)
+            elif d and d.group(3) in path:  # a dup is of its descriptor's file
+                path[d.group(2)] = path[d.group(3)]
+                m = d
+            if m:
+                seen.setdefault((m.group(1), path[m.group(2)]), []).append(m.group(2))
         pairs = [(later, earlier) for vs in seen.values() for i, later in enumerate(vs)
                  for earlier in reversed(vs[:i])]
         for later, earlier in reversed(pairs):
