@@ -655,6 +655,7 @@ def unify_fds(text: str, f: Found, promised_only: bool = False) -> str:
     variable.  The newest pair first; at most one run per pair."""
     opens = re.compile(r'^(\w+): (fd\d+) = open\("([^"]*)"')
     dups = re.compile(r"^(\w+): (fd\d+) = dup\((fd\d+)\)")
+    tried: set[tuple[str, str]] = set()
     while True:
         seen: dict[tuple[str, str], list[str]] = {}
         path: dict[str, str] = {}
@@ -671,6 +672,9 @@ def unify_fds(text: str, f: Found, promised_only: bool = False) -> str:
         pairs = [(later, earlier) for vs in seen.values() for i, later in enumerate(vs)
                  for earlier in reversed(vs[:i])]
         for later, earlier in reversed(pairs):
+            if (later, earlier) in tried:
+                continue
+            tried.add((later, earlier))
             candidate = unify_fd(text, later, earlier)
             if _still_breaks(candidate, f, promised_only):
                 text = candidate
