@@ -352,10 +352,8 @@ def reg_mr(k: Kernel, task: Task, ctx: UContext, pd: int, addr: int, length: int
                 k.fput(f)
             mr.files.clear()
             raise
-        finally:
-            for vid, pages in broken.items():
-                if pages:  # private copies broken so far move into their blocks
-                    k.io.event(task, {"event": "cow-pin", "vma": vid, "pages": pages})
+        finally:  # the private copies broken so far
+            tell_cow(k, task, broken)
         mr.extents = _extents(k, mr.pins)
     for mapping in mappings:
         if mapping.file is not None and mapping.file not in mr.files:
@@ -685,6 +683,14 @@ def gather(k: Kernel, task: Task, sge: Any) -> tuple[str, bytes | memoryview]:
             return WC_SUCCESS, b"".join(views)
     status, data = device_access(k, task, mr, addr - mr.addr, None, length, "local read")
     return (WC_LOC_PROT_ERR, b"") if status != WC_SUCCESS else (status, data)
+
+
+def tell_cow(k: Kernel, task: Task, broken: dict[int, list[tuple[int, int]]]) -> None:
+    """Tell ``task``'s agent of the private copies :func:`mm.pin_page` broke, per
+    mapping (``cow-pin``): they move into their blocks in its TLB."""
+    for vid, pages in broken.items():
+        if pages:
+            k.io.event(task, {"event": "cow-pin", "vma": vid, "pages": pages})
 
 
 def rdma_write(k: Kernel, t: Task, rkey: int, offset: int, data: bytes | dict[str, int],

@@ -130,9 +130,7 @@ def sys_dio_read(k: Kernel, t: Task, fd: int, addr: int, length: int, offset: in
             block = mm.pin_page(k, t, mapping, index, broken.setdefault(mapping.vid, []))
             targets.append((block, k.pmem.ledger[block]))
     finally:
-        for vid, pages in broken.items():
-            if pages:  # the private copies move into their blocks in the agent's TLB
-                k.io.event(t, {"event": "cow-pin", "vma": vid, "pages": pages})
+        rdma.tell_cow(k, t, broken)
     data = k.fs.read(file.inode, offset, length)
     for block, _ in targets:
         k.pins.pin(block, longterm=False)

@@ -200,9 +200,7 @@ def sub_gene(g: Gene, need: str) -> Gene:
     access are both ``g[4] % 3``, so a mapping made for a region was ``MAP_DIRECT``
     exactly when the region was ``IBV_ACCESS_ON_DEMAND``.  Measured over 20,000 drawn
     programs: of the regions registered on a ``MAP_DIRECT`` mapping, 78 in 100 were
-    on-demand and 11 pinned for remote writes (now a third each); in a campaign of
-    2,000 programs under ``map-direct-sealed`` (seed 0), no peer ever reached a pinned
-    DAX region by its rkey, the S6 hazard's first half."""
+    on-demand and 11 pinned for remote writes (now a third each)."""
     h = hashlib.blake2b(repr((g, need)).encode(), digest_size=2 * GENE_LEN).digest()
     return tuple(int.from_bytes(h[2 * i:2 * i + 2], "big") % (GENE_MAX + 1)
                  for i in range(GENE_LEN))
